@@ -1,0 +1,47 @@
+"""qpairs: duplicate-question detection with Siamese networks.
+
+>>> import qpairs
+>>> qpairs.predict("How do I learn Python?", "What is the best way to learn Python?")
+>>> det = qpairs.load("runs/lstm")          # or qpairs.load() for the bundled default model
+>>> det.predict_proba(["q1a", "q1b"], ["q2a", "q2b"])
+
+Heavy libraries (torch, transformers) are imported lazily, on first use.
+"""
+from __future__ import annotations
+
+__version__ = "0.1.0"
+__all__ = ["load", "predict", "predict_proba", "DuplicateDetector", "__version__"]
+
+_default = None
+
+
+def load(path=None, device: str = "auto"):
+    """Load a run directory (None → the bundled default model) as a `DuplicateDetector`."""
+    from .detector import load as _load
+
+    return _load(path, device)
+
+
+def _default_detector():
+    global _default
+    if _default is None:
+        _default = load()
+    return _default
+
+
+def predict_proba(q1, q2):
+    """Calibrated duplicate probability with the default model (float for two strings, else array)."""
+    return _default_detector().predict_proba(q1, q2)
+
+
+def predict(q1, q2):
+    """Duplicate or not, with the default model at its stored threshold."""
+    return _default_detector().predict(q1, q2)
+
+
+def __getattr__(name):
+    if name == "DuplicateDetector":
+        from .detector import DuplicateDetector
+
+        return DuplicateDetector
+    raise AttributeError(f"module 'qpairs' has no attribute {name!r}")

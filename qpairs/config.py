@@ -1,0 +1,65 @@
+"""Training settings: a light module (no torch import) so the CLI can build its flags instantly."""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+NATURAL_DUPLICATE_RATE = 0.37  # duplicate rate of the original QQP
+HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "precision": True, "recall": True, "roc_auc": True,
+                    "average_precision": True, "log_loss": False, "loss": False}
+
+
+@dataclass
+class TrainConfig:
+    """Every knob of `qpairs train`, with defaults that work."""
+
+    out: str = "runs/lstm"
+    data: list[str] = field(default_factory=list)  # empty → the labelled QQP files in ../shared/data
+    encoder: str = "lstm"
+    epochs: int = 6
+    batch_size: int = 128
+    lr: float | None = None  # None → 2e-3 for lstm, 2e-5 for transformer
+    weight_decay: float = 0.01
+    warmup: float = 0.05
+    grad_clip: float = 1.0
+    loss: str = "contrastive"
+    margin: float = 1.0
+    distance: str = "euclidean"
+    max_length: int = 40
+    seed: int = 0
+    device: str = "auto"
+    # data handling
+    split_by: str = "question"
+    balance: str = "weight"  # weight | subsample | none
+    train_pos_rate: float = 0.5
+    eval_rate: float = NATURAL_DUPLICATE_RATE
+    max_train_pairs: int | None = None
+    on_bad_row: str = "error"
+    # lstm encoder
+    embedding_dim: int = 50
+    hidden_size: int = 128
+    num_layers: int = 1
+    pooling: str | None = None  # None → max for lstm, mean for transformer
+    projection_dim: int | None = 128
+    glove: bool = True
+    min_freq: int = 2
+    dropout: float = 0.1
+    # transformer encoder
+    base_model: str | None = None
+    normalize: bool | None = None  # None → False for lstm, True for transformer
+    # loop
+    metric: str = "roc_auc"
+    patience: int = 2
+    calibration: str = "platt"
+    num_workers: int = 0
+    resume: bool = False
+    progress: bool | None = None  # None → only on a terminal
+
+    def resolved(self) -> "TrainConfig":
+        c = TrainConfig(**asdict(self))
+        lstm = c.encoder == "lstm"
+        c.lr = c.lr if c.lr is not None else (2e-3 if lstm else 2e-5)
+        c.pooling = c.pooling or ("max" if lstm else "mean")
+        c.normalize = c.normalize if c.normalize is not None else (not lstm)
+        if c.metric not in HIGHER_IS_BETTER:
+            raise ValueError(f"--metric must be one of {sorted(HIGHER_IS_BETTER)}")
+        return c

@@ -1,0 +1,328 @@
+"""Loading, validating, deduplicating and splitting question-pair files.
+
+Files are read through 🤗 `datasets` (CSV or TSV, gzipped or not). Every recognised
+schema is mapped onto one frame with the columns::
+
+    pair_id, question1, question2, is_duplicate (0/1, or -1 when unlabelled), source
+
+Nothing is ever dropped silently: bad rows raise a `DataError` naming the file, the row
+and the column, unless ``on_bad_row="drop"`` is asked for, in which case the dropped rows
+are counted and reported.
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+log = logging.getLogger("qpairs")
+
+DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
+from .config import NATURAL_DUPLICATE_RATE
+
+# Column names accepted for each role, first match wins.
+Q1_COLUMNS = ("question1", "sentence1", "q1", "text1", "title")
+Q2_COLUMNS = ("question2", "sentence2", "q2", "text2", "body")
+LABEL_COLUMNS = ("is_duplicate", "label", "duplicate")
+ID_COLUMNS = ("id", "test_id", "pair_id", "pairID")
+
+
+class DataError(ValueError):
+    """Bad input data: the message names the file, the row and the column."""
+
+
+def default_data_dir() -> Path | None:
+    """`../shared/data` beside the project checkout when it exists, else None."""
+    env = os.environ.get("QPAIRS_DATA")
+    for cand in ([Path(env)] if env else []) + [DEFAULT_DATA_DIR, Path.cwd().parent / "shared" / "data"]:
+        if cand.is_dir():
+            return cand
+    return None
+
+
+def normalize_question(text: str) -> str:
+    """Key under which two spellings of one question count as the same question."""
+    return re.sub(r"[^a-z0-9]", "", text.lower())
+
+
+def pair_key(q1: str, q2: str) -> str:
+    """Unordered, normalised key of a pair."""
+    a, b = sorted((normalize_question(q1), normalize_question(q2)))
+    return a + "\x1f" + b
+
+
+def find_column(columns, candidates, role: str, path, required: bool = True):
+    for name in candidates:
+        if name in columns:
+            return name
+    if required:
+        raise DataError(f"{path}: no {role} column; expected one of {list(candidates)}, found {list(columns)}")
+    return None
+
+
+def _is_tsv(path: str) -> bool:
+    name = str(path).lower().removesuffix(".gz").removesuffix(".bz2").removesuffix(".xz")
+    return name.endswith((".tsv", ".txt"))
+
+
+def read_table(path) -> pd.DataFrame:
+    """Read one CSV/TSV (optionally compressed) through 🤗 datasets, every cell as text."""
+    import datasets
+
+    path = str(path)
+    if not os.path.exists(path):
+        raise DataError(f"{path}: file not found")
+    datasets.disable_progress_bars()
+    datasets.logging.set_verbosity_error()
+    kwargs = dict(keep_default_na=False)
+    if _is_tsv(path):
+        kwargs.update(sep="\t", quoting=3)  # csv.QUOTE_NONE: quotes are text in QQP's TSV
+    try:
+        header = pd.read_csv(path, nrows=0, **kwargs).columns
+        # every cell as text: labels and ids are validated by us, not guessed by a type inferrer
+        kwargs["features"] = datasets.Features({c: datasets.Value("string") for c in header})
+        ds = datasets.load_dataset("csv", data_files=path, split="train", **kwargs)
+    except Exception as exc:  # datasets wraps pandas errors; keep the file name visible
+        raise DataError(f"{path}: could not be read as {'TSV' if _is_tsv(path) else 'CSV'}: {exc}") from exc
+    return ds.to_pandas()
+
+
+def _parse_labels(values: pd.Series, path, column: str, on_bad_row: str) -> tuple[np.ndarray, np.ndarray]:
+    text = values.astype(str).str.strip()
+    mapping = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "False": 0, "True": 1}
+    labels = text.map(mapping)
+    bad = labels.isna().to_numpy()
+    if bad.any() and on_bad_row == "error":
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(
+            f"{path}: row {row + 1} (line {row + 2}), column '{column}': label {text.iloc[row]!r} is not 0 or 1"
+        )
+    return labels.fillna(-1).astype(int).to_numpy(), bad
+
+
+def _bad_text_mask(values: pd.Series) -> np.ndarray:
+    text = values.astype(str)
+    return (values.isna() | (text.str.strip() == "") | text.str.lower().isin(["nan", "none", "null"])).to_numpy()
+
+
+@dataclass
+class LoadReport:
+    """What loading did: rows read, rows dropped and why, duplicates and label conflicts."""
+
+    rows_read: int = 0
+    dropped_bad: dict = field(default_factory=dict)
+    duplicates_removed: int = 0
+    label_conflicts: int = 0
+
+    def __str__(self) -> str:
+        parts = [f"{self.rows_read} rows read"]
+        if self.dropped_bad:
+            parts.append("dropped bad rows: " + ", ".join(f"{k}: {v}" for k, v in self.dropped_bad.items()))
+        parts.append(f"{self.duplicates_removed} repeated pairs merged")
+        parts.append(f"{self.label_conflicts} pairs with conflicting labels (majority kept)")
+        return "; ".join(parts)
+
+
+def load_file(path, on_bad_row: str = "error", q1_col=None, q2_col=None, label_col=None, id_col=None,
+              require_labels: bool = True, report: LoadReport | None = None) -> pd.DataFrame:
+    """Load one pair file into the common schema, validating every row.
+
+    on_bad_row: "error" (default) raises on the first bad row; "drop" drops and counts them.
+    """
+    if on_bad_row not in ("error", "drop"):
+        raise ValueError(f"on_bad_row must be 'error' or 'drop', not {on_bad_row!r}")
+    raw = read_table(path)
+    cols = list(raw.columns)
+    q1c = q1_col or find_column(cols, Q1_COLUMNS, "first-question", path)
+    q2c = q2_col or find_column(cols, Q2_COLUMNS, "second-question", path)
+    for c in (q1c, q2c):
+        if c not in cols:
+            raise DataError(f"{path}: column '{c}' not found; columns are {cols}")
+    lc = label_col or find_column(cols, LABEL_COLUMNS, "label", path, required=require_labels)
+    idc = id_col or find_column(cols, ID_COLUMNS, "id", path, required=False)
+
+    bad = np.zeros(len(raw), dtype=bool)
+    reasons: dict[str, int] = {}
+    for c in (q1c, q2c):
+        mask = _bad_text_mask(raw[c])
+        if mask.any() and on_bad_row == "error":
+            row = int(np.flatnonzero(mask)[0])
+            raise DataError(f"{path}: row {row + 1} (line {row + 2}), column '{c}': empty or missing question")
+        reasons[f"empty {c}"] = int(mask.sum())
+        bad |= mask
+    if lc is not None:
+        labels, bad_label = _parse_labels(raw[lc], path, lc, on_bad_row)
+        reasons[f"bad {lc}"] = int(bad_label.sum())
+        bad |= bad_label
+    else:
+        labels = np.full(len(raw), -1)
+
+    frame = pd.DataFrame({
+        "pair_id": raw[idc].astype(str) if idc else pd.Series(np.arange(len(raw))).astype(str),
+        "question1": raw[q1c].astype(str),
+        "question2": raw[q2c].astype(str),
+        "is_duplicate": labels,
+        "source": Path(path).name,
+    })
+    frame = frame[~bad].reset_index(drop=True)
+    if report is not None:
+        report.rows_read += len(raw)
+        for k, v in reasons.items():
+            if v:
+                report.dropped_bad[f"{Path(path).name}: {k}"] = v
+    if bad.any():
+        log.warning("%s: dropped %d bad rows (%s)", path, int(bad.sum()),
+                    ", ".join(f"{k}={v}" for k, v in reasons.items() if v))
+    return frame
+
+
+def deduplicate(frame: pd.DataFrame, report: LoadReport | None = None) -> pd.DataFrame:
+    """Merge repeated pairs (unordered, normalised key); conflicting labels get the majority vote."""
+    keys = [pair_key(a, b) for a, b in zip(frame["question1"], frame["question2"])]
+    frame = frame.assign(_key=keys)
+    labelled = frame[frame["is_duplicate"] >= 0]
+    stats = labelled.groupby("_key")["is_duplicate"].agg(["min", "max", "mean"])
+    conflicts = stats[stats["min"] != stats["max"]]
+    majority = (stats["mean"] >= 0.5).astype(int)
+    out = frame.drop_duplicates("_key", keep="first").copy()
+    has_label = out["_key"].isin(majority.index)
+    out.loc[has_label, "is_duplicate"] = out.loc[has_label, "_key"].map(majority).to_numpy()
+    if report is not None:
+        report.duplicates_removed += len(frame) - len(out)
+        report.label_conflicts += len(conflicts)
+    if len(conflicts):
+        log.info("%d pairs had conflicting labels; kept the majority label", len(conflicts))
+    return out.drop(columns="_key").reset_index(drop=True)
+
+
+def load_pairs(paths, on_bad_row: str = "error", dedupe: bool = True, report: LoadReport | None = None,
+               **column_names) -> pd.DataFrame:
+    """Load and combine several pair files (see `load_file`), then deduplicate across them."""
+    if isinstance(paths, (str, os.PathLike)):
+        paths = [paths]
+    report = report if report is not None else LoadReport()
+    frames = [load_file(p, on_bad_row=on_bad_row, report=report, **column_names) for p in paths]
+    if not frames:
+        raise DataError("no input files given")
+    frame = pd.concat(frames, ignore_index=True)
+    return deduplicate(frame, report) if dedupe else frame
+
+
+# ---------------------------------------------------------------- splits
+
+def question_components(frame: pd.DataFrame) -> np.ndarray:
+    """Connected-component id of every pair in the graph whose nodes are normalised questions."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    k1 = frame["question1"].map(normalize_question)
+    k2 = frame["question2"].map(normalize_question)
+    nodes = pd.Index(pd.unique(pd.concat([k1, k2], ignore_index=True)))
+    i, j = nodes.get_indexer(k1), nodes.get_indexer(k2)
+    graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(len(nodes), len(nodes)))
+    _, labels = connected_components(graph, directed=False)
+    return labels[i]
+
+
+def split_by_question(frame: pd.DataFrame, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Train/validation/test splits in which no question appears in two splits.
+
+    Whole connected components of the question graph go to one split, so the split is
+    disjoint by question (after normalisation), seeded and reproducible.
+    """
+    if not math.isclose(sum(fractions), 1.0):
+        raise ValueError(f"split fractions must sum to 1, got {fractions}")
+    comp = question_components(frame)
+    unique = np.unique(comp)
+    rng = np.random.default_rng(seed)
+    order = rng.permutation(unique)
+    # Fill splits by pair count so fractions hold in pairs, not in components.
+    sizes = pd.Series(comp).value_counts().reindex(order).to_numpy()
+    cum = np.cumsum(sizes) / sizes.sum()
+    bounds = np.cumsum(fractions)[:-1]
+    which = np.searchsorted(bounds, cum, side="left")
+    assign = pd.Series(which, index=order)
+    split_of_pair = assign.reindex(comp).to_numpy()
+    names = ("train", "validation", "test")[: len(fractions)]
+    return {name: frame[split_of_pair == k].reset_index(drop=True) for k, name in enumerate(names)}
+
+
+def split_by_pair(frame: pd.DataFrame, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Plain random pair-level split (questions may repeat across splits), for published-number comparisons."""
+    rng = np.random.default_rng(seed)
+    idx = rng.permutation(len(frame))
+    cuts = (np.cumsum(fractions)[:-1] * len(frame)).astype(int)
+    names = ("train", "validation", "test")[: len(fractions)]
+    return {name: frame.iloc[np.sort(part)].reset_index(drop=True) for name, part in zip(names, np.split(idx, cuts))}
+
+
+def subsample_to_rate(frame: pd.DataFrame, rate: float, seed: int = 0) -> pd.DataFrame:
+    """Drop random rows of the majority class so the duplicate rate becomes `rate`."""
+    pos = frame[frame["is_duplicate"] == 1]
+    neg = frame[frame["is_duplicate"] == 0]
+    if len(pos) == 0 or len(neg) == 0:
+        return frame
+    current = len(pos) / (len(pos) + len(neg))
+    if current > rate:
+        pos = pos.sample(n=int(round(rate / (1 - rate) * len(neg))), random_state=seed)
+    elif current < rate:
+        neg = neg.sample(n=int(round((1 - rate) / rate * len(pos))), random_state=seed)
+    return pd.concat([pos, neg]).sort_index().reset_index(drop=True)
+
+
+def class_weights(labels: np.ndarray, target_rate: float = 0.5) -> np.ndarray:
+    """Per-pair weights that make the weighted duplicate rate equal `target_rate` (mean weight 1)."""
+    labels = np.asarray(labels)
+    rate = labels.mean()
+    if rate in (0.0, 1.0):
+        return np.ones(len(labels))
+    w = np.where(labels == 1, target_rate / rate, (1 - target_rate) / (1 - rate))
+    return w / w.mean()
+
+
+def mixed_label_sources(frame: pd.DataFrame) -> list[str]:
+    """Sources that hold both duplicates and non-duplicates (natural-distribution files)."""
+    by = frame[frame["is_duplicate"] >= 0].groupby("source")["is_duplicate"].agg(["min", "max"])
+    return sorted(by[(by["min"] == 0) & (by["max"] == 1)].index)
+
+
+def make_splits(frame: pd.DataFrame, seed: int = 0, fractions=(0.8, 0.1, 0.1), by: str = "question",
+                eval_rate: float | None = NATURAL_DUPLICATE_RATE) -> tuple[dict[str, pd.DataFrame], dict]:
+    """The project's standard splits plus a report of what was done.
+
+    Validation and test keep only pairs from files with both labels (positives-only
+    files would skew them) and are subsampled to the natural duplicate rate `eval_rate`.
+    """
+    splitter = split_by_question if by == "question" else split_by_pair
+    splits = splitter(frame, fractions, seed)
+    natural = mixed_label_sources(frame)
+    info = {"by": by, "seed": seed, "fractions": list(fractions), "eval_sources": natural, "eval_rate": eval_rate}
+    for name in ("validation", "test"):
+        if name not in splits:
+            continue
+        part = splits[name]
+        if natural:
+            part = part[part["source"].isin(natural)]
+        if eval_rate is not None:
+            part = subsample_to_rate(part, eval_rate, seed)
+        splits[name] = part.reset_index(drop=True)
+    info["sizes"] = {k: int(len(v)) for k, v in splits.items()}
+    info["duplicate_rate"] = {k: float(v["is_duplicate"].mean()) for k, v in splits.items() if len(v)}
+    return splits, info
+
+
+def qqp_files(data_dir=None) -> list[Path]:
+    """The labelled QQP files in the shared data folder."""
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    if data_dir is None:
+        raise DataError("no data folder: pass --data FILE... or set QPAIRS_DATA")
+    files = sorted(p for p in (data_dir / "qqp").glob("*.csv.gz") if "test_head" not in p.name)
+    if not files:
+        raise DataError(f"{data_dir}/qqp: no labelled *.csv.gz files")
+    return files

@@ -1,0 +1,127 @@
+"""`DuplicateDetector`: a trained model plus its calibration, with a scikit-learn-like API."""
+from __future__ import annotations
+
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+
+from .calibration import Calibrator
+from .checkpoint import ModelDirError, load_model, read_json
+from .model import SiameseModel
+
+
+def resolve_device(device: str | None = "auto") -> torch.device:
+    """'auto' → CUDA when available, else CPU."""
+    if device in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} asked for, but no CUDA GPU is available")
+    return torch.device(device)
+
+
+def _as_text_list(x, name: str) -> tuple[list[str], bool]:
+    if isinstance(x, str):
+        return [x], True
+    if isinstance(x, (bytes, bytearray)) or not isinstance(x, (Sequence, np.ndarray)) and not hasattr(x, "__iter__"):
+        raise TypeError(f"{name} must be a string or a sequence of strings, not {type(x).__name__}")
+    items = list(x)
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise TypeError(f"{name}[{i}] must be a string, not {type(item).__name__} ({item!r})")
+    return items, False
+
+
+class DuplicateDetector:
+    """Calibrated duplicate probabilities for pairs of texts.
+
+    >>> det = qpairs.load("runs/lstm")
+    >>> det.predict_proba("How do I learn Python?", "What is the best way to learn Python?")
+    """
+
+    def __init__(self, model: SiameseModel, calibrator: Calibrator, config: dict | None = None,
+                 device: str | torch.device = "cpu", batch_size: int = 256, path=None):
+        self.model = model.eval()
+        self.calibrator = calibrator
+        self.config = config or {}
+        self.device = torch.device(device)
+        self.batch_size = batch_size
+        self.path = Path(path) if path else None
+
+    @property
+    def threshold(self) -> float:
+        return self.calibrator.threshold
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return torch.autocast("cuda", dtype=torch.bfloat16)
+        return nullcontext()
+
+    @torch.inference_mode()
+    def encode(self, texts, side: str = "left", batch_size: int | None = None) -> np.ndarray:
+        """Embeddings [n, dim] (float32) of `texts`; `side` picks the encoder of a pseudo-Siamese model."""
+        texts, _ = _as_text_list(texts, "texts")
+        encoder = self.model.side(side)
+        batch_size = batch_size or self.batch_size
+        out = np.zeros((len(texts), self.model.dim), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")  # length-sorted batches pad less
+        for start in range(0, len(texts), batch_size):
+            idx = order[start : start + batch_size]
+            batch = {k: v.to(self.device, non_blocking=True) for k, v in encoder.tokenize([texts[i] for i in idx]).items()}
+            with self._autocast():
+                emb = encoder(**batch)
+            out[idx] = emb.float().cpu().numpy()
+        return out
+
+    def distances(self, q1, q2) -> np.ndarray:
+        """Distances between the pairs (each unique text is encoded once)."""
+        a, _ = _as_text_list(q1, "q1")
+        b, _ = _as_text_list(q2, "q2")
+        if len(a) != len(b):
+            raise ValueError(f"q1 and q2 must have the same length, got {len(a)} and {len(b)}")
+        if self.model.variant == "siamese":
+            uniq = list(dict.fromkeys(a + b))
+            emb = self.encode(uniq)
+            pos = {t: i for i, t in enumerate(uniq)}
+            e1, e2 = emb[[pos[t] for t in a]], emb[[pos[t] for t in b]]
+        else:
+            ua, ub = list(dict.fromkeys(a)), list(dict.fromkeys(b))
+            ea, eb = self.encode(ua, "left"), self.encode(ub, "right")
+            pa, pb = {t: i for i, t in enumerate(ua)}, {t: i for i, t in enumerate(ub)}
+            e1, e2 = ea[[pa[t] for t in a]], eb[[pb[t] for t in b]]
+        return self.model.distance(torch.from_numpy(e1), torch.from_numpy(e2)).numpy()
+
+    def predict_proba(self, q1, q2):
+        """Calibrated duplicate probability: a float for two strings, else a numpy array."""
+        single = isinstance(q1, str) and isinstance(q2, str)
+        if isinstance(q1, str) != isinstance(q2, str):
+            raise TypeError("pass two strings or two equal-length sequences of strings")
+        p = self.calibrator.predict_proba(self.distances(q1, q2))
+        return float(p[0]) if single else p
+
+    def predict(self, q1, q2):
+        """True where the pair is predicted duplicate, at the model's stored threshold."""
+        p = self.predict_proba(q1, q2)
+        return bool(p >= self.threshold) if isinstance(p, float) else p >= self.threshold
+
+    def __repr__(self) -> str:
+        enc = self.config.get("encoder", {}).get("type", "?")
+        return f"DuplicateDetector({self.model.variant}, encoder={enc}, path={self.path}, device={self.device})"
+
+
+def default_model_dir() -> Path:
+    return Path(__file__).resolve().parent / "default_model"
+
+
+def load(path=None, device: str = "auto") -> DuplicateDetector:
+    """Load a run directory (None → the bundled default model) as a `DuplicateDetector`."""
+    path = Path(path) if path is not None else default_model_dir()
+    dev = resolve_device(device)
+    model, cfg = load_model(path, dev)
+    cal_path = path / "calibration.json"
+    if not cal_path.exists():
+        raise ModelDirError(f"{cal_path} is missing: the run finished without calibration?")
+    calibrator = Calibrator.from_dict(read_json(cal_path))
+    return DuplicateDetector(model, calibrator, cfg, dev, path=path)

@@ -1,0 +1,46 @@
+"""Evaluate a trained detector on labelled pairs: metrics table, JSON and PNG report."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .checkpoint import read_json, write_json
+from .metrics import classification_metrics, format_table
+from .plots import save_report_plots
+
+
+def evaluate_frame(det, frame: pd.DataFrame, report_dir=None, history=None) -> tuple[dict, np.ndarray]:
+    """Metrics of `det` on a frame with question1/question2/is_duplicate; optional report directory."""
+    labelled = frame[frame["is_duplicate"] >= 0]
+    if len(labelled) == 0:
+        raise ValueError("no labelled pairs to evaluate")
+    d = det.distances(list(labelled["question1"]), list(labelled["question2"]))
+    probs = det.calibrator.predict_proba(d)
+    y = labelled["is_duplicate"].to_numpy()
+    metrics = classification_metrics(y, probs, det.threshold)
+    metrics["threshold"] = det.threshold
+    if report_dir is not None:
+        report_dir = Path(report_dir)
+        report_dir.mkdir(parents=True, exist_ok=True)
+        write_json(report_dir / "metrics.json", metrics)
+        save_report_plots(report_dir, y, probs, d, history)
+    return metrics, probs
+
+
+def evaluate_run(run_dir, files, out=None, device: str = "auto", on_bad_row: str = "error",
+                 **column_names) -> dict:
+    """`qpairs evaluate`: load the run, score the files, print the table and write the report."""
+    from .data import load_pairs
+    from .detector import load
+
+    det = load(run_dir, device=device)
+    frame = load_pairs(files, on_bad_row=on_bad_row, **column_names)
+    hist_path = Path(run_dir) / "history.json"
+    history = read_json(hist_path) if hist_path.exists() else None
+    out = Path(out) if out else Path(run_dir) / "eval" / "_".join(Path(f).name.split(".")[0] for f in files)[:80]
+    metrics, _ = evaluate_frame(det, frame, out, history)
+    print(format_table({", ".join(Path(f).name for f in files)[:60]: metrics}))
+    print(f"report written to {out}")
+    return metrics

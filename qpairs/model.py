@@ -1,0 +1,44 @@
+"""The Siamese network: one shared encoder for both inputs, a distance between the two vectors.
+
+The pseudo-Siamese variant (two unshared encoders, ``left`` and ``right``) uses the same
+class with ``variant="pseudo"``.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from .losses import pair_distance
+
+
+class SiameseModel(nn.Module):
+    """Encodes each side and measures the distance between the two embeddings."""
+
+    def __init__(self, encoder: nn.Module, distance: str = "euclidean", right_encoder: nn.Module | None = None):
+        super().__init__()
+        self.encoder = encoder
+        self.right_encoder = right_encoder  # None: shared weights (Siamese)
+        self.distance_metric = distance
+        if right_encoder is not None and right_encoder.dim != encoder.dim:
+            raise ValueError(f"left and right encoders must embed to one size, got {encoder.dim} and {right_encoder.dim}")
+
+    @property
+    def variant(self) -> str:
+        return "siamese" if self.right_encoder is None else "pseudo"
+
+    @property
+    def dim(self) -> int:
+        return self.encoder.dim
+
+    def side(self, which: str = "left") -> nn.Module:
+        """The encoder for one input side ('left' = question1/title, 'right' = question2/body)."""
+        return self.right_encoder if (which == "right" and self.right_encoder is not None) else self.encoder
+
+    def embed(self, batch: dict, which: str = "left") -> torch.Tensor:
+        return self.side(which)(**batch)
+
+    def forward(self, batch1: dict, batch2: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embed(batch1, "left"), self.embed(batch2, "right")
+
+    def distance(self, emb1: torch.Tensor, emb2: torch.Tensor) -> torch.Tensor:
+        return pair_distance(emb1.float(), emb2.float(), self.distance_metric)

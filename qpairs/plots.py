@@ -1,0 +1,80 @@
+"""PNG plots for evaluation reports (matplotlib, no display needed)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save_report_plots(directory, labels, probs, distances, history: list[dict] | None = None) -> list[Path]:
+    """ROC, precision-recall, distance histograms, reliability curve and training curves."""
+    from sklearn.calibration import calibration_curve
+    from sklearn.metrics import precision_recall_curve, roc_curve
+
+    plt = _plt()
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    y = np.asarray(labels, dtype=int)
+    p = np.asarray(probs, dtype=float)
+    d = np.asarray(distances, dtype=float)
+    written = []
+
+    def save(fig, name):
+        path = directory / name
+        fig.tight_layout()
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        written.append(path)
+
+    if len(np.unique(y)) == 2:
+        fpr, tpr, _ = roc_curve(y, p)
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.plot(fpr, tpr, label="qpairs")
+        ax.plot([0, 1], [0, 1], "--", color="grey", label="chance")
+        ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
+        ax.legend()
+        save(fig, "roc.png")
+
+        prec, rec, _ = precision_recall_curve(y, p)
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.plot(rec, prec)
+        ax.axhline(y.mean(), ls="--", color="grey", label=f"duplicate rate {y.mean():.2f}")
+        ax.set(xlabel="recall", ylabel="precision", title="Precision-recall")
+        ax.legend()
+        save(fig, "precision_recall.png")
+
+        frac, mean_pred = calibration_curve(y, p, n_bins=10, strategy="quantile")
+        fig, ax = plt.subplots(figsize=(5, 5))
+        ax.plot(mean_pred, frac, "o-", label="qpairs")
+        ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
+        ax.set(xlabel="predicted probability", ylabel="observed duplicate rate", title="Reliability")
+        ax.legend()
+        save(fig, "reliability.png")
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    bins = np.linspace(np.nanmin(d), np.nanmax(d), 50) if len(d) else 10
+    for lab, name in ((1, "duplicates"), (0, "non-duplicates")):
+        if (y == lab).any():
+            ax.hist(d[y == lab], bins=bins, alpha=0.6, density=True, label=name)
+    ax.set(xlabel="distance", ylabel="density", title="Distance by class")
+    ax.legend()
+    save(fig, "distance_histogram.png")
+
+    if history:
+        epochs = [h["epoch"] for h in history]
+        keys = [k for k in ("train_loss", "val_loss", "val_roc_auc", "val_accuracy") if k in history[0]]
+        fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3.5))
+        for ax, k in zip(np.atleast_1d(axes), keys):
+            ax.plot(epochs, [h.get(k) for h in history], "o-")
+            ax.set(xlabel="epoch", title=k)
+        save(fig, "training_curves.png")
+    return written

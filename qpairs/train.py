@@ -1,0 +1,291 @@
+"""Training: data → splits → model → AdamW loop with validation, early stopping, calibration, report.
+
+`train(TrainConfig(...))` is what `qpairs train` runs. A run directory is written as it
+goes (see `qpairs.checkpoint`); `resume=True` continues from its ``last/`` state.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import random
+import time
+from contextlib import nullcontext
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from . import data as qdata
+from .calibration import Calibrator
+from .checkpoint import read_json, save_model, state_to_save, write_json
+from .detector import DuplicateDetector, resolve_device
+from .encoders import LSTMEncoder, build_encoder, default_base_model
+from .losses import ContrastiveLoss
+from .config import TrainConfig
+from .metrics import HIGHER_IS_BETTER, classification_metrics, format_table
+from .model import SiameseModel
+from .vocab import WordVocab, glove_vectors, glove_words
+
+log = logging.getLogger("qpairs")
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def load_splits(cfg: TrainConfig, run_dir: Path) -> dict:
+    """Load the data, split it and save the held-out splits into the run directory."""
+    files = cfg.data or [str(p) for p in qdata.qqp_files()]
+    report = qdata.LoadReport()
+    frame = qdata.load_pairs(files, on_bad_row=cfg.on_bad_row, report=report)
+    frame = frame[frame["is_duplicate"] >= 0]
+    splits, info = qdata.make_splits(frame, seed=cfg.seed, by=cfg.split_by, eval_rate=cfg.eval_rate)
+    train = splits["train"]
+    if cfg.balance == "subsample":
+        train = qdata.subsample_to_rate(train, cfg.train_pos_rate, cfg.seed)
+    if cfg.max_train_pairs and len(train) > cfg.max_train_pairs:
+        train = train.sample(n=cfg.max_train_pairs, random_state=cfg.seed).reset_index(drop=True)
+    splits["train"] = train
+    info.update(load=str(report), files=[str(f) for f in files], balance=cfg.balance,
+                train_size=len(train), train_duplicate_rate=float(train["is_duplicate"].mean()))
+    (run_dir / "splits").mkdir(parents=True, exist_ok=True)
+    for name in ("validation", "test"):
+        splits[name].to_csv(run_dir / "splits" / f"{name}.csv.gz", index=False)
+    write_json(run_dir / "splits" / "info.json", info)
+    log.info("data: %s", report)
+    log.info("splits: %s", info["sizes"])
+    return splits
+
+
+def build_model(cfg: TrainConfig, train_texts) -> SiameseModel:
+    """A fresh Siamese model for `cfg` (the LSTM vocabulary comes from the training texts)."""
+    if cfg.encoder == "lstm":
+        keep = glove_words() if cfg.glove else ()
+        vocab = WordVocab.build(train_texts, min_freq=cfg.min_freq, keep=keep)
+        vectors = None
+        embedding_dim = cfg.embedding_dim
+        if cfg.glove:
+            vectors, hits = glove_vectors(vocab)
+            embedding_dim = vectors.shape[1]
+            log.info("GloVe: %d of %d vocabulary words initialised", hits, len(vocab))
+        encoder = LSTMEncoder(vocab, embedding_dim=embedding_dim, hidden_size=cfg.hidden_size,
+                              num_layers=cfg.num_layers, pooling=cfg.pooling, projection_dim=cfg.projection_dim,
+                              normalize=cfg.normalize, dropout=cfg.dropout, max_length=cfg.max_length,
+                              embeddings=vectors)
+    elif cfg.encoder == "transformer":
+        encoder = build_encoder(dict(type="transformer", base_model=cfg.base_model or default_base_model(),
+                                     pooling=cfg.pooling, projection_dim=cfg.projection_dim,
+                                     normalize=cfg.normalize, max_length=cfg.max_length))
+    else:
+        raise ValueError(f"unknown encoder {cfg.encoder!r}; use lstm or transformer")
+    return SiameseModel(encoder, cfg.distance)
+
+
+def make_loss(cfg: TrainConfig):
+    if cfg.loss == "contrastive":
+        return ContrastiveLoss(cfg.margin, cfg.distance)
+    raise ValueError(f"unknown loss {cfg.loss!r}")
+
+
+def pair_batches(frame, batch_size: int, shuffle: bool, seed: int, weights=None):
+    """Yield (q1 list, q2 list, labels tensor, weights tensor) batches."""
+    idx = np.random.default_rng(seed).permutation(len(frame)) if shuffle else np.arange(len(frame))
+    q1, q2 = frame["question1"].to_numpy(), frame["question2"].to_numpy()
+    y = frame["is_duplicate"].to_numpy()
+    w = np.ones(len(frame)) if weights is None else np.asarray(weights)
+    for s in range(0, len(idx), batch_size):
+        b = idx[s : s + batch_size]
+        yield list(q1[b]), list(q2[b]), torch.tensor(y[b], dtype=torch.float32), torch.tensor(w[b], dtype=torch.float32)
+
+
+def embed_pairs(model: SiameseModel, q1, q2, device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embed both sides; a Siamese model runs one forward pass over both halves."""
+    def to(batch):
+        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+    if model.variant == "siamese":
+        emb = model.encoder(**to(model.encoder.tokenize(q1 + q2)))
+        return emb[: len(q1)], emb[len(q1) :]
+    return model.embed(to(model.side("left").tokenize(q1)), "left"), model.embed(to(model.side("right").tokenize(q2)), "right")
+
+
+def lr_lambda(total_steps: int, warmup: float):
+    warm = max(1, int(total_steps * warmup))
+
+    def f(step: int) -> float:
+        if step < warm:
+            return (step + 1) / warm
+        return max(0.0, (total_steps - step) / max(1, total_steps - warm))
+
+    return f
+
+
+@torch.no_grad()
+def validate(model, loss_fn, frame, device, batch_size, calibration: str) -> tuple[dict, Calibrator, np.ndarray]:
+    """Validation loss and metrics; fits the calibrator on this (validation) data."""
+    model.eval()
+    dists, losses = [], []
+    for q1, q2, y, w in pair_batches(frame, batch_size * 2, False, 0):
+        with autocast(device):
+            e1, e2 = embed_pairs(model, q1, q2, device)
+        e1, e2 = e1.float(), e2.float()
+        losses.append(float(loss_fn(e1, e2, y.to(device))) * len(q1))
+        dists.append(model.distance(e1, e2).cpu().numpy())
+    d = np.concatenate(dists)
+    labels = frame["is_duplicate"].to_numpy()
+    cal = Calibrator(calibration).fit(d, labels)
+    m = classification_metrics(labels, cal.predict_proba(d), cal.threshold)
+    m["loss"] = sum(losses) / len(frame)
+    model.train()
+    return m, cal, d
+
+
+def autocast(device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+# ---------------------------------------------------------------- resumable state
+
+def save_last(run_dir: Path, model, optimizer, scheduler, state: dict) -> None:
+    """Everything needed to resume after the epoch just finished (safetensors + JSON, no pickle)."""
+    last = run_dir / "last"
+    last.mkdir(parents=True, exist_ok=True)
+    save_file(state_to_save(model), last / "model.safetensors")
+    opt = optimizer.state_dict()
+    tensors, scalars = {}, {}
+    for pid, st in opt["state"].items():
+        for k, v in st.items():
+            if torch.is_tensor(v) and v.dim() > 0:
+                tensors[f"{pid}.{k}"] = v.contiguous().cpu()
+            else:
+                scalars[f"{pid}.{k}"] = float(v)
+    save_file(tensors, last / "optimizer.safetensors")
+    write_json(last / "optimizer.json", {"param_groups": opt["param_groups"], "scalars": scalars,
+                                         "scheduler": scheduler.state_dict()})
+    tmp = last / "state.json.tmp"
+    write_json(tmp, state)
+    os.replace(tmp, last / "state.json")  # state.json last: its presence marks a complete save
+
+
+def load_last(run_dir: Path, model, optimizer, scheduler) -> dict | None:
+    last = run_dir / "last"
+    if not (last / "state.json").exists():
+        return None
+    model.load_state_dict(load_file(last / "model.safetensors"), strict=False)
+    meta = read_json(last / "optimizer.json")
+    tensors = load_file(last / "optimizer.safetensors")
+    state: dict = {}
+    for key, v in tensors.items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = v
+    for key, v in meta["scalars"].items():
+        pid, k = key.split(".", 1)
+        state.setdefault(int(pid), {})[k] = torch.tensor(v)
+    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    scheduler.load_state_dict(meta["scheduler"])
+    return read_json(last / "state.json")
+
+
+# ---------------------------------------------------------------- the loop
+
+def train(cfg: TrainConfig) -> Path:
+    """Train, validate every epoch, keep the best checkpoint, calibrate, and report on the test split."""
+    cfg = cfg.resolved()
+    run_dir = Path(cfg.out)
+    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.resume:
+        raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.resume and (run_dir / "config.json").exists():
+        saved = read_json(run_dir / "config.json").get("train", {})
+        cfg = TrainConfig(**{**saved, "resume": True, "out": cfg.out, "epochs": cfg.epochs, "device": cfg.device})
+    seed_everything(cfg.seed)
+    device = resolve_device(cfg.device)
+    show = cfg.progress if cfg.progress is not None else None  # tqdm: None → only on a TTY
+
+    splits = load_splits(cfg, run_dir)
+    train_df, val_df, test_df = splits["train"], splits["validation"], splits["test"]
+    if len(val_df) == 0 or val_df["is_duplicate"].nunique() < 2:
+        raise ValueError("validation split has no pairs of both classes: give more data (files with both labels)")
+    if cfg.resume and (run_dir / "config.json").exists():
+        # the vocabulary must be the saved one
+        from .checkpoint import load_model as _load
+
+        model, _ = _load(run_dir, "cpu")
+    else:
+        model = build_model(cfg, list(train_df["question1"]) + list(train_df["question2"]))
+    model.to(device).train()
+    weights = qdata.class_weights(train_df["is_duplicate"].to_numpy(), cfg.train_pos_rate) if cfg.balance == "weight" else None
+    loss_fn = make_loss(cfg)
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
+                                  weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(len(train_df) / cfg.batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps_per_epoch * cfg.epochs, cfg.warmup))
+    train_config = asdict(cfg)
+
+    state = load_last(run_dir, model, optimizer, scheduler) if cfg.resume else None
+    state = state or {"epoch": 0, "history": [], "best": None, "bad_epochs": 0}
+    if state["epoch"]:
+        log.info("resuming after epoch %d", state["epoch"])
+    higher = HIGHER_IS_BETTER[cfg.metric]
+
+    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+        if state["bad_epochs"] > cfg.patience:
+            break
+        t0, seen, total = time.perf_counter(), 0, 0.0
+        bar = tqdm(pair_batches(train_df, cfg.batch_size, True, cfg.seed + epoch, weights), total=steps_per_epoch,
+                   desc=f"epoch {epoch}/{cfg.epochs}", disable=None if show is None else not show, leave=False)
+        for q1, q2, y, w in bar:
+            with autocast(device):
+                e1, e2 = embed_pairs(model, q1, q2, device)
+            loss = loss_fn(e1.float(), e2.float(), y.to(device), w.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.grad_clip:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+            optimizer.step()
+            scheduler.step()
+            seen += len(q1)
+            total += float(loss) * len(q1)
+            bar.set_postfix(loss=f"{total / seen:.4f}", pairs_s=f"{seen / (time.perf_counter() - t0):.0f}")
+        train_time = time.perf_counter() - t0
+        metrics, cal, _ = validate(model, loss_fn, val_df, device, cfg.batch_size, cfg.calibration)
+        row = {"epoch": epoch, "train_loss": total / max(seen, 1), "pairs_per_s": seen / train_time,
+               **{f"val_{k}": v for k, v in metrics.items()}}
+        state["history"].append(row)
+        score = metrics[cfg.metric]
+        improved = state["best"] is None or (score > state["best"] if higher else score < state["best"])
+        log.info("epoch %d: train loss %.4f, val %s %.4f, val acc %.4f, %.0f pairs/s%s", epoch, row["train_loss"],
+                 cfg.metric, score, metrics["accuracy"], row["pairs_per_s"], " (best)" if improved else "")
+        if improved:
+            state["best"], state["bad_epochs"] = score, 0
+            save_model(model, run_dir, train_config)
+            write_json(run_dir / "calibration.json", cal.to_dict())
+        else:
+            state["bad_epochs"] += 1
+        state["epoch"] = epoch
+        write_json(run_dir / "history.json", state["history"])
+        save_last(run_dir, model, optimizer, scheduler, state)
+
+    finish(run_dir, val_df, test_df, state["history"], device)
+    return run_dir
+
+
+def finish(run_dir: Path, val_df, test_df, history, device) -> dict:
+    """Evaluate the best checkpoint on validation and test, write metrics.json and the test report."""
+    from .detector import load
+    from .evaluate import evaluate_frame
+
+    det = load(run_dir, device=str(device))
+    results = {"validation": evaluate_frame(det, val_df)[0]}
+    if len(test_df):
+        results["test"], _ = evaluate_frame(det, test_df, report_dir=run_dir / "report", history=history)
+    write_json(run_dir / "metrics.json", results)
+    print(format_table(results))
+    return results
