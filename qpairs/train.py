@@ -24,7 +24,7 @@ from . import data as qdata
 from .calibration import Calibrator
 from .checkpoint import read_json, save_model, state_to_save, write_json
 from .detector import DuplicateDetector, resolve_device
-from .encoders import LSTMEncoder, build_encoder, default_base_model
+from .encoders import DEFAULT_BASE, LSTMEncoder, build_encoder
 from .losses import ContrastiveLoss
 from .config import TrainConfig
 from .metrics import HIGHER_IS_BETTER, classification_metrics, format_table
@@ -80,9 +80,10 @@ def build_model(cfg: TrainConfig, train_texts) -> SiameseModel:
                               normalize=cfg.normalize, dropout=cfg.dropout, max_length=cfg.max_length,
                               embeddings=vectors)
     elif cfg.encoder == "transformer":
-        encoder = build_encoder(dict(type="transformer", base_model=cfg.base_model or default_base_model(),
+        encoder = build_encoder(dict(type="transformer", base_model=cfg.base_model or DEFAULT_BASE,
                                      pooling=cfg.pooling, projection_dim=cfg.projection_dim,
-                                     normalize=cfg.normalize, max_length=cfg.max_length))
+                                     normalize=cfg.normalize, max_length=cfg.max_length,
+                                     head=cfg.head, frozen_base=cfg.freeze_base))
     else:
         raise ValueError(f"unknown encoder {cfg.encoder!r}; use lstm or transformer")
     return SiameseModel(encoder, cfg.distance)
@@ -105,15 +106,33 @@ def pair_batches(frame, batch_size: int, shuffle: bool, seed: int, weights=None)
         yield list(q1[b]), list(q2[b]), torch.tensor(y[b], dtype=torch.float32), torch.tensor(w[b], dtype=torch.float32)
 
 
-def embed_pairs(model: SiameseModel, q1, q2, device) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embed both sides; a Siamese model runs one forward pass over both halves."""
+def embed_pairs(model: SiameseModel, q1, q2, device, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embed both sides; a Siamese model runs one forward pass over both halves.
+
+    With `cache` (an `EmbeddingCache` of a frozen base) only the head runs, on cached base outputs.
+    """
     def to(batch):
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
+    if cache is not None:
+        emb = model.encoder.head(cache.lookup(q1 + q2).to(device))
+        return emb[: len(q1)], emb[len(q1) :]
     if model.variant == "siamese":
         emb = model.encoder(**to(model.encoder.tokenize(q1 + q2)))
         return emb[: len(q1)], emb[len(q1) :]
     return model.embed(to(model.side("left").tokenize(q1)), "left"), model.embed(to(model.side("right").tokenize(q2)), "right")
+
+
+def base_cache(cfg: TrainConfig, model: SiameseModel, run_dir: Path, frames, device, show):
+    """The frozen base's outputs for every text of `frames`, computed once (see `qpairs.embcache`)."""
+    from .embcache import open_cache
+
+    if cfg.encoder != "transformer" or model.variant != "siamese":
+        raise ValueError("--freeze-base needs --encoder transformer (Siamese)")
+    cache = open_cache(model.encoder, cfg.embedding_cache or run_dir / "embedding_cache")
+    texts = [t for f in frames for col in ("question1", "question2") for t in f[col]]
+    cache.fill(model.encoder, texts, device, batch_size=max(cfg.batch_size, 256), progress=show)
+    return cache
 
 
 def lr_lambda(total_steps: int, warmup: float):
@@ -128,13 +147,14 @@ def lr_lambda(total_steps: int, warmup: float):
 
 
 @torch.no_grad()
-def validate(model, loss_fn, frame, device, batch_size, calibration: str) -> tuple[dict, Calibrator, np.ndarray]:
+def validate(model, loss_fn, frame, device, batch_size, calibration: str,
+             cache=None) -> tuple[dict, Calibrator, np.ndarray]:
     """Validation loss and metrics; fits the calibrator on this (validation) data."""
     model.eval()
     dists, losses = [], []
     for q1, q2, y, w in pair_batches(frame, batch_size * 2, False, 0):
         with autocast(device):
-            e1, e2 = embed_pairs(model, q1, q2, device)
+            e1, e2 = embed_pairs(model, q1, q2, device, cache)
         e1, e2 = e1.float(), e2.float()
         losses.append(float(loss_fn(e1, e2, y.to(device))) * len(q1))
         dists.append(model.distance(e1, e2).cpu().numpy())
@@ -166,6 +186,7 @@ def save_last(run_dir: Path, model, optimizer, scheduler, state: dict) -> None:
                 tensors[f"{pid}.{k}"] = v.contiguous().cpu()
             else:
                 scalars[f"{pid}.{k}"] = float(v)
+    tensors["__torch_rng__"] = torch.get_rng_state()  # dropout draws continue exactly after a resume
     save_file(tensors, last / "optimizer.safetensors")
     write_json(last / "optimizer.json", {"param_groups": opt["param_groups"], "scalars": scalars,
                                          "scheduler": scheduler.state_dict()})
@@ -181,6 +202,7 @@ def load_last(run_dir: Path, model, optimizer, scheduler) -> dict | None:
     model.load_state_dict(load_file(last / "model.safetensors"), strict=False)
     meta = read_json(last / "optimizer.json")
     tensors = load_file(last / "optimizer.safetensors")
+    torch.set_rng_state(tensors.pop("__torch_rng__"))
     state: dict = {}
     for key, v in tensors.items():
         pid, k = key.split(".", 1)
@@ -221,6 +243,7 @@ def train(cfg: TrainConfig) -> Path:
     else:
         model = build_model(cfg, list(train_df["question1"]) + list(train_df["question2"]))
     model.to(device).train()
+    cache = base_cache(cfg, model, run_dir, (train_df, val_df), device, show) if cfg.freeze_base else None
     weights = qdata.class_weights(train_df["is_duplicate"].to_numpy(), cfg.train_pos_rate) if cfg.balance == "weight" else None
     loss_fn = make_loss(cfg)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
@@ -243,7 +266,7 @@ def train(cfg: TrainConfig) -> Path:
                    desc=f"epoch {epoch}/{cfg.epochs}", disable=None if show is None else not show, leave=False)
         for q1, q2, y, w in bar:
             with autocast(device):
-                e1, e2 = embed_pairs(model, q1, q2, device)
+                e1, e2 = embed_pairs(model, q1, q2, device, cache)
             loss = loss_fn(e1.float(), e2.float(), y.to(device), w.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -255,7 +278,7 @@ def train(cfg: TrainConfig) -> Path:
             total += float(loss) * len(q1)
             bar.set_postfix(loss=f"{total / seen:.4f}", pairs_s=f"{seen / (time.perf_counter() - t0):.0f}")
         train_time = time.perf_counter() - t0
-        metrics, cal, _ = validate(model, loss_fn, val_df, device, cfg.batch_size, cfg.calibration)
+        metrics, cal, _ = validate(model, loss_fn, val_df, device, cfg.batch_size, cfg.calibration, cache)
         row = {"epoch": epoch, "train_loss": total / max(seen, 1), "pairs_per_s": seen / train_time,
                **{f"val_{k}": v for k, v in metrics.items()}}
         state["history"].append(row)
