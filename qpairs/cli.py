@@ -68,6 +68,92 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_index(args) -> int:
+    from .search import index_file
+
+    index = index_file(args.questions, args.out, args.model, args.text_col, args.id_col, args.kind, args.append,
+                       args.device, args.batch_size)
+    print(f"{index} saved to {args.out}")
+    return 0
+
+
+def cmd_search(args) -> int:
+    import json
+
+    from .search import QuestionIndex, format_hits, load_detector
+
+    index = QuestionIndex.load(args.index)
+    det = load_detector(args.model, index, args.device)
+    hits = index.search(det, args.question, args.k)
+    print(json.dumps([h.to_dict() for h in hits], indent=2) if args.json else format_hits(hits))
+    return 0
+
+
+def cmd_dedup(args) -> int:
+    from .search import dedup, load_detector, read_questions, write_table
+
+    ids, texts = read_questions(args.questions, args.text_col, args.id_col)
+    det = load_detector(args.model, None, args.device)
+    clusters = dedup(det, texts, ids, k=args.k, threshold=args.threshold, kind=args.kind, batch_size=args.batch_size)
+    write_table(clusters, args.out)
+    multi = clusters[clusters["cluster_size"] > 1]
+    print(f"{len(clusters)} questions, {multi['cluster'].nunique()} groups of duplicates covering {len(multi)} "
+          f"questions (largest: {int(clusters['cluster_size'].max()) if len(clusters) else 0}); written to {args.out}")
+    return 0
+
+
+def cmd_serve(args) -> int:
+    from .service import serve
+
+    serve(args.model, args.index, args.host, args.port, device=args.device, max_wait_ms=args.max_wait_ms)
+    return 0
+
+
+def _add_search_commands(sub) -> None:
+    p = sub.add_parser("index", help="encode a question bank into a FAISS index for duplicate search")
+    p.add_argument("questions", help="CSV/TSV of questions (a question/text column; an id column optional)")
+    p.add_argument("-o", "--out", required=True, help="index directory to write")
+    p.add_argument("--model", help="model directory (default: the bundled default model)")
+    p.add_argument("--text-col", help="question column (default: first of question, text, title, question1, …)")
+    p.add_argument("--id-col", help="id column (default: id/qid if present, else the row number)")
+    p.add_argument("--kind", default="flat", choices=["flat", "hnsw"], help="exact flat index or approximate HNSW")
+    p.add_argument("--append", action="store_true", help="add the questions to an existing index (same model only)")
+    p.add_argument("--batch-size", type=int, help="encoding batch size (default: the model's)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_index)
+
+    p = sub.add_parser("search", help="nearest existing questions to a new one, with duplicate probabilities")
+    p.add_argument("index", help="index directory written by qpairs index")
+    p.add_argument("question")
+    p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
+    p.add_argument("--model", help="model directory (default: the one that built the index, if still there)")
+    p.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_search)
+
+    p = sub.add_parser("dedup", help="group the duplicate questions inside a collection")
+    p.add_argument("questions", help="CSV/TSV of questions")
+    p.add_argument("-o", "--out", required=True, help="clusters file (.csv, .tsv or .parquet)")
+    p.add_argument("--model", help="model directory (default: the bundled default model)")
+    p.add_argument("--text-col"), p.add_argument("--id-col")
+    p.add_argument("-k", type=int, default=10, help="neighbours per question in the kNN graph (default: 10)")
+    p.add_argument("--threshold", type=float, help="duplicate probability cut (default: the model's threshold)")
+    p.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw"],
+                   help="kNN index: auto = exact up to 200k questions, HNSW above")
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_dedup)
+
+    p = sub.add_parser("serve", help="HTTP service and web page: /predict, /search, /health, / (needs qpairs[serve])")
+    p.add_argument("--model", help="model directory (default: the bundled default model)")
+    p.add_argument("--index", help="index directory for /search and the web page")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--max-wait-ms", type=float, default=2.0, help="micro-batching window (default: 2 ms)")
+    p.add_argument("--device", default="auto")
+    p.set_defaults(func=cmd_serve)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -90,6 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--on-bad-row", default="error", choices=["error", "drop"])
     p.add_argument("--q1-col"), p.add_argument("--q2-col"), p.add_argument("--label-col")
     p.set_defaults(func=cmd_evaluate)
+
+    _add_search_commands(sub)
     return parser
 
 

@@ -106,6 +106,17 @@ class DuplicateDetector:
         p = self.predict_proba(q1, q2)
         return bool(p >= self.threshold) if isinstance(p, float) else p >= self.threshold
 
+    def search(self, index, question, k: int = 10):
+        """The k nearest questions in a `qpairs.search.QuestionIndex` (or its directory), best first.
+
+        Returns a list of `Hit(id, text, probability, distance, duplicate)`; a list of questions
+        gives one such list per question. The index must have been built with this model.
+        """
+        from .search import open_index
+
+        index = open_index(index)
+        return index.search(self, question, k) if isinstance(question, str) else index.search_many(self, question, k)
+
     def __repr__(self) -> str:
         enc = self.config.get("encoder", {}).get("type", "?")
         return f"DuplicateDetector({self.model.variant}, encoder={enc}, path={self.path}, device={self.device})"

@@ -1,0 +1,453 @@
+"""Duplicate search over a question bank: a FAISS index of question embeddings, re-scored by the model.
+
+An index directory holds::
+
+    index.faiss        the vectors (exact flat index, or HNSW for millions of questions)
+    questions.parquet  id and text of every question, in index order
+    meta.json          metric, kind, size and the identity of the model that made the vectors
+
+FAISS only proposes candidates: every hit is re-scored with the model's own distance and
+mapped to a calibrated probability by the model's calibrator, so scores from an index are
+the same numbers `DuplicateDetector.predict_proba` gives for the pair. An index refuses to
+be searched or extended with a model other than the one that built it.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from .checkpoint import model_config, state_to_save
+
+log = logging.getLogger("qpairs")
+
+FORMAT_VERSION = 1
+META, VECTORS, QUESTIONS = "meta.json", "index.faiss", "questions.parquet"
+KINDS = ("flat", "hnsw")
+AUTO_FLAT_MAX = 200_000  # `kind="auto"`: exact search up to this many questions, HNSW above
+TEXT_COLUMNS = ("question", "text", "question_text", "title", "question1", "sentence")
+ID_COLUMNS = ("id", "qid", "question_id")
+
+
+class SearchIndexError(ValueError):
+    """An index directory is missing, corrupt, or does not fit the model or the request."""
+
+
+class ModelMismatchError(SearchIndexError):
+    """The index was built with another model than the one asked to use it."""
+
+
+def _faiss():
+    logging.getLogger("faiss.loader").setLevel(logging.WARNING)  # it logs its CPU-feature probing at INFO
+    try:
+        import faiss
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("search needs FAISS: pip install 'qpairs[search]'") from exc
+    return faiss
+
+
+# ---------------------------------------------------------------- model identity
+
+def model_fingerprint(det) -> str:
+    """sha256 of the model's architecture config, its saved weights and its vocabulary (cached on `det`)."""
+    cached = getattr(det, "_qpairs_fingerprint", None)
+    if cached:
+        return cached
+    h = hashlib.sha256(json.dumps(model_config(det.model), sort_keys=True, default=str).encode())
+    for name, tensor in sorted(state_to_save(det.model).items()):
+        h.update(name.encode())
+        h.update(tensor.numpy().tobytes())
+    for enc in (det.model.encoder, det.model.right_encoder):
+        vocab = getattr(enc, "vocab", None)
+        if vocab is not None:
+            h.update("\n".join(vocab.itos).encode())
+    det._qpairs_fingerprint = h.hexdigest()
+    return det._qpairs_fingerprint
+
+
+def model_texts(det, texts: list[str], side: str) -> list[str]:
+    """Texts as the model was trained on them (e.g. HTML stripped on a title/body run's body side)."""
+    prepare = getattr(det, "prepare", None)
+    return prepare(texts, side) if prepare is not None else texts
+
+
+def bank_side(det) -> str:
+    """Encoder side for stored questions: 'right' for a pseudo-Siamese model (queries use 'left')."""
+    return "right" if det.model.variant == "pseudo" else "left"
+
+
+# ---------------------------------------------------------------- reading a question file
+
+def read_questions(path, text_col: str | None = None, id_col: str | None = None) -> tuple[list[str], list[str]]:
+    """(ids, texts) from a CSV/TSV of questions; empty questions and repeated ids raise `DataError`."""
+    from .data import DataError, find_column, read_table
+
+    frame = read_table(path)
+    cols = list(frame.columns)
+    tc = text_col or find_column(cols, TEXT_COLUMNS, "question text", path)
+    ic = id_col or find_column(cols, ID_COLUMNS, "id", path, required=False)
+    for c in (tc, ic):
+        if c is not None and c not in cols:
+            raise DataError(f"{path}: column '{c}' not found; columns are {cols}")
+    texts = frame[tc].fillna("").astype(str)
+    empty = np.flatnonzero(texts.str.strip().to_numpy() == "")
+    if len(empty):
+        r = int(empty[0])
+        raise DataError(f"{path}: row {r + 1} (line {r + 2}), column '{tc}': empty or missing question "
+                        f"({len(empty)} such rows)")
+    ids = frame[ic].astype(str) if ic else pd.Series(np.arange(len(frame))).astype(str)
+    repeated = ids.duplicated(keep=False).to_numpy()
+    if repeated.any():
+        rows = np.flatnonzero(ids.to_numpy() == ids.to_numpy()[repeated][0])[:2]
+        raise DataError(f"{path}: rows {rows[0] + 1} and {rows[1] + 1}, column '{ic}': repeated id "
+                        f"{ids.iloc[rows[0]]!r}; ids must be unique")
+    return ids.tolist(), texts.tolist()
+
+
+# ---------------------------------------------------------------- results
+
+@dataclass
+class Hit:
+    """One search result: a stored question and how likely it duplicates the query."""
+
+    id: str
+    text: str
+    probability: float
+    distance: float
+    duplicate: bool
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+# ---------------------------------------------------------------- the index
+
+def _new_faiss_index(dim: int, metric: str, kind: str, hnsw_m: int = 32):
+    faiss = _faiss()
+    inner = metric == "cosine"
+    if kind == "flat":
+        return faiss.IndexFlatIP(dim) if inner else faiss.IndexFlatL2(dim)
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, hnsw_m, faiss.METRIC_INNER_PRODUCT if inner else faiss.METRIC_L2)
+        index.hnsw.efConstruction = 80
+        return index
+    raise ValueError(f"unknown index kind {kind!r}; use one of {KINDS}")
+
+
+def _l2_normalize(x: np.ndarray) -> np.ndarray:
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return x / np.maximum(norms, 1e-12)
+
+
+class QuestionIndex:
+    """Question bank embedded by one model: build or load, `add`, `search`, `save`.
+
+    >>> index = QuestionIndex.build(det, texts, ids)
+    >>> index.search(det, "How do I learn Python?", k=5)   # [Hit(id, text, probability, ...)], best first
+    """
+
+    def __init__(self, index, ids: list[str], texts: list[str], meta: dict, path=None):
+        self.index = index
+        self.ids = list(ids)
+        self.texts = list(texts)
+        self.meta = meta
+        self.path = Path(path) if path else None
+        self._id_set = set(self.ids)
+
+    # -- construction
+    @classmethod
+    def empty(cls, det, kind: str = "flat", hnsw_m: int = 32) -> "QuestionIndex":
+        """An index with no questions yet, tied to `det`."""
+        metric = det.model.distance_metric
+        meta = {"format_version": FORMAT_VERSION, "kind": kind, "metric": metric, "dim": int(det.model.dim),
+                "normalized": metric == "cosine", "model_fingerprint": model_fingerprint(det),
+                "model_path": str(det.path) if det.path else None, "size": 0}
+        if kind == "hnsw":
+            meta["hnsw_m"] = hnsw_m
+        return cls(_new_faiss_index(int(det.model.dim), metric, kind, hnsw_m), [], [], meta)
+
+    @classmethod
+    def build(cls, det, texts, ids=None, kind: str = "flat", batch_size: int | None = None,
+              chunk_size: int = 8192, progress: bool | None = None) -> "QuestionIndex":
+        """Encode `texts` (ids default to "0", "1", …) with `det` into a new index."""
+        index = cls.empty(det, kind)
+        index.add(det, texts, ids, batch_size=batch_size, chunk_size=chunk_size, progress=progress)
+        return index
+
+    def add(self, det, texts, ids=None, batch_size: int | None = None, chunk_size: int = 8192,
+            progress: bool | None = None) -> None:
+        """Encode and append questions; their ids must be new."""
+        self.check_model(det)
+        texts = [str(t) for t in texts]
+        ids = [str(len(self.ids) + i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
+        if len(ids) != len(texts):
+            raise ValueError(f"got {len(texts)} texts but {len(ids)} ids")
+        _check_new_ids(ids, self._id_set)
+        bar = tqdm(total=len(texts), desc="encoding questions", unit="q", disable=None if progress is None else not progress)
+        for start in range(0, len(texts), chunk_size):
+            chunk = texts[start : start + chunk_size]
+            vectors = det.encode(model_texts(det, chunk, bank_side(det)), side=bank_side(det), batch_size=batch_size)
+            self.index.add(self._prepare(vectors))
+            bar.update(len(chunk))
+        bar.close()
+        self.ids += ids
+        self.texts += texts
+        self._id_set.update(ids)
+        self.meta["size"] = len(self.ids)
+
+    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
+        vectors = np.ascontiguousarray(vectors, dtype=np.float32)
+        return _l2_normalize(vectors) if self.meta["normalized"] else vectors
+
+    # -- persistence
+    def save(self, directory) -> Path:
+        """Write the index directory (created if needed)."""
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        _faiss().write_index(self.index, str(directory / VECTORS))
+        pd.DataFrame({"id": self.ids, "text": self.texts}).to_parquet(directory / QUESTIONS, index=False)
+        (directory / META).write_text(json.dumps(self.meta, indent=2))
+        self.path = directory
+        return directory
+
+    @classmethod
+    def load(cls, directory) -> "QuestionIndex":
+        """Read an index directory written by `save` (or `qpairs index`)."""
+        directory = Path(directory)
+        if not (directory / META).exists():
+            raise SearchIndexError(f"{directory}: not a qpairs index directory ({META} is missing)")
+        try:
+            meta = json.loads((directory / META).read_text())
+        except json.JSONDecodeError as exc:
+            raise SearchIndexError(f"{directory / META} is corrupt: {exc}") from exc
+        if meta.get("format_version") != FORMAT_VERSION:
+            raise SearchIndexError(f"{directory}: index format {meta.get('format_version')} is not supported "
+                                   f"(expected {FORMAT_VERSION}); rebuild it with `qpairs index`")
+        for name in (VECTORS, QUESTIONS):
+            if not (directory / name).exists():
+                raise SearchIndexError(f"{directory / name} is missing: the index is incomplete")
+        index = _faiss().read_index(str(directory / VECTORS))
+        frame = pd.read_parquet(directory / QUESTIONS)
+        if index.ntotal != len(frame) or len(frame) != meta.get("size"):
+            raise SearchIndexError(f"{directory}: {index.ntotal} vectors but {len(frame)} questions "
+                                   f"(meta says {meta.get('size')}): the index is corrupt")
+        return cls(index, frame["id"].astype(str).tolist(), frame["text"].astype(str).tolist(), meta, directory)
+
+    # -- model check
+    def check_model(self, det) -> None:
+        """Raise `ModelMismatchError` unless `det` is the model the index was built with."""
+        want, have = self.meta["model_fingerprint"], model_fingerprint(det)
+        if want != have:
+            where = f"index {self.path}" if self.path else "this index"
+            raise ModelMismatchError(
+                f"{where} was built with model {self.meta.get('model_path')} (id {want[:12]}), but the model "
+                f"given is {det.path} (id {have[:12]}); use that model or rebuild the index with this one")
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def __repr__(self) -> str:
+        return f"QuestionIndex({len(self)} questions, {self.meta['kind']}, {self.meta['metric']}, path={self.path})"
+
+    # -- search
+    def knn(self, vectors: np.ndarray, k: int) -> np.ndarray:
+        """FAISS candidate rows [n, k] (−1 where fewer than k exist) for raw model embeddings."""
+        k = min(k, len(self))
+        if self.meta["kind"] == "hnsw":
+            self.index.hnsw.efSearch = max(64, 2 * k)
+        _, rows = self.index.search(self._prepare(vectors), k)
+        return rows
+
+    def rescore(self, det, vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The model's own distance from each query vector to its candidate rows (inf where row is −1)."""
+        valid = rows >= 0
+        stored = np.zeros(rows.shape + (self.index.d,), dtype=np.float32)
+        if valid.any():
+            stored[valid] = self.index.reconstruct_batch(rows[valid].astype(np.int64))
+        q = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))[:, None, :]
+        d = det.model.distance(q.expand(-1, rows.shape[1], -1), torch.from_numpy(stored)).numpy()
+        return np.where(valid, d, np.inf)
+
+    def search_many(self, det, questions, k: int = 10) -> list[list[Hit]]:
+        """For each question, the k nearest stored questions, best (most likely duplicate) first."""
+        self.check_model(det)
+        if k < 1:
+            raise ValueError(f"k must be at least 1, got {k}")
+        questions = [questions] if isinstance(questions, str) else list(questions)
+        if not questions or len(self) == 0:
+            return [[] for _ in questions]
+        vectors = det.encode(model_texts(det, questions, "left"), side="left")
+        rows = self.knn(vectors, k)
+        dist = self.rescore(det, vectors, rows)
+        probs = det.calibrator.predict_proba(dist)
+        out = []
+        for r, d, p in zip(rows, dist, probs):
+            order = [i for i in np.argsort(d, kind="stable") if r[i] >= 0]
+            out.append([Hit(self.ids[r[i]], self.texts[r[i]], float(p[i]), float(d[i]), bool(p[i] >= det.threshold))
+                        for i in order])
+        return out
+
+    def search(self, det, question: str, k: int = 10) -> list[Hit]:
+        """The k nearest stored questions to `question`, best first, with calibrated probabilities."""
+        if not isinstance(question, str):
+            raise TypeError(f"question must be a string, not {type(question).__name__}; use search_many for lists")
+        return self.search_many(det, [question], k)[0]
+
+
+def _check_new_ids(ids: list[str], existing: set) -> None:
+    seen: dict[str, int] = {}
+    for i, x in enumerate(ids):
+        if x in existing:
+            raise ValueError(f"id {x!r} (item {i}) is already in the index; ids must be unique")
+        if x in seen:
+            raise ValueError(f"id {x!r} is repeated (items {seen[x]} and {i}); ids must be unique")
+        seen[x] = i
+
+
+def open_index(index_or_dir) -> QuestionIndex:
+    """A `QuestionIndex` as is, or loaded from its directory."""
+    return index_or_dir if isinstance(index_or_dir, QuestionIndex) else QuestionIndex.load(index_or_dir)
+
+
+# ---------------------------------------------------------------- command-line helpers
+
+def load_detector(model=None, index: QuestionIndex | None = None, device: str = "auto"):
+    """`model` if given, else the model recorded in `index` (when its directory still exists), else the default."""
+    from .detector import load
+
+    if model is None and index is not None and index.meta.get("model_path"):
+        recorded = Path(index.meta["model_path"])
+        if (recorded / "config.json").exists():
+            model = recorded
+    return load(model, device=device)
+
+
+def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "flat", append: bool = False,
+               device: str = "auto", batch_size: int | None = None) -> QuestionIndex:
+    """`qpairs index`: read a question file, encode it and write (or, with `append`, extend) an index directory."""
+    out = Path(out)
+    exists = (out / META).exists()
+    if exists and not append:
+        raise FileExistsError(f"{out} already holds an index: pass --append to add questions or choose another -o")
+    ids, texts = read_questions(path, text_col, id_col)
+    if exists:
+        index = QuestionIndex.load(out)
+        det = load_detector(model, index, device)
+        index.add(det, texts, ids, batch_size=batch_size)
+    else:
+        det = load_detector(model, None, device)
+        index = QuestionIndex.build(det, texts, ids, kind=kind, batch_size=batch_size)
+    index.save(out)
+    return index
+
+
+def format_hits(hits: list[Hit], width: int = 90) -> str:
+    """A plain-text table of search results."""
+    lines = [f"{'rank':>4}  {'prob':>6}  dup  {'id':<12} question"]
+    for rank, h in enumerate(hits, 1):
+        text = h.text if len(h.text) <= width else h.text[: width - 1] + "…"
+        lines.append(f"{rank:>4}  {h.probability:6.3f}  {'yes' if h.duplicate else ' no'}  {h.id:<12} {text}")
+    return "\n".join(lines)
+
+
+def write_table(frame: pd.DataFrame, path) -> None:
+    """CSV (gz ok) or Parquet by file suffix."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        frame.to_parquet(path, index=False)
+    else:
+        frame.to_csv(path, index=False, sep="\t" if ".tsv" in path.suffixes else ",")
+
+
+# ---------------------------------------------------------------- dedup
+
+def duplicate_edges(det, index: QuestionIndex, k: int = 10, threshold: float | None = None,
+                    chunk_size: int = 4096, progress: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Edges (i, j, probability) of the k-nearest-neighbour graph whose probability reaches `threshold`.
+
+    Queries run in chunks of stored vectors, so memory is O(n·k), never n×n.
+    """
+    index.check_model(det)
+    threshold = det.threshold if threshold is None else threshold
+    n = len(index)
+    src, dst, prob = [], [], []
+    bar = tqdm(total=n, desc="kNN graph", unit="q", disable=None if progress is None else not progress)
+    for start in range(0, n, chunk_size):
+        stop = min(n, start + chunk_size)
+        vectors = index.index.reconstruct_n(start, stop - start)
+        rows = index.knn(vectors, k + 1)
+        p = det.calibrator.predict_proba(index.rescore(det, vectors, rows))
+        me = np.arange(start, stop)[:, None]
+        keep = (rows >= 0) & (rows != me) & (p >= threshold)
+        src.append(np.broadcast_to(me, rows.shape)[keep])
+        dst.append(rows[keep])
+        prob.append(p[keep])
+        bar.update(stop - start)
+    bar.close()
+    cat = lambda parts, dt: np.concatenate(parts).astype(dt) if parts else np.zeros(0, dt)  # noqa: E731
+    return cat(src, np.int64), cat(dst, np.int64), cat(prob, np.float64)
+
+
+def connected_clusters(n: int, src: np.ndarray, dst: np.ndarray) -> np.ndarray:
+    """Cluster id per node (connected components, numbered by first appearance) of an undirected edge list."""
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    graph = coo_matrix((np.ones(len(src), dtype=np.int8), (src, dst)), shape=(n, n)).tocsr()
+    _, labels = connected_components(graph, directed=False)
+    _, first = np.unique(labels, return_index=True)
+    renumber = np.empty(len(first), dtype=np.int64)
+    renumber[np.argsort(np.argsort(first))] = np.arange(len(first))  # order of first appearance
+    return renumber[labels]
+
+
+def dedup(det, texts, ids=None, k: int = 10, threshold: float | None = None, kind: str = "auto",
+          batch_size: int | None = None, progress: bool | None = None) -> pd.DataFrame:
+    """Groups of duplicate questions: kNN graph above the threshold → connected components.
+
+    Returns one row per question (input order): id, text, cluster, cluster_size,
+    best_match (id of its most likely duplicate, or empty) and best_probability.
+    """
+    texts = list(texts)
+    if kind == "auto":
+        kind = "flat" if len(texts) <= AUTO_FLAT_MAX else "hnsw"
+    index = QuestionIndex.build(det, texts, ids, kind=kind, batch_size=batch_size, progress=progress)
+    src, dst, prob = duplicate_edges(det, index, k, threshold, progress=progress)
+    labels = connected_clusters(len(index), src, dst)
+    sizes = np.bincount(labels)
+    best_p = np.zeros(len(index))
+    best = np.full(len(index), -1)
+    order = np.lexsort((-prob, src))  # by source, most likely duplicate first
+    sources, first = np.unique(src[order], return_index=True)
+    best[sources], best_p[sources] = dst[order][first], prob[order][first]
+    return pd.DataFrame({
+        "id": index.ids, "text": index.texts, "cluster": labels, "cluster_size": sizes[labels],
+        "best_match": [index.ids[b] if b >= 0 else "" for b in best], "best_probability": best_p,
+    })
+
+
+# ---------------------------------------------------------------- evaluation
+
+def retrieval_metrics(ranked: list[list], relevant: list[set], ks=(1, 10)) -> dict:
+    """recall@k (a relevant item within the top k) and MRR (over the ranked lists given) per query, averaged."""
+    if len(ranked) != len(relevant):
+        raise ValueError(f"{len(ranked)} ranked lists but {len(relevant)} relevance sets")
+    if not ranked:
+        raise ValueError("no queries to evaluate")
+    first = []
+    for items, rel in zip(ranked, relevant):
+        pos = next((i for i, x in enumerate(items) if x in rel), None)
+        first.append(np.inf if pos is None else pos + 1)
+    first = np.asarray(first, dtype=float)
+    out = {f"recall@{k}": float(np.mean(first <= k)) for k in ks}
+    out["mrr"] = float(np.mean(np.where(np.isfinite(first), 1.0 / first, 0.0)))
+    out["queries"] = len(ranked)
+    return out

@@ -1,0 +1,180 @@
+"""Question index, search, dedup and their CLI, on a tiny random BiLSTM and generated questions."""
+import numpy as np
+import pandas as pd
+import pytest
+
+import qpairs
+from qpairs.cli import main
+from qpairs.data import DataError
+from qpairs.search import (ModelMismatchError, QuestionIndex, SearchIndexError, connected_clusters, dedup,
+                           duplicate_edges, read_questions, retrieval_metrics)
+from tiny_search_model import bank_csv, bank_questions, groups_with_copies, make_tiny_model
+
+
+@pytest.fixture(scope="module", params=["euclidean", "cosine"])
+def det(request, tmp_path_factory):
+    path = make_tiny_model(tmp_path_factory.mktemp(request.param), request.param)
+    return qpairs.load(path, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def other_det(tmp_path_factory):
+    return qpairs.load(make_tiny_model(tmp_path_factory.mktemp("other"), seed=1), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def bank():
+    return bank_questions()
+
+
+def test_flat_search_equals_brute_force_model_scores(det, bank):
+    index = QuestionIndex.build(det, bank, [f"q{i}" for i in range(len(bank))])
+    query = "how do i learn PYTHON?"  # same tokens as bank question "How do I learn python?"
+    hits = index.search(det, query, k=8)
+    dist = det.distances([query] * len(bank), bank)  # the model's own scores for every bank question
+    best = np.argsort(dist, kind="stable")[:8]
+    assert [h.text for h in hits] == [bank[i] for i in best]
+    np.testing.assert_allclose([h.distance for h in hits], dist[best], atol=1e-6)
+    np.testing.assert_allclose([h.probability for h in hits], det.predict_proba([query] * 8, [bank[i] for i in best]),
+                               rtol=1e-3)
+    assert hits[0].text == "How do I learn python?" and hits[0].id == f"q{bank.index('How do I learn python?')}"
+    assert hits[0].duplicate and not any(h.duplicate for h in hits[1:])
+    assert [h.distance for h in hits] == sorted(h.distance for h in hits)
+    assert index.meta["metric"] == det.model.distance_metric
+
+
+def test_hnsw_finds_the_same_neighbours_on_a_small_bank(det, bank):
+    flat = QuestionIndex.build(det, bank)
+    hnsw = QuestionIndex.build(det, bank, kind="hnsw")
+    queries = ["is java hard?", "Who invented tennis?", "what makes cats so popular?"]
+    for a, b in zip(flat.search_many(det, queries, 5), hnsw.search_many(det, queries, 5)):
+        assert [h.id for h in a] == [h.id for h in b]
+
+
+def test_save_load_and_detector_search(det, bank, tmp_path):
+    QuestionIndex.build(det, bank).save(tmp_path / "idx")
+    loaded = QuestionIndex.load(tmp_path / "idx")
+    assert len(loaded) == len(bank) and loaded.texts == bank
+    hits = det.search(tmp_path / "idx", "Is Java hard?", k=3)
+    assert hits[0].text == "Is java hard?" and len(hits) == 3
+    many = det.search(loaded, ["Is Java hard?", "who invented dogs?"], k=2)
+    assert [m[0].text for m in many] == ["Is java hard?", "Who invented dogs?"]
+    assert len(det.search(loaded, "Is Java hard?", k=10_000)) == len(bank)  # k larger than the bank
+
+
+def test_refuses_a_different_model(det, other_det, bank, tmp_path):
+    index = QuestionIndex.build(other_det, bank[:20])
+    index.save(tmp_path / "idx")
+    with pytest.raises(ModelMismatchError, match="rebuild the index"):
+        index.search(det, "Is java hard?")
+    with pytest.raises(ModelMismatchError):
+        index.add(det, ["a new question"], ["new"])
+    with pytest.raises(ModelMismatchError):
+        det.search(tmp_path / "idx", "Is java hard?")
+
+
+def test_add_appends_and_rejects_repeated_ids(det, bank):
+    index = QuestionIndex.build(det, bank[:10], [f"a{i}" for i in range(10)])
+    index.add(det, bank[10:15], [f"b{i}" for i in range(5)])
+    assert len(index) == 15 and index.index.ntotal == 15
+    assert index.search(det, bank[12], k=1)[0].id == "b2"
+    with pytest.raises(ValueError, match="already in the index"):
+        index.add(det, ["x"], ["a3"])
+    with pytest.raises(ValueError, match="repeated"):
+        index.add(det, ["x", "y"], ["c", "c"])
+    assert len(index) == 15
+
+
+def test_corrupt_or_missing_index_is_reported(det, bank, tmp_path):
+    with pytest.raises(SearchIndexError, match="not a qpairs index"):
+        QuestionIndex.load(tmp_path)
+    QuestionIndex.build(det, bank[:5]).save(tmp_path / "idx")
+    (tmp_path / "idx" / "questions.parquet").unlink()
+    with pytest.raises(SearchIndexError, match="questions.parquet is missing"):
+        QuestionIndex.load(tmp_path / "idx")
+
+
+def test_read_questions_validates_rows(tmp_path):
+    good = tmp_path / "good.csv"
+    bank_csv(good, ["Is java hard?", "Who invented tennis?"], ["7", "9"])
+    assert read_questions(good) == (["7", "9"], ["Is java hard?", "Who invented tennis?"])
+    empty = tmp_path / "empty.csv"
+    pd.DataFrame({"id": [1, 2, 3], "question": ["ok?", "  ", "fine?"]}).to_csv(empty, index=False)
+    with pytest.raises(DataError, match=r"empty.csv: row 2 \(line 3\), column 'question': empty"):
+        read_questions(empty)
+    repeated = tmp_path / "repeated.csv"
+    pd.DataFrame({"id": [1, 2, 1], "question": ["a?", "b?", "c?"]}).to_csv(repeated, index=False)
+    with pytest.raises(DataError, match=r"rows 1 and 3, column 'id': repeated id '1'"):
+        read_questions(repeated)
+    with pytest.raises(DataError, match="no question text column"):
+        read_questions(_no_text(tmp_path))
+    with pytest.raises(DataError, match="column 'nope' not found"):
+        read_questions(good, text_col="nope")
+
+
+def _no_text(tmp_path):
+    path = tmp_path / "no_text.csv"
+    pd.DataFrame({"id": [1], "body": ["x"]}).to_csv(path, index=False)
+    return path
+
+
+def test_connected_clusters_follow_chains():
+    labels = connected_clusters(7, np.array([0, 2, 5, 4]), np.array([1, 1, 4, 5]))
+    assert labels.tolist() == [0, 0, 0, 1, 2, 2, 3]  # {0,1,2} {3} {4,5} {6}
+
+
+def test_dedup_recovers_groups_of_copies(det):
+    texts, groups = groups_with_copies()
+    clusters = dedup(det, texts, [f"t{i}" for i in range(len(texts))], k=5)
+    # same partition as the truth: a one-to-one map between found clusters and true groups
+    pairs = set(zip(clusters["cluster"], groups))
+    assert len(pairs) == clusters["cluster"].nunique() == len(set(groups))
+    sizes = pd.Series(groups).map(pd.Series(groups).value_counts())
+    assert clusters["cluster_size"].tolist() == sizes.tolist()
+    multi = clusters[clusters["cluster_size"] > 1]
+    assert (multi["best_probability"] >= det.threshold).all() and (multi["best_match"] != "").all()
+    assert (clusters.loc[clusters["cluster_size"] == 1, "best_match"] == "").all()
+
+
+def test_dedup_edges_do_not_depend_on_chunking(det):
+    texts, _ = groups_with_copies(seed=3)
+    index = QuestionIndex.build(det, texts)
+    whole = duplicate_edges(det, index, k=4, chunk_size=10_000)
+    chunked = duplicate_edges(det, index, k=4, chunk_size=7)
+    for a, b in zip(whole, chunked):
+        np.testing.assert_array_equal(a, b)
+    assert len(whole[0]) > 0
+
+
+def test_retrieval_metrics_by_hand():
+    ranked = [["a", "b", "c"], ["x", "y", "z"], ["m", "n", "o"]]
+    relevant = [{"a"}, {"z", "q"}, {"zz"}]
+    m = retrieval_metrics(ranked, relevant, ks=(1, 3))
+    assert m["recall@1"] == pytest.approx(1 / 3) and m["recall@3"] == pytest.approx(2 / 3)
+    assert m["mrr"] == pytest.approx((1 + 1 / 3 + 0) / 3) and m["queries"] == 3
+
+
+def test_cli_index_search_dedup(det, tmp_path, capsys):
+    model = str(det.path)
+    bank_csv(tmp_path / "bank.csv")
+    assert main(["index", str(tmp_path / "bank.csv"), "-o", str(tmp_path / "idx"), "--model", model]) == 0
+    assert main(["search", str(tmp_path / "idx"), "who invented PIANO?", "-k", "3"]) == 0  # model from the index
+    out = capsys.readouterr().out.splitlines()
+    assert "Who invented piano?" in out[2] and "yes" in out[2] and len(out) == 5
+    assert main(["index", str(tmp_path / "bank.csv"), "-o", str(tmp_path / "idx"), "--model", model]) == 2
+    assert "--append" in capsys.readouterr().err
+
+    texts, groups = groups_with_copies()
+    pd.DataFrame({"question": texts}).to_csv(tmp_path / "qs.csv", index=False)
+    assert main(["dedup", str(tmp_path / "qs.csv"), "-o", str(tmp_path / "clusters.csv"), "--model", model]) == 0
+    clusters = pd.read_csv(tmp_path / "clusters.csv", keep_default_na=False)
+    assert clusters["cluster"].nunique() == len(set(groups)) and clusters["text"].tolist() == texts
+
+
+def test_cli_refuses_another_model(det, other_det, tmp_path, capsys):
+    bank_csv(tmp_path / "bank.csv")
+    assert main(["index", str(tmp_path / "bank.csv"), "-o", str(tmp_path / "idx"), "--model", str(det.path)]) == 0
+    assert main(["search", str(tmp_path / "idx"), "Is java hard?", "--model", str(other_det.path)]) == 2
+    assert "was built with model" in capsys.readouterr().err
+    assert main(["index", str(tmp_path / "bank.csv"), "-o", str(tmp_path / "idx"), "--append",
+                 "--model", str(other_det.path)]) == 2
