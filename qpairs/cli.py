@@ -154,6 +154,69 @@ def _add_search_commands(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def cmd_score(args) -> int:
+    from .scoring import score_file
+
+    r = score_file(args.input, args.output, args.model, q1_col=args.q1_col, q2_col=args.q2_col, id_col=args.id_col,
+                   device=args.device, batch_size=args.batch_size, chunk_size=args.chunk_size,
+                   on_bad_row=args.on_bad_row, resume=args.resume, max_chars=args.max_chars)
+    print(f"scored {r['rows']} pairs ({r['q1_col']} vs {r['q2_col']}) in {r['seconds']:.1f} s, "
+          f"{r['pairs_per_s']:.0f} pairs/s, unique-text cache hits {r['cache_hit_rate']:.0%}; written to {r['output']}")
+    if r["bad_rows"]:
+        print(f"{r['bad_rows']} bad cells left unscored (empty probability), listed in {r['bad_rows_report']}")
+    return 0
+
+
+def cmd_submit(args) -> int:
+    from .submit import make_submission
+
+    r = make_submission(args.test, args.output, args.model, test_prior=args.test_prior, device=args.device,
+                        batch_size=args.batch_size, q1_col=args.q1_col, q2_col=args.q2_col, id_col=args.id_col)
+    print(f"{r['rows']} rows written to {r['output']} (mean probability {r['mean_probability']:.4f}"
+          + (f", prior shifted to {r['test_prior']}" if r["test_prior"] is not None else "") + ")")
+    return 0
+
+
+def _add_scoring_commands(sub) -> None:
+    p = sub.add_parser("score", help="score every pair of a CSV/TSV/Parquet file (streaming, resumable)",
+                       description="Adds duplicate_probability (calibrated) and predicted_duplicate (0/1 at the "
+                       "model's threshold) to every row, keeping all input columns and the row order. Formats "
+                       "follow the file names: .csv, .tsv, .txt, .parquet, each .gz-compressed or not (not Parquet).")
+    p.add_argument("input", help="pair file: CSV, TSV (.gz ok) or Parquet")
+    p.add_argument("-o", "--output", required=True, help="output file (format from its name); written only when complete")
+    p.add_argument("--model", help="model directory (default: the bundled default model)")
+    p.add_argument("--q1-col", help="first question column (default: detected, e.g. question1)")
+    p.add_argument("--q2-col", help="second question column (default: detected, e.g. question2)")
+    p.add_argument("--id-col", help="id column named in errors and the bad-row report (default: detected)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--batch-size", type=int, help="texts per encoder batch (default: 1024 on GPU, 128 on CPU)")
+    p.add_argument("--chunk-size", type=int, default=50_000, help="rows read and written at a time (default: 50000)")
+    p.add_argument("--on-bad-row", default="error", choices=["error", "mark"],
+                   help="empty, NaN, non-text or over-long question: error stops naming the row; mark leaves its "
+                        "probability empty and lists it in OUTPUT.bad_rows.csv (default: error)")
+    p.add_argument("--max-chars", type=int, default=10_000, help="longer questions are bad rows (default: 10000)")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run (same input and options); "
+                   "the result is identical to an uninterrupted run")
+    p.set_defaults(func=cmd_score)
+
+    p = sub.add_parser("submit", help="Kaggle submission file (test_id,is_duplicate) for a test CSV",
+                       description="One row per test_id in input order, probabilities clipped to [1e-6, 1-1e-6], "
+                       "checked (row count, unique ids, no NaN) before writing; OUTPUT ending in .gz is gzipped.")
+    p.add_argument("test", help="Kaggle test.csv (test_id,question1,question2), .gz ok")
+    p.add_argument("-o", "--output", required=True, help="submission CSV (.csv or .csv.gz)")
+    p.add_argument("--model", help="model directory (default: the bundled default model)")
+    p.add_argument("--test-prior", type=float,
+                   help="re-weight the probabilities from the duplicate rate the calibration was fitted at "
+                        "(stored as 'prior' in calibration.json: 0.37, QQP's natural rate) to this test rate, by "
+                        "Bayes' rule. The Kaggle test set's rate is about 0.165 (top solutions corrected for it), "
+                        "so --test-prior 0.165 lowers the log loss there")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--batch-size", type=int, help="texts per encoder batch")
+    p.add_argument("--q1-col"), p.add_argument("--q2-col")
+    p.add_argument("--id-col", help="id column (default: test_id)")
+    p.set_defaults(func=cmd_submit)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
@@ -178,6 +241,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     _add_search_commands(sub)
+    _add_scoring_commands(sub)
     return parser
 
 

@@ -1,13 +1,23 @@
 """Batch scoring of question pairs.
 
 The core is engine-neutral: `score_frame` maps a pandas frame of pairs to the same frame
-plus score columns. The local streaming scorer, Ray Data and Spark's `mapInPandas` all
-call it.
+plus score columns. The local streaming scorer (`score_file`, ``qpairs score``), Ray Data
+and Spark's `mapInPandas` all call it or the `PairScorer` under it.
+
+`score_file` reads the input in chunks and writes every chunk as soon as it is scored, so
+memory stays flat in the file size (file formats: `qpairs.tableio`).
 """
 from __future__ import annotations
 
+import math
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
+import torch
 
 PROBA_COL = "duplicate_probability"
 PRED_COL = "predicted_duplicate"
@@ -20,3 +30,360 @@ def score_frame(det, frame: pd.DataFrame, q1_col: str = "question1", q2_col: str
     out[PROBA_COL] = np.asarray(probs, dtype=np.float64)
     out[PRED_COL] = (out[PROBA_COL] >= det.threshold).astype(int)
     return out
+
+
+class EmbeddingStore:
+    """Bounded text → embedding cache kept on the model's device.
+
+    Slots are handed out in order; when the store is full it is cleared (deterministic, so
+    two runs over the same input compute the same batches). `clear()` is also called at
+    every resume checkpoint of `score_file`.
+    """
+
+    def __init__(self, capacity: int, dim: int, device):
+        self.capacity = max(1, int(capacity))
+        self.table = torch.empty((0, dim), dtype=torch.float32, device=device)
+        self.dim, self.device = dim, device
+        self.slot: dict[str, int] = {}
+
+    def clear(self) -> None:
+        self.slot.clear()
+
+    def _grow(self, need: int) -> None:
+        if need > len(self.table):  # grow geometrically up to the capacity
+            size = min(self.capacity, max(need, 2 * len(self.table), 1024))
+            table = torch.empty((size, self.dim), dtype=torch.float32, device=self.device)
+            table[: len(self.table)] = self.table
+            self.table = table
+
+    def add(self, texts: list[str], emb: torch.Tensor) -> None:
+        start = len(self.slot)
+        self._grow(start + len(texts))
+        self.table[start : start + len(texts)] = emb
+        for i, t in enumerate(texts):
+            self.slot[t] = start + i
+
+
+class PairScorer:
+    """Calibrated probabilities for many pairs, encoding each unique text once (bounded cache).
+
+    Texts are encoded in length-sorted batches, tokenized in a background thread while the
+    model runs, in bf16 autocast on a GPU.
+    """
+
+    def __init__(self, det, batch_size: int | None = None, cache_size: int | None = None, prefetch: int = 2):
+        self.det = det
+        cuda = det.device.type == "cuda"
+        self.batch_size = batch_size or (1024 if cuda else 128)
+        self.cache_size = cache_size or (2_000_000 if cuda else 200_000)
+        self.prefetch = prefetch
+        sides = ("left",) if det.model.variant == "siamese" else ("left", "right")
+        self.stores = {s: EmbeddingStore(self.cache_size, det.model.dim, det.device) for s in sides}
+        self.encoded = 0  # texts run through the encoder
+        self.looked_up = 0  # text slots served (cache hits + encoded)
+
+    def store(self, side: str) -> EmbeddingStore:
+        return self.stores.get(side, self.stores["left"])
+
+    def clear(self) -> None:
+        for s in self.stores.values():
+            s.clear()
+
+    @torch.inference_mode()
+    def encode(self, texts: list[str], side: str = "left") -> torch.Tensor:
+        """Embeddings [n, dim] (float32, on the model's device) of `texts`, in their order."""
+        encoder = self.det.model.side(side)
+        device = self.det.device
+        out = torch.empty((len(texts), self.det.model.dim), dtype=torch.float32, device=device)
+        order = np.argsort(np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)), kind="stable")
+        batches = [order[s : s + self.batch_size] for s in range(0, len(texts), self.batch_size)]
+        pin = device.type == "cuda"
+
+        def tokenize(idx):
+            batch = encoder.tokenize([texts[i] for i in idx])
+            return {k: (v.pin_memory() if pin else v) for k, v in batch.items()}
+
+        with ThreadPoolExecutor(1) as pool:
+            pending = deque(pool.submit(tokenize, b) for b in batches[: self.prefetch])
+            for i, idx in enumerate(batches):
+                batch = pending.popleft().result()
+                if i + self.prefetch < len(batches):
+                    pending.append(pool.submit(tokenize, batches[i + self.prefetch]))
+                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+                with self.det._autocast():
+                    emb = encoder(**batch)
+                out[torch.as_tensor(idx, device=device)] = emb.float()
+        self.encoded += len(texts)
+        return out
+
+    def _slots(self, texts: list[str], side: str) -> np.ndarray:
+        """Cache slots of `texts` (encoding the missing unique ones first)."""
+        store = self.store(side)
+        uniq = pd.unique(np.asarray(texts, dtype=object))
+        if len(uniq) > store.capacity:
+            raise ValueError(f"a chunk has {len(uniq)} unique texts, more than the cache holds ({store.capacity}): "
+                             "use a smaller --chunk-size")
+        missing = [t for t in uniq if t not in store.slot]
+        if len(store.slot) + len(missing) > store.capacity:
+            store.clear()
+            missing = list(uniq)
+        if missing:
+            store.add(missing, self.encode(missing, side))
+        self.looked_up += len(texts)
+        return np.fromiter((store.slot[t] for t in texts), dtype=np.int64, count=len(texts))
+
+    @torch.inference_mode()
+    def distances(self, q1: list[str], q2: list[str]) -> np.ndarray:
+        """Distances of the pairs (the model's `distance`: embedding distance or −logit of a pair head)."""
+        model = self.det.model
+        prepare = getattr(self.det, "prepare", None)  # title/body runs clean their body side
+        if prepare is not None:
+            q1, q2 = prepare(list(q1), "left"), prepare(list(q2), "right")
+        if model.variant == "siamese":
+            slots = self._slots(list(q1) + list(q2), "left")
+            s1, s2 = slots[: len(q1)], slots[len(q1) :]
+            t1 = t2 = self.store("left").table
+        else:
+            s1, s2 = self._slots(list(q1), "left"), self._slots(list(q2), "right")
+            t1, t2 = self.store("left").table, self.store("right").table
+        dev = self.det.device
+        e1 = t1[torch.as_tensor(s1, device=dev)]
+        e2 = t2[torch.as_tensor(s2, device=dev)]
+        return model.distance(e1, e2).cpu().numpy().astype(np.float64)
+
+    def predict_proba(self, q1: list[str], q2: list[str]) -> np.ndarray:
+        """Calibrated duplicate probabilities of the pairs (float64 array)."""
+        if len(q1) != len(q2):
+            raise ValueError(f"q1 and q2 must have the same length, got {len(q1)} and {len(q2)}")
+        if not len(q1):
+            return np.zeros(0)
+        return self.det.calibrator.predict_proba(self.distances(q1, q2))
+
+    @property
+    def cache_hit_rate(self) -> float:
+        return 1.0 - self.encoded / self.looked_up if self.looked_up else math.nan
+
+
+# ---------------------------------------------------------------- bad rows
+
+MISSING_TEXTS = {"nan", "none", "null"}  # what a NaN becomes after a careless astype(str)
+
+
+def bad_reasons(values: pd.Series, max_chars: int) -> pd.Series:
+    """Per row: why the cell is not a scorable question ('' when it is fine)."""
+    is_str = values.map(lambda v: isinstance(v, str)).astype(bool)
+    text = values.where(is_str, "").astype(str)
+    reason = pd.Series("", index=values.index, dtype=object)
+    stripped = text.str.strip()
+    reason[is_str & (stripped == "")] = "empty question"
+    reason[is_str & stripped.str.lower().isin(MISSING_TEXTS)] = "missing question (text 'nan'/'none'/'null')"
+    lengths = text.str.len()
+    long = is_str & (lengths > max_chars)
+    reason[long] = "over-long question (" + lengths[long].astype(str) + f" characters > --max-chars {max_chars})"
+    na = ~is_str & values.isna()
+    reason[na] = "missing question (NaN/null)"
+    other = ~is_str & ~na
+    reason[other] = "not text (" + values[other].map(lambda v: type(v).__name__) + ")"
+    return reason
+
+
+def _row_label(path, row: int, fmt: str) -> str:
+    where = f"row {row + 1}"
+    return where + (f" (line {row + 2})" if fmt != "parquet" else "")
+
+
+# ---------------------------------------------------------------- file scorer
+
+def resolve_columns(columns, q1_col=None, q2_col=None, id_col=None, path="input") -> tuple[str, str, str | None]:
+    """(question 1, question 2, id) column names: given, or detected for the Kaggle/QQP schemas."""
+    from .data import ID_COLUMNS, Q1_COLUMNS, Q2_COLUMNS, DataError, find_column
+
+    q1 = q1_col or find_column(columns, Q1_COLUMNS, "first-question", path)
+    q2 = q2_col or find_column(columns, Q2_COLUMNS, "second-question", path)
+    idc = id_col or find_column(columns, ID_COLUMNS, "id", path, required=False)
+    for role, c in (("--q1-col", q1), ("--q2-col", q2), ("--id-col", idc)):
+        if c is not None and c not in columns:
+            raise DataError(f"{path}: {role} column '{c}' not found; columns are {list(columns)}")
+    for c in (PROBA_COL, PRED_COL):
+        if c in columns:
+            raise DataError(f"{path}: already has a '{c}' column (a scored file?); rename it first")
+    return q1, q2, idc
+
+
+def _paths(output) -> dict:
+    out = Path(output)
+    hidden = out.parent / f".{out.name}"
+    return {"out": out, "tmp": Path(f"{hidden}.partial"), "state": Path(f"{hidden}.resume.json"),
+            "bad": out.parent / f"{out.name}.bad_rows.csv", "bad_tmp": Path(f"{hidden}.bad_rows.partial")}
+
+
+def _fingerprint(det) -> str:
+    import hashlib
+    import json
+
+    blob = json.dumps({"cal": det.calibrator.to_dict(), "cfg": det.config}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: str | None = None,
+               id_col: str | None = None, device: str = "auto", batch_size: int | None = None,
+               chunk_size: int = 50_000, on_bad_row: str = "error", resume: bool = False, max_chars: int = 10_000,
+               cache_size: int | None = None, checkpoint_rows: int = 500_000, progress: bool | None = None,
+               _stop_after_chunks: int | None = None) -> dict:
+    """Score every pair of a CSV/TSV/gzip/Parquet file into `output` (same columns + two score columns).
+
+    One output row per input row, in input order. Reads and writes `chunk_size` rows at a
+    time; each unique question is encoded once per `checkpoint_rows` segment (bounded cache).
+    on_bad_row: 'error' stops at the first bad row (empty, NaN, non-text, over `max_chars`);
+    'mark' leaves its probability empty and lists it in ``OUTPUT.bad_rows.csv``.
+    The output appears only when complete (temp file + rename); `resume=True` continues an
+    interrupted run and gives the same bytes. Returns a summary dict.
+    """
+    import json
+    import time
+
+    from tqdm.auto import tqdm
+
+    from . import tableio
+    from .data import DataError
+
+    if on_bad_row not in ("error", "mark"):
+        raise ValueError(f"on_bad_row must be 'error' or 'mark', not {on_bad_row!r}")
+    if chunk_size < 1:
+        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
+    fmt_in, _ = tableio.table_format(input)
+    tableio.table_format(output)  # fail early on an unsupported output name
+    columns = tableio.read_columns(input)
+    q1c, q2c, idc = resolve_columns(columns, q1_col, q2_col, id_col, input)
+    det = _as_detector(model, device)
+    scorer = PairScorer(det, batch_size, cache_size)
+    p = _paths(output)
+    every = max(1, checkpoint_rows // chunk_size)
+    st = os.stat(input)
+    ident = {"input": str(Path(input).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
+             "options": {"q1": q1c, "q2": q2c, "id": idc, "chunk_size": chunk_size, "every": every,
+                         "on_bad_row": on_bad_row, "max_chars": max_chars, "batch_size": scorer.batch_size,
+                         "cache_size": scorer.cache_size, "device": det.device.type, "model": _fingerprint(det)}}
+    state = _resume_state(p, ident) if resume else None
+    writer = tableio.open_writer(output, p["tmp"], state and state["writer"])
+    bad_writer = tableio.CSVWriter(p["bad_tmp"], "csv", False, state and state["bad_writer"])
+    chunks_done, rows_done, n_bad = (state["chunks"], state["rows"], state["bad_rows"]) if state else (0, 0, 0)
+    bar = tqdm(total=tableio.num_rows(input), initial=rows_done, unit="pair", unit_scale=True, desc="scoring",
+               disable=None if progress is None else not progress, smoothing=0.05)
+    t0, scored = time.perf_counter(), 0
+    try:
+        for k, chunk in enumerate(tableio.iter_chunks(input, chunk_size)):
+            if k < chunks_done:
+                continue
+            bad = {c: bad_reasons(chunk[c], max_chars) for c in (q1c, q2c)}
+            report = _bad_rows_frame(chunk, bad, idc)
+            if len(report) and on_bad_row == "error":
+                r = report.iloc[0]
+                raise DataError(f"{input}: {_row_label(input, int(r['row']) - 1, fmt_in)}, column '{r['column']}': "
+                                f"{r['reason']} ({r['value']!r}); pass --on-bad-row mark to score it as missing")
+            writer.write(_score_chunk(scorer, chunk, q1c, q2c, bad))
+            if len(report):
+                bad_writer.write(report)
+            n_bad += len(report)
+            rows_done += len(chunk)
+            scored += len(chunk)
+            bar.update(len(chunk))
+            if (k + 1) % every == 0:  # checkpoint; the cache restarts so a resumed run computes the same
+                _save_state(p, ident, writer, bad_writer, k + 1, rows_done, n_bad)
+                scorer.clear()
+            if _stop_after_chunks is not None and k + 1 >= _stop_after_chunks:
+                raise KeyboardInterrupt("stopped for a test")
+    except DataError:
+        writer.close(), bad_writer.close(), bar.close()
+        _cleanup(p)
+        raise
+    except BaseException:
+        writer.close(), bad_writer.close(), bar.close()
+        raise
+    bar.close()
+    seconds = time.perf_counter() - t0
+    _finish(p, writer, bad_writer, n_bad, rows_done, output, columns)
+    return {"rows": rows_done, "bad_rows": n_bad, "seconds": seconds, "pairs_per_s": scored / max(seconds, 1e-9),
+            "texts_encoded": scorer.encoded, "cache_hit_rate": scorer.cache_hit_rate, "output": str(output),
+            "bad_rows_report": str(p["bad"]) if n_bad else None, "q1_col": q1c, "q2_col": q2c, "id_col": idc}
+
+
+def _as_detector(model, device):
+    from .detector import DuplicateDetector, load
+
+    if isinstance(model, DuplicateDetector):
+        return model
+    return load(model, device=device)
+
+
+def _score_chunk(scorer: PairScorer, chunk: pd.DataFrame, q1c: str, q2c: str, bad: dict) -> pd.DataFrame:
+    ok = ((bad[q1c] == "") & (bad[q2c] == "")).to_numpy()
+    probs = np.full(len(chunk), np.nan)
+    probs[ok] = scorer.predict_proba(list(chunk[q1c].to_numpy()[ok]), list(chunk[q2c].to_numpy()[ok]))
+    out = chunk.copy()
+    out[PROBA_COL] = probs
+    pred = pd.array((probs >= scorer.det.threshold).astype(np.int8), dtype="Int8")
+    pred[~ok] = pd.NA
+    out[PRED_COL] = pred
+    return out
+
+
+def _bad_rows_frame(chunk: pd.DataFrame, bad: dict, idc: str | None) -> pd.DataFrame:
+    rows = []
+    for col, reasons in bad.items():
+        hit = reasons[reasons != ""]
+        for row, reason in hit.items():
+            rows.append({"row": int(row) + 1, "id": chunk.at[row, idc] if idc else "", "column": col,
+                         "reason": reason, "value": str(chunk.at[row, col])[:80]})
+    return pd.DataFrame(rows, columns=["row", "id", "column", "reason", "value"]).sort_values(
+        ["row", "column"], kind="stable").reset_index(drop=True)
+
+
+def _save_state(p: dict, ident: dict, writer, bad_writer, chunks: int, rows: int, n_bad: int) -> None:
+    import json
+
+    state = {**ident, "writer": writer.state(), "bad_writer": bad_writer.state(), "chunks": chunks,
+             "rows": rows, "bad_rows": n_bad}
+    tmp = Path(str(p["state"]) + ".tmp")
+    tmp.write_text(json.dumps(state, indent=1))
+    os.replace(tmp, p["state"])
+
+
+def _resume_state(p: dict, ident: dict) -> dict | None:
+    import json
+    import logging
+
+    if not p["state"].exists():
+        logging.getLogger("qpairs").warning("%s: nothing to resume, starting from the first row", p["out"])
+        return None
+    state = json.loads(p["state"].read_text())
+    for key in ("input", "size", "mtime_ns", "options"):
+        if state.get(key) != ident[key]:
+            raise ValueError(f"cannot resume {p['out']}: the interrupted run had {key} = {state.get(key)}, "
+                             f"this one has {ident[key]}; rerun with the same input and options, or without --resume")
+    return state
+
+
+def _cleanup(p: dict) -> None:
+    import shutil
+
+    for key in ("tmp", "state", "bad_tmp"):
+        Path(p[key]).unlink(missing_ok=True)
+    shutil.rmtree(str(p["tmp"]) + ".parts", ignore_errors=True)
+
+
+def _finish(p: dict, writer, bad_writer, n_bad: int, rows: int, output, columns) -> None:
+    from . import tableio
+
+    writer.close()
+    bad_writer.close()
+    if rows == 0:  # header only
+        tableio.write_frame(pd.DataFrame(columns=list(columns) + [PROBA_COL, PRED_COL]), p["tmp"], name=output)
+    elif isinstance(writer, tableio.ParquetWriter):
+        writer.merge_into(p["tmp"])
+    os.replace(p["tmp"], p["out"])
+    if n_bad:
+        os.replace(p["bad_tmp"], p["bad"])
+    else:
+        p["bad"].unlink(missing_ok=True)  # a stale report of an earlier run would mislead
+    _cleanup(p)

@@ -1,0 +1,32 @@
+"""Tiny model directories for the scoring/submit/API tests (built directly: no training loop)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from conftest import make_pairs
+
+
+def tiny_lstm_dir(directory, seed: int = 0) -> Path:
+    """A random BiLSTM Siamese model with a small vocabulary, calibrated on generated pairs."""
+    from qpairs.calibration import Calibrator
+    from qpairs.checkpoint import save_model, write_json
+    from qpairs.detector import DuplicateDetector
+    from qpairs.encoders import LSTMEncoder
+    from qpairs.model import SiameseModel
+    from qpairs.vocab import WordVocab
+
+    torch.manual_seed(seed)
+    pairs = make_pairs(300, seed=seed)
+    vocab = WordVocab.build(list(pairs["question1"]) + list(pairs["question2"]), min_freq=1)
+    model = SiameseModel(LSTMEncoder(vocab, embedding_dim=8, hidden_size=8, projection_dim=8, max_length=20))
+    directory = Path(directory)
+    save_model(model, directory)
+    cal = Calibrator("platt")
+    det = DuplicateDetector(model, cal)
+    d = det.distances(list(pairs["question1"]), list(pairs["question2"]))
+    cal.fit(d, pairs["is_duplicate"].to_numpy())
+    write_json(directory / "calibration.json", cal.to_dict())
+    return directory
