@@ -1,0 +1,315 @@
+"""HTTP service: `POST /predict`, `POST /search`, `GET /health`, the web page at `/` (FastAPI + uvicorn).
+
+Concurrent requests are micro-batched: each endpoint puts its items on an asyncio queue; a
+worker gathers what arrives within a few milliseconds and runs one batched model call in a
+single model thread, so the event loop never blocks and the model never runs twice at once.
+"""
+from __future__ import annotations
+
+import asyncio
+import logging
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Annotated, Callable
+
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.encoders import jsonable_encoder
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import FileResponse, JSONResponse
+from fastapi.staticfiles import StaticFiles
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+
+log = logging.getLogger("qpairs")
+
+MAX_CHARS = 2000          # longest question accepted
+MAX_PAIRS = 256           # most pairs in one /predict request
+MAX_K = 100               # most results one /search returns
+MAX_BODY_BYTES = 1 << 20  # request bodies above this get 413
+WEB_DIR = Path(__file__).resolve().parent / "web"
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_CHARS)]
+
+
+# ---------------------------------------------------------------- request / response schemas
+
+class Pair(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    q1: Text
+    q2: Text
+
+
+class PredictRequest(BaseModel):
+    """Either one pair (`q1`, `q2`) or a list (`pairs`)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"q1": "How do I learn Python?", "q2": "What is the best way to learn Python?"},
+        {"pairs": [{"q1": "Is Java hard?", "q2": "How difficult is Java?"}]}]})
+    q1: Text | None = None
+    q2: Text | None = None
+    pairs: list[Pair] | None = Field(default=None, min_length=1, max_length=MAX_PAIRS)
+
+    @model_validator(mode="after")
+    def _one_form(self):
+        single = self.q1 is not None or self.q2 is not None
+        if self.pairs is not None and single:
+            raise ValueError("give either q1 and q2, or pairs, not both")
+        if self.pairs is None:
+            missing = [name for name in ("q1", "q2") if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"missing field {' and '.join(missing)}: give q1 and q2, or a list of pairs")
+        return self
+
+
+class Score(BaseModel):
+    probability: float
+    duplicate: bool
+
+
+class PredictOne(Score):
+    threshold: float
+
+
+class PredictMany(BaseModel):
+    results: list[Score]
+    threshold: float
+
+
+class SearchRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"question": "How do I learn Python?",
+                                                                               "k": 5}]})
+    question: Text
+    k: int = Field(default=10, ge=1, le=MAX_K)
+
+
+class SearchHit(BaseModel):
+    id: str
+    text: str
+    probability: float
+    distance: float
+    duplicate: bool
+
+
+class SearchResponse(BaseModel):
+    results: list[SearchHit]
+    threshold: float
+    index_size: int
+
+
+# ---------------------------------------------------------------- micro-batching
+
+class MicroBatcher:
+    """Run `fn(items) -> results` (same length) once for all requests that arrive within `max_wait_ms`."""
+
+    def __init__(self, fn: Callable[[list], list], executor: ThreadPoolExecutor, max_wait_ms: float = 2.0,
+                 max_batch: int = 512):
+        self.fn, self.executor = fn, executor
+        self.max_wait = max_wait_ms / 1000
+        self.max_batch = max_batch
+        self.queue: asyncio.Queue | None = None
+        self.task: asyncio.Task | None = None
+        self.stats = {"requests": 0, "batches": 0, "items": 0, "largest_batch": 0}
+
+    def start(self) -> None:
+        self.queue = asyncio.Queue()
+        self.task = asyncio.get_running_loop().create_task(self._run())
+
+    async def stop(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+            await asyncio.gather(self.task, return_exceptions=True)
+
+    async def submit(self, items: list) -> list:
+        """Queue `items` and wait for their results."""
+        future = asyncio.get_running_loop().create_future()
+        await self.queue.put((items, future))
+        return await future
+
+    async def _gather(self) -> list:
+        batch = [await self.queue.get()]
+        if self.max_wait > 0:
+            await asyncio.sleep(self.max_wait)
+        size = len(batch[0][0])
+        while size < self.max_batch and not self.queue.empty():
+            batch.append(self.queue.get_nowait())
+            size += len(batch[-1][0])
+        return batch
+
+    async def _run(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            batch = await self._gather()
+            flat = [x for items, _ in batch for x in items]
+            self.stats["requests"] += len(batch)
+            self.stats["batches"] += 1
+            self.stats["items"] += len(flat)
+            self.stats["largest_batch"] = max(self.stats["largest_batch"], len(flat))
+            try:
+                results = await loop.run_in_executor(self.executor, self.fn, flat)
+            except Exception as exc:  # every waiting request gets the error
+                log.exception("batched model call failed")
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            pos = 0
+            for items, future in batch:
+                if not future.done():  # a client that went away leaves a cancelled future
+                    future.set_result(results[pos : pos + len(items)])
+                pos += len(items)
+
+
+# ---------------------------------------------------------------- request size limit
+
+class BodySizeLimit:
+    """ASGI middleware: 413 for bodies over `max_bytes`, by Content-Length or while streaming."""
+
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
+        self.app, self.max_bytes = app, max_bytes
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = dict(scope["headers"]).get(b"content-length")
+        if length is not None:
+            if not length.isdigit():
+                return await _send_json(send, 400, {"detail": "invalid Content-Length header"})
+            if int(length) > self.max_bytes:
+                return await _send_json(send, 413, {"detail": self._message()})
+        received = 0
+
+        async def limited_receive():
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise HTTPException(413, self._message())
+            return message
+
+        await self.app(scope, limited_receive, send)
+
+    def _message(self) -> str:
+        return f"request body larger than {self.max_bytes} bytes"
+
+
+async def _send_json(send, status: int, body: dict) -> None:
+    response = JSONResponse(body, status_code=status)
+    await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
+    await send({"type": "http.response.body", "body": response.body})
+
+
+def _error_summary(errors) -> str:
+    parts = []
+    for e in errors:
+        loc = [x for x in e.get("loc", ()) if x != "body"]
+        msg = str(e.get("msg", "invalid")).removeprefix("Value error, ")
+        if e.get("type") == "json_invalid":
+            parts.append(f"invalid JSON at character {loc[-1] if loc else '?'}: {e.get('ctx', {}).get('error', msg)}")
+        else:
+            parts.append(f"{'.'.join(map(str, loc)) or 'body'}: {msg}")
+    return "; ".join(parts)
+
+
+# ---------------------------------------------------------------- the app
+
+def create_app(det, index=None, max_wait_ms: float = 2.0, max_batch: int = 512,
+               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
+    """The FastAPI app serving `det` (a `DuplicateDetector`) and, optionally, a `QuestionIndex`."""
+    from .search import model_fingerprint
+
+    if index is not None:
+        index.check_model(det)
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="qpairs-model")
+
+    def predict_batch(pairs: list[tuple[str, str]]) -> list[float]:
+        return [float(p) for p in det.predict_proba([a for a, _ in pairs], [b for _, b in pairs])]
+
+    def search_batch(queries: list[tuple[str, int]]) -> list:
+        hits = index.search_many(det, [q for q, _ in queries], max(k for _, k in queries))
+        return [h[:k] for h, (_, k) in zip(hits, queries)]
+
+    predictor = MicroBatcher(predict_batch, executor, max_wait_ms, max_batch)
+    searcher = MicroBatcher(search_batch, executor, max_wait_ms, max_batch)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        predictor.start()
+        searcher.start()
+        yield
+        await predictor.stop()
+        await searcher.stop()
+        executor.shutdown(wait=False)
+
+    app = FastAPI(title="qpairs", version=_version(), lifespan=lifespan,
+                  description="Duplicate-question detection: calibrated probabilities for question pairs, "
+                              "and search for duplicates of a new question in a question bank.")
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.state.det, app.state.index = det, index
+    app.state.batchers = {"predict": predictor, "search": searcher}
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError):
+        errors = jsonable_encoder(exc.errors(), custom_encoder={Exception: str})
+        for e in errors:
+            e.pop("input", None)  # do not echo (possibly huge) input back
+        return JSONResponse({"error": _error_summary(errors), "detail": errors}, status_code=422)
+
+    @app.get("/health", summary="model, index and batching status")
+    async def health() -> dict:
+        return {
+            "status": "ok",
+            "model": {"path": str(det.path) if det.path else None, "id": model_fingerprint(det)[:12],
+                      "encoder": det.config.get("encoder", {}).get("type"), "distance": det.model.distance_metric,
+                      "threshold": det.threshold},
+            "index": None if index is None else {"size": len(index), "kind": index.meta["kind"],
+                                                 "path": str(index.path) if index.path else None},
+            "batching": {"max_wait_ms": predictor.max_wait * 1000, "predict": predictor.stats,
+                         "search": searcher.stats},
+            "limits": {"max_chars": MAX_CHARS, "max_pairs": MAX_PAIRS, "max_k": MAX_K,
+                       "max_body_bytes": max_body_bytes},
+        }
+
+    @app.post("/predict", response_model=PredictOne | PredictMany, summary="duplicate probability of pairs")
+    async def predict(req: PredictRequest):
+        pairs = [(req.q1, req.q2)] if req.pairs is None else [(p.q1, p.q2) for p in req.pairs]
+        probs = await predictor.submit(pairs)
+        scores = [{"probability": p, "duplicate": p >= det.threshold} for p in probs]
+        if req.pairs is None:
+            return {**scores[0], "threshold": det.threshold}
+        return {"results": scores, "threshold": det.threshold}
+
+    @app.post("/search", response_model=SearchResponse, summary="likely duplicates of a question in the index")
+    async def search(req: SearchRequest):
+        if index is None:
+            raise HTTPException(503, "no question index loaded: start the server with --index INDEX_DIR")
+        (hits,) = await searcher.submit([(req.question, req.k)])
+        return {"results": [h.to_dict() for h in hits], "threshold": det.threshold, "index_size": len(index)}
+
+    @app.get("/", include_in_schema=False)
+    async def page():
+        return FileResponse(WEB_DIR / "index.html")
+
+    app.mount("/static", StaticFiles(directory=WEB_DIR), name="static")
+    return app
+
+
+def _version() -> str:
+    from . import __version__
+
+    return __version__
+
+
+def serve(model=None, index=None, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
+          max_wait_ms: float = 2.0) -> None:
+    """`qpairs serve`: load the model (and index) and run uvicorn until interrupted."""
+    import uvicorn
+
+    from .detector import load
+    from .search import QuestionIndex
+
+    det = load(model, device=device)
+    idx = QuestionIndex.load(index) if index else None
+    app = create_app(det, idx, max_wait_ms=max_wait_ms)
+    log.info("serving %s%s on http://%s:%d", det, f" with {idx}" if idx else "", host, port)
+    uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

@@ -1,0 +1,138 @@
+"""The HTTP service, started for real (uvicorn on a free loopback port) and called over HTTP with httpx."""
+import asyncio
+
+import httpx
+import pytest
+
+import qpairs
+from qpairs.search import QuestionIndex
+from qpairs.service import MAX_CHARS, MAX_PAIRS, create_app
+from tiny_search_model import bank_questions, make_tiny_model, serving
+
+WAIT_MS = 25.0  # a wide micro-batching window, so concurrent requests surely share batches
+
+
+@pytest.fixture(scope="module")
+def det(tmp_path_factory):
+    return qpairs.load(make_tiny_model(tmp_path_factory.mktemp("model")), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def index(det):
+    return QuestionIndex.build(det, bank_questions(), [f"q{i}" for i in range(200)])
+
+
+@pytest.fixture(scope="module")
+def url(det, index):
+    with serving(create_app(det, index, max_wait_ms=WAIT_MS, max_body_bytes=64_000)) as base:
+        yield base
+
+
+@pytest.fixture
+def client(url):
+    with httpx.Client(base_url=url, timeout=30) as c:
+        yield c
+
+
+def test_health_and_openapi(client, det):
+    h = client.get("/health").json()
+    assert h["status"] == "ok" and h["index"]["size"] == 200
+    assert h["model"]["threshold"] == det.threshold and h["model"]["path"] == str(det.path)
+    schema = client.get("/openapi.json").json()
+    assert {"/predict", "/search", "/health"} <= set(schema["paths"])
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_predict_one_pair_matches_the_detector(client, det):
+    q1, q2 = "How do I learn Python?", "how do i learn python?"
+    r = client.post("/predict", json={"q1": q1, "q2": q2})
+    assert r.status_code == 200
+    body = r.json()
+    assert body["probability"] == pytest.approx(det.predict_proba(q1, q2), rel=1e-6)
+    assert body["duplicate"] is True and body["threshold"] == det.threshold
+
+
+def test_predict_a_list_keeps_order(client, det):
+    q1 = ["Is java hard?", "Who invented tennis?", "Is java hard?"]
+    q2 = ["is JAVA hard?", "How difficult is tennis?", "Why do people like cats?"]
+    r = client.post("/predict", json={"pairs": [{"q1": a, "q2": b} for a, b in zip(q1, q2)]})
+    assert r.status_code == 200
+    got = [x["probability"] for x in r.json()["results"]]
+    assert got == pytest.approx(list(det.predict_proba(q1, q2)), rel=1e-6)
+    assert [x["duplicate"] for x in r.json()["results"]] == [True, False, False]
+
+
+@pytest.mark.parametrize("body, fragment", [
+    ({"q1": "only one side"}, "missing field q2"),
+    ({}, "missing field q1 and q2"),
+    ({"q1": "a", "q2": "   "}, "q2: String should have at least 1 character"),
+    ({"q1": "a", "q2": "b", "pairs": [{"q1": "a", "q2": "b"}]}, "not both"),
+    ({"pairs": []}, "pairs: List should have at least 1 item"),
+    ({"pairs": [{"q1": "a"}]}, "pairs.0.q2: Field required"),
+    ({"pairs": [{"q1": "a", "q2": "b"}] * (MAX_PAIRS + 1)}, f"at most {MAX_PAIRS} items"),
+    ({"q1": "x" * (MAX_CHARS + 1), "q2": "b"}, f"at most {MAX_CHARS} characters"),
+    ({"q1": 3, "q2": "b"}, "q1: Input should be a valid string"),
+    ({"q1": "a", "q2": "b", "extra": 1}, "extra: Extra inputs are not permitted"),
+])
+def test_predict_rejects_bad_input_with_a_clear_422(client, body, fragment):
+    r = client.post("/predict", json=body)
+    assert r.status_code == 422
+    assert fragment in r.json()["error"]
+
+
+def test_invalid_json_and_oversized_bodies(client):
+    r = client.post("/predict", content=b'{"q1": "a",', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and "invalid JSON" in r.json()["error"]
+    big = b'{"q1": "' + b"a" * 70_000 + b'", "q2": "b"}'
+    r = client.post("/predict", content=big, headers={"Content-Type": "application/json"})
+    assert r.status_code == 413 and "larger than 64000 bytes" in r.json()["detail"]
+
+    def chunks():  # no Content-Length: the limit is enforced while the body streams in
+        yield b'{"q1": "'
+        for _ in range(20):
+            yield b"a" * 5000
+        yield b'", "q2": "b"}'
+
+    r = client.post("/predict", content=chunks(), headers={"Content-Type": "application/json"})
+    assert r.status_code == 413
+
+
+def test_search_matches_the_index(client, det, index):
+    r = client.post("/search", json={"question": "WHO INVENTED PIANO?", "k": 4})
+    assert r.status_code == 200
+    body = r.json()
+    expected = index.search(det, "WHO INVENTED PIANO?", k=4)
+    assert [h["id"] for h in body["results"]] == [h.id for h in expected]
+    assert body["results"][0]["text"] == "Who invented piano?" and body["results"][0]["duplicate"]
+    assert body["index_size"] == 200
+    for bad in ({"question": ""}, {"question": "x", "k": 0}, {"question": "x", "k": 1000}, {"k": 3}):
+        assert client.post("/search", json=bad).status_code == 422
+
+
+def test_concurrent_requests_are_micro_batched_and_answered_correctly(url, client, det):
+    before = client.get("/health").json()["batching"]["predict"]
+    questions = bank_questions()[:40]
+    expected = det.predict_proba(questions, [q.upper() for q in questions[::-1]])
+
+    async def fire():
+        async with httpx.AsyncClient(base_url=url, timeout=30) as c:
+            return await asyncio.gather(*(c.post("/predict", json={"q1": q, "q2": q2.upper()})
+                                          for q, q2 in zip(questions, questions[::-1])))
+
+    responses = asyncio.run(fire())
+    assert all(r.status_code == 200 for r in responses)
+    assert [r.json()["probability"] for r in responses] == pytest.approx(list(expected), rel=1e-6)
+    after = client.get("/health").json()["batching"]["predict"]
+    requests = after["requests"] - before["requests"]
+    batches = after["batches"] - before["batches"]
+    assert requests == 40 and batches < requests and after["largest_batch"] > 1
+
+
+def test_search_without_an_index_is_503(det):
+    with serving(create_app(det, None, max_wait_ms=0)) as base:
+        r = httpx.post(base + "/search", json={"question": "Is java hard?"}, timeout=30)
+        assert r.status_code == 503 and "--index" in r.json()["detail"]
+        assert httpx.get(base + "/health", timeout=30).json()["index"] is None
+        r = httpx.post(base + "/predict", json={"q1": "Is java hard?", "q2": "is java hard?"}, timeout=30)
+        assert r.status_code == 200 and r.json()["duplicate"]
