@@ -34,7 +34,18 @@ def model_config(model: SiameseModel) -> dict:
            "encoder": model.encoder.config}
     if model.right_encoder is not None:
         cfg["right_encoder"] = model.right_encoder.config
+    if model.pair_head is not None:
+        cfg["pair_head"] = model.pair_head.config
     return cfg
+
+
+def build_pair_head(config: dict):
+    """The pair classifier head described by `config` (see `qpairs.losses.PairClassifier`)."""
+    from .losses import PairClassifier
+
+    if config.get("type") != "classifier":
+        raise ModelDirError(f"unknown head type {config.get('type')!r} in config.json")
+    return PairClassifier(config["dim"], config.get("hidden", 0))
 
 
 def write_json(path, data) -> None:
@@ -100,7 +111,8 @@ def load_model(directory, device: str | torch.device = "cpu") -> tuple[SiameseMo
         right = build_encoder(cfg["right_encoder"], directory / "right_encoder") if "right_encoder" in cfg else None
     except (KeyError, OSError) as exc:
         raise ModelDirError(f"{directory}: cannot rebuild the encoder: {exc}") from exc
-    model = SiameseModel(encoder, cfg.get("distance", "euclidean"), right)
+    pair_head = build_pair_head(cfg["pair_head"]) if "pair_head" in cfg else None
+    model = SiameseModel(encoder, cfg.get("distance", "euclidean"), right, pair_head=pair_head)
     try:
         state = load_file(weights)
     except Exception as exc:

@@ -14,11 +14,13 @@ from .losses import pair_distance
 class SiameseModel(nn.Module):
     """Encodes each side and measures the distance between the two embeddings."""
 
-    def __init__(self, encoder: nn.Module, distance: str = "euclidean", right_encoder: nn.Module | None = None):
+    def __init__(self, encoder: nn.Module, distance: str = "euclidean", right_encoder: nn.Module | None = None,
+                 pair_head: nn.Module | None = None):
         super().__init__()
         self.encoder = encoder
         self.right_encoder = right_encoder  # None: shared weights (Siamese)
         self.distance_metric = distance
+        self.pair_head = pair_head  # optional PairClassifier: then the "distance" is −logit
         if right_encoder is not None and right_encoder.dim != encoder.dim:
             raise ValueError(f"left and right encoders must embed to one size, got {encoder.dim} and {right_encoder.dim}")
 
@@ -41,4 +43,11 @@ class SiameseModel(nn.Module):
         return self.embed(batch1, "left"), self.embed(batch2, "right")
 
     def distance(self, emb1: torch.Tensor, emb2: torch.Tensor) -> torch.Tensor:
+        """Smaller = more similar: the embedding distance, or −logit of the classifier head when there is one.
+
+        For scoring: the head's score carries no gradient (training calls `pair_head` itself).
+        """
+        if self.pair_head is not None:
+            with torch.no_grad():
+                return -self.pair_head(emb1.float(), emb2.float())
         return pair_distance(emb1.float(), emb2.float(), self.distance_metric)
