@@ -51,12 +51,15 @@ def _add_dataclass_args(parser: argparse.ArgumentParser, cls, helps: dict, skip=
 
 
 def cmd_train(args) -> int:
+    import os
+
     from .config import TrainConfig
     from .train import train
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     run = train(cfg)
-    print(f"model saved to {run}")
+    if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
+        print(f"model saved to {run}")
     return 0
 
 

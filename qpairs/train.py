@@ -21,6 +21,7 @@ from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
 from . import data as qdata
+from . import distributed
 from .calibration import Calibrator
 from .checkpoint import read_json, save_model, state_to_save, write_json
 from .detector import DuplicateDetector, resolve_device
@@ -55,10 +56,11 @@ def load_splits(cfg: TrainConfig, run_dir: Path) -> dict:
     splits["train"] = train
     info.update(load=str(report), files=[str(f) for f in files], balance=cfg.balance,
                 train_size=len(train), train_duplicate_rate=float(train["is_duplicate"].mean()))
-    (run_dir / "splits").mkdir(parents=True, exist_ok=True)
-    for name in ("validation", "test"):
-        splits[name].to_csv(run_dir / "splits" / f"{name}.csv.gz", index=False)
-    write_json(run_dir / "splits" / "info.json", info)
+    if distributed.is_main():  # every rank loads the same splits; one writes them
+        (run_dir / "splits").mkdir(parents=True, exist_ok=True)
+        for name in ("validation", "test"):
+            splits[name].to_csv(run_dir / "splits" / f"{name}.csv.gz", index=False)
+        write_json(run_dir / "splits" / "info.json", info)
     log.info("data: %s", report)
     log.info("splits: %s", info["sizes"])
     return splits
@@ -95,9 +97,14 @@ def make_loss(cfg: TrainConfig):
     raise ValueError(f"unknown loss {cfg.loss!r}")
 
 
-def pair_batches(frame, batch_size: int, shuffle: bool, seed: int, weights=None):
-    """Yield (q1 list, q2 list, labels tensor, weights tensor) batches."""
+def pair_batches(frame, batch_size: int, shuffle: bool, seed: int, weights=None, shard: bool = False):
+    """Yield (q1 list, q2 list, labels tensor, weights tensor) batches.
+
+    shard=True: only this process's share of the (same-seed) permutation under torchrun
+    (`distributed.shard`, as a DistributedSampler does); a no-op in a single process.
+    """
     idx = np.random.default_rng(seed).permutation(len(frame)) if shuffle else np.arange(len(frame))
+    idx = distributed.shard(idx) if shard else idx
     q1, q2 = frame["question1"].to_numpy(), frame["question2"].to_numpy()
     y = frame["is_duplicate"].to_numpy()
     w = np.ones(len(frame)) if weights is None else np.asarray(weights)
@@ -149,20 +156,25 @@ def lr_lambda(total_steps: int, warmup: float):
 @torch.no_grad()
 def validate(model, loss_fn, frame, device, batch_size, calibration: str,
              cache=None) -> tuple[dict, Calibrator, np.ndarray]:
-    """Validation loss and metrics; fits the calibrator on this (validation) data."""
+    """Validation loss and metrics; fits the calibrator on this (validation) data.
+
+    Under torchrun each rank embeds the rows ``rank::world`` and the distances are gathered,
+    so every rank fits the same calibrator and sees the same metrics (and stops at the same epoch).
+    """
     model.eval()
     dists, losses = [], []
-    for q1, q2, y, w in pair_batches(frame, batch_size * 2, False, 0):
+    part = frame.iloc[distributed.rank() :: distributed.world_size()]
+    for q1, q2, y, w in pair_batches(part, batch_size * 2, False, 0):
         with autocast(device):
             e1, e2 = embed_pairs(model, q1, q2, device, cache)
         e1, e2 = e1.float(), e2.float()
         losses.append(float(loss_fn(e1, e2, y.to(device))) * len(q1))
         dists.append(model.distance(e1, e2).cpu().numpy())
-    d = np.concatenate(dists)
+    d = distributed.gather_strided(np.concatenate(dists) if dists else np.zeros(0, np.float32))
     labels = frame["is_duplicate"].to_numpy()
     cal = Calibrator(calibration).fit(d, labels)
     m = classification_metrics(labels, cal.predict_proba(d), cal.threshold)
-    m["loss"] = sum(losses) / len(frame)
+    m["loss"] = distributed.all_sum(sum(losses))[0] / len(frame)
     model.train()
     return m, cal, d
 
@@ -223,13 +235,17 @@ def train(cfg: TrainConfig) -> Path:
     run_dir = Path(cfg.out)
     if run_dir.exists() and any(run_dir.iterdir()) and not cfg.resume:
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out")
+    device = distributed.setup(cfg.device)  # joins the torchrun process group, if there is one
+    distributed.barrier()  # every rank has checked --out before rank 0 writes into it
+    if not distributed.is_main():
+        log.setLevel(logging.WARNING)  # rank 0 logs
     run_dir.mkdir(parents=True, exist_ok=True)
     if cfg.resume and (run_dir / "config.json").exists():
         saved = read_json(run_dir / "config.json").get("train", {})
         cfg = TrainConfig(**{**saved, "resume": True, "out": cfg.out, "epochs": cfg.epochs, "device": cfg.device})
     seed_everything(cfg.seed)
-    device = resolve_device(cfg.device)
     show = cfg.progress if cfg.progress is not None else None  # tqdm: None → only on a TTY
+    show = show if distributed.is_main() else False
 
     splits = load_splits(cfg, run_dir)
     train_df, val_df, test_df = splits["train"], splits["validation"], splits["test"]
@@ -243,12 +259,14 @@ def train(cfg: TrainConfig) -> Path:
     else:
         model = build_model(cfg, list(train_df["question1"]) + list(train_df["question2"]))
     model.to(device).train()
-    cache = base_cache(cfg, model, run_dir, (train_df, val_df), device, show) if cfg.freeze_base else None
+    net = distributed.prepare(model, device)  # DDP under torchrun: run the training forward as net(fn, ...)
+    with distributed.main_first():  # rank 0 fills the cache, the others then read it
+        cache = base_cache(cfg, model, run_dir, (train_df, val_df), device, show) if cfg.freeze_base else None
     weights = qdata.class_weights(train_df["is_duplicate"].to_numpy(), cfg.train_pos_rate) if cfg.balance == "weight" else None
     loss_fn = make_loss(cfg)
     optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
                                   weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(len(train_df) / cfg.batch_size)
+    steps_per_epoch = math.ceil(distributed.shard_size(len(train_df)) / cfg.batch_size)  # per process
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps_per_epoch * cfg.epochs, cfg.warmup))
     train_config = asdict(cfg)
 
@@ -262,11 +280,12 @@ def train(cfg: TrainConfig) -> Path:
         if state["bad_epochs"] > cfg.patience:
             break
         t0, seen, total = time.perf_counter(), 0, 0.0
-        bar = tqdm(pair_batches(train_df, cfg.batch_size, True, cfg.seed + epoch, weights), total=steps_per_epoch,
+        bar = tqdm(pair_batches(train_df, cfg.batch_size, True, cfg.seed + epoch, weights, shard=True),
+                   total=steps_per_epoch,
                    desc=f"epoch {epoch}/{cfg.epochs}", disable=None if show is None else not show, leave=False)
         for q1, q2, y, w in bar:
             with autocast(device):
-                e1, e2 = embed_pairs(model, q1, q2, device, cache)
+                e1, e2 = net(embed_pairs, q1, q2, device, cache)
             loss = loss_fn(e1.float(), e2.float(), y.to(device), w.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -278,6 +297,9 @@ def train(cfg: TrainConfig) -> Path:
             total += float(loss) * len(q1)
             bar.set_postfix(loss=f"{total / seen:.4f}", pairs_s=f"{seen / (time.perf_counter() - t0):.0f}")
         train_time = time.perf_counter() - t0
+        total, seen = distributed.all_sum(total, seen)  # over all processes
+        if not distributed.parameters_in_sync(model):
+            raise RuntimeError("DDP processes hold different weights: a forward pass bypassed the DDP wrapper")
         metrics, cal, _ = validate(model, loss_fn, val_df, device, cfg.batch_size, cfg.calibration, cache)
         row = {"epoch": epoch, "train_loss": total / max(seen, 1), "pairs_per_s": seen / train_time,
                **{f"val_{k}": v for k, v in metrics.items()}}
@@ -288,15 +310,19 @@ def train(cfg: TrainConfig) -> Path:
                  cfg.metric, score, metrics["accuracy"], row["pairs_per_s"], " (best)" if improved else "")
         if improved:
             state["best"], state["bad_epochs"] = score, 0
-            save_model(model, run_dir, train_config)
-            write_json(run_dir / "calibration.json", cal.to_dict())
         else:
             state["bad_epochs"] += 1
         state["epoch"] = epoch
-        write_json(run_dir / "history.json", state["history"])
-        save_last(run_dir, model, optimizer, scheduler, state)
+        if distributed.is_main():  # one writer; all ranks hold the same weights and state
+            if improved:
+                save_model(model, run_dir, train_config)
+                write_json(run_dir / "calibration.json", cal.to_dict())
+            write_json(run_dir / "history.json", state["history"])
+            save_last(run_dir, model, optimizer, scheduler, state)
 
-    finish(run_dir, val_df, test_df, state["history"], device)
+    if distributed.is_main():  # the final evaluation runs on rank 0 alone
+        finish(run_dir, val_df, test_df, state["history"], device)
+    distributed.cleanup()
     return run_dir
 
 
