@@ -128,11 +128,19 @@ def default_model_dir() -> Path:
 
 def load(path=None, device: str = "auto") -> DuplicateDetector:
     """Load a run directory (None → the bundled default model) as a `DuplicateDetector`."""
+    if path is None and not default_model_dir().is_dir():
+        raise ModelDirError(f"the bundled default model is missing from this install ({default_model_dir()}); "
+                            "reinstall qpairs or pass a run directory written by `qpairs train`")
     path = Path(path) if path is not None else default_model_dir()
     dev = resolve_device(device)
     model, cfg = load_model(path, dev)
     cal_path = path / "calibration.json"
     if not cal_path.exists():
         raise ModelDirError(f"{cal_path} is missing: the run finished without calibration?")
-    calibrator = Calibrator.from_dict(read_json(cal_path))
+    try:
+        calibrator = Calibrator.from_dict(read_json(cal_path))
+    except (KeyError, TypeError, ValueError) as exc:
+        if isinstance(exc, ModelDirError):
+            raise
+        raise ModelDirError(f"{cal_path} is corrupt: {type(exc).__name__}: {exc}") from exc
     return DuplicateDetector(model, calibrator, cfg, dev, path=path)

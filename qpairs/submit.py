@@ -50,7 +50,7 @@ def validate_submission(frame: pd.DataFrame, expected_rows: int, source="submiss
         raise ValueError(f"{source}: {len(frame)} rows, but the test file has {expected_rows}")
     dup = frame["test_id"].duplicated()
     if dup.any():
-        raise ValueError(f"{source}: test_id {frame['test_id'][dup].iloc[0]!r} appears more than once "
+        raise ValueError(f"{source}: test_id {str(frame['test_id'][dup].iloc[0])!r} appears more than once "
                          f"({int(dup.sum())} repeated ids)")
     p = frame["is_duplicate"].to_numpy(dtype=np.float64)
     if np.isnan(p).any():

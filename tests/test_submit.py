@@ -1,0 +1,101 @@
+"""`qpairs submit`: Kaggle format, order, clipping, validation, prior shift, gzip."""
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+import qpairs
+from _tiny_models import tiny_lstm_dir
+from conftest import make_pairs
+from qpairs.calibration import shift_prior
+from qpairs.cli import main
+from qpairs.data import default_data_dir
+from qpairs.submit import CLIP, make_submission, validate_submission
+
+
+@pytest.fixture(scope="module")
+def det(tmp_path_factory):
+    return qpairs.load(tiny_lstm_dir(tmp_path_factory.mktemp("submit") / "m"), device="cpu")
+
+
+def kaggle_test(n: int, seed: int = 2) -> pd.DataFrame:
+    pairs = make_pairs(n, seed=seed)
+    ids = np.random.default_rng(seed).permutation(n)  # ids in no particular order: the output keeps input order
+    return pd.DataFrame({"test_id": ids, "question1": pairs["question1"], "question2": pairs["question2"]})
+
+
+def test_generated_test_file(det, tmp_path):
+    frame = kaggle_test(2500)
+    frame.to_csv(tmp_path / "test.csv", index=False)
+    r = make_submission(tmp_path / "test.csv", tmp_path / "sub.csv.gz", det, chunk_size=700, progress=False)
+    sub = pd.read_csv(tmp_path / "sub.csv.gz")
+    assert list(sub.columns) == ["test_id", "is_duplicate"]
+    assert sub["test_id"].tolist() == frame["test_id"].tolist()
+    expected = np.clip(det.predict_proba(list(frame["question1"]), list(frame["question2"])), CLIP, 1 - CLIP)
+    np.testing.assert_allclose(sub["is_duplicate"], expected, rtol=1e-5, atol=1e-6)
+    assert r["rows"] == 2500 and r["unscorable_rows"] == 0
+    assert (tmp_path / "sub.csv.gz").read_bytes()[:2] == b"\x1f\x8b"
+
+
+def test_kaggle_test_head(det, tmp_path):
+    data = default_data_dir()
+    path = data / "qqp" / "kaggle_test_head20.csv.gz" if data else None
+    if path is None or not path.exists():
+        pytest.skip("shared data not available")
+    src = pd.read_csv(path, dtype=str)
+    assert main(["submit", str(path), "-o", str(tmp_path / "sub.csv"), "--model", str(det.path), "--device", "cpu"]) == 0
+    sub = pd.read_csv(tmp_path / "sub.csv", dtype={"test_id": str})
+    assert sub["test_id"].tolist() == src["test_id"].tolist() and len(sub) == 20
+    assert sub["is_duplicate"].between(CLIP, 1 - CLIP).all()
+    assert (tmp_path / "sub.csv").read_text().startswith("test_id,is_duplicate\n")
+
+
+def test_test_prior_shifts_by_bayes(det, tmp_path):
+    frame = kaggle_test(300)
+    frame.to_csv(tmp_path / "test.csv", index=False)
+    make_submission(tmp_path / "test.csv", tmp_path / "a.csv", det, progress=False)
+    make_submission(tmp_path / "test.csv", tmp_path / "b.csv", det, test_prior=0.165, progress=False)
+    a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    assert b["is_duplicate"].mean() < a["is_duplicate"].mean()
+    np.testing.assert_allclose(b["is_duplicate"], shift_prior(a["is_duplicate"], det.calibrator.prior, 0.165),
+                               rtol=1e-4, atol=1e-6)
+    with pytest.raises(ValueError, match="strictly between 0 and 1"):
+        make_submission(tmp_path / "test.csv", tmp_path / "c.csv", det, test_prior=1.5, progress=False)
+
+
+def test_unscorable_rows_get_the_prior_and_every_id_is_kept(det, tmp_path):
+    frame = kaggle_test(50)
+    frame.loc[[3, 9], "question2"] = ""
+    frame.to_csv(tmp_path / "test.csv", index=False)
+    r = make_submission(tmp_path / "test.csv", tmp_path / "sub.csv", det, test_prior=0.165, progress=False)
+    sub = pd.read_csv(tmp_path / "sub.csv")
+    assert len(sub) == 50 and r["unscorable_rows"] == 2
+    assert sub["is_duplicate"].iloc[[3, 9]].tolist() == [0.165, 0.165]
+
+
+def test_validation_catches_bad_submissions():
+    good = pd.DataFrame({"test_id": [0, 1], "is_duplicate": [0.2, 0.9]})
+    validate_submission(good, 2)
+    with pytest.raises(ValueError, match="3 rows, but the test file has 2"):
+        validate_submission(pd.concat([good, good.iloc[:1]]), 2)
+    with pytest.raises(ValueError, match="test_id .0. appears more than once"):
+        validate_submission(pd.DataFrame({"test_id": [0, 0], "is_duplicate": [0.2, 0.9]}), 2)
+    with pytest.raises(ValueError, match="NaN in row 2"):
+        validate_submission(pd.DataFrame({"test_id": [0, 1], "is_duplicate": [0.2, np.nan]}), 2)
+    with pytest.raises(ValueError, match="outside"):
+        validate_submission(pd.DataFrame({"test_id": [0, 1], "is_duplicate": [0.0, 1.0]}), 2)
+
+
+def test_duplicate_ids_in_the_input_are_refused_before_writing(det, tmp_path):
+    frame = kaggle_test(20)
+    frame.loc[5, "test_id"] = frame.loc[6, "test_id"]
+    frame.to_csv(tmp_path / "test.csv", index=False)
+    with pytest.raises(ValueError, match="appears more than once"):
+        make_submission(tmp_path / "test.csv", tmp_path / "sub.csv", det, progress=False)
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_missing_test_id_column(det, tmp_path):
+    pd.DataFrame({"question1": ["a"], "question2": ["b"]}).to_csv(tmp_path / "t.csv", index=False)
+    assert main(["submit", str(tmp_path / "t.csv"), "-o", str(tmp_path / "s.csv"), "--model", str(det.path)]) == 2
