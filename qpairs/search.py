@@ -194,9 +194,20 @@ class QuestionIndex:
         for start in range(0, len(texts), chunk_size):
             chunk = texts[start : start + chunk_size]
             vectors = det.encode(model_texts(det, chunk, bank_side(det)), side=bank_side(det), batch_size=batch_size)
-            self.index.add(self._prepare(vectors))
+            self.add_embeddings(det, vectors, ids[start : start + chunk_size], chunk)
             bar.update(len(chunk))
         bar.close()
+
+    def add_embeddings(self, det, vectors: np.ndarray, ids, texts) -> None:
+        """Append precomputed bank-side embeddings of `det` (e.g. encoded on another machine); ids must be new."""
+        self.check_model(det)
+        vectors = np.asarray(vectors, dtype=np.float32)
+        ids, texts = [str(i) for i in ids], [str(t) for t in texts]
+        if vectors.ndim != 2 or vectors.shape[1] != self.index.d or not len(vectors) == len(ids) == len(texts):
+            raise ValueError(f"need vectors [n, {self.index.d}] with n ids and n texts; got {vectors.shape}, "
+                             f"{len(ids)} ids, {len(texts)} texts")
+        _check_new_ids(ids, self._id_set)
+        self.index.add(self._prepare(vectors))
         self.ids += ids
         self.texts += texts
         self._id_set.update(ids)

@@ -178,3 +178,12 @@ def test_cli_refuses_another_model(det, other_det, tmp_path, capsys):
     assert "was built with model" in capsys.readouterr().err
     assert main(["index", str(tmp_path / "bank.csv"), "-o", str(tmp_path / "idx"), "--append",
                  "--model", str(other_det.path)]) == 2
+
+
+def test_add_embeddings_equals_encoding_and_checks_shape(det, bank):
+    encoded = QuestionIndex.build(det, bank[:30])
+    pre = QuestionIndex.empty(det)
+    pre.add_embeddings(det, det.encode(bank[:30]), range(30), bank[:30])
+    assert [h.id for h in pre.search(det, bank[7], 5)] == [h.id for h in encoded.search(det, bank[7], 5)]
+    with pytest.raises(ValueError, match=r"need vectors \[n, 16\]"):
+        pre.add_embeddings(det, np.zeros((2, 8)), ["x", "y"], ["x", "y"])
