@@ -1,0 +1,56 @@
+"""Shared fixtures: generated question-pair data and tiny models (no hub, no GPU)."""
+from __future__ import annotations
+
+import os
+import random
+
+import pandas as pd
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+TOPICS = ["python", "java", "cooking", "pasta", "guitar", "piano", "football", "tennis", "bitcoin", "taxes",
+          "visa", "paris", "diet", "running", "chemistry", "physics", "history", "poetry", "cats", "dogs"]
+TEMPLATES = [("How do I learn {t}?", "What is the best way to learn {t}?"),
+             ("Is {t} hard?", "How difficult is {t}?"),
+             ("Why do people like {t}?", "What makes {t} so popular?"),
+             ("Where can I find good {t} books?", "Which books about {t} are good?")]
+
+
+def make_pairs(n: int = 400, seed: int = 0) -> pd.DataFrame:
+    """Synthetic QQP-style pairs: paraphrase templates are duplicates, different topics are not."""
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        a, b = rng.choice(TEMPLATES)
+        t = rng.choice(TOPICS)
+        if rng.random() < 0.4:
+            q1, q2, y = a.format(t=t), b.format(t=t), 1
+        else:
+            t2 = rng.choice([x for x in TOPICS if x != t])
+            q1, q2, y = a.format(t=t), rng.choice(TEMPLATES)[rng.randrange(2)].format(t=t2), 0
+        tag = f" (case {i})"  # every pair its own questions, so question-disjoint splits have room
+        rows.append({"id": i, "qid1": 2 * i, "qid2": 2 * i + 1, "question1": q1 + tag, "question2": q2 + tag,
+                     "is_duplicate": y})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def pairs_csv(tmp_path):
+    path = tmp_path / "pairs.csv"
+    make_pairs().to_csv(path, index=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A tiny trained BiLSTM run directory (a few seconds to train on generated data)."""
+    from qpairs.config import TrainConfig
+    from qpairs.train import train
+
+    tmp = tmp_path_factory.mktemp("tiny_run")
+    data = tmp / "pairs.csv"
+    make_pairs(600, seed=1).to_csv(data, index=False)
+    cfg = TrainConfig(out=str(tmp / "run"), data=[str(data)], epochs=2, batch_size=32, glove=False,
+                      embedding_dim=16, hidden_size=16, projection_dim=16, min_freq=1, device="cpu", progress=False)
+    return train(cfg)

@@ -1,0 +1,140 @@
+import gzip
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from qpairs import data as qd
+from conftest import make_pairs
+
+
+def test_loads_kaggle_schema_and_gzip(tmp_path):
+    df = make_pairs(50)
+    path = tmp_path / "train.csv.gz"
+    with gzip.open(path, "wt") as fh:
+        df.to_csv(fh, index=False)
+    out = qd.load_pairs(path)
+    assert list(out.columns) == ["pair_id", "question1", "question2", "is_duplicate", "source"]
+    assert len(out) == len(df.drop_duplicates(["question1", "question2"]))
+    assert set(out["is_duplicate"]) <= {0, 1}
+
+
+def test_loads_quora_tsv_with_quotes(tmp_path):
+    path = tmp_path / "quora_duplicate_questions.tsv"
+    path.write_text('id\tqid1\tqid2\tquestion1\tquestion2\tis_duplicate\n'
+                    '0\t1\t2\tWhat is "AI"?\tWhat does AI mean?\t1\n'
+                    '1\t3\t4\tHow to cook rice?\tWhy is the sky blue?\t0\n')
+    out = qd.load_pairs(path)
+    assert out["question1"].tolist() == ['What is "AI"?', "How to cook rice?"]
+    assert out["is_duplicate"].tolist() == [1, 0]
+
+
+def test_kaggle_test_schema_is_unlabelled(tmp_path):
+    path = tmp_path / "test.csv"
+    pd.DataFrame({"test_id": [0, 1], "question1": ["a b", "c d"], "question2": ["e f", "g h"]}).to_csv(path, index=False)
+    out = qd.load_file(path, require_labels=False)
+    assert out["is_duplicate"].tolist() == [-1, -1]
+    assert out["pair_id"].tolist() == ["0", "1"]
+
+
+@pytest.mark.parametrize("column,value,message", [
+    ("question2", "", "row 3 (line 4), column 'question2': empty or missing question"),
+    ("is_duplicate", "2", "row 3 (line 4), column 'is_duplicate': label '2' is not 0 or 1"),
+    ("is_duplicate", "yes", "column 'is_duplicate'"),
+])
+def test_bad_rows_raise_with_file_row_and_column(tmp_path, column, value, message):
+    df = make_pairs(10).astype(str)
+    df.loc[2, column] = value
+    path = tmp_path / "bad.csv"
+    df.to_csv(path, index=False)
+    with pytest.raises(qd.DataError) as err:
+        qd.load_pairs(path)
+    assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_missing_column_names_file_and_columns(tmp_path):
+    path = tmp_path / "nocol.csv"
+    pd.DataFrame({"question1": ["a"], "is_duplicate": [1]}).to_csv(path, index=False)
+    with pytest.raises(qd.DataError, match="nocol.csv: no second-question column"):
+        qd.load_pairs(path)
+
+
+def test_drop_option_counts_and_reports(tmp_path):
+    df = make_pairs(20).astype(str)
+    df.loc[[1, 5], "question1"] = ""
+    df.loc[7, "is_duplicate"] = "x"
+    path = tmp_path / "bad.csv"
+    df.to_csv(path, index=False)
+    report = qd.LoadReport()
+    out = qd.load_pairs(path, on_bad_row="drop", dedupe=False, report=report)
+    assert len(out) == 17
+    assert report.dropped_bad == {"bad.csv: empty question1": 2, "bad.csv: bad is_duplicate": 1}
+    assert "dropped bad rows" in str(report)
+
+
+def test_dedupe_is_unordered_normalised_and_reports_conflicts():
+    frame = pd.DataFrame({
+        "pair_id": ["a", "b", "c", "d", "e"],
+        "question1": ["What is X?", "what is x", "How?", "How?", "How?"],
+        "question2": ["Define X", "define x!", "Why?", "why", "WHY"],
+        "is_duplicate": [1, 1, 0, 1, 1],
+        "source": "s",
+    })
+    report = qd.LoadReport()
+    out = qd.deduplicate(frame, report)
+    assert len(out) == 2
+    assert report.duplicates_removed == 3 and report.label_conflicts == 1
+    assert out.set_index("pair_id").loc["c", "is_duplicate"] == 1  # majority of 0,1,1
+    assert qd.pair_key("a b", "C") == qd.pair_key("c", "AB")
+
+
+def test_question_split_is_disjoint_and_reproducible():
+    frame = make_pairs(500)
+    s1 = qd.split_by_question(frame, seed=3)
+    s2 = qd.split_by_question(frame, seed=3)
+    for name in s1:
+        pd.testing.assert_frame_equal(s1[name], s2[name])
+    qs = {name: set(pd.concat([p["question1"], p["question2"]]).map(qd.normalize_question)) for name, p in s1.items()}
+    assert not qs["train"] & qs["validation"] and not qs["train"] & qs["test"] and not qs["validation"] & qs["test"]
+    assert sum(len(p) for p in s1.values()) == len(frame)
+    assert qd.split_by_question(frame, seed=4)["test"]["pair_id" if "pair_id" in frame else "id"].tolist() != \
+        s1["test"]["id"].tolist()
+
+
+def test_pair_split_covers_every_pair_once():
+    frame = make_pairs(100)
+    parts = qd.split_by_pair(frame, seed=0)
+    ids = np.concatenate([p["id"].to_numpy() for p in parts.values()])
+    assert sorted(ids) == list(range(100))
+    assert [len(p) for p in parts.values()] == [80, 10, 10]
+
+
+def test_balance_subsample_and_weights():
+    frame = pd.DataFrame({"is_duplicate": [1] * 80 + [0] * 20})
+    sub = qd.subsample_to_rate(frame, 0.37, seed=0)
+    assert abs(sub["is_duplicate"].mean() - 0.37) < 0.02 and (sub["is_duplicate"] == 0).sum() == 20
+    w = qd.class_weights(frame["is_duplicate"].to_numpy(), 0.5)
+    y = frame["is_duplicate"].to_numpy()
+    assert np.isclose(w[y == 1].sum(), w[y == 0].sum()) and np.isclose(w.mean(), 1.0)
+
+
+def test_make_splits_uses_mixed_sources_at_natural_rate():
+    frame = make_pairs(1500).rename(columns={"id": "pair_id"})
+    frame["source"] = "natural.csv"
+    pos = make_pairs(1500, seed=9).rename(columns={"id": "pair_id"})
+    pos = pos[pos["is_duplicate"] == 1].assign(source="positives.csv",
+                                                 question1=lambda d: "Pos " + d["question1"])
+    splits, info = qd.make_splits(pd.concat([frame, pos], ignore_index=True), seed=0)
+    assert info["eval_sources"] == ["natural.csv"]
+    for name in ("validation", "test"):
+        assert set(splits[name]["source"]) == {"natural.csv"}
+        assert abs(splits[name]["is_duplicate"].mean() - 0.37) < 0.03
+
+
+def test_shared_qqp_files_load_when_present():
+    root = qd.default_data_dir()
+    if root is None:
+        pytest.skip("shared data not present")
+    path = root / "qqp" / "kaggle_train_head10k.csv.gz"
+    out = qd.load_pairs(path)
+    assert len(out) > 8000 and 0.3 < out["is_duplicate"].mean() < 0.42

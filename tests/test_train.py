@@ -1,0 +1,95 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+import qpairs
+from qpairs import data as qd
+from qpairs.config import TrainConfig
+from qpairs.train import build_model, load_splits, make_loss, seed_everything, train, validate
+from conftest import make_pairs
+
+
+def _tiny_cfg(tmp_path, data, **kw):
+    base = dict(out=str(tmp_path / "run"), data=[str(data)], epochs=2, batch_size=32, glove=False, embedding_dim=16,
+                hidden_size=16, projection_dim=16, min_freq=1, device="cpu", progress=False)
+    return TrainConfig(**{**base, **kw})
+
+
+def test_run_directory_is_complete(tiny_run):
+    names = {p.name for p in tiny_run.iterdir()}
+    assert {"config.json", "model.safetensors", "calibration.json", "metrics.json", "history.json",
+            "encoder", "splits", "report", "last"} <= names
+    assert {"roc.png", "precision_recall.png", "distance_histogram.png", "reliability.png",
+            "training_curves.png"} <= {p.name for p in (tiny_run / "report").iterdir()}
+    metrics = json.loads((tiny_run / "metrics.json").read_text())
+    assert set(metrics) == {"validation", "test"}
+    assert metrics["test"]["roc_auc"] > 0.5
+
+
+def test_load_restores_exactly(tiny_run):
+    det = qpairs.load(tiny_run, device="cpu")
+    saved = load_file(tiny_run / "model.safetensors")
+    for k, v in det.model.state_dict().items():
+        assert torch.equal(v, saved[k]), k
+    q1 = ["How do I learn python? (case 1)", "Is java hard? (case 2)"]
+    q2 = ["What is the best way to learn python? (case 1)", "Why do people like tennis? (case 2)"]
+    p1 = det.predict_proba(q1, q2)
+    p2 = qpairs.load(tiny_run, device="cpu").predict_proba(q1, q2)
+    np.testing.assert_array_equal(p1, p2)
+    assert det.predict(q1[0], q2[0]) == (p1[0] >= det.threshold)
+
+
+def test_refuses_to_overwrite_a_run(tiny_run):
+    cfg = TrainConfig(out=str(tiny_run), data=["x.csv"])
+    with pytest.raises(FileExistsError, match="--resume"):
+        train(cfg)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
+    import qpairs.train as qt
+
+    data = tmp_path / "pairs.csv"
+    make_pairs(300, seed=2).to_csv(data, index=False)
+    full = train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "full"), epochs=2, patience=5))
+    # interrupt the second run during epoch 2 (its validation), then resume it
+    real_validate, calls = qt.validate, []
+
+    def crash_on_second(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(qt, "validate", crash_on_second)
+    with pytest.raises(KeyboardInterrupt):
+        train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "part"), epochs=2, patience=5))
+    monkeypatch.setattr(qt, "validate", real_validate)
+    train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "part"), epochs=2, patience=5, resume=True))
+    a = load_file(full / "last" / "model.safetensors")
+    b = load_file(tmp_path / "part" / "last" / "model.safetensors")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    hist = json.loads((tmp_path / "part" / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2]
+
+
+def test_validation_loss_drops_on_shared_qqp(tmp_path):
+    root = qd.default_data_dir()
+    if root is None:
+        pytest.skip("shared data not present")
+    files = [str(root / "qqp" / "kaggle_train_head10k.csv.gz"), str(root / "qqp" / "cs224n_train_subset.csv.gz")]
+    cfg = TrainConfig(out=str(tmp_path / "qqp"), data=files, epochs=2, batch_size=64, max_train_pairs=3000,
+                      hidden_size=32, projection_dim=32, device="cpu", progress=False, glove=True).resolved()
+    run = train(cfg)
+    history = json.loads((run / "history.json").read_text())
+    # the same untrained model (same seed, same vocabulary) on the same validation split
+    splits = load_splits(cfg, tmp_path / "again")
+    seed_everything(cfg.seed)
+    fresh = build_model(cfg, list(splits["train"]["question1"]) + list(splits["train"]["question2"]))
+    before, _, _ = validate(fresh, make_loss(cfg), splits["validation"], torch.device("cpu"), 64, "platt")
+    after = min(h["val_loss"] for h in history)
+    assert after < before["loss"] * 0.9
+    assert history[-1]["val_roc_auc"] > 0.6

@@ -1,0 +1,43 @@
+import torch
+
+from qpairs.encoders import LSTMEncoder, pool
+from qpairs.vocab import WordVocab, glove_vectors, tokenize
+
+
+def test_tokenize_handles_case_punctuation_and_ptb():
+    assert tokenize("What's -LRB- C++ -RRB- ?") == ["what's", "(", "c", "+", "+", ")", "?"]
+
+
+def test_vocab_build_encode_and_round_trip(tmp_path):
+    v = WordVocab.build(["a b c", "a b", "a"], min_freq=2)
+    assert v.itos == ["<pad>", "<unk>", "a", "b"]
+    assert v.encode("a c zz", 10) == [2, 1, 1]
+    batch = v.batch(["a b", "b"], max_length=5)
+    assert batch["input_ids"].tolist() == [[2, 3], [3, 0]] and batch["lengths"].tolist() == [2, 1]
+    v.save(tmp_path / "v.json")
+    assert WordVocab.load(tmp_path / "v.json").itos == v.itos
+
+
+def test_glove_initialises_known_words():
+    v = WordVocab(["<pad>", "<unk>", "the", "qqpzzxunknown"])
+    vec, hits = glove_vectors(v)
+    assert hits == 1 and vec.shape == (4, 50) and not vec[0].any()
+    assert abs(vec[2][0] - 0.418) < 1e-3  # first component of GloVe 6B 50d 'the'
+
+
+def test_pooling_ignores_padding():
+    h = torch.tensor([[[1.0], [3.0], [100.0]]])
+    mask = torch.tensor([[1, 1, 0]])
+    assert pool(h, mask, "mean").item() == 2.0
+    assert pool(h, mask, "max").item() == 3.0
+    assert pool(h, mask, "last").item() == 3.0
+    assert pool(h, mask, "cls").item() == 1.0
+
+
+def test_lstm_encoder_is_padding_invariant():
+    v = WordVocab.build(["how do i learn python", "is java hard"], min_freq=1)
+    enc = LSTMEncoder(v, embedding_dim=8, hidden_size=8, projection_dim=4, dropout=0.0).eval()
+    alone = enc(**enc.tokenize(["is java hard"]))
+    padded = enc(**enc.tokenize(["is java hard", "how do i learn python"]))[0]
+    assert torch.allclose(alone[0], padded, atol=1e-6)
+    assert alone.shape == (1, 4)
