@@ -160,6 +160,8 @@ def _add_search_commands(sub) -> None:
 def cmd_score(args) -> int:
     from .scoring import score_file
 
+    if args.engine == "ray":
+        return _score_ray(args)
     r = score_file(args.input, args.output, args.model, q1_col=args.q1_col, q2_col=args.q2_col, id_col=args.id_col,
                    device=args.device, batch_size=args.batch_size, chunk_size=args.chunk_size,
                    on_bad_row=args.on_bad_row, resume=args.resume, max_chars=args.max_chars)
@@ -167,6 +169,23 @@ def cmd_score(args) -> int:
           f"{r['pairs_per_s']:.0f} pairs/s, unique-text cache hits {r['cache_hit_rate']:.0%}; written to {r['output']}")
     if r["bad_rows"]:
         print(f"{r['bad_rows']} bad cells left unscored (empty probability), listed in {r['bad_rows_report']}")
+    return 0
+
+
+def _score_ray(args) -> int:
+    """`qpairs score --engine ray`: Ray Data actor pool, Parquet shards (see qpairs.ray_scoring)."""
+    from .ray_scoring import score_with_ray
+
+    if args.resume or args.on_bad_row != "error":
+        raise ValueError("--engine ray supports neither --resume nor --on-bad-row mark (rerun a failed job whole)")
+    r = score_with_ray(args.input, args.output, args.model, q1_col=args.q1_col, q2_col=args.q2_col,
+                       id_col=args.id_col, device=args.device, workers=args.workers,
+                       cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
+                       rows_per_batch=args.rows_per_batch, batch_size=args.batch_size, max_chars=args.max_chars,
+                       address=args.ray_address)
+    print(f"scored {r['rows']} pairs ({r['q1_col']} vs {r['q2_col']}) on {r['workers']} Ray workers in "
+          f"{r['seconds']:.1f} s, {r['pairs_per_s']:.0f} pairs/s; Parquet shards in {r['output']}/ "
+          "(sort by row_number for the input order)")
     return 0
 
 
@@ -200,6 +219,17 @@ def _add_scoring_commands(sub) -> None:
     p.add_argument("--max-chars", type=int, default=10_000, help="longer questions are bad rows (default: 10000)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run (same input and options); "
                    "the result is identical to an uninterrupted run")
+    p.add_argument("--engine", default="local", choices=["local", "ray"],
+                   help="local: this process, OUTPUT is one file; ray: a Ray Data actor pool on the cluster at "
+                        "--ray-address (or a local Ray), OUTPUT is a directory of Parquet shards with a row_number "
+                        "column (needs qpairs[ray]) (default: local)")
+    g = p.add_argument_group("--engine ray")
+    g.add_argument("--workers", type=int, help="scoring actors, each loads the model once (default: one per GPU, else 1)")
+    g.add_argument("--cpus-per-worker", type=float, default=0.5,
+                   help="CPUs each actor asks Ray for; fractional so read/write tasks still fit (default: 0.5)")
+    g.add_argument("--gpus-per-worker", type=float, help="GPUs per actor (default: 1 when the cluster has GPUs, else 0)")
+    g.add_argument("--rows-per-batch", type=int, default=4096, help="rows per actor batch (default: 4096)")
+    g.add_argument("--ray-address", help="Ray cluster address (default: $RAY_ADDRESS, else start a local Ray)")
     p.set_defaults(func=cmd_score)
 
     p = sub.add_parser("submit", help="Kaggle submission file (test_id,is_duplicate) for a test CSV",
