@@ -164,7 +164,8 @@ def cmd_score(args) -> int:
         return _score_ray(args)
     r = score_file(args.input, args.output, args.model, q1_col=args.q1_col, q2_col=args.q2_col, id_col=args.id_col,
                    device=args.device, batch_size=args.batch_size, chunk_size=args.chunk_size,
-                   on_bad_row=args.on_bad_row, resume=args.resume, max_chars=args.max_chars)
+                   on_bad_row=args.on_bad_row, resume=args.resume, max_chars=args.max_chars,
+                   cache_size=args.cache_size)
     print(f"scored {r['rows']} pairs ({r['q1_col']} vs {r['q2_col']}) in {r['seconds']:.1f} s, "
           f"{r['pairs_per_s']:.0f} pairs/s, unique-text cache hits {r['cache_hit_rate']:.0%}; written to {r['output']}")
     if r["bad_rows"]:
@@ -213,6 +214,8 @@ def _add_scoring_commands(sub) -> None:
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     p.add_argument("--batch-size", type=int, help="texts per encoder batch (default: 1024 on GPU, 128 on CPU)")
     p.add_argument("--chunk-size", type=int, default=50_000, help="rows read and written at a time (default: 50000)")
+    p.add_argument("--cache-size", type=int, help="unique texts whose embeddings are kept (bounds memory; default: "
+                   "200000 on CPU, 2000000 on GPU; must exceed the unique texts of one chunk)")
     p.add_argument("--on-bad-row", default="error", choices=["error", "mark"],
                    help="empty, NaN, non-text or over-long question: error stops naming the row; mark leaves its "
                         "probability empty and lists it in OUTPUT.bad_rows.csv (default: error)")
