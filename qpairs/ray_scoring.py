@@ -10,6 +10,8 @@
   (ids included) plus ``row_number`` (0-based position in the input as Ray reads it: the
   files in listing order, then the rows of each file) and the two score columns, so
   ``pd.read_parquet(OUT).sort_values("row_number")`` restores the input order.
+* Bad rows (empty, NaN, over-long questions) are found while numbering, before any scoring,
+  and stop the job with a `DataError` naming the row, its id and the column.
 * Every Ray task and actor asks for a fraction of a CPU (`TASK_CPUS`, ``--cpus-per-worker``):
   on a small machine, actors that each take a whole CPU leave none for the read and write
   tasks and the job waits forever.
@@ -22,8 +24,6 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
-
-from .scoring import PRED_COL, PROBA_COL, bad_reasons, resolve_columns, score_frame
 
 ROW_COL = "row_number"
 TASK_CPUS = 0.25  # read, numbering and write tasks
@@ -53,6 +53,8 @@ class FrameScorer:
         self.q1, self.q2 = q1_col, q2_col
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:
+        from .scoring import score_frame
+
         return score_frame(self.det, batch, self.q1, self.q2)
 
 
@@ -72,6 +74,8 @@ def _read(ray, path: str, fmt: str, columns: list[str]):
 
 def first_bad_row(df: pd.DataFrame, cols, id_col: str | None, max_chars: int) -> dict | None:
     """The first row of `df` with an unscorable question (position, column, reason, id), or None."""
+    from .scoring import bad_reasons
+
     for col in cols:
         reasons = bad_reasons(df[col].reset_index(drop=True), max_chars).to_numpy()
         hits = np.flatnonzero(reasons != "")
@@ -148,6 +152,7 @@ def score_with_ray(input, output, model=None, *, q1_col: str | None = None, q2_c
 
     from . import tableio
     from .data import DataError
+    from .scoring import PRED_COL, PROBA_COL, resolve_columns
 
     ray = _require_ray()
     model = str(model) if model is not None else None
