@@ -129,13 +129,21 @@ class PairClassifier(nn.Module):
     """Logistic head on (u, v, |u−v|, u∗v); symmetric: the logit is averaged over both input orders.
 
     Its calibrated score is a "distance" = −logit, so the distance calibrator applies unchanged.
+    The linear head starts as the dot product u·v (the cosine similarity of normalised
+    embeddings), so a fresh head ranks pairs as the embedding similarity does.
     """
 
     def __init__(self, dim: int, hidden: int = 0):
         super().__init__()
         self.config = dict(type="classifier", dim=dim, hidden=hidden)
-        self.net = nn.Linear(4 * dim, 1) if not hidden else nn.Sequential(
-            nn.Linear(4 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        if hidden:
+            self.net = nn.Sequential(nn.Linear(4 * dim, hidden), nn.ReLU(), nn.Linear(hidden, 1))
+        else:
+            self.net = nn.Linear(4 * dim, 1)
+            with torch.no_grad():
+                self.net.weight.zero_()
+                self.net.weight[0, 3 * dim :] = 1.0  # the u∗v block: logit = u·v
+                self.net.bias.zero_()
 
     def _one_way(self, u, v):
         return self.net(torch.cat([u, v, (u - v).abs(), u * v], dim=-1)).squeeze(-1)

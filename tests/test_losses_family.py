@@ -123,6 +123,12 @@ def test_pair_classifier_hand_value_symmetry_and_bce():
     assert bce_on_logits(head(u, v), torch.tensor([1])).item() == pytest.approx(math.log1p(math.exp(0.5)))
 
 
+def test_fresh_pair_classifier_scores_the_dot_product():
+    torch.manual_seed(2)
+    u, v = torch.randn(5, 3), torch.randn(5, 3)
+    torch.testing.assert_close(PairClassifier(dim=3)(u, v), (u * v).sum(-1))
+
+
 def test_distance_matrix_matches_pair_distance():
     torch.manual_seed(1)
     a, b = torch.randn(3, 5), torch.randn(4, 5)

@@ -1,0 +1,145 @@
+"""What training minimises: the `--loss`, the batches it needs, and the loss of one batch.
+
+* Pair losses (``contrastive``, ``online_contrastive``) read the labelled pairs, weighted
+  for class balance.
+* Triplet losses (``triplet``, ``mnrl``) read (anchor, positive, negative) triplets built
+  from the same pairs by `qpairs.triplets`: transitive positives, ``--triplet-negatives``
+  labelled or random, and ``--mining batch_hard|semi_hard`` to re-pick each negative among
+  the batch's other rows. Class weights do not apply to them.
+* ``--pair-head classifier`` adds a logistic head on (u, v, |u−v|, u∗v) trained jointly with
+  binary cross-entropy (weight ``--pair-head-weight``); the model's "distance" then becomes
+  −logit, so calibration and evaluation work unchanged.
+
+Every batch is a `Batch` with a ``left`` and a ``right`` list of texts, so the trainer embeds
+it the way it embeds pairs (for triplets: anchors left, positives + negatives right).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from .losses import (ContrastiveLoss, MultipleNegativesRankingLoss, OnlineContrastiveLoss, PairClassifier,
+                     TripletLoss, bce_on_logits)
+from .triplets import MINING, DuplicateGraph, TripletSampler, mine_negatives
+
+PAIR_LOSSES = ("contrastive", "online_contrastive")
+TRIPLET_LOSSES = ("triplet", "mnrl")
+LOSSES = PAIR_LOSSES + TRIPLET_LOSSES
+DEFAULT_MARGIN = {"contrastive": 1.0, "online_contrastive": 0.5, "triplet": 0.5}
+
+
+def make_loss(cfg):
+    """The loss module named by ``cfg.loss`` (margin: ``cfg.margin`` or the loss's default)."""
+    margin = cfg.margin if cfg.margin is not None else DEFAULT_MARGIN.get(cfg.loss)
+    if cfg.loss == "contrastive":
+        return ContrastiveLoss(margin, cfg.distance)
+    if cfg.loss == "online_contrastive":
+        return OnlineContrastiveLoss(margin, cfg.distance)
+    if cfg.loss == "triplet":
+        return TripletLoss(margin, cfg.distance)
+    if cfg.loss == "mnrl":
+        return MultipleNegativesRankingLoss(cfg.scale)
+    raise ValueError(f"unknown loss {cfg.loss!r}; use one of {', '.join(LOSSES)}")
+
+
+def make_pair_head(cfg, dim: int) -> PairClassifier | None:
+    """The classifier head asked for by ``cfg.pair_head`` ('none' or 'classifier')."""
+    if cfg.pair_head in (None, "none"):
+        return None
+    if cfg.pair_head == "classifier":
+        return PairClassifier(dim)
+    raise ValueError(f"unknown pair head {cfg.pair_head!r}; use none or classifier")
+
+
+@dataclass
+class Batch:
+    """One training batch: texts for the left and right encoder plus targets."""
+
+    left: list[str]
+    right: list[str]
+    labels: torch.Tensor | None = None  # pairs: is_duplicate
+    weights: torch.Tensor | None = None  # pairs: class-balance weights
+    groups: torch.Tensor | None = None  # triplets: group ids of anchors, positives, negatives [3B]
+
+    @property
+    def size(self) -> int:
+        return len(self.left)
+
+
+class Objective:
+    """The loss of `cfg` with the batch builder it needs (pairs or triplets from `train_df`)."""
+
+    def __init__(self, cfg, train_df, weights=None):
+        self.loss_fn = make_loss(cfg)
+        self.kind = "pairs" if cfg.loss in PAIR_LOSSES else "triplets"
+        self.frame, self.weights = train_df, weights
+        self.mining, self.distance = cfg.mining, cfg.distance
+        self.head_weight = cfg.pair_head_weight
+        self.sampler = None
+        if cfg.mining not in MINING:
+            raise ValueError(f"unknown mining {cfg.mining!r}; use one of {', '.join(MINING)}")
+        if self.kind == "triplets":
+            graph = DuplicateGraph.from_pairs(train_df)
+            self.sampler = TripletSampler(graph, cfg.triplet_negatives, cfg.transitive, cfg.max_pairs_per_group, cfg.seed)
+            self.stats = graph.stats
+        elif cfg.mining != "none":
+            raise ValueError("--mining applies to the triplet losses (triplet, mnrl) only")
+        if self.kind == "triplets" and cfg.metric == "loss":
+            raise ValueError(f"--metric loss needs a pair loss; {cfg.loss} has no validation loss on pairs")
+
+    def __len__(self) -> int:
+        """Training examples (pairs or triplets) in one epoch."""
+        return len(self.frame) if self.kind == "pairs" else len(self.sampler)
+
+    def batches(self, batch_size: int, seed: int, shard: bool = False):
+        """One shuffled epoch of `Batch`es; `shard`: only this process's share under torchrun."""
+        if self.kind == "pairs":
+            from .train import pair_batches
+
+            for q1, q2, y, w in pair_batches(self.frame, batch_size, True, seed, self.weights, shard=shard):
+                yield Batch(q1, q2, labels=y, weights=w)
+            return
+        from . import distributed
+
+        for a, p, n, groups in self.sampler.batches(batch_size, seed, distributed.shard if shard else None):
+            yield Batch(a, p + n, groups=groups)
+
+    def loss(self, batch: Batch, e1: torch.Tensor, e2: torch.Tensor, pair_head=None) -> torch.Tensor:
+        """Loss of a batch from its embeddings (left `e1`, right `e2`), plus the head's BCE if any."""
+        device = e1.device
+        if self.kind == "pairs":
+            y = batch.labels.to(device)
+            w = batch.weights.to(device) if batch.weights is not None else None
+            loss = self.loss_fn(e1, e2, y, w)
+            heads = [(e1, e2, y, w)]
+        else:
+            b = batch.size
+            groups = batch.groups.to(device)
+            pos, neg, neg_groups = e2[:b], e2[b:], groups[2 * b :]
+            if self.mining != "none":
+                neg, neg_groups = self._mined(e1, pos, e2, groups, neg, neg_groups)
+            if isinstance(self.loss_fn, MultipleNegativesRankingLoss):
+                loss = self.loss_fn(e1, pos, neg, groups[:b], neg_groups)
+            else:
+                loss = self.loss_fn(e1, pos, neg)
+            ones = torch.ones(b, device=device)
+            heads = [(e1, pos, ones, None), (e1, neg, torch.zeros_like(ones), None)]
+        if pair_head is not None:
+            loss = loss + self.head_weight * sum(bce_on_logits(pair_head(u, v), y, w) for u, v, y, w in heads) / len(heads)
+        return loss
+
+    def _mined(self, anchor, pos, cands, groups, neg, neg_groups):
+        """Each anchor's mined negative among the batch's right-side rows (kept as is where none is valid)."""
+        b = len(anchor)
+        idx = mine_negatives(anchor, pos, cands, groups[:b], groups[b:], self.mining, self.distance)
+        ok = idx >= 0
+        safe = idx.clamp(min=0)
+        return (torch.where(ok[:, None], cands[safe], neg),
+                torch.where(ok, groups[b:][safe], neg_groups))
+
+    def validation_loss(self, e1, e2, y) -> torch.Tensor:
+        """The training loss on labelled validation pairs (pair losses); NaN for triplet losses."""
+        if self.kind == "pairs":
+            return self.loss_fn(e1, e2, y)
+        return torch.tensor(float("nan"))
