@@ -11,15 +11,7 @@ TRAIN_HELP = {
     "out": "run directory to write (config, weights, calibration, metrics, report)",
     "data": "pair files (CSV/TSV, gz ok); default: the labelled QQP files in ../shared/data",
     "encoder": "lstm or transformer",
-    "loss": "contrastive, online_contrastive (hard pairs only), triplet (FaceNet) or mnrl (in-batch InfoNCE)",
-    "margin": "loss margin (default per loss: contrastive 1.0, online_contrastive and triplet 0.5)",
-    "triplet_negatives": "triplet/mnrl negatives: labelled (the anchor's labelled non-duplicates, else random) or random",
-    "mining": "triplet/mnrl: none, batch_hard or semi_hard choice of each negative among the batch's rows",
-    "transitive": "triplet/mnrl: add duplicate pairs inferred by transitivity (A~B, B~C => A~C)",
-    "max_pairs_per_group": "cap on the transitive pairs taken from one duplicate group",
-    "scale": "mnrl: scale of the cosine similarities (1/temperature)",
-    "pair_head": "none or classifier: a logistic head on (u, v, |u-v|, u*v) trained jointly with BCE; scores use it",
-    "pair_head_weight": "weight of the classifier head's BCE in the training loss",
+    "loss": "training loss",
     "balance": "class balance of the training split: weight (loss weights), subsample or none",
     "train_pos_rate": "duplicate rate that --balance aims the training split at",
     "eval_rate": "duplicate rate validation/test are subsampled to (natural QQP: 0.37)",
@@ -37,6 +29,19 @@ TRAIN_HELP = {
     "calibration": "platt or isotonic, fitted on the validation split",
     "resume": "continue an interrupted run from its last epoch",
     "device": "auto, cpu or cuda",
+    "variant": "siamese (one shared encoder) or pseudo (unshared left/right encoders, e.g. title vs body)",
+    "left_encoder": "pseudo: encoder of the left side (titles): lstm or transformer (default: --encoder)",
+    "right_encoder": "pseudo: encoder of the right side (bodies): lstm or transformer (default: the left one)",
+    "right_lr": "pseudo: learning rate of the right encoder (default: 2e-3 lstm, 2e-5 transformer)",
+    "right_pooling": "pseudo: pooling of the right encoder (default: --pooling or its type's default)",
+    "right_max_length": "tokens kept of the right side (bodies)",
+    "left_col": "title/body data (setting it selects it): column on the left, title or body",
+    "right_col": "title/body data: column on the right, body or title",
+    "body_truncation": "title/body: head, head_tail or none (bodies cut to --body-max-words words)",
+    "negatives": "title/body training negatives: random, tags (same site, shared tags) or mixed",
+    "test_site": "title/body: hold this site out as the test split (train on the others)",
+    "sites": "title/body: use only these sites",
+    "eval_posts": "title/body: at most this many validation and test posts",
 }
 
 
@@ -73,6 +78,14 @@ def cmd_train(args) -> int:
 
 def cmd_evaluate(args) -> int:
     from .evaluate import evaluate_run
+    from .title_body import is_title_body_file
+
+    if all(is_title_body_file(f) for f in args.data):  # posts (title + HTML body): pairs and retrieval
+        from .title_body_eval import evaluate_title_body_run
+
+        evaluate_title_body_run(args.run, args.data, args.out, args.device, args.site, args.max_posts,
+                                args.candidates, args.seed)
+        return 0
 
     cols = {k: v for k, v in (("q1_col", args.q1_col), ("q2_col", args.q2_col), ("label_col", args.label_col)) if v}
     evaluate_run(args.run, args.data, args.out, args.device, args.on_bad_row, **cols)
@@ -275,13 +288,17 @@ def build_parser() -> argparse.ArgumentParser:
     _add_dataclass_args(p, TrainConfig, TRAIN_HELP)
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="metrics table and report of a trained run on labelled pairs")
+    p = sub.add_parser("evaluate", help="metrics table and report of a trained run on labelled pairs (or title/body posts)")
     p.add_argument("run", help="run directory written by qpairs train")
     p.add_argument("--data", nargs="+", required=True, help="labelled pair files")
     p.add_argument("--out", help="report directory (default: RUN/eval/NAME)")
     p.add_argument("--device", default="auto")
     p.add_argument("--on-bad-row", default="error", choices=["error", "drop"])
     p.add_argument("--q1-col"), p.add_argument("--q2-col"), p.add_argument("--label-col")
+    p.add_argument("--site", nargs="+", help="title/body files: only these sites")
+    p.add_argument("--max-posts", type=int, help="title/body files: a seeded sample of this many posts")
+    p.add_argument("--candidates", type=int, default=1000, help="title/body files: bodies each title is ranked among")
+    p.add_argument("--seed", type=int, default=0, help="title/body files: seed of negatives, pools and sampling")
     p.set_defaults(func=cmd_evaluate)
 
     _add_search_commands(sub)

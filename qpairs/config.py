@@ -21,8 +21,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup: float = 0.05
     grad_clip: float = 1.0
-    loss: str = "contrastive"  # contrastive | online_contrastive | triplet | mnrl (see qpairs.objective)
-    margin: float | None = None  # None → 1.0 for contrastive, 0.5 for online_contrastive and triplet
+    loss: str = "contrastive"
+    margin: float = 1.0
     distance: str = "euclidean"
     max_length: int = 40
     seed: int = 0
@@ -39,7 +39,7 @@ class TrainConfig:
     hidden_size: int = 128
     num_layers: int = 1
     pooling: str | None = None  # None → max for lstm, mean for transformer
-    projection_dim: int | None = None  # None → 128, but no projection (0) for a fine-tuned transformer
+    projection_dim: int | None = 128
     glove: bool = True
     min_freq: int = 2
     dropout: float = 0.1
@@ -49,14 +49,21 @@ class TrainConfig:
     freeze_base: bool = False  # train only the head on a frozen base (its outputs cached once)
     head: str = "linear"  # linear projection or residual MLP (starts as the identity)
     embedding_cache: str | None = None  # frozen-base embedding cache dir (None → RUN/embedding_cache)
-    # triplet losses and the classifier head (see qpairs.objective and qpairs.triplets)
-    triplet_negatives: str = "labelled"  # labelled (the anchor's labelled non-duplicates, else random) | random
-    mining: str = "none"  # none | batch_hard | semi_hard: re-pick negatives among the batch's rows
-    transitive: bool = True  # add positives by transitivity (A~B, B~C ⇒ A~C)
-    max_pairs_per_group: int | None = 1000  # cap on transitive pairs from one duplicate group
-    scale: float = 20.0  # mnrl: cosine-similarity scale (1 / temperature)
-    pair_head: str = "none"  # none | classifier: logistic head on (u, v, |u−v|, u∗v) trained with BCE
-    pair_head_weight: float = 1.0  # weight of the head's BCE in the loss
+    # pseudo-Siamese (two unshared encoders) and title/body data (see qpairs.title_body)
+    variant: str = "siamese"  # siamese (one shared encoder) | pseudo (left and right encoders, unshared)
+    left_encoder: str | None = None  # pseudo: lstm | transformer (None → --encoder)
+    right_encoder: str | None = None  # pseudo: lstm | transformer (None → the left encoder's type)
+    right_lr: float | None = None  # pseudo: learning rate of the right encoder (None → default of its type)
+    right_pooling: str | None = None  # pseudo: pooling of the right encoder (None → --pooling or its type's default)
+    right_max_length: int = 128  # tokens of the right side (bodies); a Siamese title/body run uses the larger one
+    left_col: str | None = None  # title/body data: column on the left (title); setting it selects title/body data
+    right_col: str | None = None  # title/body data: column on the right (body)
+    body_truncation: str = "head_tail"  # head | head_tail | none (qpairs.title_body.truncate_words)
+    body_max_words: int = 100
+    negatives: str = "mixed"  # title/body training negatives: random | tags | mixed
+    test_site: str | None = None  # title/body: hold out this site as the test split (train on the others)
+    sites: list[str] = field(default_factory=list)  # title/body: use only these sites (empty → all)
+    eval_posts: int | None = None  # title/body: at most this many validation and test posts
     # loop
     metric: str = "roc_auc"
     patience: int = 2
@@ -67,12 +74,22 @@ class TrainConfig:
 
     def resolved(self) -> "TrainConfig":
         c = TrainConfig(**asdict(self))
+        if c.variant not in ("siamese", "pseudo"):
+            raise ValueError(f"--variant must be siamese or pseudo, not {c.variant!r}")
+        if c.variant == "pseudo":  # defaults below follow the left encoder; the right one's are set here
+            c.left_encoder = c.encoder = c.left_encoder or c.encoder
+            c.right_encoder = c.right_encoder or c.left_encoder
+            same = c.right_encoder == c.left_encoder
+            c.right_lr = c.right_lr or (c.lr if same and c.lr else (2e-3 if c.right_encoder == "lstm" else 2e-5))
+            c.right_pooling = c.right_pooling or c.pooling or ("max" if c.right_encoder == "lstm" else "mean")
+            if c.normalize is None:  # both sides must agree
+                c.normalize = "transformer" in (c.left_encoder, c.right_encoder)
+        if c.left_col and c.variant == "siamese":  # one shared encoder sees titles and bodies
+            c.max_length = max(c.max_length, c.right_max_length)
         lstm = c.encoder == "lstm"
         c.lr = c.lr if c.lr is not None else (2e-3 if lstm else 2e-5)
         c.pooling = c.pooling or ("max" if lstm else "mean")
         c.normalize = c.normalize if c.normalize is not None else (not lstm)
-        if c.projection_dim is None:  # a fine-tuned transformer keeps its pretrained embedding space
-            c.projection_dim = 0 if c.encoder == "transformer" and not c.freeze_base else 128
         if c.metric not in HIGHER_IS_BETTER:
             raise ValueError(f"--metric must be one of {sorted(HIGHER_IS_BETTER)}")
         return c

@@ -39,6 +39,10 @@ class DuplicateDetector:
 
     >>> det = qpairs.load("runs/lstm")
     >>> det.predict_proba("How do I learn Python?", "What is the best way to learn Python?")
+
+    Argument order matters for a pseudo-Siamese (title/body) run: the first argument goes through
+    the left encoder (titles), the second through the right one (bodies, raw HTML accepted):
+    ``det.predict_proba(titles, bodies)``.
     """
 
     def __init__(self, model: SiameseModel, calibrator: Calibrator, config: dict | None = None,
@@ -49,6 +53,15 @@ class DuplicateDetector:
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.path = Path(path) if path else None
+        from .title_body import side_preprocessors
+
+        self._prepare = side_preprocessors(self.config)  # title/body runs: HTML → text, body truncation
+
+    def prepare(self, texts: list[str], side: str = "left") -> list[str]:
+        """Texts as the run was trained on them (for a title/body run: the body side stripped of HTML and
+        truncated by its policy); `distances`/`predict_proba` call this, `encode` does not."""
+        fn = self._prepare.get(side)
+        return [fn(t) for t in texts] if fn else list(texts)
 
     @property
     def threshold(self) -> float:
@@ -81,6 +94,7 @@ class DuplicateDetector:
         b, _ = _as_text_list(q2, "q2")
         if len(a) != len(b):
             raise ValueError(f"q1 and q2 must have the same length, got {len(a)} and {len(b)}")
+        a, b = self.prepare(a, "left"), self.prepare(b, "right")
         if self.model.variant == "siamese":
             uniq = list(dict.fromkeys(a + b))
             emb = self.encode(uniq)

@@ -26,7 +26,7 @@ from .calibration import Calibrator
 from .checkpoint import read_json, save_model, state_to_save, write_json
 from .detector import DuplicateDetector, resolve_device
 from .encoders import DEFAULT_BASE, LSTMEncoder, build_encoder
-from .objective import Objective, make_pair_head
+from .losses import ContrastiveLoss
 from .config import TrainConfig
 from .metrics import HIGHER_IS_BETTER, classification_metrics, format_table
 from .model import SiameseModel
@@ -43,6 +43,10 @@ def seed_everything(seed: int) -> None:
 
 def load_splits(cfg: TrainConfig, run_dir: Path) -> dict:
     """Load the data, split it and save the held-out splits into the run directory."""
+    if cfg.left_col or cfg.right_col:  # title/body posts → pair sets (qpairs.title_body)
+        from .title_body import load_title_body_splits
+
+        return load_title_body_splits(cfg, run_dir, write=distributed.is_main())
     files = cfg.data or [str(p) for p in qdata.qqp_files()]
     report = qdata.LoadReport()
     frame = qdata.load_pairs(files, on_bad_row=cfg.on_bad_row, report=report)
@@ -91,18 +95,53 @@ def build_model(cfg: TrainConfig, train_texts) -> SiameseModel:
     return SiameseModel(encoder, cfg.distance)
 
 
+def build_pseudo_model(cfg: TrainConfig, train_df) -> SiameseModel:
+    """A pseudo-Siamese model: left and right encoders with unshared weights, projected into one space.
+
+    Each side is built as `build_model` builds a Siamese encoder, from its own texts (an LSTM's
+    vocabulary) and settings (right: --right-encoder, --right-pooling, --right-max-length). A BiLSTM
+    beside a transformer projects to the transformer's size. Two encoders of one type start from the
+    same weights (two BiLSTMs share one vocabulary of both sides' texts; two transformers the same
+    head), so training starts at the Siamese solution and lets the sides drift apart. With
+    --freeze-base both sides read at --right-max-length, so one cache of the frozen base serves both heads.
+    """
+    from dataclasses import replace
+
+    left_len = cfg.right_max_length if cfg.freeze_base else cfg.max_length
+    left_texts, right_texts = list(train_df["question1"]), list(train_df["question2"])
+    if cfg.left_encoder == cfg.right_encoder == "lstm":
+        left_texts = right_texts = left_texts + right_texts
+    sides = {"left": (replace(cfg, encoder=cfg.left_encoder, max_length=left_len), left_texts),
+             "right": (replace(cfg, encoder=cfg.right_encoder, pooling=cfg.right_pooling,
+                               max_length=cfg.right_max_length), right_texts)}
+    built = {}
+    for side in sorted(sides, key=lambda s: sides[s][0].encoder != "transformer"):  # transformers first
+        side_cfg, texts = sides[side]
+        if side_cfg.encoder == "lstm" and built:
+            side_cfg = replace(side_cfg, projection_dim=next(iter(built.values())).dim)
+        built[side] = build_model(side_cfg, texts).encoder
+    left, right = built["left"], built["right"]
+    if left.config["type"] == right.config["type"] == "transformer":
+        right.head.load_state_dict(left.head.state_dict())
+    elif left.config["type"] == right.config["type"] == "lstm":
+        right.load_state_dict(left.state_dict())
+    return SiameseModel(left, cfg.distance, right)
+
+
+def param_groups(model: SiameseModel, cfg: TrainConfig) -> list[dict]:
+    """AdamW parameter groups: the right encoder of a pseudo-Siamese model trains at --right-lr."""
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if model.variant != "pseudo":
+        return [{"params": trainable}]
+    right = {id(p) for p in model.right_encoder.parameters()}
+    return [{"params": [p for p in trainable if id(p) not in right]},
+            {"params": [p for p in trainable if id(p) in right], "lr": cfg.right_lr or cfg.lr}]
+
+
 def make_loss(cfg: TrainConfig):
-    """The loss module of ``cfg.loss`` (see `qpairs.objective`)."""
-    from .objective import make_loss as _make_loss
-
-    return _make_loss(cfg)
-
-
-def batch_loss(model: SiameseModel, objective: Objective, batch, device, cache=None) -> torch.Tensor:
-    """Embed a training batch (left/right texts) and return its loss (run through `net` for DDP)."""
-    with autocast(device):
-        e1, e2 = embed_pairs(model, batch.left, batch.right, device, cache)
-    return objective.loss(batch, e1.float(), e2.float(), model.pair_head)
+    if cfg.loss == "contrastive":
+        return ContrastiveLoss(cfg.margin, cfg.distance)
+    raise ValueError(f"unknown loss {cfg.loss!r}")
 
 
 def pair_batches(frame, batch_size: int, shuffle: bool, seed: int, weights=None, shard: bool = False):
@@ -129,6 +168,8 @@ def embed_pairs(model: SiameseModel, q1, q2, device, cache=None) -> tuple[torch.
     def to(batch):
         return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
+    if cache is not None and model.variant == "pseudo":  # one frozen base, two heads
+        return model.encoder.head(cache.lookup(q1).to(device)), model.right_encoder.head(cache.lookup(q2).to(device))
     if cache is not None:
         emb = model.encoder.head(cache.lookup(q1 + q2).to(device))
         return emb[: len(q1)], emb[len(q1) :]
@@ -142,8 +183,8 @@ def base_cache(cfg: TrainConfig, model: SiameseModel, run_dir: Path, frames, dev
     """The frozen base's outputs for every text of `frames`, computed once (see `qpairs.embcache`)."""
     from .embcache import open_cache
 
-    if cfg.encoder != "transformer" or model.variant != "siamese":
-        raise ValueError("--freeze-base needs --encoder transformer (Siamese)")
+    if cfg.encoder != "transformer" or (model.variant == "pseudo" and (cfg.right_encoder, cfg.right_pooling) != ("transformer", cfg.pooling)):
+        raise ValueError("--freeze-base needs --encoder transformer (pseudo: two transformers, one pooling)")
     cache = open_cache(model.encoder, cfg.embedding_cache or run_dir / "embedding_cache")
     texts = [t for f in frames for col in ("question1", "question2") for t in f[col]]
     cache.fill(model.encoder, texts, device, batch_size=max(cfg.batch_size, 256), progress=show)
@@ -237,11 +278,8 @@ def load_last(run_dir: Path, model, optimizer, scheduler) -> dict | None:
 
 # ---------------------------------------------------------------- the loop
 
-def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
-    """Train, validate every epoch, keep the best checkpoint, calibrate, and report on the test split.
-
-    `splits` (train/validation/test frames) replaces loading `cfg.data`, e.g. to share one split in a benchmark.
-    """
+def train(cfg: TrainConfig) -> Path:
+    """Train, validate every epoch, keep the best checkpoint, calibrate, and report on the test split."""
     cfg = cfg.resolved()
     run_dir = Path(cfg.out)
     if run_dir.exists() and any(run_dir.iterdir()) and not cfg.resume:
@@ -258,7 +296,7 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     show = cfg.progress if cfg.progress is not None else None  # tqdm: None → only on a TTY
     show = show if distributed.is_main() else False
 
-    splits = splits or load_splits(cfg, run_dir)
+    splits = load_splits(cfg, run_dir)
     train_df, val_df, test_df = splits["train"], splits["validation"], splits["test"]
     if len(val_df) == 0 or val_df["is_duplicate"].nunique() < 2:
         raise ValueError("validation split has no pairs of both classes: give more data (files with both labels)")
@@ -267,20 +305,18 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
         from .checkpoint import load_model as _load
 
         model, _ = _load(run_dir, "cpu")
+    elif cfg.variant == "pseudo":
+        model = build_pseudo_model(cfg, train_df)
     else:
         model = build_model(cfg, list(train_df["question1"]) + list(train_df["question2"]))
-    if model.pair_head is None:
-        model.pair_head = make_pair_head(cfg, model.dim)  # --pair-head classifier, else None
     model.to(device).train()
     net = distributed.prepare(model, device)  # DDP under torchrun: run the training forward as net(fn, ...)
     with distributed.main_first():  # rank 0 fills the cache, the others then read it
         cache = base_cache(cfg, model, run_dir, (train_df, val_df), device, show) if cfg.freeze_base else None
     weights = qdata.class_weights(train_df["is_duplicate"].to_numpy(), cfg.train_pos_rate) if cfg.balance == "weight" else None
-    objective = Objective(cfg, train_df, weights)  # the --loss and the batches (pairs or triplets) it needs
-    loss_fn = objective.validation_loss
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                  weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(distributed.shard_size(len(objective)) / cfg.batch_size)  # per process
+    loss_fn = make_loss(cfg)
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    steps_per_epoch = math.ceil(distributed.shard_size(len(train_df)) / cfg.batch_size)  # per process
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps_per_epoch * cfg.epochs, cfg.warmup))
     train_config = asdict(cfg)
 
@@ -294,18 +330,21 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
         if state["bad_epochs"] > cfg.patience:
             break
         t0, seen, total = time.perf_counter(), 0, 0.0
-        bar = tqdm(objective.batches(cfg.batch_size, cfg.seed + epoch, shard=True), total=steps_per_epoch,
+        bar = tqdm(pair_batches(train_df, cfg.batch_size, True, cfg.seed + epoch, weights, shard=True),
+                   total=steps_per_epoch,
                    desc=f"epoch {epoch}/{cfg.epochs}", disable=None if show is None else not show, leave=False)
-        for batch in bar:
-            loss = net(batch_loss, objective, batch, device, cache)
+        for q1, q2, y, w in bar:
+            with autocast(device):
+                e1, e2 = net(embed_pairs, q1, q2, device, cache)
+            loss = loss_fn(e1.float(), e2.float(), y.to(device), w.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
-            seen += batch.size
-            total += float(loss.detach()) * batch.size
+            seen += len(q1)
+            total += float(loss) * len(q1)
             bar.set_postfix(loss=f"{total / seen:.4f}", pairs_s=f"{seen / (time.perf_counter() - t0):.0f}")
         train_time = time.perf_counter() - t0
         total, seen = distributed.all_sum(total, seen)  # over all processes
@@ -313,7 +352,6 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
             raise RuntimeError("DDP processes hold different weights: a forward pass bypassed the DDP wrapper")
         metrics, cal, _ = validate(model, loss_fn, val_df, device, cfg.batch_size, cfg.calibration, cache)
         row = {"epoch": epoch, "train_loss": total / max(seen, 1), "pairs_per_s": seen / train_time,
-               "train_time_s": train_time,
                **{f"val_{k}": v for k, v in metrics.items()}}
         state["history"].append(row)
         score = metrics[cfg.metric]

@@ -1,0 +1,397 @@
+"""Title/body data for the pseudo-Siamese variant: Stack Exchange posts → (title, body) pairs.
+
+A *post* has a title (short, plain text) and a body (HTML). This module
+
+* turns bodies into text (`html_to_text`: BeautifulSoup with the lxml parser; code blocks are
+  kept as text) and truncates long ones by a stated policy (`truncate_words`);
+* loads and validates a post file (`load_posts`; bad rows raise a `DataError` naming the file,
+  row and column);
+* splits by post (`split_posts`) or across sites (`cross_site_split`: train on the other
+  sites, test on one);
+* builds balanced pair sets (`make_pairs`): each post gives one positive (its own title and
+  body) and one negative (its title with another post's body), the other body drawn at
+  random, from the same site with shared tags (`tag_negatives`), or the nearest by a
+  first-pass model (`nearest_negatives`).
+
+Pair frames use the project's pair schema (``question1`` = left side, ``question2`` = right
+side, ``is_duplicate`` = 1 when the body belongs to the title) plus ``kind``, ``post_id`` and
+``neg_post_id``.
+"""
+from __future__ import annotations
+
+import logging
+import re
+from functools import partial
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .data import DataError, default_data_dir, question_components
+
+log = logging.getLogger("qpairs")
+
+TITLE_BODY_FILE = Path("title_body") / "stackexchange_title_body.csv.gz"
+TRUNCATION_POLICIES = ("head", "head_tail", "none")
+# Default body policy: 100 words (the tokenizers then see ~128 word pieces), the first 75% and the
+# last 25% of them. Zero-shot MiniLM on 1,000 validation posts (README, "Title vs body"): head+tail
+# recall@1 0.950 / MRR 0.966 against 0.943 / 0.962 for the head alone.
+DEFAULT_TRUNCATION = "head_tail"
+DEFAULT_BODY_MAX_WORDS = 100
+DEFAULT_HEAD_FRACTION = 0.75
+ELLIPSIS = "…"
+BODY_COLUMNS = ("body", "content")
+NEGATIVE_KINDS = ("random", "tags", "mixed")
+
+_HTML_RE = re.compile(r"<(p|pre|code|br|div|ul|ol|li|blockquote|a|img|h[1-6]|strong|em|b|i|hr|table|sup|sub)\b[^>]*>",
+                      re.IGNORECASE)
+
+
+# ---------------------------------------------------------------- text
+
+def looks_like_html(text: str) -> bool:
+    """True when `text` contains an HTML tag of the kind Stack Exchange bodies use."""
+    return bool(_HTML_RE.search(text))
+
+
+def html_to_text(html: str) -> str:
+    """Visible text of an HTML body, whitespace collapsed; code (inline and blocks) is kept as text."""
+    from bs4 import BeautifulSoup
+
+    soup = BeautifulSoup(html, "lxml")
+    for tag in soup.find_all(["script", "style"]):
+        tag.decompose()
+    return " ".join(soup.get_text(" ").split())
+
+
+def truncate_words(text: str, max_words: int | None = DEFAULT_BODY_MAX_WORDS, policy: str = DEFAULT_TRUNCATION,
+                   head_fraction: float = DEFAULT_HEAD_FRACTION) -> str:
+    """Cut `text` to at most `max_words` whitespace-separated words.
+
+    policy: ``head`` keeps the first words; ``head_tail`` keeps the first ``head_fraction`` of
+    the budget and the last words, joined by one ``…`` word (counted in the budget, so the cut is
+    idempotent); ``none`` keeps everything.
+    """
+    if policy not in TRUNCATION_POLICIES:
+        raise ValueError(f"truncation policy must be one of {TRUNCATION_POLICIES}, not {policy!r}")
+    words = text.split()
+    if policy == "none" or max_words is None or len(words) <= max_words:
+        return " ".join(words)
+    if max_words < 1:
+        raise ValueError(f"max_words must be at least 1, got {max_words}")
+    if policy == "head" or max_words < 3:
+        return " ".join(words[:max_words])
+    budget = max_words - 1  # one word for the ellipsis
+    head = max(1, min(budget - 1, int(round(budget * head_fraction))))
+    return " ".join(words[:head] + [ELLIPSIS] + words[len(words) - (budget - head):])
+
+
+def clean_body(text: str, max_words: int | None = DEFAULT_BODY_MAX_WORDS, policy: str = DEFAULT_TRUNCATION,
+               head_fraction: float = DEFAULT_HEAD_FRACTION) -> str:
+    """HTML → text (only when it looks like HTML), then `truncate_words`."""
+    if looks_like_html(text):
+        text = html_to_text(text)
+    return truncate_words(text, max_words, policy, head_fraction)
+
+
+def side_preprocessors(config: dict) -> dict:
+    """Per-side text preparation of a saved title/body run (``{}`` for plain question-pair runs).
+
+    The body side (``right`` unless the run put the body left) gets `clean_body` with the run's
+    truncation policy, so raw HTML bodies are scored exactly as they were trained.
+    """
+    train = (config or {}).get("train") or {}
+    if not train.get("left_col"):
+        return {}
+    body_side = "left" if resolve_col(train["left_col"]) == "body" else "right"
+    return {body_side: partial(clean_body, max_words=train.get("body_max_words", DEFAULT_BODY_MAX_WORDS),
+                               policy=train.get("body_truncation", DEFAULT_TRUNCATION))}
+
+
+def resolve_col(name: str) -> str:
+    """Map a --left-col/--right-col value onto ``title`` or ``body`` (``content`` is an alias of body)."""
+    key = {"content": "body"}.get(name, name)
+    if key not in ("title", "body"):
+        raise ValueError(f"title/body columns must be 'title' or 'body' (or 'content'), not {name!r}")
+    return key
+
+
+# ---------------------------------------------------------------- loading
+
+def default_title_body_file(data_dir=None) -> Path:
+    """`title_body/stackexchange_title_body.csv.gz` in the shared data folder."""
+    data_dir = Path(data_dir) if data_dir else default_data_dir()
+    if data_dir is None:
+        raise DataError("no data folder: pass --data FILE or set QPAIRS_DATA")
+    path = data_dir / TITLE_BODY_FILE
+    if not path.exists():
+        raise DataError(f"{path}: file not found")
+    return path
+
+
+def _header(path) -> list[str]:
+    try:
+        return list(pd.read_csv(path, nrows=0).columns)
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: file not found") from exc
+    except Exception as exc:
+        raise DataError(f"{path}: could not be read as CSV: {exc}") from exc
+
+
+def is_title_body_file(path) -> bool:
+    """A post file: has a ``title`` and a ``content``/``body`` column and no pair label."""
+    if str(path).lower().removesuffix(".gz").endswith((".tsv", ".txt")):
+        return False
+    try:
+        cols = _header(path)
+    except DataError:
+        return False
+    return "title" in cols and any(c in cols for c in BODY_COLUMNS) and "is_duplicate" not in cols
+
+
+def _check_text(values: pd.Series, path, column: str) -> None:
+    bad = (values.str.strip() == "").to_numpy()
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DataError(f"{path}: row {row + 1} (line {row + 2}), column '{column}': empty text")
+
+
+def load_posts(path, sites=None, max_words: int | None = DEFAULT_BODY_MAX_WORDS, policy: str = DEFAULT_TRUNCATION,
+               head_fraction: float = DEFAULT_HEAD_FRACTION, progress: bool | None = None) -> pd.DataFrame:
+    """Load a post file (``site,id,title,content,tags``; ``body`` may replace ``content``).
+
+    Returns one row per post: ``post_id`` (``site:id``), ``site``, ``id``, ``title``, ``body``
+    (HTML stripped, truncated by `policy`), ``tags`` (space-separated) and ``content`` (the raw
+    body). Files without ``site``/``id``/``tags`` get the file stem, the row number and no tags.
+    Raises `DataError` on a missing column, an empty title or body, or a repeated post id.
+    """
+    from tqdm.auto import tqdm
+
+    cols = _header(path)
+    body_col = next((c for c in BODY_COLUMNS if c in cols), None)
+    if "title" not in cols or body_col is None:
+        raise DataError(f"{path}: a title/body file needs a 'title' and a 'content' (or 'body') column; found {cols}")
+    raw = pd.read_csv(path, keep_default_na=False, dtype=str)
+    n = len(raw)
+    frame = pd.DataFrame({
+        "site": raw["site"] if "site" in cols else Path(path).name.split(".")[0],
+        "id": raw["id"] if "id" in cols else pd.Series(np.arange(n)).astype(str),
+        "title": raw["title"].str.strip(),
+        "content": raw[body_col],
+        "tags": raw["tags"] if "tags" in cols else "",
+    })
+    _check_text(frame["title"], path, "title")
+    _check_text(frame["content"], path, body_col)
+    if sites:
+        unknown = sorted(set(sites) - set(frame["site"]))
+        if unknown:
+            raise DataError(f"{path}: no posts of site(s) {unknown}; sites are {sorted(frame['site'].unique())}")
+        frame = frame[frame["site"].isin(list(sites))]
+    frame.insert(0, "post_id", frame["site"] + ":" + frame["id"])
+    repeated = frame["post_id"].duplicated().to_numpy()
+    if repeated.any():
+        row = int(frame.index[np.flatnonzero(repeated)[0]])
+        raise DataError(f"{path}: row {row + 1} (line {row + 2}), column 'id': post {frame['post_id'].iloc[np.flatnonzero(repeated)[0]]!r} appears twice")
+    bodies = [clean_body(t, max_words, policy, head_fraction)
+              for t in tqdm(frame["content"], desc="stripping HTML", disable=None if progress is None else not progress,
+                            leave=False)]
+    frame.insert(4, "body", bodies)
+    empty = (frame["body"] == "").to_numpy()
+    if empty.any():
+        row = int(frame.index[np.flatnonzero(empty)[0]])
+        raise DataError(f"{path}: row {row + 1} (line {row + 2}), column '{body_col}': body has no text once HTML is stripped")
+    return frame.reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- splits
+
+def post_groups(posts: pd.DataFrame) -> np.ndarray:
+    """Group id per post: posts sharing a (normalised) title or body are one group."""
+    return question_components(pd.DataFrame({"question1": "t:" + posts["title"], "question2": "b:" + posts["body"]}))
+
+
+def split_posts(posts: pd.DataFrame, fractions=(0.8, 0.1, 0.1), seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Seeded train/validation/test split by post (posts with the same title or body stay together)."""
+    if not np.isclose(sum(fractions), 1.0):
+        raise ValueError(f"split fractions must sum to 1, got {fractions}")
+    groups = post_groups(posts)
+    order = np.random.default_rng(seed).permutation(np.unique(groups))
+    rank = pd.Series(np.arange(len(order)), index=order).reindex(groups).to_numpy()
+    bounds = np.cumsum(fractions)[:-1] * len(order)
+    which = np.searchsorted(bounds, rank, side="right")
+    names = ("train", "validation", "test")[: len(fractions)]
+    return {name: posts[which == k].reset_index(drop=True) for k, name in enumerate(names)}
+
+
+def cross_site_split(posts: pd.DataFrame, test_site: str, val_fraction: float = 0.1,
+                     seed: int = 0) -> dict[str, pd.DataFrame]:
+    """Train/validation by post on every site but `test_site`; test = all posts of `test_site`."""
+    sites = sorted(posts["site"].unique())
+    if test_site not in sites:
+        raise DataError(f"test site {test_site!r} not in the data; sites are {sites}")
+    if len(sites) < 2:
+        raise DataError(f"a cross-site split needs at least two sites, found {sites}")
+    rest = posts[posts["site"] != test_site].reset_index(drop=True)
+    parts = split_posts(rest, (1 - val_fraction, val_fraction), seed)
+    parts["test"] = posts[posts["site"] == test_site].reset_index(drop=True)
+    return parts
+
+
+# ---------------------------------------------------------------- negatives
+
+def random_negatives(posts: pd.DataFrame, rng: np.random.Generator) -> np.ndarray:
+    """For each post, the index of another post (uniform) whose body differs from its own."""
+    n = len(posts)
+    if n < 2:
+        raise DataError("negatives need at least two posts")
+    bodies = posts["body"].to_numpy()
+    neg = (np.arange(n) + rng.integers(1, n, size=n)) % n
+    for i in np.flatnonzero(bodies[neg] == bodies):  # rare: identical bodies
+        others = np.flatnonzero(bodies != bodies[i])
+        if len(others) == 0:
+            raise DataError("every post has the same body: no negatives possible")
+        neg[i] = rng.choice(others)
+    return neg
+
+
+def tag_negatives(posts: pd.DataFrame, rng: np.random.Generator, n_candidates: int = 20) -> tuple[np.ndarray, np.ndarray]:
+    """Hard negatives: another post of the same site sharing a tag (the most tags among `n_candidates` draws).
+
+    Returns (indices, ok) where ``ok`` is False for posts with no same-site post sharing a tag;
+    those get a random same-site post (or any post when the site has one post).
+    """
+    n = len(posts)
+    site = posts["site"].to_numpy()
+    bodies = posts["body"].to_numpy()
+    tag_sets = [frozenset(f"{s}\x1f{t}" for t in tags.split()) for s, tags in zip(site, posts["tags"])]
+    index: dict[str, list[int]] = {}
+    for i, ts in enumerate(tag_sets):
+        for t in ts:
+            index.setdefault(t, []).append(i)
+    lists = {t: np.asarray(v) for t, v in index.items()}
+    by_site = {s: np.flatnonzero(site == s) for s in np.unique(site)}
+    fallback = random_negatives(posts, rng)
+    out, ok = np.empty(n, dtype=int), np.zeros(n, dtype=bool)
+    for i, ts in enumerate(tag_sets):
+        pools = [lists[t] for t in sorted(ts) if len(lists[t]) > 1]  # sorted: independent of hash order
+        if pools:
+            cands = np.concatenate([rng.choice(p, size=min(len(p), n_candidates)) for p in pools])
+            cands = cands[(cands != i) & (bodies[cands] != bodies[i])]
+            if len(cands):
+                shared = np.fromiter((len(ts & tag_sets[j]) for j in cands), dtype=int, count=len(cands))
+                best = cands[shared == shared.max()]
+                out[i], ok[i] = rng.choice(best), True
+                continue
+        same = by_site[site[i]]
+        same = same[(same != i) & (bodies[same] != bodies[i])]
+        out[i] = rng.choice(same) if len(same) else fallback[i]
+    return out, ok
+
+
+def nearest_negatives(title_emb: np.ndarray, body_emb: np.ndarray, bodies=None, metric: str = "cosine",
+                      batch_size: int = 1024) -> np.ndarray:
+    """Model-mined hard negatives: for each title, the closest body of another post.
+
+    `title_emb`/`body_emb` come from a first-pass model (row i = post i). Bodies identical to the
+    post's own body (`bodies`, optional) are skipped.
+    """
+    from .retrieval import pairwise_distances
+
+    n = len(title_emb)
+    if n < 2:
+        raise DataError("negatives need at least two posts")
+    bodies = np.asarray(bodies) if bodies is not None else None
+    out = np.empty(n, dtype=int)
+    for s in range(0, n, batch_size):
+        d = pairwise_distances(title_emb[s : s + batch_size], body_emb, metric)
+        rows = np.arange(s, min(s + batch_size, n))
+        d[np.arange(len(rows)), rows] = np.inf
+        if bodies is not None:
+            d[bodies[rows][:, None] == bodies[None, :]] = np.inf
+        out[rows] = d.argmin(1)
+    return out
+
+
+def make_pairs(posts: pd.DataFrame, negatives: str = "mixed", seed: int = 0, left: str = "title",
+               right: str = "body", negative_index: np.ndarray | None = None) -> pd.DataFrame:
+    """Balanced pairs: per post one positive (own title/body) and one negative (another post's body).
+
+    negatives: ``random``, ``tags`` (same site + shared tags), ``mixed`` (half each, by post), or
+    pass `negative_index` (e.g. from `nearest_negatives`) for model-mined negatives.
+    `left`/`right` say which of title/body goes into ``question1``/``question2``.
+    """
+    left, right = resolve_col(left), resolve_col(right)
+    if left == right:
+        raise ValueError("left and right columns must differ (title and body)")
+    rng = np.random.default_rng(seed)
+    n = len(posts)
+    if negative_index is not None:
+        neg, kind = np.asarray(negative_index), np.full(n, "model", dtype=object)
+    elif negatives == "random":
+        neg, kind = random_negatives(posts, rng), np.full(n, "random", dtype=object)
+    elif negatives in ("tags", "mixed"):
+        hard, ok = tag_negatives(posts, rng)
+        kind = np.where(ok, "tags", "site").astype(object)
+        neg = hard
+        if negatives == "mixed":
+            use_random = rng.random(n) < 0.5
+            neg = np.where(use_random, random_negatives(posts, rng), hard)
+            kind[use_random] = "random"
+        if (~ok).any():
+            log.info("%d of %d posts share no tag with another post of their site: same-site negative used",
+                     int((~ok).sum()), n)
+    else:
+        raise ValueError(f"negatives must be one of {NEGATIVE_KINDS}, not {negatives!r}")
+    titles, bodies, ids = (posts[c].to_numpy() for c in ("title", "body", "post_id"))
+    pos = pd.DataFrame({"title": titles, "body": bodies, "is_duplicate": 1, "kind": "positive",
+                        "post_id": ids, "neg_post_id": ""})
+    negf = pd.DataFrame({"title": titles, "body": bodies[neg], "is_duplicate": 0, "kind": kind,
+                         "post_id": ids, "neg_post_id": ids[neg]})
+    both = pd.concat([pos, negf], ignore_index=True)
+    out = pd.DataFrame({"pair_id": both["post_id"] + np.where(both["is_duplicate"] == 1, "+", "-"),
+                        "question1": both[left], "question2": both[right],
+                        "is_duplicate": both["is_duplicate"].astype(int), "source": "title_body",
+                        "kind": both["kind"], "post_id": both["post_id"], "neg_post_id": both["neg_post_id"]})
+    return out.sample(frac=1.0, random_state=seed).reset_index(drop=True)
+
+
+# ---------------------------------------------------------------- the training data of `qpairs train`
+
+def load_title_body_splits(cfg, run_dir: Path, write: bool = True) -> dict[str, pd.DataFrame]:
+    """Title/body branch of `qpairs train`: posts → split by post (or cross-site) → pair sets.
+
+    Writes ``splits/{validation,test}.csv.gz`` (pairs), ``splits/test_posts.csv.gz`` (the raw test
+    posts, a file ``qpairs evaluate`` reads as title/body data) and ``splits/info.json``.
+    """
+    from .checkpoint import write_json
+
+    files = cfg.data or [str(default_title_body_file())]
+    if len(files) != 1:
+        raise DataError(f"title/body training reads one post file, got {len(files)}: {files}")
+    posts = load_posts(files[0], sites=cfg.sites or None, max_words=cfg.body_max_words, policy=cfg.body_truncation)
+    if cfg.test_site:
+        parts = cross_site_split(posts, cfg.test_site, seed=cfg.seed)
+    else:
+        parts = split_posts(posts, seed=cfg.seed)
+    for name in ("validation", "test"):
+        if cfg.eval_posts and len(parts[name]) > cfg.eval_posts:
+            parts[name] = parts[name].sample(n=cfg.eval_posts, random_state=cfg.seed).reset_index(drop=True)
+    left, right = resolve_col(cfg.left_col or "title"), resolve_col(cfg.right_col or "body")
+    splits = {name: make_pairs(p, cfg.negatives if name == "train" else "mixed", cfg.seed + k, left, right)
+              for k, (name, p) in enumerate(parts.items())}
+    if cfg.max_train_pairs and len(splits["train"]) > cfg.max_train_pairs:
+        splits["train"] = splits["train"].sample(n=cfg.max_train_pairs, random_state=cfg.seed).reset_index(drop=True)
+    info = {"kind": "title_body", "file": str(files[0]), "test_site": cfg.test_site, "seed": cfg.seed,
+            "left": left, "right": right, "negatives": cfg.negatives, "truncation": cfg.body_truncation,
+            "body_max_words": cfg.body_max_words, "posts": {k: int(len(v)) for k, v in parts.items()},
+            "sites": {k: sorted(v["site"].unique()) for k, v in parts.items()},
+            "sizes": {k: int(len(v)) for k, v in splits.items()}}
+    if write:  # (one writer under torchrun)
+        out = Path(run_dir) / "splits"
+        out.mkdir(parents=True, exist_ok=True)
+        for name in ("validation", "test"):
+            splits[name].to_csv(out / f"{name}.csv.gz", index=False)
+        parts["test"][["site", "id", "title", "content", "tags"]].to_csv(out / "test_posts.csv.gz", index=False)
+        write_json(out / "info.json", info)
+    log.info("title/body splits: posts %s, pairs %s", info["posts"], info["sizes"])
+    return splits

@@ -1,0 +1,129 @@
+"""Title/body evaluation of a detector: pair classification (random and hard negatives) and retrieval.
+
+Every title and body is encoded once; the pair sets and the retrieval pools reuse the vectors.
+
+* pairs: a balanced set — per post its own (title, body) and one mismatched pair, the other body
+  drawn at random (``pairs_random``) or from the same site with shared tags (``pairs_hard``);
+  ROC-AUC, accuracy (at the model's stored threshold) and log loss of the calibrated probability.
+* retrieval: each title ranks its body among `n_candidates` bodies: recall@1, recall@10, MRR.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from .metrics import classification_metrics
+from .retrieval import retrieval_eval
+from .title_body import (DEFAULT_BODY_MAX_WORDS, DEFAULT_TRUNCATION, load_posts, random_negatives, resolve_col,
+                         tag_negatives)
+
+SUMMARY_COLUMNS = ("auc_random", "acc_random", "logloss_random", "auc_hard", "acc_hard", "logloss_hard",
+                   "recall@1", "recall@10", "mrr")
+
+
+def title_body_sides(det) -> tuple[str, str]:
+    """(side of the titles, side of the bodies) of a detector; the body is right unless trained the other way."""
+    train = det.config.get("train") or {}
+    if train.get("left_col") and resolve_col(train["left_col"]) == "body":
+        return "right", "left"
+    return "left", "right"
+
+
+def embed_posts(det, posts: pd.DataFrame, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Title and body embeddings of `posts` (row i = post i), each side through its own encoder."""
+    t_side, b_side = title_body_sides(det)
+    titles = det.prepare(list(posts["title"]), t_side) if hasattr(det, "prepare") else list(posts["title"])
+    bodies = det.prepare(list(posts["body"]), b_side) if hasattr(det, "prepare") else list(posts["body"])
+    return det.encode(titles, t_side, batch_size), det.encode(bodies, b_side, batch_size)
+
+
+def _row_distances(det, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    import torch
+
+    return det.model.distance(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+
+
+def pair_eval(det, title_emb: np.ndarray, body_emb: np.ndarray, neg_index: np.ndarray) -> dict[str, float]:
+    """Metrics on the balanced set: post i's own pair (label 1) and (title i, body neg_index[i]) (label 0)."""
+    n = len(title_emb)
+    d = np.concatenate([_row_distances(det, title_emb, body_emb), _row_distances(det, title_emb, body_emb[neg_index])])
+    y = np.concatenate([np.ones(n, dtype=int), np.zeros(n, dtype=int)])
+    return classification_metrics(y, det.calibrator.predict_proba(d), det.threshold)
+
+
+def evaluate_title_body(det, posts: pd.DataFrame, n_candidates: int = 1000, seed: int = 0,
+                        batch_size: int | None = None) -> dict:
+    """Pair metrics with random and hard negatives, and retrieval among `n_candidates`, for `det` on `posts`."""
+    posts = posts.drop_duplicates("body").reset_index(drop=True)  # an identical body would be a second "true" item
+    title_emb, body_emb = embed_posts(det, posts, batch_size)
+    rng = np.random.default_rng(seed)
+    hard, ok = tag_negatives(posts, rng)
+    results = {
+        "pairs_random": pair_eval(det, title_emb, body_emb, random_negatives(posts, np.random.default_rng(seed))),
+        "pairs_hard": {**pair_eval(det, title_emb, body_emb, hard), "shared_tag_share": float(ok.mean())},
+        "retrieval": retrieval_eval(title_emb, body_emb, min(n_candidates, len(posts)), det.model.distance_metric,
+                                    seed),
+        "posts": int(len(posts)),
+        "sites": sorted(posts["site"].unique()),
+    }
+    if len(posts) < n_candidates:
+        results["retrieval"]["warning"] = f"only {len(posts)} posts: fewer candidates than the {n_candidates} asked for"
+    return results
+
+
+def summary_row(results: dict) -> dict[str, float]:
+    """The flat row of the comparison table."""
+    r, h, ret = results["pairs_random"], results["pairs_hard"], results["retrieval"]
+    return {"auc_random": r["roc_auc"], "acc_random": r["accuracy"], "logloss_random": r["log_loss"],
+            "auc_hard": h["roc_auc"], "acc_hard": h["accuracy"], "logloss_hard": h["log_loss"],
+            "recall@1": ret["recall@1"], "recall@10": ret["recall@10"], "mrr": ret["mrr"]}
+
+
+def evaluate_title_body_run(run_dir, files, out=None, device: str = "auto", sites=None, max_posts: int | None = None,
+                            n_candidates: int = 1000, seed: int = 0) -> dict:
+    """`qpairs evaluate RUN --data POSTS.csv.gz`: title/body metrics of a run on a post file."""
+    from .checkpoint import write_json
+    from .detector import load
+    from .metrics import format_table
+
+    det = load(run_dir, device=device)
+    train = det.config.get("train") or {}
+    frames = [load_posts(f, sites=sites, max_words=train.get("body_max_words", DEFAULT_BODY_MAX_WORDS),
+                         policy=train.get("body_truncation", DEFAULT_TRUNCATION)) for f in files]
+    posts = pd.concat(frames, ignore_index=True)
+    if max_posts and len(posts) > max_posts:
+        posts = posts.sample(n=max_posts, random_state=seed).reset_index(drop=True)
+    results = evaluate_title_body(det, posts, n_candidates, seed)
+    out = Path(out) if out else Path(run_dir) / "eval" / ("title_body_" + "_".join(Path(f).name.split(".")[0] for f in files))[:80]
+    out.mkdir(parents=True, exist_ok=True)
+    write_json(out / "title_body_metrics.json", results)
+    print(format_table({"random negatives": results["pairs_random"], "hard negatives": results["pairs_hard"]}))
+    ret = results["retrieval"]
+    print(f"retrieval ({results['posts']} posts, {ret['n_candidates']} candidates per title): "
+          f"recall@1 {ret['recall@1']:.4f}, recall@10 {ret['recall@10']:.4f}, MRR {ret['mrr']:.4f}")
+    print(f"report written to {out}")
+    return results
+
+
+def zero_shot_detector(calibration_pairs: pd.DataFrame, base_model: str | None = None, max_length: int = 128,
+                       device: str = "cpu", calibration: str = "platt"):
+    """A pretrained sentence encoder used as is (shared weights, mean pooling, L2 norm, cosine distance),
+    calibrated on `calibration_pairs` (question1/question2/is_duplicate) — the zero-shot baseline.
+
+    `base_model` defaults to the packaged all-MiniLM-L6-v2. The result is a `DuplicateDetector`;
+    `qpairs.checkpoint.save_model` plus its calibration make it a run directory like any other.
+    """
+    from .calibration import Calibrator
+    from .detector import DuplicateDetector
+    from .encoders import DEFAULT_BASE, TransformerEncoder
+    from .model import SiameseModel
+
+    enc = TransformerEncoder.from_pretrained(base_model or DEFAULT_BASE, pooling="mean", projection_dim=None,
+                                             normalize=True, max_length=max_length)
+    det = DuplicateDetector(SiameseModel(enc, "cosine"), Calibrator(calibration), {"encoder": enc.config},
+                            device=device)
+    d = det.distances(list(calibration_pairs["question1"]), list(calibration_pairs["question2"]))
+    det.calibrator.fit(d, calibration_pairs["is_duplicate"].to_numpy())
+    return det

