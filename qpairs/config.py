@@ -21,8 +21,8 @@ class TrainConfig:
     weight_decay: float = 0.01
     warmup: float = 0.05
     grad_clip: float = 1.0
-    loss: str = "contrastive"
-    margin: float = 1.0
+    loss: str = "contrastive"  # contrastive | online_contrastive | triplet | mnrl (see qpairs.objective)
+    margin: float | None = None  # None → 1.0 for contrastive, 0.5 for online_contrastive and triplet
     distance: str = "euclidean"
     max_length: int = 40
     seed: int = 0
@@ -39,7 +39,7 @@ class TrainConfig:
     hidden_size: int = 128
     num_layers: int = 1
     pooling: str | None = None  # None → max for lstm, mean for transformer
-    projection_dim: int | None = 128
+    projection_dim: int | None = None  # None → 128, but no projection (0) for a fine-tuned transformer
     glove: bool = True
     min_freq: int = 2
     dropout: float = 0.1
@@ -64,6 +64,14 @@ class TrainConfig:
     test_site: str | None = None  # title/body: hold out this site as the test split (train on the others)
     sites: list[str] = field(default_factory=list)  # title/body: use only these sites (empty → all)
     eval_posts: int | None = None  # title/body: at most this many validation and test posts
+    # triplet losses and the classifier head (see qpairs.objective and qpairs.triplets)
+    triplet_negatives: str = "labelled"  # labelled (the anchor's labelled non-duplicates, else random) | random
+    mining: str = "none"  # none | batch_hard | semi_hard: re-pick negatives among the batch's rows
+    transitive: bool = True  # add positives by transitivity (A~B, B~C ⇒ A~C)
+    max_pairs_per_group: int | None = 1000  # cap on transitive pairs from one duplicate group
+    scale: float = 20.0  # mnrl: cosine-similarity scale (1 / temperature)
+    pair_head: str = "none"  # none | classifier: logistic head on (u, v, |u−v|, u∗v) trained with BCE
+    pair_head_weight: float = 1.0  # weight of the head's BCE in the loss
     # loop
     metric: str = "roc_auc"
     patience: int = 2
@@ -90,6 +98,8 @@ class TrainConfig:
         c.lr = c.lr if c.lr is not None else (2e-3 if lstm else 2e-5)
         c.pooling = c.pooling or ("max" if lstm else "mean")
         c.normalize = c.normalize if c.normalize is not None else (not lstm)
+        if c.projection_dim is None:  # a fine-tuned transformer keeps its pretrained embedding space
+            c.projection_dim = 0 if c.encoder == "transformer" and not c.freeze_base else 128
         if c.metric not in HIGHER_IS_BETTER:
             raise ValueError(f"--metric must be one of {sorted(HIGHER_IS_BETTER)}")
         return c

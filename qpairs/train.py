@@ -26,7 +26,7 @@ from .calibration import Calibrator
 from .checkpoint import read_json, save_model, state_to_save, write_json
 from .detector import DuplicateDetector, resolve_device
 from .encoders import DEFAULT_BASE, LSTMEncoder, build_encoder
-from .losses import ContrastiveLoss
+from .objective import Objective, make_pair_head
 from .config import TrainConfig
 from .metrics import HIGHER_IS_BETTER, classification_metrics, format_table
 from .model import SiameseModel
@@ -139,9 +139,17 @@ def param_groups(model: SiameseModel, cfg: TrainConfig) -> list[dict]:
 
 
 def make_loss(cfg: TrainConfig):
-    if cfg.loss == "contrastive":
-        return ContrastiveLoss(cfg.margin, cfg.distance)
-    raise ValueError(f"unknown loss {cfg.loss!r}")
+    """The loss module of ``cfg.loss`` (see `qpairs.objective`)."""
+    from .objective import make_loss as _make_loss
+
+    return _make_loss(cfg)
+
+
+def batch_loss(model: SiameseModel, objective: Objective, batch, device, cache=None) -> torch.Tensor:
+    """Embed a training batch (left/right texts) and return its loss (run through `net` for DDP)."""
+    with autocast(device):
+        e1, e2 = embed_pairs(model, batch.left, batch.right, device, cache)
+    return objective.loss(batch, e1.float(), e2.float(), model.pair_head)
 
 
 def pair_batches(frame, batch_size: int, shuffle: bool, seed: int, weights=None, shard: bool = False):
@@ -278,8 +286,11 @@ def load_last(run_dir: Path, model, optimizer, scheduler) -> dict | None:
 
 # ---------------------------------------------------------------- the loop
 
-def train(cfg: TrainConfig) -> Path:
-    """Train, validate every epoch, keep the best checkpoint, calibrate, and report on the test split."""
+def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
+    """Train, validate every epoch, keep the best checkpoint, calibrate, and report on the test split.
+
+    `splits` (train/validation/test frames) replaces loading `cfg.data`, e.g. to share one split in a benchmark.
+    """
     cfg = cfg.resolved()
     run_dir = Path(cfg.out)
     if run_dir.exists() and any(run_dir.iterdir()) and not cfg.resume:
@@ -296,7 +307,7 @@ def train(cfg: TrainConfig) -> Path:
     show = cfg.progress if cfg.progress is not None else None  # tqdm: None → only on a TTY
     show = show if distributed.is_main() else False
 
-    splits = load_splits(cfg, run_dir)
+    splits = splits or load_splits(cfg, run_dir)
     train_df, val_df, test_df = splits["train"], splits["validation"], splits["test"]
     if len(val_df) == 0 or val_df["is_duplicate"].nunique() < 2:
         raise ValueError("validation split has no pairs of both classes: give more data (files with both labels)")
@@ -309,14 +320,17 @@ def train(cfg: TrainConfig) -> Path:
         model = build_pseudo_model(cfg, train_df)
     else:
         model = build_model(cfg, list(train_df["question1"]) + list(train_df["question2"]))
+    if model.pair_head is None:
+        model.pair_head = make_pair_head(cfg, model.dim)  # --pair-head classifier, else None
     model.to(device).train()
     net = distributed.prepare(model, device)  # DDP under torchrun: run the training forward as net(fn, ...)
     with distributed.main_first():  # rank 0 fills the cache, the others then read it
         cache = base_cache(cfg, model, run_dir, (train_df, val_df), device, show) if cfg.freeze_base else None
     weights = qdata.class_weights(train_df["is_duplicate"].to_numpy(), cfg.train_pos_rate) if cfg.balance == "weight" else None
-    loss_fn = make_loss(cfg)
+    objective = Objective(cfg, train_df, weights)  # the --loss and the batches (pairs or triplets) it needs
+    loss_fn = objective.validation_loss
     optimizer = torch.optim.AdamW(param_groups(model, cfg), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps_per_epoch = math.ceil(distributed.shard_size(len(train_df)) / cfg.batch_size)  # per process
+    steps_per_epoch = math.ceil(distributed.shard_size(len(objective)) / cfg.batch_size)  # per process
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_lambda(steps_per_epoch * cfg.epochs, cfg.warmup))
     train_config = asdict(cfg)
 
@@ -330,21 +344,18 @@ def train(cfg: TrainConfig) -> Path:
         if state["bad_epochs"] > cfg.patience:
             break
         t0, seen, total = time.perf_counter(), 0, 0.0
-        bar = tqdm(pair_batches(train_df, cfg.batch_size, True, cfg.seed + epoch, weights, shard=True),
-                   total=steps_per_epoch,
+        bar = tqdm(objective.batches(cfg.batch_size, cfg.seed + epoch, shard=True), total=steps_per_epoch,
                    desc=f"epoch {epoch}/{cfg.epochs}", disable=None if show is None else not show, leave=False)
-        for q1, q2, y, w in bar:
-            with autocast(device):
-                e1, e2 = net(embed_pairs, q1, q2, device, cache)
-            loss = loss_fn(e1.float(), e2.float(), y.to(device), w.to(device))
+        for batch in bar:
+            loss = net(batch_loss, objective, batch, device, cache)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             if cfg.grad_clip:
                 torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
             optimizer.step()
             scheduler.step()
-            seen += len(q1)
-            total += float(loss) * len(q1)
+            seen += batch.size
+            total += float(loss.detach()) * batch.size
             bar.set_postfix(loss=f"{total / seen:.4f}", pairs_s=f"{seen / (time.perf_counter() - t0):.0f}")
         train_time = time.perf_counter() - t0
         total, seen = distributed.all_sum(total, seen)  # over all processes
@@ -352,6 +363,7 @@ def train(cfg: TrainConfig) -> Path:
             raise RuntimeError("DDP processes hold different weights: a forward pass bypassed the DDP wrapper")
         metrics, cal, _ = validate(model, loss_fn, val_df, device, cfg.batch_size, cfg.calibration, cache)
         row = {"epoch": epoch, "train_loss": total / max(seen, 1), "pairs_per_s": seen / train_time,
+               "train_time_s": train_time,
                **{f"val_{k}": v for k, v in metrics.items()}}
         state["history"].append(row)
         score = metrics[cfg.metric]
