@@ -79,7 +79,12 @@ class Objective:
         self.sampler = None
         if cfg.mining not in MINING:
             raise ValueError(f"unknown mining {cfg.mining!r}; use one of {', '.join(MINING)}")
-        if self.kind == "triplets":
+        if self.kind == "triplets" and getattr(cfg, "left_col", None):  # title/body: titles anchor, bodies answer
+            from .title_body import TitleBodyTriplets
+
+            self.sampler = TitleBodyTriplets(train_df)
+            self.stats = self.sampler.stats
+        elif self.kind == "triplets":
             graph = DuplicateGraph.from_pairs(train_df)
             self.sampler = TripletSampler(graph, cfg.triplet_negatives, cfg.transitive, cfg.max_pairs_per_group, cfg.seed)
             self.stats = graph.stats
@@ -120,7 +125,11 @@ class Objective:
             if self.mining != "none":
                 neg, neg_groups = self._mined(e1, pos, e2, groups, neg, neg_groups)
             if isinstance(self.loss_fn, MultipleNegativesRankingLoss):
-                loss = self.loss_fn(e1, pos, neg, groups[:b], neg_groups)
+                # under torchrun: the loss of the global batch, every process's rows gathered with their
+                # gradients (qpairs.distributed.all_gather_with_grad); the identity in one process
+                from .distributed import all_gather_with_grad as gather
+
+                loss = self.loss_fn(gather(e1), gather(pos), gather(neg), gather(groups[:b]), gather(neg_groups))
             else:
                 loss = self.loss_fn(e1, pos, neg)
             ones = torch.ones(b, device=device)

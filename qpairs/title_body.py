@@ -395,3 +395,67 @@ def load_title_body_splits(cfg, run_dir: Path, write: bool = True) -> dict[str, 
         write_json(out / "info.json", info)
     log.info("title/body splits: posts %s, pairs %s", info["posts"], info["sizes"])
     return splits
+
+
+# ---------------------------------------------------------------- triplets for the triplet / in-batch losses
+
+class TitleBodyTriplets:
+    """(title, own body, other body) triplets from a title/body pair frame, for ``--loss triplet|mnrl``.
+
+    Unlike the symmetric QQP sampler, roles are fixed: anchors are always left-side texts and
+    positives and negatives always right-side texts, so each encoder of a pseudo-Siamese model
+    only sees its own kind of text. The negative of a post is its labelled negative body (random or
+    hard, from `make_pairs`) when the frame has one, else a random other body, drawn every epoch.
+    Group ids (one per distinct right text) let the in-batch loss ignore a repeated true body.
+    Same interface as `qpairs.triplets.TripletSampler` (``len``, ``batches``, ``stats``).
+    """
+
+    def __init__(self, pairs: pd.DataFrame):
+        pos = pairs[pairs["is_duplicate"] == 1]
+        neg = pairs[pairs["is_duplicate"] == 0]
+        if len(pos) == 0:
+            raise ValueError("no (title, own body) pairs in the training data: triplet losses need positives")
+        self.anchors = pos["question1"].to_numpy()
+        self.positives = pos["question2"].to_numpy()
+        keys = pos["question1"].to_numpy() if "post_id" not in pairs else pos["post_id"].to_numpy()
+        neg_keys = neg["question1"].to_numpy() if "post_id" not in pairs else neg["post_id"].to_numpy()
+        labelled = dict(zip(neg_keys, neg["question2"]))
+        self.labelled = np.array([labelled.get(k) for k in keys], dtype=object)
+        self.bodies, codes = np.unique(np.concatenate([self.positives, neg["question2"].to_numpy()]).astype(str),
+                                       return_inverse=True)
+        if len(self.bodies) < 2:
+            raise ValueError("only one distinct body in the training data: no negatives to sample")
+        self.group_of = dict(zip(self.bodies, range(len(self.bodies))))
+        self.stats = {"triplets": len(pos), "labelled_negatives": int(sum(v is not None for v in self.labelled))}
+
+    def __len__(self) -> int:
+        return len(self.anchors)
+
+    def _negatives(self, rng) -> np.ndarray:
+        out = self.labelled.copy()
+        missing = np.flatnonzero([v is None for v in out])
+        for i in missing:
+            while True:
+                body = self.bodies[rng.integers(len(self.bodies))]
+                if body != self.positives[i]:
+                    out[i] = body
+                    break
+        return out
+
+    def batches(self, batch_size: int, seed: int, order=None):
+        """Yield (anchors, positives, negatives, groups [3B] tensor) text batches for one epoch."""
+        import torch
+
+        rng = np.random.default_rng(seed)
+        negatives = self._negatives(rng)
+        idx = rng.permutation(len(self))
+        idx = idx if order is None else order(idx)
+        for s in range(0, len(idx), batch_size):
+            b = idx[s : s + batch_size]
+            a, p, n = list(self.anchors[b]), list(self.positives[b]), list(negatives[b])
+            g_pos = [self.group_of[t] for t in p]
+            groups = torch.as_tensor(g_pos + g_pos + [self.group_of[t] for t in n], dtype=torch.long)
+            yield a, p, n, groups
+
+    def steps(self, batch_size: int) -> int:
+        return -(-len(self) // batch_size)

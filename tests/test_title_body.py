@@ -289,3 +289,28 @@ def test_pseudo_with_a_transformer_side_trains_and_reloads(tmp_path, tiny_bert, 
     p = det.predict_proba(list(posts["title"][:4]), list(posts["content"][:4]))
     assert np.array_equal(p, qpairs.load(run, device="cpu").predict_proba(list(posts["title"][:4]),
                                                                           list(posts["content"][:4])))
+
+
+def test_title_body_triplets_keep_roles(posts_csv):
+    posts = tb.load_posts(posts_csv)
+    pairs = tb.make_pairs(posts, "tags", seed=0)
+    sampler = tb.TitleBodyTriplets(pairs.iloc[: len(pairs) - 40])  # some posts lose their labelled negative
+    titles, bodies = set(posts["title"]), set(posts["body"])
+    body_of = dict(zip(posts["title"], posts["body"]))
+    seen = 0
+    for a, p, n, groups in sampler.batches(32, seed=0):
+        assert set(a) <= titles and set(p) <= bodies and set(n) <= bodies
+        assert all(body_of[t] == b for t, b in zip(a, p)) and all(x != y for x, y in zip(p, n))
+        assert groups.shape == (3 * len(a),) and groups[: len(a)].tolist() == groups[len(a) : 2 * len(a)].tolist()
+        seen += len(a)
+    assert seen == len(sampler) == (pairs.iloc[: len(pairs) - 40]["is_duplicate"] == 1).sum()
+
+
+@pytest.mark.parametrize("loss", ["mnrl", "triplet"])
+def test_pseudo_trains_with_the_triplet_losses(tmp_path, loss):
+    data = tmp_path / "posts.csv.gz"
+    make_posts(120, seed=4).to_csv(data, index=False)
+    run = train(_pseudo_cfg(tmp_path, data, epochs=2, loss=loss, distance="cosine"))
+    history = json.loads((run / "history.json").read_text())
+    assert len(history) == 2 and np.isfinite(history[-1]["train_loss"])
+    assert qpairs.load(run, device="cpu").model.variant == "pseudo"
