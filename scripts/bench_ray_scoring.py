@@ -5,7 +5,9 @@ In one run, on one generated pair file and one model: (a) the local streaming sc
 with 2 actors (each actor one torch thread, 0.75 CPU asked of Ray). Times are end to end
 for the scoring call (read, row numbering, actor start-up and model load, scoring, Parquet
 write); Ray's own start-up (`ray.init` and one warm-up run that starts its worker
-processes) is excluded and printed separately.
+processes) is excluded and printed separately. Inside the actors, the CPU and wall time
+of every `score_frame` call are recorded too: equal CPU per pair with more wall per pair
+means the actors waited for a core (other work on the machine), not that Ray added work.
 
 Without --model it scores with an untrained BiLSTM of the default `qpairs train` size
 (speed does not depend on the weights). Questions come from the shared QQP data when it
@@ -17,6 +19,7 @@ is there, else they are generated.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import random
 import shutil
@@ -68,6 +71,29 @@ def default_size_model(path: Path, texts: list[str]) -> Path:
     return path
 
 
+def timed_scorer(base, log: Path):
+    """A `FrameScorer` (`base`) that appends each batch's wall and CPU seconds to `log` (local runs)."""
+
+    class TimedScorer(base):
+        def __call__(self, batch):
+            wall, cpu = time.perf_counter(), time.process_time()
+            out = super().__call__(batch)
+            rec = {"pid": os.getpid(), "rows": len(batch), "wall": time.perf_counter() - wall,
+                   "cpu": time.process_time() - cpu}
+            with open(log, "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            return out
+
+    return TimedScorer
+
+
+def actor_summary(log: Path) -> str:
+    recs = [json.loads(line) for line in log.read_text().splitlines()]
+    rows = sum(r["rows"] for r in recs)
+    return (f"inside score_frame, {len({r['pid'] for r in recs})} actor(s): {rows / sum(r['cpu'] for r in recs):.0f} "
+            f"pairs per CPU-second, {rows / sum(r['wall'] for r in recs):.0f} pairs per actor wall-second")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-pairs", type=int, default=20_000)
@@ -79,6 +105,7 @@ def main() -> None:
     import ray
     import torch
 
+    from qpairs import ray_scoring
     from qpairs.ray_scoring import score_with_ray
     from qpairs.scoring import score_file
 
@@ -103,9 +130,11 @@ def main() -> None:
                        gpus_per_worker=1.0 if args.gpus else 0.0, rows_per_batch=args.rows_per_batch)
         print(f"ray.init + a warm-up run (Ray's worker processes start): {time.perf_counter() - t0:.1f} s, "
               "not counted below")
-        rates = {}
+        rates, plain = {}, ray_scoring.FrameScorer
         for workers in (1, 2):
             out = tmp / f"ray{workers}"
+            log = tmp / f"actors{workers}.jsonl"
+            ray_scoring.FrameScorer = timed_scorer(plain, log)
             r = score_with_ray(src, out, model, workers=workers, cpus_per_worker=0.75,
                                gpus_per_worker=1.0 if args.gpus else 0.0, rows_per_batch=args.rows_per_batch)
             rates[workers] = r["pairs_per_s"]
@@ -113,6 +142,7 @@ def main() -> None:
             print(f"ray, {workers} worker(s):            {r['pairs_per_s']:8.0f} pairs/s end to end "
                   f"({r['seconds']:.1f} s: read + numbering {r['read_seconds']:.1f} s, actors + scoring + write "
                   f"{score_s:.1f} s = {args.n_pairs / score_s:.0f} pairs/s)")
+            print(f"    {actor_summary(log)}")
         ray.shutdown()
         print(f"ratio 2 workers / 1 worker: {rates[2] / rates[1]:.2f}; 1 Ray worker / local: {rates[1] / local_rate:.2f}")
     finally:
