@@ -46,17 +46,27 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _rows(seed: int, n: int = 3) -> torch.Tensor:
+    return torch.randn(n, 4, generator=torch.Generator().manual_seed(seed))
+
+
 def _check_gather(rank: int, world: int, port: int, out: str) -> None:
-    """all_gather_with_grad with uneven rows (1 and 2) on its own short-lived process group."""
+    """all_gather_with_grad (uneven rows; an in-batch loss) on its own short-lived process group."""
     import torch.distributed as dist
 
     from qpairs.distributed import all_gather_with_grad
+    from qpairs.losses import MultipleNegativesRankingLoss
 
     dist.init_process_group("gloo", init_method=f"tcp://127.0.0.1:{port}", rank=rank, world_size=world)
     x = torch.full((rank + 1, 2), float(rank + 1), requires_grad=True)
     gathered = all_gather_with_grad(x)
     (gathered * torch.arange(6.0).view(3, 2)).sum().backward()
-    save_file({"gathered": gathered.detach(), "grad": x.grad}, os.path.join(out, f"gather{rank}.safetensors"))
+    # in-batch InfoNCE over the gathered global batch, as qpairs.objective does under torchrun
+    anchor = _rows(rank).requires_grad_()
+    mnrl = MultipleNegativesRankingLoss()(all_gather_with_grad(anchor), all_gather_with_grad(_rows(10 + rank)))
+    mnrl.backward()
+    save_file({"gathered": gathered.detach(), "grad": x.grad, "mnrl": mnrl.detach().reshape(1),
+               "mnrl_grad": anchor.grad}, os.path.join(out, f"gather{rank}.safetensors"))
     dist.destroy_process_group()
 
 
@@ -134,3 +144,15 @@ def test_two_gloo_processes_train_in_sync_and_match_one_process(tmp_path):
         # each rank's rows get the gradient summed over both ranks' (identical) losses: 2 * coeff
         expected = 2 * torch.arange(6.0).view(3, 2)[[0] if rank == 0 else [1, 2]]
         assert torch.equal(got["grad"], expected)
+
+    # the gathered in-batch loss is the one-process loss of the whole global batch, and each process's
+    # rows get (world ×) its gradient, which DDP's averaging turns into exactly that gradient
+    from qpairs.losses import MultipleNegativesRankingLoss
+
+    anchors = torch.cat([_rows(0), _rows(1)]).requires_grad_()
+    whole = MultipleNegativesRankingLoss()(anchors, torch.cat([_rows(10), _rows(11)]))
+    whole.backward()
+    for rank in range(2):
+        got = load_file(tmp_path / f"gather{rank}.safetensors")
+        torch.testing.assert_close(got["mnrl"][0], whole.detach())
+        torch.testing.assert_close(got["mnrl_grad"], 2 * anchors.grad[3 * rank : 3 * rank + 3])
