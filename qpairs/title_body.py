@@ -373,14 +373,14 @@ def load_title_body_splits(cfg, run_dir: Path, write: bool = True) -> dict[str, 
         parts = cross_site_split(posts, cfg.test_site, seed=cfg.seed)
     else:
         parts = split_posts(posts, seed=cfg.seed)
+    if cfg.max_train_pairs and 2 * len(parts["train"]) > cfg.max_train_pairs:  # two pairs per post: sample posts
+        parts["train"] = parts["train"].sample(n=max(2, cfg.max_train_pairs // 2), random_state=cfg.seed).reset_index(drop=True)
     for name in ("validation", "test"):
         if cfg.eval_posts and len(parts[name]) > cfg.eval_posts:
             parts[name] = parts[name].sample(n=cfg.eval_posts, random_state=cfg.seed).reset_index(drop=True)
     left, right = resolve_col(cfg.left_col or "title"), resolve_col(cfg.right_col or "body")
     splits = {name: make_pairs(p, cfg.negatives if name == "train" else "mixed", cfg.seed + k, left, right)
               for k, (name, p) in enumerate(parts.items())}
-    if cfg.max_train_pairs and len(splits["train"]) > cfg.max_train_pairs:
-        splits["train"] = splits["train"].sample(n=cfg.max_train_pairs, random_state=cfg.seed).reset_index(drop=True)
     info = {"kind": "title_body", "file": str(files[0]), "test_site": cfg.test_site, "seed": cfg.seed,
             "left": left, "right": right, "negatives": cfg.negatives, "truncation": cfg.body_truncation,
             "body_max_words": cfg.body_max_words, "posts": {k: int(len(v)) for k, v in parts.items()},

@@ -54,10 +54,13 @@ def pair_eval(det, title_emb: np.ndarray, body_emb: np.ndarray, neg_index: np.nd
 
 
 def evaluate_title_body(det, posts: pd.DataFrame, n_candidates: int = 1000, seed: int = 0,
-                        batch_size: int | None = None) -> dict:
-    """Pair metrics with random and hard negatives, and retrieval among `n_candidates`, for `det` on `posts`."""
+                        batch_size: int | None = None, embed=embed_posts) -> dict:
+    """Pair metrics with random and hard negatives, and retrieval among `n_candidates`, for `det` on `posts`.
+
+    `embed(det, posts)` → (title embeddings, body embeddings); the default runs the detector's encoders.
+    """
     posts = posts.drop_duplicates("body").reset_index(drop=True)  # an identical body would be a second "true" item
-    title_emb, body_emb = embed_posts(det, posts, batch_size)
+    title_emb, body_emb = embed(det, posts) if embed is not embed_posts else embed_posts(det, posts, batch_size)
     rng = np.random.default_rng(seed)
     hard, ok = tag_negatives(posts, rng)
     results = {
@@ -107,10 +110,11 @@ def evaluate_title_body_run(run_dir, files, out=None, device: str = "auto", site
     return results
 
 
-def zero_shot_detector(calibration_pairs: pd.DataFrame, base_model: str | None = None, max_length: int = 128,
-                       device: str = "cpu", calibration: str = "platt"):
+def zero_shot_detector(calibration_pairs: pd.DataFrame | None = None, base_model: str | None = None,
+                       max_length: int = 128, device: str = "cpu", calibration: str = "platt"):
     """A pretrained sentence encoder used as is (shared weights, mean pooling, L2 norm, cosine distance),
-    calibrated on `calibration_pairs` (question1/question2/is_duplicate) — the zero-shot baseline.
+    calibrated on `calibration_pairs` (question1/question2/is_duplicate; None: fit
+    ``det.calibrator`` yourself) — the zero-shot baseline.
 
     `base_model` defaults to the packaged all-MiniLM-L6-v2. The result is a `DuplicateDetector`;
     `qpairs.checkpoint.save_model` plus its calibration make it a run directory like any other.
@@ -124,6 +128,7 @@ def zero_shot_detector(calibration_pairs: pd.DataFrame, base_model: str | None =
                                              normalize=True, max_length=max_length)
     det = DuplicateDetector(SiameseModel(enc, "cosine"), Calibrator(calibration), {"encoder": enc.config},
                             device=device)
-    d = det.distances(list(calibration_pairs["question1"]), list(calibration_pairs["question2"]))
-    det.calibrator.fit(d, calibration_pairs["is_duplicate"].to_numpy())
+    if calibration_pairs is not None:
+        d = det.distances(list(calibration_pairs["question1"]), list(calibration_pairs["question2"]))
+        det.calibrator.fit(d, calibration_pairs["is_duplicate"].to_numpy())
     return det

@@ -1,0 +1,247 @@
+"""Title vs body: pseudo-Siamese (unshared encoders) against shared-weight Siamese and zero-shot MiniLM.
+
+One run, one split: train and validate on every site but ``--test-site`` (split by post), test on
+a seeded sample of ``--test-posts`` posts of the held-out site. Every row is evaluated on the
+same test posts, the same random and hard (same site + shared tag) negatives and the same
+retrieval pools of ``--candidates`` bodies per title.
+
+Rows (``--rows`` picks some; each trains into OUT/<row> and is reused when it is already there):
+
+    zero_shot            all-MiniLM-L6-v2 as is (no training), calibrated on the validation pairs
+    siamese_frozen       MiniLM frozen + one shared residual head (identity at start), --loss LOSS
+    pseudo_frozen        MiniLM frozen + two unshared residual heads (title head, body head)
+    (… both again with --loss mnrl as *_mnrl when "mnrl" is in --frozen-losses)
+    pseudo_lstm          BiLSTM title encoder + BiLSTM body encoder, unshared (GloVe init)
+    siamese_lstm         one shared BiLSTM
+    siamese_transformer  MiniLM fine-tuned, shared weights          (smoke scale on a CPU)
+    pseudo_transformer   MiniLM title encoder + MiniLM body encoder (smoke scale on a CPU)
+    pseudo_lstm_transformer  BiLSTM titles + MiniLM bodies         (smoke scale on a CPU)
+
+The frozen-base rows and the zero-shot row share one cache of MiniLM's pooled outputs
+(``OUT/base_cache``), so each text goes through MiniLM once for all of them.
+
+    nice -n 10 python scripts/compare_title_body.py --out runs/title_body
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from qpairs import title_body as tb
+from qpairs.checkpoint import save_model, write_json
+from qpairs.config import TrainConfig
+from qpairs.detector import load
+from qpairs.embcache import open_cache
+from qpairs.title_body_eval import (SUMMARY_COLUMNS, evaluate_title_body, summary_row, title_body_sides,
+                                    zero_shot_detector)
+from qpairs.train import train
+
+log = logging.getLogger("compare_title_body")
+FROZEN = ("siamese_frozen", "pseudo_frozen")
+LSTM = ("pseudo_lstm", "siamese_lstm")
+SMOKE = ("siamese_transformer", "pseudo_transformer", "pseudo_lstm_transformer")
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", help="post file (default: the shared stackexchange_title_body.csv.gz)")
+    p.add_argument("--out", default="runs/title_body")
+    p.add_argument("--test-site", default="crypto")
+    p.add_argument("--test-posts", type=int, default=2000, help="held-out posts evaluated (seeded sample)")
+    p.add_argument("--candidates", type=int, default=1000, help="bodies each title is ranked among")
+    p.add_argument("--val-posts", type=int, default=500, help="validation posts (calibration, early stopping)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--rows", nargs="+", default=["zero_shot", *FROZEN, *LSTM, "siamese_transformer", "pseudo_transformer"])
+    p.add_argument("--frozen-posts", type=int, default=4000, help="training posts of the frozen-base rows")
+    p.add_argument("--frozen-epochs", type=int, default=8)
+    p.add_argument("--frozen-losses", nargs="+", default=["contrastive", "mnrl"])
+    p.add_argument("--lstm-posts", type=int, default=10000, help="training posts of the BiLSTM rows")
+    p.add_argument("--lstm-epochs", type=int, default=4)
+    p.add_argument("--smoke-steps", type=int, default=100, help="optimizer steps of the fine-tuned transformer rows")
+    p.add_argument("--smoke-batch", type=int, default=16)
+    p.add_argument("--smoke-val-posts", type=int, default=200)
+    p.add_argument("--threads", type=int, default=2)
+    return p.parse_args(argv)
+
+
+class Experiment:
+    """The shared split, the shared base cache and the evaluation every row goes through."""
+
+    def __init__(self, args):
+        self.args = args
+        self.out = Path(args.out)
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = args.data or tb.default_title_body_file()
+        t0 = time.perf_counter()
+        posts = tb.load_posts(path)  # default truncation policy (head_tail, 100 words)
+        parts = tb.cross_site_split(posts, args.test_site, seed=args.seed)
+        rng_state = args.seed
+        self.train_posts = parts["train"].sample(frac=1.0, random_state=rng_state).reset_index(drop=True)
+        self.val_posts = parts["validation"].sample(n=min(args.val_posts, len(parts["validation"])),
+                                                    random_state=rng_state).reset_index(drop=True)
+        self.test_posts = parts["test"].sample(n=min(args.test_posts, len(parts["test"])),
+                                               random_state=rng_state).reset_index(drop=True)
+        self.cache = None
+        self.results: dict[str, dict] = {}
+        info = {"file": str(path), "test_site": args.test_site, "train_sites": sorted(self.train_posts["site"].unique()),
+                "train_posts_available": len(self.train_posts), "val_posts": len(self.val_posts),
+                "test_posts": len(self.test_posts), "candidates": args.candidates, "seed": args.seed,
+                "truncation": tb.DEFAULT_TRUNCATION, "body_max_words": tb.DEFAULT_BODY_MAX_WORDS,
+                "load_seconds": round(time.perf_counter() - t0, 1)}
+        write_json(self.out / "split.json", info)
+        log.info("split: %s", info)
+
+    # ------------------------------------------------------------ data for one row
+
+    def splits(self, n_train: int, n_val: int | None = None) -> dict:
+        """Pair frames: the first `n_train` training posts (same order for every row), validation, a small test."""
+        seed = self.args.seed
+        val = self.val_posts if n_val is None else self.val_posts.iloc[:n_val]
+        return {"train": tb.make_pairs(self.train_posts.iloc[:n_train], "mixed", seed),
+                "validation": tb.make_pairs(val, "mixed", seed + 1),
+                "test": tb.make_pairs(self.test_posts.iloc[:100], "mixed", seed + 2)}  # train()'s own short report
+
+    def base_cache(self):
+        if self.cache is None:
+            det = zero_shot_detector(None, max_length=128)
+            self.cache = open_cache(det.model.encoder, self.out / "base_cache")
+        return self.cache
+
+    def cached_embed(self, det, posts):
+        """Title/body embeddings of a frozen-base (or zero-shot) detector: cached MiniLM output → each side's head."""
+        cache = self.base_cache()
+        t_side, b_side = title_body_sides(det)
+        titles, bodies = det.prepare(list(posts["title"]), t_side), det.prepare(list(posts["body"]), b_side)
+        cache.fill(det.model.encoder, titles + bodies, batch_size=64)
+        with torch.inference_mode():
+            return (det.model.side(t_side).head(cache.lookup(titles)).numpy(),
+                    det.model.side(b_side).head(cache.lookup(bodies)).numpy())
+
+    # ------------------------------------------------------------ rows
+
+    def evaluate(self, name: str, det, scale: str, extra: dict, cached: bool = False) -> None:
+        t0 = time.perf_counter()
+        embed = self.cached_embed if cached else None
+        kwargs = {"embed": embed} if embed else {}
+        res = evaluate_title_body(det, self.test_posts, self.args.candidates, self.args.seed, **kwargs)
+        res.update(scale=scale, eval_seconds=round(time.perf_counter() - t0, 1), **extra)
+        self.results[name] = res
+        write_json(self.out / name / "title_body_metrics.json", res)
+        self.save()
+        row = summary_row(res)
+        log.info("%s: %s", name, ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
+
+    def zero_shot(self) -> None:
+        run = self.out / "zero_shot"
+        det = zero_shot_detector(None, max_length=128)
+        pairs = tb.make_pairs(self.val_posts, "mixed", self.args.seed + 1)
+        tv, bv = self.cached_embed(det, self.val_posts)  # calibration on the validation pairs, via the cache
+        pos = {p: i for i, p in enumerate(self.val_posts["post_id"])}
+        neg_pos = {b: i for i, b in enumerate(self.val_posts["body"])}
+        i = pairs["post_id"].map(pos).to_numpy()
+        j = pairs["question2"].map(neg_pos).to_numpy()
+        d = det.model.distance(torch.from_numpy(tv[i]), torch.from_numpy(bv[j])).numpy()
+        det.calibrator.fit(d, pairs["is_duplicate"].to_numpy())
+        if not (run / "model.safetensors").exists():
+            det.config["train"] = {"left_col": "title", "right_col": "body", "body_truncation": tb.DEFAULT_TRUNCATION,
+                                   "body_max_words": tb.DEFAULT_BODY_MAX_WORDS}
+            save_model(det.model, run, det.config["train"])
+            write_json(run / "calibration.json", det.calibrator.to_dict())
+        det = load(run, device="cpu")
+        self.evaluate("zero_shot", det, "real (no training)", {"train_posts": 0}, cached=True)
+
+    def trained(self, name: str, cfg: TrainConfig, splits: dict, scale: str, cached: bool) -> None:
+        run = Path(cfg.out)
+        t0 = time.perf_counter()
+        if not (run / "calibration.json").exists():
+            if run.exists():
+                raise FileExistsError(f"{run} holds an unfinished run: remove it to retrain")
+            train(cfg, splits)
+        history = json.loads((run / "history.json").read_text())
+        extra = {"train_posts": int(splits["train"]["post_id"].nunique()), "epochs": len(history),
+                 "steps": int(len(history) * np.ceil(len(splits["train"]) / (2 if cfg.loss in ("mnrl", "triplet") else 1)
+                                                     / cfg.batch_size)),
+                 "train_seconds": round(sum(h.get("train_time_s", 0) for h in history), 1),
+                 "wall_seconds_incl_eval": round(time.perf_counter() - t0, 1), "loss": cfg.loss}
+        self.evaluate(name, load(run, device="cpu"), scale, extra, cached=cached)
+
+    def common(self, name: str, **kw) -> TrainConfig:
+        base = dict(out=str(self.out / name), left_col="title", right_col="body", seed=self.args.seed, device="cpu",
+                    progress=None, patience=2, metric="roc_auc")
+        return TrainConfig(**{**base, **kw})
+
+    def run_row(self, name: str) -> None:
+        a = self.args
+        if name == "zero_shot":
+            return self.zero_shot()
+        if name.startswith(FROZEN):
+            loss = "mnrl" if name.endswith("_mnrl") else "contrastive"
+            variant = "pseudo" if name.startswith("pseudo") else "siamese"
+            cfg = self.common(name, variant=variant, encoder="transformer", freeze_base=True, head="residual",
+                              projection_dim=384, distance="cosine", loss=loss, margin=0.5 if loss == "contrastive" else None,
+                              epochs=a.frozen_epochs, batch_size=64, lr=1e-3, right_lr=1e-3,
+                              embedding_cache=str(self.out / "base_cache"))
+            return self.trained(name, cfg, self.splits(a.frozen_posts), "real (frozen base, heads trained)", True)
+        if name in LSTM:
+            variant = "pseudo" if name.startswith("pseudo") else "siamese"
+            cfg = self.common(name, variant=variant, encoder="lstm", epochs=a.lstm_epochs, batch_size=64,
+                              max_length=40, right_max_length=128)
+            return self.trained(name, cfg, self.splits(a.lstm_posts), "real", False)
+        if name in SMOKE:
+            n_posts = a.smoke_steps * a.smoke_batch // 2
+            kw = dict(variant="siamese", encoder="transformer") if name == "siamese_transformer" else \
+                dict(variant="pseudo", left_encoder="lstm" if name == "pseudo_lstm_transformer" else "transformer",
+                     right_encoder="transformer")
+            cfg = self.common(name, **kw, head="residual", projection_dim=384, distance="cosine", margin=0.5,
+                              epochs=1, batch_size=a.smoke_batch, max_length=40, right_max_length=128, lr=2e-5,
+                              right_lr=2e-5)
+            if name == "pseudo_lstm_transformer":
+                cfg.lr = 2e-3
+            return self.trained(name, cfg, self.splits(n_posts, a.smoke_val_posts), "SMOKE (CPU, few steps)", False)
+        raise ValueError(f"unknown row {name!r}")
+
+    # ------------------------------------------------------------ output
+
+    def table(self) -> str:
+        head = ["row", "scale", "train posts"] + list(SUMMARY_COLUMNS)
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+        for name, r in self.results.items():
+            row = summary_row(r)
+            lines.append("| " + " | ".join([name, r["scale"], str(r.get("train_posts", ""))] +
+                                            [f"{row[c]:.4f}" for c in SUMMARY_COLUMNS]) + " |")
+        return "\n".join(lines)
+
+    def save(self) -> None:
+        write_json(self.out / "compare.json", self.results)
+        (self.out / "compare.md").write_text(self.table() + "\n")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    torch.set_num_threads(args.threads)
+    rows = []
+    for r in args.rows:  # frozen rows once per loss
+        if r in FROZEN:
+            rows += [r if loss == "contrastive" else f"{r}_{loss}" for loss in args.frozen_losses]
+        else:
+            rows.append(r)
+    exp = Experiment(args)
+    for name in rows:
+        exp.run_row(name)
+    print(f"\nTitle → body on held-out site {args.test_site!r}: {len(exp.test_posts)} posts, "
+          f"{args.candidates} candidates per title, balanced pairs (random / hard = same site + shared tag)\n")
+    print(exp.table())
+    print(f"\nwritten to {exp.out}/compare.json and compare.md")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
