@@ -314,3 +314,18 @@ def test_pseudo_trains_with_the_triplet_losses(tmp_path, loss):
     history = json.loads((run / "history.json").read_text())
     assert len(history) == 2 and np.isfinite(history[-1]["train_loss"])
     assert qpairs.load(run, device="cpu").model.variant == "pseudo"
+
+
+def test_score_cli_on_title_and_raw_html_body_columns(pseudo_run, tmp_path):
+    from qpairs.cli import main
+
+    run, _ = pseudo_run
+    src = run / "splits" / "test_posts.csv.gz"
+    out = tmp_path / "scored.csv"
+    assert main(["score", str(src), "-o", str(out), "--model", str(run), "--q1-col", "title", "--q2-col", "content",
+                 "--device", "cpu"]) == 0
+    scored = pd.read_csv(out, keep_default_na=False)
+    raw = pd.read_csv(src, keep_default_na=False)
+    expected = qpairs.load(run, device="cpu").predict_proba(list(raw["title"]), list(raw["content"]))
+    assert len(scored) == len(raw)
+    np.testing.assert_allclose(scored["duplicate_probability"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
