@@ -120,6 +120,8 @@ class TransformerEncoder(nn.Module):
         self.dim = self.head.dim
         if frozen_base:  # only the head trains; the base weights are not saved (they come from base_model)
             self.model.requires_grad_(False)
+        if getattr(model, "pooler", None) is not None:  # we pool ourselves: the 🤗 pooler never gets a gradient
+            model.pooler.requires_grad_(False)  # (and an always-unused trainable weight stalls DDP)
 
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> "TransformerEncoder":
