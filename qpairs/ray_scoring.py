@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -169,10 +170,10 @@ def score_with_ray(input, output, model=None, *, q1_col: str | None = None, q2_c
     started_here = not ray.is_initialized()
     if started_here:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, configure_logging=False)
+    ctx = ray.data.DataContext.get_current()
+    saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars
+    ctx.enable_progress_bars = sys.stderr.isatty()  # like qpairs' own bars: off when not on a terminal
     try:
-        ctx = ray.data.DataContext.get_current()
-        ctx.execution_options.preserve_order = True
-        ctx.enable_progress_bars = False
         gpus = ray.cluster_resources().get("GPU", 0)
         gpus_per_worker = (1.0 if gpus else 0.0) if gpus_per_worker is None else gpus_per_worker
         workers = workers or (int(gpus // gpus_per_worker) if gpus_per_worker else 1) or 1
@@ -180,11 +181,13 @@ def score_with_ray(input, output, model=None, *, q1_col: str | None = None, q2_c
 
         t0 = time.perf_counter()
         check = dict(cols=(q1c, q2c), id_col=idc, max_chars=max_chars)
+        ctx.execution_options.preserve_order = True  # row numbers follow the input order
         try:
             ds, n_in = _numbered(ray, _read(ray, input, fmt, columns), rows_per_batch, check)
         except DataError as exc:
             raise DataError(f"{input}: {exc}") from None
         t_read = time.perf_counter() - t0
+        ctx.execution_options.preserve_order = False  # batches may finish in any order: row_number restores it
         scored = ds.map_batches(
             FrameScorer, batch_format="pandas", batch_size=rows_per_batch,
             compute=ray.data.ActorPoolStrategy(size=workers),
@@ -195,6 +198,7 @@ def score_with_ray(input, output, model=None, *, q1_col: str | None = None, q2_c
         seconds = time.perf_counter() - t0
         n_out = ray.data.read_parquet(output, num_cpus=TASK_CPUS).count()
     finally:
+        ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
         if started_here:
             ray.shutdown()
     if n_out != n_in:
