@@ -137,7 +137,8 @@ def cmd_dedup(args) -> int:
 def cmd_serve(args) -> int:
     from .service import serve
 
-    serve(args.model, args.index, args.host, args.port, device=args.device, max_wait_ms=args.max_wait_ms)
+    serve(args.model, args.index, args.host, args.port, device=args.device, max_wait_ms=args.max_wait_ms,
+          threads=args.threads)
     return 0
 
 
@@ -182,6 +183,8 @@ def _add_search_commands(sub) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="micro-batching window (default: 2 ms)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch/FAISS threads for the model (default: 1; 0 = the libraries' default)")
     p.add_argument("--device", default="auto")
     p.set_defaults(func=cmd_serve)
 

@@ -168,7 +168,7 @@ class QuestionIndex:
         metric = det.model.distance_metric
         meta = {"format_version": FORMAT_VERSION, "kind": kind, "metric": metric, "dim": int(det.model.dim),
                 "normalized": metric == "cosine", "model_fingerprint": model_fingerprint(det),
-                "model_path": str(det.path) if det.path else None, "size": 0}
+                "model_path": str(det.path.resolve()) if det.path else None, "size": 0}
         if kind == "hnsw":
             meta["hnsw_m"] = hnsw_m
         return cls(_new_faiss_index(int(det.model.dim), metric, kind, hnsw_m), [], [], meta)
