@@ -190,7 +190,8 @@ class QuestionIndex:
         if len(ids) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(ids)} ids")
         _check_new_ids(ids, self._id_set)
-        bar = tqdm(total=len(texts), desc="encoding questions", unit="q", disable=None if progress is None else not progress)
+        bar = tqdm(total=len(texts), desc="encoding questions", unit="q",
+                   disable=None if progress is None else not progress)
         for start in range(0, len(texts), chunk_size):
             chunk = texts[start : start + chunk_size]
             vectors = det.encode(model_texts(det, chunk, bank_side(det)), side=bank_side(det), batch_size=batch_size)
