@@ -165,6 +165,8 @@ def main() -> None:
     ap.add_argument("--scale-model", help="model for the --scale run (default: --model)")
     ap.add_argument("--skip-natural", action="store_true", help="only the unique-heavy file")
     ap.add_argument("--score-args", default="", help="extra arguments for qpairs score, e.g. '--batch-size 256'")
+    ap.add_argument("--scale-args", help="extra qpairs score arguments for the --scale runs (default: --score-args), "
+                    "e.g. '--chunk-size 5000 --cache-size 20000' so both sizes run with full chunks and cache")
     ap.add_argument("--peer", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -224,7 +226,8 @@ def main() -> None:
             path = work / f"scale_{n}.csv"
             write_test_file(path, n, questions, 0.95, 3)
             wall, mem = run_timed([sys.executable, "-m", "qpairs", "score", str(path), "-o", str(work / "scale_out.csv"),
-                                   "--model", scale_model, "--device", device, *args.score_args.split()], env)
+                                   "--model", scale_model, "--device", device,
+                                   *(args.scale_args if args.scale_args is not None else args.score_args).split()], env)
             mems.append((n, path.stat().st_size / 2**20, wall, mem))
         print()
         for n, size, wall, mem in mems:

@@ -1,0 +1,51 @@
+"""Copy a trained run into `qpairs/default_model/` (the model `qpairs.load()` loads with no arguments).
+
+Only what loading needs is copied (config, head weights, calibration, tokenizer files, metrics);
+the run must have a frozen, packaged base (``--freeze-base`` with the default ``--base-model``)
+so the bundled directory stays small. Refuses anything over 10 MB.
+
+    python scripts/make_default_model.py runs/default
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from qpairs.detector import default_model_dir, load
+from qpairs.encoders import DEFAULT_BASE
+
+KEEP = ("config.json", "model.safetensors", "calibration.json", "metrics.json", "history.json", "encoder")
+MAX_BYTES = 10 * 2**20
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("run", help="run directory written by qpairs train")
+    ap.add_argument("--out", default=str(default_model_dir()), help="target (default: qpairs/default_model)")
+    args = ap.parse_args()
+    run, out = Path(args.run), Path(args.out)
+    enc = json.loads((run / "config.json").read_text())["encoder"]
+    if not enc.get("frozen_base") or enc.get("base_model") != DEFAULT_BASE:
+        raise SystemExit(f"{run}: the default model must have a frozen base named {DEFAULT_BASE!r}, "
+                         f"got frozen_base={enc.get('frozen_base')}, base_model={enc.get('base_model')!r}")
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    for name in KEEP:
+        src = run / name
+        if src.is_dir():
+            shutil.copytree(src, out / name)
+        elif src.exists():
+            shutil.copy2(src, out / name)
+    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
+    if size > MAX_BYTES:
+        raise SystemExit(f"{out} is {size / 2**20:.1f} MB, over the 10 MB limit")
+    det = load(out, device="cpu")
+    p = det.predict_proba("How do I learn Python?", "What is the best way to learn Python?")
+    print(f"{out}: {size / 2**20:.2f} MB, loads as {det}; sample probability {p:.3f}")
+
+
+if __name__ == "__main__":
+    main()
