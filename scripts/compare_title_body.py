@@ -11,6 +11,7 @@ Rows (``--rows`` picks some; each trains into OUT/<row> and is reused when it is
     siamese_frozen       MiniLM frozen + one shared residual head (identity at start), --loss LOSS
     pseudo_frozen        MiniLM frozen + two unshared residual heads (title head, body head)
     (… both again with --loss mnrl as *_mnrl when "mnrl" is in --frozen-losses)
+    *_mnrl of a smoke row    the same with the in-batch InfoNCE loss (same number of steps)
     pseudo_lstm          BiLSTM title encoder + BiLSTM body encoder, unshared (GloVe init)
     siamese_lstm         one shared BiLSTM
     siamese_transformer  MiniLM fine-tuned, shared weights          (smoke scale on a CPU)
@@ -68,6 +69,7 @@ def parse_args(argv=None):
     p.add_argument("--smoke-batch", type=int, default=16)
     p.add_argument("--smoke-val-posts", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--reevaluate", action="store_true", help="evaluate rows again even when OUT/<row> has a result")
     return p.parse_args(argv)
 
 
@@ -126,12 +128,30 @@ class Experiment:
 
     # ------------------------------------------------------------ rows
 
+    def signature(self) -> dict:
+        """What makes two evaluations comparable: the same test posts, candidates and seed."""
+        a = self.args
+        return {"data": str(a.data or tb.default_title_body_file()), "test_site": a.test_site,
+                "test_posts": a.test_posts, "candidates": a.candidates, "seed": a.seed, "val_posts": a.val_posts}
+
+    def reuse(self, name: str) -> bool:
+        """Take a row's stored result when it was evaluated on this very split (see `signature`)."""
+        path = self.out / name / "title_body_metrics.json"
+        if self.args.reevaluate or not path.exists():
+            return False
+        res = json.loads(path.read_text())
+        if res.get("signature") != self.signature():
+            return False
+        self.results[name] = res
+        log.info("%s: reusing %s", name, path)
+        return True
+
     def evaluate(self, name: str, det, scale: str, extra: dict, cached: bool = False) -> None:
         t0 = time.perf_counter()
         embed = self.cached_embed if cached else None
         kwargs = {"embed": embed} if embed else {}
         res = evaluate_title_body(det, self.test_posts, self.args.candidates, self.args.seed, **kwargs)
-        res.update(scale=scale, eval_seconds=round(time.perf_counter() - t0, 1), **extra)
+        res.update(scale=scale, eval_seconds=round(time.perf_counter() - t0, 1), signature=self.signature(), **extra)
         self.results[name] = res
         write_json(self.out / name / "title_body_metrics.json", res)
         self.save()
@@ -179,6 +199,8 @@ class Experiment:
 
     def run_row(self, name: str) -> None:
         a = self.args
+        if self.reuse(name):
+            return self.save()
         if name == "zero_shot":
             return self.zero_shot()
         if name.startswith(FROZEN):
@@ -194,15 +216,16 @@ class Experiment:
             cfg = self.common(name, variant=variant, encoder="lstm", epochs=a.lstm_epochs, batch_size=64,
                               max_length=40, right_max_length=128)
             return self.trained(name, cfg, self.splits(a.lstm_posts), "real", False)
-        if name in SMOKE:
-            n_posts = a.smoke_steps * a.smoke_batch // 2
-            kw = dict(variant="siamese", encoder="transformer") if name == "siamese_transformer" else \
-                dict(variant="pseudo", left_encoder="lstm" if name == "pseudo_lstm_transformer" else "transformer",
+        if name.removesuffix("_mnrl") in SMOKE:
+            base, loss = name.removesuffix("_mnrl"), "mnrl" if name.endswith("_mnrl") else "contrastive"
+            n_posts = a.smoke_steps * a.smoke_batch // (2 if loss == "contrastive" else 1)  # same steps either way
+            kw = dict(variant="siamese", encoder="transformer") if base == "siamese_transformer" else \
+                dict(variant="pseudo", left_encoder="lstm" if base == "pseudo_lstm_transformer" else "transformer",
                      right_encoder="transformer")
-            cfg = self.common(name, **kw, head="residual", projection_dim=384, distance="cosine", margin=0.5,
-                              epochs=1, batch_size=a.smoke_batch, max_length=40, right_max_length=128, lr=2e-5,
-                              right_lr=2e-5)
-            if name == "pseudo_lstm_transformer":
+            cfg = self.common(name, **kw, head="residual", projection_dim=384, distance="cosine", loss=loss,
+                              margin=0.5 if loss == "contrastive" else None, epochs=1, batch_size=a.smoke_batch,
+                              max_length=40, right_max_length=128, lr=2e-5, right_lr=2e-5)
+            if base == "pseudo_lstm_transformer":
                 cfg.lr = 2e-3
             return self.trained(name, cfg, self.splits(n_posts, a.smoke_val_posts), "SMOKE (CPU, few steps)", False)
         raise ValueError(f"unknown row {name!r}")
