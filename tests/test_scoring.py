@@ -155,10 +155,10 @@ def test_parquet_nan_and_non_text_cells(det, tmp_path):
 
 @pytest.mark.parametrize("name", ["out.csv.gz", "out.parquet", "out.tsv"])
 def test_resume_gives_the_same_bytes(det, tmp_path, name):
-    frame = kaggle_test_frame(500)
+    frame = kaggle_test_frame(150)
     frame.loc[33, "question1"] = ""
     write(frame, tmp_path / "in.csv")
-    opts = dict(chunk_size=40, checkpoint_rows=80, on_bad_row="mark", progress=False)
+    opts = dict(chunk_size=20, checkpoint_rows=40, on_bad_row="mark", progress=False)
     full = tmp_path / "full" / name
     full.parent.mkdir()
     score_file(tmp_path / "in.csv", full, det, **opts)
@@ -170,7 +170,7 @@ def test_resume_gives_the_same_bytes(det, tmp_path, name):
     r = score_file(tmp_path / "in.csv", out, det, resume=True, **opts)
     assert out.read_bytes() == full.read_bytes()
     assert (tmp_path / f"{name}.bad_rows.csv").read_bytes() == (full.parent / f"{name}.bad_rows.csv").read_bytes()
-    assert r["rows"] == 500 and r["bad_rows"] == 1
+    assert r["rows"] == 150 and r["bad_rows"] == 1
     assert not list(tmp_path.glob(f".{name}*"))  # temp and state files gone
 
 

@@ -26,15 +26,15 @@ def kaggle_test(n: int, seed: int = 2) -> pd.DataFrame:
 
 
 def test_generated_test_file(det, tmp_path):
-    frame = kaggle_test(2500)
+    frame = kaggle_test(600)
     frame.to_csv(tmp_path / "test.csv", index=False)
-    r = make_submission(tmp_path / "test.csv", tmp_path / "sub.csv.gz", det, chunk_size=700, progress=False)
+    r = make_submission(tmp_path / "test.csv", tmp_path / "sub.csv.gz", det, chunk_size=250, progress=False)
     sub = pd.read_csv(tmp_path / "sub.csv.gz")
     assert list(sub.columns) == ["test_id", "is_duplicate"]
     assert sub["test_id"].tolist() == frame["test_id"].tolist()
     expected = np.clip(det.predict_proba(list(frame["question1"]), list(frame["question2"])), CLIP, 1 - CLIP)
     np.testing.assert_allclose(sub["is_duplicate"], expected, rtol=1e-5, atol=1e-6)
-    assert r["rows"] == 2500 and r["unscorable_rows"] == 0
+    assert r["rows"] == 600 and r["unscorable_rows"] == 0
     assert (tmp_path / "sub.csv.gz").read_bytes()[:2] == b"\x1f\x8b"
 
 
@@ -52,7 +52,7 @@ def test_kaggle_test_head(det, tmp_path):
 
 
 def test_test_prior_shifts_by_bayes(det, tmp_path):
-    frame = kaggle_test(300)
+    frame = kaggle_test(100)
     frame.to_csv(tmp_path / "test.csv", index=False)
     make_submission(tmp_path / "test.csv", tmp_path / "a.csv", det, progress=False)
     make_submission(tmp_path / "test.csv", tmp_path / "b.csv", det, test_prior=0.165, progress=False)
