@@ -309,10 +309,14 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
 
 
 def _as_detector(model, device):
-    from .detector import DuplicateDetector, load
+    from .detector import DuplicateDetector, load, resolve_device
 
     if isinstance(model, DuplicateDetector):
         return model
+    try:
+        resolve_device(device)
+    except RuntimeError as exc:  # e.g. --device cuda without a GPU: a usage error, not a crash
+        raise ValueError(str(exc)) from None
     return load(model, device=device)
 
 

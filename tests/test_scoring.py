@@ -228,3 +228,14 @@ def test_cli_score_and_clear_error(det, tmp_path, capsys):
     printed = capsys.readouterr().out
     assert "scored 40 pairs" in printed and "2 bad cells" in printed
     assert len(read(tmp_path / "o.csv")) == 40
+
+
+def test_cli_cuda_without_gpu_is_a_clear_error(det, tmp_path, capsys):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is present")
+    write(kaggle_test_frame(5), tmp_path / "in.csv")
+    assert main(["score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.csv"), "--model", str(det.path),
+                 "--device", "cuda"]) == 2
+    assert "no CUDA GPU" in capsys.readouterr().err
