@@ -120,14 +120,15 @@ def zero_shot_detector(calibration_pairs: pd.DataFrame | None = None, base_model
     `qpairs.checkpoint.save_model` plus its calibration make it a run directory like any other.
     """
     from .calibration import Calibrator
-    from .detector import DuplicateDetector
+    from .detector import DuplicateDetector, resolve_device
     from .encoders import DEFAULT_BASE, TransformerEncoder
     from .model import SiameseModel
 
     enc = TransformerEncoder.from_pretrained(base_model or DEFAULT_BASE, pooling="mean", projection_dim=None,
                                              normalize=True, max_length=max_length)
-    det = DuplicateDetector(SiameseModel(enc, "cosine"), Calibrator(calibration), {"encoder": enc.config},
-                            device=device)
+    dev = resolve_device(device)
+    det = DuplicateDetector(SiameseModel(enc, "cosine").to(dev), Calibrator(calibration), {"encoder": enc.config},
+                            device=dev)
     if calibration_pairs is not None:
         d = det.distances(list(calibration_pairs["question1"]), list(calibration_pairs["question2"]))
         det.calibrator.fit(d, calibration_pairs["is_duplicate"].to_numpy())

@@ -59,16 +59,18 @@ def parse_args(argv=None):
     p.add_argument("--candidates", type=int, default=1000, help="bodies each title is ranked among")
     p.add_argument("--val-posts", type=int, default=500, help="validation posts (calibration, early stopping)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--rows", nargs="+", default=["zero_shot", *FROZEN, *LSTM, "siamese_transformer", "pseudo_transformer"])
+    p.add_argument("--rows", nargs="+", default=["zero_shot", *FROZEN, "pseudo_lstm", "siamese_lstm", *SMOKE[:2],
+                                                 *(f"{r}_mnrl" for r in SMOKE[:2])])
     p.add_argument("--frozen-posts", type=int, default=4000, help="training posts of the frozen-base rows")
     p.add_argument("--frozen-epochs", type=int, default=8)
     p.add_argument("--frozen-losses", nargs="+", default=["contrastive", "mnrl"])
-    p.add_argument("--lstm-posts", type=int, default=10000, help="training posts of the BiLSTM rows")
-    p.add_argument("--lstm-epochs", type=int, default=4)
+    p.add_argument("--lstm-posts", type=int, default=5000, help="training posts of the BiLSTM rows")
+    p.add_argument("--lstm-epochs", type=int, default=2)
     p.add_argument("--smoke-steps", type=int, default=100, help="optimizer steps of the fine-tuned transformer rows")
     p.add_argument("--smoke-batch", type=int, default=16)
     p.add_argument("--smoke-val-posts", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (training and evaluation)")
     p.add_argument("--reevaluate", action="store_true", help="evaluate rows again even when OUT/<row> has a result")
     return p.parse_args(argv)
 
@@ -112,7 +114,7 @@ class Experiment:
 
     def base_cache(self):
         if self.cache is None:
-            det = zero_shot_detector(None, max_length=128)
+            det = zero_shot_detector(None, max_length=128, device=self.args.device)
             self.cache = open_cache(det.model.encoder, self.out / "base_cache")
         return self.cache
 
@@ -121,10 +123,10 @@ class Experiment:
         cache = self.base_cache()
         t_side, b_side = title_body_sides(det)
         titles, bodies = det.prepare(list(posts["title"]), t_side), det.prepare(list(posts["body"]), b_side)
-        cache.fill(det.model.encoder, titles + bodies, batch_size=64)
+        cache.fill(det.model.encoder, titles + bodies, det.device, batch_size=64)
         with torch.inference_mode():
-            return (det.model.side(t_side).head(cache.lookup(titles)).numpy(),
-                    det.model.side(b_side).head(cache.lookup(bodies)).numpy())
+            return tuple(det.model.side(side).head(cache.lookup(texts).to(det.device)).float().cpu().numpy()
+                         for side, texts in ((t_side, titles), (b_side, bodies)))
 
     # ------------------------------------------------------------ rows
 
@@ -160,7 +162,7 @@ class Experiment:
 
     def zero_shot(self) -> None:
         run = self.out / "zero_shot"
-        det = zero_shot_detector(None, max_length=128)
+        det = zero_shot_detector(None, max_length=128, device=self.args.device)
         pairs = tb.make_pairs(self.val_posts, "mixed", self.args.seed + 1)
         tv, bv = self.cached_embed(det, self.val_posts)  # calibration on the validation pairs, via the cache
         pos = {p: i for i, p in enumerate(self.val_posts["post_id"])}
@@ -174,7 +176,7 @@ class Experiment:
                                    "body_max_words": tb.DEFAULT_BODY_MAX_WORDS}
             save_model(det.model, run, det.config["train"])
             write_json(run / "calibration.json", det.calibrator.to_dict())
-        det = load(run, device="cpu")
+        det = load(run, device=self.args.device)
         self.evaluate("zero_shot", det, "real (no training)", {"train_posts": 0}, cached=True)
 
     def trained(self, name: str, cfg: TrainConfig, splits: dict, scale: str, cached: bool) -> None:
@@ -190,10 +192,11 @@ class Experiment:
                                                      / cfg.batch_size)),
                  "train_seconds": round(sum(h.get("train_time_s", 0) for h in history), 1),
                  "wall_seconds_incl_eval": round(time.perf_counter() - t0, 1), "loss": cfg.loss}
-        self.evaluate(name, load(run, device="cpu"), scale, extra, cached=cached)
+        self.evaluate(name, load(run, device=self.args.device), scale, extra, cached=cached)
 
     def common(self, name: str, **kw) -> TrainConfig:
-        base = dict(out=str(self.out / name), left_col="title", right_col="body", seed=self.args.seed, device="cpu",
+        base = dict(out=str(self.out / name), left_col="title", right_col="body", seed=self.args.seed,
+                    device=self.args.device,
                     progress=None, patience=2, metric="roc_auc")
         return TrainConfig(**{**base, **kw})
 
