@@ -15,11 +15,14 @@ __all__ = ["load", "predict", "predict_proba", "DuplicateDetector", "__version__
 _default = None
 
 
-def load(path=None, device: str = "auto"):
-    """Load a run directory (None → the bundled default model) as a `DuplicateDetector`."""
+def load(path=None, device: str = "auto", backend: str = "auto"):
+    """Load a run directory (None → the bundled default model) as a `DuplicateDetector`.
+
+    backend: 'auto' (ONNX Runtime int8 for a transformer on the CPU, else torch), 'torch', 'onnx', 'onnx-int8'.
+    """
     from .detector import load as _load
 
-    return _load(path, device)
+    return _load(path, device, backend)
 
 
 def _default_detector():

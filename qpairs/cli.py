@@ -53,6 +53,10 @@ TRAIN_HELP = {
 }
 
 
+BACKEND_HELP = ("transformer models on the CPU: onnx-int8 (ONNX Runtime, int8 weights), onnx (ONNX Runtime, fp32) "
+                "or torch; auto = onnx-int8 on the CPU, torch on a GPU and for LSTM models (default: auto)")
+
+
 def _add_dataclass_args(parser: argparse.ArgumentParser, cls, helps: dict, skip=()) -> None:
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
@@ -92,11 +96,11 @@ def cmd_evaluate(args) -> int:
         from .title_body_eval import evaluate_title_body_run
 
         evaluate_title_body_run(args.run, args.data, args.out, args.device, args.site, args.max_posts,
-                                args.candidates, args.seed)
+                                args.candidates, args.seed, backend=args.backend)
         return 0
 
     cols = {k: v for k, v in (("q1_col", args.q1_col), ("q2_col", args.q2_col), ("label_col", args.label_col)) if v}
-    evaluate_run(args.run, args.data, args.out, args.device, args.on_bad_row, **cols)
+    evaluate_run(args.run, args.data, args.out, args.device, args.on_bad_row, backend=args.backend, **cols)
     return 0
 
 
@@ -104,7 +108,7 @@ def cmd_index(args) -> int:
     from .search import index_file
 
     index = index_file(args.questions, args.out, args.model, args.text_col, args.id_col, args.kind, args.append,
-                       args.device, args.batch_size)
+                       args.device, args.batch_size, backend=args.backend)
     print(f"{index} saved to {args.out}")
     return 0
 
@@ -115,7 +119,7 @@ def cmd_search(args) -> int:
     from .search import QuestionIndex, format_hits, load_detector
 
     index = QuestionIndex.load(args.index)
-    det = load_detector(args.model, index, args.device)
+    det = load_detector(args.model, index, args.device, args.backend)
     hits = index.search(det, args.question, args.k)
     print(json.dumps([h.to_dict() for h in hits], indent=2) if args.json else format_hits(hits))
     return 0
@@ -125,7 +129,7 @@ def cmd_dedup(args) -> int:
     from .search import dedup, load_detector, read_questions, write_table
 
     ids, texts = read_questions(args.questions, args.text_col, args.id_col)
-    det = load_detector(args.model, None, args.device)
+    det = load_detector(args.model, None, args.device, args.backend)
     clusters = dedup(det, texts, ids, k=args.k, threshold=args.threshold, kind=args.kind, batch_size=args.batch_size)
     write_table(clusters, args.out)
     multi = clusters[clusters["cluster_size"] > 1]
@@ -137,7 +141,7 @@ def cmd_dedup(args) -> int:
 def cmd_serve(args) -> int:
     from .service import serve
 
-    serve(args.model, args.index, args.host, args.port, device=args.device, max_wait_ms=args.max_wait_ms,
+    serve(args.model, args.index, args.host, args.port, device=args.device, backend=args.backend, max_wait_ms=args.max_wait_ms,
           threads=args.threads)
     return 0
 
@@ -153,6 +157,7 @@ def _add_search_commands(sub) -> None:
     p.add_argument("--append", action="store_true", help="add the questions to an existing index (same model only)")
     p.add_argument("--batch-size", type=int, help="encoding batch size (default: the model's)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help=BACKEND_HELP)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="nearest existing questions to a new one, with duplicate probabilities")
@@ -162,6 +167,7 @@ def _add_search_commands(sub) -> None:
     p.add_argument("--model", help="model directory (default: the one that built the index, if still there)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="auto")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help=BACKEND_HELP)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("dedup", help="group the duplicate questions inside a collection")
@@ -175,6 +181,7 @@ def _add_search_commands(sub) -> None:
                    help="kNN index: auto = exact up to 200k questions, HNSW above")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", default="auto")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help=BACKEND_HELP)
     p.set_defaults(func=cmd_dedup)
 
     p = sub.add_parser("serve", help="HTTP service and web page: /predict, /search, /health, / (needs qpairs[serve])")
@@ -186,6 +193,7 @@ def _add_search_commands(sub) -> None:
     p.add_argument("--threads", type=int, default=1,
                    help="torch/FAISS threads for the model (default: 1; 0 = the libraries' default)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help=BACKEND_HELP)
     p.set_defaults(func=cmd_serve)
 
 
@@ -197,7 +205,7 @@ def cmd_score(args) -> int:
     r = score_file(args.input, args.output, args.model, q1_col=args.q1_col, q2_col=args.q2_col, id_col=args.id_col,
                    device=args.device, batch_size=args.batch_size, chunk_size=args.chunk_size,
                    on_bad_row=args.on_bad_row, resume=args.resume, max_chars=args.max_chars,
-                   cache_size=args.cache_size)
+                   cache_size=args.cache_size, backend=args.backend)
     print(f"scored {r['rows']} pairs ({r['q1_col']} vs {r['q2_col']}) in {r['seconds']:.1f} s, "
           f"{r['pairs_per_s']:.0f} pairs/s, unique-text cache hits {r['cache_hit_rate']:.0%}; written to {r['output']}")
     if r["bad_rows"]:
@@ -226,6 +234,7 @@ def cmd_submit(args) -> int:
     from .submit import make_submission
 
     r = make_submission(args.test, args.output, args.model, test_prior=args.test_prior, device=args.device,
+                        backend=args.backend,
                         batch_size=args.batch_size, q1_col=args.q1_col, q2_col=args.q2_col, id_col=args.id_col)
     print(f"{r['rows']} rows written to {r['output']} (mean probability {r['mean_probability']:.4f}"
           + (f", prior shifted to {r['test_prior']}" if r["test_prior"] is not None else "") + ")")
@@ -244,7 +253,8 @@ def _add_scoring_commands(sub) -> None:
     p.add_argument("--q2-col", help="second question column (default: detected, e.g. question2)")
     p.add_argument("--id-col", help="id column named in errors and the bad-row report (default: detected)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    p.add_argument("--batch-size", type=int, help="texts per encoder batch (default: 1024 on GPU, 128 on CPU)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help=BACKEND_HELP)
+    p.add_argument("--batch-size", type=int, help="texts per encoder batch (default: 1024 on GPU, 64 on CPU)")
     p.add_argument("--chunk-size", type=int, default=50_000, help="rows read and written at a time (default: 50000)")
     p.add_argument("--cache-size", type=int, help="unique texts whose embeddings are kept (bounds memory; default: "
                    "200000 on CPU, 2000000 on GPU; must exceed the unique texts of one chunk)")
@@ -279,6 +289,7 @@ def _add_scoring_commands(sub) -> None:
                         "Bayes' rule. The Kaggle test set's rate is about 0.165 (top solutions corrected for it), "
                         "so --test-prior 0.165 lowers the log loss there")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help=BACKEND_HELP)
     p.add_argument("--batch-size", type=int, help="texts per encoder batch")
     p.add_argument("--q1-col"), p.add_argument("--q2-col")
     p.add_argument("--id-col", help="id column (default: test_id)")
@@ -304,6 +315,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", required=True, help="labelled pair files")
     p.add_argument("--out", help="report directory (default: RUN/eval/NAME)")
     p.add_argument("--device", default="auto")
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help=BACKEND_HELP)
     p.add_argument("--on-bad-row", default="error", choices=["error", "drop"])
     p.add_argument("--q1-col"), p.add_argument("--q2-col"), p.add_argument("--label-col")
     p.add_argument("--site", nargs="+", help="title/body files: only these sites")

@@ -46,13 +46,15 @@ class DuplicateDetector:
     """
 
     def __init__(self, model: SiameseModel, calibrator: Calibrator, config: dict | None = None,
-                 device: str | torch.device = "cpu", batch_size: int = 256, path=None):
+                 device: str | torch.device = "cpu", batch_size: int = 256, path=None, backend: str = "torch"):
         self.model = model.eval()
         self.calibrator = calibrator
         self.config = config or {}
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.path = Path(path) if path else None
+        self.backend = "torch"
+        self.use_backend(backend)
         from .title_body import side_preprocessors
 
         self._prepare = side_preprocessors(self.config)  # title/body runs: HTML → text, body truncation
@@ -62,6 +64,17 @@ class DuplicateDetector:
         truncated by its policy); `distances`/`predict_proba` call this, `encode` does not."""
         fn = self._prepare.get(side)
         return [fn(t) for t in texts] if fn else list(texts)
+
+    def use_backend(self, backend: str = "auto") -> "DuplicateDetector":
+        """Run transformer encoders with 'torch', ONNX Runtime 'onnx' (fp32) or 'onnx-int8' (CPU only);
+        'auto' picks ONNX int8 for a transformer on the CPU. LSTM models always run in torch."""
+        from . import onnxrt
+
+        chosen = onnxrt.resolve_backend(backend, self.device, self.model)
+        if chosen != self.backend:
+            onnxrt.enable(self.model, chosen)
+            self.backend = chosen
+        return self
 
     @property
     def threshold(self) -> float:
@@ -133,15 +146,19 @@ class DuplicateDetector:
 
     def __repr__(self) -> str:
         enc = self.config.get("encoder", {}).get("type", "?")
-        return f"DuplicateDetector({self.model.variant}, encoder={enc}, path={self.path}, device={self.device})"
+        return (f"DuplicateDetector({self.model.variant}, encoder={enc}, path={self.path}, device={self.device}, "
+                f"backend={self.backend})")
 
 
 def default_model_dir() -> Path:
     return Path(__file__).resolve().parent / "default_model"
 
 
-def load(path=None, device: str = "auto") -> DuplicateDetector:
-    """Load a run directory (None → the bundled default model) as a `DuplicateDetector`."""
+def load(path=None, device: str = "auto", backend: str = "auto") -> DuplicateDetector:
+    """Load a run directory (None → the bundled default model) as a `DuplicateDetector`.
+
+    `backend`: 'auto' (ONNX Runtime int8 for a transformer on the CPU, torch otherwise), 'torch', 'onnx'
+    (fp32) or 'onnx-int8'; see `DuplicateDetector.use_backend`."""
     if path is None and not default_model_dir().is_dir():
         raise ModelDirError(f"the bundled default model is missing from this install ({default_model_dir()}); "
                             "reinstall qpairs or pass a run directory written by `qpairs train`")
@@ -157,4 +174,4 @@ def load(path=None, device: str = "auto") -> DuplicateDetector:
         if isinstance(exc, ModelDirError):
             raise
         raise ModelDirError(f"{cal_path} is corrupt: {type(exc).__name__}: {exc}") from exc
-    return DuplicateDetector(model, calibrator, cfg, dev, path=path)
+    return DuplicateDetector(model, calibrator, cfg, dev, path=path, backend=backend)

@@ -118,6 +118,7 @@ class TransformerEncoder(nn.Module):
                            hf_config=model.config.to_dict())
         self.head = Head(hidden, projection_dim, normalize, head)
         self.dim = self.head.dim
+        self.runtime = None  # an `onnxrt.OnnxPooler` runs base + pooling at inference when set
         if frozen_base:  # only the head trains; the base weights are not saved (they come from base_model)
             self.model.requires_grad_(False)
         if getattr(model, "pooler", None) is not None:  # we pool ourselves: the 🤗 pooler never gets a gradient
@@ -140,9 +141,15 @@ class TransformerEncoder(nn.Module):
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled base-model output, before the head (what `qpairs.embcache` stores for a frozen base)."""
+        if self.runtime is not None and not self.training and not torch.is_grad_enabled():
+            return self.runtime(input_ids, attention_mask).to(self.head_device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.get("frozen_base")):
             hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
             return pool(hidden, attention_mask, self.config["pooling"])
+
+    @property
+    def head_device(self) -> torch.device:
+        return next(self.head.parameters(), torch.empty(0)).device
 
     def tokenize(self, texts) -> dict[str, torch.Tensor]:
         enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config["max_length"],

@@ -29,18 +29,19 @@ def evaluate_frame(det, frame: pd.DataFrame, report_dir=None, history=None) -> t
     return metrics, probs
 
 
-def evaluate_run(run_dir, files, out=None, device: str = "auto", on_bad_row: str = "error",
+def evaluate_run(run_dir, files, out=None, device: str = "auto", on_bad_row: str = "error", backend: str = "auto",
                  **column_names) -> dict:
     """`qpairs evaluate`: load the run, score the files, print the table and write the report."""
     from .data import load_pairs
     from .detector import load
 
-    det = load(run_dir, device=device)
+    det = load(run_dir, device=device, backend=backend)
     frame = load_pairs(files, on_bad_row=on_bad_row, **column_names)
     hist_path = Path(run_dir) / "history.json"
     history = read_json(hist_path) if hist_path.exists() else None
     out = Path(out) if out else Path(run_dir) / "eval" / "_".join(Path(f).name.split(".")[0] for f in files)[:80]
     metrics, _ = evaluate_frame(det, frame, out, history)
+    metrics["backend"] = det.backend
     print(format_table({", ".join(Path(f).name for f in files)[:60]: metrics}))
     print(f"report written to {out}")
     return metrics

@@ -74,7 +74,7 @@ class PairScorer:
     def __init__(self, det, batch_size: int | None = None, cache_size: int | None = None, prefetch: int = 2):
         self.det = det
         cuda = det.device.type == "cuda"
-        self.batch_size = batch_size or (1024 if cuda else 128)
+        self.batch_size = batch_size or (1024 if cuda else 64)
         self.cache_size = cache_size or (2_000_000 if cuda else 200_000)
         self.prefetch = prefetch
         sides = ("left",) if det.model.variant == "siamese" else ("left", "right")
@@ -229,7 +229,7 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
                id_col: str | None = None, device: str = "auto", batch_size: int | None = None,
                chunk_size: int = 50_000, on_bad_row: str = "error", resume: bool = False, max_chars: int = 10_000,
                cache_size: int | None = None, checkpoint_rows: int = 500_000, progress: bool | None = None,
-               _stop_after_chunks: int | None = None) -> dict:
+               backend: str = "auto", _stop_after_chunks: int | None = None) -> dict:
     """Score every pair of a CSV/TSV/gzip/Parquet file into `output` (same columns + two score columns).
 
     One output row per input row, in input order. Reads and writes `chunk_size` rows at a
@@ -255,7 +255,7 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
     tableio.table_format(output)  # fail early on an unsupported output name
     columns = tableio.read_columns(input)
     q1c, q2c, idc = resolve_columns(columns, q1_col, q2_col, id_col, input)
-    det = _as_detector(model, device)
+    det = _as_detector(model, device, backend)
     scorer = PairScorer(det, batch_size, cache_size)
     p = _paths(output)
     every = max(1, checkpoint_rows // chunk_size)
@@ -308,7 +308,7 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
             "bad_rows_report": str(p["bad"]) if n_bad else None, "q1_col": q1c, "q2_col": q2c, "id_col": idc}
 
 
-def _as_detector(model, device):
+def _as_detector(model, device, backend: str = "auto"):
     from .detector import DuplicateDetector, load, resolve_device
 
     if isinstance(model, DuplicateDetector):
@@ -317,7 +317,7 @@ def _as_detector(model, device):
         resolve_device(device)
     except RuntimeError as exc:  # e.g. --device cuda without a GPU: a usage error, not a crash
         raise ValueError(str(exc)) from None
-    return load(model, device=device)
+    return load(model, device=device, backend=backend)
 
 
 def _score_chunk(scorer: PairScorer, chunk: pd.DataFrame, q1c: str, q2c: str, bad: dict) -> pd.DataFrame:

@@ -330,7 +330,7 @@ def open_index(index_or_dir) -> QuestionIndex:
 
 # ---------------------------------------------------------------- command-line helpers
 
-def load_detector(model=None, index: QuestionIndex | None = None, device: str = "auto"):
+def load_detector(model=None, index: QuestionIndex | None = None, device: str = "auto", backend: str = "auto"):
     """`model` if given, else the model recorded in `index` (when its directory still exists), else the default."""
     from .detector import load
 
@@ -338,11 +338,11 @@ def load_detector(model=None, index: QuestionIndex | None = None, device: str = 
         recorded = Path(index.meta["model_path"])
         if (recorded / "config.json").exists():
             model = recorded
-    return load(model, device=device)
+    return load(model, device=device, backend=backend)
 
 
 def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "flat", append: bool = False,
-               device: str = "auto", batch_size: int | None = None) -> QuestionIndex:
+               device: str = "auto", batch_size: int | None = None, backend: str = "auto") -> QuestionIndex:
     """`qpairs index`: read a question file, encode it and write (or, with `append`, extend) an index directory."""
     out = Path(out)
     exists = (out / META).exists()
@@ -351,10 +351,10 @@ def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "f
     ids, texts = read_questions(path, text_col, id_col)
     if exists:
         index = QuestionIndex.load(out)
-        det = load_detector(model, index, device)
+        det = load_detector(model, index, device, backend)
         index.add(det, texts, ids, batch_size=batch_size)
     else:
-        det = load_detector(model, None, device)
+        det = load_detector(model, None, device, backend)
         index = QuestionIndex.build(det, texts, ids, kind=kind, batch_size=batch_size)
     index.save(out)
     return index

@@ -313,7 +313,7 @@ def set_threads(threads: int | None) -> None:
 
 
 def serve(model=None, index=None, host: str = "127.0.0.1", port: int = 8000, device: str = "auto",
-          max_wait_ms: float = 2.0, threads: int | None = 1) -> None:
+          backend: str = "auto", max_wait_ms: float = 2.0, threads: int | None = 1) -> None:
     """`qpairs serve`: load the model (and index) and run uvicorn until interrupted."""
     import uvicorn
 
@@ -321,7 +321,7 @@ def serve(model=None, index=None, host: str = "127.0.0.1", port: int = 8000, dev
     from .search import QuestionIndex
 
     set_threads(threads)
-    det = load(model, device=device)
+    det = load(model, device=device, backend=backend)
     idx = QuestionIndex.load(index) if index else None
     app = create_app(det, idx, max_wait_ms=max_wait_ms)
     log.info("serving %s%s on http://%s:%d", det, f" with {idx}" if idx else "", host, port)

@@ -61,7 +61,8 @@ def validate_submission(frame: pd.DataFrame, expected_rows: int, source="submiss
 
 def make_submission(test_file, output, model=None, *, test_prior: float | None = None, device: str = "auto",
                     batch_size: int | None = None, chunk_size: int = 50_000, q1_col: str | None = None,
-                    q2_col: str | None = None, id_col: str | None = None, progress: bool | None = None) -> dict:
+                    q2_col: str | None = None, id_col: str | None = None, progress: bool | None = None,
+                    backend: str = "auto") -> dict:
     """Score a Kaggle test file and write ``test_id,is_duplicate`` (``.csv.gz`` → gzip), one row per test row.
 
     Rows with an empty or missing question cannot be scored; they get the prior duplicate
@@ -78,7 +79,7 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
     if idc is None or idc not in columns:
         raise DataError(f"{test_file}: no '{id_col or 'test_id'}' column (a Kaggle test file has "
                         f"test_id,question1,question2); columns are {columns}; pass --id-col")
-    det = _as_detector(model, device)
+    det = _as_detector(model, device, backend)
     scorer = PairScorer(det, batch_size)
     fallback = test_prior if test_prior is not None else (det.calibrator.prior or det.threshold)
     ids, probs, n_bad = [], [], 0

@@ -85,13 +85,13 @@ def summary_row(results: dict) -> dict[str, float]:
 
 
 def evaluate_title_body_run(run_dir, files, out=None, device: str = "auto", sites=None, max_posts: int | None = None,
-                            n_candidates: int = 1000, seed: int = 0) -> dict:
+                            n_candidates: int = 1000, seed: int = 0, backend: str = "auto") -> dict:
     """`qpairs evaluate RUN --data POSTS.csv.gz`: title/body metrics of a run on a post file."""
     from .checkpoint import write_json
     from .detector import load
     from .metrics import format_table
 
-    det = load(run_dir, device=device)
+    det = load(run_dir, device=device, backend=backend)
     train = det.config.get("train") or {}
     frames = [load_posts(f, sites=sites, max_words=train.get("body_max_words", DEFAULT_BODY_MAX_WORDS),
                          policy=train.get("body_truncation", DEFAULT_TRUNCATION)) for f in files]

@@ -8,6 +8,10 @@ import pandas as pd
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if "QPAIRS_CACHE" not in os.environ:  # ONNX exports of the test session go to a temporary folder, not ~/.cache
+    import tempfile
+
+    os.environ["QPAIRS_CACHE"] = tempfile.mkdtemp(prefix="qpairs-test-cache-")
 
 TOPICS = ["python", "java", "cooking", "pasta", "guitar", "piano", "football", "tennis", "bitcoin", "taxes",
           "visa", "paris", "diet", "running", "chemistry", "physics", "history", "poetry", "cats", "dogs"]

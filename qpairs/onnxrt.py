@@ -1,0 +1,167 @@
+"""ONNX Runtime for transformer encoders on the CPU: the base model + pooling exported once, cached, and run
+by onnxruntime (fp32, or int8 by dynamic per-channel weight quantization); the small head stays in torch.
+
+`enable(det, "onnx-int8")` swaps the runtime in for inference; training never uses it. Exported files are
+cached under ``$QPAIRS_CACHE`` (default ``~/.cache/qpairs``) keyed by a hash of the weights, so the export
+(a few seconds) happens once per model.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+AUTO_CPU_BACKEND = "onnx-int8"  # what "auto" picks on a CPU (measured: README "Scoring speed")
+
+
+def cache_dir() -> Path:
+    return Path(os.environ.get("QPAIRS_CACHE") or Path.home() / ".cache" / "qpairs") / "onnx"
+
+
+def available() -> bool:
+    """True when onnxruntime and onnx import (both are qpairs dependencies; a stripped install may lack them)."""
+    try:
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def _has_transformer(model) -> bool:
+    return any(getattr(e, "config", {}).get("type") == "transformer" for e in (model.encoder, model.right_encoder)
+               if e is not None)
+
+
+def resolve_backend(backend: str | None, device: torch.device, model) -> str:
+    """The backend a detector runs: 'auto' → ONNX int8 for a transformer on the CPU when onnxruntime is
+    installed, else torch. Asking for ONNX on a GPU or for an LSTM is a clear error."""
+    backend = backend or "auto"
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
+    is_transformer = _has_transformer(model)
+    if backend == "auto":
+        return AUTO_CPU_BACKEND if (device.type == "cpu" and is_transformer and available()) else "torch"
+    if backend != "torch":
+        if device.type != "cpu":
+            raise ValueError(f"backend {backend!r} runs on the CPU only; use --backend torch on {device.type}")
+        if not is_transformer:
+            raise ValueError(f"backend {backend!r} is for transformer encoders; this model has none "
+                             "(use --backend torch)")
+        if not available():
+            raise ValueError(f"backend {backend!r} needs onnxruntime and onnx: pip install onnxruntime onnx")
+    return backend
+
+
+class _Pooled(nn.Module):
+    """Base model + pooling of a `TransformerEncoder` as one exportable module."""
+
+    def __init__(self, encoder):
+        super().__init__()
+        self.base, self.pooling = encoder.model, encoder.config["pooling"]
+
+    def forward(self, input_ids, attention_mask):
+        from .encoders import pool
+
+        hidden = self.base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        return pool(hidden, attention_mask, self.pooling)
+
+
+def weights_key(encoder) -> str:
+    """Hash of the base weights, pooling and library versions: names the cached ONNX files."""
+    import onnxruntime
+
+    h = hashlib.sha256(f"{encoder.config['pooling']}|{torch.__version__}|{onnxruntime.__version__}".encode())
+    for name, t in sorted(encoder.model.state_dict().items()):
+        h.update(name.encode())
+        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+def export(encoder, path: Path) -> Path:
+    """Export base + pooling to `path` (fp32, dynamic batch and length), atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
+    module = _Pooled(encoder).eval()
+    attn = getattr(module.base.config, "_attn_implementation", None)
+    module.base.config._attn_implementation = "eager"  # sdpa does not export with a padding mask
+    ids = torch.tensor([[101, 2054, 2003, 102], [101, 2054, 102, 0]])
+    mask = (ids != 0).long()
+    try:
+        with warnings.catch_warnings(), torch.no_grad():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(module, (ids, mask), str(tmp), input_names=["input_ids", "attention_mask"],
+                              output_names=["pooled"], opset_version=17, dynamo=False,
+                              dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
+                                            "attention_mask": {0: "batch", 1: "tokens"}, "pooled": {0: "batch"}})
+        os.replace(tmp, path)
+    finally:
+        module.base.config._attn_implementation = attn
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def quantize(src: Path, dst: Path) -> Path:
+    """Dynamic int8 quantization of the weights (per channel), atomically."""
+    import logging
+
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    tmp = dst.with_name(dst.name + f".{os.getpid()}.tmp")
+    level = logging.getLogger().level
+    logging.getLogger().setLevel(logging.ERROR)  # "consider pre-processing" advice on every call
+    try:
+        quantize_dynamic(str(src), str(tmp), weight_type=QuantType.QInt8, per_channel=True)
+        os.replace(tmp, dst)
+    finally:
+        logging.getLogger().setLevel(level)
+        tmp.unlink(missing_ok=True)
+    return dst
+
+
+def model_file(encoder, backend: str) -> Path:
+    """The cached ONNX file of `encoder` for `backend` ('onnx' or 'onnx-int8'), exported on first use."""
+    key = weights_key(encoder)
+    fp32 = cache_dir() / f"{key}-fp32.onnx"
+    if not fp32.exists():
+        export(encoder, fp32)
+    if backend == "onnx":
+        return fp32
+    int8 = cache_dir() / f"{key}-int8.onnx"
+    if not int8.exists():
+        quantize(fp32, int8)
+    return int8
+
+
+class OnnxPooler:
+    """Runs an exported base + pooling: (input_ids, attention_mask) tensors → pooled float32 tensor."""
+
+    def __init__(self, path, threads: int | None = None):
+        import onnxruntime as ort
+
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = threads or torch.get_num_threads()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.log_severity_level = 3
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        feed = {"input_ids": input_ids.cpu().numpy().astype(np.int64),
+                "attention_mask": attention_mask.cpu().numpy().astype(np.int64)}
+        return torch.from_numpy(self.session.run(None, feed)[0])
+
+
+def enable(model, backend: str) -> None:
+    """Run every transformer encoder of `model` (a `SiameseModel`) through ONNX Runtime ('onnx' = fp32,
+    'onnx-int8'), or back through torch ('torch')."""
+    for encoder in {id(e): e for e in (model.encoder, model.right_encoder) if e is not None}.values():
+        if getattr(encoder, "config", {}).get("type") != "transformer":
+            continue
+        encoder.runtime = None if backend == "torch" else OnnxPooler(model_file(encoder, backend))

@@ -1,0 +1,102 @@
+"""ONNX Runtime backend: same embeddings as torch (fp32), close ones (int8), cached exports, clear errors."""
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+pytest.importorskip("onnxruntime")
+
+from qpairs import onnxrt  # noqa: E402
+from qpairs.calibration import Calibrator  # noqa: E402
+from qpairs.detector import DuplicateDetector  # noqa: E402
+from qpairs.encoders import build_encoder  # noqa: E402
+from qpairs.model import SiameseModel  # noqa: E402
+
+TEXTS = ["How do I learn Python quickly?", "What is the capital of France?", "a", "Why is the sky blue? " * 6,
+         "How can I improve my English writing skills?"]
+
+
+@pytest.fixture
+def bert_detector(tiny_bert, tmp_path, monkeypatch):
+    monkeypatch.setenv("QPAIRS_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    enc = build_encoder({"type": "transformer", "pooling": "mean", "projection_dim": 16, "normalize": True,
+                         "max_length": 32, "base_model": str(tiny_bert)})
+    cal = Calibrator("platt").fit(np.array([0.1, 0.2, 0.8, 0.9, 0.3, 0.7]), np.array([1, 1, 0, 0, 0, 1]))
+    return DuplicateDetector(SiameseModel(enc, "cosine").eval(), cal, device="cpu", backend="torch")
+
+
+def test_onnx_fp32_matches_torch(bert_detector):
+    ref = bert_detector.encode(TEXTS)
+    bert_detector.use_backend("onnx")
+    assert bert_detector.backend == "onnx"
+    np.testing.assert_allclose(bert_detector.encode(TEXTS), ref, atol=1e-4)
+
+
+def test_onnx_int8_is_close_and_keeps_the_ranking(bert_detector):
+    q1, q2 = TEXTS, TEXTS[1:] + TEXTS[:1]
+    ref_emb, ref_p = bert_detector.encode(TEXTS), bert_detector.predict_proba(q1, q2)
+    bert_detector.use_backend("onnx-int8")
+    emb = bert_detector.encode(TEXTS)
+    cos = (emb * ref_emb).sum(1)  # both L2-normalised
+    assert cos.min() > 0.95
+    assert not np.allclose(emb, ref_emb, atol=1e-6)  # it really ran the quantized graph
+    assert np.abs(bert_detector.predict_proba(q1, q2) - ref_p).max() < 0.05
+
+
+def test_exports_are_cached_per_weights(bert_detector, tmp_path):
+    bert_detector.use_backend("onnx-int8")
+    files = sorted((tmp_path / "cache" / "onnx").glob("*.onnx"))
+    assert [f.name.rsplit("-", 1)[1] for f in files] == ["fp32.onnx", "int8.onnx"]
+    stamps = [f.stat().st_mtime_ns for f in files]
+    bert_detector.use_backend("torch").use_backend("onnx-int8")  # a second load reuses the files
+    assert [f.stat().st_mtime_ns for f in files] == stamps
+    with torch.no_grad():  # other weights → another file
+        bert_detector.model.encoder.model.embeddings.word_embeddings.weight.add_(0.01)
+    bert_detector.use_backend("onnx")
+    assert len(list((tmp_path / "cache" / "onnx").glob("*-fp32.onnx"))) == 2
+
+
+def test_training_never_uses_the_runtime(bert_detector):
+    bert_detector.use_backend("onnx")
+    enc = bert_detector.model.encoder
+    batch = enc.tokenize(TEXTS[:2])
+    enc.train()
+    out = enc(**batch)
+    assert out.requires_grad  # torch graph, not the ONNX session
+    enc.eval()
+
+
+def test_auto_backend_choices(bert_detector, tiny_run):
+    from qpairs import load
+
+    assert onnxrt.resolve_backend("auto", torch.device("cpu"), bert_detector.model) == onnxrt.AUTO_CPU_BACKEND
+    assert onnxrt.resolve_backend("auto", torch.device("cuda"), bert_detector.model) == "torch"
+    lstm = load(tiny_run, device="cpu")
+    assert lstm.backend == "torch"  # auto: LSTMs run in torch
+    with pytest.raises(ValueError, match="transformer encoders"):
+        load(tiny_run, device="cpu", backend="onnx")
+    with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
+        bert_detector.use_backend("tensorrt")
+    with pytest.raises(ValueError, match="CPU only"):
+        onnxrt.resolve_backend("onnx-int8", torch.device("cuda"), bert_detector.model)
+
+
+def test_score_cli_backend_flag(bert_detector, tmp_path):
+    from qpairs.checkpoint import save_model, write_json
+    from qpairs.cli import main
+
+    run = tmp_path / "run"
+    save_model(bert_detector.model, run)
+    write_json(run / "calibration.json", bert_detector.calibrator.to_dict())
+    pairs = pd.DataFrame({"question1": TEXTS, "question2": TEXTS[::-1]})
+    pairs.to_csv(tmp_path / "in.csv", index=False)
+    outs = {}
+    for backend in ("torch", "onnx"):
+        assert main(["score", str(tmp_path / "in.csv"), "-o", str(tmp_path / f"{backend}.csv"), "--model", str(run),
+                     "--device", "cpu", "--backend", backend]) == 0
+        outs[backend] = pd.read_csv(tmp_path / f"{backend}.csv")
+    np.testing.assert_allclose(outs["onnx"]["duplicate_probability"], outs["torch"]["duplicate_probability"],
+                               atol=1e-4)
+    with pytest.raises(SystemExit):  # argparse rejects an unknown backend
+        main(["score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "x.csv"), "--backend", "fast"])
