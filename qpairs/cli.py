@@ -190,8 +190,9 @@ def _add_search_commands(sub) -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="micro-batching window (default: 2 ms)")
-    p.add_argument("--threads", type=int, default=1,
-                   help="torch/FAISS threads for the model (default: 1; 0 = the libraries' default)")
+    p.add_argument("--threads", type=int,
+                   help="model threads (torch, ONNX Runtime, FAISS); default: 1 for torch models, up to 4 for "
+                        "ONNX Runtime ones; 0 = the libraries' default")
     p.add_argument("--device", default="auto")
     p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help=BACKEND_HELP)
     p.set_defaults(func=cmd_serve)

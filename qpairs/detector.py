@@ -10,6 +10,7 @@ import torch
 
 from .calibration import Calibrator
 from .checkpoint import ModelDirError, load_model, read_json
+from .encoders import length_batches
 from .model import SiameseModel
 
 
@@ -65,16 +66,22 @@ class DuplicateDetector:
         fn = self._prepare.get(side)
         return [fn(t) for t in texts] if fn else list(texts)
 
-    def use_backend(self, backend: str = "auto") -> "DuplicateDetector":
+    def use_backend(self, backend: str = "auto", threads: int | None = None) -> "DuplicateDetector":
         """Run transformer encoders with 'torch', ONNX Runtime 'onnx' (fp32) or 'onnx-int8' (CPU only);
-        'auto' picks ONNX int8 for a transformer on the CPU. LSTM models always run in torch."""
+        'auto' picks ONNX int8 for a transformer on the CPU. LSTM models always run in torch.
+        `threads`: ONNX Runtime's intra-op threads (default: torch's current count)."""
         from . import onnxrt
 
         chosen = onnxrt.resolve_backend(backend, self.device, self.model)
-        if chosen != self.backend:
-            onnxrt.enable(self.model, chosen)
+        if chosen != self.backend or (threads is not None and chosen != "torch"):
+            onnxrt.enable(self.model, chosen, threads)
             self.backend = chosen
         return self
+
+    @property
+    def max_waste(self) -> float | None:
+        """Padding allowed per batch: tight on a CPU (compute grows with padded tokens), free on a GPU."""
+        return 0.25 if self.device.type == "cpu" else None
 
     @property
     def threshold(self) -> float:
@@ -92,9 +99,7 @@ class DuplicateDetector:
         encoder = self.model.side(side)
         batch_size = batch_size or self.batch_size
         out = np.zeros((len(texts), self.model.dim), dtype=np.float32)
-        order = np.argsort([len(t) for t in texts], kind="stable")  # length-sorted batches pad less
-        for start in range(0, len(texts), batch_size):
-            idx = order[start : start + batch_size]
+        for idx in length_batches(texts, batch_size, self.max_waste):  # length-sorted batches pad less
             batch = {k: v.to(self.device, non_blocking=True) for k, v in encoder.tokenize([texts[i] for i in idx]).items()}
             with self._autocast():
                 emb = encoder(**batch)

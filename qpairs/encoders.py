@@ -13,11 +13,36 @@ import copy
 import os
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
 from .vocab import WordVocab
+
+
+def length_batches(texts, max_batch: int, max_waste: float | None = None) -> list[np.ndarray]:
+    """Index batches of `texts` sorted by length (short first), at most `max_batch` each.
+
+    With `max_waste`, a batch also ends where padding every text to the next one's length would
+    make the padded size exceed the real size by more than that fraction (character counts
+    stand in for tokens). On a CPU, where compute is proportional to padded tokens, this keeps a
+    small mixed-length batch, e.g. one micro-batch of a service, from paying for its longest text.
+    """
+    lengths = np.fromiter((len(t) + 8 for t in texts), dtype=np.int64, count=len(texts))  # + special tokens
+    order = np.argsort(lengths, kind="stable")
+    if max_waste is None:
+        return [order[s : s + max_batch] for s in range(0, len(order), max_batch)]
+    batches, start, real = [], 0, 0
+    for pos, i in enumerate(order):
+        n = pos - start
+        if n and (n >= max_batch or lengths[i] * (n + 1) > (1 + max_waste) * (real + lengths[i])):
+            batches.append(order[start:pos])
+            start, real = pos, 0
+        real += lengths[i]
+    if len(order):
+        batches.append(order[start:])
+    return batches
 
 
 def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:

@@ -19,6 +19,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .encoders import length_batches
+
 PROBA_COL = "duplicate_probability"
 PRED_COL = "predicted_duplicate"
 
@@ -95,8 +97,7 @@ class PairScorer:
         encoder = self.det.model.side(side)
         device = self.det.device
         out = torch.empty((len(texts), self.det.model.dim), dtype=torch.float32, device=device)
-        order = np.argsort(np.fromiter((len(t) for t in texts), dtype=np.int64, count=len(texts)), kind="stable")
-        batches = [order[s : s + self.batch_size] for s in range(0, len(texts), self.batch_size)]
+        batches = length_batches(texts, self.batch_size, getattr(self.det, "max_waste", None))
         pin = device.type == "cuda"
 
         def tokenize(idx):

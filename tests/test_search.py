@@ -187,3 +187,27 @@ def test_add_embeddings_equals_encoding_and_checks_shape(det, bank):
     assert [h.id for h in pre.search(det, bank[7], 5)] == [h.id for h in encoded.search(det, bank[7], 5)]
     with pytest.raises(ValueError, match=r"need vectors \[n, 16\]"):
         pre.add_embeddings(det, np.zeros((2, 8)), ["x", "y"], ["x", "y"])
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_flat_search_of_few_queries_matches_faiss(metric):
+    """Few queries run as a NumPy product over FAISS's storage: same neighbours, same order as FAISS."""
+    import faiss
+
+    from qpairs.search import QuestionIndex
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((3000, 24)).astype("float32")
+    if metric == "cosine":
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    flat = faiss.IndexFlatIP(24) if metric == "cosine" else faiss.IndexFlatL2(24)
+    flat.add(x)
+    index = QuestionIndex(flat, [str(i) for i in range(3000)], ["q"] * 3000,
+                          {"kind": "flat", "metric": metric, "normalized": metric == "cosine"})
+    queries = rng.standard_normal((5, 24)).astype("float32")
+    _, want = flat.search(index._prepare(queries), 10)
+    np.testing.assert_array_equal(index.knn(queries, 10, few_fast=True), want)
+    small = QuestionIndex(faiss.IndexFlatL2(24), ["a", "b"], ["q", "q"], {"kind": "flat", "metric": "euclidean",
+                                                                          "normalized": False})
+    small.index.add(x[:2])
+    assert sorted(small.knn(queries[:1], 10, few_fast=True)[0].tolist()) == [0, 1]  # k above the bank size
