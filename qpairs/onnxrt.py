@@ -34,7 +34,7 @@ def available() -> bool:
     return True
 
 
-def _has_transformer(model) -> bool:
+def has_transformer(model) -> bool:
     return any(getattr(e, "config", {}).get("type") == "transformer" for e in (model.encoder, model.right_encoder)
                if e is not None)
 
@@ -45,7 +45,7 @@ def resolve_backend(backend: str | None, device: torch.device, model) -> str:
     backend = backend or "auto"
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
-    is_transformer = _has_transformer(model)
+    is_transformer = has_transformer(model)
     if backend == "auto":
         return AUTO_CPU_BACKEND if (device.type == "cpu" and is_transformer and available()) else "torch"
     if backend != "torch":

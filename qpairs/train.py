@@ -391,7 +391,7 @@ def finish(run_dir: Path, val_df, test_df, history, device) -> dict:
     from .detector import load
     from .evaluate import evaluate_frame
 
-    det = load(run_dir, device=str(device))
+    det = load(run_dir, device=str(device), backend="torch")  # the model as trained (CPU default: int8 ONNX)
     results = {"validation": evaluate_frame(det, val_df)[0]}
     if len(test_df):
         results["test"], _ = evaluate_frame(det, test_df, report_dir=run_dir / "report", history=history)
