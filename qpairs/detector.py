@@ -74,7 +74,17 @@ class DuplicateDetector:
 
         chosen = onnxrt.resolve_backend(backend, self.device, self.model)
         if chosen != self.backend or (threads is not None and chosen != "torch"):
-            onnxrt.enable(self.model, chosen, threads)
+            try:
+                onnxrt.enable(self.model, chosen, threads)
+            except Exception as exc:  # noqa: BLE001 - e.g. a read-only cache folder, an architecture ONNX can't export
+                if backend not in (None, "auto"):
+                    raise
+                import logging
+
+                logging.getLogger("qpairs").warning("ONNX Runtime unavailable for this model (%s: %s); running "
+                                                    "it in PyTorch", type(exc).__name__, exc)
+                onnxrt.enable(self.model, "torch")
+                chosen = "torch"
             self.backend = chosen
         return self
 

@@ -100,3 +100,17 @@ def test_score_cli_backend_flag(bert_detector, tmp_path):
                                atol=1e-4)
     with pytest.raises(SystemExit):  # argparse rejects an unknown backend
         main(["score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "x.csv"), "--backend", "fast"])
+
+
+def test_auto_falls_back_to_torch_when_the_export_fails(bert_detector, monkeypatch, caplog):
+    def broken(*args, **kwargs):
+        raise OSError("read-only file system")
+
+    monkeypatch.setattr(onnxrt, "export", broken)
+    ref = bert_detector.encode(TEXTS)
+    with caplog.at_level("WARNING", logger="qpairs"):
+        bert_detector.use_backend("auto")
+    assert bert_detector.backend == "torch" and "read-only file system" in caplog.text
+    np.testing.assert_array_equal(bert_detector.encode(TEXTS), ref)
+    with pytest.raises(OSError, match="read-only"):  # asked for by name: the error surfaces
+        bert_detector.use_backend("onnx")
