@@ -53,8 +53,13 @@ TRAIN_HELP = {
 }
 
 
-BACKEND_HELP = ("transformer models on the CPU: onnx-int8 (ONNX Runtime, int8 weights), onnx (ONNX Runtime, fp32) "
-                "or torch; auto = onnx-int8 on the CPU, torch on a GPU and for LSTM models (default: auto)")
+def _add_backend_arg(parser: argparse.ArgumentParser) -> None:
+    from .config import BACKENDS
+
+    parser.add_argument("--backend", default="auto", choices=BACKENDS,
+                        help="transformer models on the CPU: onnx-int8 (ONNX Runtime, int8 weights), onnx (ONNX "
+                             "Runtime, fp32) or torch; auto = onnx-int8 on the CPU, torch on a GPU and for LSTM "
+                             "models (default: auto)")
 
 
 def _add_dataclass_args(parser: argparse.ArgumentParser, cls, helps: dict, skip=()) -> None:
@@ -157,7 +162,7 @@ def _add_search_commands(sub) -> None:
     p.add_argument("--append", action="store_true", help="add the questions to an existing index (same model only)")
     p.add_argument("--batch-size", type=int, help="encoding batch size (default: the model's)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help=BACKEND_HELP)
+    _add_backend_arg(p)
     p.set_defaults(func=cmd_index)
 
     p = sub.add_parser("search", help="nearest existing questions to a new one, with duplicate probabilities")
@@ -167,7 +172,7 @@ def _add_search_commands(sub) -> None:
     p.add_argument("--model", help="model directory (default: the one that built the index, if still there)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="auto")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help=BACKEND_HELP)
+    _add_backend_arg(p)
     p.set_defaults(func=cmd_search)
 
     p = sub.add_parser("dedup", help="group the duplicate questions inside a collection")
@@ -181,7 +186,7 @@ def _add_search_commands(sub) -> None:
                    help="kNN index: auto = exact up to 200k questions, HNSW above")
     p.add_argument("--batch-size", type=int)
     p.add_argument("--device", default="auto")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help=BACKEND_HELP)
+    _add_backend_arg(p)
     p.set_defaults(func=cmd_dedup)
 
     p = sub.add_parser("serve", help="HTTP service and web page: /predict, /search, /health, / (needs qpairs[serve])")
@@ -194,7 +199,7 @@ def _add_search_commands(sub) -> None:
                    help="model threads (torch, ONNX Runtime, FAISS); default: 1 for torch models, up to 4 for "
                         "ONNX Runtime ones; 0 = the libraries' default")
     p.add_argument("--device", default="auto")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help=BACKEND_HELP)
+    _add_backend_arg(p)
     p.set_defaults(func=cmd_serve)
 
 
@@ -254,7 +259,7 @@ def _add_scoring_commands(sub) -> None:
     p.add_argument("--q2-col", help="second question column (default: detected, e.g. question2)")
     p.add_argument("--id-col", help="id column named in errors and the bad-row report (default: detected)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help=BACKEND_HELP)
+    _add_backend_arg(p)
     p.add_argument("--batch-size", type=int, help="texts per encoder batch (default: 1024 on GPU, 64 on CPU)")
     p.add_argument("--chunk-size", type=int, default=50_000, help="rows read and written at a time (default: 50000)")
     p.add_argument("--cache-size", type=int, help="unique texts whose embeddings are kept (bounds memory; default: "
@@ -290,7 +295,7 @@ def _add_scoring_commands(sub) -> None:
                         "Bayes' rule. The Kaggle test set's rate is about 0.165 (top solutions corrected for it), "
                         "so --test-prior 0.165 lowers the log loss there")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help=BACKEND_HELP)
+    _add_backend_arg(p)
     p.add_argument("--batch-size", type=int, help="texts per encoder batch")
     p.add_argument("--q1-col"), p.add_argument("--q2-col")
     p.add_argument("--id-col", help="id column (default: test_id)")
@@ -316,7 +321,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", nargs="+", required=True, help="labelled pair files")
     p.add_argument("--out", help="report directory (default: RUN/eval/NAME)")
     p.add_argument("--device", default="auto")
-    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"], help=BACKEND_HELP)
+    _add_backend_arg(p)
     p.add_argument("--on-bad-row", default="error", choices=["error", "drop"])
     p.add_argument("--q1-col"), p.add_argument("--q2-col"), p.add_argument("--label-col")
     p.add_argument("--site", nargs="+", help="title/body files: only these sites")

@@ -16,7 +16,8 @@ import numpy as np
 import torch
 from torch import nn
 
-BACKENDS = ("auto", "torch", "onnx", "onnx-int8")
+from .config import BACKENDS
+
 AUTO_CPU_BACKEND = "onnx-int8"  # what "auto" picks on a CPU (measured: README "Scoring speed")
 
 
@@ -158,6 +159,7 @@ class OnnxPooler:
         # loop keeps its core (serve, 2 threads, 8 clients: p99 70 → 55 ms; README "Latency and scale")
         opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
         self.path = Path(path)
+        self.backend = "onnx-int8" if self.path.name.endswith("-int8.onnx") else "onnx"
         self.session = ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
 
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -172,4 +174,9 @@ def enable(model, backend: str, threads: int | None = None) -> None:
     for encoder in {id(e): e for e in (model.encoder, model.right_encoder) if e is not None}.values():
         if getattr(encoder, "config", {}).get("type") != "transformer":
             continue
-        encoder.runtime = None if backend == "torch" else OnnxPooler(model_file(encoder, backend), threads)
+        if backend == "torch":
+            encoder.runtime = None
+            continue
+        current = encoder.runtime  # only the threads change: reuse its file instead of hashing the weights again
+        path = current.path if current is not None and current.backend == backend else model_file(encoder, backend)
+        encoder.runtime = OnnxPooler(path, threads)
