@@ -20,6 +20,7 @@ TRAIN_HELP = {
     "scale": "mnrl: scale of the cosine similarities (1/temperature)",
     "pair_head": "none or classifier: a logistic head on (u, v, |u-v|, u*v) trained jointly with BCE; scores use it",
     "pair_head_weight": "weight of the classifier head's BCE in the training loss",
+    "pair_head_hidden": "hidden units of the classifier head: 0 = logistic, N = an MLP with one hidden ReLU layer",
     "balance": "class balance of the training split: weight (loss weights), subsample or none",
     "train_pos_rate": "duplicate rate that --balance aims the training split at",
     "eval_rate": "duplicate rate validation/test are subsampled to (natural QQP: 0.37)",

@@ -73,6 +73,7 @@ class TrainConfig:
     scale: float = 20.0  # mnrl: cosine-similarity scale (1 / temperature)
     pair_head: str = "none"  # none | classifier: logistic head on (u, v, |u−v|, u∗v) trained with BCE
     pair_head_weight: float = 1.0  # weight of the head's BCE in the loss
+    pair_head_hidden: int = 0  # hidden units of the classifier head (0 → logistic, else a one-hidden-layer MLP)
     # loop
     metric: str = "roc_auc"
     patience: int = 2

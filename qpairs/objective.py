@@ -48,7 +48,7 @@ def make_pair_head(cfg, dim: int) -> PairClassifier | None:
     if cfg.pair_head in (None, "none"):
         return None
     if cfg.pair_head == "classifier":
-        return PairClassifier(dim)
+        return PairClassifier(dim, hidden=getattr(cfg, "pair_head_hidden", 0) or 0)
     raise ValueError(f"unknown pair head {cfg.pair_head!r}; use none or classifier")
 
 
