@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -31,6 +32,8 @@ log = logging.getLogger("qpairs")
 FORMAT_VERSION = 1
 META, VECTORS, QUESTIONS = "meta.json", "index.faiss", "questions.parquet"
 FLAT_BLAS_QUERIES = 16  # up to this many queries at once, exact search runs as a NumPy product (faster here)
+HALF_SCAN_MIN = 50_000  # from this many stored vectors, those few queries start from an fp16 scan (`_half_knn`)
+HALF_SCAN_EXTRA = 32  # candidates the fp16 scan proposes beyond k
 KINDS = ("flat", "hnsw")
 AUTO_FLAT_MAX = 200_000  # `kind="auto"`: exact search up to this many questions, HNSW above
 TEXT_COLUMNS = ("question", "text", "question_text", "title", "question1", "sentence")
@@ -142,6 +145,13 @@ def _new_faiss_index(dim: int, metric: str, kind: str, hnsw_m: int = 32):
     raise ValueError(f"unknown index kind {kind!r}; use one of {KINDS}")
 
 
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
 def _l2_normalize(x: np.ndarray) -> np.ndarray:
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
@@ -162,6 +172,7 @@ class QuestionIndex:
         self.path = Path(path) if path else None
         self._id_set = set(self.ids)
         self._sq_norms = None  # |x|² of the stored vectors (L2 flat search), computed on first use
+        self._half = None  # fp16 copy of the vectors for `_half_knn`, built on first use
 
     # -- construction
     @classmethod
@@ -283,20 +294,82 @@ class QuestionIndex:
         _, rows = self.index.search(self._prepare(vectors), k)
         return rows
 
-    def _flat_knn(self, queries: np.ndarray, k: int) -> np.ndarray:
-        """Exact kNN of a few queries as one BLAS product over FAISS's own storage (a view, no copy) plus a
-        partial sort: 2-4x faster per query than FAISS's flat search here (bench_serve.py, 200k × 384)."""
-        stored = _faiss().rev_swig_ptr(self.index.get_xb(), len(self) * self.index.d).reshape(len(self), -1)
-        sims = np.ascontiguousarray((stored @ queries.T).T)  # [n_queries, bank]; a matrix-vector product for one
+    def _stored(self) -> np.ndarray:
+        """The flat index's vectors [n, d] as a NumPy view of FAISS's own storage (no copy)."""
+        return _faiss().rev_swig_ptr(self.index.get_xb(), len(self) * self.index.d).reshape(len(self), -1)
+
+    def _exact_cost(self, stored: np.ndarray, queries: np.ndarray) -> np.ndarray:
+        """Cost [n_queries, n] ranking like FAISS's flat search: −x·q (cosine) or |x|² − 2 x·q (L2)."""
+        sims = np.ascontiguousarray((stored @ queries.T).T)  # a matrix-vector product for one query
         if self.meta["metric"] == "cosine":  # IndexFlatIP: larger is closer
-            cost = -sims
-        else:  # IndexFlatL2: |x|² − 2 x·q ranks like |x − q|²
-            if self._sq_norms is None or len(self._sq_norms) != len(self):
-                self._sq_norms = np.einsum("ij,ij->i", stored, stored)
-            cost = self._sq_norms[None, :] - 2 * sims
+            return -sims
+        return self._squared_norms(stored)[None, :] - 2 * sims  # ranks like |x − q|²
+
+    def _flat_knn(self, queries: np.ndarray, k: int) -> np.ndarray:
+        """Exact kNN of a few queries: `_half_knn` on a large bank, else one BLAS product over FAISS's storage
+        plus a partial sort (2-4x faster per query than FAISS's flat search here; bench_serve.py, 200k × 384)."""
+        stored = self._stored()
+        if len(self) >= HALF_SCAN_MIN:
+            rows = self._half_knn(stored, queries, k)
+            if rows is not None:
+                return rows
+        cost = self._exact_cost(stored, queries)
         top = np.argpartition(cost, k - 1, axis=1)[:, :k] if k < len(self) else np.tile(np.arange(len(self)), (len(cost), 1))
         order = np.take_along_axis(cost, top, axis=1).argsort(axis=1, kind="stable")
         return np.take_along_axis(top, order, axis=1).astype(np.int64)
+
+    def _half_knn(self, stored: np.ndarray, queries: np.ndarray, k: int) -> np.ndarray | None:
+        """Exact kNN from a half-precision scan, or None where exactness cannot be proven (then scan in fp32).
+
+        An fp16 copy of the vectors, in one FAISS shard per core scanned in parallel (half the memory
+        traffic of fp32, which bounds this scan), proposes k + HALF_SCAN_EXTRA candidates; their exact fp32
+        costs pick the top k. Rounding a stored vector to fp16 moves its cost by at most
+        err = 2⁻¹¹·|x|·|q| (inner product) or 2⁻¹¹·|x|·(2|x − q| + 2⁻¹¹|x|) (L2), FAISS accumulating in fp32;
+        with `bound` = 4·err at the bank's largest |x|, the result is exact when the k-th best exact cost
+        is at most the proposal's last approximate cost minus `bound`: no other vector can come closer.
+        """
+        scan = self._half_scan(stored)
+        n_cand = min(len(self), k + HALF_SCAN_EXTRA)
+        approx, cand = scan["shards"].search(np.ascontiguousarray(queries, dtype=np.float32), n_cand)
+        q_norm = np.linalg.norm(queries, axis=1)
+        if self.meta["metric"] == "cosine":
+            approx_cost = -approx  # inner products
+            bound = 4 * 2.0**-11 * scan["max_norm"] * q_norm
+        else:
+            approx_cost = approx - (q_norm**2)[:, None]  # |x − q|² − |q|² = |x|² − 2 x·q
+            reach = scan["max_norm"] + q_norm
+            bound = 4 * 2.0**-11 * scan["max_norm"] * (2 * reach + 2.0**-11 * scan["max_norm"])
+        if (cand < 0).any():
+            return None
+        exact = np.einsum("qcd,qd->qc", stored[cand], queries)
+        exact_cost = -exact if self.meta["metric"] == "cosine" else self._squared_norms(stored)[cand] - 2 * exact
+        order = np.argsort(exact_cost, axis=1, kind="stable")[:, :k]
+        kth = np.take_along_axis(exact_cost, order[:, -1:], axis=1)[:, 0]
+        if n_cand < len(self) and not (kth <= approx_cost[:, -1] - bound).all():
+            return None
+        return np.take_along_axis(cand, order, axis=1).astype(np.int64)
+
+    def _squared_norms(self, stored: np.ndarray) -> np.ndarray:
+        """|x|² of every stored vector (cached until the index grows)."""
+        if self._sq_norms is None or len(self._sq_norms) != len(self):
+            self._sq_norms = np.einsum("ij,ij->i", stored, stored)
+        return self._sq_norms
+
+    def _half_scan(self, stored: np.ndarray) -> dict:
+        """The fp16 shards of `_half_knn`, built on first use and rebuilt after `add`."""
+        if self._half is None or self._half["size"] != len(self):
+            faiss = _faiss()
+            metric = faiss.METRIC_INNER_PRODUCT if self.meta["metric"] == "cosine" else faiss.METRIC_L2
+            shards = faiss.IndexShards(self.index.d, True, True)  # threaded; ids continue across shards
+            parts = []
+            for part in np.array_split(stored, max(1, _cores())):
+                sq = faiss.IndexScalarQuantizer(self.index.d, faiss.ScalarQuantizer.QT_fp16, metric)
+                sq.add(np.ascontiguousarray(part))
+                parts.append(sq)  # keeps the shards alive (IndexShards does not own them)
+                shards.add_shard(sq)
+            self._half = {"size": len(self), "shards": shards, "parts": parts,
+                          "max_norm": float(np.sqrt(self._squared_norms(stored).max()))}
+        return self._half
 
     def rescore(self, det, vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
         """The model's own distance from each query vector to its candidate rows (inf where row is −1)."""

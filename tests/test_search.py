@@ -211,3 +211,35 @@ def test_flat_search_of_few_queries_matches_faiss(metric):
                                                                           "normalized": False})
     small.index.add(x[:2])
     assert sorted(small.knn(queries[:1], 10, few_fast=True)[0].tolist()) == [0, 1]  # k above the bank size
+
+
+@pytest.mark.parametrize("metric", ["cosine", "euclidean"])
+def test_half_precision_scan_is_exact_or_declines(metric, monkeypatch):
+    """The fp16 scan of a large bank gives FAISS's exact neighbours, and declines (fp32 scan) when ties make the
+    fp16 rounding matter."""
+    import faiss
+
+    from qpairs import search
+    from qpairs.search import QuestionIndex
+
+    monkeypatch.setattr(search, "HALF_SCAN_MIN", 100)
+    rng = np.random.default_rng(1)
+    x = rng.standard_normal((5000, 32)).astype("float32") * 3
+    if metric == "cosine":
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    flat = faiss.IndexFlatIP(32) if metric == "cosine" else faiss.IndexFlatL2(32)
+    flat.add(x)
+    index = QuestionIndex(flat, [str(i) for i in range(5000)], ["q"] * 5000,
+                          {"kind": "flat", "metric": metric, "normalized": metric == "cosine"})
+    queries = index._prepare(rng.standard_normal((4, 32)).astype("float32"))
+    _, want = flat.search(queries, 10)
+    assert index._half_knn(index._stored(), queries, 10) is not None  # proven exact here
+    np.testing.assert_array_equal(index.knn(queries, 10, few_fast=True), want)
+    # 60 copies of the query's nearest vector: the fp16 ranking among them proves nothing, so it declines
+    tied = np.repeat(x[want[0, :1]], 60, axis=0)
+    flat.add(tied)
+    index.ids += [f"t{i}" for i in range(60)]
+    index.texts += ["q"] * 60
+    assert index._half_knn(index._stored(), queries[:1], 10) is None
+    got = index.knn(queries[:1], 10, few_fast=True)[0]
+    assert set(got.tolist()) <= {int(want[0, 0])} | set(range(5000, 5060))
