@@ -103,18 +103,34 @@ class DuplicateDetector:
         return nullcontext()
 
     @torch.inference_mode()
-    def encode(self, texts, side: str = "left", batch_size: int | None = None) -> np.ndarray:
-        """Embeddings [n, dim] (float32) of `texts`; `side` picks the encoder of a pseudo-Siamese model."""
+    def encode(self, texts, side: str = "left", batch_size: int | None = None, pooled: bool = False) -> np.ndarray:
+        """Embeddings [n, dim] (float32) of `texts`; `side` picks the encoder of a pseudo-Siamese model.
+
+        `pooled`: a transformer's pooled base output before its head (what `QuestionIndex` stores for a
+        frozen-base model); `embed_pooled` maps it to the embedding.
+        """
         texts, _ = _as_text_list(texts, "texts")
         encoder = self.model.side(side)
+        if pooled and not hasattr(encoder, "pooled"):
+            raise ValueError(f"pooled=True needs a transformer encoder, not {type(encoder).__name__}")
+        run = encoder.pooled if pooled else encoder
         batch_size = batch_size or self.batch_size
-        out = np.zeros((len(texts), self.model.dim), dtype=np.float32)
+        out = None
         for idx in length_batches(texts, batch_size, self.max_waste):  # length-sorted batches pad less
             batch = {k: v.to(self.device, non_blocking=True) for k, v in encoder.tokenize([texts[i] for i in idx]).items()}
             with self._autocast():
-                emb = encoder(**batch)
+                emb = run(**batch)
+            if out is None:
+                out = np.zeros((len(texts), emb.shape[1]), dtype=np.float32)
             out[idx] = emb.float().cpu().numpy()
-        return out
+        return out if out is not None else np.zeros((0, self.model.dim), dtype=np.float32)
+
+    @torch.inference_mode()
+    def embed_pooled(self, pooled: np.ndarray, side: str = "left") -> np.ndarray:
+        """Embeddings from pooled base outputs (`encode(..., pooled=True)`): the encoder's head alone."""
+        head = self.model.side(side).head
+        x = torch.from_numpy(np.ascontiguousarray(pooled, dtype=np.float32)).to(self.device)
+        return head(x).float().cpu().numpy()
 
     def distances(self, q1, q2) -> np.ndarray:
         """Distances between the pairs (each unique text is encoded once)."""

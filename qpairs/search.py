@@ -10,6 +10,16 @@ FAISS only proposes candidates: every hit is re-scored with the model's own dist
 mapped to a calibrated probability by the model's calibrator, so scores from an index are
 the same numbers `DuplicateDetector.predict_proba` gives for the pair. An index refuses to
 be searched or extended with a model other than the one that built it.
+
+What the vectors are, and how hits are ranked, is the index's *space*:
+
+* ``model``: the model's own embeddings; hits are ranked by the model's distance (most likely
+  duplicate first). Every model can use it.
+* ``base`` (a transformer head on a frozen base, such as the default model): the base's pooled
+  output, searched by cosine; hits are ranked by that cosine plus ``lexical_weight`` × a
+  character n-gram cosine of the texts (`lexical_similarity`), and their probability comes from
+  the model's head applied to the stored vector. The head was trained to classify pairs and ranks
+  a large bank worse than its pretrained base does (README, "Search quality").
 """
 from __future__ import annotations
 
@@ -29,8 +39,12 @@ from .checkpoint import model_config, state_to_save
 
 log = logging.getLogger("qpairs")
 
-FORMAT_VERSION = 1
-META, VECTORS, QUESTIONS = "meta.json", "index.faiss", "questions.parquet"
+FORMAT_VERSION = 2  # 2 added the base space (meta "space", NORMS); version 1 indexes are model-space
+READABLE_VERSIONS = (1, 2)
+SPACES = ("model", "base")
+LEXICAL_WEIGHT = 0.2  # base space: weight of the character n-gram cosine in the ranking (chosen on validation)
+RERANK_EXTRA = 20  # base space: candidates fetched beyond k for the lexical re-ranking
+META, VECTORS, QUESTIONS, NORMS = "meta.json", "index.faiss", "questions.parquet", "norms.npy"
 FLAT_BLAS_QUERIES = 16  # up to this many queries at once, exact search runs as a NumPy product (faster here)
 HALF_SCAN_MIN = 50_000  # from this many stored vectors, those few queries start from an fp16 scan (`_half_knn`)
 HALF_SCAN_EXTRA = 32  # candidates the fp16 scan proposes beyond k
@@ -126,9 +140,28 @@ class Hit:
     probability: float
     distance: float
     duplicate: bool
+    score: float = float("nan")  # what ranked it, higher first: −distance, or base cosine + lexical (base space)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+def default_space(det) -> str:
+    """'base' for a Siamese transformer whose head sits on a frozen base, else 'model'."""
+    enc = det.model.encoder
+    frozen = isinstance(getattr(enc, "config", None), dict) and enc.config.get("frozen_base")
+    return "base" if frozen and det.model.variant == "siamese" and hasattr(enc, "pooled") else "model"
+
+
+def lexical_similarity(query: str, texts: list[str]) -> np.ndarray:
+    """Cosine of character 3-5-gram counts (log-scaled, within word boundaries) between `query` and each text."""
+    from sklearn.feature_extraction.text import HashingVectorizer
+    from sklearn.preprocessing import normalize
+
+    vectorizer = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), n_features=2**20, alternate_sign=False,
+                                   norm=None, lowercase=True)
+    grams = normalize(vectorizer.transform([query] + list(texts)).log1p())
+    return (grams[1:] @ grams[0].T).toarray()[:, 0]
 
 
 # ---------------------------------------------------------------- the index
@@ -173,24 +206,38 @@ class QuestionIndex:
         self._id_set = set(self.ids)
         self._sq_norms = None  # |x|² of the stored vectors (L2 flat search), computed on first use
         self._half = None  # fp16 copy of the vectors for `_half_knn`, built on first use
+        self.norms = np.zeros(0, dtype=np.float32)  # base space: |pooled vector| before normalisation
+
+    @property
+    def space(self) -> str:
+        return self.meta.get("space", "model")
 
     # -- construction
     @classmethod
-    def empty(cls, det, kind: str = "flat", hnsw_m: int = 32) -> "QuestionIndex":
-        """An index with no questions yet, tied to `det`."""
-        metric = det.model.distance_metric
-        meta = {"format_version": FORMAT_VERSION, "kind": kind, "metric": metric, "dim": int(det.model.dim),
+    def empty(cls, det, kind: str = "flat", hnsw_m: int = 32, space: str = "auto") -> "QuestionIndex":
+        """An index with no questions yet, tied to `det`; `space` 'auto' = `default_space(det)`."""
+        space = default_space(det) if space == "auto" else space
+        if space not in SPACES:
+            raise ValueError(f"unknown index space {space!r}; use auto or one of {SPACES}")
+        if space == "base" and default_space(det) != "base":
+            raise ValueError("space 'base' needs a Siamese transformer with a frozen base (its head is applied to "
+                             "the stored vectors)")
+        metric = "cosine" if space == "base" else det.model.distance_metric
+        dim = int(det.model.encoder.model.config.hidden_size) if space == "base" else int(det.model.dim)
+        meta = {"format_version": FORMAT_VERSION, "kind": kind, "space": space, "metric": metric, "dim": dim,
                 "normalized": metric == "cosine", "model_fingerprint": model_fingerprint(det),
                 "model_path": str(det.path.resolve()) if det.path else None, "size": 0}
+        if space == "base":
+            meta["lexical_weight"] = LEXICAL_WEIGHT
         if kind == "hnsw":
             meta["hnsw_m"] = hnsw_m
-        return cls(_new_faiss_index(int(det.model.dim), metric, kind, hnsw_m), [], [], meta)
+        return cls(_new_faiss_index(dim, metric, kind, hnsw_m), [], [], meta)
 
     @classmethod
     def build(cls, det, texts, ids=None, kind: str = "flat", batch_size: int | None = None,
-              chunk_size: int = 8192, progress: bool | None = None) -> "QuestionIndex":
+              chunk_size: int = 8192, progress: bool | None = None, space: str = "auto") -> "QuestionIndex":
         """Encode `texts` (ids default to "0", "1", …) with `det` into a new index."""
-        index = cls.empty(det, kind)
+        index = cls.empty(det, kind, space=space)
         index.add(det, texts, ids, batch_size=batch_size, chunk_size=chunk_size, progress=progress)
         return index
 
@@ -207,13 +254,19 @@ class QuestionIndex:
                    disable=None if progress is None else not progress)
         for start in range(0, len(texts), chunk_size):
             chunk = texts[start : start + chunk_size]
-            vectors = det.encode(model_texts(det, chunk, bank_side(det)), side=bank_side(det), batch_size=batch_size)
+            vectors = self.query_vectors(det, chunk, bank_side(det), batch_size)
             self.add_embeddings(det, vectors, ids[start : start + chunk_size], chunk)
             bar.update(len(chunk))
         bar.close()
 
+    def query_vectors(self, det, texts: list[str], side: str = "left", batch_size: int | None = None) -> np.ndarray:
+        """Vectors of this index's space for `texts`: the model's embeddings, or the base's pooled outputs."""
+        return det.encode(model_texts(det, texts, side), side=side, batch_size=batch_size,
+                          pooled=self.space == "base")
+
     def add_embeddings(self, det, vectors: np.ndarray, ids, texts) -> None:
-        """Append precomputed bank-side embeddings of `det` (e.g. encoded on another machine); ids must be new."""
+        """Append precomputed bank-side vectors of this index's space (`query_vectors`, e.g. computed on another
+        machine); ids must be new."""
         self.check_model(det)
         vectors = np.asarray(vectors, dtype=np.float32)
         ids, texts = [str(i) for i in ids], [str(t) for t in texts]
@@ -221,6 +274,8 @@ class QuestionIndex:
             raise ValueError(f"need vectors [n, {self.index.d}] with n ids and n texts; got {vectors.shape}, "
                              f"{len(ids)} ids, {len(texts)} texts")
         _check_new_ids(ids, self._id_set)
+        if self.space == "base":
+            self.norms = np.concatenate([self.norms, np.linalg.norm(vectors, axis=1).astype(np.float32)])
         self.index.add(self._prepare(vectors))
         self.ids += ids
         self.texts += texts
@@ -238,6 +293,8 @@ class QuestionIndex:
         directory.mkdir(parents=True, exist_ok=True)
         _faiss().write_index(self.index, str(directory / VECTORS))
         pd.DataFrame({"id": self.ids, "text": self.texts}).to_parquet(directory / QUESTIONS, index=False)
+        if self.space == "base":
+            np.save(directory / NORMS, self.norms)
         (directory / META).write_text(json.dumps(self.meta, indent=2))
         self.path = directory
         return directory
@@ -252,10 +309,10 @@ class QuestionIndex:
             meta = json.loads((directory / META).read_text())
         except json.JSONDecodeError as exc:
             raise SearchIndexError(f"{directory / META} is corrupt: {exc}") from exc
-        if meta.get("format_version") != FORMAT_VERSION:
+        if meta.get("format_version") not in READABLE_VERSIONS:
             raise SearchIndexError(f"{directory}: index format {meta.get('format_version')} is not supported "
-                                   f"(expected {FORMAT_VERSION}); rebuild it with `qpairs index`")
-        for name in (VECTORS, QUESTIONS):
+                                   f"(expected one of {READABLE_VERSIONS}); rebuild it with `qpairs index`")
+        for name in (VECTORS, QUESTIONS) + ((NORMS,) if meta.get("space") == "base" else ()):
             if not (directory / name).exists():
                 raise SearchIndexError(f"{directory / name} is missing: the index is incomplete")
         index = _faiss().read_index(str(directory / VECTORS))
@@ -263,7 +320,13 @@ class QuestionIndex:
         if index.ntotal != len(frame) or len(frame) != meta.get("size"):
             raise SearchIndexError(f"{directory}: {index.ntotal} vectors but {len(frame)} questions "
                                    f"(meta says {meta.get('size')}): the index is corrupt")
-        return cls(index, frame["id"].astype(str).tolist(), frame["text"].astype(str).tolist(), meta, directory)
+        out = cls(index, frame["id"].astype(str).tolist(), frame["text"].astype(str).tolist(), meta, directory)
+        if out.space == "base":
+            out.norms = np.load(directory / NORMS)
+            if len(out.norms) != len(out):
+                raise SearchIndexError(f"{directory / NORMS}: {len(out.norms)} norms for {len(out)} questions: "
+                                       "the index is corrupt")
+        return out
 
     # -- model check
     def check_model(self, det) -> None:
@@ -283,7 +346,7 @@ class QuestionIndex:
 
     # -- search
     def knn(self, vectors: np.ndarray, k: int, few_fast: bool = False) -> np.ndarray:
-        """Candidate rows [n, k] (−1 where fewer than k exist) for raw model embeddings. `few_fast`: a
+        """Candidate rows [n, k] (−1 where fewer than k exist) for vectors of this index's space. `few_fast`: a
         flat index answers up to FLAT_BLAS_QUERIES queries by `_flat_knn` (the online search path; dedup
         keeps FAISS throughout, so its edges never depend on how the queries are chunked)."""
         k = min(k, len(self))
@@ -371,15 +434,41 @@ class QuestionIndex:
                           "max_norm": float(np.sqrt(self._squared_norms(stored).max()))}
         return self._half
 
-    def rescore(self, det, vectors: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """The model's own distance from each query vector to its candidate rows (inf where row is −1)."""
+    def model_embeddings(self, det, vectors: np.ndarray) -> np.ndarray:
+        """The model's embeddings from vectors of this index's space (base space: the head on the raw pooled vectors)."""
+        return det.embed_pooled(vectors) if self.space == "base" else vectors
+
+    def stored_embeddings(self, det, rows: np.ndarray) -> np.ndarray:
+        """The model's embeddings of stored rows (base space: rebuilt from the unit vectors and their norms)."""
+        stored = self.index.reconstruct_batch(np.asarray(rows, dtype=np.int64))
+        if self.space == "base":
+            stored = stored * self.norms[rows][:, None]
+        return self.model_embeddings(det, stored)
+
+    def rescore(self, det, embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """The model's own distance from each query's model embedding to its candidate rows (inf where row is −1)."""
         valid = rows >= 0
-        stored = np.zeros(rows.shape + (self.index.d,), dtype=np.float32)
+        stored = np.zeros(rows.shape + (det.model.dim,), dtype=np.float32)
         if valid.any():
-            stored[valid] = self.index.reconstruct_batch(rows[valid].astype(np.int64))
-        q = torch.from_numpy(np.ascontiguousarray(vectors, dtype=np.float32))[:, None, :]
+            stored[valid] = self.stored_embeddings(det, rows[valid])
+        q = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))[:, None, :]
         d = det.model.distance(q.expand(-1, rows.shape[1], -1), torch.from_numpy(stored)).numpy()
         return np.where(valid, d, np.inf)
+
+    def ranking_scores(self, questions: list[str], vectors: np.ndarray, rows: np.ndarray,
+                       dist: np.ndarray) -> np.ndarray:
+        """Higher = better: −model distance (model space), or base cosine + lexical_weight × n-gram cosine."""
+        if self.space != "base":
+            return -dist
+        weight = float(self.meta.get("lexical_weight", LEXICAL_WEIGHT))
+        valid = rows >= 0
+        scores = np.full(rows.shape, -np.inf)
+        for i, (question, vector, row) in enumerate(zip(questions, self._prepare(vectors), rows)):
+            ok = row[valid[i]]
+            cosine = self.index.reconstruct_batch(ok.astype(np.int64)) @ vector
+            lexical = lexical_similarity(question, [self.texts[r] for r in ok]) if weight else 0.0
+            scores[i, valid[i]] = cosine + weight * lexical
+        return scores
 
     def search_many(self, det, questions, k: int = 10) -> list[list[Hit]]:
         """For each question, the k nearest stored questions, best (most likely duplicate) first."""
@@ -389,15 +478,16 @@ class QuestionIndex:
         questions = [questions] if isinstance(questions, str) else list(questions)
         if not questions or len(self) == 0:
             return [[] for _ in questions]
-        vectors = det.encode(model_texts(det, questions, "left"), side="left")
-        rows = self.knn(vectors, k, few_fast=True)
-        dist = self.rescore(det, vectors, rows)
+        vectors = self.query_vectors(det, questions)
+        rows = self.knn(vectors, k + (RERANK_EXTRA if self.space == "base" else 0), few_fast=True)
+        dist = self.rescore(det, self.model_embeddings(det, vectors), rows)
         probs = det.calibrator.predict_proba(dist)
+        scores = self.ranking_scores(questions, vectors, rows, dist)
         out = []
-        for r, d, p in zip(rows, dist, probs):
-            order = [i for i in np.argsort(d, kind="stable") if r[i] >= 0]
-            out.append([Hit(self.ids[r[i]], self.texts[r[i]], float(p[i]), float(d[i]), bool(p[i] >= det.threshold))
-                        for i in order])
+        for r, d, p, s in zip(rows, dist, probs, scores):
+            order = [i for i in np.argsort(-s, kind="stable") if r[i] >= 0][:k]
+            out.append([Hit(self.ids[r[i]], self.texts[r[i]], float(p[i]), float(d[i]), bool(p[i] >= det.threshold),
+                            float(s[i])) for i in order])
         return out
 
     def search(self, det, question: str, k: int = 10) -> list[Hit]:
@@ -490,7 +580,7 @@ def duplicate_edges(det, index: QuestionIndex, k: int = 10, threshold: float | N
         stop = min(n, start + chunk_size)
         vectors = index.index.reconstruct_n(start, stop - start)
         rows = index.knn(vectors, k + 1)
-        p = det.calibrator.predict_proba(index.rescore(det, vectors, rows))
+        p = det.calibrator.predict_proba(index.rescore(det, index.stored_embeddings(det, np.arange(start, stop)), rows))
         me = np.arange(start, stop)[:, None]
         keep = (rows >= 0) & (rows != me) & (p >= threshold)
         src.append(np.broadcast_to(me, rows.shape)[keep])

@@ -85,9 +85,10 @@ class SearchRequest(BaseModel):
 class SearchHit(BaseModel):
     id: str
     text: str
-    probability: float
-    distance: float
-    duplicate: bool
+    probability: float = Field(description="calibrated probability that the question duplicates the query")
+    distance: float = Field(description="the model's distance (smaller = more similar)")
+    duplicate: bool = Field(description="probability at or above the model's threshold")
+    score: float = Field(description="what ranked the hit, higher first (see qpairs.search)")
 
 
 class SearchResponse(BaseModel):

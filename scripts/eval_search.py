@@ -87,18 +87,29 @@ def rank_lists(hit_ids: list[list[str]], query_ids: list[str]) -> list[list[str]
     return [[h for h in hits if h != q][:K_MAX] for hits, q in zip(hit_ids, query_ids)]
 
 
-def eval_qpairs(model_dir, queries, query_ids, relevant, bank_ids, bank_texts, device: str) -> dict:
+def eval_qpairs(model_dir, queries, query_ids, relevant, bank_ids, bank_texts, device: str, space: str = "auto",
+                lexical_weights=(None,)) -> dict:
+    """Metrics of qpairs search, one entry per lexical weight (None: the index's default; base space only)."""
     import qpairs
 
     det = qpairs.load(model_dir, device=device)
     t0 = time.perf_counter()
-    index = QuestionIndex.build(det, bank_texts, bank_ids, progress=None)
-    t1 = time.perf_counter()
-    hits = index.search_many(det, queries, K_MAX + 1)
-    t2 = time.perf_counter()
-    m = retrieval_metrics(rank_lists([[h.id for h in hs] for hs in hits], query_ids), relevant)
-    top1_p = [hs[0].probability for hs in hits if hs]
-    return {**m, "encode_bank_s": t1 - t0, "search_s": t2 - t1, "mean_top1_probability": float(np.mean(top1_p))}
+    index = QuestionIndex.build(det, bank_texts, bank_ids, progress=None, space=space)
+    encode_s = time.perf_counter() - t0
+    out = {}
+    for weight in lexical_weights:
+        if weight is not None:
+            index.meta["lexical_weight"] = weight
+        t1 = time.perf_counter()
+        hits = index.search_many(det, queries, K_MAX + 1)
+        t2 = time.perf_counter()
+        m = retrieval_metrics(rank_lists([[h.id for h in hs] for hs in hits], query_ids), relevant)
+        top1_p = [hs[0].probability for hs in hits if hs]
+        name = f"qpairs:{model_dir} ({index.space} space" + (
+            f", lexical {index.meta['lexical_weight']})" if index.space == "base" else ")")
+        out[name] = {**m, "encode_bank_s": encode_s, "search_s": t2 - t1,
+                     "mean_top1_probability": float(np.mean(top1_p))}
+    return out
 
 
 def minilm_encoder(device: str, batch_size: int = 128, max_length: int = 128):
@@ -165,6 +176,10 @@ def main(argv=None) -> int:
     p.add_argument("--queries", type=int, default=1000)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-minilm", action="store_true", help="skip the zero-shot all-MiniLM-L6-v2 baseline")
+    p.add_argument("--space", default="auto", choices=("auto", "model", "base"),
+                   help="qpairs index space (default: the model's; see qpairs.search)")
+    p.add_argument("--lexical-weights", type=float, nargs="+", default=[None],
+                   help="base space: evaluate these weights of the n-gram cosine (one encoding of the bank)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="write the results as JSON here")
     args = p.parse_args(argv)
@@ -180,15 +195,16 @@ def main(argv=None) -> int:
     results = {"setup": {"queries": len(queries), "bank": len(bank_ids), "query_source": source,
                          "seed": args.seed, "files": [str(f) for f in files]}}
     if args.model:
-        results["qpairs:" + str(args.model)] = eval_qpairs(args.model, queries, query_ids, relevant, bank_ids,
-                                                           bank_texts, args.device)
+        results.update(eval_qpairs(args.model, queries, query_ids, relevant, bank_ids, bank_texts, args.device,
+                                   args.space, args.lexical_weights))
     if not args.no_minilm:
         results["all-MiniLM-L6-v2 (zero-shot)"] = eval_minilm(queries, query_ids, relevant, bank_ids, bank_texts,
                                                              args.device)
-    print(f"{'model':<40} {'recall@1':>9} {'recall@10':>10} {'MRR@100':>8}")
+    width = max(len(name) for name in results)
+    print(f"{'model':<{width}} {'recall@1':>9} {'recall@10':>10} {'MRR@100':>8}")
     for name, m in results.items():
         if name != "setup":
-            print(f"{name[:40]:<40} {m['recall@1']:9.3f} {m['recall@10']:10.3f} {m['mrr']:8.3f}")
+            print(f"{name:<{width}} {m['recall@1']:9.4f} {m['recall@10']:10.4f} {m['mrr']:8.4f}")
     if args.out:
         Path(args.out).write_text(json.dumps(results, indent=2))
     return 0
