@@ -114,7 +114,7 @@ def cmd_index(args) -> int:
     from .search import index_file
 
     index = index_file(args.questions, args.out, args.model, args.text_col, args.id_col, args.kind, args.append,
-                       args.device, args.batch_size, backend=args.backend)
+                       args.device, args.batch_size, backend=args.backend, space=args.space)
     print(f"{index} saved to {args.out}")
     return 0
 
@@ -160,6 +160,10 @@ def _add_search_commands(sub) -> None:
     p.add_argument("--text-col", help="question column (default: first of question, text, title, question1, …)")
     p.add_argument("--id-col", help="id column (default: id/qid if present, else the row number)")
     p.add_argument("--kind", default="flat", choices=["flat", "hnsw"], help="exact flat index or approximate HNSW")
+    p.add_argument("--space", default="auto", choices=["auto", "model", "base"],
+                   help="what the index stores and ranks by: the model's embeddings (model), or, for a head on a "
+                        "frozen transformer base such as the default model, the base's vectors ranked by cosine plus "
+                        "a character n-gram cosine (base); auto = base where possible (default: auto)")
     p.add_argument("--append", action="store_true", help="add the questions to an existing index (same model only)")
     p.add_argument("--batch-size", type=int, help="encoding batch size (default: the model's)")
     p.add_argument("--device", default="auto")

@@ -213,12 +213,14 @@ def bench_search(args, model: str) -> dict:
         index.add(det, bank_texts, progress=None)
         how = f"{len(index)} real QQP questions encoded by the model"
     else:
-        ref = det.encode(sample)  # random vectors with the model's dimension and typical norm
+        ref = index.query_vectors(det, sample)  # random vectors with the index's dimension and typical norm
         rng = np.random.default_rng(0)
         vecs = rng.standard_normal((args.bank, ref.shape[1])).astype(np.float32)
         vecs *= np.linalg.norm(ref, axis=1).mean() / np.sqrt(ref.shape[1])
-        index.add_embeddings(det, vecs, range(args.bank), [f"question {i}" for i in range(args.bank)])
-        how = f"{len(index)} random vectors (dim {ref.shape[1]}); exact search costs the same for any values"
+        texts = [sample[i % len(sample)] for i in range(args.bank)]  # real lengths for the lexical re-ranking
+        index.add_embeddings(det, vecs, range(args.bank), texts)
+        how = (f"{len(index)} random vectors (dim {ref.shape[1]}, {index.space} space); exact search costs the same "
+               "for any values")
     for q in queries[:10]:  # warm-up
         index.search(det, q, k=10)
     queries = queries[: args.search_queries]
@@ -228,7 +230,7 @@ def bench_search(args, model: str) -> dict:
         index.search(det, q, k=10)
         total.append((time.perf_counter() - t0) * 1000)
         cpu_ms.append((time.process_time() - c0) * 1000)
-    vectors = det.encode(queries)
+    vectors = index.query_vectors(det, queries)
     knn_ms, faiss_ms = [], []
     for v in vectors:  # what search uses on a flat index: fp16 shards scanned in parallel, exact fp32 re-check
         t0 = time.perf_counter()
