@@ -189,21 +189,29 @@ def test_add_embeddings_equals_encoding_and_checks_shape(det, bank):
         pre.add_embeddings(det, np.zeros((2, 8)), ["x", "y"], ["x", "y"])
 
 
+def _random_flat_index(rng, n: int, dim: int, metric: str, scale: float = 1.0):
+    """A flat QuestionIndex over n random vectors (unit length for cosine), and the vectors."""
+    import faiss
+
+    from qpairs.search import QuestionIndex
+
+    x = rng.standard_normal((n, dim)).astype("float32") * scale
+    if metric == "cosine":
+        x /= np.linalg.norm(x, axis=1, keepdims=True)
+    flat = faiss.IndexFlatIP(dim) if metric == "cosine" else faiss.IndexFlatL2(dim)
+    flat.add(x)
+    meta = {"kind": "flat", "metric": metric, "normalized": metric == "cosine"}
+    return QuestionIndex(flat, [str(i) for i in range(n)], ["q"] * n, meta), x
+
+
 @pytest.mark.parametrize("metric", ["cosine", "euclidean"])
 def test_flat_search_of_few_queries_matches_faiss(metric):
     """Few queries run as a NumPy product over FAISS's storage: same neighbours, same order as FAISS."""
     import faiss
 
-    from qpairs.search import QuestionIndex
-
     rng = np.random.default_rng(0)
-    x = rng.standard_normal((3000, 24)).astype("float32")
-    if metric == "cosine":
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-    flat = faiss.IndexFlatIP(24) if metric == "cosine" else faiss.IndexFlatL2(24)
-    flat.add(x)
-    index = QuestionIndex(flat, [str(i) for i in range(3000)], ["q"] * 3000,
-                          {"kind": "flat", "metric": metric, "normalized": metric == "cosine"})
+    index, x = _random_flat_index(rng, 3000, 24, metric)
+    flat = index.index
     queries = rng.standard_normal((5, 24)).astype("float32")
     _, want = flat.search(index._prepare(queries), 10)
     np.testing.assert_array_equal(index.knn(queries, 10, few_fast=True), want)
@@ -217,20 +225,12 @@ def test_flat_search_of_few_queries_matches_faiss(metric):
 def test_half_precision_scan_is_exact_or_declines(metric, monkeypatch):
     """The fp16 scan of a large bank gives FAISS's exact neighbours, and declines (fp32 scan) when ties make the
     fp16 rounding matter."""
-    import faiss
-
     from qpairs import search
-    from qpairs.search import QuestionIndex
 
     monkeypatch.setattr(search, "HALF_SCAN_MIN", 100)
     rng = np.random.default_rng(1)
-    x = rng.standard_normal((5000, 32)).astype("float32") * 3
-    if metric == "cosine":
-        x /= np.linalg.norm(x, axis=1, keepdims=True)
-    flat = faiss.IndexFlatIP(32) if metric == "cosine" else faiss.IndexFlatL2(32)
-    flat.add(x)
-    index = QuestionIndex(flat, [str(i) for i in range(5000)], ["q"] * 5000,
-                          {"kind": "flat", "metric": metric, "normalized": metric == "cosine"})
+    index, x = _random_flat_index(rng, 5000, 32, metric, scale=3.0)
+    flat = index.index
     queries = index._prepare(rng.standard_normal((4, 32)).astype("float32"))
     _, want = flat.search(queries, 10)
     assert index._half_knn(index._stored(), queries, 10) is not None  # proven exact here
