@@ -165,9 +165,10 @@ class DuplicateDetector:
         return bool(p >= self.threshold) if isinstance(p, float) else p >= self.threshold
 
     def search(self, index, question, k: int = 10):
-        """The k nearest questions in a `qpairs.search.QuestionIndex` (or its directory), best first.
+        """The k most likely duplicates in a `qpairs.search.QuestionIndex` (or its directory), best first.
 
-        Returns a list of `Hit(id, text, probability, distance, duplicate)`; a list of questions
+        Returns a list of `Hit(id, text, probability, distance, duplicate, score)` (ranked by `score`: see the
+        index spaces in `qpairs.search`); a list of questions
         gives one such list per question. The index must have been built with this model.
         """
         from .search import open_index
