@@ -56,3 +56,21 @@ def test_gradients_push_the_right_way(is_dup, closer):
     d_before, d_after = 0.5, stepped.norm().item()
     assert (d_after < d_before) == closer
     assert math.isfinite(b.grad.sum().item())
+
+
+def test_pair_head_hidden_layer_from_config_and_checkpoint():
+    """--pair-head-hidden N gives the classifier a hidden ReLU layer; the saved config rebuilds the same head."""
+    from qpairs.checkpoint import build_pair_head
+    from qpairs.config import TrainConfig
+    from qpairs.objective import make_pair_head
+
+    torch.manual_seed(0)
+    head = make_pair_head(TrainConfig(pair_head="classifier", pair_head_hidden=8), dim=4)
+    assert head.config == {"type": "classifier", "dim": 4, "hidden": 8}
+    assert [type(m).__name__ for m in head.net] == ["Linear", "ReLU", "Linear"] and head.net[0].out_features == 8
+    rebuilt = build_pair_head(head.config)
+    rebuilt.load_state_dict(head.state_dict())
+    u, v = torch.randn(3, 4), torch.randn(3, 4)
+    torch.testing.assert_close(rebuilt(u, v), head(u, v))
+    torch.testing.assert_close(head(u, v), head(v, u))  # symmetric in the two questions
+    assert make_pair_head(TrainConfig(pair_head="classifier"), dim=4).net.__class__.__name__ == "Linear"
