@@ -23,6 +23,7 @@ What the vectors are, and how hits are ranked, is the index's *space*:
 """
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import logging
@@ -153,14 +154,19 @@ def default_space(det) -> str:
     return "base" if frozen and det.model.variant == "siamese" and hasattr(enc, "pooled") else "model"
 
 
+@functools.cache
+def _ngram_vectorizer():
+    from sklearn.feature_extraction.text import HashingVectorizer
+
+    return HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), n_features=2**20, alternate_sign=False,
+                             norm=None, lowercase=True)
+
+
 def lexical_similarity(query: str, texts: list[str]) -> np.ndarray:
     """Cosine of character 3-5-gram counts (log-scaled, within word boundaries) between `query` and each text."""
-    from sklearn.feature_extraction.text import HashingVectorizer
     from sklearn.preprocessing import normalize
 
-    vectorizer = HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), n_features=2**20, alternate_sign=False,
-                                   norm=None, lowercase=True)
-    grams = normalize(vectorizer.transform([query] + list(texts)).log1p())
+    grams = normalize(_ngram_vectorizer().transform([query] + list(texts)).log1p())
     return (grams[1:] @ grams[0].T).toarray()[:, 0]
 
 
