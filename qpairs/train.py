@@ -87,6 +87,8 @@ def build_model(cfg: TrainConfig, train_texts) -> SiameseModel:
                               num_layers=cfg.num_layers, pooling=cfg.pooling, projection_dim=cfg.projection_dim,
                               normalize=cfg.normalize, dropout=cfg.dropout, max_length=cfg.max_length,
                               embeddings=vectors)
+        if cfg.freeze_embeddings:
+            encoder.embedding.weight.requires_grad_(False)
     elif cfg.encoder == "transformer":
         encoder = build_encoder(dict(type="transformer", base_model=cfg.base_model or DEFAULT_BASE,
                                      pooling=cfg.pooling, projection_dim=cfg.projection_dim,
