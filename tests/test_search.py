@@ -94,6 +94,22 @@ def test_corrupt_or_missing_index_is_reported(det, bank, tmp_path):
         QuestionIndex.load(tmp_path / "idx")
 
 
+def test_format_1_indexes_still_load_as_model_space(det, bank, tmp_path):
+    import json
+
+    QuestionIndex.build(det, bank[:20]).save(tmp_path / "v1")
+    meta = json.loads((tmp_path / "v1" / "meta.json").read_text())
+    meta["format_version"] = 1
+    del meta["space"]  # what session-2 indexes look like
+    (tmp_path / "v1" / "meta.json").write_text(json.dumps(meta))
+    old = QuestionIndex.load(tmp_path / "v1")
+    assert old.space == "model" and old.search(det, bank[3], k=1)[0].text == bank[3]
+    meta["format_version"] = 7
+    (tmp_path / "v1" / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(SearchIndexError, match="index format 7 is not supported"):
+        QuestionIndex.load(tmp_path / "v1")
+
+
 def test_read_questions_validates_rows(tmp_path):
     good = tmp_path / "good.csv"
     bank_csv(good, ["Is java hard?", "Who invented tennis?"], ["7", "9"])
