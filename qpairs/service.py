@@ -100,13 +100,14 @@ class SearchResponse(BaseModel):
 # ---------------------------------------------------------------- micro-batching
 
 class MicroBatcher:
-    """Run `fn(items) -> results` (same length) once for all requests that arrive within `max_wait_ms`."""
+    """Run `fn(items) -> results` (same length) once for all requests that arrive together (within `max_wait_ms`)."""
 
     def __init__(self, fn: Callable[[list], list], executor: ThreadPoolExecutor, max_wait_ms: float = 2.0,
                  max_batch: int = 512):
         self.fn, self.executor = fn, executor
         self.max_wait = max_wait_ms / 1000
         self.max_batch = max_batch
+        self.last_requests = 1  # requests in the previous batch: how many to wait for in the next
         self.queue: asyncio.Queue | None = None
         self.task: asyncio.Task | None = None
         self.stats = {"requests": 0, "batches": 0, "items": 0, "largest_batch": 0}
@@ -127,13 +128,25 @@ class MicroBatcher:
         return await future
 
     async def _gather(self) -> list:
+        """The next batch: the first waiting request, then as many as came together last time (waiting at
+        most `max_wait` for them), then whatever else is queued. A lone client never waits; N concurrent
+        clients keep arriving as one batch of N (README "Latency and scale")."""
         batch = [await self.queue.get()]
-        if self.max_wait > 0:
-            await asyncio.sleep(self.max_wait)
         size = len(batch[0][0])
+        deadline = asyncio.get_running_loop().time() + self.max_wait
+        while len(batch) < self.last_requests and size < self.max_batch:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                break
+            try:
+                batch.append(await asyncio.wait_for(self.queue.get(), remaining))
+            except asyncio.TimeoutError:
+                break
+            size += len(batch[-1][0])
         while size < self.max_batch and not self.queue.empty():
             batch.append(self.queue.get_nowait())
             size += len(batch[-1][0])
+        self.last_requests = len(batch)
         return batch
 
     async def _run(self) -> None:

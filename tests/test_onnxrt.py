@@ -114,3 +114,16 @@ def test_auto_falls_back_to_torch_when_the_export_fails(bert_detector, monkeypat
     np.testing.assert_array_equal(bert_detector.encode(TEXTS), ref)
     with pytest.raises(OSError, match="read-only"):  # asked for by name: the error surfaces
         bert_detector.use_backend("onnx")
+
+
+def test_sharded_sessions_give_the_single_session_result(bert_detector):
+    """A batch split over 3 single-threaded sessions (each shard trimmed to its own padding) = one session."""
+    bert_detector.use_backend("onnx")
+    path = bert_detector.model.encoder.runtime.path
+    batch = bert_detector.model.encoder.tokenize(TEXTS)
+    one = onnxrt.OnnxPooler(path, threads=1)(**batch)
+    three = onnxrt.OnnxPooler(path, threads=3)
+    assert len(three.sessions) == 3
+    np.testing.assert_allclose(three(**batch).numpy(), one.numpy(), atol=1e-5)
+    single = bert_detector.model.encoder.tokenize(TEXTS[3:4])  # fewer rows than sessions
+    np.testing.assert_allclose(three(**single).numpy(), one[3:4].numpy(), atol=1e-5)

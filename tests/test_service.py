@@ -136,3 +136,39 @@ def test_search_without_an_index_is_503(det):
         assert httpx.get(base + "/health", timeout=30).json()["index"] is None
         r = httpx.post(base + "/predict", json={"q1": "Is java hard?", "q2": "is java hard?"}, timeout=30)
         assert r.status_code == 200 and r.json()["duplicate"]
+
+
+def test_micro_batcher_waits_only_for_requests_it_expects():
+    """A lone request is run at once (no `max_wait`); after a batch of 3, the next 3 are gathered together
+    even when they arrive 30 ms apart."""
+    import asyncio
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    from qpairs.service import MicroBatcher
+
+    calls = []
+
+    def double(items):
+        calls.append(list(items))
+        return [2 * x for x in items]
+
+    async def scenario():
+        batcher = MicroBatcher(double, ThreadPoolExecutor(1), max_wait_ms=5000)
+        batcher.start()
+        start = time.perf_counter()
+        assert await batcher.submit([1]) == [2]
+        alone = time.perf_counter() - start
+        await asyncio.gather(*(batcher.submit([x]) for x in (2, 3, 4)))  # queued together: one batch of 3
+
+        async def late(x, delay):
+            await asyncio.sleep(delay)
+            return await batcher.submit([x])
+
+        assert await asyncio.gather(late(5, 0), late(6, 0.03), late(7, 0.06)) == [[10], [12], [14]]
+        await batcher.stop()
+        return alone
+
+    alone = asyncio.run(scenario())
+    assert alone < 2.5  # far below the 5 s window: it did not wait for company
+    assert calls == [[1], [2, 3, 4], [5, 6, 7]]
