@@ -15,6 +15,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
@@ -51,6 +52,9 @@ def load_splits(cfg: TrainConfig, run_dir: Path) -> dict:
     frame = frame[frame["is_duplicate"] >= 0]
     splits, info = qdata.make_splits(frame, seed=cfg.seed, by=cfg.split_by, eval_rate=cfg.eval_rate)
     train = splits["train"]
+    if cfg.infer_negatives:
+        train = add_inferred_negatives(train, cfg.infer_negatives, [splits["validation"], splits["test"]], cfg.seed)
+        info["inferred_negatives"] = int((train["source"] == "inferred_negative").sum())
     if cfg.balance == "subsample":
         train = qdata.subsample_to_rate(train, cfg.train_pos_rate, cfg.seed)
     if cfg.max_train_pairs and len(train) > cfg.max_train_pairs:
@@ -66,6 +70,20 @@ def load_splits(cfg: TrainConfig, run_dir: Path) -> dict:
     log.info("data: %s", report)
     log.info("splits: %s", info["sizes"])
     return splits
+
+
+def add_inferred_negatives(train, per_negative: int, held_out, seed: int = 0):
+    """`train` plus the non-duplicates that its labels imply (`DuplicateGraph.inferred_negatives`), minus any
+    pair that is a validation or test pair."""
+    from .triplets import DuplicateGraph
+
+    graph = DuplicateGraph.from_pairs(train)
+    extra = graph.pair_frame(graph.inferred_negatives(per_negative, seed), 0, "inferred_negative")
+    held = {qdata.pair_key(a, b) for f in held_out for a, b in zip(f["question1"], f["question2"])}
+    keep = [qdata.pair_key(a, b) not in held for a, b in zip(extra["question1"], extra["question2"])]
+    extra = extra[keep]
+    log.info("training split: +%d inferred non-duplicates (%d labelled pairs)", len(extra), len(train))
+    return pd.concat([train, extra], ignore_index=True)
 
 
 def build_model(cfg: TrainConfig, train_texts) -> SiameseModel:

@@ -107,6 +107,41 @@ class DuplicateGraph:
                  len(self.pos_edges), len(extra), self.stats["groups"])
         return np.concatenate([self.pos_edges, extra])
 
+    def inferred_negatives(self, max_per_negative: int = 8, seed: int = 0) -> np.ndarray:
+        """[n, 2] node pairs that are non-duplicates by inference: A≁C labelled and A~A' ⇒ A'≁C.
+
+        For each labelled non-duplicate (A, C), the candidates are every other member of A's
+        group paired with C and every other member of C's group paired with A; pairs already
+        labelled, or inside one group, are skipped; each labelled non-duplicate contributes a
+        random sample of at most `max_per_negative`. They are hard negatives: a rewording of A
+        against the question A was confused with.
+        """
+        rng = np.random.default_rng(seed)
+        g = self.group
+        order = np.argsort(g, kind="stable")
+        members = {int(g[m[0]]): m for m in np.split(order, np.flatnonzero(np.diff(g[order])) + 1) if len(m)}
+        known = {(int(u), int(v)) for u, v in np.concatenate([self.pos_edges, self.neg_edges])}
+        taken: set[tuple[int, int]] = set()
+        for a, c in self.neg_edges:
+            if g[a] == g[c]:
+                continue
+            cand = [(int(x), int(c)) for x in members[int(g[a])] if x != a]
+            cand += [(int(a), int(x)) for x in members[int(g[c])] if x != c]
+            cand = [(min(u, v), max(u, v)) for u, v in cand]
+            cand = [e for e in cand if e not in known and e not in taken]
+            if len(cand) > max_per_negative:
+                cand = [cand[i] for i in rng.choice(len(cand), max_per_negative, replace=False)]
+            taken.update(cand)
+        out = np.array(sorted(taken), dtype=np.int64).reshape(-1, 2)
+        self.stats["inferred_negative_pairs"] = len(out)
+        log.info("inferred non-duplicates (A≁C, A~A' ⇒ A'≁C): %d from %d labelled", len(out), len(self.neg_edges))
+        return out
+
+    def pair_frame(self, edges: np.ndarray, label: int, source: str) -> pd.DataFrame:
+        """Node pairs as a pair frame (question1, question2, is_duplicate, source)."""
+        return pd.DataFrame({"question1": self.texts[edges[:, 0]], "question2": self.texts[edges[:, 1]],
+                             "is_duplicate": np.full(len(edges), label, dtype=np.int64), "source": source})
+
 
 class TripletSampler:
     """Per-epoch (anchor, positive, negative) triplets from a `DuplicateGraph`.

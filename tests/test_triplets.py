@@ -104,3 +104,27 @@ def test_mining_batch_hard_and_semi_hard():
     assert mine_negatives(anchor, positive, cands, a_group, torch.zeros(5, dtype=torch.long)).tolist() == [-1]
     with pytest.raises(ValueError, match="unknown mining"):
         mine_negatives(anchor, positive, cands, a_group, groups, "random")
+
+
+def test_inferred_negatives_are_exactly_what_the_labels_imply():
+    """A≁D, C≁F, A≁E labelled, with groups {A,B,C}, {D,E}, {F}: B≁D, C≁D, A≁F, B≁F, B≁E, C≁E follow;
+    A≁E and A≁D are already labelled, and nothing inside a group is ever a negative."""
+    g = DuplicateGraph.from_pairs(_frame(ROWS))
+    got = {tuple(sorted(g.texts[list(e)])) for e in g.inferred_negatives(max_per_negative=10)}
+    expected = {("B two?", "D four?"), ("C three?", "D four?"), ("A one?", "F six?"), ("B two?", "F six?"),
+                ("B two?", "E five?"), ("C three?", "E five?")}
+    assert got == expected and g.stats["inferred_negative_pairs"] == 6
+    capped = g.inferred_negatives(max_per_negative=1, seed=3)
+    assert len(capped) == 3  # one per labelled non-duplicate
+    assert {tuple(sorted(g.texts[list(e)])) for e in capped} <= expected
+
+
+def test_training_adds_inferred_negatives_but_never_a_held_out_pair():
+    from qpairs.train import add_inferred_negatives
+
+    train = _frame(ROWS).assign(source="f")
+    test = _frame([("D four?", "B two?", 0)])  # an implied pair that is a test pair stays out of training
+    out = add_inferred_negatives(train, 10, [test])
+    extra = out[out["source"] == "inferred_negative"]
+    assert len(out) == len(train) + 5 and (extra["is_duplicate"] == 0).all()
+    assert not {frozenset(p) for p in zip(extra["question1"], extra["question2"])} & {frozenset(("B two?", "D four?"))}
