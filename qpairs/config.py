@@ -34,6 +34,7 @@ class TrainConfig:
     train_pos_rate: float = 0.5
     eval_rate: float = NATURAL_DUPLICATE_RATE
     max_train_pairs: int | None = None
+    extra_train: list[str] = field(default_factory=list)  # pair files added to the training split only
     infer_negatives: int = 0  # add up to N non-duplicates per labelled one, inferred by A≁C, A~A' ⇒ A'≁C
     on_bad_row: str = "error"
     # lstm encoder

@@ -52,8 +52,15 @@ def load_splits(cfg: TrainConfig, run_dir: Path) -> dict:
     frame = frame[frame["is_duplicate"] >= 0]
     splits, info = qdata.make_splits(frame, seed=cfg.seed, by=cfg.split_by, eval_rate=cfg.eval_rate)
     train = splits["train"]
+    held_out = [splits["validation"], splits["test"]]
+    if cfg.extra_train:
+        extra = without_pairs(qdata.load_pairs(cfg.extra_train, on_bad_row=cfg.on_bad_row), held_out)
+        extra = without_pairs(extra[extra["is_duplicate"] >= 0], [train])
+        log.info("training split: +%d pairs from %s", len(extra), ", ".join(cfg.extra_train))
+        train = pd.concat([train, extra], ignore_index=True)
+        info["extra_train_pairs"] = len(extra)
     if cfg.infer_negatives:
-        train = add_inferred_negatives(train, cfg.infer_negatives, [splits["validation"], splits["test"]], cfg.seed)
+        train = add_inferred_negatives(train, cfg.infer_negatives, held_out, cfg.seed)
         info["inferred_negatives"] = int((train["source"] == "inferred_negative").sum())
     if cfg.balance == "subsample":
         train = qdata.subsample_to_rate(train, cfg.train_pos_rate, cfg.seed)
@@ -72,16 +79,21 @@ def load_splits(cfg: TrainConfig, run_dir: Path) -> dict:
     return splits
 
 
+def without_pairs(frame, others):
+    """`frame` minus the pairs (unordered, normalised key) that appear in any frame of `others`."""
+    taken = {qdata.pair_key(a, b) for f in others for a, b in zip(f["question1"], f["question2"])}
+    keep = [qdata.pair_key(a, b) not in taken for a, b in zip(frame["question1"], frame["question2"])]
+    return frame[np.asarray(keep, dtype=bool)].reset_index(drop=True)
+
+
 def add_inferred_negatives(train, per_negative: int, held_out, seed: int = 0):
     """`train` plus the non-duplicates that its labels imply (`DuplicateGraph.inferred_negatives`), minus any
     pair that is a validation or test pair."""
     from .triplets import DuplicateGraph
 
     graph = DuplicateGraph.from_pairs(train)
-    extra = graph.pair_frame(graph.inferred_negatives(per_negative, seed), 0, "inferred_negative")
-    held = {qdata.pair_key(a, b) for f in held_out for a, b in zip(f["question1"], f["question2"])}
-    keep = [qdata.pair_key(a, b) not in held for a, b in zip(extra["question1"], extra["question2"])]
-    extra = extra[keep]
+    extra = without_pairs(graph.pair_frame(graph.inferred_negatives(per_negative, seed), 0, "inferred_negative"),
+                          held_out)
     log.info("training split: +%d inferred non-duplicates (%d labelled pairs)", len(extra), len(train))
     return pd.concat([train, extra], ignore_index=True)
 

@@ -1,6 +1,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -111,3 +112,22 @@ def test_frozen_minilm_word_vectors_stay_as_initialised(tmp_path):
     assert json.loads((run / "config.json").read_text())["train"]["freeze_embeddings"] is True
     with pytest.raises(ValueError, match="--word-vectors must be"):
         _tiny_cfg(tmp_path, data, glove=True, word_vectors="word2vec").resolved()
+
+
+def test_extra_training_pairs_join_the_training_split_only(tmp_path):
+    """--extra-train pairs are added to the training split; one that is a test pair is dropped; the
+    validation and test splits are the ones the data alone gives."""
+    data = tmp_path / "pairs.csv"
+    make_pairs(300, seed=4).to_csv(data, index=False)
+    plain = load_splits(_tiny_cfg(tmp_path, data, out=str(tmp_path / "a"), split_by="pair"), tmp_path / "a")
+    test_pair = plain["test"].iloc[0]
+    extra = tmp_path / "extra.csv"
+    pd.DataFrame({"question1": ["What is an extra question about tea?", test_pair["question2"]],
+                     "question2": ["Is this another extra question about tea?", test_pair["question1"]],
+                     "is_duplicate": [0, 1 - int(test_pair["is_duplicate"])]}).to_csv(extra, index=False)
+    cfg = _tiny_cfg(tmp_path, data, out=str(tmp_path / "b"), split_by="pair", extra_train=[str(extra)])
+    with_extra = load_splits(cfg, tmp_path / "b")
+    assert len(with_extra["train"]) == len(plain["train"]) + 1
+    assert "What is an extra question about tea?" in set(with_extra["train"]["question1"])
+    for name in ("validation", "test"):
+        assert with_extra[name]["pair_id"].tolist() == plain[name]["pair_id"].tolist()

@@ -1,0 +1,123 @@
+#!/usr/bin/env python
+"""Extra training pairs for a student model, labelled by a stronger teacher (knowledge distillation).
+
+QQP has few labelled non-duplicates (about 25k in ../shared/data/qqp). This script makes more from the
+*training split only*: every training question's nearest training questions in the teacher's embedding
+space are candidate pairs; the teacher scores each one, and the pairs it is sure about (probability
+≤ --negative-below or ≥ --positive-above) become labelled pairs. Pairs already labelled, and validation or
+test pairs, are never written. Pass the file to the student with `qpairs train --extra-train FILE`, with
+the same --split-by and --seed as the teacher's run (checked here against its saved test split).
+
+    python scripts/mine_teacher_pairs.py --teacher runs/teacher_pair0 --split-by pair --seed 0 \\
+        --embedding-cache runs/minilm_cache -o runs/teacher_pairs.csv.gz
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+
+
+def training_questions(args):
+    """The split `qpairs train` makes with these settings: (train frame, held-out frames)."""
+    from qpairs import data as qd
+    from qpairs.config import TrainConfig
+
+    files = args.data or [str(p) for p in qd.qqp_files()]
+    frame = qd.load_pairs(files)
+    frame = frame[frame["is_duplicate"] >= 0]
+    splits, _ = qd.make_splits(frame, seed=args.seed, by=args.split_by, eval_rate=TrainConfig.eval_rate)
+    saved = args.teacher / "splits" / "test.csv.gz"
+    if saved.exists():  # the teacher must not have trained on the student's test pairs
+        theirs = pd.read_csv(saved, keep_default_na=False)
+        key = lambda f: {qd.pair_key(a, b) for a, b in zip(f["question1"], f["question2"])}  # noqa: E731
+        if key(theirs) != key(splits["test"]):
+            raise SystemExit(f"{saved}: the teacher was trained on another split than --split-by "
+                             f"{args.split_by} --seed {args.seed}; its labels would leak test pairs")
+    return splits["train"], [splits["validation"], splits["test"]]
+
+
+def teacher_vectors(det, texts, cache_dir) -> np.ndarray:
+    """The teacher's embeddings of `texts` (its pooled base outputs from the embedding cache when given)."""
+    if cache_dir:
+        from qpairs.embcache import open_cache
+
+        cache = open_cache(det.model.encoder, cache_dir)
+        missing = cache.missing(texts)
+        if missing:
+            cache.fill(det.model.encoder, missing)
+        return det.embed_pooled(cache.lookup(texts).numpy())
+    return det.encode(texts)
+
+
+def nearest_pairs(vectors: np.ndarray, k: int) -> np.ndarray:
+    """[n, 2] unordered index pairs (i < j) of every row and its k nearest rows (cosine)."""
+    import faiss
+
+    v = np.ascontiguousarray(vectors / np.linalg.norm(vectors, axis=1, keepdims=True), dtype=np.float32)
+    index = faiss.IndexFlatIP(v.shape[1])
+    index.add(v)
+    _, nn = index.search(v, k + 1)
+    rows = np.repeat(np.arange(len(v)), k + 1)
+    pairs = np.sort(np.stack([rows, nn.ravel()], 1), axis=1)
+    pairs = pairs[(pairs[:, 0] != pairs[:, 1]) & (pairs[:, 1] >= 0)]
+    return np.unique(pairs, axis=0)
+
+
+@torch.inference_mode()
+def teacher_probability(det, vectors: np.ndarray, pairs: np.ndarray, batch: int = 65536) -> np.ndarray:
+    out = []
+    emb = torch.from_numpy(vectors)
+    for s in range(0, len(pairs), batch):
+        p = pairs[s : s + batch]
+        d = det.model.distance(emb[p[:, 0]], emb[p[:, 1]]).numpy()
+        out.append(det.calibrator.predict_proba(d))
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", type=Path, required=True, help="run directory of the teacher")
+    ap.add_argument("--data", nargs="+", default=[], help="pair files (default: the labelled QQP files)")
+    ap.add_argument("--split-by", default="question", choices=["question", "pair"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--embedding-cache", help="the teacher's frozen-base embedding cache (faster)")
+    ap.add_argument("-k", type=int, default=5, help="nearest neighbours per question (default: 5)")
+    ap.add_argument("--negative-below", type=float, default=0.1)
+    ap.add_argument("--positive-above", type=float, default=0.9)
+    ap.add_argument("-o", "--out", type=Path, required=True)
+    args = ap.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    import qpairs
+    from qpairs import data as qd
+    from qpairs.train import without_pairs
+
+    train, held_out = training_questions(args)
+    texts = pd.Series(pd.concat([train["question1"], train["question2"]]).to_numpy())
+    texts = texts[~texts.map(qd.normalize_question).duplicated()].tolist()
+    det = qpairs.load(args.teacher, device="cpu", backend="torch")
+    vectors = teacher_vectors(det, texts, args.embedding_cache)
+    pairs = nearest_pairs(vectors, args.k)
+    probs = teacher_probability(det, vectors, pairs)
+    sure = (probs <= args.negative_below) | (probs >= args.positive_above)
+    texts = np.asarray(texts, dtype=object)
+    mined = pd.DataFrame({"question1": texts[pairs[sure, 0]], "question2": texts[pairs[sure, 1]],
+                          "is_duplicate": (probs[sure] >= args.positive_above).astype(int),
+                          "teacher_probability": probs[sure].round(4)})
+    mined = without_pairs(without_pairs(mined, [train]), held_out)
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    mined.to_csv(args.out, index=False)
+    print(f"{len(texts)} training questions, {len(pairs)} neighbour pairs (k={args.k}); teacher sure of "
+          f"{int(sure.sum())}; after removing labelled and held-out pairs: {len(mined)} written to {args.out} "
+          f"({int((mined['is_duplicate'] == 0).sum())} non-duplicates, {int(mined['is_duplicate'].sum())} duplicates)")
+    print("teacher probability of all neighbour pairs, deciles:",
+          " ".join(f"{q:.2f}" for q in np.quantile(probs, np.linspace(0.1, 0.9, 9))))
+
+
+if __name__ == "__main__":
+    main()
