@@ -15,6 +15,9 @@ TRAIN_HELP = {
     "margin": "loss margin (default per loss: contrastive 1.0, online_contrastive and triplet 0.5)",
     "triplet_negatives": "triplet/mnrl negatives: labelled (the anchor's labelled non-duplicates, else random) or random",
     "mining": "triplet/mnrl: none, batch_hard or semi_hard choice of each negative among the batch's rows",
+    "tokens": "BiLSTM input tokens: word (a vocabulary of the training words; unseen words are unknown) or "
+              "wordpiece (all-MiniLM-L6-v2's 30,522 WordPiece tokens: a rare word is spelled in known pieces; "
+              "needs --word-vectors minilm or none)",
     "extra_train": "pair files added to the training split only, after splitting (e.g. teacher-labelled pairs "
                    "from scripts/mine_teacher_pairs.py); a pair that is a validation or test pair is dropped",
     "infer_negatives": "add up to N training non-duplicates per labelled one, inferred by A≁C and A~A' => A'≁C "

@@ -45,6 +45,7 @@ class TrainConfig:
     projection_dim: int | None = None  # None → 128, but no projection (0) for a fine-tuned transformer
     glove: bool = True  # False: no pretrained word vectors (same as --word-vectors none)
     word_vectors: str = "glove"  # glove (GloVe 6B 50d) | minilm (MiniLM's WordPiece vectors, PCA to embedding_dim) | none
+    tokens: str = "word"  # word (vocabulary from the training texts) | wordpiece (MiniLM's 30,522 pieces, no unknowns)
     freeze_embeddings: bool = False  # keep the LSTM's word vectors as initialised (fewer weights to overfit)
     min_freq: int = 2
     dropout: float = 0.1
@@ -104,6 +105,11 @@ class TrainConfig:
             c.word_vectors = "none"
         if c.word_vectors not in ("glove", "minilm", "none"):
             raise ValueError(f"--word-vectors must be glove, minilm or none, not {c.word_vectors!r}")
+        if c.tokens not in ("word", "wordpiece"):
+            raise ValueError(f"--tokens must be word or wordpiece, not {c.tokens!r}")
+        if c.tokens == "wordpiece" and c.word_vectors == "glove":
+            raise ValueError("--tokens wordpiece has no GloVe vectors: use --word-vectors minilm (MiniLM's own piece "
+                             "vectors) or none")
         lstm = c.encoder == "lstm"
         c.lr = c.lr if c.lr is not None else (2e-3 if lstm else 2e-5)
         c.pooling = c.pooling or ("max" if lstm else "mean")

