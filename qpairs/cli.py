@@ -20,6 +20,9 @@ TRAIN_HELP = {
               "needs --word-vectors minilm or none)",
     "extra_train": "pair files added to the training split only, after splitting (e.g. teacher-labelled pairs "
                    "from scripts/mine_teacher_pairs.py); a pair that is a validation or test pair is dropped",
+    "teacher_labels": "pair files with a teacher_probability column (scripts/mine_teacher_pairs.py): training pairs "
+                      "found there learn a soft target (knowledge distillation)",
+    "distill_weight": "soft target = (1 - w) * label + w * teacher probability",
     "infer_negatives": "add up to N training non-duplicates per labelled one, inferred by A≁C and A~A' => A'≁C "
                        "(hard negatives; from the training split only, never a validation or test pair)",
     "transitive": "triplet/mnrl: add duplicate pairs inferred by transitivity (A~B, B~C => A~C)",

@@ -35,6 +35,8 @@ class TrainConfig:
     eval_rate: float = NATURAL_DUPLICATE_RATE
     max_train_pairs: int | None = None
     extra_train: list[str] = field(default_factory=list)  # pair files added to the training split only
+    teacher_labels: list[str] = field(default_factory=list)  # pair files with a teacher_probability column
+    distill_weight: float = 0.5  # training target = (1 − w)·label + w·teacher probability, where a teacher has one
     infer_negatives: int = 0  # add up to N non-duplicates per labelled one, inferred by A≁C, A~A' ⇒ A'≁C
     on_bad_row: str = "error"
     # lstm encoder
@@ -105,6 +107,8 @@ class TrainConfig:
             c.word_vectors = "none"
         if c.word_vectors not in ("glove", "minilm", "none"):
             raise ValueError(f"--word-vectors must be glove, minilm or none, not {c.word_vectors!r}")
+        if not 0.0 <= c.distill_weight <= 1.0:
+            raise ValueError(f"--distill-weight must be in [0, 1], not {c.distill_weight}")
         if c.tokens not in ("word", "wordpiece"):
             raise ValueError(f"--tokens must be word or wordpiece, not {c.tokens!r}")
         if c.tokens == "wordpiece" and c.word_vectors == "glove":

@@ -62,6 +62,9 @@ def load_splits(cfg: TrainConfig, run_dir: Path) -> dict:
     if cfg.infer_negatives:
         train = add_inferred_negatives(train, cfg.infer_negatives, held_out, cfg.seed)
         info["inferred_negatives"] = int((train["source"] == "inferred_negative").sum())
+    if cfg.teacher_labels:
+        train = with_teacher_targets(train, cfg.teacher_labels, cfg.distill_weight)
+        info["teacher_targets"] = int(train["target"].ne(train["is_duplicate"]).sum())
     if cfg.balance == "subsample":
         train = qdata.subsample_to_rate(train, cfg.train_pos_rate, cfg.seed)
     if cfg.max_train_pairs and len(train) > cfg.max_train_pairs:
@@ -84,6 +87,35 @@ def without_pairs(frame, others):
     taken = {qdata.pair_key(a, b) for f in others for a, b in zip(f["question1"], f["question2"])}
     keep = [qdata.pair_key(a, b) not in taken for a, b in zip(frame["question1"], frame["question2"])]
     return frame[np.asarray(keep, dtype=bool)].reset_index(drop=True)
+
+
+def teacher_probabilities(paths) -> dict[str, float]:
+    """Pair key → teacher probability, from pair files with question1, question2 and teacher_probability."""
+    out: dict[str, float] = {}
+    for path in paths:
+        frame = qdata.read_table(path)
+        missing = [c for c in ("question1", "question2", "teacher_probability") if c not in frame.columns]
+        if missing:
+            raise qdata.DataError(f"{path}: column(s) {missing} not found; columns are {list(frame.columns)}")
+        p = pd.to_numeric(frame["teacher_probability"], errors="coerce").to_numpy()
+        bad = np.flatnonzero(~((p >= 0) & (p <= 1)))
+        if len(bad):
+            row = int(bad[0])
+            raise qdata.DataError(f"{path}: row {row + 1} (line {row + 2}), column 'teacher_probability': "
+                                  f"{frame['teacher_probability'].iloc[row]!r} is not a probability in [0, 1]")
+        out.update((qdata.pair_key(a, b), float(x)) for a, b, x in zip(frame["question1"], frame["question2"], p))
+    return out
+
+
+def with_teacher_targets(train, paths, weight: float):
+    """`train` with a `target` column: (1 − weight)·is_duplicate + weight·teacher probability for the pairs
+    a teacher file has, is_duplicate for the others (knowledge distillation on soft targets)."""
+    teacher = teacher_probabilities(paths)
+    p = np.array([teacher.get(qdata.pair_key(a, b), np.nan) for a, b in zip(train["question1"], train["question2"])])
+    y = train["is_duplicate"].to_numpy(dtype=float)
+    found = ~np.isnan(p)
+    log.info("teacher targets for %d of %d training pairs (weight %.2f)", int(found.sum()), len(train), weight)
+    return train.assign(target=np.where(found, (1 - weight) * y + weight * np.nan_to_num(p), y))
 
 
 def add_inferred_negatives(train, per_negative: int, held_out, seed: int = 0):
@@ -203,7 +235,7 @@ def pair_batches(frame, batch_size: int, shuffle: bool, seed: int, weights=None,
     idx = np.random.default_rng(seed).permutation(len(frame)) if shuffle else np.arange(len(frame))
     idx = distributed.shard(idx) if shard else idx
     q1, q2 = frame["question1"].to_numpy(), frame["question2"].to_numpy()
-    y = frame["is_duplicate"].to_numpy()
+    y = frame["target" if "target" in frame else "is_duplicate"].to_numpy()  # soft targets when distilling
     w = np.ones(len(frame)) if weights is None else np.asarray(weights)
     for s in range(0, len(idx), batch_size):
         b = idx[s : s + batch_size]

@@ -90,6 +90,8 @@ def main() -> None:
     ap.add_argument("--negative-below", type=float, default=0.1)
     ap.add_argument("--positive-above", type=float, default=0.9)
     ap.add_argument("-o", "--out", type=Path, required=True)
+    ap.add_argument("--train-labels", type=Path, help="also write the teacher's probability of every labelled "
+                    "training pair here (for `qpairs train --teacher-labels`: soft targets)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
@@ -115,6 +117,16 @@ def main() -> None:
     print(f"{len(texts)} training questions, {len(pairs)} neighbour pairs (k={args.k}); teacher sure of "
           f"{int(sure.sum())}; after removing labelled and held-out pairs: {len(mined)} written to {args.out} "
           f"({int((mined['is_duplicate'] == 0).sum())} non-duplicates, {int(mined['is_duplicate'].sum())} duplicates)")
+    if args.train_labels:
+        row = {k: i for i, k in enumerate(map(qd.normalize_question, texts))}
+        train_pairs = np.array([[row[qd.normalize_question(a)], row[qd.normalize_question(b)]]
+                                for a, b in zip(train["question1"], train["question2"])]).reshape(-1, 2)
+        labelled = train[["question1", "question2", "is_duplicate"]].assign(
+            teacher_probability=teacher_probability(det, vectors, train_pairs).round(4))
+        labelled.to_csv(args.train_labels, index=False)
+        agree = ((labelled["teacher_probability"] >= 0.5) == (labelled["is_duplicate"] == 1)).mean()
+        print(f"teacher probabilities of {len(labelled)} labelled training pairs written to {args.train_labels} "
+              f"(teacher agrees with the label on {agree:.1%})")
     print("teacher probability of all neighbour pairs, deciles:",
           " ".join(f"{q:.2f}" for q in np.quantile(probs, np.linspace(0.1, 0.9, 9))))
 

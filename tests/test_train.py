@@ -151,3 +151,27 @@ def test_wordpiece_bilstm_trains_saves_and_loads(tmp_path):
     np.testing.assert_array_equal(det.predict_proba(q1, q2), qpairs.load(run, device="cpu").predict_proba(q1, q2))
     with pytest.raises(ValueError, match="no GloVe"):
         _tiny_cfg(tmp_path, data, tokens="wordpiece", glove=True, word_vectors="glove").resolved()
+
+
+def test_teacher_labels_give_soft_targets_and_bad_files_are_named(tmp_path):
+    """--teacher-labels: a training pair found in the teacher file (in either order) learns
+    (1 − w)·label + w·p; the others keep their label; pair_batches yields the targets; a probability
+    outside [0, 1] is an error naming the file, row and column."""
+    from qpairs.train import pair_batches, with_teacher_targets
+
+    train = pd.DataFrame({"question1": ["How do I learn Python?", "Is tea good?", "What is 2+2?"],
+                          "question2": ["How can I learn Python?", "Is coffee good?", "What is 3+3?"],
+                          "is_duplicate": [1, 0, 0], "source": "f"})
+    teacher = tmp_path / "teacher.csv"
+    pd.DataFrame({"question1": ["how can i learn python", "Is tea good?"],
+                  "question2": ["How do I learn Python?", "Is coffee good?"],
+                  "teacher_probability": [0.6, 0.2]}).to_csv(teacher, index=False)
+    out = with_teacher_targets(train, [str(teacher)], weight=0.5)
+    np.testing.assert_allclose(out["target"], [0.8, 0.1, 0.0])
+    (q1, _, y, _), = list(pair_batches(out, 8, shuffle=False, seed=0))
+    assert q1 == list(train["question1"]) and torch.allclose(y, torch.tensor([0.8, 0.1, 0.0]))
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"question1": ["a?", "b?"], "question2": ["c?", "d?"],
+                  "teacher_probability": [0.5, 1.7]}).to_csv(bad, index=False)
+    with pytest.raises(qd.DataError, match=r"bad.csv: row 2 \(line 3\), column 'teacher_probability'"):
+        with_teacher_targets(train, [str(bad)], weight=0.5)
