@@ -1,15 +1,18 @@
 #!/usr/bin/env python
-"""Extra training pairs for a student model, labelled by a stronger teacher (knowledge distillation).
+"""A stronger teacher's knowledge for a student model (knowledge distillation), from the training split only.
 
-QQP has few labelled non-duplicates (about 25k in ../shared/data/qqp). This script makes more from the
-*training split only*: every training question's nearest training questions in the teacher's embedding
-space are candidate pairs; the teacher scores each one, and the pairs it is sure about (probability
-≤ --negative-below or ≥ --positive-above) become labelled pairs. Pairs already labelled, and validation or
-test pairs, are never written. Pass the file to the student with `qpairs train --extra-train FILE`, with
-the same --split-by and --seed as the teacher's run (checked here against its saved test split).
+* `--train-labels FILE`: the teacher's probability of every labelled training pair, for
+  `qpairs train --teacher-labels FILE` (soft targets: what the BiLSTM recipe in the README uses).
+* `-o FILE`: new pairs: each training question with its k nearest training questions in the teacher's
+  embedding space, kept where the teacher is sure (probability ≤ --negative-below or ≥ --positive-above),
+  for `qpairs train --extra-train FILE`. Pairs already labelled, and validation or test pairs, are never
+  written.
+
+Use the same --split-by and --seed as the teacher's run and the student's (checked here against the
+teacher's saved test split, so its labels cannot leak test pairs).
 
     python scripts/mine_teacher_pairs.py --teacher runs/teacher_pair0 --split-by pair --seed 0 \\
-        --embedding-cache runs/minilm_cache -o runs/teacher_pairs.csv.gz
+        --embedding-cache runs/minilm_cache --train-labels runs/teacher_train_labels.csv.gz
 """
 from __future__ import annotations
 
@@ -79,31 +82,21 @@ def teacher_probability(det, vectors: np.ndarray, pairs: np.ndarray, batch: int 
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--teacher", type=Path, required=True, help="run directory of the teacher")
-    ap.add_argument("--data", nargs="+", default=[], help="pair files (default: the labelled QQP files)")
-    ap.add_argument("--split-by", default="question", choices=["question", "pair"])
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--embedding-cache", help="the teacher's frozen-base embedding cache (faster)")
-    ap.add_argument("-k", type=int, default=5, help="nearest neighbours per question (default: 5)")
-    ap.add_argument("--negative-below", type=float, default=0.1)
-    ap.add_argument("--positive-above", type=float, default=0.9)
-    ap.add_argument("-o", "--out", type=Path, required=True)
-    ap.add_argument("--train-labels", type=Path, help="also write the teacher's probability of every labelled "
-                    "training pair here (for `qpairs train --teacher-labels`: soft targets)")
-    args = ap.parse_args()
-    logging.basicConfig(level=logging.INFO, format="%(message)s")
+def label_training_pairs(det, train, texts, vectors) -> pd.DataFrame:
+    """Every labelled training pair with the teacher's probability (soft targets for the student)."""
+    from qpairs.data import normalize_question
 
-    import qpairs
-    from qpairs import data as qd
+    row = {k: i for i, k in enumerate(map(normalize_question, texts))}
+    pairs = np.array([[row[normalize_question(a)], row[normalize_question(b)]]
+                      for a, b in zip(train["question1"], train["question2"])]).reshape(-1, 2)
+    return train[["question1", "question2", "is_duplicate"]].assign(
+        teacher_probability=teacher_probability(det, vectors, pairs).round(4))
+
+
+def mine_neighbour_pairs(det, texts, vectors, args, train, held_out) -> pd.DataFrame:
+    """New pairs: each question and its k nearest, labelled where the teacher is sure."""
     from qpairs.train import without_pairs
 
-    train, held_out = training_questions(args)
-    texts = pd.Series(pd.concat([train["question1"], train["question2"]]).to_numpy())
-    texts = texts[~texts.map(qd.normalize_question).duplicated()].tolist()
-    det = qpairs.load(args.teacher, device="cpu", backend="torch")
-    vectors = teacher_vectors(det, texts, args.embedding_cache)
     pairs = nearest_pairs(vectors, args.k)
     probs = teacher_probability(det, vectors, pairs)
     sure = (probs <= args.negative_below) | (probs >= args.positive_above)
@@ -111,24 +104,51 @@ def main() -> None:
     mined = pd.DataFrame({"question1": texts[pairs[sure, 0]], "question2": texts[pairs[sure, 1]],
                           "is_duplicate": (probs[sure] >= args.positive_above).astype(int),
                           "teacher_probability": probs[sure].round(4)})
-    mined = without_pairs(without_pairs(mined, [train]), held_out)
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    mined.to_csv(args.out, index=False)
-    print(f"{len(texts)} training questions, {len(pairs)} neighbour pairs (k={args.k}); teacher sure of "
-          f"{int(sure.sum())}; after removing labelled and held-out pairs: {len(mined)} written to {args.out} "
-          f"({int((mined['is_duplicate'] == 0).sum())} non-duplicates, {int(mined['is_duplicate'].sum())} duplicates)")
+    print(f"{len(pairs)} neighbour pairs (k={args.k}), teacher sure of {int(sure.sum())}; teacher probability "
+          "deciles: " + " ".join(f"{q:.2f}" for q in np.quantile(probs, np.linspace(0.1, 0.9, 9))))
+    return without_pairs(without_pairs(mined, [train]), held_out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--teacher", type=Path, required=True, help="run directory of the teacher")
+    ap.add_argument("--data", nargs="+", default=[], help="pair files (default: the labelled QQP files)")
+    ap.add_argument("--split-by", default="question", choices=["question", "pair"])
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--embedding-cache", help="the teacher's frozen-base embedding cache (faster)")
+    ap.add_argument("--train-labels", type=Path, help="write the teacher's probability of every labelled training "
+                    "pair here (for `qpairs train --teacher-labels`: soft targets)")
+    ap.add_argument("-o", "--out", type=Path, help="write new neighbour pairs the teacher is sure about here "
+                    "(for `qpairs train --extra-train`)")
+    ap.add_argument("-k", type=int, default=5, help="nearest neighbours per question (default: 5)")
+    ap.add_argument("--negative-below", type=float, default=0.1)
+    ap.add_argument("--positive-above", type=float, default=0.9)
+    args = ap.parse_args()
+    if not (args.train_labels or args.out):
+        ap.error("nothing to write: give --train-labels FILE and/or -o FILE")
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+
+    import qpairs
+    from qpairs import data as qd
+
+    train, held_out = training_questions(args)
+    texts = pd.Series(pd.concat([train["question1"], train["question2"]]).to_numpy())
+    texts = texts[~texts.map(qd.normalize_question).duplicated()].tolist()
+    det = qpairs.load(args.teacher, device="cpu", backend="torch")
+    vectors = teacher_vectors(det, texts, args.embedding_cache)
+    print(f"{len(texts)} training questions, {len(train)} labelled training pairs")
     if args.train_labels:
-        row = {k: i for i, k in enumerate(map(qd.normalize_question, texts))}
-        train_pairs = np.array([[row[qd.normalize_question(a)], row[qd.normalize_question(b)]]
-                                for a, b in zip(train["question1"], train["question2"])]).reshape(-1, 2)
-        labelled = train[["question1", "question2", "is_duplicate"]].assign(
-            teacher_probability=teacher_probability(det, vectors, train_pairs).round(4))
+        labelled = label_training_pairs(det, train, texts, vectors)
         labelled.to_csv(args.train_labels, index=False)
         agree = ((labelled["teacher_probability"] >= 0.5) == (labelled["is_duplicate"] == 1)).mean()
-        print(f"teacher probabilities of {len(labelled)} labelled training pairs written to {args.train_labels} "
-              f"(teacher agrees with the label on {agree:.1%})")
-    print("teacher probability of all neighbour pairs, deciles:",
-          " ".join(f"{q:.2f}" for q in np.quantile(probs, np.linspace(0.1, 0.9, 9))))
+        print(f"teacher probabilities of the labelled training pairs written to {args.train_labels} "
+              f"(the teacher agrees with the label on {agree:.1%})")
+    if args.out:
+        mined = mine_neighbour_pairs(det, texts, vectors, args, train, held_out)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        mined.to_csv(args.out, index=False)
+        print(f"{len(mined)} new pairs (not labelled, not held out) written to {args.out}: "
+              f"{int((mined['is_duplicate'] == 0).sum())} non-duplicates, {int(mined['is_duplicate'].sum())} duplicates")
 
 
 if __name__ == "__main__":
