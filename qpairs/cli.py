@@ -119,7 +119,8 @@ def cmd_evaluate(args) -> int:
         return 0
 
     cols = {k: v for k, v in (("q1_col", args.q1_col), ("q2_col", args.q2_col), ("label_col", args.label_col)) if v}
-    evaluate_run(args.run, args.data, args.out, args.device, args.on_bad_row, backend=args.backend, **cols)
+    evaluate_run(args.run, args.data, args.out, args.device, args.on_bad_row, backend=args.backend,
+                 test_prior=args.test_prior, **cols)
     return 0
 
 
@@ -341,6 +342,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default="auto")
     _add_backend_arg(p)
     p.add_argument("--on-bad-row", default="error", choices=["error", "drop"])
+    p.add_argument("--test-prior", type=float,
+                   help="the data's known duplicate rate (e.g. 0.5 for a balanced set such as BiMPM's): the "
+                        "probabilities are re-weighted to it from the rate the calibration was fitted at (0.37) "
+                        "before the stored threshold is applied (default: no change)")
     p.add_argument("--q1-col"), p.add_argument("--q2-col"), p.add_argument("--label-col")
     p.add_argument("--site", nargs="+", help="title/body files: only these sites")
     p.add_argument("--max-posts", type=int, help="title/body files: a seeded sample of this many posts")

@@ -11,16 +11,24 @@ from .metrics import classification_metrics, format_table
 from .plots import save_report_plots
 
 
-def evaluate_frame(det, frame: pd.DataFrame, report_dir=None, history=None) -> tuple[dict, np.ndarray]:
-    """Metrics of `det` on a frame with question1/question2/is_duplicate; optional report directory."""
+def evaluate_frame(det, frame: pd.DataFrame, report_dir=None, history=None,
+                   test_prior: float | None = None) -> tuple[dict, np.ndarray]:
+    """Metrics of `det` on a frame with question1/question2/is_duplicate; optional report directory.
+
+    `test_prior`: the duplicate rate the data is known to have (e.g. 0.5 for a balanced set); the calibrated
+    probabilities are re-weighted to it by Bayes' rule before the stored threshold is applied.
+    """
+    from .submit import adjust_prior
+
     labelled = frame[frame["is_duplicate"] >= 0]
     if len(labelled) == 0:
         raise ValueError("no labelled pairs to evaluate")
     d = det.distances(list(labelled["question1"]), list(labelled["question2"]))
-    probs = det.calibrator.predict_proba(d)
+    probs = adjust_prior(det.calibrator.predict_proba(d), det.calibrator, test_prior)
     y = labelled["is_duplicate"].to_numpy()
     metrics = classification_metrics(y, probs, det.threshold)
     metrics["threshold"] = det.threshold
+    metrics["test_prior"] = test_prior
     if report_dir is not None:
         report_dir = Path(report_dir)
         report_dir.mkdir(parents=True, exist_ok=True)
@@ -30,7 +38,7 @@ def evaluate_frame(det, frame: pd.DataFrame, report_dir=None, history=None) -> t
 
 
 def evaluate_run(run_dir, files, out=None, device: str = "auto", on_bad_row: str = "error", backend: str = "auto",
-                 **column_names) -> dict:
+                 test_prior: float | None = None, **column_names) -> dict:
     """`qpairs evaluate`: load the run, score the files, print the table and write the report."""
     from .data import load_pairs
     from .detector import load
@@ -40,8 +48,10 @@ def evaluate_run(run_dir, files, out=None, device: str = "auto", on_bad_row: str
     hist_path = Path(run_dir) / "history.json"
     history = read_json(hist_path) if hist_path.exists() else None
     out = Path(out) if out else Path(run_dir) / "eval" / "_".join(Path(f).name.split(".")[0] for f in files)[:80]
-    metrics, _ = evaluate_frame(det, frame, out, history)
+    metrics, _ = evaluate_frame(det, frame, out, history, test_prior)
     metrics["backend"] = det.backend
     print(format_table({", ".join(Path(f).name for f in files)[:60]: metrics}))
+    if test_prior is not None:
+        print(f"probabilities re-weighted from duplicate rate {det.calibrator.prior:.3f} to {test_prior}")
     print(f"report written to {out}")
     return metrics

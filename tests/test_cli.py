@@ -51,3 +51,25 @@ def test_missing_model_dir_is_a_clear_error(tmp_path, capsys):
     make_pairs(5).to_csv(data, index=False)
     assert main(["evaluate", str(tmp_path / "nope"), "--data", str(data)]) == 2
     assert "model directory not found" in capsys.readouterr().err
+
+
+def test_evaluate_test_prior_reweights_before_the_threshold(tiny_run, tmp_path, capsys):
+    data = tmp_path / "eval.csv"
+    make_pairs(300, seed=6).to_csv(data, index=False)
+    prior = json.loads((tiny_run / "calibration.json").read_text())["prior"]
+    metrics = {}
+    for name, extra in [("stored", []), ("same", ["--test-prior", str(prior)]),
+                        ("low", ["--test-prior", "0.05"]), ("high", ["--test-prior", "0.95"])]:
+        out = tmp_path / name
+        assert main(["evaluate", str(tiny_run), "--data", str(data), "--out", str(out), "--device", "cpu", *extra]) == 0
+        metrics[name] = json.loads((out / "metrics.json").read_text())
+    assert metrics["same"]["accuracy"] == pytest.approx(metrics["stored"]["accuracy"])
+    assert metrics["same"]["log_loss"] == pytest.approx(metrics["stored"]["log_loss"], rel=1e-6)
+    assert metrics["high"]["test_prior"] == 0.95 and metrics["stored"]["test_prior"] is None
+    # a higher duplicate rate calls more pairs duplicates: recall up, precision's denominator grows
+    assert metrics["low"]["recall"] <= metrics["stored"]["recall"] <= metrics["high"]["recall"]
+    assert metrics["low"]["recall"] < metrics["high"]["recall"]
+    assert metrics["stored"]["roc_auc"] == pytest.approx(metrics["high"]["roc_auc"])  # ranking unchanged
+    assert "re-weighted from duplicate rate" in capsys.readouterr().out
+    assert main(["evaluate", str(tiny_run), "--data", str(data), "--test-prior", "1.5"]) == 2
+    assert "--test-prior must be strictly between 0 and 1, got 1.5" in capsys.readouterr().err
