@@ -4,7 +4,10 @@
 The independent QQP evaluation mixes natural-rate pairs (like cs224n_dev) with a balanced, tokenized
 set (like bimpm_*): this shows how a run does on each kind, at its stored threshold.
 
-    python scripts/eval_by_source.py runs/lstm_pair_minilm200 [RUN ...] [--split test]
+    python scripts/eval_by_source.py runs/lstm_pair_minilm200 [RUN ...] [--split test] [--test-prior 0.5]
+
+`--test-prior P` re-weights the probabilities to duplicate rate P before the threshold, as
+`qpairs evaluate --test-prior` does.
 """
 from __future__ import annotations
 
@@ -15,13 +18,14 @@ import numpy as np
 import pandas as pd
 
 
-def by_source(run: Path, split: str) -> pd.DataFrame:
+def by_source(run: Path, split: str, test_prior: float | None = None) -> pd.DataFrame:
     import qpairs
     from qpairs.metrics import classification_metrics
+    from qpairs.submit import adjust_prior
 
     frame = pd.read_csv(run / "splits" / f"{split}.csv.gz", keep_default_na=False)
     det = qpairs.load(run, device="cpu")
-    probs = det.predict_proba(list(frame["question1"]), list(frame["question2"]))
+    probs = adjust_prior(det.predict_proba(list(frame["question1"]), list(frame["question2"])), det.calibrator, test_prior)
     rows = []
     for source, idx in [("all", frame.index)] + list(frame.groupby("source").groups.items()):
         y, p = frame.loc[idx, "is_duplicate"].to_numpy(), probs[idx]
@@ -38,8 +42,9 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("runs", nargs="+", type=Path)
     ap.add_argument("--split", default="test", choices=["validation", "test"])
+    ap.add_argument("--test-prior", type=float, help="re-weight the probabilities to this duplicate rate first")
     args = ap.parse_args()
-    table = pd.concat([by_source(r, args.split) for r in args.runs], ignore_index=True)
+    table = pd.concat([by_source(r, args.split, args.test_prior) for r in args.runs], ignore_index=True)
     with pd.option_context("display.width", 200, "display.max_columns", 20):
         print(table.to_string(index=False, float_format=lambda x: f"{x:.4f}"))
     if np.isnan(table["roc_auc"]).any():
