@@ -58,6 +58,17 @@ class Calibrator:
     def predict(self, distances) -> np.ndarray:
         return self.predict_proba(distances) >= self.threshold
 
+    def at_prior(self, probs, test_prior: float | None) -> np.ndarray:
+        """Calibrated probabilities re-weighted from the fitted duplicate rate to `test_prior` (None: unchanged)."""
+        if test_prior is None:
+            return np.asarray(probs, dtype=np.float64)
+        if not 0 < test_prior < 1:
+            raise ValueError(f"--test-prior must be strictly between 0 and 1, got {test_prior}")
+        if self.prior is None:
+            raise ValueError("the model's calibration.json stores no 'prior' (duplicate rate it was fitted at), "
+                             "so --test-prior cannot be applied")
+        return shift_prior(probs, self.prior, test_prior)
+
     def to_dict(self) -> dict:
         return {"method": self.method, "params": self.params, "threshold": self.threshold, "prior": self.prior}
 

@@ -18,13 +18,11 @@ def evaluate_frame(det, frame: pd.DataFrame, report_dir=None, history=None,
     `test_prior`: the duplicate rate the data is known to have (e.g. 0.5 for a balanced set); the calibrated
     probabilities are re-weighted to it by Bayes' rule before the stored threshold is applied.
     """
-    from .submit import adjust_prior
-
     labelled = frame[frame["is_duplicate"] >= 0]
     if len(labelled) == 0:
         raise ValueError("no labelled pairs to evaluate")
     d = det.distances(list(labelled["question1"]), list(labelled["question2"]))
-    probs = adjust_prior(det.calibrator.predict_proba(d), det.calibrator, test_prior)
+    probs = det.calibrator.at_prior(det.calibrator.predict_proba(d), test_prior)
     y = labelled["is_duplicate"].to_numpy()
     metrics = classification_metrics(y, probs, det.threshold)
     metrics["threshold"] = det.threshold

@@ -28,20 +28,6 @@ def clip(probs) -> np.ndarray:
     return np.clip(np.asarray(probs, dtype=np.float64), CLIP, 1 - CLIP)
 
 
-def adjust_prior(probs, calibrator, test_prior: float | None) -> np.ndarray:
-    """Shift calibrated probabilities to the duplicate rate `test_prior` (None: unchanged)."""
-    if test_prior is None:
-        return np.asarray(probs, dtype=np.float64)
-    from .calibration import shift_prior
-
-    if not 0 < test_prior < 1:
-        raise ValueError(f"--test-prior must be strictly between 0 and 1, got {test_prior}")
-    if calibrator.prior is None:
-        raise ValueError("the model's calibration.json stores no 'prior' (duplicate rate it was fitted at), "
-                         "so --test-prior cannot be applied")
-    return shift_prior(probs, calibrator.prior, test_prior)
-
-
 def validate_submission(frame: pd.DataFrame, expected_rows: int, source="submission") -> None:
     """Raise ValueError unless `frame` is a well-formed submission of `expected_rows` rows."""
     if list(frame.columns) != ["test_id", "is_duplicate"]:
@@ -90,8 +76,8 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
         for c in (q1c, q2c):
             ok &= (bad_reasons(chunk[c], max_chars=10**9) == "").to_numpy()
         p = np.full(len(chunk), fallback, dtype=np.float64)
-        p[ok] = adjust_prior(scorer.predict_proba(list(chunk[q1c].to_numpy()[ok]), list(chunk[q2c].to_numpy()[ok])),
-                             det.calibrator, test_prior)
+        p[ok] = det.calibrator.at_prior(
+            scorer.predict_proba(list(chunk[q1c].to_numpy()[ok]), list(chunk[q2c].to_numpy()[ok])), test_prior)
         ids.append(chunk[idc].to_numpy())
         probs.append(p)
         n_bad += int((~ok).sum())

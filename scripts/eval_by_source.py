@@ -21,11 +21,10 @@ import pandas as pd
 def by_source(run: Path, split: str, test_prior: float | None = None) -> pd.DataFrame:
     import qpairs
     from qpairs.metrics import classification_metrics
-    from qpairs.submit import adjust_prior
 
     frame = pd.read_csv(run / "splits" / f"{split}.csv.gz", keep_default_na=False)
     det = qpairs.load(run, device="cpu")
-    probs = adjust_prior(det.predict_proba(list(frame["question1"]), list(frame["question2"])), det.calibrator, test_prior)
+    probs = det.calibrator.at_prior(det.predict_proba(list(frame["question1"]), list(frame["question2"])), test_prior)
     rows = []
     for source, idx in [("all", frame.index)] + list(frame.groupby("source").groups.items()):
         y, p = frame.loc[idx, "is_duplicate"].to_numpy(), probs[idx]
