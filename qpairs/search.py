@@ -19,7 +19,7 @@ What the vectors are, and how hits are ranked, is the index's *space*:
   output, searched by cosine; hits are ranked by that cosine plus ``lexical_weight`` × a
   character n-gram cosine of the texts (`lexical_similarity`), and their probability comes from
   the model's head applied to the stored vector. The head was trained to classify pairs and ranks
-  a large bank worse than its pretrained base does (README, "Search quality").
+  a large bank worse than its pretrained base does (docs/results.md, "Search quality").
 """
 from __future__ import annotations
 

@@ -130,7 +130,7 @@ class MicroBatcher:
     async def _gather(self) -> list:
         """The next batch: the first waiting request, then as many as came together last time (waiting at
         most `max_wait` for them), then whatever else is queued. A lone client never waits; N concurrent
-        clients keep arriving as one batch of N (README "Latency and scale")."""
+        clients keep arriving as one batch of N (docs/results.md, "Service latency")."""
         batch = [await self.queue.get()]
         size = len(batch[0][0])
         deadline = asyncio.get_running_loop().time() + self.max_wait

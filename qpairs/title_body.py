@@ -34,7 +34,7 @@ log = logging.getLogger("qpairs")
 TITLE_BODY_FILE = Path("title_body") / "stackexchange_title_body.csv.gz"
 TRUNCATION_POLICIES = ("head", "head_tail", "none")
 # Default body policy: 100 words (the tokenizers then see ~128 word pieces), the first 75% and the
-# last 25% of them. Zero-shot MiniLM on 1,000 validation posts (README, "Title vs body"): head+tail
+# last 25% of them. Zero-shot MiniLM on 1,000 validation posts (docs/results.md, "Title vs body"): head+tail
 # recall@1 0.950 / MRR 0.966 against 0.943 / 0.962 for the head alone.
 DEFAULT_TRUNCATION = "head_tail"
 DEFAULT_BODY_MAX_WORDS = 100

@@ -2,7 +2,7 @@
 """A stronger teacher's knowledge for a student model (knowledge distillation), from the training split only.
 
 * `--train-labels FILE`: the teacher's probability of every labelled training pair, for
-  `qpairs train --teacher-labels FILE` (soft targets: what the BiLSTM recipe in the README uses).
+  `qpairs train --teacher-labels FILE` (soft targets: the distillation recipe of docs/training.md).
 * `-o FILE`: new pairs: each training question with its k nearest training questions in the teacher's
   embedding space, kept where the teacher is sure (probability ≤ --negative-below or ≥ --positive-above),
   for `qpairs train --extra-train FILE`. Pairs already labelled, and validation or test pairs, are never

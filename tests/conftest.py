@@ -8,7 +8,7 @@ import pandas as pd
 import pytest
 
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-if "QPAIRS_CACHE" not in os.environ:  # ONNX exports of the test session go to a temporary folder, not ~/.cache
+if "QPAIRS_CACHE" not in os.environ:  # ONNX exports of the tests go to a temporary folder, not ~/.cache
     import tempfile
 
     os.environ["QPAIRS_CACHE"] = tempfile.mkdtemp(prefix="qpairs-test-cache-")

@@ -100,7 +100,7 @@ def test_format_1_indexes_still_load_as_model_space(det, bank, tmp_path):
     QuestionIndex.build(det, bank[:20]).save(tmp_path / "v1")
     meta = json.loads((tmp_path / "v1" / "meta.json").read_text())
     meta["format_version"] = 1
-    del meta["space"]  # what session-2 indexes look like
+    del meta["space"]  # what indexes written before the space field look like
     (tmp_path / "v1" / "meta.json").write_text(json.dumps(meta))
     old = QuestionIndex.load(tmp_path / "v1")
     assert old.space == "model" and old.search(det, bank[3], k=1)[0].text == bank[3]
