@@ -117,6 +117,7 @@ def load_model(directory, device: str | torch.device = "cpu") -> tuple[SiameseMo
         state = load_file(weights)
     except Exception as exc:
         raise ModelDirError(f"{weights} is corrupt: {exc}") from exc
+    state = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in state.items()}  # fp16 bundles
     missing, unexpected = model.load_state_dict(state, strict=False)
     frozen = tuple(p + "model." for p, e in (("encoder.", encoder), ("right_encoder.", right))
                    if e is not None and e.config.get("frozen_base"))

@@ -49,6 +49,8 @@ TRAIN_HELP = {
     "metric": "validation metric for early stopping and the best checkpoint",
     "patience": "epochs without improvement before stopping",
     "calibration": "platt or isotonic, fitted on the validation split",
+    "threshold": "operating point chosen on the validation split: accuracy, f1, precision:P (the most recall at "
+                 "precision >= P; refused when out of reach) or recall:R (the most precision at recall >= R)",
     "resume": "continue an interrupted run from its last epoch",
     "device": "auto, cpu or cuda",
     "variant": "siamese (one shared encoder) or pseudo (unshared left/right encoders, e.g. title vs body)",

@@ -85,6 +85,7 @@ class TrainConfig:
     metric: str = "roc_auc"
     patience: int = 2
     calibration: str = "platt"
+    threshold: str = "accuracy"  # operating point on validation: accuracy | f1 | precision:P | recall:R
     num_workers: int = 0
     resume: bool = False
     progress: bool | None = None  # None → only on a terminal
@@ -120,6 +121,9 @@ class TrainConfig:
         c.normalize = c.normalize if c.normalize is not None else (not lstm)
         if c.projection_dim is None:  # a fine-tuned transformer keeps its pretrained embedding space
             c.projection_dim = 0 if c.encoder == "transformer" and not c.freeze_base else 128
+        from .operating_point import parse_rule
+
+        c.threshold = str(parse_rule(c.threshold))
         if c.metric not in HIGHER_IS_BETTER:
             raise ValueError(f"--metric must be one of {sorted(HIGHER_IS_BETTER)}")
         return c
