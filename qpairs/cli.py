@@ -126,6 +126,47 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_adapt(args) -> int:
+    from .adapt import adapt
+
+    cols = {k: v for k, v in (("q1_col", args.q1_col), ("q2_col", args.q2_col), ("label_col", args.label_col)) if v}
+    adapt(args.run, args.data, args.out, threshold=args.threshold, folds=args.folds, head=args.head, seed=args.seed,
+          calibration=args.calibration, epochs=args.epochs, lr=args.lr, penalty=args.head_penalty,
+          device=args.device, on_bad_row=args.on_bad_row, **cols)
+    return 0
+
+
+def _add_adapt_command(sub) -> None:
+    from .adapt import MIN_PAIRS, MIN_PER_CLASS
+
+    p = sub.add_parser("adapt", help="refit a run's calibration, threshold (and head) on your own labelled pairs",
+                       description="Refits the calibration and the decision threshold of RUN on labelled pairs from "
+                       "your site (CSV/TSV/Parquet with question1/question2/is_duplicate or the other names qpairs "
+                       "detects), reporting cross-validated before/after figures; --head also retrains the small "
+                       "head on the frozen encoder. OUT is a normal run directory. Needs at least "
+                       f"{MIN_PAIRS} labelled pairs with at least {MIN_PER_CLASS} of each class.")
+    p.add_argument("run", help="run directory, or a bundled model name (default, fast)")
+    p.add_argument("--data", nargs="+", required=True, help="labelled pair files (CSV/TSV, gz ok, or Parquet)")
+    p.add_argument("-o", "--out", required=True, help="adapted run directory to write")
+    p.add_argument("--threshold", default="accuracy",
+                   help="operating point: accuracy, f1, precision:P or recall:R, chosen by cross-validation "
+                        "(default: accuracy)")
+    p.add_argument("--folds", type=int, default=5, help="stratified cross-validation folds (default: 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and of --head training (default: 0)")
+    p.add_argument("--calibration", choices=["platt", "isotonic"], help="default: the run's own method")
+    p.add_argument("--head", action="store_true",
+                   help="also retrain the pair classifier head (or, without one, the encoder's output head) on the "
+                        "frozen encoder's outputs")
+    p.add_argument("--epochs", type=int, default=20, help="--head: passes over the pairs (default: 20)")
+    p.add_argument("--lr", type=float, default=1e-2, help="--head: Adam learning rate (default: 0.01)")
+    p.add_argument("--head-penalty", type=float, default=0.1,
+                   help="--head: weight of the L2 penalty toward the starting head weights (default: 0.1)")
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
+    p.add_argument("--on-bad-row", default="error", choices=["error", "drop"])
+    p.add_argument("--q1-col"), p.add_argument("--q2-col"), p.add_argument("--label-col")
+    p.set_defaults(func=cmd_adapt)
+
+
 def cmd_index(args) -> int:
     from .search import index_file
 
@@ -355,6 +396,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="title/body files: seed of negatives, pools and sampling")
     p.set_defaults(func=cmd_evaluate)
 
+    _add_adapt_command(sub)
     _add_search_commands(sub)
     _add_scoring_commands(sub)
     return parser
