@@ -18,22 +18,18 @@ Data too small or too one-sided to trust is refused: at least `MIN_PAIRS` labell
 from __future__ import annotations
 
 import copy
-import logging
-import shutil
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from .calibration import Calibrator
-from .checkpoint import _dedupe_shared, read_json, state_to_save, write_json
+from .checkpoint import _dedupe_shared, copy_run_files, read_json, state_to_save, write_json
+from .config import ADAPT_MIN_PAIRS, ADAPT_MIN_PER_CLASS
 from .metrics import classification_metrics, format_table
 from .operating_point import OperatingPointError
 
-log = logging.getLogger("qpairs")
-
-MIN_PAIRS = 50
-MIN_PER_CLASS = 10
+MIN_PAIRS, MIN_PER_CLASS = ADAPT_MIN_PAIRS, ADAPT_MIN_PER_CLASS
 LOAD_FILES = ("config.json", "model.safetensors", "encoder", "right_encoder")
 REPORT_COLUMNS = ("accuracy", "f1", "precision", "recall", "roc_auc", "log_loss")
 
@@ -216,13 +212,7 @@ def adapt(run, data, out, threshold: str = "accuracy", folds: int = 5, head: boo
 
 def write_run(det, out: Path, cal: Calibrator, origin: dict, head: bool) -> None:
     """`out` as a run directory: the source run's loading files, the new calibration (and head weights)."""
-    src = det.path
-    out.mkdir(parents=True, exist_ok=True)
-    for name in LOAD_FILES:
-        if (src / name).is_dir():
-            shutil.copytree(src / name, out / name)
-        elif (src / name).exists():
-            shutil.copy2(src / name, out / name)
+    copy_run_files(det.path, out, LOAD_FILES)
     if head:
         from safetensors.torch import save_file
 

@@ -86,6 +86,19 @@ def save_model(model: SiameseModel, directory, train_config: dict | None = None)
             enc.save_tokenizer(directory / name)
 
 
+def copy_run_files(src, dst, names) -> None:
+    """Copy the files and folders `names` of run directory `src` (those present) into `dst`."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (src / name).is_dir():
+            shutil.copytree(src / name, dst / name)
+        elif (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+
+
 def _dedupe_shared(state: dict) -> dict:
     seen, out = {}, {}
     for k, v in state.items():

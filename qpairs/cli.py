@@ -137,7 +137,7 @@ def cmd_adapt(args) -> int:
 
 
 def _add_adapt_command(sub) -> None:
-    from .adapt import MIN_PAIRS, MIN_PER_CLASS
+    from .config import ADAPT_MIN_PAIRS as MIN_PAIRS, ADAPT_MIN_PER_CLASS as MIN_PER_CLASS
 
     p = sub.add_parser("adapt", help="refit a run's calibration, threshold (and head) on your own labelled pairs",
                        description="Refits the calibration and the decision threshold of RUN on labelled pairs from "

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from qpairs.checkpoint import copy_run_files
 from qpairs.detector import bundled_model_dir, load
 
 KEEP = ("config.json", "calibration.json", "metrics.json", "history.json", "encoder")
@@ -41,13 +42,7 @@ def package(run, out) -> dict:
                          f"{cfg.get('encoder', {}).get('type')!r}{' (pseudo-Siamese)' if 'right_encoder' in cfg else ''}")
     if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
-    for name in KEEP:
-        src = run / name
-        if src.is_dir():
-            shutil.copytree(src, out / name)
-        elif src.exists():
-            shutil.copy2(src, out / name)
+    copy_run_files(run, out, KEEP)
     to_fp16(run / "model.safetensors", out / "model.safetensors")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     if size > MAX_BYTES:
