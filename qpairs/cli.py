@@ -69,6 +69,10 @@ TRAIN_HELP = {
 }
 
 
+MODEL_HELP = ("model directory, or a bundled model by name: default (the default model) or fast (a small BiLSTM); "
+              "a bare name always means the bundle, ./NAME a folder (default: default)")
+
+
 def _add_backend_arg(parser: argparse.ArgumentParser) -> None:
     from .config import BACKENDS
 
@@ -213,7 +217,7 @@ def _add_search_commands(sub) -> None:
     p = sub.add_parser("index", help="encode a question bank into a FAISS index for duplicate search")
     p.add_argument("questions", help="CSV/TSV of questions (a question/text column; an id column optional)")
     p.add_argument("-o", "--out", required=True, help="index directory to write")
-    p.add_argument("--model", help="model directory (default: the bundled default model)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--text-col", help="question column (default: first of question, text, title, question1, …)")
     p.add_argument("--id-col", help="id column (default: id/qid if present, else the row number)")
     p.add_argument("--kind", default="flat", choices=["flat", "hnsw"], help="exact flat index or approximate HNSW")
@@ -231,7 +235,8 @@ def _add_search_commands(sub) -> None:
     p.add_argument("index", help="index directory written by qpairs index")
     p.add_argument("question")
     p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
-    p.add_argument("--model", help="model directory (default: the one that built the index, if still there)")
+    p.add_argument("--model", help="model directory or bundled model name (default: the one that built the index, if still "
+                   "there)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="auto")
     _add_backend_arg(p)
@@ -240,7 +245,7 @@ def _add_search_commands(sub) -> None:
     p = sub.add_parser("dedup", help="group the duplicate questions inside a collection")
     p.add_argument("questions", help="CSV/TSV of questions")
     p.add_argument("-o", "--out", required=True, help="clusters file (.csv, .tsv or .parquet)")
-    p.add_argument("--model", help="model directory (default: the bundled default model)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--text-col"), p.add_argument("--id-col")
     p.add_argument("-k", type=int, default=10, help="neighbours per question in the kNN graph (default: 10)")
     p.add_argument("--threshold", type=float, help="duplicate probability cut (default: the model's threshold)")
@@ -252,7 +257,7 @@ def _add_search_commands(sub) -> None:
     p.set_defaults(func=cmd_dedup)
 
     p = sub.add_parser("serve", help="HTTP service and web page: /predict, /search, /health, / (needs qpairs[serve])")
-    p.add_argument("--model", help="model directory (default: the bundled default model)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--index", help="index directory for /search and the web page")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
