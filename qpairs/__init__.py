@@ -16,7 +16,8 @@ _default = None
 
 
 def load(path=None, device: str = "auto", backend: str = "auto"):
-    """Load a run directory (None → the bundled default model) as a `DuplicateDetector`.
+    """Load a run directory or a bundled model by name (None or 'default' → the bundled default model, 'fast' →
+    the bundled BiLSTM; a bare name means the bundle, './fast' a folder) as a `DuplicateDetector`.
 
     backend: 'auto' (ONNX Runtime int8 for a transformer on the CPU, else torch), 'torch', 'onnx', 'onnx-int8'.
     """

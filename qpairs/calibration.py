@@ -15,8 +15,9 @@ def _logit(p):
 class Calibrator:
     """Platt (logistic on the distance) or isotonic calibration plus a decision threshold.
 
-    fit(distances, labels) → predict_proba(distances). `threshold` is a probability cut
-    chosen on the same validation data to maximise accuracy.
+    fit(distances, labels) → predict_proba(distances). `threshold` is a probability cut chosen on the
+    same validation data by an operating-point rule (`qpairs.operating_point`: accuracy by default);
+    `operating_point` records the rule and the precision and recall reached there (None in older files).
     """
 
     def __init__(self, method: str = "platt"):
@@ -26,8 +27,9 @@ class Calibrator:
         self.params: dict = {}
         self.threshold = 0.5
         self.prior = None  # duplicate rate of the data it was fitted on
+        self.operating_point: dict | None = None
 
-    def fit(self, distances, labels) -> "Calibrator":
+    def fit(self, distances, labels, threshold: str = "accuracy") -> "Calibrator":
         d = np.asarray(distances, dtype=np.float64)
         y = np.asarray(labels, dtype=int)
         if len(np.unique(y)) < 2:
@@ -43,7 +45,14 @@ class Calibrator:
             iso = IsotonicRegression(increasing=False, out_of_bounds="clip", y_min=1e-4, y_max=1 - 1e-4).fit(d, y)
             self.params = {"x": iso.X_thresholds_.tolist(), "y": iso.y_thresholds_.tolist()}
         self.prior = float(y.mean())
-        self.threshold = choose_threshold(self.predict_proba(d), y)
+        self.set_operating_point(d, y, threshold)
+        return self
+
+    def set_operating_point(self, distances, labels, rule: str = "accuracy") -> "Calibrator":
+        """Move the decision threshold to `rule` on labelled data (probabilities unchanged)."""
+        from .operating_point import choose
+
+        self.threshold, self.operating_point = choose(self.predict_proba(distances), labels, rule)
         return self
 
     def predict_proba(self, distances) -> np.ndarray:
@@ -70,35 +79,24 @@ class Calibrator:
         return shift_prior(probs, self.prior, test_prior)
 
     def to_dict(self) -> dict:
-        return {"method": self.method, "params": self.params, "threshold": self.threshold, "prior": self.prior}
+        out = {"method": self.method, "params": self.params, "threshold": self.threshold, "prior": self.prior}
+        if self.operating_point is not None:
+            out["operating_point"] = self.operating_point
+        return out
 
     @classmethod
     def from_dict(cls, data: dict) -> "Calibrator":
         cal = cls(data["method"])
         cal.params, cal.threshold, cal.prior = data["params"], float(data["threshold"]), data.get("prior")
+        cal.operating_point = data.get("operating_point")
         return cal
 
 
 def choose_threshold(probs, labels) -> float:
     """The probability cut that maximises accuracy on (validation) data."""
-    p = np.asarray(probs, dtype=np.float64)
-    y = np.asarray(labels, dtype=int)
-    order = np.argsort(-p)
-    p_sorted, y_sorted = p[order], y[order]
-    # predicting the top-k as duplicates: correct = TP(k) + TN(k)
-    tp = np.concatenate([[0], np.cumsum(y_sorted)])
-    fp = np.concatenate([[0], np.cumsum(1 - y_sorted)])
-    tn = (len(y) - y.sum()) - fp
-    acc = (tp + tn) / len(y)
-    # only cut between distinct values
-    valid = np.concatenate([[True], p_sorted[1:] != p_sorted[:-1], [True]])
-    acc = np.where(valid, acc, -1)
-    k = int(np.argmax(acc))
-    if k == 0:
-        return float(np.nextafter(p_sorted[0], np.inf))
-    if k == len(p):
-        return float(p_sorted[-1])
-    return float((p_sorted[k - 1] + p_sorted[k]) / 2)
+    from .operating_point import choose
+
+    return choose(probs, labels, "accuracy")[0]
 
 
 def shift_prior(probs, from_rate: float, to_rate: float) -> np.ndarray:

@@ -86,6 +86,19 @@ def save_model(model: SiameseModel, directory, train_config: dict | None = None)
             enc.save_tokenizer(directory / name)
 
 
+def copy_run_files(src, dst, names) -> None:
+    """Copy the files and folders `names` of run directory `src` (those present) into `dst`."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in names:
+        if (src / name).is_dir():
+            shutil.copytree(src / name, dst / name)
+        elif (src / name).exists():
+            shutil.copy2(src / name, dst / name)
+
+
 def _dedupe_shared(state: dict) -> dict:
     seen, out = {}, {}
     for k, v in state.items():
@@ -117,6 +130,7 @@ def load_model(directory, device: str | torch.device = "cpu") -> tuple[SiameseMo
         state = load_file(weights)
     except Exception as exc:
         raise ModelDirError(f"{weights} is corrupt: {exc}") from exc
+    state = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in state.items()}  # fp16 bundles
     missing, unexpected = model.load_state_dict(state, strict=False)
     frozen = tuple(p + "model." for p, e in (("encoder.", encoder), ("right_encoder.", right))
                    if e is not None and e.config.get("frozen_base"))

@@ -49,6 +49,8 @@ TRAIN_HELP = {
     "metric": "validation metric for early stopping and the best checkpoint",
     "patience": "epochs without improvement before stopping",
     "calibration": "platt or isotonic, fitted on the validation split",
+    "threshold": "operating point chosen on the validation split: accuracy, f1, precision:P (the most recall at "
+                 "precision >= P; refused when out of reach) or recall:R (the most precision at recall >= R)",
     "resume": "continue an interrupted run from its last epoch",
     "device": "auto, cpu or cuda",
     "variant": "siamese (one shared encoder) or pseudo (unshared left/right encoders, e.g. title vs body)",
@@ -65,6 +67,10 @@ TRAIN_HELP = {
     "sites": "title/body: use only these sites",
     "eval_posts": "title/body: at most this many validation and test posts",
 }
+
+
+MODEL_HELP = ("model directory, or a bundled model by name: default (the default model) or fast (a small BiLSTM); "
+              "a bare name always means the bundle, ./NAME a folder (default: default)")
 
 
 def _add_backend_arg(parser: argparse.ArgumentParser) -> None:
@@ -124,6 +130,47 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_adapt(args) -> int:
+    from .adapt import adapt
+
+    cols = {k: v for k, v in (("q1_col", args.q1_col), ("q2_col", args.q2_col), ("label_col", args.label_col)) if v}
+    adapt(args.run, args.data, args.out, threshold=args.threshold, folds=args.folds, head=args.head, seed=args.seed,
+          calibration=args.calibration, epochs=args.epochs, lr=args.lr, penalty=args.head_penalty,
+          device=args.device, on_bad_row=args.on_bad_row, **cols)
+    return 0
+
+
+def _add_adapt_command(sub) -> None:
+    from .config import ADAPT_MIN_PAIRS as MIN_PAIRS, ADAPT_MIN_PER_CLASS as MIN_PER_CLASS
+
+    p = sub.add_parser("adapt", help="refit a run's calibration, threshold (and head) on your own labelled pairs",
+                       description="Refits the calibration and the decision threshold of RUN on labelled pairs from "
+                       "your site (CSV/TSV/Parquet with question1/question2/is_duplicate or the other names qpairs "
+                       "detects), reporting cross-validated before/after figures; --head also retrains the small "
+                       "head on the frozen encoder. OUT is a normal run directory. Needs at least "
+                       f"{MIN_PAIRS} labelled pairs with at least {MIN_PER_CLASS} of each class.")
+    p.add_argument("run", help="run directory, or a bundled model name (default, fast)")
+    p.add_argument("--data", nargs="+", required=True, help="labelled pair files (CSV/TSV, gz ok, or Parquet)")
+    p.add_argument("-o", "--out", required=True, help="adapted run directory to write")
+    p.add_argument("--threshold", default="accuracy",
+                   help="operating point: accuracy, f1, precision:P or recall:R, chosen by cross-validation "
+                        "(default: accuracy)")
+    p.add_argument("--folds", type=int, default=5, help="stratified cross-validation folds (default: 5)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the folds and of --head training (default: 0)")
+    p.add_argument("--calibration", choices=["platt", "isotonic"], help="default: the run's own method")
+    p.add_argument("--head", action="store_true",
+                   help="also retrain the pair classifier head (or, without one, the encoder's output head) on the "
+                        "frozen encoder's outputs")
+    p.add_argument("--epochs", type=int, default=20, help="--head: passes over the pairs (default: 20)")
+    p.add_argument("--lr", type=float, default=1e-2, help="--head: Adam learning rate (default: 0.01)")
+    p.add_argument("--head-penalty", type=float, default=0.1,
+                   help="--head: weight of the L2 penalty toward the starting head weights (default: 0.1)")
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
+    p.add_argument("--on-bad-row", default="error", choices=["error", "drop"])
+    p.add_argument("--q1-col"), p.add_argument("--q2-col"), p.add_argument("--label-col")
+    p.set_defaults(func=cmd_adapt)
+
+
 def cmd_index(args) -> int:
     from .search import index_file
 
@@ -170,7 +217,7 @@ def _add_search_commands(sub) -> None:
     p = sub.add_parser("index", help="encode a question bank into a FAISS index for duplicate search")
     p.add_argument("questions", help="CSV/TSV of questions (a question/text column; an id column optional)")
     p.add_argument("-o", "--out", required=True, help="index directory to write")
-    p.add_argument("--model", help="model directory (default: the bundled default model)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--text-col", help="question column (default: first of question, text, title, question1, …)")
     p.add_argument("--id-col", help="id column (default: id/qid if present, else the row number)")
     p.add_argument("--kind", default="flat", choices=["flat", "hnsw"], help="exact flat index or approximate HNSW")
@@ -188,7 +235,8 @@ def _add_search_commands(sub) -> None:
     p.add_argument("index", help="index directory written by qpairs index")
     p.add_argument("question")
     p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
-    p.add_argument("--model", help="model directory (default: the one that built the index, if still there)")
+    p.add_argument("--model", help="model directory or bundled model name (default: the one that built the index, if still "
+                   "there)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="auto")
     _add_backend_arg(p)
@@ -197,7 +245,7 @@ def _add_search_commands(sub) -> None:
     p = sub.add_parser("dedup", help="group the duplicate questions inside a collection")
     p.add_argument("questions", help="CSV/TSV of questions")
     p.add_argument("-o", "--out", required=True, help="clusters file (.csv, .tsv or .parquet)")
-    p.add_argument("--model", help="model directory (default: the bundled default model)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--text-col"), p.add_argument("--id-col")
     p.add_argument("-k", type=int, default=10, help="neighbours per question in the kNN graph (default: 10)")
     p.add_argument("--threshold", type=float, help="duplicate probability cut (default: the model's threshold)")
@@ -209,7 +257,7 @@ def _add_search_commands(sub) -> None:
     p.set_defaults(func=cmd_dedup)
 
     p = sub.add_parser("serve", help="HTTP service and web page: /predict, /search, /health, / (needs qpairs[serve])")
-    p.add_argument("--model", help="model directory (default: the bundled default model)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--index", help="index directory for /search and the web page")
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8000)
@@ -353,6 +401,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="title/body files: seed of negatives, pools and sampling")
     p.set_defaults(func=cmd_evaluate)
 
+    _add_adapt_command(sub)
     _add_search_commands(sub)
     _add_scoring_commands(sub)
     return parser

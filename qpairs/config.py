@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 NATURAL_DUPLICATE_RATE = 0.37  # duplicate rate of the original QQP
+ADAPT_MIN_PAIRS, ADAPT_MIN_PER_CLASS = 50, 10  # the fewest labelled pairs (and of each class) `qpairs adapt` trusts
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")  # how a model runs at inference (qpairs.onnxrt)
 HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "precision": True, "recall": True, "roc_auc": True,
                     "average_precision": True, "log_loss": False, "loss": False}
@@ -85,6 +86,7 @@ class TrainConfig:
     metric: str = "roc_auc"
     patience: int = 2
     calibration: str = "platt"
+    threshold: str = "accuracy"  # operating point on validation: accuracy | f1 | precision:P | recall:R
     num_workers: int = 0
     resume: bool = False
     progress: bool | None = None  # None → only on a terminal
@@ -120,6 +122,9 @@ class TrainConfig:
         c.normalize = c.normalize if c.normalize is not None else (not lstm)
         if c.projection_dim is None:  # a fine-tuned transformer keeps its pretrained embedding space
             c.projection_dim = 0 if c.encoder == "transformer" and not c.freeze_base else 128
+        from .operating_point import parse_rule
+
+        c.threshold = str(parse_rule(c.threshold))
         if c.metric not in HIGHER_IS_BETTER:
             raise ValueError(f"--metric must be one of {sorted(HIGHER_IS_BETTER)}")
         return c

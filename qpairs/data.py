@@ -72,12 +72,14 @@ def _is_tsv(path: str) -> bool:
 
 
 def read_table(path) -> pd.DataFrame:
-    """Read one CSV/TSV (optionally compressed) through 🤗 datasets, every cell as text."""
+    """Read one CSV/TSV (optionally compressed) through 🤗 datasets, or a Parquet file, every cell as text."""
     import datasets
 
     path = str(path)
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
+    if path.lower().endswith((".parquet", ".pq")):
+        return _read_parquet_as_text(path)
     datasets.disable_progress_bars()
     datasets.logging.set_verbosity_error()
     kwargs = dict(keep_default_na=False)
@@ -91,6 +93,15 @@ def read_table(path) -> pd.DataFrame:
     except Exception as exc:  # datasets wraps pandas errors; keep the file name visible
         raise DataError(f"{path}: could not be read as {'TSV' if _is_tsv(path) else 'CSV'}: {exc}") from exc
     return ds.to_pandas()
+
+
+def _read_parquet_as_text(path: str) -> pd.DataFrame:
+    """A Parquet table with every cell as text (missing cells as '', which validation reports)."""
+    try:
+        frame = pd.read_parquet(path)
+    except Exception as exc:
+        raise DataError(f"{path}: could not be read as Parquet: {exc}") from exc
+    return frame.apply(lambda col: col.map(lambda v: "" if v is None or v != v else str(v)))
 
 
 def _parse_labels(values: pd.Series, path, column: str, on_bad_row: str) -> tuple[np.ndarray, np.ndarray]:

@@ -182,19 +182,46 @@ class DuplicateDetector:
                 f"backend={self.backend})")
 
 
+BUNDLES = {"default": "default_model", "fast": "fast_model"}  # bundled model name → folder inside the package
+BUNDLE_ROOT = Path(__file__).resolve().parent
+
+
+def bundled_model_dir(name: str = "default") -> Path:
+    """Where the bundled model `name` lives (it may not be installed)."""
+    return BUNDLE_ROOT / BUNDLES[name]
+
+
 def default_model_dir() -> Path:
-    return Path(__file__).resolve().parent / "default_model"
+    return bundled_model_dir("default")
+
+
+def resolve_model_path(model=None) -> Path:
+    """A run directory for `model`: None → the bundled default; a bare bundled name as a string ('default',
+    'fast') → that bundle, even when a folder of that name exists here (spell it ./fast to load the folder);
+    anything else → a path."""
+    if model is not None and not (isinstance(model, str) and model in BUNDLES):
+        return Path(model)
+    name = model or "default"
+    path = bundled_model_dir(name)
+    if not path.is_dir():
+        raise ModelDirError(f"the bundled model {name!r} is not installed ({path}); reinstall qpairs, or pass a "
+                            "run directory written by `qpairs train`"
+                            + (f" (a folder called {name} here loads as ./{name})" if Path(name).is_dir() else ""))
+    if model is not None and Path(model).is_dir():
+        import logging
+
+        logging.getLogger("qpairs").warning("%r names the bundled model; the folder %s here is not used (pass "
+                                            "./%s to load it)", model, Path(model).resolve(), model)
+    return path
 
 
 def load(path=None, device: str = "auto", backend: str = "auto") -> DuplicateDetector:
-    """Load a run directory (None → the bundled default model) as a `DuplicateDetector`.
+    """Load a run directory or a bundled model by name (None → the bundled default model, 'fast' → the bundled
+    BiLSTM; see `resolve_model_path`) as a `DuplicateDetector`.
 
     `backend`: 'auto' (ONNX Runtime int8 for a transformer on the CPU, torch otherwise), 'torch', 'onnx'
     (fp32) or 'onnx-int8'; see `DuplicateDetector.use_backend`."""
-    if path is None and not default_model_dir().is_dir():
-        raise ModelDirError(f"the bundled default model is missing from this install ({default_model_dir()}); "
-                            "reinstall qpairs or pass a run directory written by `qpairs train`")
-    path = Path(path) if path is not None else default_model_dir()
+    path = resolve_model_path(path)
     dev = resolve_device(device)
     model, cfg = load_model(path, dev)
     cal_path = path / "calibration.json"

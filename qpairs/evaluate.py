@@ -27,6 +27,10 @@ def evaluate_frame(det, frame: pd.DataFrame, report_dir=None, history=None,
     metrics = classification_metrics(y, probs, det.threshold)
     metrics["threshold"] = det.threshold
     metrics["test_prior"] = test_prior
+    point = det.calibrator.operating_point
+    if point:  # what the stored operating point promised, beside what it reaches here
+        metrics.update(operating_point=point["rule"], promised_precision=point["precision"],
+                       promised_recall=point["recall"])
     if report_dir is not None:
         report_dir = Path(report_dir)
         report_dir.mkdir(parents=True, exist_ok=True)
@@ -49,6 +53,11 @@ def evaluate_run(run_dir, files, out=None, device: str = "auto", on_bad_row: str
     metrics, _ = evaluate_frame(det, frame, out, history, test_prior)
     metrics["backend"] = det.backend
     print(format_table({", ".join(Path(f).name for f in files)[:60]: metrics}))
+    from .operating_point import describe
+
+    line = describe(det.calibrator.operating_point, metrics)
+    if line:
+        print(line)
     if test_prior is not None:
         print(f"probabilities re-weighted from duplicate rate {det.calibrator.prior:.3f} to {test_prior}")
     print(f"report written to {out}")

@@ -286,8 +286,8 @@ def lr_lambda(total_steps: int, warmup: float):
 
 @torch.no_grad()
 def validate(model, loss_fn, frame, device, batch_size, calibration: str,
-             cache=None) -> tuple[dict, Calibrator, np.ndarray]:
-    """Validation loss and metrics; fits the calibrator on this (validation) data.
+             cache=None, threshold: str = "accuracy") -> tuple[dict, Calibrator, np.ndarray]:
+    """Validation loss and metrics; fits the calibrator and its `threshold` rule on this (validation) data.
 
     Under torchrun each rank embeds the rows ``rank::world`` and the distances are gathered,
     so every rank fits the same calibrator and sees the same metrics (and stops at the same epoch).
@@ -303,11 +303,34 @@ def validate(model, loss_fn, frame, device, batch_size, calibration: str,
         dists.append(model.distance(e1, e2).cpu().numpy())
     d = distributed.gather_strided(np.concatenate(dists) if dists else np.zeros(0, np.float32))
     labels = frame["is_duplicate"].to_numpy()
-    cal = Calibrator(calibration).fit(d, labels)
+    cal = fit_calibrator(calibration, d, labels, threshold)
     m = classification_metrics(labels, cal.predict_proba(d), cal.threshold)
     m["loss"] = distributed.all_sum(sum(losses))[0] / len(frame)
     model.train()
     return m, cal, d
+
+
+def fit_calibrator(method: str, distances, labels, threshold: str = "accuracy") -> Calibrator:
+    """A calibrator at the `threshold` rule; an out-of-reach precision target keeps the accuracy cut and is
+    marked 'unreachable' (`check_operating_point` refuses it once training is over)."""
+    from .operating_point import OperatingPointError
+
+    try:
+        return Calibrator(method).fit(distances, labels, threshold)
+    except OperatingPointError as exc:
+        cal = Calibrator(method).fit(distances, labels)
+        cal.operating_point["unreachable"] = f"--threshold {threshold}: {exc}"
+        return cal
+
+
+def check_operating_point(run_dir: Path) -> None:
+    """Refuse a run whose best checkpoint could not reach its --threshold target on validation."""
+    from .operating_point import OperatingPointError
+
+    point = read_json(run_dir / "calibration.json").get("operating_point") or {}
+    if "unreachable" in point:
+        raise OperatingPointError(f"{point['unreachable']} (validation split of {run_dir}); the run is saved "
+                                  "with the accuracy threshold")
 
 
 def autocast(device):
@@ -435,7 +458,8 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
         total, seen = distributed.all_sum(total, seen)  # over all processes
         if not distributed.parameters_in_sync(model):
             raise RuntimeError("DDP processes hold different weights: a forward pass bypassed the DDP wrapper")
-        metrics, cal, _ = validate(model, loss_fn, val_df, device, cfg.batch_size, cfg.calibration, cache)
+        metrics, cal, _ = validate(model, loss_fn, val_df, device, cfg.batch_size, cfg.calibration, cache,
+                                   cfg.threshold)
         row = {"epoch": epoch, "train_loss": total / max(seen, 1), "pairs_per_s": seen / train_time,
                "train_time_s": train_time,
                **{f"val_{k}": v for k, v in metrics.items()}}
@@ -459,6 +483,7 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     if distributed.is_main():  # the final evaluation runs on rank 0 alone
         finish(run_dir, val_df, test_df, state["history"], device)
     distributed.cleanup()
+    check_operating_point(run_dir)
     return run_dir
 
 
@@ -473,4 +498,9 @@ def finish(run_dir: Path, val_df, test_df, history, device) -> dict:
         results["test"], _ = evaluate_frame(det, test_df, report_dir=run_dir / "report", history=history)
     write_json(run_dir / "metrics.json", results)
     print(format_table(results))
+    from .operating_point import describe
+
+    line = describe(det.calibrator.operating_point, results["test"]) if "test" in results else None
+    if line:
+        print("test: " + line)
     return results

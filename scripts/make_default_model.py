@@ -13,6 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
+from qpairs.checkpoint import copy_run_files
 from qpairs.detector import default_model_dir, load
 from qpairs.encoders import DEFAULT_BASE
 
@@ -32,13 +33,7 @@ def main() -> None:
                          f"got frozen_base={enc.get('frozen_base')}, base_model={enc.get('base_model')!r}")
     if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
-    for name in KEEP:
-        src = run / name
-        if src.is_dir():
-            shutil.copytree(src, out / name)
-        elif src.exists():
-            shutil.copy2(src, out / name)
+    copy_run_files(run, out, KEEP)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     if size > MAX_BYTES:
         raise SystemExit(f"{out} is {size / 2**20:.1f} MB, over the 10 MB limit")

@@ -1,0 +1,78 @@
+"""Named bundled models ('default', 'fast'), fp16 weights, scripts/make_fast_model.py."""
+import importlib.util
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import qpairs
+from conftest import make_pairs
+from qpairs import detector
+from qpairs.checkpoint import ModelDirError
+from qpairs.cli import main
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def make_fast_model():
+    spec = importlib.util.spec_from_file_location("make_fast_model", ROOT / "scripts" / "make_fast_model.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture
+def bundles(tmp_path, monkeypatch):
+    """An empty package folder for bundled models."""
+    root = tmp_path / "pkg"
+    root.mkdir()
+    monkeypatch.setattr(detector, "BUNDLE_ROOT", root)
+    return root
+
+
+def test_a_missing_bundle_is_a_clear_error(bundles, tmp_path, capsys):
+    with pytest.raises(ModelDirError, match="bundled model 'fast' is not installed"):
+        qpairs.load("fast")
+    data = tmp_path / "pairs.csv"
+    make_pairs(20).to_csv(data, index=False)
+    assert main(["score", str(data), "-o", str(tmp_path / "out.csv"), "--model", "fast"]) == 2
+    assert "bundled model 'fast' is not installed" in capsys.readouterr().err
+
+
+def test_fast_bundle_is_fp16_and_scores_like_its_run(tiny_run, bundles, tmp_path, monkeypatch, capsys):
+    from safetensors import safe_open
+
+    r = make_fast_model().package(tiny_run, bundles / "fast_model")
+    assert r["bytes"] < 15 * 2**20 and r["max_probability_change"] < 1e-3
+    with safe_open(bundles / "fast_model" / "model.safetensors", "pt") as f:
+        assert {str(f.get_tensor(k).dtype) for k in f.keys() if f.get_tensor(k).is_floating_point()} == {"torch.float16"}
+    pairs = make_pairs(100, seed=7)
+    q1, q2 = list(pairs["question1"]), list(pairs["question2"])
+    fast, full = qpairs.load("fast", device="cpu"), qpairs.load(tiny_run, device="cpu")
+    assert fast.path == bundles / "fast_model"
+    assert next(fast.model.parameters()).dtype.is_floating_point and str(next(fast.model.parameters()).dtype) == "torch.float32"
+    assert np.abs(fast.predict_proba(q1, q2) - full.predict_proba(q1, q2)).max() < 1e-3
+    data = tmp_path / "pairs.csv"
+    pairs.to_csv(data, index=False)
+    assert main(["score", str(data), "-o", str(tmp_path / "out.csv"), "--model", "fast", "--device", "cpu"]) == 0
+
+
+def test_a_bare_name_means_the_bundle_and_an_explicit_path_the_folder(tiny_run, bundles, tmp_path, monkeypatch):
+    from _tiny_models import tiny_lstm_dir
+
+    shutil.copytree(tiny_run, bundles / "fast_model")
+    monkeypatch.chdir(tmp_path)
+    tiny_lstm_dir(tmp_path / "fast")  # a run folder that happens to be called fast
+    assert qpairs.load("fast", device="cpu").path == bundles / "fast_model"
+    assert qpairs.load("./fast", device="cpu").path == Path("./fast")
+    assert qpairs.load(Path("fast"), device="cpu").path == Path("fast")
+    with pytest.raises(ModelDirError, match="bundled model .default. is not installed"):
+        detector.resolve_model_path(None)  # None is the bundled default, not installed in this package folder
+
+
+def test_make_fast_model_refuses_a_transformer_run(tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.json").write_text('{"encoder": {"type": "transformer"}}')
+    with pytest.raises(SystemExit, match="Siamese BiLSTM"):
+        make_fast_model().package(tmp_path / "run", tmp_path / "out")
