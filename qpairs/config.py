@@ -87,6 +87,7 @@ class TrainConfig:
     calibration: str = "platt"
     num_workers: int = 0
     resume: bool = False
+    checkpoint_minutes: float = 10.0  # resumable checkpoint within an epoch this often (0: at epoch ends only)
     progress: bool | None = None  # None → only on a terminal
 
     def resolved(self) -> "TrainConfig":
