@@ -7,9 +7,10 @@ import logging
 import sys
 import typing
 
-LIMITS = ("English text only: a question in another language gets an unreliable probability (a Spanish "
-          "paraphrase of an English question scores about 0.44). The bundled default model was trained on "
-          "English Quora question pairs (QQP) and does best on short questions of that kind.")
+LIMITS = ("English text only: questions in another language get unreliable probabilities (with the default "
+          "model a Spanish paraphrase pair scores 0.33, the same pair in English 0.93). The bundled default model "
+          "was trained on English Quora question pairs (QQP) and does best on short questions of that kind.")
+
 TRAIN_HELP = {
     "out": "run directory to write (config, weights, calibration, metrics, report)",
     "data": "pair files (CSV/TSV, gz ok); default: the labelled QQP files in ../shared/data",
@@ -94,8 +95,8 @@ TRAIN_HELP = {
 TRAIN_GROUPS = {  # `qpairs train --help` sections: TrainConfig field names
     "data": ("data", "extra_train", "teacher_labels", "distill_weight", "infer_negatives", "split_by", "balance",
              "train_pos_rate", "eval_rate", "max_train_pairs", "on_bad_row"),
-    "title/body data (see the training docs)": ("left_col", "right_col", "body_truncation", "body_max_words",
-                                                "negatives", "test_site", "sites", "eval_posts"),
+    "title/body data": ("left_col", "right_col", "body_truncation", "body_max_words", "negatives", "test_site",
+                        "sites", "eval_posts"),
     "model": ("encoder", "variant", "distance", "max_length", "pooling", "projection_dim", "normalize", "tokens",
               "word_vectors", "glove", "embedding_dim", "freeze_embeddings", "min_freq", "hidden_size", "num_layers",
               "dropout", "base_model", "freeze_base", "head", "embedding_cache", "left_encoder", "right_encoder",
@@ -138,20 +139,24 @@ def _add_dataclass_args(parser: argparse.ArgumentParser, cls, helps: dict, group
         group = parser.add_argument_group(title)
         for name in (n for n in names if n in fields):
             f = fields[name]
-            flag = "--" + name.replace("_", "-")
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-            hint = hints[name]
             text = helps.get(name, "")
-            text = argparse.SUPPRESS if name in hidden else (text + ("" if "default:" in text else _default_text(default))).strip()
-            if hint is bool or hint == (bool | None):
-                group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
-            elif typing.get_origin(hint) is list:
-                group.add_argument(flag, nargs="+", default=default, metavar="FILE" if name != "sites" else "SITE",
-                                   help=text)
-            else:
-                kind = next(a for a in typing.get_args(hint) or (hint,) if a is not type(None))
-                group.add_argument(flag, type=kind, default=default, choices=choices.get(name), help=text,
-                                   metavar=None if name in choices else name.upper().split("_")[-1])
+            text = (text + ("" if "default:" in text else _default_text(default))).strip()
+            _add_field(group, name, hints[name], default, argparse.SUPPRESS if name in hidden else text,
+                       choices.get(name))
+
+
+def _add_field(group, name: str, hint, default, text: str, choices) -> None:
+    """The flag of one settings field: on/off for a bool, a list of values for a list, else one typed value."""
+    flag = "--" + name.replace("_", "-")
+    if hint is bool or hint == (bool | None):
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+    elif typing.get_origin(hint) is list:
+        group.add_argument(flag, nargs="+", default=default, metavar="SITE" if name == "sites" else "FILE", help=text)
+    else:
+        kind = next(a for a in typing.get_args(hint) or (hint,) if a is not type(None))
+        group.add_argument(flag, type=kind, default=default, choices=choices, help=text,
+                           metavar=None if choices else name.upper().split("_")[-1])
 
 
 def cmd_train(args) -> int:

@@ -151,3 +151,15 @@ def test_missing_column_error_names_the_flags(tiny_run, tmp_path, capsys):
     err = capsys.readouterr().err
     assert "no first-question column" in err and "--q1-col and --q2-col" in err and "--id-col" in err
     assert len(err.strip().splitlines()) == 1
+
+
+def test_limits_are_stated_in_help_and_on_the_web_page(capsys):
+    from pathlib import Path
+
+    import qpairs
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "English text only" in capsys.readouterr().out and "Quora" in qpairs.cli.LIMITS
+    page = (Path(qpairs.__file__).parent / "web" / "index.html").read_text()
+    assert "English only" in page and "Quora" in page
