@@ -15,7 +15,7 @@ TRAIN_HELP = {
     "out": "run directory to write (config, weights, calibration, metrics, report)",
     "data": "pair files (CSV/TSV, gz ok); default: the labelled QQP files in ../shared/data",
     "encoder": "lstm (a BiLSTM over word vectors) or transformer (a 🤗 model, default all-MiniLM-L6-v2)",
-    "epochs": "passes over the training split",
+    "epochs": "passes over the training split (default: 6; with --resume: the run's own)",
     "batch_size": "training pairs (or triplets) per step",
     "lr": "learning rate (default: 2e-3 for lstm, 2e-5 for transformer)",
     "weight_decay": "AdamW weight decay",
@@ -129,9 +129,10 @@ def _default_text(default) -> str:
 
 
 def _add_dataclass_args(parser: argparse.ArgumentParser, cls, helps: dict, groups: dict, choices: dict,
-                        hidden=()) -> None:
+                        hidden=(), cli_defaults=None) -> None:
     """One flag per field of the dataclass `cls`, in the argument groups `groups` (title → field names)."""
     hints = typing.get_type_hints(cls)
+    cli_defaults = cli_defaults or {}
     fields = {f.name: f for f in dataclasses.fields(cls)}
     listed = [n for names in groups.values() for n in names]
     sections = {**groups, "other options": tuple(n for n in fields if n not in listed)}
@@ -141,6 +142,8 @@ def _add_dataclass_args(parser: argparse.ArgumentParser, cls, helps: dict, group
             f = fields[name]
             default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
             text = helps.get(name, "")
+            if name in cli_defaults:  # the flag's default differs from the field's; its help says what it means
+                default = cli_defaults[name]
             text = (text + ("" if "default:" in text else _default_text(default))).strip()
             _add_field(group, name, hints[name], default, argparse.SUPPRESS if name in hidden else text,
                        choices.get(name))
@@ -166,7 +169,12 @@ def cmd_train(args) -> int:
     from .train import train
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    run = train(cfg)
+    try:
+        run = train(cfg)
+    except KeyboardInterrupt:
+        print(f"qpairs train: interrupted; `qpairs train --out {cfg.out} --resume` continues from the last "
+              "checkpoint", file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
         print(f"model saved to {run}")
     return 0
@@ -429,7 +437,7 @@ def build_parser() -> argparse.ArgumentParser:
                        "split, train with validation every epoch and early stopping, calibrate, report on the "
                        "test split. The run directory is written as it goes and resumable (--resume). "
                        "English text only: the encoders, tokenizers and word vectors are English ones.")
-    _add_dataclass_args(p, TrainConfig, TRAIN_HELP, TRAIN_GROUPS, TRAIN_CHOICES, TRAIN_HIDDEN)
+    _add_dataclass_args(p, TrainConfig, TRAIN_HELP, TRAIN_GROUPS, TRAIN_CHOICES, TRAIN_HIDDEN, {"epochs": None})
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics table and report of a trained run on labelled pairs (or title/body posts)",

@@ -425,10 +425,12 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
         log.setLevel(logging.WARNING)  # rank 0 logs
     run_dir.mkdir(parents=True, exist_ok=True)
     source = saved_run(run_dir) if cfg.resume else None  # the model and settings to continue
+    saved = read_json(source / "config.json").get("train", {}) if source is not None else {}
+    epochs = cfg.epochs if cfg.epochs is not None else saved.get("epochs", TrainConfig.epochs)  # None: the run's
     if source is not None:
-        saved = read_json(source / "config.json").get("train", {})
-        cfg = TrainConfig(**{**saved, "resume": True, "out": cfg.out, "epochs": cfg.epochs, "device": cfg.device,
+        cfg = TrainConfig(**{**saved, "resume": True, "out": cfg.out, "epochs": epochs, "device": cfg.device,
                              "progress": cfg.progress, "checkpoint_minutes": cfg.checkpoint_minutes})
+    cfg.epochs = epochs
     log.info("%s the run in %s", "continuing" if source else "writing", run_dir.resolve())
     seed_everything(cfg.seed)
     show = cfg.progress if cfg.progress is not None else None  # tqdm: None → only on a TTY

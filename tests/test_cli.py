@@ -163,3 +163,24 @@ def test_limits_are_stated_in_help_and_on_the_web_page(capsys):
     assert "English text only" in capsys.readouterr().out and "Quora" in qpairs.cli.LIMITS
     page = (Path(qpairs.__file__).parent / "web" / "index.html").read_text()
     assert "English only" in page and "Quora" in page
+
+
+def test_train_resume_keeps_the_runs_epochs_and_interrupt_is_one_line(tmp_path, monkeypatch, capsys):
+    import qpairs.train
+
+    data = tmp_path / "pairs.csv"
+    make_pairs(200, seed=9).to_csv(data, index=False)
+    flags = ["--data", str(data), "--out", str(tmp_path / "run"), "--no-glove", "--embedding-dim", "8",
+             "--hidden-size", "8", "--projection-dim", "8", "--min-freq", "1", "--device", "cpu", "--no-progress"]
+    assert main(["train", *flags, "--epochs", "1"]) == 0
+    assert main(["train", *flags, "--resume"]) == 0  # no --epochs: the run's own 1, nothing left to train
+    assert [h["epoch"] for h in json.loads((tmp_path / "run" / "history.json").read_text())] == [1]
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qpairs.train, "train", interrupted)
+    capsys.readouterr()
+    assert main(["train", *flags]) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--out {tmp_path / 'run'} --resume" in err
