@@ -1,7 +1,9 @@
 """Training: data → splits → model → AdamW loop with validation, early stopping, calibration, report.
 
 `train(TrainConfig(...))` is what `qpairs train` runs. A run directory is written as it
-goes (see `qpairs.checkpoint`); `resume=True` continues from its ``last/`` state.
+goes (see `qpairs.checkpoint`); `resume=True` continues from its ``last/`` state, saved at each
+epoch end and every ``checkpoint_minutes`` within an epoch. The batch order of an epoch follows
+from the seed alone, so a resumed epoch skips the batches already trained and goes on exactly.
 """
 from __future__ import annotations
 

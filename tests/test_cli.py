@@ -184,3 +184,10 @@ def test_train_resume_keeps_the_runs_epochs_and_interrupt_is_one_line(tmp_path, 
     assert main(["train", *flags]) == 130
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"--out {tmp_path / 'run'} --resume" in err
+
+
+def test_models_print_as_short_readable_lines(tiny_run):
+    import qpairs
+
+    text = str(qpairs.load(tiny_run, device="cpu"))
+    assert text == f"{tiny_run} (siamese lstm, cpu, torch)"
