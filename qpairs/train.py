@@ -12,9 +12,9 @@ import math
 import os
 import random
 import time
-from itertools import islice
 from contextlib import nullcontext
 from dataclasses import asdict
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
