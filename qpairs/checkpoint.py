@@ -9,7 +9,9 @@ Layout of a run directory::
     calibration.json    distance → probability map and decision threshold
     metrics.json        validation/test metrics
     history.json        per-epoch training log
-    last/               resumable state (weights, optimizer state, epoch) of the latest epoch
+    last/               resumable state: a model directory of the latest weights plus optimizer, scheduler
+                        and RNG state, the epochs done and the position in the next one (saved at each
+                        epoch end and every --checkpoint-minutes within an epoch)
 """
 from __future__ import annotations
 

@@ -7,12 +7,37 @@ import logging
 import sys
 import typing
 
+LIMITS = ("English text only: questions in another language get unreliable probabilities (with the default "
+          "model a Spanish paraphrase pair scores 0.33, the same pair in English 0.93). The bundled default model "
+          "was trained on English Quora question pairs (QQP) and does best on short questions of that kind.")
+
 TRAIN_HELP = {
     "out": "run directory to write (config, weights, calibration, metrics, report)",
     "data": "pair files (CSV/TSV, gz ok); default: the labelled QQP files in ../shared/data",
-    "encoder": "lstm or transformer",
+    "encoder": "lstm (a BiLSTM over word vectors) or transformer (a 🤗 model, default all-MiniLM-L6-v2)",
+    "epochs": "passes over the training split (default: 6; with --resume: the run's own)",
+    "batch_size": "training pairs (or triplets) per step",
+    "lr": "learning rate (default: 2e-3 for lstm, 2e-5 for transformer)",
+    "weight_decay": "AdamW weight decay",
+    "warmup": "fraction of the steps with a linearly rising learning rate (then linear decay)",
+    "grad_clip": "gradient norm clip (0: none)",
+    "distance": "distance between the two embeddings that the loss and the calibration use",
+    "max_length": "tokens kept per question",
+    "seed": "seed of the split, the data order, the initial weights and dropout",
+    "embedding_dim": "LSTM word vector size (GloVe: 50)",
+    "hidden_size": "LSTM hidden units per direction",
+    "num_layers": "LSTM layers",
+    "pooling": "pooling of the token states (default: max for lstm, mean for transformer)",
+    "projection_dim": "size of the output embedding (default: 128; a fine-tuned transformer keeps its own size)",
+    "normalize": "L2-normalise the embeddings (default: on for transformer, off for lstm)",
+    "min_freq": "LSTM word vocabulary: words seen fewer times in training are unknown",
+    "dropout": "LSTM dropout",
+    "body_max_words": "title/body: words kept of a body",
+    "checkpoint_minutes": "also save a resumable checkpoint within an epoch at least this often (0: only at "
+                          "the end of each epoch); --resume continues from it",
+    "progress": "progress bar over the whole run with its remaining time (default: only on a terminal)",
     "loss": "contrastive, online_contrastive (hard pairs only), triplet (FaceNet) or mnrl (in-batch InfoNCE)",
-    "margin": "loss margin (default per loss: contrastive 1.0, online_contrastive and triplet 0.5)",
+    "margin": "loss margin (default: contrastive 1.0, online_contrastive and triplet 0.5)",
     "triplet_negatives": "triplet/mnrl negatives: labelled (the anchor's labelled non-duplicates, else random) or random",
     "mining": "triplet/mnrl: none, batch_hard or semi_hard choice of each negative among the batch's rows",
     "tokens": "BiLSTM input tokens: word (a vocabulary of the training words; unseen words are unknown) or "
@@ -51,8 +76,8 @@ TRAIN_HELP = {
     "calibration": "platt or isotonic, fitted on the validation split",
     "threshold": "operating point chosen on the validation split: accuracy, f1, precision:P (the most recall at "
                  "precision >= P; refused when out of reach) or recall:R (the most precision at recall >= R)",
-    "resume": "continue an interrupted run from its last epoch",
-    "device": "auto, cpu or cuda",
+    "resume": "continue an interrupted run from its last checkpoint (an epoch end or within an epoch)",
+    "device": "auto (a GPU when there is one), cpu, cuda or cuda:N",
     "variant": "siamese (one shared encoder) or pseudo (unshared left/right encoders, e.g. title vs body)",
     "left_encoder": "pseudo: encoder of the left side (titles): lstm or transformer (default: --encoder)",
     "right_encoder": "pseudo: encoder of the right side (bodies): lstm or transformer (default: the left one)",
@@ -71,6 +96,22 @@ TRAIN_HELP = {
 
 MODEL_HELP = ("model directory, or a bundled model by name: default (the default model) or fast (a small BiLSTM); "
               "a bare name always means the bundle, ./NAME a folder (default: default)")
+TRAIN_GROUPS = {  # `qpairs train --help` sections: TrainConfig field names
+    "data": ("data", "extra_train", "teacher_labels", "distill_weight", "infer_negatives", "split_by", "balance",
+             "train_pos_rate", "eval_rate", "max_train_pairs", "on_bad_row"),
+    "title/body data": ("left_col", "right_col", "body_truncation", "body_max_words", "negatives", "test_site",
+                        "sites", "eval_posts"),
+    "model": ("encoder", "variant", "distance", "max_length", "pooling", "projection_dim", "normalize", "tokens",
+              "word_vectors", "glove", "embedding_dim", "freeze_embeddings", "min_freq", "hidden_size", "num_layers",
+              "dropout", "base_model", "freeze_base", "head", "embedding_cache", "left_encoder", "right_encoder",
+              "right_pooling", "right_max_length", "pair_head", "pair_head_hidden"),
+    "loss": ("loss", "margin", "scale", "triplet_negatives", "mining", "transitive", "max_pairs_per_group",
+             "pair_head_weight"),
+    "optimisation and validation": ("epochs", "batch_size", "lr", "right_lr", "weight_decay", "warmup", "grad_clip",
+                                    "seed", "metric", "patience", "calibration", "threshold"),
+    "output and run": ("out", "resume", "checkpoint_minutes", "device", "progress", "num_workers"),
+}
+TRAIN_HIDDEN = ("num_workers",)  # accepted, unused: batches are built in the training process
 
 
 def _add_backend_arg(parser: argparse.ArgumentParser) -> None:
@@ -82,22 +123,47 @@ def _add_backend_arg(parser: argparse.ArgumentParser) -> None:
                              "models (default: auto)")
 
 
-def _add_dataclass_args(parser: argparse.ArgumentParser, cls, helps: dict, skip=()) -> None:
+def _default_text(default) -> str:
+    """' (default: …)' for a real default; none for None or an empty list (the help says what happens)."""
+    if default is None or default == []:
+        return ""
+    if isinstance(default, bool):
+        return f" (default: {'on' if default else 'off'})"
+    return f" (default: {' '.join(default) if isinstance(default, list) else default})"
+
+
+def _add_dataclass_args(parser: argparse.ArgumentParser, cls, helps: dict, groups: dict, choices: dict,
+                        hidden=(), cli_defaults=None) -> None:
+    """One flag per field of the dataclass `cls`, in the argument groups `groups` (title → field names)."""
     hints = typing.get_type_hints(cls)
-    for f in dataclasses.fields(cls):
-        if f.name in skip:
-            continue
-        flag = "--" + f.name.replace("_", "-")
-        default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        hint = hints[f.name]
-        help_text = (helps.get(f.name, "") + f" (default: {default})").strip()
-        if hint is bool or hint == (bool | None):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
-        elif typing.get_origin(hint) is list:
-            parser.add_argument(flag, nargs="+", default=default, help=help_text)
-        else:
-            args = [a for a in typing.get_args(hint) if a is not type(None)] or [hint]
-            parser.add_argument(flag, type=args[0], default=default, help=help_text)
+    cli_defaults = cli_defaults or {}
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    listed = [n for names in groups.values() for n in names]
+    sections = {**groups, "other options": tuple(n for n in fields if n not in listed)}
+    for title, names in sections.items():
+        group = parser.add_argument_group(title)
+        for name in (n for n in names if n in fields):
+            f = fields[name]
+            default = f.default if f.default is not dataclasses.MISSING else f.default_factory()
+            text = helps.get(name, "")
+            if name in cli_defaults:  # the flag's default differs from the field's; its help says what it means
+                default = cli_defaults[name]
+            text = (text + ("" if "default:" in text else _default_text(default))).strip()
+            _add_field(group, name, hints[name], default, argparse.SUPPRESS if name in hidden else text,
+                       choices.get(name))
+
+
+def _add_field(group, name: str, hint, default, text: str, choices) -> None:
+    """The flag of one settings field: on/off for a bool, a list of values for a list, else one typed value."""
+    flag = "--" + name.replace("_", "-")
+    if hint is bool or hint == (bool | None):
+        group.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=text)
+    elif typing.get_origin(hint) is list:
+        group.add_argument(flag, nargs="+", default=default, metavar="SITE" if name == "sites" else "FILE", help=text)
+    else:
+        kind = next(a for a in typing.get_args(hint) or (hint,) if a is not type(None))
+        group.add_argument(flag, type=kind, default=default, choices=choices, help=text,
+                           metavar=None if choices else name.upper().split("_")[-1])
 
 
 def cmd_train(args) -> int:
@@ -107,25 +173,33 @@ def cmd_train(args) -> int:
     from .train import train
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    run = train(cfg)
+    try:
+        run = train(cfg)
+    except KeyboardInterrupt:
+        print(f"qpairs train: interrupted; `qpairs train --out {cfg.out} --resume` continues from the last "
+              "checkpoint", file=sys.stderr)
+        return 130
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
         print(f"model saved to {run}")
     return 0
 
 
 def cmd_evaluate(args) -> int:
-    from .evaluate import evaluate_run
+    from .evaluate import evaluate_run, report_dir
     from .title_body import is_title_body_file
 
-    if all(is_title_body_file(f) for f in args.data):  # posts (title + HTML body): pairs and retrieval
+    run = _evaluate_run_dir(args)
+    title_body = all(is_title_body_file(f) for f in args.data)  # posts (title + HTML body): pairs and retrieval
+    out = args.out or report_dir(run, args.data, "title_body_" if title_body else "")
+    if title_body:
         from .title_body_eval import evaluate_title_body_run
 
-        evaluate_title_body_run(args.run, args.data, args.out, args.device, args.site, args.max_posts,
+        evaluate_title_body_run(run, args.data, out, args.device, args.site, args.max_posts,
                                 args.candidates, args.seed, backend=args.backend)
         return 0
 
     cols = {k: v for k, v in (("q1_col", args.q1_col), ("q2_col", args.q2_col), ("label_col", args.label_col)) if v}
-    evaluate_run(args.run, args.data, args.out, args.device, args.on_bad_row, backend=args.backend,
+    evaluate_run(run, args.data, out, args.device, args.on_bad_row, backend=args.backend,
                  test_prior=args.test_prior, **cols)
     return 0
 
@@ -171,12 +245,24 @@ def _add_adapt_command(sub) -> None:
     p.set_defaults(func=cmd_adapt)
 
 
+def _evaluate_run_dir(args):
+    """The run to evaluate: RUN or --model; a run directory given after --data's files is taken as RUN."""
+    from pathlib import Path
+
+    if args.run and args.model and args.run != args.model:
+        raise ValueError(f"two runs given: {args.run} and --model {args.model}")
+    run = args.run or args.model
+    if run is None and len(args.data) > 1 and Path(args.data[-1]).is_dir():
+        run, args.data = args.data[-1], args.data[:-1]
+    return run
+
+
 def cmd_index(args) -> int:
     from .search import index_file
 
     index = index_file(args.questions, args.out, args.model, args.text_col, args.id_col, args.kind, args.append,
                        args.device, args.batch_size, backend=args.backend, space=args.space)
-    print(f"{index} saved to {args.out}")
+    print(f"{index} written to {args.out}")
     return 0
 
 
@@ -214,7 +300,9 @@ def cmd_serve(args) -> int:
 
 
 def _add_search_commands(sub) -> None:
-    p = sub.add_parser("index", help="encode a question bank into a FAISS index for duplicate search")
+    p = sub.add_parser("index", help="encode a question bank into a FAISS index for duplicate search",
+                       description=f"Encode a question bank for `qpairs search`, `qpairs serve --index` and the web "
+                       f"page. {LIMITS}")
     p.add_argument("questions", help="CSV/TSV of questions (a question/text column; an id column optional)")
     p.add_argument("-o", "--out", required=True, help="index directory to write")
     p.add_argument("--model", help=MODEL_HELP)
@@ -227,22 +315,31 @@ def _add_search_commands(sub) -> None:
                         "a character n-gram cosine (base); auto = base where possible (default: auto)")
     p.add_argument("--append", action="store_true", help="add the questions to an existing index (same model only)")
     p.add_argument("--batch-size", type=int, help="encoding batch size (default: the model's)")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     _add_backend_arg(p)
     p.set_defaults(func=cmd_index)
 
-    p = sub.add_parser("search", help="nearest existing questions to a new one, with duplicate probabilities")
+    p = sub.add_parser("search", help="nearest existing questions to a new one, with duplicate probabilities",
+                       description="The k stored questions nearest to QUESTION, best first. Columns: rank; score, "
+                       "what the ranking sorts by (higher first); prob, the calibrated duplicate probability of the "
+                       "pair; dup, prob at or above the model's threshold. In a model-space index the score is "
+                       "minus the model's distance, so it orders as prob does. In a base-space index (the default "
+                       "model's) the score is the base encoder's cosine plus a weighted character n-gram cosine, "
+                       "which finds duplicates in a large bank better than prob; prob comes from the model's head "
+                       "and can be lower for a higher-ranked hit. " + LIMITS)
     p.add_argument("index", help="index directory written by qpairs index")
-    p.add_argument("question")
+    p.add_argument("question", help="the new question (quote it)")
     p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
     p.add_argument("--model", help="model directory or bundled model name (default: the one that built the index, if still "
                    "there)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     _add_backend_arg(p)
     p.set_defaults(func=cmd_search)
 
-    p = sub.add_parser("dedup", help="group the duplicate questions inside a collection")
+    p = sub.add_parser("dedup", help="group the duplicate questions inside a collection",
+                       description="Link each question to its likely duplicates among its k nearest neighbours and "
+                       f"write one cluster id per question. {LIMITS}")
     p.add_argument("questions", help="CSV/TSV of questions")
     p.add_argument("-o", "--out", required=True, help="clusters file (.csv, .tsv or .parquet)")
     p.add_argument("--model", help=MODEL_HELP)
@@ -252,11 +349,12 @@ def _add_search_commands(sub) -> None:
     p.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw"],
                    help="kNN index: auto = exact up to 200k questions, HNSW above")
     p.add_argument("--batch-size", type=int)
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     _add_backend_arg(p)
     p.set_defaults(func=cmd_dedup)
 
-    p = sub.add_parser("serve", help="HTTP service and web page: /predict, /search, /health, / (needs qpairs[serve])")
+    p = sub.add_parser("serve", help="HTTP service and web page: /predict, /search, /health, / (needs qpairs[serve])",
+                       description=f"Serve a model (and an index) over HTTP, with a web page at /. {LIMITS}")
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--index", help="index directory for /search and the web page")
     p.add_argument("--host", default="127.0.0.1")
@@ -265,7 +363,7 @@ def _add_search_commands(sub) -> None:
     p.add_argument("--threads", type=int,
                    help="model threads (torch, ONNX Runtime, FAISS); default: 1 for torch models, up to 4 for "
                         "ONNX Runtime ones; 0 = the libraries' default")
-    p.add_argument("--device", default="auto")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     _add_backend_arg(p)
     p.set_defaults(func=cmd_serve)
 
@@ -372,33 +470,57 @@ def _add_scoring_commands(sub) -> None:
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="qpairs", description="Duplicate-question detection with Siamese networks.")
+    parser = argparse.ArgumentParser(prog="qpairs", description="Duplicate-question detection with Siamese networks. "
+                                     f"{LIMITS}")
     parser.add_argument("--version", action="version", version=f"qpairs {__version__}")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    from .config import TrainConfig
+    from .config import TRAIN_CHOICES, TrainConfig
 
-    p = sub.add_parser("train", help="train a Siamese model on question pairs")
-    _add_dataclass_args(p, TrainConfig, TRAIN_HELP)
+    p = sub.add_parser("train", help="train a Siamese model on question pairs", usage="%(prog)s [OPTIONS]",
+                       description="Train a Siamese (or pseudo-Siamese) encoder on labelled question pairs: "
+                       "split, train with validation every epoch and early stopping, calibrate, report on the "
+                       "test split. The run directory is written as it goes and resumable (--resume). "
+                       "English text only: the encoders, tokenizers and word vectors are English ones.")
+    _add_dataclass_args(p, TrainConfig, TRAIN_HELP, TRAIN_GROUPS, TRAIN_CHOICES, TRAIN_HIDDEN, {"epochs": None})
     p.set_defaults(func=cmd_train)
 
-    p = sub.add_parser("evaluate", help="metrics table and report of a trained run on labelled pairs (or title/body posts)")
-    p.add_argument("run", help="run directory written by qpairs train")
-    p.add_argument("--data", nargs="+", required=True, help="labelled pair files")
-    p.add_argument("--out", help="report directory (default: RUN/eval/NAME)")
-    p.add_argument("--device", default="auto")
+    p = sub.add_parser("evaluate", help="metrics table and report of a trained run on labelled pairs (or title/body posts)",
+                       description="Score labelled pairs with a run (default: the bundled default model), print "
+                       "accuracy, F1, precision, recall, ROC-AUC, average precision and log loss at the run's "
+                       "threshold, and write metrics.json and plots (ROC, precision-recall, reliability, distance "
+                       "histogram; training curves when the run has a training history) to the report directory. "
+                       "Title/body post files give pair metrics with random and hard negatives plus retrieval "
+                       "metrics instead. " + LIMITS)
+    p.add_argument("run", nargs="?", help="run directory written by qpairs train (default: the bundled default model)")
+    p.add_argument("--model", dest="model", metavar="RUN", help="the run directory, given as an option")
+    p.add_argument("--data", nargs="+", required=True, metavar="FILE",
+                   help="labelled pair files (CSV/TSV, gz ok: question1, question2, is_duplicate), or title/body "
+                        "post files")
+    from .config import EVAL_DIR
+
+    p.add_argument("-o", "--out", metavar="DIR",
+                   help=f"report directory (default: RUN/eval/NAME for a trained run, ./{EVAL_DIR}/NAME for the "
+                        "bundled model; NAME from the data file names)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     _add_backend_arg(p)
-    p.add_argument("--on-bad-row", default="error", choices=["error", "drop"])
+    p.add_argument("--on-bad-row", default="error", choices=["error", "drop"],
+                   help="empty, NaN or unlabelled rows: error stops naming the row, drop leaves them out and counts "
+                        "them (default: error)")
     p.add_argument("--test-prior", type=float,
                    help="the data's known duplicate rate (e.g. 0.5 for a balanced set such as BiMPM's): the "
                         "probabilities are re-weighted to it from the rate the calibration was fitted at (0.37) "
                         "before the stored threshold is applied (default: no change)")
-    p.add_argument("--q1-col"), p.add_argument("--q2-col"), p.add_argument("--label-col")
+    p.add_argument("--q1-col", help="first question column (default: detected, e.g. question1)")
+    p.add_argument("--q2-col", help="second question column (default: detected, e.g. question2)")
+    p.add_argument("--label-col", help="0/1 label column (default: detected, e.g. is_duplicate)")
     p.add_argument("--site", nargs="+", help="title/body files: only these sites")
     p.add_argument("--max-posts", type=int, help="title/body files: a seeded sample of this many posts")
-    p.add_argument("--candidates", type=int, default=1000, help="title/body files: bodies each title is ranked among")
-    p.add_argument("--seed", type=int, default=0, help="title/body files: seed of negatives, pools and sampling")
+    p.add_argument("--candidates", type=int, default=1000,
+                   help="title/body files: bodies each title is ranked among (default: 1000)")
+    p.add_argument("--seed", type=int, default=0, help="title/body files: seed of negatives, pools and sampling "
+                                                       "(default: 0)")
     p.set_defaults(func=cmd_evaluate)
 
     _add_adapt_command(sub)

@@ -5,9 +5,27 @@ from dataclasses import asdict, dataclass, field
 
 NATURAL_DUPLICATE_RATE = 0.37  # duplicate rate of the original QQP
 ADAPT_MIN_PAIRS, ADAPT_MIN_PER_CLASS = 50, 10  # the fewest labelled pairs (and of each class) `qpairs adapt` trusts
+EVAL_DIR = "qpairs-eval"  # `qpairs evaluate` reports of the bundled model, in the working directory
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")  # how a model runs at inference (qpairs.onnxrt)
 HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "precision": True, "recall": True, "roc_auc": True,
                     "average_precision": True, "log_loss": False, "loss": False}
+ENCODERS = ("lstm", "transformer")
+PAIR_LOSSES = ("contrastive", "online_contrastive")
+TRIPLET_LOSSES = ("triplet", "mnrl")
+LOSSES = PAIR_LOSSES + TRIPLET_LOSSES
+POOLINGS = ("mean", "max", "cls", "last")
+# the values each `qpairs train` option accepts (the flags list them in --help and check them)
+TRAIN_CHOICES = {
+    "encoder": ENCODERS, "left_encoder": ENCODERS, "right_encoder": ENCODERS, "loss": LOSSES,
+    "distance": ("euclidean", "cosine"), "pooling": POOLINGS, "right_pooling": POOLINGS,
+    "word_vectors": ("glove", "minilm", "none"), "tokens": ("word", "wordpiece"), "head": ("linear", "residual"),
+    "variant": ("siamese", "pseudo"), "left_col": ("title", "body", "content"),
+    "right_col": ("title", "body", "content"),
+    "body_truncation": ("head", "head_tail", "none"), "negatives": ("random", "tags", "mixed"),
+    "triplet_negatives": ("labelled", "random"), "mining": ("none", "batch_hard", "semi_hard"),
+    "pair_head": ("none", "classifier"), "split_by": ("question", "pair"), "balance": ("weight", "subsample", "none"),
+    "on_bad_row": ("error", "drop"), "metric": tuple(HIGHER_IS_BETTER), "calibration": ("platt", "isotonic"),
+}
 
 
 @dataclass
@@ -89,6 +107,7 @@ class TrainConfig:
     threshold: str = "accuracy"  # operating point on validation: accuracy | f1 | precision:P | recall:R
     num_workers: int = 0
     resume: bool = False
+    checkpoint_minutes: float = 10.0  # resumable checkpoint within an epoch this often (0: at epoch ends only)
     progress: bool | None = None  # None → only on a terminal
 
     def resolved(self) -> "TrainConfig":

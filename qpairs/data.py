@@ -57,12 +57,19 @@ def pair_key(q1: str, q2: str) -> str:
     return a + "\x1f" + b
 
 
+_PAIR_FIX = "name the question columns with --q1-col and --q2-col (and the id column with --id-col)"
+COLUMN_FIXES = {"first-question": _PAIR_FIX, "second-question": _PAIR_FIX, "label": "name it with --label-col",
+                "question text": "name it with --text-col (and the id column with --id-col)",
+                "id": "name it with --id-col"}  # the CLI flags that pick a column of each role
+
+
 def find_column(columns, candidates, role: str, path, required: bool = True):
     for name in candidates:
         if name in columns:
             return name
     if required:
-        raise DataError(f"{path}: no {role} column; expected one of {list(candidates)}, found {list(columns)}")
+        fix = f"; {COLUMN_FIXES[role]}" if role in COLUMN_FIXES else ""
+        raise DataError(f"{path}: no {role} column; expected one of {list(candidates)}, found {list(columns)}{fix}")
     return None
 
 

@@ -181,6 +181,12 @@ class DuplicateDetector:
         return (f"DuplicateDetector({self.model.variant}, encoder={enc}, path={self.path}, device={self.device}, "
                 f"backend={self.backend})")
 
+    def __str__(self) -> str:
+        enc = self.config.get("encoder", {}).get("type", "?")
+        bundled = self.path is not None and self.path.resolve() == default_model_dir()
+        where = "the bundled default model" if bundled else (self.path or "a model")
+        return f"{where} ({self.model.variant} {enc}, {self.device.type}, {self.backend})"
+
 
 BUNDLES = {"default": "default_model", "fast": "fast_model"}  # bundled model name → folder inside the package
 BUNDLE_ROOT = Path(__file__).resolve().parent

@@ -39,20 +39,33 @@ def evaluate_frame(det, frame: pd.DataFrame, report_dir=None, history=None,
     return metrics, probs
 
 
+def report_dir(run_dir, files, prefix: str = "") -> Path:
+    """Default report directory: RUN/eval/NAME, or ./qpairs-eval/NAME for the bundled model (never into the
+    installed package); NAME joins the data file names."""
+    from .config import EVAL_DIR
+    from .detector import BUNDLES, bundled_model_dir, resolve_model_path
+
+    name = (prefix + "_".join(Path(f).name.split(".")[0] for f in files))[:80]
+    where = resolve_model_path(run_dir).resolve() if run_dir is not None else None
+    bundled = where is None or where in {bundled_model_dir(n).resolve() for n in BUNDLES}
+    return Path(EVAL_DIR) / name if bundled else Path(run_dir) / "eval" / name
+
+
 def evaluate_run(run_dir, files, out=None, device: str = "auto", on_bad_row: str = "error", backend: str = "auto",
                  test_prior: float | None = None, **column_names) -> dict:
-    """`qpairs evaluate`: load the run, score the files, print the table and write the report."""
+    """`qpairs evaluate`: load the run (None: the bundled model), score the files, print the table and write
+    the report (default directory: `report_dir`)."""
     from .data import load_pairs
     from .detector import load
 
     det = load(run_dir, device=device, backend=backend)
     frame = load_pairs(files, on_bad_row=on_bad_row, **column_names)
-    hist_path = Path(run_dir) / "history.json"
+    hist_path = det.path / "history.json"
     history = read_json(hist_path) if hist_path.exists() else None
-    out = Path(out) if out else Path(run_dir) / "eval" / "_".join(Path(f).name.split(".")[0] for f in files)[:80]
+    out = Path(out) if out else report_dir(run_dir, files)
     metrics, _ = evaluate_frame(det, frame, out, history, test_prior)
     metrics["backend"] = det.backend
-    print(format_table({", ".join(Path(f).name for f in files)[:60]: metrics}))
+    print(format_table({", ".join(Path(f).name for f in files): metrics}))
     from .operating_point import describe
 
     line = describe(det.calibrator.operating_point, metrics)

@@ -29,11 +29,18 @@ def classification_metrics(labels, probs, threshold: float = 0.5) -> dict[str, f
     return {k: float(v) for k, v in out.items()}
 
 
+SHORT_NAMES = {"average_precision": "avg_prec"}  # table headers
+NAME_WIDTH = 30  # longest row name in a table; longer ones are cut with "…"
+
+
 def format_table(rows: dict[str, dict], columns=METRIC_NAMES) -> str:
-    """A plain-text table: one row per named result, one column per metric."""
-    width = max([len(r) for r in rows] + [8])
-    head = "".join(f"{c:>19}" for c in columns)
-    lines = [f"{'':<{width}}{head}"]
+    """A plain-text table: one row per named result, one column per metric (the metrics fit 100 columns)."""
+    names = {name: name if len(name) <= NAME_WIDTH else name[: NAME_WIDTH - 1] + "…" for name in rows}
+    width = max([len(n) for n in names.values()] + [8])
+    heads = [SHORT_NAMES.get(c, c) for c in columns]
+    widths = [max(len(h), 6) + 2 for h in heads]
+    lines = [f"{'':<{width}}" + "".join(f"{h:>{w}}" for h, w in zip(heads, widths))]
     for name, vals in rows.items():
-        lines.append(f"{name:<{width}}" + "".join(f"{vals.get(c, float('nan')):>19.4f}" for c in columns))
+        lines.append(f"{names[name]:<{width}}" + "".join(f"{vals.get(c, float('nan')):>{w}.4f}"
+                                                          for c, w in zip(columns, widths)))
     return "\n".join(lines)

@@ -19,13 +19,11 @@ from dataclasses import dataclass
 
 import torch
 
+from .config import LOSSES, PAIR_LOSSES, TRIPLET_LOSSES  # noqa: F401  (re-exported)
 from .losses import (ContrastiveLoss, MultipleNegativesRankingLoss, OnlineContrastiveLoss, PairClassifier,
                      TripletLoss, bce_on_logits)
 from .triplets import MINING, DuplicateGraph, TripletSampler, mine_negatives
 
-PAIR_LOSSES = ("contrastive", "online_contrastive")
-TRIPLET_LOSSES = ("triplet", "mnrl")
-LOSSES = PAIR_LOSSES + TRIPLET_LOSSES
 DEFAULT_MARGIN = {"contrastive": 1.0, "online_contrastive": 0.5, "triplet": 0.5}
 
 

@@ -112,6 +112,7 @@ def describe(point: dict | None, reached: dict) -> str | None:
     """One line: precision and recall reached on some data next to the ones the operating point promised."""
     if not point:
         return None
-    return (f"operating point {point['rule']} (threshold {reached.get('threshold', float('nan')):.4f}): precision "
-            f"{reached['precision']:.4f} here vs {point['precision']:.4f} promised, recall {reached['recall']:.4f} "
-            f"vs {point['recall']:.4f} (promised on {point.get('measured_on', 'validation')}, {point['n']} pairs)")
+    return (f"operating point {point['rule']} (threshold {reached.get('threshold', float('nan')):.4f}), promised on "
+            f"{point.get('measured_on', 'validation')} ({point['n']} pairs):\n"
+            f"  precision {reached['precision']:.4f} here vs {point['precision']:.4f} promised, "
+            f"recall {reached['recall']:.4f} vs {point['recall']:.4f}")

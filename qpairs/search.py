@@ -350,6 +350,9 @@ class QuestionIndex:
     def __repr__(self) -> str:
         return f"QuestionIndex({len(self)} questions, {self.meta['kind']}, {self.meta['metric']}, path={self.path})"
 
+    def __str__(self) -> str:
+        return f"{len(self)} questions ({self.meta['kind']} index, {self.space} space)"
+
     # -- search
     def knn(self, vectors: np.ndarray, k: int, few_fast: bool = False) -> np.ndarray:
         """Candidate rows [n, k] (−1 where fewer than k exist) for vectors of this index's space. `few_fast`: a
@@ -551,12 +554,13 @@ def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "f
     return index
 
 
-def format_hits(hits: list[Hit], width: int = 90) -> str:
-    """A plain-text table of search results."""
-    lines = [f"{'rank':>4}  {'prob':>6}  dup  {'id':<12} question"]
+def format_hits(hits: list[Hit], width: int = 80) -> str:
+    """A plain-text table of search results, in rank order, with the score that ranked them."""
+    lines = [f"{'rank':>4}  {'score':>6}  {'prob':>5}  dup  {'id':<10} question"]
     for rank, h in enumerate(hits, 1):
         text = h.text if len(h.text) <= width else h.text[: width - 1] + "…"
-        lines.append(f"{rank:>4}  {h.probability:6.3f}  {'yes' if h.duplicate else ' no'}  {h.id:<12} {text}")
+        lines.append(f"{rank:>4}  {h.score:6.3f}  {h.probability:5.3f}  {'yes' if h.duplicate else ' no'}  "
+                     f"{h.id:<10} {text}")
     return "\n".join(lines)
 
 

@@ -1,7 +1,9 @@
 """Training: data → splits → model → AdamW loop with validation, early stopping, calibration, report.
 
 `train(TrainConfig(...))` is what `qpairs train` runs. A run directory is written as it
-goes (see `qpairs.checkpoint`); `resume=True` continues from its ``last/`` state.
+goes (see `qpairs.checkpoint`); `resume=True` continues from its ``last/`` state, saved at each
+epoch end and every ``checkpoint_minutes`` within an epoch. The batch order of an epoch follows
+from the seed alone, so a resumed epoch skips the batches already trained and goes on exactly.
 """
 from __future__ import annotations
 
@@ -12,6 +14,7 @@ import random
 import time
 from contextlib import nullcontext
 from dataclasses import asdict
+from itertools import islice
 from pathlib import Path
 
 import numpy as np
@@ -19,6 +22,7 @@ import pandas as pd
 import torch
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
+from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import data as qdata
 from . import distributed
@@ -32,6 +36,7 @@ from .model import SiameseModel
 from .vocab import PieceVocab, WordVocab, glove_vectors, glove_words, minilm_piece_vectors, minilm_word_vectors
 
 log = logging.getLogger("qpairs")
+LAST = "last"  # resumable state inside a run directory
 
 
 def seed_everything(seed: int) -> None:
@@ -339,11 +344,17 @@ def autocast(device):
 
 # ---------------------------------------------------------------- resumable state
 
-def save_last(run_dir: Path, model, optimizer, scheduler, state: dict) -> None:
-    """Everything needed to resume after the epoch just finished (safetensors + JSON, no pickle)."""
-    last = run_dir / "last"
-    last.mkdir(parents=True, exist_ok=True)
-    save_file(state_to_save(model), last / "model.safetensors")
+def save_last(run_dir: Path, model, optimizer, scheduler, state: dict, train_config: dict | None = None) -> None:
+    """Everything needed to resume where training stands (safetensors + JSON, no pickle): a complete model
+    directory plus optimizer, scheduler and RNG state, and ``state`` (epochs done, position in the next one).
+
+    Written into ``last.new/`` and swapped in by renames, so a kill at any moment leaves a complete ``last/``
+    (or ``last.old/``) behind."""
+    import shutil
+
+    new, last, old = (run_dir / n for n in (LAST + ".new", LAST, LAST + ".old"))
+    shutil.rmtree(new, ignore_errors=True)
+    save_model(model, new, train_config)
     opt = optimizer.state_dict()
     tensors, scalars = {}, {}
     for pid, st in opt["state"].items():
@@ -353,22 +364,38 @@ def save_last(run_dir: Path, model, optimizer, scheduler, state: dict) -> None:
             else:
                 scalars[f"{pid}.{k}"] = float(v)
     tensors["__torch_rng__"] = torch.get_rng_state()  # dropout draws continue exactly after a resume
-    save_file(tensors, last / "optimizer.safetensors")
-    write_json(last / "optimizer.json", {"param_groups": opt["param_groups"], "scalars": scalars,
-                                         "scheduler": scheduler.state_dict()})
-    tmp = last / "state.json.tmp"
-    write_json(tmp, state)
-    os.replace(tmp, last / "state.json")  # state.json last: its presence marks a complete save
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        tensors["__cuda_rng__"] = torch.cuda.get_rng_state()
+    save_file(tensors, new / "optimizer.safetensors")
+    write_json(new / "optimizer.json", {"param_groups": opt["param_groups"], "scalars": scalars,
+                                        "scheduler": scheduler.state_dict()})
+    write_json(new / "state.json", state)  # its presence marks a complete save
+    shutil.rmtree(old, ignore_errors=True)
+    if last.exists():
+        os.replace(last, old)
+    os.replace(new, last)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def last_dir(run_dir: Path) -> Path | None:
+    """The complete resumable state of a run (``last/``, or ``last.old/`` after a kill mid-swap), if any."""
+    for d in (run_dir / LAST, run_dir / (LAST + ".old")):
+        if (d / "state.json").exists():
+            return d
+    return None
 
 
 def load_last(run_dir: Path, model, optimizer, scheduler) -> dict | None:
-    last = run_dir / "last"
-    if not (last / "state.json").exists():
+    last = last_dir(run_dir)
+    if last is None:
         return None
     model.load_state_dict(load_file(last / "model.safetensors"), strict=False)
     meta = read_json(last / "optimizer.json")
     tensors = load_file(last / "optimizer.safetensors")
     torch.set_rng_state(tensors.pop("__torch_rng__"))
+    cuda_rng = tensors.pop("__cuda_rng__", None)
+    if cuda_rng is not None and torch.cuda.is_available():
+        torch.cuda.set_rng_state(cuda_rng)
     state: dict = {}
     for key, v in tensors.items():
         pid, k = key.split(".", 1)
@@ -379,6 +406,31 @@ def load_last(run_dir: Path, model, optimizer, scheduler) -> dict | None:
     optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
     scheduler.load_state_dict(meta["scheduler"])
     return read_json(last / "state.json")
+
+
+def saved_run(run_dir: Path) -> Path | None:
+    """Where a run to resume keeps its model and settings: ``last/`` (also mid-epoch 1), else the run itself."""
+    for d in (last_dir(run_dir), run_dir):
+        if d is not None and (d / "config.json").exists():
+            return d
+    return None
+
+
+class CheckpointClock:
+    """Says when a mid-epoch checkpoint is due: every `minutes` (0 or less: never)."""
+
+    def __init__(self, minutes: float):
+        self.every = minutes * 60
+        self.reset()
+
+    def reset(self) -> None:
+        self.next = time.monotonic() + self.every
+
+    def due(self) -> bool:
+        if self.every <= 0 or time.monotonic() < self.next:
+            return False
+        self.reset()
+        return True
 
 
 # ---------------------------------------------------------------- the loop
@@ -397,9 +449,14 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     if not distributed.is_main():
         log.setLevel(logging.WARNING)  # rank 0 logs
     run_dir.mkdir(parents=True, exist_ok=True)
-    if cfg.resume and (run_dir / "config.json").exists():
-        saved = read_json(run_dir / "config.json").get("train", {})
-        cfg = TrainConfig(**{**saved, "resume": True, "out": cfg.out, "epochs": cfg.epochs, "device": cfg.device})
+    source = saved_run(run_dir) if cfg.resume else None  # the model and settings to continue
+    saved = read_json(source / "config.json").get("train", {}) if source is not None else {}
+    epochs = cfg.epochs if cfg.epochs is not None else saved.get("epochs", TrainConfig.epochs)  # None: the run's
+    if source is not None:
+        cfg = TrainConfig(**{**saved, "resume": True, "out": cfg.out, "epochs": epochs, "device": cfg.device,
+                             "progress": cfg.progress, "checkpoint_minutes": cfg.checkpoint_minutes})
+    cfg.epochs = epochs
+    log.info("%s the run in %s", "continuing" if source else "writing", run_dir.resolve())
     seed_everything(cfg.seed)
     show = cfg.progress if cfg.progress is not None else None  # tqdm: None → only on a TTY
     show = show if distributed.is_main() else False
@@ -408,11 +465,10 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     train_df, val_df, test_df = splits["train"], splits["validation"], splits["test"]
     if len(val_df) == 0 or val_df["is_duplicate"].nunique() < 2:
         raise ValueError("validation split has no pairs of both classes: give more data (files with both labels)")
-    if cfg.resume and (run_dir / "config.json").exists():
-        # the vocabulary must be the saved one
+    if source is not None:  # the vocabulary must be the saved one
         from .checkpoint import load_model as _load
 
-        model, _ = _load(run_dir, "cpu")
+        model, _ = _load(source, "cpu")
     elif cfg.variant == "pseudo":
         model = build_pseudo_model(cfg, train_df)
     else:
@@ -432,53 +488,67 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     train_config = asdict(cfg)
 
     state = load_last(run_dir, model, optimizer, scheduler) if cfg.resume else None
-    state = state or {"epoch": 0, "history": [], "best": None, "bad_epochs": 0}
-    if state["epoch"]:
-        log.info("resuming after epoch %d", state["epoch"])
+    state = state or {"epoch": 0, "step": 0, "history": [], "best": None, "bad_epochs": 0}
+    done = state.get("step", 0)  # batches already trained of epoch state["epoch"] + 1
+    if state["epoch"] or done:
+        log.info("resuming after epoch %d%s", state["epoch"], f", step {done}/{steps_per_epoch}" if done else "")
     higher = HIGHER_IS_BETTER[cfg.metric]
+    bar = tqdm(total=steps_per_epoch * cfg.epochs, initial=state["epoch"] * steps_per_epoch + done, unit="step",
+               desc="training", disable=None if show is None else not show, dynamic_ncols=True)
+    clock = CheckpointClock(cfg.checkpoint_minutes)
 
-    for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
-        if state["bad_epochs"] > cfg.patience:
-            break
-        t0, seen, total = time.perf_counter(), 0, 0.0
-        bar = tqdm(objective.batches(cfg.batch_size, cfg.seed + epoch, shard=True), total=steps_per_epoch,
-                   desc=f"epoch {epoch}/{cfg.epochs}", disable=None if show is None else not show, leave=False)
-        for batch in bar:
-            loss = net(batch_loss, objective, batch, device, cache)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if cfg.grad_clip:
-                torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
-            optimizer.step()
-            scheduler.step()
-            seen += batch.size
-            total += float(loss.detach()) * batch.size
-            bar.set_postfix(loss=f"{total / seen:.4f}", pairs_s=f"{seen / (time.perf_counter() - t0):.0f}")
-        train_time = time.perf_counter() - t0
-        total, seen = distributed.all_sum(total, seen)  # over all processes
-        if not distributed.parameters_in_sync(model):
-            raise RuntimeError("DDP processes hold different weights: a forward pass bypassed the DDP wrapper")
-        metrics, cal, _ = validate(model, loss_fn, val_df, device, cfg.batch_size, cfg.calibration, cache,
-                                   cfg.threshold)
-        row = {"epoch": epoch, "train_loss": total / max(seen, 1), "pairs_per_s": seen / train_time,
-               "train_time_s": train_time,
-               **{f"val_{k}": v for k, v in metrics.items()}}
-        state["history"].append(row)
-        score = metrics[cfg.metric]
-        improved = state["best"] is None or (score > state["best"] if higher else score < state["best"])
-        log.info("epoch %d: train loss %.4f, val %s %.4f, val acc %.4f, %.0f pairs/s%s", epoch, row["train_loss"],
-                 cfg.metric, score, metrics["accuracy"], row["pairs_per_s"], " (best)" if improved else "")
-        if improved:
-            state["best"], state["bad_epochs"] = score, 0
-        else:
-            state["bad_epochs"] += 1
-        state["epoch"] = epoch
-        if distributed.is_main():  # one writer; all ranks hold the same weights and state
+    with logging_redirect_tqdm(), bar:  # log lines print above the bar
+        for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
+            if state["bad_epochs"] > cfg.patience:
+                break
+            partial = state.pop("partial", None) or {"seen": 0, "total": 0.0, "train_time_s": 0.0}
+            seen, total, step = partial["seen"], partial["total"], state.pop("step", 0)
+            t0 = time.perf_counter() - partial["train_time_s"]
+            batches = objective.batches(cfg.batch_size, cfg.seed + epoch, shard=True)  # the same order every time
+            for batch in islice(batches, step, None):
+                loss = net(batch_loss, objective, batch, device, cache)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                if cfg.grad_clip:
+                    torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                seen += batch.size
+                total += float(loss.detach()) * batch.size
+                bar.update()
+                bar.set_postfix(epoch=f"{epoch}/{cfg.epochs}", loss=f"{total / seen:.4f}",
+                                pairs_s=f"{seen / (time.perf_counter() - t0):.0f}")
+                if step < steps_per_epoch and clock.due() and distributed.is_main():
+                    mid = {"seen": seen, "total": total, "train_time_s": time.perf_counter() - t0}
+                    save_last(run_dir, model, optimizer, scheduler, {**state, "step": step, "partial": mid},
+                              train_config)
+            train_time = time.perf_counter() - t0
+            total, seen = distributed.all_sum(total, seen)  # over all processes
+            if not distributed.parameters_in_sync(model):
+                raise RuntimeError("DDP processes hold different weights: a forward pass bypassed the DDP wrapper")
+            metrics, cal, _ = validate(model, loss_fn, val_df, device, cfg.batch_size, cfg.calibration, cache,
+                                       cfg.threshold)
+            row = {"epoch": epoch, "train_loss": total / max(seen, 1), "pairs_per_s": seen / train_time,
+                   "train_time_s": train_time,
+                   **{f"val_{k}": v for k, v in metrics.items()}}
+            state["history"].append(row)
+            score = metrics[cfg.metric]
+            improved = state["best"] is None or (score > state["best"] if higher else score < state["best"])
+            log.info("epoch %d: train loss %.4f, val %s %.4f, val acc %.4f, %.0f pairs/s%s", epoch, row["train_loss"],
+                     cfg.metric, score, metrics["accuracy"], row["pairs_per_s"], " (best)" if improved else "")
             if improved:
-                save_model(model, run_dir, train_config)
-                write_json(run_dir / "calibration.json", cal.to_dict())
-            write_json(run_dir / "history.json", state["history"])
-            save_last(run_dir, model, optimizer, scheduler, state)
+                state["best"], state["bad_epochs"] = score, 0
+            else:
+                state["bad_epochs"] += 1
+            state["epoch"] = epoch
+            if distributed.is_main():  # one writer; all ranks hold the same weights and state
+                if improved:
+                    save_model(model, run_dir, train_config)
+                    write_json(run_dir / "calibration.json", cal.to_dict())
+                write_json(run_dir / "history.json", state["history"])
+                save_last(run_dir, model, optimizer, scheduler, state, train_config)
+                clock.reset()
 
     if distributed.is_main():  # the final evaluation runs on rank 0 alone
         finish(run_dir, val_df, test_df, state["history"], device)

@@ -1,7 +1,9 @@
+import argparse
 import json
 import subprocess
 import sys
 
+import pandas as pd
 import pytest
 
 from qpairs.cli import main
@@ -73,3 +75,121 @@ def test_evaluate_test_prior_reweights_before_the_threshold(tiny_run, tmp_path, 
     assert "re-weighted from duplicate rate" in capsys.readouterr().out
     assert main(["evaluate", str(tiny_run), "--data", str(data), "--test-prior", "1.5"]) == 2
     assert "--test-prior must be strictly between 0 and 1, got 1.5" in capsys.readouterr().err
+
+
+def _train_help(capsys) -> str:
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    return capsys.readouterr().out
+
+
+def test_train_help_is_grouped_with_choices_and_real_defaults(capsys):
+    text = _train_help(capsys)
+    for group in ("data:", "model:", "loss:", "optimisation and validation:", "output and run:"):
+        assert f"\n{group}\n" in text
+    assert "--encoder {lstm,transformer}" in text
+    assert "--loss {contrastive,online_contrastive,triplet,mnrl}" in text
+    assert "default: None" not in text and "(default: [])" not in text
+    assert "--checkpoint-minutes" in text and "--num-workers" not in text
+    model = text[text.index("\nmodel:\n"):text.index("\nloss:\n")]
+    assert "--encoder" in model and "--hidden-size" in model and "--epochs" not in model
+    with pytest.raises(SystemExit):
+        main(["train", "--loss", "hinge"])
+    assert "invalid choice: 'hinge'" in capsys.readouterr().err
+
+
+def test_every_evaluate_option_has_help(capsys):
+    from qpairs.cli import build_parser
+
+    sub = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction))
+    ev = sub.choices["evaluate"]
+    assert ev.description
+    assert all(a.help for a in ev._actions), [a.dest for a in ev._actions if not a.help]
+
+
+def test_evaluate_bundled_model_writes_to_the_working_directory(tiny_run, tmp_path, monkeypatch, capsys):
+    """A run placed as the bundled model is read, never written: the report goes to ./qpairs-eval/."""
+    import shutil
+
+    import qpairs.detector
+
+    package_model = tmp_path / "package" / "default_model"
+    shutil.copytree(tiny_run, package_model, ignore=shutil.ignore_patterns("eval", "report", "last", "splits"))
+    (package_model / "history.json").unlink()  # a model without a training history
+    bundled = qpairs.detector.bundled_model_dir
+    monkeypatch.setattr(qpairs.detector, "bundled_model_dir",
+                        lambda name="default": package_model.resolve() if name == "default" else bundled(name))
+    before = sorted(p.relative_to(package_model) for p in package_model.rglob("*"))
+    data = tmp_path / "pairs.csv"
+    make_pairs(120, seed=7).to_csv(data, index=False)
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)
+    assert main(["evaluate", "--data", str(data), "--device", "cpu"]) == 0  # no RUN: the bundled model
+    assert sorted(p.relative_to(package_model) for p in package_model.rglob("*")) == before
+    report = work / "qpairs-eval" / "pairs"
+    assert (report / "metrics.json").exists() and (report / "roc.png").exists()
+    assert not (report / "training_curves.png").exists()
+    printed = capsys.readouterr().out
+    assert max(len(line) for line in printed.splitlines()) <= 100 and "qpairs-eval" in printed
+
+
+def test_evaluate_accepts_options_in_any_order(tiny_run, tmp_path, capsys):
+    data = tmp_path / "eval.csv"
+    make_pairs(100, seed=8).to_csv(data, index=False)
+    outs = [tmp_path / n for n in ("a", "b", "c")]
+    assert main(["evaluate", "--data", str(data), str(tiny_run), "-o", str(outs[0]), "--device", "cpu"]) == 0
+    assert main(["evaluate", "-o", str(outs[1]), "--device", "cpu", "--data", str(data), "--model", str(tiny_run)]) == 0
+    assert main(["evaluate", str(tiny_run), "--device", "cpu", "--data", str(data), "--out", str(outs[2])]) == 0
+    got = [json.loads((o / "metrics.json").read_text()) for o in outs]
+    assert got[0]["n"] == 100 and got[0] == got[1] == got[2]
+    assert (outs[0] / "training_curves.png").exists()  # the run has a training history
+
+
+def test_missing_column_error_names_the_flags(tiny_run, tmp_path, capsys):
+    data = tmp_path / "odd.csv"
+    pd.DataFrame({"a": ["How?"], "b": ["Why?"], "is_duplicate": [1]}).to_csv(data, index=False)
+    assert main(["score", str(data), "-o", str(tmp_path / "s.csv"), "--model", str(tiny_run), "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert "no first-question column" in err and "--q1-col and --q2-col" in err and "--id-col" in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_limits_are_stated_in_help_and_on_the_web_page(capsys):
+    from pathlib import Path
+
+    import qpairs
+
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    assert "English text only" in capsys.readouterr().out and "Quora" in qpairs.cli.LIMITS
+    page = (Path(qpairs.__file__).parent / "web" / "index.html").read_text()
+    assert "English only" in page and "Quora" in page
+
+
+def test_train_resume_keeps_the_runs_epochs_and_interrupt_is_one_line(tmp_path, monkeypatch, capsys):
+    import qpairs.train
+
+    data = tmp_path / "pairs.csv"
+    make_pairs(200, seed=9).to_csv(data, index=False)
+    flags = ["--data", str(data), "--out", str(tmp_path / "run"), "--no-glove", "--embedding-dim", "8",
+             "--hidden-size", "8", "--projection-dim", "8", "--min-freq", "1", "--device", "cpu", "--no-progress"]
+    assert main(["train", *flags, "--epochs", "1"]) == 0
+    assert main(["train", *flags, "--resume"]) == 0  # no --epochs: the run's own 1, nothing left to train
+    assert [h["epoch"] for h in json.loads((tmp_path / "run" / "history.json").read_text())] == [1]
+
+    def interrupted(cfg):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qpairs.train, "train", interrupted)
+    capsys.readouterr()
+    assert main(["train", *flags]) == 130
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"--out {tmp_path / 'run'} --resume" in err
+
+
+def test_models_print_as_short_readable_lines(tiny_run):
+    import qpairs
+
+    text = str(qpairs.load(tiny_run, device="cpu"))
+    assert text == f"{tiny_run} (siamese lstm, cpu, torch)"

@@ -259,3 +259,19 @@ def test_half_precision_scan_is_exact_or_declines(metric, monkeypatch):
     assert index._half_knn(index._stored(), queries[:1], 10) is None
     got = index.knn(queries[:1], 10, few_fast=True)[0]
     assert set(got.tolist()) <= {int(want[0, 0])} | set(range(5000, 5060))
+
+
+def test_search_table_shows_the_score_it_ranks_by(det, tmp_path, capsys):
+    from qpairs.search import Hit, format_hits
+
+    bank_csv(tmp_path / "bank.csv")
+    assert main(["index", str(tmp_path / "bank.csv"), "-o", str(tmp_path / "idx"), "--model", str(det.path)]) == 0
+    assert main(["search", str(tmp_path / "idx"), "Is java hard?", "-k", "5"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert "questions (flat index, model space) written to" in lines[0] and "QuestionIndex(" not in lines[0]
+    assert lines[1].split()[:4] == ["rank", "score", "prob", "dup"]
+    scores = [float(line.split()[1]) for line in lines[2:]]
+    assert len(scores) == 5 and scores == sorted(scores, reverse=True)
+    # base space: a hit ranked first by its score may have the lower probability; the table says why
+    table = format_hits([Hit("a", "first", 0.119, 0.9, False, 0.91), Hit("b", "second", 0.462, 0.5, False, 0.84)])
+    assert [row.split()[1:3] for row in table.splitlines()[1:]] == [["0.910", "0.119"], ["0.840", "0.462"]]

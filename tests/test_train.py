@@ -1,3 +1,4 @@
+import dataclasses
 import json
 
 import numpy as np
@@ -75,6 +76,58 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
         assert torch.allclose(a[k], b[k], atol=1e-6), k
     hist = json.loads((tmp_path / "part" / "history.json").read_text())
     assert [h["epoch"] for h in hist] == [1, 2]
+
+
+def test_resume_mid_epoch_continues_from_the_saved_step(tmp_path, monkeypatch):
+    import qpairs.train as qt
+
+    data = tmp_path / "pairs.csv"
+    make_pairs(300, seed=2).to_csv(data, index=False)
+    real_loss, calls = qt.batch_loss, []
+
+    def counting(*args, crash_at=None, **kwargs):
+        calls.append(1)
+        if len(calls) == crash_at:
+            raise KeyboardInterrupt
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(qt, "batch_loss", lambda *a, **k: counting(*a, **k))
+    full = train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "full"), epochs=2, patience=5))
+    full_steps = len(calls)
+    calls.clear()
+    # a checkpoint after every step (any time elapsed is due); killed at the 4th step of epoch 1
+    monkeypatch.setattr(qt, "batch_loss", lambda *a, **k: counting(*a, crash_at=4, **k))
+    part = _tiny_cfg(tmp_path, data, out=str(tmp_path / "part"), epochs=2, patience=5, checkpoint_minutes=1e-9)
+    with pytest.raises(KeyboardInterrupt):
+        train(part)
+    saved = json.loads((tmp_path / "part" / "last" / "state.json").read_text())
+    assert (saved["epoch"], saved["step"]) == (0, 3)
+    assert not (tmp_path / "part" / "model.safetensors").exists()  # no epoch finished yet
+
+    calls.clear()
+    monkeypatch.setattr(qt, "batch_loss", lambda *a, **k: counting(*a, **k))
+    train(dataclasses.replace(part, resume=True))
+    assert full_steps > 6 and len(calls) == full_steps - 3  # epoch 1 continued after its 3 saved steps
+    a = load_file(full / "last" / "model.safetensors")
+    b = load_file(tmp_path / "part" / "last" / "model.safetensors")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
+    full_hist = json.loads((full / "history.json").read_text())
+    hist = json.loads((tmp_path / "part" / "history.json").read_text())
+    assert [h["epoch"] for h in hist] == [1, 2]
+    assert [h["train_loss"] for h in hist] == pytest.approx([h["train_loss"] for h in full_hist])
+
+
+def test_train_reports_its_run_directory_and_one_progress_bar(tmp_path, caplog, capsys):
+    data = tmp_path / "pairs.csv"
+    make_pairs(200, seed=3).to_csv(data, index=False)
+    with caplog.at_level("INFO", logger="qpairs"):
+        train(_tiny_cfg(tmp_path, data, epochs=2, progress=True))
+    assert f"writing the run in {(tmp_path / 'run').resolve()}" in caplog.messages
+    bars = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.startswith("training")]
+    assert bars and all("/" in b and "<" in b for b in bars)  # steps done/total and the remaining time
+    totals = {b.split("/")[1].split()[0] for b in bars}
+    assert len(totals) == 1  # one bar over both epochs
 
 
 def test_validation_loss_drops_on_shared_qqp(tmp_path):
