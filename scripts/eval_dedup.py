@@ -13,7 +13,7 @@ them count as a false positive even when they are duplicates, so precision is a 
 The default model may have trained on these pairs: the numbers compare linkages, they do not
 measure the model.
 
-    python scripts/eval_dedup.py --groups 400 --distractors 1500 --show 3
+    python scripts/eval_dedup.py --thresholds 0.476 0.6 0.7 0.8 0.9 --show 4
 """
 from __future__ import annotations
 
@@ -62,9 +62,9 @@ def main(argv=None) -> int:
     p.add_argument("--model", help="model directory (default: the bundled default model)")
     p.add_argument("--backend", default="auto")
     p.add_argument("--data", help="shared data folder (default: qpairs.data.default_data_dir())")
-    p.add_argument("--groups", type=int, default=400, help="true groups to include whole")
+    p.add_argument("--groups", type=int, default=800, help="true groups to include whole")
     p.add_argument("--max-group", type=int, default=10, help="largest true group to draw")
-    p.add_argument("--distractors", type=int, default=1500, help="questions without a labelled duplicate")
+    p.add_argument("--distractors", type=int, default=3000, help="questions without a labelled duplicate")
     p.add_argument("-k", type=int, default=10, help="neighbours per question in the kNN graph")
     p.add_argument("--thresholds", type=float, nargs="+", help="probability cuts (default: the model's threshold)")
     p.add_argument("--linkages", nargs="+", default=list(LINKAGES), choices=LINKAGES)

@@ -191,6 +191,9 @@ def test_cli_index_search_dedup(det, tmp_path, capsys):
     assert main(["dedup", str(tmp_path / "qs.csv"), "-o", str(tmp_path / "clusters.csv"), "--model", model]) == 0
     clusters = pd.read_csv(tmp_path / "clusters.csv", keep_default_na=False)
     assert clusters["cluster"].nunique() == len(set(groups)) and clusters["text"].tolist() == texts
+    assert main(["dedup", str(tmp_path / "qs.csv"), "-o", str(tmp_path / "single.csv"), "--model", model,
+                 "--linkage", "single"]) == 0  # copies only: every linkage finds the same groups
+    assert pd.read_csv(tmp_path / "single.csv", keep_default_na=False).equals(clusters)
 
 
 def test_cli_refuses_another_model(det, other_det, tmp_path, capsys):
