@@ -279,11 +279,13 @@ def cmd_search(args) -> int:
 
 
 def cmd_dedup(args) -> int:
-    from .search import dedup, load_detector, read_questions, write_table
+    from .dedup import dedup
+    from .search import load_detector, read_questions, write_table
 
     ids, texts = read_questions(args.questions, args.text_col, args.id_col)
     det = load_detector(args.model, None, args.device, args.backend)
-    clusters = dedup(det, texts, ids, k=args.k, threshold=args.threshold, kind=args.kind, batch_size=args.batch_size)
+    clusters = dedup(det, texts, ids, k=args.k, threshold=args.threshold, kind=args.kind, batch_size=args.batch_size,
+                     linkage=args.linkage)
     write_table(clusters, args.out)
     multi = clusters[clusters["cluster_size"] > 1]
     print(f"{len(clusters)} questions, {multi['cluster'].nunique()} groups of duplicates covering {len(multi)} "
@@ -346,6 +348,10 @@ def _add_search_commands(sub) -> None:
     p.add_argument("--text-col"), p.add_argument("--id-col")
     p.add_argument("-k", type=int, default=10, help="neighbours per question in the kNN graph (default: 10)")
     p.add_argument("--threshold", type=float, help="duplicate probability cut (default: the model's threshold)")
+    p.add_argument("--linkage", default="average", choices=["average", "complete", "single"],
+                   help="when two groups merge: the mean probability over all their cross pairs reaches the threshold "
+                        "(average), every cross pair does (complete), or any one pair does (single: connected "
+                        "components, which chain unrelated questions) (default: average)")
     p.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw"],
                    help="kNN index: auto = exact up to 200k questions, HNSW above")
     p.add_argument("--batch-size", type=int)

@@ -6,8 +6,8 @@ import pytest
 import qpairs
 from qpairs.cli import main
 from qpairs.data import DataError
-from qpairs.search import (ModelMismatchError, QuestionIndex, SearchIndexError, connected_clusters, dedup,
-                           duplicate_edges, read_questions, retrieval_metrics)
+from qpairs.dedup import connected_clusters, dedup, duplicate_edges
+from qpairs.search import ModelMismatchError, QuestionIndex, SearchIndexError, read_questions, retrieval_metrics
 from tiny_search_model import bank_csv, bank_questions, groups_with_copies, make_tiny_model
 
 
@@ -149,7 +149,13 @@ def test_dedup_recovers_groups_of_copies(det):
     assert clusters["cluster_size"].tolist() == sizes.tolist()
     multi = clusters[clusters["cluster_size"] > 1]
     assert (multi["best_probability"] >= det.threshold).all() and (multi["best_match"] != "").all()
-    assert (clusters.loc[clusters["cluster_size"] == 1, "best_match"] == "").all()
+    alone = clusters[clusters["cluster_size"] == 1]  # still told their best (non-duplicate) match
+    assert (alone["best_match"] != "").all() and (alone["best_probability"] < det.threshold).all()
+    first = alone.index[0]
+    match = texts[int(alone.loc[first, "best_match"][1:])]
+    assert alone.loc[first, "best_probability"] == pytest.approx(
+        float(det.predict_proba([texts[first]], [match])[0]), abs=1e-4)
+    assert alone.loc[first, "best_probability"] > 0
 
 
 def test_dedup_edges_do_not_depend_on_chunking(det):
@@ -185,6 +191,9 @@ def test_cli_index_search_dedup(det, tmp_path, capsys):
     assert main(["dedup", str(tmp_path / "qs.csv"), "-o", str(tmp_path / "clusters.csv"), "--model", model]) == 0
     clusters = pd.read_csv(tmp_path / "clusters.csv", keep_default_na=False)
     assert clusters["cluster"].nunique() == len(set(groups)) and clusters["text"].tolist() == texts
+    assert main(["dedup", str(tmp_path / "qs.csv"), "-o", str(tmp_path / "single.csv"), "--model", model,
+                 "--linkage", "single"]) == 0  # copies only: every linkage finds the same groups
+    assert pd.read_csv(tmp_path / "single.csv", keep_default_na=False).equals(clusters)
 
 
 def test_cli_refuses_another_model(det, other_det, tmp_path, capsys):

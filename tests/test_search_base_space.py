@@ -6,11 +6,12 @@ import torch
 
 from qpairs import search
 from qpairs.calibration import Calibrator
+from qpairs.dedup import dedup
 from qpairs.detector import DuplicateDetector
 from qpairs.encoders import build_encoder
 from qpairs.losses import PairClassifier
 from qpairs.model import SiameseModel
-from qpairs.search import QuestionIndex, dedup, lexical_similarity
+from qpairs.search import QuestionIndex, lexical_similarity
 from tiny_search_model import bank_questions
 
 

@@ -1,0 +1,114 @@
+#!/usr/bin/env python
+"""Evaluate `qpairs dedup` groupings against the QQP duplicate groups, every linkage on one kNN graph.
+
+True groups are the components of the labelled duplicate pairs over all labelled QQP files
+(`DuplicateGraph`). The sample holds every question of `--groups` random true groups of 2 to
+`--max-group` questions, plus `--distractors` questions that have no labelled duplicate.
+The questions are encoded and linked to their k nearest neighbours once; then each linkage
+(`qpairs.dedup.linkage_clusters`) at each threshold is scored by pairwise precision, recall
+and F1 (`pair_metrics`), with the number of groups and the size of the largest.
+
+QQP labels only some pairs: two questions grouped together without a labelled path between
+them count as a false positive even when they are duplicates, so precision is a lower bound.
+The default model may have trained on these pairs: the numbers compare linkages, they do not
+measure the model.
+
+    python scripts/eval_dedup.py --thresholds 0.476 0.6 0.7 0.8 0.9 --show 4
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from qpairs import data as qd
+from qpairs.dedup import LINKAGES, duplicate_edges, linkage_clusters, pair_metrics
+from qpairs.search import QuestionIndex
+from qpairs.triplets import DuplicateGraph
+
+
+def sample(graph: DuplicateGraph, groups: int, max_group: int, distractors: int, seed: int) -> np.ndarray:
+    """Node ids: all members of random true groups of 2..max_group questions, plus questions without duplicates."""
+    rng = np.random.default_rng(seed)
+    sizes = np.bincount(graph.group)
+    eligible = np.flatnonzero((sizes >= 2) & (sizes <= max_group))
+    chosen = rng.choice(eligible, size=min(groups, len(eligible)), replace=False)
+    members = np.flatnonzero(np.isin(graph.group, chosen))
+    alone = np.flatnonzero(sizes[graph.group] == 1)
+    extra = rng.choice(alone, size=min(distractors, len(alone)), replace=False)
+    nodes = np.concatenate([members, extra])
+    rng.shuffle(nodes)
+    return nodes
+
+
+def show_groups(labels: np.ndarray, texts: list[str], count: int, seed: int) -> list[list[str]]:
+    """Texts of the largest group and of `count` − 1 random groups of two or more."""
+    sizes = np.bincount(labels)
+    multi = np.flatnonzero(sizes > 1)
+    if not len(multi):
+        return []
+    rng = np.random.default_rng(seed)
+    rest = multi[multi != multi[np.argmax(sizes[multi])]]
+    picks = [multi[np.argmax(sizes[multi])], *rng.choice(rest, size=min(count - 1, len(rest)), replace=False)]
+    return [[texts[i] for i in np.flatnonzero(labels == g)] for g in picks]
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--model", help="model directory (default: the bundled default model)")
+    p.add_argument("--backend", default="auto")
+    p.add_argument("--data", help="shared data folder (default: qpairs.data.default_data_dir())")
+    p.add_argument("--groups", type=int, default=800, help="true groups to include whole")
+    p.add_argument("--max-group", type=int, default=10, help="largest true group to draw")
+    p.add_argument("--distractors", type=int, default=3000, help="questions without a labelled duplicate")
+    p.add_argument("-k", type=int, default=10, help="neighbours per question in the kNN graph")
+    p.add_argument("--thresholds", type=float, nargs="+", help="probability cuts (default: the model's threshold)")
+    p.add_argument("--linkages", nargs="+", default=list(LINKAGES), choices=LINKAGES)
+    p.add_argument("--show", type=int, default=0, help="print this many groups of each linkage at the first threshold")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="write the results as JSON here")
+    args = p.parse_args(argv)
+
+    import qpairs
+
+    graph = DuplicateGraph.from_pairs(qd.load_pairs(qd.qqp_files(args.data)))
+    nodes = sample(graph, args.groups, args.max_group, args.distractors, args.seed)
+    texts, truth = [str(t) for t in graph.texts[nodes]], graph.group[nodes]
+    print(f"{len(nodes)} questions: {len(np.unique(truth[np.bincount(truth)[truth] > 1]))} true groups "
+          f"covering {int((np.bincount(truth)[truth] > 1).sum())}, the rest without a labelled duplicate", flush=True)
+    det = qpairs.load(args.model, device="cpu", backend=args.backend)
+    t0 = time.perf_counter()
+    index = QuestionIndex.build(det, texts, kind="flat")
+    src, dst, prob = duplicate_edges(det, index, k=args.k, threshold=0.0)
+    print(f"model {det.path} ({det.backend}): encoded and linked in {time.perf_counter() - t0:.0f} s; "
+          f"k={args.k}, model threshold {det.threshold:.3f}", flush=True)
+    thresholds = args.thresholds or [det.threshold]
+    rows, shown = [], {}
+    for threshold in thresholds:
+        for linkage in args.linkages:
+            t1 = time.perf_counter()
+            labels = linkage_clusters(len(texts), src, dst, prob, threshold, linkage)
+            rows.append({"linkage": linkage, "threshold": threshold, **pair_metrics(labels, truth),
+                         "seconds": time.perf_counter() - t1})
+            if args.show and threshold == thresholds[0]:
+                shown[linkage] = show_groups(labels, texts, args.show, args.seed)
+    print("\n| linkage | threshold | precision | recall | F1 | groups | largest |\n|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(f"| {r['linkage']} | {r['threshold']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} "
+              f"| {r['groups']} | {r['largest']} |")
+    for linkage, groups in shown.items():
+        print(f"\n{linkage} linkage at {thresholds[0]:.3f}: largest group, then random groups")
+        for g in groups:
+            print(f"  [{len(g)}] " + " | ".join(g[:12]) + (" | …" if len(g) > 12 else ""))
+    if args.out:
+        Path(args.out).write_text(json.dumps({"questions": len(texts), "k": args.k, "model": str(det.path),
+                                              "results": rows, "groups": shown}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
