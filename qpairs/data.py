@@ -25,6 +25,7 @@ log = logging.getLogger("qpairs")
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 from .config import NATURAL_DUPLICATE_RATE
+from .text import bad_mask
 
 # Column names accepted for each role, first match wins.
 Q1_COLUMNS = ("question1", "sentence1", "q1", "text1", "title")
@@ -106,11 +107,6 @@ def _parse_labels(values: pd.Series, path, column: str, on_bad_row: str) -> tupl
     return labels.fillna(-1).astype(int).to_numpy(), bad
 
 
-def _bad_text_mask(values: pd.Series) -> np.ndarray:
-    text = values.astype(str)
-    return (values.isna() | (text.str.strip() == "") | text.str.lower().isin(["nan", "none", "null"])).to_numpy()
-
-
 @dataclass
 class LoadReport:
     """What loading did: rows read, rows dropped and why, duplicates and label conflicts."""
@@ -150,7 +146,7 @@ def load_file(path, on_bad_row: str = "error", q1_col=None, q2_col=None, label_c
     bad = np.zeros(len(raw), dtype=bool)
     reasons: dict[str, int] = {}
     for c in (q1c, q2c):
-        mask = _bad_text_mask(raw[c])
+        mask = bad_mask(raw[c])
         if mask.any() and on_bad_row == "error":
             row = int(np.flatnonzero(mask)[0])
             raise DataError(f"{path}: row {row + 1} (line {row + 2}), column '{c}': empty or missing question")

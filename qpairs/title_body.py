@@ -28,6 +28,7 @@ import numpy as np
 import pandas as pd
 
 from .data import DataError, default_data_dir, question_components
+from .text import bad_mask
 
 log = logging.getLogger("qpairs")
 
@@ -150,7 +151,7 @@ def is_title_body_file(path) -> bool:
 
 
 def _check_text(values: pd.Series, path, column: str) -> None:
-    bad = (values.str.strip() == "").to_numpy()
+    bad = bad_mask(values)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
         raise DataError(f"{path}: row {row + 1} (line {row + 2}), column '{column}': empty text")
