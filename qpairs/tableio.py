@@ -15,9 +15,12 @@ import csv
 import gzip
 import os
 import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
 
 from .data import DataError
@@ -39,27 +42,67 @@ def _csv_kwargs(fmt: str) -> dict:
     return dict(sep="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else dict(sep=",")
 
 
+class OutputError(OSError):
+    """The output cannot be written (a directory, a missing or read-only folder, the input itself, a full disk)."""
+
+
+def check_output(output, input=None) -> None:
+    """Refuse, before any work, an output path that cannot be written or that is `input` itself."""
+    out = Path(output)
+    folder = out.parent
+    if out.is_dir():
+        raise OutputError(f"{out}: is a directory; give an output file name")
+    if not folder.is_dir():
+        raise OutputError(f"{out}: the folder {folder} does not exist")
+    if input is not None and os.path.exists(input) and (
+            os.path.realpath(out) == os.path.realpath(input) or (out.exists() and os.path.samefile(out, input))):
+        raise OutputError(f"{out}: is the input file; write the output to another file")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write in {folder} ({exc.strerror or exc})") from None
+
+
+def _parquet_file(path):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError without the file name
+        raise DataError(f"{path}: could not be read as Parquet: {exc}") from None
+
+
 def num_rows(path) -> int | None:
     """Row count when it is cheap to know (Parquet metadata), else None."""
     if table_format(path)[0] == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
+        return _parquet_file(path).metadata.num_rows
     return None
 
 
+def check_unique_columns(names, path) -> None:
+    """Refuse a header that names a column twice."""
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"{path}: the header names column '{name}' twice; column names must be unique")
+        seen.add(name)
+
+
 def read_columns(path) -> list[str]:
-    """Column names of a table file."""
+    """Column names of a table file (a header naming a column twice is refused)."""
     fmt, _ = table_format(path)
     _exists(path)
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return list(pq.ParquetFile(path).schema_arrow.names)
-    try:
-        return list(pd.read_csv(path, nrows=0, dtype=str, **_csv_kwargs(fmt)).columns)
-    except Exception as exc:
-        raise DataError(f"{path}: could not be read as {fmt.upper()}: {exc}") from exc
+        names = list(_parquet_file(path).schema_arrow.names)
+    else:
+        reader = _CSVReader(path, fmt)
+        try:
+            names = reader.header
+        finally:
+            reader.close()
+    check_unique_columns(names, path)
+    return names
 
 
 def _exists(path) -> None:
@@ -67,40 +110,153 @@ def _exists(path) -> None:
         raise DataError(f"{path}: file not found")
 
 
-def iter_chunks(path, chunk_size: int) -> Iterator[pd.DataFrame]:
-    """Frames of `chunk_size` rows (the last may be shorter), indexed by row number from 0."""
+@dataclass
+class Chunk:
+    """Rows `start`.. of a table: the frame (indexed by row number from 0), where each row starts in the
+    file (`lines`, CSV/TSV only) and the rows whose line holds another number of fields than the header."""
+
+    frame: pd.DataFrame
+    lines: np.ndarray | None = None
+    odd_fields: dict = field(default_factory=dict)  # position in the chunk -> fields on that row's line
+    n_fields: int = 0
+
+    def where(self, i: int) -> str:
+        """'row N (line L)' of the chunk's `i`-th row (1-based row N; L is the file's physical line)."""
+        label = f"row {int(self.frame.index[i]) + 1}"
+        return label + (f" (line {int(self.lines[i])})" if self.lines is not None else "")
+
+    def field_count_problem(self, i: int) -> str:
+        return f"field count (the header has {self.n_fields} fields, this line has {self.odd_fields[i]})"
+
+    def check_fields(self, path, hint: str = "") -> None:
+        """Raise `DataError` on the first row whose field count differs from the header's."""
+        if self.odd_fields:
+            i = min(self.odd_fields)
+            raise DataError(f"{path}: {self.where(i)}: {self.field_count_problem(i)}; an unquoted separator "
+                            f"or a missing field shifts the columns{hint}")
+
+
+class _CSVReader:
+    """Records of a CSV/TSV file (gzip or not) with the physical line each starts on.
+
+    Bytes are decoded line by line, so a byte that is not UTF-8 is reported with its line,
+    byte offset and column."""
+
+    def __init__(self, path, fmt: str):
+        self.path, self.fmt = path, fmt
+        csv.field_size_limit(2**31 - 1)
+        self.file = (gzip.open if table_format(path)[1] else open)(path, "rb")
+        dialect = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else dict(delimiter=",")
+        self.header: list[str] = []
+        self.records = csv.reader(self._lines(), **dialect)
+        self.line = 0  # physical lines consumed
+        first = self._next()
+        if first is None:
+            raise DataError(f"{path}: empty file (no header line)")
+        names = first[1]
+        names[0] = names[0].removeprefix("\ufeff")
+        self.header = [name or f"Unnamed: {i}" for i, name in enumerate(names)]
+
+    def _lines(self):
+        offset = 0
+        try:
+            for n, raw in enumerate(self.file, 1):
+                try:
+                    line = raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    raise self._bad_bytes(n, offset + exc.start, raw[: exc.start], exc.reason) from None
+                offset += len(raw)
+                yield line
+        except (OSError, EOFError) as exc:  # a corrupt or truncated gzip stream
+            raise DataError(f"{self.path}: could not be read after byte {offset}: {exc}") from None
+
+    def _bad_bytes(self, line: int, offset: int, before: bytes, reason: str) -> DataError:
+        where = f"line {line} (byte {offset})"
+        if self.header:
+            prefix = before.decode("utf-8", errors="replace")
+            fields = next(csv.reader([prefix], delimiter="\t" if self.fmt == "tsv" else ","), [""])
+            col = self.header[min(len(fields), len(self.header)) - 1] if fields else self.header[0]
+            where += f", column '{col}'"
+        return DataError(f"{self.path}: {where}: not valid UTF-8 ({reason}); save the file as UTF-8")
+
+    def _next(self):
+        """(first physical line, fields) of the next non-blank record, or None at the end."""
+        while True:
+            start = self.line + 1
+            try:
+                rec = next(self.records)
+            except StopIteration:
+                return None
+            except csv.Error as exc:
+                raise DataError(f"{self.path}: line {start}: could not be read as {self.fmt.upper()}: {exc}") from None
+            self.line = self.records.line_num
+            if rec:  # blank lines are skipped
+                return start, rec
+
+    def chunks(self, chunk_size: int) -> Iterator[Chunk]:
+        n, row = len(self.header), 0
+        while True:
+            rows, lines, odd = [], [], {}
+            while len(rows) < chunk_size:
+                got = self._next()
+                if got is None:
+                    break
+                start, rec = got
+                if len(rec) != n:
+                    odd[len(rows)] = len(rec)
+                    rec = (rec + [""] * n)[:n]
+                rows.append(rec)
+                lines.append(start)
+            if not rows:
+                return
+            frame = pd.DataFrame(rows, columns=self.header, dtype=object,
+                                 index=pd.RangeIndex(row, row + len(rows)))
+            row += len(rows)
+            yield Chunk(frame, np.asarray(lines, dtype=np.int64), odd, n)
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def iter_table(path, chunk_size: int) -> Iterator[Chunk]:
+    """`Chunk`s of `chunk_size` rows (the last may be shorter), in file order."""
     fmt, _ = table_format(path)
     _exists(path)
-    start = 0
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
-            frame = batch.to_pandas()
-            frame.index = pd.RangeIndex(start, start + len(frame))
-            start += len(frame)
-            yield frame
+        start = 0
+        try:
+            for batch in _parquet_file(path).iter_batches(batch_size=chunk_size):
+                frame = batch.to_pandas()
+                frame.index = pd.RangeIndex(start, start + len(frame))
+                start += len(frame)
+                yield Chunk(frame, n_fields=frame.shape[1])
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"{path}: could not be read as Parquet after row {start}: {exc}") from None
         return
-    reader = pd.read_csv(path, chunksize=chunk_size, dtype=str, keep_default_na=False, na_filter=False,
-                         **_csv_kwargs(fmt))
-    with reader:
-        while True:
-            try:
-                frame = next(reader)
-            except StopIteration:
-                return
-            except Exception as exc:  # a malformed line: pandas names the line
-                raise DataError(f"{path}: could not be read as {fmt.upper()} after row {start}: {exc}") from exc
-            frame.index = pd.RangeIndex(start, start + len(frame))
-            start += len(frame)
-            yield frame
+    reader = _CSVReader(path, fmt)
+    try:
+        yield from reader.chunks(chunk_size)
+    finally:
+        reader.close()
+
+
+def iter_chunks(path, chunk_size: int) -> Iterator[pd.DataFrame]:
+    """Frames of `chunk_size` rows (the last may be shorter), indexed by row number from 0; a row whose
+    field count differs from the header's raises `DataError`."""
+    for chunk in iter_table(path, chunk_size):
+        chunk.check_fields(path)
+        yield chunk.frame
 
 
 class CSVWriter:
     """Appends frames to a CSV/TSV (gzip: one member per chunk) file; `state()` is the byte offset."""
 
-    def __init__(self, path, fmt: str, gz: bool, state: dict | None = None, float_format: str = "%.6g"):
+    def __init__(self, path, fmt: str, gz: bool, state: dict | None = None, float_format: str = "%.6g",
+                 name=None):
         self.path, self.fmt, self.gz, self.float_format = Path(path), fmt, gz, float_format
+        self.name = name or self.path
         self.offset = int(state["offset"]) if state else 0
         self.header_done = bool(state and state["header_done"])
         if state:
@@ -118,7 +274,7 @@ class CSVWriter:
             text = frame.to_csv(index=False, header=not self.header_done, float_format=self.float_format,
                                 lineterminator="\n", **_csv_kwargs(self.fmt))
         except csv.Error as exc:
-            raise ValueError(f"{self.path}: a cell holds a tab or newline, which TSV without quoting cannot "
+            raise ValueError(f"{self.name}: a cell holds a tab or newline, which TSV without quoting cannot "
                              f"store ({exc}); write CSV or Parquet instead") from exc
         data = text.encode("utf-8")
         if self.gz:
@@ -178,7 +334,7 @@ class ParquetWriter:
 def open_writer(name, temp_path, state: dict | None = None):
     """A chunk writer into `temp_path` for the format that the file name `name` implies."""
     fmt, gz = table_format(name)
-    return ParquetWriter(temp_path, state) if fmt == "parquet" else CSVWriter(temp_path, fmt, gz, state)
+    return ParquetWriter(temp_path, state) if fmt == "parquet" else CSVWriter(temp_path, fmt, gz, state, name=name)
 
 
 def write_frame(frame: pd.DataFrame, path, name=None) -> None:
