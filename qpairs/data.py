@@ -67,6 +67,15 @@ def find_column(columns, candidates, role: str, path, required: bool = True):
     return None
 
 
+def check_unique_columns(names, path) -> None:
+    """Refuse a header that names a column twice."""
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"{path}: the header names column '{name}' twice; column names must be unique")
+        seen.add(name)
+
+
 def _is_tsv(path: str) -> bool:
     name = str(path).lower().removesuffix(".gz").removesuffix(".bz2").removesuffix(".xz")
     return name.endswith((".tsv", ".txt"))
@@ -85,10 +94,13 @@ def read_table(path) -> pd.DataFrame:
     if _is_tsv(path):
         kwargs.update(sep="\t", quoting=3)  # csv.QUOTE_NONE: quotes are text in QQP's TSV
     try:
+        check_unique_columns(pd.read_csv(path, nrows=1, header=None, dtype=str, **kwargs).iloc[0], path)
         header = pd.read_csv(path, nrows=0, **kwargs).columns
         # every cell as text: labels and ids are validated by us, not guessed by a type inferrer
         kwargs["features"] = datasets.Features({c: datasets.Value("string") for c in header})
         ds = datasets.load_dataset("csv", data_files=path, split="train", **kwargs)
+    except DataError:
+        raise
     except Exception as exc:  # datasets wraps pandas errors; keep the file name visible
         raise DataError(f"{path}: could not be read as {'TSV' if _is_tsv(path) else 'CSV'}: {exc}") from exc
     return ds.to_pandas()

@@ -19,9 +19,9 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .config import CHECKPOINT_ROWS
 from .encoders import length_batches
 
-CHECKPOINT_ROWS = 50_000  # default rows between resume checkpoints (about a minute of CPU scoring or less)
 PROBA_COL = "duplicate_probability"
 PRED_COL = "predicted_duplicate"
 

@@ -23,7 +23,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from .data import DataError
+from .data import DataError, check_unique_columns
 
 
 def table_format(path) -> tuple[str, bool]:
@@ -78,15 +78,6 @@ def num_rows(path) -> int | None:
     if table_format(path)[0] == "parquet":
         return _parquet_file(path).metadata.num_rows
     return None
-
-
-def check_unique_columns(names, path) -> None:
-    """Refuse a header that names a column twice."""
-    seen = set()
-    for name in names:
-        if name in seen:
-            raise DataError(f"{path}: the header names column '{name}' twice; column names must be unique")
-        seen.add(name)
 
 
 def read_columns(path) -> list[str]:
@@ -145,7 +136,10 @@ class _CSVReader:
     def __init__(self, path, fmt: str):
         self.path, self.fmt = path, fmt
         csv.field_size_limit(2**31 - 1)
-        self.file = (gzip.open if table_format(path)[1] else open)(path, "rb")
+        try:
+            self.file = (gzip.open if table_format(path)[1] else open)(path, "rb")
+        except OSError as exc:
+            raise DataError(f"{path}: cannot be read: {exc.strerror or exc}") from None
         dialect = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else dict(delimiter=",")
         self.header: list[str] = []
         self.records = csv.reader(self._lines(), **dialect)

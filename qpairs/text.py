@@ -47,6 +47,11 @@ def bad_reasons(values: pd.Series, max_chars: int | None = None) -> pd.Series:
     return reason
 
 
+def blank_mask(values: pd.Series) -> np.ndarray:
+    """Boolean array: True where the value is missing or has no visible character."""
+    return (values.isna() | ~values.astype(str).str.contains(_VISIBLE)).to_numpy()
+
+
 def bad_mask(values: pd.Series) -> np.ndarray:
     """Boolean array: True where the value is not a question text."""
     return (bad_reasons(values) != "").to_numpy()
