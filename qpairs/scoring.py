@@ -285,9 +285,10 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
             if len(report) and on_bad_row == "error":
                 _raise_bad_row(input, chunk, report.iloc[0])
             try:
-                writer.write(_score_chunk(scorer, chunk.frame, q1c, q2c, ok))
-            except ValueError as exc:
+                out = _score_chunk(scorer, chunk.frame, q1c, q2c, ok)
+            except ValueError as exc:  # e.g. more unique texts than --cache-size
                 raise ValueError(f"{input}: {chunk.where(0)} to {chunk.where(-1)}: {exc}") from None
+            writer.write(out)
             if len(report):
                 bad_writer.write(report)
             n_bad += len(report)
@@ -306,8 +307,8 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
         _close(writers, bar)
         _cleanup(p)
         if isinstance(exc, OSError) and not isinstance(exc, tableio.OutputError):
-            where = exc.filename or output
-            raise tableio.OutputError(f"{output}: could not write {where}: {exc.strerror or exc}") from exc
+            raise tableio.OutputError(f"{output}: could not write: {exc.strerror or exc}"
+                                      + (f" ({exc.filename})" if exc.filename else "")) from exc
         raise
     except BaseException:  # an interrupt: the resume state stays
         _close(writers, bar)

@@ -117,6 +117,7 @@ def _write(frame: pd.DataFrame, output, rows_read: int, test_file) -> None:
             raise ValueError(f"{output}: the test_ids as written differ from those of {test_file}")
         os.replace(tmp, out)
     except OSError as exc:
-        raise OutputError(f"{output}: could not write {exc.filename or tmp}: {exc.strerror or exc}") from exc
+        raise OutputError(f"{output}: could not write: {exc.strerror or exc}"
+                          + (f" ({exc.filename})" if exc.filename else "")) from exc
     finally:
         tmp.unlink(missing_ok=True)
