@@ -39,6 +39,8 @@ def test_kaggle_test_schema_is_unlabelled(tmp_path):
 
 @pytest.mark.parametrize("column,value,message", [
     ("question2", "", "row 3 (line 4), column 'question2': empty or missing question"),
+    ("question2", "\u200b\u200d", "row 3 (line 4), column 'question2': empty or missing question"),
+    ("question1", "\ufeff\x00", "row 3 (line 4), column 'question1': empty or missing question"),
     ("is_duplicate", "2", "row 3 (line 4), column 'is_duplicate': label '2' is not 0 or 1"),
     ("is_duplicate", "yes", "column 'is_duplicate'"),
 ])
@@ -50,6 +52,13 @@ def test_bad_rows_raise_with_file_row_and_column(tmp_path, column, value, messag
     with pytest.raises(qd.DataError) as err:
         qd.load_pairs(path)
     assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_a_header_naming_a_column_twice_is_refused(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text("id,question1,question1,is_duplicate\n0,a?,b?,1\n")
+    with pytest.raises(qd.DataError, match=r"dup.csv: the header names column 'question1' twice"):
+        qd.load_pairs(path)
 
 
 def test_missing_column_names_file_and_columns(tmp_path):

@@ -89,6 +89,7 @@ def test_load_posts_strips_and_truncates(posts_csv):
 
 @pytest.mark.parametrize("change, message", [
     (lambda f: f.assign(title=f["title"].where(f.index != 3, "  ")), r"row 4 \(line 5\), column 'title'"),
+    (lambda f: f.assign(title=f["title"].where(f.index != 3, "\u200b\u2060")), r"row 4 \(line 5\), column 'title'"),
     (lambda f: f.assign(content=f["content"].where(f.index != 5, "<p><img src='a.png'></p>")),
      r"row 6 \(line 7\), column 'content': body has no text"),
     (lambda f: f.assign(id=f["id"].where(f.index != 7, "4")), r"row 8 \(line 9\), column 'id'.*appears twice"),
