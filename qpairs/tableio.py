@@ -4,6 +4,8 @@ The format comes from the file name: ``.parquet``/``.pq`` → Parquet; ``.tsv``/
 (no quoting, like QQP's ``quora_duplicate_questions.tsv``); anything else → CSV; a trailing
 ``.gz`` → gzip. CSV/TSV cells are read as text exactly as written (no type or NA guessing).
 
+Readers yield `Chunk`s: the rows as text, the physical line each row starts on and any row
+whose field count differs from the header's (an unquoted separator shifts columns: never guessed).
 Writers append chunk after chunk to one temporary file and can report a `state()` after any
 chunk; a writer built with that state continues from there (what ``--resume`` uses), giving
 the same bytes as an uninterrupted run. Gzip output is one gzip member per chunk (valid
@@ -11,6 +13,7 @@ gzip, read by every gzip reader), so it can be cut at a chunk boundary.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import os
@@ -130,83 +133,83 @@ class Chunk:
 class _CSVReader:
     """Records of a CSV/TSV file (gzip or not) with the physical line each starts on.
 
-    Bytes are decoded line by line, so a byte that is not UTF-8 is reported with its line,
-    byte offset and column."""
+    A byte that is not UTF-8 is reported with its line, byte offset and column."""
 
     def __init__(self, path, fmt: str):
         self.path, self.fmt = path, fmt
         csv.field_size_limit(2**31 - 1)
+        self.dialect = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else dict(delimiter=",")
         try:
-            self.file = (gzip.open if table_format(path)[1] else open)(path, "rb")
+            self.file = self._open("rt", encoding="utf-8", newline="")
         except OSError as exc:
             raise DataError(f"{path}: cannot be read: {exc.strerror or exc}") from None
-        dialect = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else dict(delimiter=",")
+        self.records = csv.reader(self.file, **self.dialect)
         self.header: list[str] = []
-        self.records = csv.reader(self._lines(), **dialect)
         self.line = 0  # physical lines consumed
-        first = self._next()
+        with self._errors():
+            first = next((rec for rec in self.records if rec), None)
         if first is None:
             raise DataError(f"{path}: empty file (no header line)")
-        names = first[1]
-        names[0] = names[0].removeprefix("\ufeff")
-        self.header = [name or f"Unnamed: {i}" for i, name in enumerate(names)]
+        self.line = self.records.line_num
+        first[0] = first[0].removeprefix("\ufeff")
+        self.header = [name or f"Unnamed: {i}" for i, name in enumerate(first)]
 
-    def _lines(self):
-        offset = 0
+    def _open(self, mode: str, **kwargs):
+        return (gzip.open if table_format(self.path)[1] else open)(self.path, mode, **kwargs)
+
+    @contextlib.contextmanager
+    def _errors(self):
+        """Turn decoding, parsing and gzip errors into `DataError`s that name the place."""
         try:
-            for n, raw in enumerate(self.file, 1):
-                try:
-                    line = raw.decode("utf-8")
-                except UnicodeDecodeError as exc:
-                    raise self._bad_bytes(n, offset + exc.start, raw[: exc.start], exc.reason) from None
-                offset += len(raw)
-                yield line
+            yield
+        except UnicodeDecodeError:
+            raise self._bad_bytes() from None
+        except csv.Error as exc:
+            raise DataError(f"{self.path}: line {self.records.line_num}: could not be read as {self.fmt.upper()}: "
+                            f"{exc}") from None
         except (OSError, EOFError) as exc:  # a corrupt or truncated gzip stream
-            raise DataError(f"{self.path}: could not be read after byte {offset}: {exc}") from None
+            raise DataError(f"{self.path}: could not be read after line {self.line}: {exc}") from None
 
-    def _bad_bytes(self, line: int, offset: int, before: bytes, reason: str) -> DataError:
-        where = f"line {line} (byte {offset})"
-        if self.header:
-            prefix = before.decode("utf-8", errors="replace")
-            fields = next(csv.reader([prefix], delimiter="\t" if self.fmt == "tsv" else ","), [""])
-            col = self.header[min(len(fields), len(self.header)) - 1] if fields else self.header[0]
-            where += f", column '{col}'"
-        return DataError(f"{self.path}: {where}: not valid UTF-8 ({reason}); save the file as UTF-8")
-
-    def _next(self):
-        """(first physical line, fields) of the next non-blank record, or None at the end."""
-        while True:
-            start = self.line + 1
-            try:
-                rec = next(self.records)
-            except StopIteration:
-                return None
-            except csv.Error as exc:
-                raise DataError(f"{self.path}: line {start}: could not be read as {self.fmt.upper()}: {exc}") from None
-            self.line = self.records.line_num
-            if rec:  # blank lines are skipped
-                return start, rec
+    def _bad_bytes(self) -> DataError:
+        """The error for the first line that is not UTF-8: line, byte offset and column."""
+        offset = 0
+        with self._open("rb") as fh:
+            for n, raw in enumerate(fh, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    where = f"line {n} (byte {offset + exc.start})"
+                    if self.header:
+                        before = raw[: exc.start].decode("utf-8", errors="replace")
+                        fields = next(csv.reader([before], **self.dialect), [""])
+                        where += f", column '{self.header[max(0, min(len(fields), len(self.header)) - 1)]}'"
+                    return DataError(f"{self.path}: {where}: not valid UTF-8 ({exc.reason}); save the file as UTF-8")
+                offset += len(raw)
+        return DataError(f"{self.path}: not valid UTF-8")
 
     def chunks(self, chunk_size: int) -> Iterator[Chunk]:
-        n, row = len(self.header), 0
-        while True:
-            rows, lines, odd = [], [], {}
-            while len(rows) < chunk_size:
-                got = self._next()
-                if got is None:
-                    break
-                start, rec = got
+        n, row, records = len(self.header), 0, self.records
+        rows, lines, odd = [], [], {}
+        with self._errors():
+            for rec in records:
+                start, self.line = self.line + 1, records.line_num
+                if not rec:  # blank lines are skipped
+                    continue
                 if len(rec) != n:
                     odd[len(rows)] = len(rec)
                     rec = (rec + [""] * n)[:n]
                 rows.append(rec)
                 lines.append(start)
-            if not rows:
-                return
-            frame = pd.DataFrame(rows, columns=self.header, dtype=object,
-                                 index=pd.RangeIndex(row, row + len(rows)))
-            row += len(rows)
-            yield Chunk(frame, np.asarray(lines, dtype=np.int64), odd, n)
+                if len(rows) == chunk_size:
+                    yield self._chunk(rows, lines, odd, row)
+                    row += len(rows)
+                    rows, lines, odd = [], [], {}
+        if rows:
+            yield self._chunk(rows, lines, odd, row)
+
+    def _chunk(self, rows, lines, odd, row: int) -> Chunk:
+        frame = pd.DataFrame(rows, columns=self.header, dtype=object, index=pd.RangeIndex(row, row + len(rows)))
+        return Chunk(frame, np.asarray(lines, dtype=np.int64), odd, len(self.header))
 
     def close(self) -> None:
         self.file.close()
@@ -234,14 +237,6 @@ def iter_table(path, chunk_size: int) -> Iterator[Chunk]:
         yield from reader.chunks(chunk_size)
     finally:
         reader.close()
-
-
-def iter_chunks(path, chunk_size: int) -> Iterator[pd.DataFrame]:
-    """Frames of `chunk_size` rows (the last may be shorter), indexed by row number from 0; a row whose
-    field count differs from the header's raises `DataError`."""
-    for chunk in iter_table(path, chunk_size):
-        chunk.check_fields(path)
-        yield chunk.frame
 
 
 class CSVWriter:
