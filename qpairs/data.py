@@ -67,6 +67,13 @@ def find_column(columns, candidates, role: str, path, required: bool = True):
     return None
 
 
+def row_where(path, row: int) -> str:
+    """'row N (line L)' of data row `row` (from 0) of a file, L being the physical line (see `qpairs.tableio`)."""
+    from .tableio import row_where as where
+
+    return where(path, row)
+
+
 def check_unique_columns(names, path) -> None:
     """Refuse a header that names a column twice."""
     seen = set()
@@ -114,7 +121,7 @@ def _parse_labels(values: pd.Series, path, column: str, on_bad_row: str) -> tupl
     if bad.any() and on_bad_row == "error":
         row = int(np.flatnonzero(bad)[0])
         raise DataError(
-            f"{path}: row {row + 1} (line {row + 2}), column '{column}': label {text.iloc[row]!r} is not 0 or 1"
+            f"{path}: {row_where(path, row)}, column '{column}': label {text.iloc[row]!r} is not 0 or 1"
         )
     return labels.fillna(-1).astype(int).to_numpy(), bad
 
@@ -161,7 +168,7 @@ def load_file(path, on_bad_row: str = "error", q1_col=None, q2_col=None, label_c
         mask = bad_mask(raw[c])
         if mask.any() and on_bad_row == "error":
             row = int(np.flatnonzero(mask)[0])
-            raise DataError(f"{path}: row {row + 1} (line {row + 2}), column '{c}': empty or missing question")
+            raise DataError(f"{path}: {row_where(path, row)}, column '{c}': empty or missing question")
         reasons[f"empty {c}"] = int(mask.sum())
         bad |= mask
     if lc is not None:

@@ -88,7 +88,7 @@ def bank_side(det) -> str:
 
 def read_questions(path, text_col: str | None = None, id_col: str | None = None) -> tuple[list[str], list[str]]:
     """(ids, texts) from a CSV/TSV of questions; empty questions and repeated ids raise `DataError`."""
-    from .data import DataError, find_column, read_table
+    from .data import DataError, find_column, read_table, row_where
     from .text import bad_mask
 
     frame = read_table(path)
@@ -102,7 +102,7 @@ def read_questions(path, text_col: str | None = None, id_col: str | None = None)
     texts = frame[tc].fillna("").astype(str)
     if len(empty):
         r = int(empty[0])
-        raise DataError(f"{path}: row {r + 1} (line {r + 2}), column '{tc}': empty or missing question "
+        raise DataError(f"{path}: {row_where(path, r)}, column '{tc}': empty or missing question "
                         f"({len(empty)} such rows)")
     ids = frame[ic].astype(str) if ic else pd.Series(np.arange(len(frame))).astype(str)
     repeated = ids.duplicated(keep=False).to_numpy()

@@ -215,6 +215,30 @@ class _CSVReader:
         self.file.close()
 
 
+def line_of_row(path, row: int) -> int | None:
+    """Physical line on which data row `row` (from 0) of a CSV/TSV starts; None when not known."""
+    fmt, _ = table_format(path)
+    if fmt == "parquet" or str(path).lower().endswith((".bz2", ".xz")) or not os.path.exists(path):
+        return None
+    try:
+        reader = _CSVReader(path, fmt)
+        try:
+            for chunk in reader.chunks(65536):
+                if row <= chunk.frame.index[-1]:
+                    return int(chunk.lines[row - chunk.frame.index[0]])
+        finally:
+            reader.close()
+    except DataError:
+        pass
+    return None
+
+
+def row_where(path, row: int) -> str:
+    """'row N (line L)' of data row `row` (from 0), naming the physical line when it is known."""
+    line = line_of_row(path, row)
+    return f"row {row + 1}" + (f" (line {line})" if line is not None else "")
+
+
 def iter_table(path, chunk_size: int) -> Iterator[Chunk]:
     """`Chunk`s of `chunk_size` rows (the last may be shorter), in file order."""
     fmt, _ = table_format(path)

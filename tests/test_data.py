@@ -54,6 +54,14 @@ def test_bad_rows_raise_with_file_row_and_column(tmp_path, column, value, messag
     assert str(path) in str(err.value) and message in str(err.value)
 
 
+def test_errors_name_the_physical_line_after_a_multiline_cell(tmp_path):
+    path = tmp_path / "multi.csv.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write('id,question1,question2,is_duplicate\n0,"How do\nI cook\nrice?",Is it easy?,1\n1,Hello?,\u200b,0\n')
+    with pytest.raises(qd.DataError, match=r"row 2 \(line 5\), column 'question2': empty or missing question"):
+        qd.load_pairs(path)
+
+
 def test_a_header_naming_a_column_twice_is_refused(tmp_path):
     path = tmp_path / "dup.csv"
     path.write_text("id,question1,question1,is_duplicate\n0,a?,b?,1\n")
