@@ -100,6 +100,10 @@ def read_table(path) -> pd.DataFrame:
     kwargs = dict(keep_default_na=False)
     if _is_tsv(path):
         kwargs.update(sep="\t", quoting=3)  # csv.QUOTE_NONE: quotes are text in QQP's TSV
+    if not path.lower().endswith((".bz2", ".xz")):
+        from .tableio import check_field_counts
+
+        check_field_counts(path)  # pandas would shift the columns of such a row silently
     try:
         check_unique_columns(pd.read_csv(path, nrows=1, header=None, dtype=str, **kwargs).iloc[0], path)
         header = pd.read_csv(path, nrows=0, **kwargs).columns

@@ -233,6 +233,12 @@ def line_of_row(path, row: int) -> int | None:
     return None
 
 
+def check_field_counts(path) -> None:
+    """Raise `DataError` on the first CSV/TSV row whose field count differs from the header's."""
+    for chunk in iter_table(path, 65536):
+        chunk.check_fields(path)
+
+
 def row_where(path, row: int) -> str:
     """'row N (line L)' of data row `row` (from 0), naming the physical line when it is known."""
     line = line_of_row(path, row)

@@ -62,6 +62,14 @@ def test_errors_name_the_physical_line_after_a_multiline_cell(tmp_path):
         qd.load_pairs(path)
 
 
+def test_a_row_with_an_extra_field_is_refused(tmp_path):
+    path = tmp_path / "extra.csv"
+    path.write_text("id,question1,question2,is_duplicate\n0,a?,b?,1\n1,c?,d?,0,\n")
+    with pytest.raises(qd.DataError, match=r"extra.csv: row 2 \(line 3\): field count \(the header has 4 fields, "
+                                           r"this line has 5\)"):
+        qd.load_pairs(path)
+
+
 def test_a_header_naming_a_column_twice_is_refused(tmp_path):
     path = tmp_path / "dup.csv"
     path.write_text("id,question1,question1,is_duplicate\n0,a?,b?,1\n")

@@ -521,3 +521,17 @@ def test_a_corrupt_resume_state_is_a_one_line_error(det, tmp_path, capsys):
                  "--device", "cpu", "--chunk-size", "20", "--checkpoint-rows", "20", "--resume"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and f"{state}: the resume state is unreadable" in err
+
+
+def test_the_weights_are_hashed_once_per_model_load(tmp_path, monkeypatch):
+    import qpairs.fingerprint as fp
+
+    calls = []
+    original = fp.weights_hash
+    monkeypatch.setattr(fp, "weights_hash", lambda *a, **k: calls.append(1) or original(*a, **k))
+    fresh = qpairs.load(tiny_lstm_dir(tmp_path / "m"), device="cpu")
+    write(kaggle_test_frame(100), tmp_path / "in.csv")
+    for name in ("a.csv", "b.csv"):
+        score_file(tmp_path / "in.csv", tmp_path / name, fresh, chunk_size=10, checkpoint_rows=10, progress=False)
+    assert len(calls) == 1
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
