@@ -382,7 +382,7 @@ def cmd_score(args) -> int:
     r = score_file(args.input, args.output, args.model, q1_col=args.q1_col, q2_col=args.q2_col, id_col=args.id_col,
                    device=args.device, batch_size=args.batch_size, chunk_size=args.chunk_size,
                    on_bad_row=args.on_bad_row, resume=args.resume, max_chars=args.max_chars,
-                   cache_size=args.cache_size, backend=args.backend)
+                   cache_size=args.cache_size, checkpoint_rows=args.checkpoint_rows, backend=args.backend)
     print(f"scored {r['rows']} pairs ({r['q1_col']} vs {r['q2_col']}) in {r['seconds']:.1f} s, "
           f"{r['pairs_per_s']:.0f} pairs/s, unique-text cache hits {r['cache_hit_rate']:.0%}; written to {r['output']}")
     if r["bad_rows"]:
@@ -419,6 +419,7 @@ def cmd_submit(args) -> int:
 
 
 def _add_scoring_commands(sub) -> None:
+    from .config import CHECKPOINT_ROWS
     p = sub.add_parser("score", help="score every pair of a CSV/TSV/Parquet file (streaming, resumable)",
                        description="Adds duplicate_probability (calibrated) and predicted_duplicate (0/1 at the "
                        "model's threshold) to every row, keeping all input columns and the row order. Formats "
@@ -439,8 +440,11 @@ def _add_scoring_commands(sub) -> None:
                    help="empty, NaN, non-text or over-long question: error stops naming the row; mark leaves its "
                         "probability empty and lists it in OUTPUT.bad_rows.csv (default: error)")
     p.add_argument("--max-chars", type=int, default=10_000, help="longer questions are bad rows (default: 10000)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run (same input and options); "
-                   "the result is identical to an uninterrupted run")
+    p.add_argument("--resume", action="store_true", help="continue an interrupted run (same input, model and "
+                   "options) from its last checkpoint; the result is identical to an uninterrupted run")
+    p.add_argument("--checkpoint-rows", type=int, default=CHECKPOINT_ROWS,
+                   help="save the resume state every this many rows (whole chunks, at least one); the unique-text "
+                        f"cache also restarts there (default: {CHECKPOINT_ROWS})")
     p.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="local: this process, OUTPUT is one file; ray: a Ray Data actor pool on the cluster at "
                         "--ray-address (or a local Ray), OUTPUT is a directory of Parquet shards with a row_number "
@@ -540,10 +544,11 @@ def main(argv=None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     from .data import DataError
+    from .tableio import OutputError
 
     try:
         return args.func(args)
-    except (DataError, FileExistsError, FileNotFoundError, ValueError, TypeError) as exc:
+    except (DataError, OutputError, FileExistsError, FileNotFoundError, ValueError, TypeError) as exc:
         print(f"qpairs {args.command}: error: {exc}", file=sys.stderr)
         return 2
 

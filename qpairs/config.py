@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass, field
 NATURAL_DUPLICATE_RATE = 0.37  # duplicate rate of the original QQP
 ADAPT_MIN_PAIRS, ADAPT_MIN_PER_CLASS = 50, 10  # the fewest labelled pairs (and of each class) `qpairs adapt` trusts
 EVAL_DIR = "qpairs-eval"  # `qpairs evaluate` reports of the bundled model, in the working directory
+CHECKPOINT_ROWS = 50_000  # `qpairs score`: rows between resume checkpoints (about a minute of CPU scoring or less)
 BACKENDS = ("auto", "torch", "onnx", "onnx-int8")  # how a model runs at inference (qpairs.onnxrt)
 HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "precision": True, "recall": True, "roc_auc": True,
                     "average_precision": True, "log_loss": False, "loss": False}

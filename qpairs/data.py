@@ -25,6 +25,7 @@ log = logging.getLogger("qpairs")
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 from .config import NATURAL_DUPLICATE_RATE
+from .text import bad_mask
 
 # Column names accepted for each role, first match wins.
 Q1_COLUMNS = ("question1", "sentence1", "q1", "text1", "title")
@@ -73,6 +74,22 @@ def find_column(columns, candidates, role: str, path, required: bool = True):
     return None
 
 
+def row_where(path, row: int) -> str:
+    """'row N (line L)' of data row `row` (from 0) of a file, L being the physical line (see `qpairs.tableio`)."""
+    from .tableio import row_where as where
+
+    return where(path, row)
+
+
+def check_unique_columns(names, path) -> None:
+    """Refuse a header that names a column twice."""
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"{path}: the header names column '{name}' twice; column names must be unique")
+        seen.add(name)
+
+
 def _is_tsv(path: str) -> bool:
     name = str(path).lower().removesuffix(".gz").removesuffix(".bz2").removesuffix(".xz")
     return name.endswith((".tsv", ".txt"))
@@ -92,11 +109,18 @@ def read_table(path) -> pd.DataFrame:
     kwargs = dict(keep_default_na=False)
     if _is_tsv(path):
         kwargs.update(sep="\t", quoting=3)  # csv.QUOTE_NONE: quotes are text in QQP's TSV
+    if not path.lower().endswith((".bz2", ".xz")):
+        from .tableio import check_field_counts
+
+        check_field_counts(path)  # pandas would shift the columns of such a row silently
     try:
+        check_unique_columns(pd.read_csv(path, nrows=1, header=None, dtype=str, **kwargs).iloc[0], path)
         header = pd.read_csv(path, nrows=0, **kwargs).columns
         # every cell as text: labels and ids are validated by us, not guessed by a type inferrer
         kwargs["features"] = datasets.Features({c: datasets.Value("string") for c in header})
         ds = datasets.load_dataset("csv", data_files=path, split="train", **kwargs)
+    except DataError:
+        raise
     except Exception as exc:  # datasets wraps pandas errors; keep the file name visible
         raise DataError(f"{path}: could not be read as {'TSV' if _is_tsv(path) else 'CSV'}: {exc}") from exc
     return ds.to_pandas()
@@ -119,14 +143,9 @@ def _parse_labels(values: pd.Series, path, column: str, on_bad_row: str) -> tupl
     if bad.any() and on_bad_row == "error":
         row = int(np.flatnonzero(bad)[0])
         raise DataError(
-            f"{path}: row {row + 1} (line {row + 2}), column '{column}': label {text.iloc[row]!r} is not 0 or 1"
+            f"{path}: {row_where(path, row)}, column '{column}': label {text.iloc[row]!r} is not 0 or 1"
         )
     return labels.fillna(-1).astype(int).to_numpy(), bad
-
-
-def _bad_text_mask(values: pd.Series) -> np.ndarray:
-    text = values.astype(str)
-    return (values.isna() | (text.str.strip() == "") | text.str.lower().isin(["nan", "none", "null"])).to_numpy()
 
 
 @dataclass
@@ -168,10 +187,10 @@ def load_file(path, on_bad_row: str = "error", q1_col=None, q2_col=None, label_c
     bad = np.zeros(len(raw), dtype=bool)
     reasons: dict[str, int] = {}
     for c in (q1c, q2c):
-        mask = _bad_text_mask(raw[c])
+        mask = bad_mask(raw[c])
         if mask.any() and on_bad_row == "error":
             row = int(np.flatnonzero(mask)[0])
-            raise DataError(f"{path}: row {row + 1} (line {row + 2}), column '{c}': empty or missing question")
+            raise DataError(f"{path}: {row_where(path, row)}, column '{c}': empty or missing question")
         reasons[f"empty {c}"] = int(mask.sum())
         bad |= mask
     if lc is not None:

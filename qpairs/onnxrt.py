@@ -7,7 +7,6 @@ cached under ``$QPAIRS_CACHE`` (default ``~/.cache/qpairs``) keyed by a hash of 
 """
 from __future__ import annotations
 
-import hashlib
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -79,11 +78,10 @@ def weights_key(encoder) -> str:
     """Hash of the base weights, pooling and library versions: names the cached ONNX files."""
     import onnxruntime
 
-    h = hashlib.sha256(f"{encoder.config['pooling']}|{torch.__version__}|{onnxruntime.__version__}".encode())
-    for name, t in sorted(encoder.model.state_dict().items()):
-        h.update(name.encode())
-        h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-    return h.hexdigest()[:20]
+    from .fingerprint import weights_hash
+
+    salt = f"{encoder.config['pooling']}|{torch.__version__}|{onnxruntime.__version__}"
+    return weights_hash(encoder.model.state_dict(), salt)[:20]
 
 
 def export(encoder, path: Path) -> Path:

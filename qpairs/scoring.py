@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from .config import CHECKPOINT_ROWS
 from .encoders import length_batches
 
 PROBA_COL = "duplicate_probability"
@@ -167,30 +168,7 @@ class PairScorer:
 
 # ---------------------------------------------------------------- bad rows
 
-MISSING_TEXTS = {"nan", "none", "null"}  # what a NaN becomes after a careless astype(str)
-
-
-def bad_reasons(values: pd.Series, max_chars: int) -> pd.Series:
-    """Per row: why the cell is not a scorable question ('' when it is fine)."""
-    is_str = values.map(lambda v: isinstance(v, str)).astype(bool)
-    text = values.where(is_str, "").astype(str)
-    reason = pd.Series("", index=values.index, dtype=object)
-    stripped = text.str.strip()
-    reason[is_str & (stripped == "")] = "empty question"
-    reason[is_str & stripped.str.lower().isin(MISSING_TEXTS)] = "missing question (text 'nan'/'none'/'null')"
-    lengths = text.str.len()
-    long = is_str & (lengths > max_chars)
-    reason[long] = "over-long question (" + lengths[long].astype(str) + f" characters > --max-chars {max_chars})"
-    na = ~is_str & values.isna()
-    reason[na] = "missing question (NaN/null)"
-    other = ~is_str & ~na
-    reason[other] = "not text (" + values[other].map(lambda v: type(v).__name__) + ")"
-    return reason
-
-
-def _row_label(path, row: int, fmt: str) -> str:
-    where = f"row {row + 1}"
-    return where + (f" (line {row + 2})" if fmt != "parquet" else "")
+from .text import MISSING_TEXTS, bad_reasons  # noqa: E402,F401  (the one text rule; Ray scoring imports it here)
 
 
 # ---------------------------------------------------------------- file scorer
@@ -222,40 +200,61 @@ def _fingerprint(det) -> str:
     import hashlib
     import json
 
-    blob = json.dumps({"cal": det.calibrator.to_dict(), "cfg": det.config}, sort_keys=True, default=str)
+    from .fingerprint import model_fingerprint
+
+    blob = json.dumps({"cal": det.calibrator.to_dict(), "cfg": det.config, "weights": model_fingerprint(det)},
+                      sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _rows_digest(digest, frame: pd.DataFrame) -> None:
+    """Add the content of `frame`'s rows to `digest` (resume checks that the scored part is unchanged)."""
+    try:
+        hashes = pd.util.hash_pandas_object(frame, index=False)
+    except TypeError:  # unhashable cells (e.g. Parquet lists)
+        hashes = pd.util.hash_pandas_object(frame.astype(str), index=False)
+    digest.update(hashes.to_numpy().tobytes())
+
+
+def _check_options(on_bad_row: str, chunk_size: int, max_chars: int, checkpoint_rows: int, cache_size) -> None:
+    if on_bad_row not in ("error", "mark"):
+        raise ValueError(f"on_bad_row must be 'error' or 'mark', not {on_bad_row!r}")
+    for flag, value in (("--chunk-size", chunk_size), ("--max-chars", max_chars),
+                        ("--checkpoint-rows", checkpoint_rows), ("--cache-size", cache_size)):
+        if value is not None and value < 1:
+            raise ValueError(f"{flag} must be positive, got {value}")
 
 
 def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: str | None = None,
                id_col: str | None = None, device: str = "auto", batch_size: int | None = None,
                chunk_size: int = 50_000, on_bad_row: str = "error", resume: bool = False, max_chars: int = 10_000,
-               cache_size: int | None = None, checkpoint_rows: int = 500_000, progress: bool | None = None,
+               cache_size: int | None = None, checkpoint_rows: int = CHECKPOINT_ROWS, progress: bool | None = None,
                backend: str = "auto", _stop_after_chunks: int | None = None) -> dict:
     """Score every pair of a CSV/TSV/gzip/Parquet file into `output` (same columns + two score columns).
 
     One output row per input row, in input order. Reads and writes `chunk_size` rows at a
-    time; each unique question is encoded once per `checkpoint_rows` segment (bounded cache).
-    on_bad_row: 'error' stops at the first bad row (empty, NaN, non-text, over `max_chars`);
-    'mark' leaves its probability empty and lists it in ``OUTPUT.bad_rows.csv``.
-    The output appears only when complete (temp file + rename); `resume=True` continues an
-    interrupted run and gives the same bytes. Returns a summary dict.
+    time; every `checkpoint_rows` rows (rounded down to whole chunks, at least one) the
+    resume state is saved and the embedding cache restarts, so each unique question is
+    encoded once per such segment.
+    on_bad_row: 'error' stops at the first bad row (empty, NaN, non-text, over `max_chars`,
+    or a line with another number of fields than the header); 'mark' leaves its probability
+    empty and lists it in ``OUTPUT.bad_rows.csv``.
+    The output appears only when complete (temp file + rename); on an error the temp files
+    are removed, on an interrupt they stay and `resume=True` continues the run, giving the
+    same bytes. Returns a summary dict.
     """
-    import json
+    import hashlib
     import time
 
     from tqdm.auto import tqdm
 
     from . import tableio
-    from .data import DataError
 
-    if on_bad_row not in ("error", "mark"):
-        raise ValueError(f"on_bad_row must be 'error' or 'mark', not {on_bad_row!r}")
-    if chunk_size < 1:
-        raise ValueError(f"chunk_size must be positive, got {chunk_size}")
-    fmt_in, _ = tableio.table_format(input)
+    _check_options(on_bad_row, chunk_size, max_chars, checkpoint_rows, cache_size)
     tableio.table_format(output)  # fail early on an unsupported output name
     columns = tableio.read_columns(input)
     q1c, q2c, idc = resolve_columns(columns, q1_col, q2_col, id_col, input)
+    tableio.check_output(output, input)
     det = _as_detector(model, device, backend)
     scorer = PairScorer(det, batch_size, cache_size)
     p = _paths(output)
@@ -266,47 +265,96 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
                          "on_bad_row": on_bad_row, "max_chars": max_chars, "batch_size": scorer.batch_size,
                          "cache_size": scorer.cache_size, "device": det.device.type, "model": _fingerprint(det)}}
     state = _resume_state(p, ident) if resume else None
-    writer = tableio.open_writer(output, p["tmp"], state and state["writer"])
-    bad_writer = tableio.CSVWriter(p["bad_tmp"], "csv", False, state and state["bad_writer"])
+    chunks, digest = tableio.iter_table(input, chunk_size), hashlib.sha256()
+    if state:
+        _skip_scored(chunks, digest, state, p, input)
     chunks_done, rows_done, n_bad = (state["chunks"], state["rows"], state["bad_rows"]) if state else (0, 0, 0)
     bar = tqdm(total=tableio.num_rows(input), initial=rows_done, unit="pair", unit_scale=True, desc="scoring",
                disable=None if progress is None else not progress, smoothing=0.05)
     t0, scored = time.perf_counter(), 0
+    writers = []
     try:
-        for k, chunk in enumerate(tableio.iter_chunks(input, chunk_size)):
-            if k < chunks_done:
-                continue
-            bad = {c: bad_reasons(chunk[c], max_chars) for c in (q1c, q2c)}
-            report = _bad_rows_frame(chunk, bad, idc)
+        writer = tableio.open_writer(output, p["tmp"], state and state["writer"])
+        writers.append(writer)
+        bad_writer = tableio.CSVWriter(p["bad_tmp"], "csv", False, state and state["bad_writer"], name=p["bad"])
+        writers.append(bad_writer)
+        for k, chunk in enumerate(chunks, start=chunks_done):
+            _rows_digest(digest, chunk.frame)
+            reasons, ok = _chunk_reasons(chunk, (q1c, q2c), max_chars)
+            report = _bad_rows_frame(chunk, reasons, idc)
             if len(report) and on_bad_row == "error":
-                r = report.iloc[0]
-                raise DataError(f"{input}: {_row_label(input, int(r['row']) - 1, fmt_in)}, column '{r['column']}': "
-                                f"{r['reason']} ({r['value']!r}); pass --on-bad-row mark to score it as missing")
-            writer.write(_score_chunk(scorer, chunk, q1c, q2c, bad))
+                _raise_bad_row(input, chunk, report.iloc[0])
+            try:
+                out = _score_chunk(scorer, chunk.frame, q1c, q2c, ok)
+            except ValueError as exc:  # e.g. more unique texts than --cache-size
+                raise ValueError(f"{input}: {chunk.where(0)} to {chunk.where(-1)}: {exc}") from None
+            writer.write(out)
             if len(report):
                 bad_writer.write(report)
             n_bad += len(report)
-            rows_done += len(chunk)
-            scored += len(chunk)
-            bar.update(len(chunk))
+            rows_done += len(chunk.frame)
+            scored += len(chunk.frame)
+            bar.update(len(chunk.frame))
             if (k + 1) % every == 0:  # checkpoint; the cache restarts so a resumed run computes the same
-                _save_state(p, ident, writer, bad_writer, k + 1, rows_done, n_bad)
+                _save_state(p, ident, writer, bad_writer, k + 1, rows_done, n_bad, digest.hexdigest())
                 scorer.clear()
             if _stop_after_chunks is not None and k + 1 >= _stop_after_chunks:
                 raise KeyboardInterrupt("stopped for a test")
-    except DataError:
-        writer.close(), bad_writer.close(), bar.close()
+        bar.close()
+        seconds = time.perf_counter() - t0
+        _finish(p, writer, bad_writer, n_bad, rows_done, output, columns)
+    except Exception as exc:  # an error: nothing half-written stays behind
+        _close(writers, bar)
         _cleanup(p)
+        if isinstance(exc, OSError) and not isinstance(exc, tableio.OutputError):
+            raise tableio.OutputError(f"{output}: could not write: {exc.strerror or exc}"
+                                      + (f" ({exc.filename})" if exc.filename else "")) from exc
         raise
-    except BaseException:
-        writer.close(), bad_writer.close(), bar.close()
+    except BaseException:  # an interrupt: the resume state stays
+        _close(writers, bar)
         raise
-    bar.close()
-    seconds = time.perf_counter() - t0
-    _finish(p, writer, bad_writer, n_bad, rows_done, output, columns)
     return {"rows": rows_done, "bad_rows": n_bad, "seconds": seconds, "pairs_per_s": scored / max(seconds, 1e-9),
             "texts_encoded": scorer.encoded, "cache_hit_rate": scorer.cache_hit_rate, "output": str(output),
             "bad_rows_report": str(p["bad"]) if n_bad else None, "q1_col": q1c, "q2_col": q2c, "id_col": idc}
+
+
+def _close(writers, bar) -> None:
+    for w in writers:
+        w.close()
+    bar.close()
+
+
+def _skip_scored(chunks, digest, state: dict, p: dict, input) -> None:
+    """Read past the chunks the interrupted run scored; refuse when their content changed since."""
+    for _ in range(state["chunks"]):
+        chunk = next(chunks, None)
+        if chunk is None:
+            break
+        _rows_digest(digest, chunk.frame)
+    if digest.hexdigest() != state.get("input_sha256"):
+        raise ValueError(f"cannot resume {p['out']}: the first {state['rows']} rows of {input} are not those the "
+                         "interrupted run scored (the file changed); rerun without --resume")
+
+
+def _chunk_reasons(chunk, cols, max_chars: int) -> tuple[dict, np.ndarray]:
+    """Per question column, why each cell is bad ('' if fine); and which rows can be scored."""
+    odd = np.zeros(len(chunk.frame), dtype=bool)
+    odd[list(chunk.odd_fields)] = True
+    reasons = {c: bad_reasons(chunk.frame[c], max_chars).mask(odd, "") for c in cols}
+    ok = ~odd
+    for r in reasons.values():
+        ok &= (r == "").to_numpy()
+    return reasons, ok
+
+
+def _raise_bad_row(input, chunk, r) -> None:
+    from .data import DataError
+
+    if r["column"] == "":
+        chunk.check_fields(input, hint="; pass --on-bad-row mark to score it as missing")
+    i = int(r["row"]) - 1 - int(chunk.frame.index[0])
+    raise DataError(f"{input}: {chunk.where(i)}, column '{r['column']}': {r['reason']} ({r['value']!r}); "
+                    "pass --on-bad-row mark to score it as missing")
 
 
 def _as_detector(model, device, backend: str = "auto"):
@@ -321,8 +369,7 @@ def _as_detector(model, device, backend: str = "auto"):
     return load(model, device=device, backend=backend)
 
 
-def _score_chunk(scorer: PairScorer, chunk: pd.DataFrame, q1c: str, q2c: str, bad: dict) -> pd.DataFrame:
-    ok = ((bad[q1c] == "") & (bad[q2c] == "")).to_numpy()
+def _score_chunk(scorer: PairScorer, chunk: pd.DataFrame, q1c: str, q2c: str, ok: np.ndarray) -> pd.DataFrame:
     probs = np.full(len(chunk), np.nan)
     probs[ok] = scorer.predict_proba(list(chunk[q1c].to_numpy()[ok]), list(chunk[q2c].to_numpy()[ok]))
     out = chunk.copy()
@@ -333,22 +380,26 @@ def _score_chunk(scorer: PairScorer, chunk: pd.DataFrame, q1c: str, q2c: str, ba
     return out
 
 
-def _bad_rows_frame(chunk: pd.DataFrame, bad: dict, idc: str | None) -> pd.DataFrame:
-    rows = []
+def _bad_rows_frame(chunk, bad: dict, idc: str | None) -> pd.DataFrame:
+    """The bad-row report of a chunk: row, line (CSV/TSV), id, column ('' for a field-count problem), reason, value."""
+    frame, start = chunk.frame, int(chunk.frame.index[0])
+    hits = [(i, "", chunk.field_count_problem(i), "") for i in chunk.odd_fields]
     for col, reasons in bad.items():
-        hit = reasons[reasons != ""]
-        for row, reason in hit.items():
-            rows.append({"row": int(row) + 1, "id": chunk.at[row, idc] if idc else "", "column": col,
-                         "reason": reason, "value": str(chunk.at[row, col])[:80]})
-    return pd.DataFrame(rows, columns=["row", "id", "column", "reason", "value"]).sort_values(
+        for row, reason in reasons[reasons != ""].items():
+            hits.append((int(row) - start, col, reason, str(frame.at[row, col])[:80]))
+    rows = [{"row": start + i + 1, "line": int(chunk.lines[i]) if chunk.lines is not None else "",
+             "id": frame.iat[i, frame.columns.get_loc(idc)] if idc else "", "column": col, "reason": reason,
+             "value": value} for i, col, reason, value in hits]
+    return pd.DataFrame(rows, columns=["row", "line", "id", "column", "reason", "value"]).sort_values(
         ["row", "column"], kind="stable").reset_index(drop=True)
 
 
-def _save_state(p: dict, ident: dict, writer, bad_writer, chunks: int, rows: int, n_bad: int) -> None:
+def _save_state(p: dict, ident: dict, writer, bad_writer, chunks: int, rows: int, n_bad: int,
+                input_sha256: str) -> None:
     import json
 
     state = {**ident, "writer": writer.state(), "bad_writer": bad_writer.state(), "chunks": chunks,
-             "rows": rows, "bad_rows": n_bad}
+             "rows": rows, "bad_rows": n_bad, "input_sha256": input_sha256}
     tmp = Path(str(p["state"]) + ".tmp")
     tmp.write_text(json.dumps(state, indent=1))
     os.replace(tmp, p["state"])
@@ -361,7 +412,15 @@ def _resume_state(p: dict, ident: dict) -> dict | None:
     if not p["state"].exists():
         logging.getLogger("qpairs").warning("%s: nothing to resume, starting from the first row", p["out"])
         return None
-    state = json.loads(p["state"].read_text())
+    try:
+        state = json.loads(p["state"].read_text())
+        missing = [k for k in ("writer", "bad_writer", "chunks", "rows", "bad_rows", "input_sha256")
+                   if k not in state] if isinstance(state, dict) else ["all"]
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ValueError(f"{p['state']}: the resume state is unreadable ({exc}); rerun without --resume") from None
+    if missing:
+        raise ValueError(f"{p['state']}: the resume state is incomplete (no {', '.join(missing)}); "
+                         "rerun without --resume")
     for key in ("input", "size", "mtime_ns", "options"):
         if state.get(key) != ident[key]:
             raise ValueError(f"cannot resume {p['out']}: the interrupted run had {key} = {state.get(key)}, "

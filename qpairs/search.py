@@ -24,7 +24,6 @@ What the vectors are, and how hits are ranked, is the index's *space*:
 from __future__ import annotations
 
 import functools
-import hashlib
 import json
 import logging
 import os
@@ -36,7 +35,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .checkpoint import model_config, state_to_save
+from .fingerprint import model_fingerprint  # noqa: F401  (the index's model identity)
 
 log = logging.getLogger("qpairs")
 
@@ -74,23 +73,6 @@ def _faiss():
 
 # ---------------------------------------------------------------- model identity
 
-def model_fingerprint(det) -> str:
-    """sha256 of the model's architecture config, its saved weights and its vocabulary (cached on `det`)."""
-    cached = getattr(det, "_qpairs_fingerprint", None)
-    if cached:
-        return cached
-    h = hashlib.sha256(json.dumps(model_config(det.model), sort_keys=True, default=str).encode())
-    for name, tensor in sorted(state_to_save(det.model).items()):
-        h.update(name.encode())
-        h.update(tensor.numpy().tobytes())
-    for enc in (det.model.encoder, det.model.right_encoder):
-        vocab = getattr(enc, "vocab", None)
-        if vocab is not None:
-            h.update("\n".join(vocab.itos).encode())
-    det._qpairs_fingerprint = h.hexdigest()
-    return det._qpairs_fingerprint
-
-
 def model_texts(det, texts: list[str], side: str) -> list[str]:
     """Texts as the model was trained on them (e.g. HTML stripped on a title/body run's body side)."""
     prepare = getattr(det, "prepare", None)
@@ -106,7 +88,8 @@ def bank_side(det) -> str:
 
 def read_questions(path, text_col: str | None = None, id_col: str | None = None) -> tuple[list[str], list[str]]:
     """(ids, texts) from a CSV/TSV of questions; empty questions and repeated ids raise `DataError`."""
-    from .data import DataError, find_column, read_table
+    from .data import DataError, find_column, read_table, row_where
+    from .text import bad_mask
 
     frame = read_table(path)
     cols = list(frame.columns)
@@ -115,11 +98,11 @@ def read_questions(path, text_col: str | None = None, id_col: str | None = None)
     for c in (tc, ic):
         if c is not None and c not in cols:
             raise DataError(f"{path}: column '{c}' not found; columns are {cols}")
+    empty = np.flatnonzero(bad_mask(frame[tc]))
     texts = frame[tc].fillna("").astype(str)
-    empty = np.flatnonzero(texts.str.strip().to_numpy() == "")
     if len(empty):
         r = int(empty[0])
-        raise DataError(f"{path}: row {r + 1} (line {r + 2}), column '{tc}': empty or missing question "
+        raise DataError(f"{path}: {row_where(path, r)}, column '{tc}': empty or missing question "
                         f"({len(empty)} such rows)")
     ids = frame[ic].astype(str) if ic else pd.Series(np.arange(len(frame))).astype(str)
     repeated = ids.duplicated(keep=False).to_numpy()

@@ -18,7 +18,7 @@ from fastapi.encoders import jsonable_encoder
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 log = logging.getLogger("qpairs")
 
@@ -28,7 +28,19 @@ MAX_K = 100               # most results one /search returns
 MAX_BODY_BYTES = 1 << 20  # request bodies above this get 413
 WEB_DIR = Path(__file__).resolve().parent / "web"
 
-Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_CHARS)]
+
+
+def _question(value: str) -> str:
+    from .text import text_problem
+
+    problem = text_problem(value)
+    if problem:
+        raise ValueError(problem)
+    return value
+
+
+Text = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=MAX_CHARS),
+                 AfterValidator(_question)]
 
 
 # ---------------------------------------------------------------- request / response schemas

@@ -53,11 +53,14 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
 
     Rows with an empty or missing question cannot be scored; they get the prior duplicate
     rate (the test prior when given, else the calibration's) and are counted in the summary.
+    A blank test_id, or a line with another number of fields than the header, is refused.
+    The written file is read back and checked against the rows read before it replaces `output`.
     """
     from tqdm.auto import tqdm
 
     from . import tableio
-    from .scoring import PairScorer, _as_detector, bad_reasons, resolve_columns
+    from .scoring import PairScorer, _as_detector, resolve_columns
+    from .text import bad_mask, blank_mask
 
     columns = tableio.read_columns(test_file)
     q1c, q2c, _ = resolve_columns(columns, q1_col, q2_col, None, test_file)
@@ -65,38 +68,56 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
     if idc is None or idc not in columns:
         raise DataError(f"{test_file}: no '{id_col or 'test_id'}' column (a Kaggle test file has "
                         f"test_id,question1,question2); columns are {columns}; pass --id-col")
+    tableio.check_output(output, test_file)
     det = _as_detector(model, device, backend)
     scorer = PairScorer(det, batch_size)
     fallback = test_prior if test_prior is not None else (det.calibrator.prior or det.threshold)
-    ids, probs, n_bad = [], [], 0
+    ids, probs, n_bad, rows_read = [], [], 0, 0
     bar = tqdm(total=tableio.num_rows(test_file), unit="pair", unit_scale=True, desc="submission",
                disable=None if progress is None else not progress)
-    for chunk in tableio.iter_chunks(test_file, chunk_size):
-        ok = np.ones(len(chunk), dtype=bool)
-        for c in (q1c, q2c):
-            ok &= (bad_reasons(chunk[c], max_chars=10**9) == "").to_numpy()
-        p = np.full(len(chunk), fallback, dtype=np.float64)
+    for chunk in tableio.iter_table(test_file, chunk_size):
+        rows_read += len(chunk.frame)
+        chunk.check_fields(test_file)
+        frame = chunk.frame
+        blank = blank_mask(frame[idc])
+        if blank.any():
+            raise DataError(f"{test_file}: {chunk.where(int(np.flatnonzero(blank)[0]))}, column '{idc}': blank test_id")
+        ok = ~(bad_mask(frame[q1c]) | bad_mask(frame[q2c]))
+        p = np.full(len(frame), fallback, dtype=np.float64)
         p[ok] = det.calibrator.at_prior(
-            scorer.predict_proba(list(chunk[q1c].to_numpy()[ok]), list(chunk[q2c].to_numpy()[ok])), test_prior)
-        ids.append(chunk[idc].to_numpy())
+            scorer.predict_proba(list(frame[q1c].to_numpy()[ok]), list(frame[q2c].to_numpy()[ok])), test_prior)
+        ids.append(frame[idc].astype(str).to_numpy())
         probs.append(p)
         n_bad += int((~ok).sum())
-        bar.update(len(chunk))
+        bar.update(len(frame))
     bar.close()
-    n_rows = sum(len(i) for i in ids)
     frame = pd.DataFrame({"test_id": np.concatenate(ids) if ids else np.array([], dtype=object),
                           "is_duplicate": clip(np.concatenate(probs)) if probs else np.array([])})
-    validate_submission(frame, n_rows, test_file)
-    _write(frame, output)
+    validate_submission(frame, rows_read, test_file)
+    _write(frame, output, rows_read, test_file)
     if n_bad:
         log.warning("%d rows with an empty or missing question got the prior probability %.4f", n_bad, fallback)
-    return {"rows": n_rows, "unscorable_rows": n_bad, "mean_probability": float(frame["is_duplicate"].mean())
-            if n_rows else float("nan"), "test_prior": test_prior, "output": str(output)}
+    return {"rows": rows_read, "unscorable_rows": n_bad, "mean_probability": float(frame["is_duplicate"].mean())
+            if rows_read else float("nan"), "test_prior": test_prior, "output": str(output)}
 
 
-def _write(frame: pd.DataFrame, output) -> None:
+def _write(frame: pd.DataFrame, output, rows_read: int, test_file) -> None:
+    """Write to a temp file, read it back, check it against the `rows_read` test rows, then rename."""
+    from .tableio import OutputError
+
     out = Path(output)
     tmp = out.parent / f".{out.name}.partial"
     gz = out.name.lower().endswith(".gz")
-    frame.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n", compression="gzip" if gz else None)
-    os.replace(tmp, out)
+    try:
+        frame.to_csv(tmp, index=False, float_format="%.6g", lineterminator="\n", compression="gzip" if gz else None)
+        written = pd.read_csv(tmp, dtype={"test_id": str}, keep_default_na=False, na_values={"is_duplicate": [""]},
+                              compression="gzip" if gz else None)
+        validate_submission(written, rows_read, f"{output} (as written, for {test_file})")
+        if not (written["test_id"].to_numpy() == frame["test_id"].to_numpy()).all():
+            raise ValueError(f"{output}: the test_ids as written differ from those of {test_file}")
+        os.replace(tmp, out)
+    except OSError as exc:
+        raise OutputError(f"{output}: could not write: {exc.strerror or exc}"
+                          + (f" ({exc.filename})" if exc.filename else "")) from exc
+    finally:
+        tmp.unlink(missing_ok=True)

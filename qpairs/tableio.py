@@ -4,6 +4,8 @@ The format comes from the file name: ``.parquet``/``.pq`` → Parquet; ``.tsv``/
 (no quoting, like QQP's ``quora_duplicate_questions.tsv``); anything else → CSV; a trailing
 ``.gz`` → gzip. CSV/TSV cells are read as text exactly as written (no type or NA guessing).
 
+Readers yield `Chunk`s: the rows as text, the physical line each row starts on and any row
+whose field count differs from the header's (an unquoted separator shifts columns: never guessed).
 Writers append chunk after chunk to one temporary file and can report a `state()` after any
 chunk; a writer built with that state continues from there (what ``--resume`` uses), giving
 the same bytes as an uninterrupted run. Gzip output is one gzip member per chunk (valid
@@ -11,16 +13,20 @@ gzip, read by every gzip reader), so it can be cut at a chunk boundary.
 """
 from __future__ import annotations
 
+import contextlib
 import csv
 import gzip
 import os
 import shutil
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
 import pandas as pd
 
-from .data import DataError
+from .data import DataError, check_unique_columns
 
 
 def table_format(path) -> tuple[str, bool]:
@@ -39,27 +45,58 @@ def _csv_kwargs(fmt: str) -> dict:
     return dict(sep="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else dict(sep=",")
 
 
+class OutputError(OSError):
+    """The output cannot be written (a directory, a missing or read-only folder, the input itself, a full disk)."""
+
+
+def check_output(output, input=None) -> None:
+    """Refuse, before any work, an output path that cannot be written or that is `input` itself."""
+    out = Path(output)
+    folder = out.parent
+    if out.is_dir():
+        raise OutputError(f"{out}: is a directory; give an output file name")
+    if not folder.is_dir():
+        raise OutputError(f"{out}: the folder {folder} does not exist")
+    if input is not None and os.path.exists(input) and (
+            os.path.realpath(out) == os.path.realpath(input) or (out.exists() and os.path.samefile(out, input))):
+        raise OutputError(f"{out}: is the input file; write the output to another file")
+    try:
+        with tempfile.NamedTemporaryFile(dir=folder, prefix=f".{out.name}.", suffix=".probe"):
+            pass
+    except OSError as exc:
+        raise OutputError(f"{out}: cannot write in {folder} ({exc.strerror or exc})") from None
+
+
+def _parquet_file(path):
+    import pyarrow.parquet as pq
+
+    try:
+        return pq.ParquetFile(path)
+    except Exception as exc:  # pyarrow raises ArrowInvalid / OSError without the file name
+        raise DataError(f"{path}: could not be read as Parquet: {exc}") from None
+
+
 def num_rows(path) -> int | None:
     """Row count when it is cheap to know (Parquet metadata), else None."""
     if table_format(path)[0] == "parquet":
-        import pyarrow.parquet as pq
-
-        return pq.ParquetFile(path).metadata.num_rows
+        return _parquet_file(path).metadata.num_rows
     return None
 
 
 def read_columns(path) -> list[str]:
-    """Column names of a table file."""
+    """Column names of a table file (a header naming a column twice is refused)."""
     fmt, _ = table_format(path)
     _exists(path)
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        return list(pq.ParquetFile(path).schema_arrow.names)
-    try:
-        return list(pd.read_csv(path, nrows=0, dtype=str, **_csv_kwargs(fmt)).columns)
-    except Exception as exc:
-        raise DataError(f"{path}: could not be read as {fmt.upper()}: {exc}") from exc
+        names = list(_parquet_file(path).schema_arrow.names)
+    else:
+        reader = _CSVReader(path, fmt)
+        try:
+            names = reader.header
+        finally:
+            reader.close()
+    check_unique_columns(names, path)
+    return names
 
 
 def _exists(path) -> None:
@@ -67,40 +104,178 @@ def _exists(path) -> None:
         raise DataError(f"{path}: file not found")
 
 
-def iter_chunks(path, chunk_size: int) -> Iterator[pd.DataFrame]:
-    """Frames of `chunk_size` rows (the last may be shorter), indexed by row number from 0."""
+@dataclass
+class Chunk:
+    """Rows `start`.. of a table: the frame (indexed by row number from 0), where each row starts in the
+    file (`lines`, CSV/TSV only) and the rows whose line holds another number of fields than the header."""
+
+    frame: pd.DataFrame
+    lines: np.ndarray | None = None
+    odd_fields: dict = field(default_factory=dict)  # position in the chunk -> fields on that row's line
+    n_fields: int = 0
+
+    def where(self, i: int) -> str:
+        """'row N (line L)' of the chunk's `i`-th row (1-based row N; L is the file's physical line)."""
+        label = f"row {int(self.frame.index[i]) + 1}"
+        return label + (f" (line {int(self.lines[i])})" if self.lines is not None else "")
+
+    def field_count_problem(self, i: int) -> str:
+        return f"field count (the header has {self.n_fields} fields, this line has {self.odd_fields[i]})"
+
+    def check_fields(self, path, hint: str = "") -> None:
+        """Raise `DataError` on the first row whose field count differs from the header's."""
+        if self.odd_fields:
+            i = min(self.odd_fields)
+            raise DataError(f"{path}: {self.where(i)}: {self.field_count_problem(i)}; an unquoted separator "
+                            f"or a missing field shifts the columns{hint}")
+
+
+class _CSVReader:
+    """Records of a CSV/TSV file (gzip or not) with the physical line each starts on.
+
+    A byte that is not UTF-8 is reported with its line, byte offset and column."""
+
+    def __init__(self, path, fmt: str):
+        self.path, self.fmt = path, fmt
+        csv.field_size_limit(2**31 - 1)
+        self.dialect = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else dict(delimiter=",")
+        try:
+            self.file = self._open("rt", encoding="utf-8", newline="")
+        except OSError as exc:
+            raise DataError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+        self.records = csv.reader(self.file, **self.dialect)
+        self.header: list[str] = []
+        self.line = 0  # physical lines consumed
+        with self._errors():
+            first = next((rec for rec in self.records if rec), None)
+        if first is None:
+            raise DataError(f"{path}: empty file (no header line)")
+        self.line = self.records.line_num
+        first[0] = first[0].removeprefix("\ufeff")
+        self.header = [name or f"Unnamed: {i}" for i, name in enumerate(first)]
+
+    def _open(self, mode: str, **kwargs):
+        return (gzip.open if table_format(self.path)[1] else open)(self.path, mode, **kwargs)
+
+    @contextlib.contextmanager
+    def _errors(self):
+        """Turn decoding, parsing and gzip errors into `DataError`s that name the place."""
+        try:
+            yield
+        except UnicodeDecodeError:
+            raise self._bad_bytes() from None
+        except csv.Error as exc:
+            raise DataError(f"{self.path}: line {self.records.line_num}: could not be read as {self.fmt.upper()}: "
+                            f"{exc}") from None
+        except (OSError, EOFError) as exc:  # a corrupt or truncated gzip stream
+            raise DataError(f"{self.path}: could not be read after line {self.line}: {exc}") from None
+
+    def _bad_bytes(self) -> DataError:
+        """The error for the first line that is not UTF-8: line, byte offset and column."""
+        offset = 0
+        with self._open("rb") as fh:
+            for n, raw in enumerate(fh, 1):
+                try:
+                    raw.decode("utf-8")
+                except UnicodeDecodeError as exc:
+                    where = f"line {n} (byte {offset + exc.start})"
+                    if self.header:
+                        before = raw[: exc.start].decode("utf-8", errors="replace")
+                        fields = next(csv.reader([before], **self.dialect), [""])
+                        where += f", column '{self.header[max(0, min(len(fields), len(self.header)) - 1)]}'"
+                    return DataError(f"{self.path}: {where}: not valid UTF-8 ({exc.reason}); save the file as UTF-8")
+                offset += len(raw)
+        return DataError(f"{self.path}: not valid UTF-8")
+
+    def chunks(self, chunk_size: int) -> Iterator[Chunk]:
+        n, row, records = len(self.header), 0, self.records
+        rows, lines, odd = [], [], {}
+        with self._errors():
+            for rec in records:
+                start, self.line = self.line + 1, records.line_num
+                if not rec:  # blank lines are skipped
+                    continue
+                if len(rec) != n:
+                    odd[len(rows)] = len(rec)
+                    rec = (rec + [""] * n)[:n]
+                rows.append(rec)
+                lines.append(start)
+                if len(rows) == chunk_size:
+                    yield self._chunk(rows, lines, odd, row)
+                    row += len(rows)
+                    rows, lines, odd = [], [], {}
+        if rows:
+            yield self._chunk(rows, lines, odd, row)
+
+    def _chunk(self, rows, lines, odd, row: int) -> Chunk:
+        frame = pd.DataFrame(rows, columns=self.header, dtype=object, index=pd.RangeIndex(row, row + len(rows)))
+        return Chunk(frame, np.asarray(lines, dtype=np.int64), odd, len(self.header))
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def line_of_row(path, row: int) -> int | None:
+    """Physical line on which data row `row` (from 0) of a CSV/TSV starts; None when not known."""
+    fmt, _ = table_format(path)
+    if fmt == "parquet" or str(path).lower().endswith((".bz2", ".xz")) or not os.path.exists(path):
+        return None
+    try:
+        reader = _CSVReader(path, fmt)
+        try:
+            for chunk in reader.chunks(65536):
+                if row <= chunk.frame.index[-1]:
+                    return int(chunk.lines[row - chunk.frame.index[0]])
+        finally:
+            reader.close()
+    except DataError:
+        pass
+    return None
+
+
+def check_field_counts(path) -> None:
+    """Raise `DataError` on the first CSV/TSV row whose field count differs from the header's."""
+    for chunk in iter_table(path, 65536):
+        chunk.check_fields(path)
+
+
+def row_where(path, row: int) -> str:
+    """'row N (line L)' of data row `row` (from 0), naming the physical line when it is known."""
+    line = line_of_row(path, row)
+    return f"row {row + 1}" + (f" (line {line})" if line is not None else "")
+
+
+def iter_table(path, chunk_size: int) -> Iterator[Chunk]:
+    """`Chunk`s of `chunk_size` rows (the last may be shorter), in file order."""
     fmt, _ = table_format(path)
     _exists(path)
-    start = 0
     if fmt == "parquet":
-        import pyarrow.parquet as pq
-
-        for batch in pq.ParquetFile(path).iter_batches(batch_size=chunk_size):
-            frame = batch.to_pandas()
-            frame.index = pd.RangeIndex(start, start + len(frame))
-            start += len(frame)
-            yield frame
+        start = 0
+        try:
+            for batch in _parquet_file(path).iter_batches(batch_size=chunk_size):
+                frame = batch.to_pandas()
+                frame.index = pd.RangeIndex(start, start + len(frame))
+                start += len(frame)
+                yield Chunk(frame, n_fields=frame.shape[1])
+        except DataError:
+            raise
+        except Exception as exc:
+            raise DataError(f"{path}: could not be read as Parquet after row {start}: {exc}") from None
         return
-    reader = pd.read_csv(path, chunksize=chunk_size, dtype=str, keep_default_na=False, na_filter=False,
-                         **_csv_kwargs(fmt))
-    with reader:
-        while True:
-            try:
-                frame = next(reader)
-            except StopIteration:
-                return
-            except Exception as exc:  # a malformed line: pandas names the line
-                raise DataError(f"{path}: could not be read as {fmt.upper()} after row {start}: {exc}") from exc
-            frame.index = pd.RangeIndex(start, start + len(frame))
-            start += len(frame)
-            yield frame
+    reader = _CSVReader(path, fmt)
+    try:
+        yield from reader.chunks(chunk_size)
+    finally:
+        reader.close()
 
 
 class CSVWriter:
     """Appends frames to a CSV/TSV (gzip: one member per chunk) file; `state()` is the byte offset."""
 
-    def __init__(self, path, fmt: str, gz: bool, state: dict | None = None, float_format: str = "%.6g"):
+    def __init__(self, path, fmt: str, gz: bool, state: dict | None = None, float_format: str = "%.6g",
+                 name=None):
         self.path, self.fmt, self.gz, self.float_format = Path(path), fmt, gz, float_format
+        self.name = name or self.path
         self.offset = int(state["offset"]) if state else 0
         self.header_done = bool(state and state["header_done"])
         if state:
@@ -118,7 +293,7 @@ class CSVWriter:
             text = frame.to_csv(index=False, header=not self.header_done, float_format=self.float_format,
                                 lineterminator="\n", **_csv_kwargs(self.fmt))
         except csv.Error as exc:
-            raise ValueError(f"{self.path}: a cell holds a tab or newline, which TSV without quoting cannot "
+            raise ValueError(f"{self.name}: a cell holds a tab or newline, which TSV without quoting cannot "
                              f"store ({exc}); write CSV or Parquet instead") from exc
         data = text.encode("utf-8")
         if self.gz:
@@ -178,7 +353,7 @@ class ParquetWriter:
 def open_writer(name, temp_path, state: dict | None = None):
     """A chunk writer into `temp_path` for the format that the file name `name` implies."""
     fmt, gz = table_format(name)
-    return ParquetWriter(temp_path, state) if fmt == "parquet" else CSVWriter(temp_path, fmt, gz, state)
+    return ParquetWriter(temp_path, state) if fmt == "parquet" else CSVWriter(temp_path, fmt, gz, state, name=name)
 
 
 def write_frame(frame: pd.DataFrame, path, name=None) -> None:

@@ -27,7 +27,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from .data import DataError, default_data_dir, question_components
+from .data import DataError, default_data_dir, question_components, row_where
+from .text import bad_mask
 
 log = logging.getLogger("qpairs")
 
@@ -150,10 +151,10 @@ def is_title_body_file(path) -> bool:
 
 
 def _check_text(values: pd.Series, path, column: str) -> None:
-    bad = (values.str.strip() == "").to_numpy()
+    bad = bad_mask(values)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DataError(f"{path}: row {row + 1} (line {row + 2}), column '{column}': empty text")
+        raise DataError(f"{path}: {row_where(path, row)}, column '{column}': empty text")
 
 
 def load_posts(path, sites=None, max_words: int | None = DEFAULT_BODY_MAX_WORDS, policy: str = DEFAULT_TRUNCATION,
@@ -191,7 +192,7 @@ def load_posts(path, sites=None, max_words: int | None = DEFAULT_BODY_MAX_WORDS,
     repeated = frame["post_id"].duplicated().to_numpy()
     if repeated.any():
         row = int(frame.index[np.flatnonzero(repeated)[0]])
-        raise DataError(f"{path}: row {row + 1} (line {row + 2}), column 'id': post {frame['post_id'].iloc[np.flatnonzero(repeated)[0]]!r} appears twice")
+        raise DataError(f"{path}: {row_where(path, row)}, column 'id': post {frame['post_id'].iloc[np.flatnonzero(repeated)[0]]!r} appears twice")
     bodies = [clean_body(t, max_words, policy, head_fraction)
               for t in tqdm(frame["content"], desc="stripping HTML", disable=None if progress is None else not progress,
                             leave=False)]
@@ -199,7 +200,7 @@ def load_posts(path, sites=None, max_words: int | None = DEFAULT_BODY_MAX_WORDS,
     empty = (frame["body"] == "").to_numpy()
     if empty.any():
         row = int(frame.index[np.flatnonzero(empty)[0]])
-        raise DataError(f"{path}: row {row + 1} (line {row + 2}), column '{body_col}': body has no text once HTML is stripped")
+        raise DataError(f"{path}: {row_where(path, row)}, column '{body_col}': body has no text once HTML is stripped")
     return frame.reset_index(drop=True)
 
 

@@ -106,7 +106,7 @@ def teacher_probabilities(paths) -> dict[str, float]:
         bad = np.flatnonzero(~((p >= 0) & (p <= 1)))
         if len(bad):
             row = int(bad[0])
-            raise qdata.DataError(f"{path}: row {row + 1} (line {row + 2}), column 'teacher_probability': "
+            raise qdata.DataError(f"{path}: {qdata.row_where(path, row)}, column 'teacher_probability': "
                                   f"{frame['teacher_probability'].iloc[row]!r} is not a probability in [0, 1]")
         out.update((qdata.pair_key(a, b), float(x)) for a, b, x in zip(frame["question1"], frame["question2"], p))
     return out

@@ -39,6 +39,8 @@ def test_kaggle_test_schema_is_unlabelled(tmp_path):
 
 @pytest.mark.parametrize("column,value,message", [
     ("question2", "", "row 3 (line 4), column 'question2': empty or missing question"),
+    ("question2", "\u200b\u200d", "row 3 (line 4), column 'question2': empty or missing question"),
+    ("question1", "\ufeff\x00", "row 3 (line 4), column 'question1': empty or missing question"),
     ("is_duplicate", "2", "row 3 (line 4), column 'is_duplicate': label '2' is not 0 or 1"),
     ("is_duplicate", "yes", "column 'is_duplicate'"),
 ])
@@ -50,6 +52,29 @@ def test_bad_rows_raise_with_file_row_and_column(tmp_path, column, value, messag
     with pytest.raises(qd.DataError) as err:
         qd.load_pairs(path)
     assert str(path) in str(err.value) and message in str(err.value)
+
+
+def test_errors_name_the_physical_line_after_a_multiline_cell(tmp_path):
+    path = tmp_path / "multi.csv.gz"
+    with gzip.open(path, "wt") as fh:
+        fh.write('id,question1,question2,is_duplicate\n0,"How do\nI cook\nrice?",Is it easy?,1\n1,Hello?,\u200b,0\n')
+    with pytest.raises(qd.DataError, match=r"row 2 \(line 5\), column 'question2': empty or missing question"):
+        qd.load_pairs(path)
+
+
+def test_a_row_with_an_extra_field_is_refused(tmp_path):
+    path = tmp_path / "extra.csv"
+    path.write_text("id,question1,question2,is_duplicate\n0,a?,b?,1\n1,c?,d?,0,\n")
+    with pytest.raises(qd.DataError, match=r"extra.csv: row 2 \(line 3\): field count \(the header has 4 fields, "
+                                           r"this line has 5\)"):
+        qd.load_pairs(path)
+
+
+def test_a_header_naming_a_column_twice_is_refused(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text("id,question1,question1,is_duplicate\n0,a?,b?,1\n")
+    with pytest.raises(qd.DataError, match=r"dup.csv: the header names column 'question1' twice"):
+        qd.load_pairs(path)
 
 
 def test_missing_column_names_file_and_columns(tmp_path):

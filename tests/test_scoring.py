@@ -239,3 +239,299 @@ def test_cli_cuda_without_gpu_is_a_clear_error(det, tmp_path, capsys):
     assert main(["score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.csv"), "--model", str(det.path),
                  "--device", "cuda"]) == 2
     assert "no CUDA GPU" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- field counts, lines, bytes
+
+def test_rows_with_another_field_count_than_the_header_stop_the_run(det, tmp_path):
+    cases = {"extra.csv": "id,question1,question2\n1,What is a?,What is b?,extra\n2,Hello?,Hi?,more\n",
+             "trailing.csv": "id,question1,question2\n1,What is a?,What is b?,\n",
+             "short.csv": "id,question1,question2\n1,What is a?,What is b?\n2,Hello?\n"}
+    lines = {"extra.csv": 2, "trailing.csv": 2, "short.csv": 3}
+    for name, text in cases.items():
+        (tmp_path / name).write_text(text)
+        with pytest.raises(DataError) as err:
+            score_file(tmp_path / name, tmp_path / "out.csv", det, progress=False)
+        msg = str(err.value)
+        fields = 2 if name == "short.csv" else 4
+        assert f"{name}: " in msg and f"(line {lines[name]})" in msg, msg
+        assert f"the header has 3 fields, this line has {fields}" in msg, msg
+        assert not (tmp_path / "out.csv").exists()
+
+
+def test_mark_reports_a_field_count_row_and_scores_it_as_missing(det, tmp_path):
+    (tmp_path / "in.csv").write_text("id,question1,question2\n7,How do I learn python?,Is tennis hard?\n"
+                                     "8,What is a?,What is b?,extra\n9,Is java hard?,How difficult is java?\n")
+    r = score_file(tmp_path / "in.csv", tmp_path / "out.csv", det, on_bad_row="mark", progress=False)
+    out = read(tmp_path / "out.csv")
+    assert out["id"].tolist() == ["7", "8", "9"] and r["bad_rows"] == 1
+    assert out[PROBA_COL].isna().tolist() == [False, True, False]
+    report = pd.read_csv(r["bad_rows_report"], dtype=str, keep_default_na=False)
+    assert report[["row", "line", "id"]].values.tolist() == [["2", "3", "8"]]
+    assert report["reason"].iloc[0].startswith("field count")
+
+
+def test_submit_refuses_a_field_count_row(det, tmp_path):
+    from qpairs.submit import make_submission
+
+    (tmp_path / "test.csv").write_text("test_id,question1,question2\n0,What is a?,What is b?,extra\n")
+    with pytest.raises(DataError, match=r"row 1 \(line 2\).*header has 3 fields, this line has 4"):
+        make_submission(tmp_path / "test.csv", tmp_path / "sub.csv", det, progress=False)
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_errors_name_the_physical_line_after_multiline_cells(det, tmp_path):
+    (tmp_path / "in.csv").write_text('id,question1,question2\n0,"How do\nI cook\nrice?",Is it easy?\n1,Hello?,   \n')
+    with pytest.raises(DataError, match=r"row 2 \(line 5\), column 'question2': empty question"):
+        score_file(tmp_path / "in.csv", tmp_path / "out.csv", det, progress=False)
+
+
+def test_a_bad_byte_is_named_by_line_byte_offset_and_column(det, tmp_path):
+    lines = ["id,question1,question2"] + [f"{i},How do I learn python {i}?,Is tennis hard {i}?" for i in range(2500)]
+    data = ("\n".join(lines) + "\n").encode()
+    cut = data.index(b"Is tennis hard 2100?")
+    (tmp_path / "in.csv").write_bytes(data[:cut] + b"\xff" + data[cut:])
+    with pytest.raises(DataError) as err:
+        score_file(tmp_path / "in.csv", tmp_path / "out.csv", det, chunk_size=1000, progress=False)
+    assert f"line 2102 (byte {cut}), column 'question2': not valid UTF-8" in str(err.value)
+
+
+def test_a_corrupt_parquet_file_is_named(det, tmp_path):
+    (tmp_path / "in.parquet").write_bytes(b"PAR1 this is not a parquet file")
+    with pytest.raises(DataError, match=r"in\.parquet: could not be read as Parquet"):
+        score_file(tmp_path / "in.parquet", tmp_path / "out.csv", det, progress=False)
+
+
+def test_duplicate_header_names_are_refused(det, tmp_path):
+    (tmp_path / "in.csv").write_text("id,question1,question1,question2\n0,a?,b?,c?\n")
+    with pytest.raises(DataError, match=r"in\.csv: the header names column 'question1' twice"):
+        score_file(tmp_path / "in.csv", tmp_path / "out.csv", det, progress=False)
+
+
+@pytest.mark.parametrize("text", ["\u200b", "\u200c\u200d", "\u2060 ", "\ufeff", "\x00", " \x07\t"])
+def test_invisible_questions_are_empty(det, tmp_path, text):
+    frame = kaggle_test_frame(5)
+    frame.loc[3, "question1"] = text
+    write(frame, tmp_path / "in.csv")
+    with pytest.raises(DataError, match=r"row 4 \(line 5\), column 'question1': empty question"):
+        score_file(tmp_path / "in.csv", tmp_path / "out.csv", det, progress=False)
+
+
+def test_non_positive_max_chars_is_refused(det, tmp_path):
+    write(kaggle_test_frame(5), tmp_path / "in.csv")
+    with pytest.raises(ValueError, match="--max-chars must be positive, got -5"):
+        score_file(tmp_path / "in.csv", tmp_path / "out.csv", det, max_chars=-5, progress=False)
+
+
+# ---------------------------------------------------------------- output checks and clean failures
+
+@pytest.mark.parametrize("how", ["same", "relative", "symlink"])
+def test_output_that_is_the_input_is_refused(det, tmp_path, monkeypatch, how):
+    write(kaggle_test_frame(5), tmp_path / "in.csv")
+    before = (tmp_path / "in.csv").read_bytes()
+    monkeypatch.chdir(tmp_path)
+    src, dst = {"same": ("in.csv", str(tmp_path / "in.csv")), "relative": (str(tmp_path / "in.csv"), "./in.csv"),
+                "symlink": ("link.csv", "in.csv")}[how]
+    if how == "symlink":
+        (tmp_path / "link.csv").symlink_to(tmp_path / "in.csv")
+    assert main(["score", src, "-o", dst, "--model", str(det.path), "--device", "cpu"]) == 2
+    assert (tmp_path / "in.csv").read_bytes() == before
+    assert not list(tmp_path.glob(".in.csv*"))
+
+
+def partial_files(folder) -> list:
+    return sorted(p.name for p in folder.iterdir() if p.name.startswith("."))
+
+
+def test_output_that_is_a_directory_fails_before_scoring(det, tmp_path, capsys, monkeypatch):
+    import qpairs.scoring
+
+    write(kaggle_test_frame(5), tmp_path / "in.csv")
+    (tmp_path / "out").mkdir()
+    monkeypatch.setattr(qpairs.scoring, "_as_detector", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out"), "--model", str(det.path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "out: is a directory" in err and len(err.splitlines()) == 1
+    assert partial_files(tmp_path) == []
+
+
+def test_read_only_output_folder_fails_before_scoring(det, tmp_path, capsys):
+    import os
+
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    write(kaggle_test_frame(5), tmp_path / "in.csv")
+    (tmp_path / "ro").mkdir()
+    (tmp_path / "ro").chmod(0o555)
+    try:
+        assert main(["score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "ro" / "o.csv"), "--model",
+                     str(det.path)]) == 2
+    finally:
+        (tmp_path / "ro").chmod(0o755)
+    assert "cannot write in" in capsys.readouterr().err
+    assert list((tmp_path / "ro").iterdir()) == []
+
+
+def test_a_full_disk_is_one_line_and_leaves_nothing(det, tmp_path, capsys, monkeypatch):
+    import errno
+
+    from qpairs import tableio
+
+    write(kaggle_test_frame(100), tmp_path / "in.csv")
+    original, calls = tableio.CSVWriter.write, []
+
+    def write_until_full(self, frame):
+        calls.append(1)
+        if len(calls) > 2:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        original(self, frame)
+
+    monkeypatch.setattr(tableio.CSVWriter, "write", write_until_full)
+    assert main(["score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "o.csv"), "--model", str(det.path),
+                 "--device", "cpu", "--chunk-size", "20"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == f"qpairs score: error: {tmp_path / 'o.csv'}: could not write: No space left on device"
+    assert partial_files(tmp_path) == [] and not (tmp_path / "o.csv").exists()
+
+
+def test_a_real_file_size_limit_is_one_line_and_leaves_nothing(det, tmp_path):
+    import resource
+    import subprocess
+    import sys
+
+    write(kaggle_test_frame(3000), tmp_path / "in.csv")
+    proc = subprocess.run([sys.executable, "-m", "qpairs", "score", str(tmp_path / "in.csv"), "-o",
+                           str(tmp_path / "o.csv"), "--model", str(det.path), "--device", "cpu", "--chunk-size", "500"],
+                          capture_output=True, text=True, env=_env(), timeout=300,
+                          preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (150_000, 150_000)))
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.strip().endswith("o.csv: could not write: File too large"), proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert partial_files(tmp_path) == [] and not (tmp_path / "o.csv").exists()
+
+
+@pytest.mark.parametrize("case", ["cache", "tsv"])
+def test_failures_mid_run_leave_no_partial_files(det, tmp_path, capsys, case):
+    frame = kaggle_test_frame(60)
+    if case == "tsv":
+        frame.loc[30, "question1"] = "How do I\nlearn python?"
+    write(frame, tmp_path / "in.csv")
+    out = tmp_path / ("o.tsv" if case == "tsv" else "o.csv")
+    extra = ["--cache-size", "10"] if case == "cache" else []
+    assert main(["score", str(tmp_path / "in.csv"), "-o", str(out), "--model", str(det.path), "--device", "cpu",
+                 "--chunk-size", "20", *extra]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1
+    assert ("more than the cache holds (10)" if case == "cache" else "o.tsv: a cell holds a tab or newline") in err
+    assert partial_files(tmp_path) == [] and not out.exists()
+
+
+# ---------------------------------------------------------------- resume: checkpoints and fingerprints
+
+def _env() -> dict:
+    import os
+    from pathlib import Path
+
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    env["PYTHONPATH"] = os.pathsep.join([str(Path(qpairs.__file__).resolve().parent.parent),
+                                         env.get("PYTHONPATH", "")])
+    return env
+
+
+def test_sigkill_mid_file_then_resume_gives_the_same_bytes(det, tmp_path):
+    import hashlib
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    frame = kaggle_test_frame(6000, seed=9)
+    write(frame, tmp_path / "in.csv")
+
+    def cmd(out, *extra):
+        return [sys.executable, "-m", "qpairs", "score", str(tmp_path / "in.csv"), "-o", str(out), "--model",
+                str(det.path), "--device", "cpu", "--chunk-size", "200", "--checkpoint-rows", "400", *extra]
+
+    (tmp_path / "full").mkdir()
+    subprocess.run(cmd(tmp_path / "full" / "out.csv"), check=True, env=_env(), capture_output=True, timeout=300)
+    out = tmp_path / "out.csv"
+    proc = subprocess.Popen(cmd(out), env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    state = tmp_path / ".out.csv.resume.json"
+    deadline = time.monotonic() + 240
+    while not state.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert state.exists() and not out.exists()  # killed mid-file, after a checkpoint
+    subprocess.run(cmd(out, "--resume"), check=True, env=_env(), capture_output=True, timeout=300)
+    digest = [hashlib.sha256(p.read_bytes()).hexdigest() for p in (out, tmp_path / "full" / "out.csv")]
+    assert digest[0] == digest[1]
+    assert partial_files(tmp_path) == []
+
+
+def _interrupted(det, path, out, **opts):
+    with pytest.raises(KeyboardInterrupt):
+        score_file(path, out, det, chunk_size=20, checkpoint_rows=20, _stop_after_chunks=3, progress=False, **opts)
+
+
+def test_resume_refuses_an_input_whose_scored_rows_changed(det, tmp_path):
+    import os
+
+    frame = kaggle_test_frame(100)
+    write(frame, tmp_path / "in.csv")
+    _interrupted(det, tmp_path / "in.csv", tmp_path / "out.csv")
+    st = os.stat(tmp_path / "in.csv")
+    data = (tmp_path / "in.csv").read_bytes()
+    changed = data.replace(b"How", b"Why", 1)  # same size, inside the rows already scored
+    assert len(changed) == len(data) and changed != data
+    (tmp_path / "in.csv").write_bytes(changed)
+    os.utime(tmp_path / "in.csv", ns=(st.st_atime_ns, st.st_mtime_ns))
+    with pytest.raises(ValueError, match="cannot resume.*not those the interrupted run scored"):
+        score_file(tmp_path / "in.csv", tmp_path / "out.csv", det, chunk_size=20, checkpoint_rows=20, resume=True,
+                   progress=False)
+    assert (tmp_path / ".out.csv.resume.json").exists()  # the interrupted run can still be resumed on its input
+
+
+def test_resume_refuses_a_model_whose_weights_changed(det, tmp_path):
+    import shutil
+
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    write(kaggle_test_frame(100), tmp_path / "in.csv")
+    _interrupted(det, tmp_path / "in.csv", tmp_path / "out.csv")
+    other = tmp_path / "other_model"
+    shutil.copytree(det.path, other)
+    weights = load_file(other / "model.safetensors")
+    name = sorted(weights)[0]
+    weights[name] = weights[name] + torch.full_like(weights[name], 0.5)
+    save_file(weights, other / "model.safetensors")
+    det2 = qpairs.load(other, device="cpu")
+    with pytest.raises(ValueError, match="cannot resume.*options"):
+        score_file(tmp_path / "in.csv", tmp_path / "out.csv", det2, chunk_size=20, checkpoint_rows=20, resume=True,
+                   progress=False)
+
+
+def test_a_corrupt_resume_state_is_a_one_line_error(det, tmp_path, capsys):
+    write(kaggle_test_frame(100), tmp_path / "in.csv")
+    _interrupted(det, tmp_path / "in.csv", tmp_path / "out.csv")
+    state = tmp_path / ".out.csv.resume.json"
+    state.write_text(state.read_text()[:40])
+    assert main(["score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.csv"), "--model", str(det.path),
+                 "--device", "cpu", "--chunk-size", "20", "--checkpoint-rows", "20", "--resume"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and f"{state}: the resume state is unreadable" in err
+
+
+def test_the_weights_are_hashed_once_per_model_load(tmp_path, monkeypatch):
+    import qpairs.fingerprint as fp
+
+    calls = []
+    original = fp.weights_hash
+    monkeypatch.setattr(fp, "weights_hash", lambda *a, **k: calls.append(1) or original(*a, **k))
+    fresh = qpairs.load(tiny_lstm_dir(tmp_path / "m"), device="cpu")
+    write(kaggle_test_frame(100), tmp_path / "in.csv")
+    for name in ("a.csv", "b.csv"):
+        score_file(tmp_path / "in.csv", tmp_path / name, fresh, chunk_size=10, checkpoint_rows=10, progress=False)
+    assert len(calls) == 1
+    assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()

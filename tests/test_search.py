@@ -122,6 +122,10 @@ def test_read_questions_validates_rows(tmp_path):
     pd.DataFrame({"id": [1, 2, 1], "question": ["a?", "b?", "c?"]}).to_csv(repeated, index=False)
     with pytest.raises(DataError, match=r"rows 1 and 3, column 'id': repeated id '1'"):
         read_questions(repeated)
+    invisible = tmp_path / "invisible.csv"
+    pd.DataFrame({"id": [1, 2], "question": ["ok?", "\u200b\ufeff"]}).to_csv(invisible, index=False)
+    with pytest.raises(DataError, match=r"invisible.csv: row 2 \(line 3\), column 'question': empty"):
+        read_questions(invisible)
     with pytest.raises(DataError, match="no question text column"):
         read_questions(_no_text(tmp_path))
     with pytest.raises(DataError, match="column 'nope' not found"):

@@ -67,6 +67,8 @@ def test_predict_a_list_keeps_order(client, det):
     ({"q1": "only one side"}, "missing field q2"),
     ({}, "missing field q1 and q2"),
     ({"q1": "a", "q2": "   "}, "q2: String should have at least 1 character"),
+    ({"q1": "\u200b\u200c", "q2": "b"}, "q1: empty question"),
+    ({"q1": "a", "q2": "\x00"}, "q2: empty question"),
     ({"q1": "a", "q2": "b", "pairs": [{"q1": "a", "q2": "b"}]}, "not both"),
     ({"pairs": []}, "pairs: List should have at least 1 item"),
     ({"pairs": [{"q1": "a"}]}, "pairs.0.q2: Field required"),

@@ -99,3 +99,51 @@ def test_duplicate_ids_in_the_input_are_refused_before_writing(det, tmp_path):
 def test_missing_test_id_column(det, tmp_path):
     pd.DataFrame({"question1": ["a"], "question2": ["b"]}).to_csv(tmp_path / "t.csv", index=False)
     assert main(["submit", str(tmp_path / "t.csv"), "-o", str(tmp_path / "s.csv"), "--model", str(det.path)]) == 2
+
+
+def test_invisible_questions_get_the_prior(det, tmp_path):
+    frame = kaggle_test(20)
+    frame.loc[4, "question1"] = "\u200b\u2060"
+    frame.loc[6, "question2"] = "\x00"
+    frame.to_csv(tmp_path / "test.csv", index=False)
+    r = make_submission(tmp_path / "test.csv", tmp_path / "sub.csv", det, test_prior=0.165, progress=False)
+    assert r["unscorable_rows"] == 2
+    assert pd.read_csv(tmp_path / "sub.csv")["is_duplicate"].iloc[[4, 6]].tolist() == [0.165, 0.165]
+
+
+def test_a_blank_test_id_is_refused_with_file_and_line(det, tmp_path):
+    (tmp_path / "test.csv").write_text('test_id,question1,question2\n0,"Is it\nhard?",Is it easy?\n ,a?,b?\n')
+    with pytest.raises(ValueError, match=r"test.csv: row 2 \(line 4\), column 'test_id': blank test_id"):
+        make_submission(tmp_path / "test.csv", tmp_path / "sub.csv", det, progress=False)
+    assert not (tmp_path / "sub.csv").exists()
+
+
+def test_the_written_file_is_checked_against_the_rows_read(det, tmp_path, monkeypatch):
+    kaggle_test(30).to_csv(tmp_path / "test.csv", index=False)
+    to_csv = pd.DataFrame.to_csv
+
+    def lossy(self, path, *args, **kwargs):  # a writer that loses the last row
+        return to_csv(self.iloc[:-1] if list(self.columns) == ["test_id", "is_duplicate"] else self, path,
+                      *args, **kwargs)
+
+    monkeypatch.setattr(pd.DataFrame, "to_csv", lossy)
+    with pytest.raises(ValueError, match="29 rows, but the test file has 30"):
+        make_submission(tmp_path / "test.csv", tmp_path / "sub.csv", det, progress=False)
+    assert not (tmp_path / "sub.csv").exists() and not list(tmp_path.glob(".sub.csv*"))
+
+
+@pytest.mark.parametrize("dst", ["test.csv", "./test.csv", "link.csv"])
+def test_output_that_is_the_input_is_refused(det, tmp_path, monkeypatch, dst):
+    kaggle_test(10).to_csv(tmp_path / "test.csv", index=False)
+    before = (tmp_path / "test.csv").read_bytes()
+    (tmp_path / "link.csv").symlink_to(tmp_path / "test.csv")
+    monkeypatch.chdir(tmp_path)
+    assert main(["submit", "test.csv", "-o", dst, "--model", str(det.path), "--device", "cpu"]) == 2
+    assert (tmp_path / "test.csv").read_bytes() == before
+
+
+def test_output_that_is_a_directory_is_refused(det, tmp_path, capsys):
+    kaggle_test(10).to_csv(tmp_path / "test.csv", index=False)
+    (tmp_path / "sub").mkdir()
+    assert main(["submit", str(tmp_path / "test.csv"), "-o", str(tmp_path / "sub"), "--model", str(det.path)]) == 2
+    assert "sub: is a directory" in capsys.readouterr().err

@@ -87,17 +87,21 @@ def test_load_posts_strips_and_truncates(posts_csv):
     assert tb.load_posts(posts_csv, sites=["beta"])["site"].eq("beta").all()
 
 
-@pytest.mark.parametrize("change, message", [
-    (lambda f: f.assign(title=f["title"].where(f.index != 3, "  ")), r"row 4 \(line 5\), column 'title'"),
+@pytest.mark.parametrize("change, message, row", [
+    (lambda f: f.assign(title=f["title"].where(f.index != 3, "  ")), r"row 4 \(line {line}\), column 'title'", 3),
+    (lambda f: f.assign(title=f["title"].where(f.index != 3, "\u200b\u2060")), r"row 4 \(line {line}\), column 'title'",
+     3),
     (lambda f: f.assign(content=f["content"].where(f.index != 5, "<p><img src='a.png'></p>")),
-     r"row 6 \(line 7\), column 'content': body has no text"),
-    (lambda f: f.assign(id=f["id"].where(f.index != 7, "4")), r"row 8 \(line 9\), column 'id'.*appears twice"),
-    (lambda f: f.drop(columns="content"), "needs a 'title' and a 'content'"),
+     r"row 6 \(line {line}\), column 'content': body has no text", 5),
+    (lambda f: f.assign(id=f["id"].where(f.index != 7, "4")), r"row 8 \(line {line}\), column 'id'.*appears twice", 7),
+    (lambda f: f.drop(columns="content"), "needs a 'title' and a 'content'", 0),
 ])
-def test_bad_post_files_name_file_row_and_column(tmp_path, change, message):
+def test_bad_post_files_name_file_row_and_column(tmp_path, change, message, row):
     path = tmp_path / "bad.csv"
-    change(make_posts(20)).to_csv(path, index=False)
-    with pytest.raises(DataError, match=message) as err:
+    frame = change(make_posts(20))
+    frame.to_csv(path, index=False)
+    line = frame.iloc[:row].to_csv(index=False).count("\n") + 1  # bodies span several lines
+    with pytest.raises(DataError, match=message.format(line=line)) as err:
         tb.load_posts(path)
     assert "bad.csv" in str(err.value)
 
