@@ -52,20 +52,16 @@ def write_json(path, data) -> None:
     Path(path).write_text(json.dumps(data, indent=2, default=float))
 
 
-def read_json(path) -> dict:
-    """The JSON object in `path`; a missing, non-UTF-8, invalid or non-object file is a one-line
-    `ModelDirError` naming the file."""
+def read_json(path):
+    """The JSON value in `path`; a missing, non-UTF-8 or invalid file is a one-line `ModelDirError` naming it."""
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ModelDirError(f"{path} is missing: not a qpairs model directory?") from exc
     except UnicodeDecodeError as exc:
         raise ModelDirError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
     except json.JSONDecodeError as exc:
         raise ModelDirError(f"{path} is corrupt: {exc}") from exc
-    if not isinstance(data, dict):
-        raise ModelDirError(f"{path}: expected a JSON object, got {_json_type(data)}")
-    return data
 
 
 def _json_type(value) -> str:
@@ -92,6 +88,8 @@ def check_config(cfg: dict, path) -> None:
     JSON types (e.g. ``config.json: encoder.type must be a string, got 3``)."""
     from .encoders import CONFIG_FIELDS, POOLINGS
 
+    if not isinstance(cfg, dict):
+        raise ModelDirError(f"{path}: expected a JSON object, got {_json_type(cfg)}")
     if "encoder" not in cfg:
         raise ModelDirError(f"{path}: encoder is missing: cannot rebuild the encoder")
     for name, kind in (("variant", str), ("distance", str), ("encoder", dict), ("right_encoder", dict),
