@@ -86,10 +86,51 @@ class Calibrator:
 
     @classmethod
     def from_dict(cls, data: dict) -> "Calibrator":
-        cal = cls(data["method"])
-        cal.params, cal.threshold, cal.prior = data["params"], float(data["threshold"]), data.get("prior")
-        cal.operating_point = data.get("operating_point")
+        """A calibrator from `to_dict`'s output; a missing, non-finite or out-of-range field is a ValueError
+        naming it (e.g. ``threshold must be a finite number in [0, 1], got nan``)."""
+        if not isinstance(data, dict):
+            raise ValueError(f"expected a JSON object, got {type(data).__name__}")
+        cal = cls(_field(data, "method", str))
+        params = _field(data, "params", dict)
+        names = ("coef", "intercept") if cal.method == "platt" else ("x", "y")
+        cal.params = {k: _numbers(_field(params, k, object, "params."), "params." + k) for k in names}
+        if cal.method == "isotonic" and not 0 < len(cal.params["x"]) == len(cal.params["y"]):
+            raise ValueError("params.x and params.y must be non-empty lists of the same length")
+        cal.threshold = _number(_field(data, "threshold", object), "threshold", 0, 1)
+        prior = data.get("prior")
+        cal.prior = None if prior is None else _number(prior, "prior", 0, 1)
+        if cal.prior in (0.0, 1.0):
+            raise ValueError(f"prior must be strictly between 0 and 1, got {prior!r}")
+        op = data.get("operating_point")
+        if op is not None and not isinstance(op, dict):
+            raise ValueError(f"operating_point must be a JSON object, got {op!r}")
+        cal.operating_point = op
         return cal
+
+
+def _field(data: dict, name: str, kind: type, prefix: str = ""):
+    if name not in data:
+        raise ValueError(f"{prefix}{name} is missing")
+    value = data[name]
+    if not isinstance(value, kind):
+        raise ValueError(f"{prefix}{name} must be a {'JSON object' if kind is dict else 'string'}, got {value!r}")
+    return value
+
+
+def _number(value, name: str, low: float = -np.inf, high: float = np.inf) -> float:
+    """`value` as a float, or a ValueError naming `name` unless it is a finite number in [low, high]."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and np.isfinite(value) and low <= value <= high
+    if not ok:
+        where = f" in [{low:g}, {high:g}]" if np.isfinite(low) else ""
+        raise ValueError(f"{name} must be a finite number{where}, got {value!r}")
+    return float(value)
+
+
+def _numbers(value, name: str):
+    """A finite number, or a list of finite numbers (isotonic knots), checked as `_number` does."""
+    if isinstance(value, list):
+        return [_number(v, f"{name}[{i}]") for i, v in enumerate(value)]
+    return _number(value, name)
 
 
 def choose_threshold(probs, labels) -> float:

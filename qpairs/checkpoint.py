@@ -46,7 +46,7 @@ def build_pair_head(config: dict):
     from .losses import PairClassifier
 
     if config.get("type") != "classifier":
-        raise ModelDirError(f"unknown head type {config.get('type')!r} in config.json")
+        raise ModelDirError(f"config.json: pair_head.type must be 'classifier', got {config.get('type')!r}")
     return PairClassifier(config["dim"], config.get("hidden", 0))
 
 
@@ -54,13 +54,69 @@ def write_json(path, data) -> None:
     Path(path).write_text(json.dumps(data, indent=2, default=float))
 
 
-def read_json(path) -> dict:
+def read_json(path):
+    """The JSON value in `path`; a missing, non-UTF-8 or invalid file is a one-line `ModelDirError` naming it."""
     try:
-        return json.loads(Path(path).read_text())
+        return json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
         raise ModelDirError(f"{path} is missing: not a qpairs model directory?") from exc
+    except UnicodeDecodeError as exc:
+        raise ModelDirError(f"{path} is not UTF-8 text (byte {exc.start}: {exc.reason})") from exc
     except json.JSONDecodeError as exc:
         raise ModelDirError(f"{path} is corrupt: {exc}") from exc
+
+
+def _json_type(value) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "a boolean", int: "an integer",
+             float: "a number", type(None): "null"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _check_field(path, data: dict, name: str, kinds, where: str = "") -> None:
+    """`data[name]`, when present, must be of one of `kinds` (None: JSON null; bool is not an int)."""
+    if name not in data:
+        return
+    kinds = kinds if isinstance(kinds, tuple) else (kinds,)
+    value = data[name]
+    ok = any(value is None if k is None else isinstance(value, k) and not (k in (int, float) and isinstance(value, bool))
+             for k in kinds)
+    if not ok:
+        want = " or ".join(_json_type(None) if k is None else _json_type(k()) for k in kinds)
+        raise ModelDirError(f"{path}: {where}{name} must be {want}, got {value!r}")
+
+
+def check_config(cfg: dict, path) -> None:
+    """Raise a `ModelDirError` naming `path` and the field unless the fields `load_model` uses have the right
+    JSON types (e.g. ``config.json: encoder.type must be a string, got 3``)."""
+    from .encoders import CONFIG_FIELDS, POOLINGS
+
+    if not isinstance(cfg, dict):
+        raise ModelDirError(f"{path}: expected a JSON object, got {_json_type(cfg)}")
+    if "encoder" not in cfg:
+        raise ModelDirError(f"{path}: encoder is missing: cannot rebuild the encoder")
+    for name, kind in (("variant", str), ("distance", str), ("encoder", dict), ("right_encoder", dict),
+                       ("pair_head", dict)):
+        _check_field(path, cfg, name, kind)
+    for side in ("encoder", "right_encoder"):
+        enc = cfg.get(side)
+        if enc is None:
+            continue
+        _check_field(path, enc, "type", str, f"{side}.")
+        fields = CONFIG_FIELDS.get(enc.get("type"))
+        if fields is None:
+            raise ModelDirError(f"{path}: {side}.type must be one of {', '.join(CONFIG_FIELDS)}, "
+                                f"got {enc.get('type')!r}")
+        for name, value in enc.items():
+            if name != "type" and name not in fields:
+                raise ModelDirError(f"{path}: {side}.{name} is not a field of a {enc['type']} encoder")
+            if name != "type":
+                _check_field(path, enc, name, fields[name], f"{side}.")
+        if enc.get("pooling", "mean") not in POOLINGS:
+            raise ModelDirError(f"{path}: {side}.pooling must be one of {', '.join(POOLINGS)}, got {enc['pooling']!r}")
+    head = cfg.get("pair_head")
+    if head is not None:
+        for name, kind in (("type", str), ("dim", int), ("hidden", int)):
+            _check_field(path, head, name, kind, "pair_head.")
 
 
 def state_to_save(model: SiameseModel) -> dict[str, torch.Tensor]:
@@ -118,13 +174,14 @@ def load_model(directory, device: str | torch.device = "cpu") -> tuple[SiameseMo
     if not directory.is_dir():
         raise ModelDirError(f"{directory}: model directory not found")
     cfg = read_json(directory / "config.json")
+    check_config(cfg, directory / "config.json")
     weights = directory / "model.safetensors"
     if not weights.exists():
         raise ModelDirError(f"{weights} is missing: not a complete qpairs model directory")
     try:
         encoder = build_encoder(cfg["encoder"], directory / "encoder")
         right = build_encoder(cfg["right_encoder"], directory / "right_encoder") if "right_encoder" in cfg else None
-    except (KeyError, OSError) as exc:
+    except (KeyError, OSError, ValueError) as exc:
         raise ModelDirError(f"{directory}: cannot rebuild the encoder: {exc}") from exc
     pair_head = build_pair_head(cfg["pair_head"]) if "pair_head" in cfg else None
     model = SiameseModel(encoder, cfg.get("distance", "euclidean"), right, pair_head=pair_head)

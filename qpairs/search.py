@@ -295,9 +295,11 @@ class QuestionIndex:
         if not (directory / META).exists():
             raise SearchIndexError(f"{directory}: not a qpairs index directory ({META} is missing)")
         try:
-            meta = json.loads((directory / META).read_text())
-        except json.JSONDecodeError as exc:
+            meta = json.loads((directory / META).read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
             raise SearchIndexError(f"{directory / META} is corrupt: {exc}") from exc
+        if not isinstance(meta, dict):
+            raise SearchIndexError(f"{directory / META} is corrupt: expected a JSON object")
         if meta.get("format_version") not in READABLE_VERSIONS:
             raise SearchIndexError(f"{directory}: index format {meta.get('format_version')} is not supported "
                                    f"(expected one of {READABLE_VERSIONS}); rebuild it with `qpairs index`")
@@ -320,12 +322,15 @@ class QuestionIndex:
     # -- model check
     def check_model(self, det) -> None:
         """Raise `ModelMismatchError` unless `det` is the model the index was built with."""
-        want, have = self.meta["model_fingerprint"], model_fingerprint(det)
+        want, have = self.meta.get("model_fingerprint"), model_fingerprint(det)
+        where = f"index {self.path}" if self.path else "this index"
+        if not isinstance(want, str):
+            raise SearchIndexError(f"{where}: {META} records no model_fingerprint; rebuild it with `qpairs index`")
         if want != have:
-            where = f"index {self.path}" if self.path else "this index"
             raise ModelMismatchError(
                 f"{where} was built with model {self.meta.get('model_path')} (id {want[:12]}), but the model "
-                f"given is {det.path} (id {have[:12]}); use that model or rebuild the index with this one")
+                f"given is {det.path or 'the default model'} (id {have[:12]}); pass that model with --model or rebuild "
+                "the index with this one")
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -507,14 +512,17 @@ def open_index(index_or_dir) -> QuestionIndex:
 # ---------------------------------------------------------------- command-line helpers
 
 def load_detector(model=None, index: QuestionIndex | None = None, device: str = "auto", backend: str = "auto"):
-    """`model` if given, else the model recorded in `index` (when its directory still exists), else the default."""
+    """`model` (None: the bundled default model) as a detector; with `index`, refused unless it built the index.
+
+    The model always comes from the caller, never from the index: ``meta.json`` records the fingerprint of
+    the model that built it (a hash of its config, weights and vocabulary), which must match, and its path,
+    only quoted in the error."""
     from .detector import load
 
-    if model is None and index is not None and index.meta.get("model_path"):
-        recorded = Path(index.meta["model_path"])
-        if (recorded / "config.json").exists():
-            model = recorded
-    return load(model, device=device, backend=backend)
+    det = load(model, device=device, backend=backend)
+    if index is not None:
+        index.check_model(det)
+    return det
 
 
 def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "flat", append: bool = False,

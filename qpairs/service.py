@@ -26,6 +26,7 @@ MAX_CHARS = 2000          # longest question accepted
 MAX_PAIRS = 256           # most pairs in one /predict request
 MAX_K = 100               # most results one /search returns
 MAX_BODY_BYTES = 1 << 20  # request bodies above this get 413
+READ_TIMEOUT_S = 5.0  # a request body not complete this long after the app starts reading it gets 408
 WEB_DIR = Path(__file__).resolve().parent / "web"
 
 
@@ -185,13 +186,15 @@ class MicroBatcher:
                 pos += len(items)
 
 
-# ---------------------------------------------------------------- request size limit
+# ---------------------------------------------------------------- request size and time limits
 
 class BodySizeLimit:
-    """ASGI middleware: 413 for bodies over `max_bytes`, by Content-Length or while streaming."""
+    """ASGI middleware: 413 for bodies over `max_bytes`, by Content-Length or while streaming, and 408 (then
+    the connection closes) for a body not complete within `read_timeout_s`, e.g. one shorter than its
+    Content-Length, which would otherwise hold the connection until the client gives up."""
 
-    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES):
-        self.app, self.max_bytes = app, max_bytes
+    def __init__(self, app, max_bytes: int = MAX_BODY_BYTES, read_timeout_s: float = READ_TIMEOUT_S):
+        self.app, self.max_bytes, self.read_timeout_s = app, max_bytes, read_timeout_s
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
@@ -202,15 +205,24 @@ class BodySizeLimit:
                 return await _send_json(send, 400, {"detail": "invalid Content-Length header"})
             if int(length) > self.max_bytes:
                 return await _send_json(send, 413, {"detail": self._message()})
-        received = 0
+        received, deadline, complete = 0, None, False
 
         async def limited_receive():
-            nonlocal received
-            message = await receive()
+            nonlocal received, deadline, complete
+            if complete:  # after the body: e.g. waiting for a disconnect, no limit
+                return await receive()
+            loop = asyncio.get_running_loop()
+            deadline = deadline or loop.time() + self.read_timeout_s
+            try:
+                message = await asyncio.wait_for(receive(), max(0.0, deadline - loop.time()))
+            except asyncio.TimeoutError:
+                raise HTTPException(408, f"request body not received within {self.read_timeout_s:g} s "
+                                         "(shorter than its Content-Length?)", headers={"Connection": "close"}) from None
             if message["type"] == "http.request":
                 received += len(message.get("body", b""))
                 if received > self.max_bytes:
                     raise HTTPException(413, self._message())
+                complete = not message.get("more_body", False)
             return message
 
         await self.app(scope, limited_receive, send)
@@ -240,8 +252,9 @@ def _error_summary(errors) -> str:
 # ---------------------------------------------------------------- the app
 
 def create_app(det, index=None, max_wait_ms: float = 2.0, max_batch: int = 512,
-               max_body_bytes: int = MAX_BODY_BYTES) -> FastAPI:
-    """The FastAPI app serving `det` (a `DuplicateDetector`) and, optionally, a `QuestionIndex`."""
+               max_body_bytes: int = MAX_BODY_BYTES, read_timeout_s: float = READ_TIMEOUT_S) -> FastAPI:
+    """The FastAPI app serving `det` (a `DuplicateDetector`) and, optionally, a `QuestionIndex`; a request
+    body must arrive within `read_timeout_s` (else 408)."""
     from .search import model_fingerprint
 
     if index is not None:
@@ -270,7 +283,7 @@ def create_app(det, index=None, max_wait_ms: float = 2.0, max_batch: int = 512,
     app = FastAPI(title="qpairs", version=_version(), lifespan=lifespan,
                   description="Duplicate-question detection: calibrated probabilities for question pairs, "
                               "and search for duplicates of a new question in a question bank.")
-    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes)
+    app.add_middleware(BodySizeLimit, max_bytes=max_body_bytes, read_timeout_s=read_timeout_s)
     app.state.det, app.state.index = det, index
     app.state.batchers = {"predict": predictor, "search": searcher}
 

@@ -10,11 +10,17 @@ repetition (66% of slots unique, like Kaggle train). Then, in one run, on the sa
 (b) what a sentence-transformers user writes: ``pd.read_csv`` → ``model.encode(q1s)``,
     ``model.encode(q2s)`` (fp16 on GPU, fp32 on CPU, batch 512) → cosine → ``to_csv``.
 
-Each runs in its own process (end-to-end wall time: imports, model load, read, encode,
-write), and its peak memory (max RSS) is read from the OS. ``--scale 10`` also scores a
+(a) runs once per backend (``--backends``; default every backend the device has), and
+``--baseline DIR`` adds an ``onnx-int8`` row run from another checkout of qpairs (e.g. main) as a
+reference. Each runs in its own process (end-to-end wall time: imports, model load, read, encode,
+write), and its peak memory (max RSS) is read from the OS. ``--labelled FILE`` (pairs with
+``is_duplicate``) adds each row's accuracy (at the model's threshold) and ROC-AUC; the
+sentence-transformers cosine has no threshold, so its accuracy is at the best cut on FILE itself. ``--scale 10`` also scores a
 10× larger unique-heavy file with qpairs to show its memory stays flat.
 
     python scripts/bench_score.py --n-pairs 20000 --device cpu          # CPU, small
+    python scripts/bench_score.py --n-pairs 2000 --device cpu --skip-natural \
+        --labelled ../shared/data/qqp/cs224n_dev.csv.gz --labelled-rows 3000 --baseline ../main
     python scripts/bench_score.py --device cuda                          # GPU, Kaggle size
 """
 from __future__ import annotations
@@ -154,6 +160,47 @@ def run_timed(cmd: list[str], env: dict) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024
 
 
+def device_backends(device: str) -> list[str]:
+    """The qpairs backends to time on `device` (ONNX Runtime runs on the CPU only)."""
+    from qpairs import onnxrt
+    from qpairs.config import BACKENDS
+
+    if device != "cpu" or not onnxrt.available():
+        return ["torch"]
+    return [b for b in BACKENDS if b != "auto"]
+
+
+def qpairs_cmd(inp: Path, out: Path, model_dir: Path, device: str, backend: str, extra: str) -> list[str]:
+    return [sys.executable, "-m", "qpairs", "score", str(inp), "-o", str(out), "--model", str(model_dir),
+            "--device", device, "--backend", backend, *extra.split()]
+
+
+def labelled_table(args, runs, model_dir: Path, device: str, work: Path, env: dict) -> pd.DataFrame:
+    """Accuracy and ROC-AUC of every qpairs row and of the sentence-transformers cosine on --labelled."""
+    from sklearn.metrics import roc_auc_score
+
+    from qpairs.calibration import choose_threshold
+
+    frame = pd.read_csv(args.labelled, dtype=str, keep_default_na=False)
+    frame = frame.head(args.labelled_rows) if args.labelled_rows else frame
+    path = work / "labelled.csv"
+    frame[["question1", "question2", "is_duplicate"]].to_csv(path, index=False)
+    y = frame["is_duplicate"].astype(int).to_numpy()
+    rows = []
+    for label, backend, run_env in runs:
+        run_timed(qpairs_cmd(path, work / "labelled_out.csv", model_dir, device, backend, args.score_args), run_env)
+        out = pd.read_csv(work / "labelled_out.csv")
+        rows.append({"qpairs": label, "pairs": len(y), "accuracy": (out["predicted_duplicate"] == y).mean(),
+                     "roc_auc": roc_auc_score(y, out["duplicate_probability"])})
+    run_timed([sys.executable, __file__, "--peer", str(path), str(work / "st_labelled.csv"), "--model",
+               str(model_dir), "--device", device], env)
+    sim = pd.read_csv(work / "st_labelled.csv")["similarity"].to_numpy()
+    cut = choose_threshold(sim, y)
+    rows.append({"qpairs": "sentence-transformers cosine (best cut on this file)", "pairs": len(y),
+                 "accuracy": ((sim >= cut) == y).mean(), "roc_auc": roc_auc_score(y, sim)})
+    return pd.DataFrame(rows)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--n-pairs", type=int, default=KAGGLE_TEST_PAIRS)
@@ -169,6 +216,10 @@ def main() -> None:
     ap.add_argument("--score-args", default="", help="extra arguments for qpairs score, e.g. '--batch-size 256'")
     ap.add_argument("--scale-args", help="extra qpairs score arguments for the --scale runs (default: --score-args), "
                     "e.g. '--chunk-size 5000 --cache-size 20000' so both sizes run with full chunks and cache")
+    ap.add_argument("--backends", help="comma-separated qpairs backends (default: every one the device has)")
+    ap.add_argument("--baseline", help="another qpairs checkout whose onnx-int8 row is added as a reference")
+    ap.add_argument("--labelled", help="labelled pair file (is_duplicate): adds accuracy and ROC-AUC per row")
+    ap.add_argument("--labelled-rows", type=int, help="only the first N pairs of --labelled")
     ap.add_argument("--peer", nargs=2, metavar=("IN", "OUT"), help=argparse.SUPPRESS)
     args = ap.parse_args()
 
@@ -205,31 +256,41 @@ def main() -> None:
         files["natural repetition"] = (0.66, 2)
     rows = []
     env = {**os.environ, "TOKENIZERS_PARALLELISM": "true"}
+    runs = [(b, b, env) for b in (args.backends.split(",") if args.backends else device_backends(device))]
+    if args.baseline:
+        runs.append(("onnx-int8 (baseline)", "onnx-int8", {**env, "PYTHONPATH": str(Path(args.baseline).resolve())}))
+    warm = work / "warm_up.csv"
+    write_test_file(warm, 20, questions, 1.0, 0)
+    for _, backend, run_env in runs:  # ONNX exports are made once per model, outside the timings
+        run_timed(qpairs_cmd(warm, work / "qpairs_out.csv", model_dir, device, backend, args.score_args), run_env)
     for name, (rate, seed) in files.items():
         path = work / f"{name.split()[0]}_{args.n_pairs}.csv"
         t0 = time.perf_counter()
         unique = write_test_file(path, args.n_pairs, questions, rate, seed)
         print(f"{name}: {args.n_pairs} pairs, {unique:.1%} of question slots unique "
               f"({time.perf_counter() - t0:.0f} s to generate)")
-        qp_cmd = [sys.executable, "-m", "qpairs", "score", str(path), "-o", str(work / "qpairs_out.csv"),
-                  "--model", str(model_dir), "--device", device, *args.score_args.split()]
-        peer_cmd = [sys.executable, __file__, "--peer", str(path), str(work / "st_out.csv"), "--model", str(model_dir),
-                    "--device", device]
-        qp_wall, qp_mem = run_timed(qp_cmd, env)
-        st_wall, st_mem = run_timed(peer_cmd, env)
-        rows.append({"file": name, "pairs": args.n_pairs, "unique slots": f"{unique:.0%}",
-                     "qpairs pairs/s": args.n_pairs / qp_wall, "st pairs/s": args.n_pairs / st_wall,
-                     "ratio": st_wall / qp_wall, "qpairs peak MiB": qp_mem, "st peak MiB": st_mem})
+        st_wall, st_mem = run_timed([sys.executable, __file__, "--peer", str(path), str(work / "st_out.csv"),
+                                     "--model", str(model_dir), "--device", device], env)
+        for label, backend, run_env in runs:
+            qp_wall, qp_mem = run_timed(qpairs_cmd(path, work / "qpairs_out.csv", model_dir, device, backend,
+                                                   args.score_args), run_env)
+            rows.append({"file": name, "pairs": args.n_pairs, "unique slots": f"{unique:.0%}", "qpairs": label,
+                         "qpairs pairs/s": args.n_pairs / qp_wall, "st pairs/s": args.n_pairs / st_wall,
+                         "ratio": st_wall / qp_wall, "qpairs peak MiB": qp_mem, "st peak MiB": st_mem})
         if fast_dir:  # the same file through the fast model, against the same sentence-transformers run
-            fast_cmd = list(qp_cmd)
-            fast_cmd[fast_cmd.index("--model") + 1] = fast_dir
-            fast_wall, fast_mem = run_timed(fast_cmd, env)
+            fast_wall, fast_mem = run_timed(qpairs_cmd(path, work / "qpairs_out.csv", Path(fast_dir), device, "auto",
+                                                       args.score_args), env)
             rows.append({"file": f"{name}, --fast-model", "pairs": args.n_pairs, "unique slots": f"{unique:.0%}",
-                         "qpairs pairs/s": args.n_pairs / fast_wall, "st pairs/s": args.n_pairs / st_wall,
-                         "ratio": st_wall / fast_wall, "qpairs peak MiB": fast_mem, "st peak MiB": st_mem})
+                         "qpairs": "auto", "qpairs pairs/s": args.n_pairs / fast_wall,
+                         "st pairs/s": args.n_pairs / st_wall, "ratio": st_wall / fast_wall,
+                         "qpairs peak MiB": fast_mem, "st peak MiB": st_mem})
     table = pd.DataFrame(rows)
     print()
     print(table.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
+    if args.labelled:
+        print()
+        print(labelled_table(args, runs, model_dir, device, work, env).to_string(index=False,
+                                                                              float_format=lambda v: f"{v:.4f}"))
 
     if args.scale:
         scale_model = args.scale_model or str(model_dir)

@@ -141,3 +141,66 @@ def test_default_model_loads_with_no_arguments():
     other = det.predict_proba("How do I learn Python?", "What is the capital of France?")
     assert same > 0.5 > other
     assert qpairs.predict("How do I learn Python?", "What is the capital of France?") is False
+
+
+def _edited_copy(model_dir, tmp_path, name: str, filename: str, edit) -> "Path":
+    """A copy of `model_dir` whose JSON file `filename` went through `edit(data)` (or holds `edit` if bytes)."""
+    import shutil
+
+    d = tmp_path / name
+    shutil.copytree(model_dir, d)
+    if isinstance(edit, bytes):
+        (d / filename).write_bytes(edit)
+    else:
+        data = json.loads((d / filename).read_text())
+        edit(data)
+        (d / filename).write_text(json.dumps(data))  # NaN and Infinity as Python's json writes them
+    return d
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(threshold=float("nan")), r"calibration.json is corrupt: threshold must be a finite number in \[0, 1\], got nan"),
+    (lambda c: c.update(threshold=1.5), r"threshold must be a finite number in \[0, 1\], got 1.5"),
+    (lambda c: c.update(threshold="0.5"), r"threshold must be a finite number in \[0, 1\], got '0.5'"),
+    (lambda c: c["params"].update(coef=float("inf")), "params.coef must be a finite number, got inf"),
+    (lambda c: c["params"].update(intercept=None), "params.intercept must be a finite number, got None"),
+    (lambda c: c.update(prior=float("-inf")), "prior must be a finite number"),
+    (lambda c: c.update(prior=1.0), "prior must be strictly between 0 and 1"),
+    (lambda c: c.update(method="isotonic", params={"x": [0.1, float("nan")], "y": [0.9, 0.1]}),
+     r"params.x\[1\] must be a finite number, got nan"),
+])
+def test_calibration_with_a_bad_field_is_refused_by_name(model_dir, tmp_path, edit, message):
+    d = _edited_copy(model_dir, tmp_path, "cal", "calibration.json", edit)
+    with pytest.raises(ModelDirError, match=message) as info:
+        qpairs.load(d, device="cpu")
+    assert str(d / "calibration.json") in str(info.value) and "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (b'{"encoder": "\xff\xfe"}', r"config.json is not UTF-8 text \(byte 13: invalid start byte\)"),
+    (b"[1, 2]", "config.json: expected a JSON object, got a list"),
+    (lambda c: c["encoder"].update(type=3), "config.json: encoder.type must be a string, got 3"),
+    (lambda c: c["encoder"].update(type="gru"), "config.json: encoder.type must be one of lstm, transformer, got 'gru'"),
+    (lambda c: c["encoder"].update(hidden_size="8"), "config.json: encoder.hidden_size must be an integer, got '8'"),
+    (lambda c: c["encoder"].update(bidirectional=1), "config.json: encoder.bidirectional must be a boolean, got 1"),
+    (lambda c: c["encoder"].update(projection_dim=True), "encoder.projection_dim must be an integer or null, got True"),
+    (lambda c: c["encoder"].update(pooling="sum"), "config.json: encoder.pooling must be one of mean, max, cls, last"),
+    (lambda c: c["encoder"].update(colour="red"), "config.json: encoder.colour is not a field of a lstm encoder"),
+    (lambda c: c.update(encoder=[1]), "config.json: encoder must be an object, got \\[1\\]"),
+    (lambda c: c.update(pair_head={"type": "classifier", "dim": "8"}), "config.json: pair_head.dim must be an integer"),
+])
+def test_config_with_a_bad_field_is_refused_by_name(model_dir, tmp_path, edit, message):
+    d = _edited_copy(model_dir, tmp_path, "cfg", "config.json", edit)
+    with pytest.raises(ModelDirError, match=message) as info:
+        qpairs.load(d, device="cpu")
+    assert str(d / "config.json") in str(info.value) and "\n" not in str(info.value)
+
+
+def test_cli_names_the_bad_config_in_one_line(model_dir, tmp_path, capsys):
+    from qpairs.cli import main
+
+    d = _edited_copy(model_dir, tmp_path, "cfg", "config.json", lambda c: c["encoder"].update(type=3))
+    (tmp_path / "in.csv").write_text("question1,question2\na,b\n")
+    assert main(["score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.csv"), "--model", str(d)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "config.json: encoder.type must be a string, got 3" in err and "\n" not in err

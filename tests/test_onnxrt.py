@@ -127,3 +127,45 @@ def test_sharded_sessions_give_the_single_session_result(bert_detector):
     np.testing.assert_allclose(three(**batch).numpy(), one.numpy(), atol=1e-5)
     single = bert_detector.model.encoder.tokenize(TEXTS[3:4])  # fewer rows than sessions
     np.testing.assert_allclose(three(**single).numpy(), one[3:4].numpy(), atol=1e-5)
+
+
+
+MIXED = ["What?", "How do I cook rice in a pressure cooker without burning it at the bottom of the pot? " * 3,
+         "Is it worth learning Rust in 2024?", "Why do cats purr when they are happy or stressed?", "Hi",
+         "Which laptop is best for programming and light gaming under one thousand dollars?"] * 2
+
+
+def add_outlier_feature(encoder, token: str = "cats") -> None:
+    """Give `token` a large activation in one feed-forward unit, like the outlier features of real transformers:
+    a batch holding it has a much wider activation range than one without it."""
+    tok = encoder.tokenizer.convert_tokens_to_ids(token)
+    with torch.no_grad():
+        words = encoder.model.embeddings.word_embeddings.weight
+        words[tok] = 0
+        words[tok, 0] = 50
+        ff = encoder.model.encoder.layer[0].intermediate.dense
+        ff.weight[0] = 0
+        ff.weight[0, 0] = 1000
+        ff.bias[0] = -3000
+
+
+@pytest.mark.parametrize("backend", ["torch", "onnx", "onnx-int8"])
+@pytest.mark.parametrize("threads", [1, 3])
+def test_every_backend_is_batch_invariant(bert_detector, backend, threads):
+    """A pair's probability does not depend on the other texts of its batch (nor on their padding)."""
+    det = bert_detector
+    add_outlier_feature(det.model.encoder)
+    det.use_backend(backend, threads=threads)
+    enc, q1, q2 = det.model.encoder, TEXTS, TEXTS[1:] + TEXTS[:1]
+
+    def proba(e1, e2):
+        return det.calibrator.predict_proba(det.model.distance(torch.from_numpy(e1), torch.from_numpy(e2)).numpy())
+
+    with torch.inference_mode():  # one padded batch, as a service's micro-batch reaches the encoder
+        alone = np.concatenate([enc(**enc.tokenize([t])).numpy() for t in TEXTS])
+        mixed = enc(**enc.tokenize(MIXED + TEXTS)).numpy()[len(MIXED):]
+    order = list(range(1, len(TEXTS))) + [0]
+    np.testing.assert_allclose(proba(mixed, mixed[order]), proba(alone, alone[order]), atol=1e-4, rtol=0)
+    one_by_one = np.array([det.predict_proba(a, b) for a, b in zip(q1, q2)])
+    in_a_crowd = det.predict_proba(MIXED + q1, MIXED[::-1] + q2)[len(MIXED):]
+    np.testing.assert_allclose(in_a_crowd, one_by_one, atol=1e-4, rtol=0)

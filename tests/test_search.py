@@ -184,7 +184,7 @@ def test_cli_index_search_dedup(det, tmp_path, capsys):
     model = str(det.path)
     bank_csv(tmp_path / "bank.csv")
     assert main(["index", str(tmp_path / "bank.csv"), "-o", str(tmp_path / "idx"), "--model", model]) == 0
-    assert main(["search", str(tmp_path / "idx"), "who invented PIANO?", "-k", "3"]) == 0  # model from the index
+    assert main(["search", str(tmp_path / "idx"), "who invented PIANO?", "-k", "3", "--model", model]) == 0
     out = capsys.readouterr().out.splitlines()
     assert "Who invented piano?" in out[2] and "yes" in out[2] and len(out) == 5
     assert main(["index", str(tmp_path / "bank.csv"), "-o", str(tmp_path / "idx"), "--model", model]) == 2
@@ -198,6 +198,29 @@ def test_cli_index_search_dedup(det, tmp_path, capsys):
     assert main(["dedup", str(tmp_path / "qs.csv"), "-o", str(tmp_path / "single.csv"), "--model", model,
                  "--linkage", "single"]) == 0  # copies only: every linkage finds the same groups
     assert pd.read_csv(tmp_path / "single.csv", keep_default_na=False).equals(clusters)
+
+
+def test_search_never_loads_the_model_the_index_names(det, tmp_path, capsys, monkeypatch):
+    """Without --model, search runs the default model and refuses an index built by another one."""
+    import json
+
+    import qpairs.detector
+
+    bank_csv(tmp_path / "bank.csv")
+    assert main(["index", str(tmp_path / "bank.csv"), "-o", str(tmp_path / "idx"), "--model", str(det.path)]) == 0
+    loaded = []
+    real_load = qpairs.detector.load
+    monkeypatch.setattr(qpairs.detector, "load", lambda path=None, **kw: loaded.append(path) or real_load(det.path, **kw)
+                        if path is None else real_load(path, **kw))
+    meta_path = tmp_path / "idx" / "meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta["model_fingerprint"] = "0" * 64  # the index claims another model, at the same recorded path
+    meta_path.write_text(json.dumps(meta))
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "idx"), "Is java hard?"]) == 2
+    assert loaded == [None]  # the default model was asked for, not meta.model_path
+    err = capsys.readouterr().err
+    assert f"was built with model {det.path.resolve()}" in err and "pass that model with --model" in err
 
 
 def test_cli_refuses_another_model(det, other_det, tmp_path, capsys):

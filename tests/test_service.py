@@ -174,3 +174,26 @@ def test_micro_batcher_waits_only_for_requests_it_expects():
     alone = asyncio.run(scenario())
     assert alone < 2.5  # far below the 5 s window: it did not wait for company
     assert calls == [[1], [2, 3, 4], [5, 6, 7]]
+
+
+def test_a_body_shorter_than_its_content_length_gets_408_not_a_hang(det):
+    import socket
+    import time
+
+    with serving(create_app(det, None, max_wait_ms=0, read_timeout_s=1.0)) as base:
+        port = int(base.rsplit(":", 1)[1])
+        with socket.create_connection(("127.0.0.1", port), timeout=15) as sock:
+            sock.sendall(b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                         b"Content-Length: 100\r\n\r\n" + b'{"q1": "a"')
+            start, reply = time.monotonic(), b""
+            while time.monotonic() - start < 15:  # bounded: the socket timeout ends a hang too
+                chunk = sock.recv(4096)
+                if not chunk:
+                    break
+                reply += chunk
+                if b"}" in reply:
+                    break
+        assert reply.startswith(b"HTTP/1.1 408"), reply
+        assert b"Content-Length" in reply and b"not received within 1 s" in reply
+        r = httpx.post(base + "/predict", json={"q1": "Is java hard?", "q2": "is java hard?"}, timeout=30)
+        assert r.status_code == 200  # the server still answers others

