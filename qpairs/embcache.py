@@ -1,5 +1,8 @@
 """Cache of a frozen base encoder's pooled outputs, so a head can be trained without re-running the base.
 
+`open_cache` pools a token-state cache (`qpairs.tokencache`); `EmbeddingCache` is the older format
+(pooled outputs only), still read and extended where a directory holds one.
+
 With ``--freeze-base`` the transformer's base weights never change, so each unique text is
 encoded once, before training. The cache is a directory of parts (``part-00000.npy`` +
 ``part-00000.json`` with the texts) plus ``meta.json``, which names the base model, pooling
@@ -123,6 +126,20 @@ class EmbeddingCache:
         return self._matrix[rows]
 
 
-def open_cache(encoder, directory=None) -> EmbeddingCache:
-    """The cache for `encoder`'s frozen base in `directory` (None: memory only)."""
-    return EmbeddingCache(directory, cache_meta(encoder))
+def is_pooled_cache(directory) -> bool:
+    """True for a directory written by `EmbeddingCache` (pooled outputs only, no token states)."""
+    meta = Path(directory) / "meta.json"
+    return meta.exists() and "pooling" in json.loads(meta.read_text())
+
+
+def open_cache(encoder, directory=None):
+    """The pooled outputs of `encoder`'s frozen base, cached in `directory` (None: memory only).
+
+    A new cache holds the base's token states (`qpairs.tokencache`) and pools them; a directory an
+    `EmbeddingCache` wrote (pooled outputs only) is read and extended as it is.
+    """
+    if directory is not None and is_pooled_cache(directory):
+        return EmbeddingCache(directory, cache_meta(encoder))
+    from .tokencache import open_token_cache
+
+    return open_token_cache(encoder, directory).pooled(encoder.config["pooling"])

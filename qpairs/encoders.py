@@ -172,9 +172,12 @@ class TransformerEncoder(nn.Module):
         """Pooled base-model output, before the head (what `qpairs.embcache` stores for a frozen base)."""
         if self.runtime is not None and not self.training and not torch.is_grad_enabled():
             return self.runtime(input_ids, attention_mask).to(self.head_device)
+        return pool(self.token_states(input_ids, attention_mask), attention_mask, self.config["pooling"])
+
+    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last-layer token states [B, T, hidden] of the base model (what `qpairs.tokencache` stores)."""
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.get("frozen_base")):
-            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            return pool(hidden, attention_mask, self.config["pooling"])
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     @property
     def head_device(self) -> torch.device:

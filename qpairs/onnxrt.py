@@ -48,6 +48,11 @@ def resolve_backend(backend: str | None, device: torch.device, model) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     is_transformer = has_transformer(model)
+    if getattr(model.pair_head, "needs_tokens", False):  # its pair head reads token states, which run in torch
+        if backend not in ("auto", "torch"):
+            raise ValueError(f"backend {backend!r} runs pooled outputs only; this model's matching head reads "
+                             "token states: use --backend torch")
+        return "torch"
     if backend == "auto":
         return AUTO_CPU_BACKEND if (device.type == "cpu" and is_transformer and available()) else "torch"
     if backend != "torch":
