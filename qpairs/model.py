@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .losses import pair_distance
+from .matching import needs_tokens
 
 
 class SiameseModel(nn.Module):
@@ -49,7 +50,7 @@ class SiameseModel(nn.Module):
         For scoring: the head's score carries no gradient (training calls `pair_head` itself).
         """
         if self.pair_head is not None:
-            if getattr(self.pair_head, "needs_tokens", False) and tokens is None:
+            if needs_tokens(self) and tokens is None:
                 raise ValueError("this model's matching pair head compares token states, not embeddings: "
                                  "score pairs with predict_proba (or PairScorer)")
             with torch.no_grad():
