@@ -28,25 +28,48 @@ def cache_meta(encoder) -> dict:
             "hidden_size": c["hf_config"].get("hidden_size")}
 
 
-class EmbeddingCache:
-    """Text → pooled base embedding (float32), in memory and optionally on disk (`directory`)."""
+class TextCache:
+    """What the caches share: `index` (cached text → where) and, on disk, a ``meta.json`` that must match `meta`."""
+
+    kind = "cache"
 
     def __init__(self, directory=None, meta: dict | None = None):
         self.directory = Path(directory) if directory else None
         self.meta = meta or {}
-        self.index: dict[str, int] = {}
+        self.index: dict = {}
+
+    def _check_meta(self) -> None:
+        meta_path = self.directory / "meta.json"
+        if meta_path.exists():
+            stored = json.loads(meta_path.read_text())
+            if self.meta and stored != self.meta:
+                raise ValueError(f"{self.directory}: {self.kind} was made with {stored}, not {self.meta}; "
+                                 "use another --embedding-cache directory")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, text: str) -> bool:
+        return text in self.index
+
+    def missing(self, texts) -> list[str]:
+        return [t for t in dict.fromkeys(texts) if t not in self.index]
+
+
+class EmbeddingCache(TextCache):
+    """Text → pooled base embedding (float32), in memory and optionally on disk (`directory`)."""
+
+    kind = "embedding cache"
+
+    def __init__(self, directory=None, meta: dict | None = None):
+        super().__init__(directory, meta)
         self.parts: list[np.ndarray] = []
         self._matrix: torch.Tensor | None = None
         if self.directory is not None:
             self._load()
 
     def _load(self) -> None:
-        meta_path = self.directory / "meta.json"
-        if meta_path.exists():
-            stored = json.loads(meta_path.read_text())
-            if self.meta and stored != self.meta:
-                raise ValueError(f"{self.directory}: embedding cache was made with {stored}, not {self.meta}; "
-                                 "use another --embedding-cache directory")
+        self._check_meta()
         for part in sorted(self.directory.glob("part-*.npy")):
             texts_path = part.with_suffix(".json")
             if not texts_path.exists():  # an interrupted write: drop it, it will be recomputed
@@ -63,15 +86,6 @@ class EmbeddingCache:
             self.index.setdefault(t, offset + i)
         self.parts.append(emb.astype(np.float32, copy=False))
         self._matrix = None
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __contains__(self, text: str) -> bool:
-        return text in self.index
-
-    def missing(self, texts) -> list[str]:
-        return [t for t in dict.fromkeys(texts) if t not in self.index]
 
     @torch.inference_mode()
     def fill(self, encoder, texts, device="cpu", batch_size: int = 256, part_size: int = 20000,

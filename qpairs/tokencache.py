@@ -22,6 +22,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .embcache import TextCache
 from .encoders import length_batches
 
 log = logging.getLogger("qpairs")
@@ -79,25 +80,20 @@ def encode_states(encoder, texts, device="cpu", batch_size: int = 256, precision
     return out
 
 
-class TokenStateCache:
+class TokenStateCache(TextCache):
     """Text → its frozen base's token states (float16), in memory or memory-mapped from `directory`."""
 
+    kind = "token-state cache"
+
     def __init__(self, directory=None, meta: dict | None = None):
-        self.directory = Path(directory) if directory else None
-        self.meta = meta or {}
-        self.index: dict[str, tuple[int, int]] = {}  # text → (part, position in the part)
+        super().__init__(directory, meta)  # index: text → (part, position in the part)
         self.parts: list[np.ndarray] = []  # float16 [tokens, hidden] per part
         self.offsets: list[np.ndarray] = []  # per part: first token row of each text, plus the end
         if self.directory is not None:
             self._load()
 
     def _load(self) -> None:
-        meta_path = self.directory / "meta.json"
-        if meta_path.exists():
-            stored = json.loads(meta_path.read_text())
-            if self.meta and stored != self.meta:
-                raise ValueError(f"{self.directory}: token-state cache was made with {stored}, not {self.meta}; "
-                                 "use another cache directory")
+        self._check_meta()
         for texts_path in sorted(self.directory.glob("part-?????.json")):
             stem = texts_path.with_suffix("")
             texts = json.loads(texts_path.read_text())
@@ -114,15 +110,6 @@ class TokenStateCache:
             self.index.setdefault(t, (part, i))
         self.parts.append(states)
         self.offsets.append(np.concatenate([[0], np.cumsum(lengths, dtype=np.int64)]))
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __contains__(self, text: str) -> bool:
-        return text in self.index
-
-    def missing(self, texts) -> list[str]:
-        return [t for t in dict.fromkeys(texts) if t not in self.index]
 
     def fill(self, encoder, texts, device="cpu", batch_size: int = 256, part_size: int = 20000,
              progress: bool | None = None) -> int:
