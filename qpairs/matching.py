@@ -62,20 +62,22 @@ def needs_tokens(model) -> bool:
 
 @torch.inference_mode()
 def pair_distances(model, q1: list[str], q2: list[str], device, batch_size: int = 256,
-                   max_waste: float | None = None) -> torch.Tensor:
-    """−logit of the matching head for each pair: the base's token states of every unique text are
-    computed once, then the encoder's head and the matching head run on pairs, `batch_size` at a time."""
+                   max_waste: float | None = None, block: int = 2048) -> torch.Tensor:
+    """−logit of the matching head for each pair. `block` pairs at a time (bounded memory): the base's token
+    states of each unique text of the block are computed once, then the encoder's head and the matching
+    head run on the pairs, `batch_size` at a time."""
     from .tokencache import encode_states, pad_states
 
-    encoder = model.encoder
-    uniq = list(dict.fromkeys(list(q1) + list(q2)))
-    states = encode_states(encoder, uniq, device, batch_size, "fp32", max_waste)
-    pos = {t: i for i, t in enumerate(uniq)}
     out = []
-    for s in range(0, len(q1), batch_size):
-        ta = pad_states([states[pos[t]] for t in q1[s : s + batch_size]])
-        tb = pad_states([states[pos[t]] for t in q2[s : s + batch_size]])
-        out.append(-token_logits(model, ta, tb, device))
+    for start in range(0, len(q1), block):
+        a, b = list(q1[start : start + block]), list(q2[start : start + block])
+        uniq = list(dict.fromkeys(a + b))
+        states = encode_states(model.encoder, uniq, device, batch_size, "fp32", max_waste)
+        pos = {t: i for i, t in enumerate(uniq)}
+        for s in range(0, len(a), batch_size):
+            ta = pad_states([states[pos[t]] for t in a[s : s + batch_size]])
+            tb = pad_states([states[pos[t]] for t in b[s : s + batch_size]])
+            out.append(-token_logits(model, ta, tb, device))
     return torch.cat(out) if out else torch.zeros(0)
 
 

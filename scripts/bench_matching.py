@@ -4,7 +4,8 @@ Both heads train with ``--freeze-base`` on one split (question-disjoint, seed 0;
 subset) and one cache; each is scored on the test split from the cache, calibrated on validation.
 The zero-shot cosine of the base's pooled outputs is the reference row.
 
-    nice -n 15 env OMP_NUM_THREADS=1 python scripts/bench_matching.py --out /tmp/bench_matching --train-pairs 40000
+    QPAIRS_DATA=../shared/data nice -n 15 env OMP_NUM_THREADS=1 python scripts/bench_matching.py \
+        --out /tmp/bench_matching --train-pairs 40000
 """
 from __future__ import annotations
 
@@ -40,6 +41,7 @@ def main() -> None:
     ap.add_argument("--train-pairs", type=int, default=40000)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=40)
+    ap.add_argument("--eval-pairs", type=int, help="at most this many validation and test pairs each (a quicker run)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
@@ -50,6 +52,9 @@ def main() -> None:
                        epochs=args.epochs, max_length=args.max_length, balance="subsample",
                        max_train_pairs=args.train_pairs, embedding_cache=str(cache_dir), device="cpu", progress=True)
     splits = qtrain.load_splits(base.resolved(), out)
+    for split in ("validation", "test"):
+        if args.eval_pairs and len(splits[split]) > args.eval_pairs:
+            splits[split] = splits[split].sample(n=args.eval_pairs, random_state=0).reset_index(drop=True)
     qtrain.finish = lambda *a, **k: None  # scored below from the cache, not by re-encoding every text
     rows, results = {}, {}
     for name, cfg in (("pooled", base), ("matching", replace(base, pair_head="matching"))):

@@ -139,8 +139,8 @@ def _pairs_csv(tmp_path, n=240):
 def test_train_freeze_base_matching_head_trains_saves_loads_and_scores(tiny_bert, tmp_path):
     from qpairs import load
     from qpairs.cli import main
-    from qpairs.matching import MatchingHead
-    from qpairs.scoring import PairScorer, score_file
+    from qpairs.matching import MatchingHead, pair_distances
+    from qpairs.scoring import PairScorer
 
     data = _pairs_csv(tmp_path)
     run = tmp_path / "run"
@@ -163,6 +163,8 @@ def test_train_freeze_base_matching_head_trains_saves_loads_and_scores(tiny_bert
     np.testing.assert_allclose(batch[:4], alone, rtol=0, atol=1e-6)  # batch-invariant
     np.testing.assert_allclose(det.predict_proba(q2, q1), batch, rtol=0, atol=1e-6)  # symmetric
     np.testing.assert_allclose(PairScorer(det, batch_size=8).predict_proba(q1, q2), batch, rtol=0, atol=1e-6)
+    blocks = pair_distances(det.model, q1, q2, "cpu", batch_size=4, block=7)  # memory-bounded blocks of pairs
+    np.testing.assert_allclose(det.calibrator.predict_proba(blocks.numpy()), batch, rtol=0, atol=1e-6)
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["validation"]["roc_auc"] > 0.5
 
@@ -173,6 +175,14 @@ def test_train_freeze_base_matching_head_trains_saves_loads_and_scores(tiny_bert
     np.testing.assert_allclose(scored["duplicate_probability"], batch, rtol=0, atol=1e-6)
     onnx = load(run, device="cpu", backend="onnx")  # token states through ONNX Runtime
     assert onnx.model.encoder.token_runtime is not None and onnx.model.encoder.runtime is None
+    np.testing.assert_allclose(onnx.predict_proba(q1, q2), batch, rtol=0, atol=1e-4)
+    onnx.use_backend("onnx", threads=2)  # two sessions, each batch split in row shards of their own widths
+    assert len(onnx.model.encoder.token_runtime.sessions) == 2
+    batch_ids = det.model.encoder.tokenize(["Hi?", "What is the best way to learn java in a month or two?"])
+    mask = batch_ids["attention_mask"].bool()
+    with torch.inference_mode():  # the short row's shard runs at its own width and is padded back
+        torch.testing.assert_close(onnx.model.encoder.token_states(**batch_ids)[mask],
+                                   det.model.encoder.token_states(**batch_ids)[mask], atol=1e-4, rtol=1e-4)
     np.testing.assert_allclose(onnx.predict_proba(q1, q2), batch, rtol=0, atol=1e-4)
 
 
