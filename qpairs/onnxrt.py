@@ -96,6 +96,7 @@ def export(encoder, path: Path, tokens: bool = False) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
     module = _Pooled(encoder, tokens).eval()
+    output = "token_states" if tokens else "pooled"
     attn = getattr(module.base.config, "_attn_implementation", None)
     module.base.config._attn_implementation = "eager"  # sdpa does not export with a padding mask
     ids = torch.tensor([[101, 2054, 2003, 102], [101, 2054, 102, 0]])
@@ -104,10 +105,10 @@ def export(encoder, path: Path, tokens: bool = False) -> Path:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (ids, mask), str(tmp), input_names=["input_ids", "attention_mask"],
-                              output_names=["output"], opset_version=17, dynamo=False,
+                              output_names=[output], opset_version=17, dynamo=False,
                               dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
                                             "attention_mask": {0: "batch", 1: "tokens"},
-                                            "output": {0: "batch", 1: "tokens"} if tokens else {0: "batch"}})
+                                            output: {0: "batch", 1: "tokens"} if tokens else {0: "batch"}})
         os.replace(tmp, path)
     finally:
         module.base.config._attn_implementation = attn

@@ -43,7 +43,7 @@ def resolve_precision(precision: str, device) -> str:
     if precision != "auto":
         return precision
     cpu = torch.device(device).type == "cpu"
-    return "bf16" if cpu and torch.cpu._is_avx512_bf16_supported() else "fp32"
+    return "bf16" if cpu and getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() else "fp32"
 
 
 def token_cache_meta(encoder, precision: str) -> dict:
