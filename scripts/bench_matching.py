@@ -41,12 +41,13 @@ def main() -> None:
     ap.add_argument("--train-pairs", type=int, default=40000)
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--max-length", type=int, default=40)
+    ap.add_argument("--cache", help="token-state cache directory, shareable between runs (default: OUT/token_cache)")
     ap.add_argument("--eval-pairs", type=int, help="at most this many validation and test pairs each (a quicker run)")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    cache_dir = out / "token_cache"
+    cache_dir = Path(args.cache) if args.cache else out / "token_cache"
     base = TrainConfig(encoder="transformer", freeze_base=True, head="residual", projection_dim=768,
                        pair_head="classifier", distance="cosine", margin=0.5, lr=1e-3, batch_size=256,
                        epochs=args.epochs, max_length=args.max_length, balance="subsample",
