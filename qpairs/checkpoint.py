@@ -42,9 +42,13 @@ def model_config(model: SiameseModel) -> dict:
 
 
 def build_pair_head(config: dict):
-    """The pair classifier head described by `config` (see `qpairs.losses.PairClassifier`)."""
+    """The pair head described by `config` (`qpairs.losses.PairClassifier` or `qpairs.matching.MatchingHead`)."""
     from .losses import PairClassifier
 
+    if config.get("type") == "matching":
+        from .matching import MatchingHead
+
+        return MatchingHead(**{k: v for k, v in config.items() if k != "type"})
     if config.get("type") != "classifier":
         raise ModelDirError(f"config.json: pair_head.type must be 'classifier', got {config.get('type')!r}")
     return PairClassifier(config["dim"], config.get("hidden", 0))

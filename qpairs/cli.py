@@ -53,7 +53,9 @@ TRAIN_HELP = {
     "transitive": "triplet/mnrl: add duplicate pairs inferred by transitivity (A~B, B~C => A~C)",
     "max_pairs_per_group": "cap on the transitive pairs taken from one duplicate group",
     "scale": "mnrl: scale of the cosine similarities (1/temperature)",
-    "pair_head": "none or classifier: a logistic head on (u, v, |u-v|, u*v) trained jointly with BCE; scores use it",
+    "pair_head": "none, classifier (a logistic head on (u, v, |u-v|, u*v)) or matching (soft alignment of the "
+                 "frozen base's token states of both questions; needs --freeze-base): trained jointly with BCE; "
+                 "scores use it",
     "pair_head_weight": "weight of the classifier head's BCE in the training loss",
     "pair_head_hidden": "hidden units of the classifier head: 0 = logistic, N = an MLP with one hidden ReLU layer",
     "balance": "class balance of the training split: weight (loss weights), subsample or none",

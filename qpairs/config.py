@@ -98,7 +98,7 @@ class TrainConfig:
     transitive: bool = True  # add positives by transitivity (A~B, B~C ⇒ A~C)
     max_pairs_per_group: int | None = 1000  # cap on transitive pairs from one duplicate group
     scale: float = 20.0  # mnrl: cosine-similarity scale (1 / temperature)
-    pair_head: str = "none"  # none | classifier: logistic head on (u, v, |u−v|, u∗v) trained with BCE
+    pair_head: str = "none"  # none | classifier (logistic on u, v, |u−v|, u∗v) | matching (token states, qpairs.matching)
     pair_head_weight: float = 1.0  # weight of the head's BCE in the loss
     pair_head_hidden: int = 0  # hidden units of the classifier head (0 → logistic, else a one-hidden-layer MLP)
     # loop

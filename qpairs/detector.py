@@ -11,6 +11,7 @@ import torch
 from .calibration import Calibrator
 from .checkpoint import ModelDirError, load_model, read_json
 from .encoders import length_batches
+from .matching import needs_tokens, pair_distances
 from .model import SiameseModel
 
 
@@ -139,6 +140,9 @@ class DuplicateDetector:
         if len(a) != len(b):
             raise ValueError(f"q1 and q2 must have the same length, got {len(a)} and {len(b)}")
         a, b = self.prepare(a, "left"), self.prepare(b, "right")
+        if needs_tokens(self.model):  # a matching head compares the two sides' token states
+            with self._autocast():
+                return pair_distances(self.model, a, b, self.device, self.batch_size, self.max_waste).float().cpu().numpy()
         if self.model.variant == "siamese":
             uniq = list(dict.fromkeys(a + b))
             emb = self.encode(uniq)

@@ -1,5 +1,8 @@
 """Cache of a frozen base encoder's pooled outputs, so a head can be trained without re-running the base.
 
+`open_cache` pools a token-state cache (`qpairs.tokencache`); `EmbeddingCache` is the older format
+(pooled outputs only), still read and extended where a directory holds one.
+
 With ``--freeze-base`` the transformer's base weights never change, so each unique text is
 encoded once, before training. The cache is a directory of parts (``part-00000.npy`` +
 ``part-00000.json`` with the texts) plus ``meta.json``, which names the base model, pooling
@@ -25,25 +28,48 @@ def cache_meta(encoder) -> dict:
             "hidden_size": c["hf_config"].get("hidden_size")}
 
 
-class EmbeddingCache:
-    """Text → pooled base embedding (float32), in memory and optionally on disk (`directory`)."""
+class TextCache:
+    """What the caches share: `index` (cached text → where) and, on disk, a ``meta.json`` that must match `meta`."""
+
+    kind = "cache"
 
     def __init__(self, directory=None, meta: dict | None = None):
         self.directory = Path(directory) if directory else None
         self.meta = meta or {}
-        self.index: dict[str, int] = {}
+        self.index: dict = {}
+
+    def _check_meta(self) -> None:
+        meta_path = self.directory / "meta.json"
+        if meta_path.exists():
+            stored = json.loads(meta_path.read_text())
+            if self.meta and stored != self.meta:
+                raise ValueError(f"{self.directory}: {self.kind} was made with {stored}, not {self.meta}; "
+                                 "use another --embedding-cache directory")
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def __contains__(self, text: str) -> bool:
+        return text in self.index
+
+    def missing(self, texts) -> list[str]:
+        return [t for t in dict.fromkeys(texts) if t not in self.index]
+
+
+class EmbeddingCache(TextCache):
+    """Text → pooled base embedding (float32), in memory and optionally on disk (`directory`)."""
+
+    kind = "embedding cache"
+
+    def __init__(self, directory=None, meta: dict | None = None):
+        super().__init__(directory, meta)
         self.parts: list[np.ndarray] = []
         self._matrix: torch.Tensor | None = None
         if self.directory is not None:
             self._load()
 
     def _load(self) -> None:
-        meta_path = self.directory / "meta.json"
-        if meta_path.exists():
-            stored = json.loads(meta_path.read_text())
-            if self.meta and stored != self.meta:
-                raise ValueError(f"{self.directory}: embedding cache was made with {stored}, not {self.meta}; "
-                                 "use another --embedding-cache directory")
+        self._check_meta()
         for part in sorted(self.directory.glob("part-*.npy")):
             texts_path = part.with_suffix(".json")
             if not texts_path.exists():  # an interrupted write: drop it, it will be recomputed
@@ -60,15 +86,6 @@ class EmbeddingCache:
             self.index.setdefault(t, offset + i)
         self.parts.append(emb.astype(np.float32, copy=False))
         self._matrix = None
-
-    def __len__(self) -> int:
-        return len(self.index)
-
-    def __contains__(self, text: str) -> bool:
-        return text in self.index
-
-    def missing(self, texts) -> list[str]:
-        return [t for t in dict.fromkeys(texts) if t not in self.index]
 
     @torch.inference_mode()
     def fill(self, encoder, texts, device="cpu", batch_size: int = 256, part_size: int = 20000,
@@ -123,6 +140,20 @@ class EmbeddingCache:
         return self._matrix[rows]
 
 
-def open_cache(encoder, directory=None) -> EmbeddingCache:
-    """The cache for `encoder`'s frozen base in `directory` (None: memory only)."""
-    return EmbeddingCache(directory, cache_meta(encoder))
+def is_pooled_cache(directory) -> bool:
+    """True for a directory written by `EmbeddingCache` (pooled outputs only, no token states)."""
+    meta = Path(directory) / "meta.json"
+    return meta.exists() and "pooling" in json.loads(meta.read_text())
+
+
+def open_cache(encoder, directory=None):
+    """The pooled outputs of `encoder`'s frozen base, cached in `directory` (None: memory only).
+
+    A new cache holds the base's token states (`qpairs.tokencache`) and pools them; a directory an
+    `EmbeddingCache` wrote (pooled outputs only) is read and extended as it is.
+    """
+    if directory is not None and is_pooled_cache(directory):
+        return EmbeddingCache(directory, cache_meta(encoder))
+    from .tokencache import open_token_cache
+
+    return open_token_cache(encoder, directory).pooled(encoder.config["pooling"])

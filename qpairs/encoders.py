@@ -148,6 +148,7 @@ class TransformerEncoder(nn.Module):
         self.head = Head(hidden, projection_dim, normalize, head)
         self.dim = self.head.dim
         self.runtime = None  # an `onnxrt.OnnxPooler` runs base + pooling at inference when set
+        self.token_runtime = None  # and one that runs the base alone, for token states (`qpairs.matching`)
         if frozen_base:  # only the head trains; the base weights are not saved (they come from base_model)
             self.model.requires_grad_(False)
         if getattr(model, "pooler", None) is not None:  # we pool ourselves: the 🤗 pooler never gets a gradient
@@ -170,9 +171,14 @@ class TransformerEncoder(nn.Module):
         """Pooled base-model output, before the head (what `qpairs.embcache` stores for a frozen base)."""
         if self.runtime is not None and not self.training and not torch.is_grad_enabled():
             return self.runtime(input_ids, attention_mask).to(self.head_device)
+        return pool(self.token_states(input_ids, attention_mask), attention_mask, self.config["pooling"])
+
+    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Last-layer token states [B, T, hidden] of the base model (what `qpairs.tokencache` stores)."""
+        if self.token_runtime is not None and not self.training and not torch.is_grad_enabled():
+            return self.token_runtime(input_ids, attention_mask).to(self.head_device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.get("frozen_base")):
-            hidden = self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-            return pool(hidden, attention_mask, self.config["pooling"])
+            return self.model(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
 
     @property
     def head_device(self) -> torch.device:

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .losses import pair_distance
+from .matching import needs_tokens
 
 
 class SiameseModel(nn.Module):
@@ -42,12 +43,16 @@ class SiameseModel(nn.Module):
     def forward(self, batch1: dict, batch2: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return self.embed(batch1, "left"), self.embed(batch2, "right")
 
-    def distance(self, emb1: torch.Tensor, emb2: torch.Tensor) -> torch.Tensor:
-        """Smaller = more similar: the embedding distance, or −logit of the classifier head when there is one.
+    def distance(self, emb1: torch.Tensor, emb2: torch.Tensor, tokens: tuple | None = None) -> torch.Tensor:
+        """Smaller = more similar: the embedding distance, or −logit of the pair head when there is one.
 
+        `tokens`: both sides' padded token states, for a head that reads them (`qpairs.matching`).
         For scoring: the head's score carries no gradient (training calls `pair_head` itself).
         """
         if self.pair_head is not None:
+            if needs_tokens(self) and tokens is None:
+                raise ValueError("this model's matching pair head compares token states, not embeddings: "
+                                 "score pairs with predict_proba (or PairScorer)")
             with torch.no_grad():
-                return -self.pair_head(emb1.float(), emb2.float())
+                return -self.pair_head(emb1.float(), emb2.float(), *(tokens or ()))
         return pair_distance(emb1.float(), emb2.float(), self.distance_metric)

@@ -8,7 +8,8 @@
   the batch's other rows. Class weights do not apply to them.
 * ``--pair-head classifier`` adds a logistic head on (u, v, |u−v|, u∗v) trained jointly with
   binary cross-entropy (weight ``--pair-head-weight``); the model's "distance" then becomes
-  −logit, so calibration and evaluation work unchanged.
+  −logit, so calibration and evaluation work unchanged. ``--pair-head matching`` compares the
+  frozen base's token states of the two questions (`qpairs.matching`) and trains the same way.
 
 Every batch is a `Batch` with a ``left`` and a ``right`` list of texts, so the trainer embeds
 it the way it embeds pairs (for triplets: anchors left, positives + negatives right).
@@ -41,13 +42,24 @@ def make_loss(cfg):
     raise ValueError(f"unknown loss {cfg.loss!r}; use one of {', '.join(LOSSES)}")
 
 
-def make_pair_head(cfg, dim: int) -> PairClassifier | None:
-    """The classifier head asked for by ``cfg.pair_head`` ('none' or 'classifier')."""
+def make_pair_head(cfg, dim: int, encoder=None):
+    """The pair head asked for by ``cfg.pair_head``: none, classifier, or matching (over the frozen
+    `encoder`'s token states, see `qpairs.matching`)."""
     if cfg.pair_head in (None, "none"):
         return None
     if cfg.pair_head == "classifier":
         return PairClassifier(dim, hidden=getattr(cfg, "pair_head_hidden", 0) or 0)
-    raise ValueError(f"unknown pair head {cfg.pair_head!r}; use none or classifier")
+    if cfg.pair_head == "matching":
+        from .matching import MatchingHead
+
+        config = getattr(encoder, "config", {})
+        if not (config.get("type") == "transformer" and config.get("frozen_base")) or cfg.variant != "siamese":
+            raise ValueError("--pair-head matching needs a Siamese --encoder transformer with --freeze-base")
+        if cfg.loss not in PAIR_LOSSES:
+            raise ValueError(f"--pair-head matching trains on labelled pairs: use a pair loss ({', '.join(PAIR_LOSSES)}), "
+                             f"not {cfg.loss}")
+        return MatchingHead(config["hf_config"]["hidden_size"], dim, pooling=config["pooling"])
+    raise ValueError(f"unknown pair head {cfg.pair_head!r}; use none, classifier or matching")
 
 
 @dataclass

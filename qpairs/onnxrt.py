@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from .config import BACKENDS
+from .matching import needs_tokens
 
 # What "auto" picks on a CPU: int8 run row by row, batch-invariant like fp32 and faster than it
 # (measured with scripts/bench_score.py; README "Scoring speed").
@@ -51,6 +52,8 @@ def resolve_backend(backend: str | None, device: torch.device, model) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     is_transformer = has_transformer(model)
+    if backend == "auto" and needs_tokens(model):  # int8 is measured on pooled outputs, not on token states
+        return "torch"
     if backend == "auto":
         return AUTO_CPU_BACKEND if (device.type == "cpu" and is_transformer and available()) else "torch"
     if backend != "torch":
@@ -65,17 +68,18 @@ def resolve_backend(backend: str | None, device: torch.device, model) -> str:
 
 
 class _Pooled(nn.Module):
-    """Base model + pooling of a `TransformerEncoder` as one exportable module."""
+    """Base model + pooling of a `TransformerEncoder` as one exportable module (`tokens`: the last-layer
+    token states instead of their pooling)."""
 
-    def __init__(self, encoder):
+    def __init__(self, encoder, tokens: bool = False):
         super().__init__()
-        self.base, self.pooling = encoder.model, encoder.config["pooling"]
+        self.base, self.pooling, self.tokens = encoder.model, encoder.config["pooling"], tokens
 
     def forward(self, input_ids, attention_mask):
         from .encoders import pool
 
         hidden = self.base(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
-        return pool(hidden, attention_mask, self.pooling)
+        return hidden if self.tokens else pool(hidden, attention_mask, self.pooling)
 
 
 def weights_key(encoder) -> str:
@@ -88,11 +92,13 @@ def weights_key(encoder) -> str:
     return weights_hash(encoder.model.state_dict(), salt)[:20]
 
 
-def export(encoder, path: Path) -> Path:
-    """Export base + pooling to `path` (fp32, dynamic batch and length), atomically."""
+def export(encoder, path: Path, tokens: bool = False) -> Path:
+    """Export base + pooling (`tokens`: base alone, token states out) to `path` (fp32, dynamic batch and
+    length), atomically."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + f".{os.getpid()}.tmp")
-    module = _Pooled(encoder).eval()
+    module = _Pooled(encoder, tokens).eval()
+    output = "token_states" if tokens else "pooled"
     attn = getattr(module.base.config, "_attn_implementation", None)
     module.base.config._attn_implementation = "eager"  # sdpa does not export with a padding mask
     ids = torch.tensor([[101, 2054, 2003, 102], [101, 2054, 102, 0]])
@@ -101,9 +107,10 @@ def export(encoder, path: Path) -> Path:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore")
             torch.onnx.export(module, (ids, mask), str(tmp), input_names=["input_ids", "attention_mask"],
-                              output_names=["pooled"], opset_version=17, dynamo=False,
+                              output_names=[output], opset_version=17, dynamo=False,
                               dynamic_axes={"input_ids": {0: "batch", 1: "tokens"},
-                                            "attention_mask": {0: "batch", 1: "tokens"}, "pooled": {0: "batch"}})
+                                            "attention_mask": {0: "batch", 1: "tokens"},
+                                            output: {0: "batch", 1: "tokens"} if tokens else {0: "batch"}})
         os.replace(tmp, path)
     finally:
         module.base.config._attn_implementation = attn
@@ -129,17 +136,18 @@ def quantize(src: Path, dst: Path) -> Path:
     return dst
 
 
-def model_file(encoder, backend: str) -> Path:
-    """The cached ONNX file of `encoder` for `backend` ('onnx' or 'onnx-int8'), exported on first use."""
+def model_file(encoder, backend: str, tokens: bool = False) -> Path:
+    """The cached ONNX file of `encoder` for `backend` ('onnx' or 'onnx-int8'), exported on first use
+    (`tokens`: the base's token states rather than its pooled output)."""
     import logging
 
-    key = weights_key(encoder)
+    key = weights_key(encoder) + ("-tokens" if tokens else "")
     fp32 = cache_dir() / f"{key}-fp32.onnx"
     if not fp32.exists() or (backend != "onnx" and not (cache_dir() / f"{key}-int8.onnx").exists()):
         logging.getLogger("qpairs").info("preparing the model for ONNX Runtime (%s), once per model, in %s",
                                          backend, cache_dir())
     if not fp32.exists():
-        export(encoder, fp32)
+        export(encoder, fp32, tokens)
     if backend == "onnx":
         return fp32
     int8 = cache_dir() / f"{key}-int8.onnx"
@@ -149,7 +157,8 @@ def model_file(encoder, backend: str) -> Path:
 
 
 class OnnxPooler:
-    """Runs an exported base + pooling: (input_ids, attention_mask) tensors → pooled float32 tensor.
+    """Runs an exported base + pooling: (input_ids, attention_mask) tensors → pooled float32 tensor (or the
+    token states [batch, tokens, hidden] of a `tokens` export).
 
     With `threads` = N > 1 it holds min(N, 4) sessions (N threads shared among them; each session holds
     its own copy of the weights, hence the cap) and splits each batch into row shards that run at once
@@ -185,7 +194,10 @@ class OnnxPooler:
         width = int(attention_mask.sum(axis=1).max()) if len(attention_mask) else attention_mask.shape[1]  # own padding
         feed = {"input_ids": np.ascontiguousarray(input_ids[:, :width]),
                 "attention_mask": np.ascontiguousarray(attention_mask[:, :width])}
-        return session.run(None, feed)[0]
+        out = session.run(None, feed)[0]
+        if out.ndim == 3 and width < input_ids.shape[1]:  # token states: back to the batch's width
+            out = np.pad(out, ((0, 0), (0, input_ids.shape[1] - width), (0, 0)))
+        return out
 
     def _run_shard(self, session, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
         if not self.row_by_row or len(input_ids) < 2:
@@ -210,8 +222,10 @@ def enable(model, backend: str, threads: int | None = None) -> None:
         if getattr(encoder, "config", {}).get("type") != "transformer":
             continue
         if backend == "torch":
-            encoder.runtime = None
+            encoder.runtime = encoder.token_runtime = None
             continue
-        current = encoder.runtime  # only the threads change: reuse its file instead of hashing the weights again
-        path = current.path if current is not None and current.backend == backend else model_file(encoder, backend)
-        encoder.runtime = OnnxPooler(path, threads)
+        tokens = needs_tokens(model)  # a matching head reads token states: export those instead
+        attr = "token_runtime" if tokens else "runtime"
+        current = getattr(encoder, attr)  # only the threads change: reuse its file instead of hashing the weights again
+        path = current.path if current is not None and current.backend == backend else model_file(encoder, backend, tokens)
+        setattr(encoder, attr, OnnxPooler(path, threads))

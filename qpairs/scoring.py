@@ -21,6 +21,7 @@ import torch
 
 from .config import CHECKPOINT_ROWS
 from .encoders import length_batches
+from .matching import needs_tokens
 
 PROBA_COL = "duplicate_probability"
 PRED_COL = "predicted_duplicate"
@@ -138,6 +139,10 @@ class PairScorer:
     def distances(self, q1: list[str], q2: list[str]) -> np.ndarray:
         """Distances of the pairs (the model's `distance`: embedding distance or −logit of a pair head)."""
         model = self.det.model
+        if needs_tokens(model):  # a matching head reads token states: the detector's token path, per chunk
+            self.encoded += len(set(q1) | set(q2))
+            self.looked_up += 2 * len(q1)
+            return np.asarray(self.det.distances(list(q1), list(q2)), dtype=np.float64)
         prepare = getattr(self.det, "prepare", None)  # title/body runs clean their body side
         if prepare is not None:
             q1, q2 = prepare(list(q1), "left"), prepare(list(q2), "right")

@@ -29,6 +29,7 @@ from . import distributed
 from .calibration import Calibrator
 from .checkpoint import read_json, save_model, state_to_save, write_json
 from .encoders import DEFAULT_BASE, LSTMEncoder, build_encoder
+from .matching import bound_head, cached_tokens, require_token_cache
 from .objective import Objective, make_pair_head
 from .config import TrainConfig
 from .metrics import HIGHER_IS_BETTER, classification_metrics, format_table
@@ -228,7 +229,8 @@ def batch_loss(model: SiameseModel, objective: Objective, batch, device, cache=N
     """Embed a training batch (left/right texts) and return its loss (run through `net` for DDP)."""
     with autocast(device):
         e1, e2 = embed_pairs(model, batch.left, batch.right, device, cache)
-    return objective.loss(batch, e1.float(), e2.float(), model.pair_head)
+    head = bound_head(model, cached_tokens(model, cache, batch.left, batch.right))  # a matching head: token states
+    return objective.loss(batch, e1.float(), e2.float(), head)
 
 
 def pair_batches(frame, batch_size: int, shuffle: bool, seed: int, weights=None, shard: bool = False):
@@ -273,6 +275,7 @@ def base_cache(cfg: TrainConfig, model: SiameseModel, run_dir: Path, frames, dev
     if cfg.encoder != "transformer" or (model.variant == "pseudo" and (cfg.right_encoder, cfg.right_pooling) != ("transformer", cfg.pooling)):
         raise ValueError("--freeze-base needs --encoder transformer (pseudo: two transformers, one pooling)")
     cache = open_cache(model.encoder, cfg.embedding_cache or run_dir / "embedding_cache")
+    require_token_cache(model, cache)
     texts = [t for f in frames for col in ("question1", "question2") for t in f[col]]
     cache.fill(model.encoder, texts, device, batch_size=max(cfg.batch_size, 256), progress=show)
     return cache
@@ -305,7 +308,7 @@ def validate(model, loss_fn, frame, device, batch_size, calibration: str,
             e1, e2 = embed_pairs(model, q1, q2, device, cache)
         e1, e2 = e1.float(), e2.float()
         losses.append(float(loss_fn(e1, e2, y.to(device))) * len(q1))
-        dists.append(model.distance(e1, e2).cpu().numpy())
+        dists.append(model.distance(e1, e2, cached_tokens(model, cache, q1, q2)).cpu().numpy())
     d = distributed.gather_strided(np.concatenate(dists) if dists else np.zeros(0, np.float32))
     labels = frame["is_duplicate"].to_numpy()
     cal = fit_calibrator(calibration, d, labels, threshold)
@@ -474,7 +477,7 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     else:
         model = build_model(cfg, list(train_df["question1"]) + list(train_df["question2"]))
     if model.pair_head is None:
-        model.pair_head = make_pair_head(cfg, model.dim)  # --pair-head classifier, else None
+        model.pair_head = make_pair_head(cfg, model.dim, model.encoder)  # --pair-head classifier|matching, else None
     model.to(device).train()
     net = distributed.prepare(model, device)  # DDP under torchrun: run the training forward as net(fn, ...)
     with distributed.main_first():  # rank 0 fills the cache, the others then read it

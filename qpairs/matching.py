@@ -1,0 +1,113 @@
+"""The matching pair head: a light comparison layer over both questions' frozen token states.
+
+Each question's tokens attend softly to the other's (masked), and each token is compared with its
+aligned summary (ESIM): ``[a, ã, a−ã, a∗ã]`` → projection + ReLU → mean and max over the tokens.
+The two directions meet in symmetric ops (sum and absolute difference), beside the pooled features
+of the model's embeddings (u+v, |u−v|, u∗v) and the zero-shot cosine of the base's pooled outputs;
+an MLP maps them to the logit. Swapping the questions gives the same logit exactly.
+
+Token states come from the frozen base: `qpairs.tokencache` in training, `pair_distances` at inference.
+"""
+from __future__ import annotations
+
+from functools import partial
+
+import torch
+from torch import nn
+
+from .encoders import pool
+
+TokenBatch = tuple  # (states float32 [B, T, hidden], mask bool [B, T])
+
+
+def masked_mean_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[mean, max] over the valid tokens of x [B, T, D] → [B, 2D]."""
+    return torch.cat([pool(x, mask, "mean"), pool(x, mask, "max")], dim=-1)
+
+
+class MatchingHead(nn.Module):
+    """logit(a, b) from token states (`hidden` wide) and the pooled embeddings u, v (`dim` wide)."""
+
+    needs_tokens = True
+
+    def __init__(self, hidden: int, dim: int, proj: int = 256, mlp: int = 256, pooling: str = "mean"):
+        super().__init__()
+        self.config = dict(type="matching", hidden=hidden, dim=dim, proj=proj, mlp=mlp, pooling=pooling)
+        self.compare = nn.Sequential(nn.Linear(4 * hidden, proj), nn.ReLU())
+        self.mlp = nn.Sequential(nn.Linear(4 * proj + 3 * dim + 1, mlp), nn.ReLU(), nn.Linear(mlp, 1))
+
+    def _side(self, a, mask_a, b, mask_b) -> torch.Tensor:
+        """a's tokens compared with their soft alignment over b's tokens, pooled: [B, 2·proj]."""
+        scores = a @ b.transpose(1, 2)  # [B, Ta, Tb]
+        scores = scores.masked_fill(~mask_b[:, None, :], torch.finfo(scores.dtype).min)
+        aligned = torch.softmax(scores, dim=-1) @ b
+        m = self.compare(torch.cat([a, aligned, a - aligned, a * aligned], dim=-1))
+        return masked_mean_max(m, mask_a)
+
+    def forward(self, u: torch.Tensor, v: torch.Tensor, tokens_a: TokenBatch, tokens_b: TokenBatch) -> torch.Tensor:
+        (a, mask_a), (b, mask_b) = tokens_a, tokens_b
+        a, b = a.to(u.device, torch.float32), b.to(u.device, torch.float32)
+        mask_a, mask_b = mask_a.to(u.device), mask_b.to(u.device)
+        fa, fb = self._side(a, mask_a, b, mask_b), self._side(b, mask_b, a, mask_a)
+        pa, pb = pool(a, mask_a, self.config["pooling"]), pool(b, mask_b, self.config["pooling"])
+        cos = nn.functional.cosine_similarity(pa, pb, dim=-1)[:, None]
+        feats = torch.cat([fa + fb, (fa - fb).abs(), u + v, (u - v).abs(), u * v, cos], dim=-1)
+        return self.mlp(feats).squeeze(-1)
+
+
+def needs_tokens(model) -> bool:
+    """True when the model's pair head reads token states (a `MatchingHead`)."""
+    return getattr(model.pair_head, "needs_tokens", False)
+
+
+@torch.inference_mode()
+def pair_distances(model, q1: list[str], q2: list[str], device, batch_size: int = 256,
+                   max_waste: float | None = None, block: int = 2048) -> torch.Tensor:
+    """−logit of the matching head for each pair. `block` pairs at a time (bounded memory): the base's token
+    states of each unique text of the block are computed once, then the encoder's head and the matching
+    head run on the pairs, `batch_size` at a time."""
+    from .tokencache import encode_states, pad_states
+
+    out = []
+    for start in range(0, len(q1), block):
+        a, b = list(q1[start : start + block]), list(q2[start : start + block])
+        uniq = list(dict.fromkeys(a + b))
+        states = encode_states(model.encoder, uniq, device, batch_size, "fp32", max_waste)
+        pos = {t: i for i, t in enumerate(uniq)}
+        for s in range(0, len(a), batch_size):
+            ta = pad_states([states[pos[t]] for t in a[s : s + batch_size]])
+            tb = pad_states([states[pos[t]] for t in b[s : s + batch_size]])
+            out.append(-token_logits(model, ta, tb, device))
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def token_logits(model, tokens_a: TokenBatch, tokens_b: TokenBatch, device) -> torch.Tensor:
+    """The matching head's logits from padded token states: the encoder's head embeds their pooled outputs."""
+    encoder = model.encoder
+    (a, mask_a), (b, mask_b) = tokens_a, tokens_b
+    pooling = encoder.config["pooling"]
+    u = encoder.head(pool(a.to(device), mask_a.to(device), pooling))
+    v = encoder.head(pool(b.to(device), mask_b.to(device), pooling))
+    return model.pair_head(u, v, tokens_a, tokens_b)
+
+
+def require_token_cache(model, cache) -> None:
+    """A matching head trains from token states: `cache` must be a token-state cache's pooled view."""
+    if needs_tokens(model) and not hasattr(getattr(cache, "cache", None), "lookup_states"):
+        raise ValueError("--pair-head matching reads token states, and this --embedding-cache directory holds pooled "
+                         "outputs only: use another directory")
+
+
+def cached_tokens(model, cache, left, right) -> tuple | None:
+    """Both sides' padded token states from the training cache when the model's head reads them, else None."""
+    if not needs_tokens(model):
+        return None
+    require_token_cache(model, cache)
+    return cache.cache.lookup_states(left), cache.cache.lookup_states(right)
+
+
+def bound_head(model, tokens):
+    """The pair head to call as head(u, v) on a batch whose token states are `tokens` (None: as it is)."""
+    if tokens is None:
+        return model.pair_head
+    return partial(model.pair_head, tokens_a=tokens[0], tokens_b=tokens[1])

@@ -1,0 +1,199 @@
+"""Token-state cache of a frozen base (fill, resume, memory-mapped reads, pooled view) and the matching pair head."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from conftest import make_pairs
+
+
+@pytest.fixture
+def frozen_encoder(tiny_bert):
+    from qpairs.encoders import build_encoder
+
+    return build_encoder({"type": "transformer", "pooling": "mean", "max_length": 32, "base_model": str(tiny_bert),
+                          "head": "residual", "frozen_base": True}).eval()
+
+
+def _texts(n=60):
+    pairs = make_pairs(n)
+    return list(dict.fromkeys(list(pairs["question1"]) + list(pairs["question2"])))
+
+
+@torch.inference_mode()
+def _direct_states(encoder, text):
+    batch = encoder.tokenize([text])
+    return encoder.token_states(**batch)[0]
+
+
+def test_token_cache_fill_resume_and_mmap_reads_equal_direct_encoding(frozen_encoder, tmp_path):
+    from qpairs.tokencache import TokenStateCache, open_token_cache
+
+    texts = _texts()
+    cache = open_token_cache(frozen_encoder, tmp_path / "tc", precision="fp32")
+    assert cache.fill(frozen_encoder, texts[:40], part_size=16, progress=False) == 40  # parts of 16, 16, 8
+    (tmp_path / "tc" / "part-00002.json").unlink()  # an interrupted fill: the last part never completed
+    resumed = open_token_cache(frozen_encoder, tmp_path / "tc", precision="fp32")
+    assert len(resumed) == 32 and texts[31] in resumed and texts[32] not in resumed
+    assert resumed.fill(frozen_encoder, texts, part_size=16, progress=False) == len(texts) - 32  # finished parts kept
+
+    reopened = TokenStateCache(tmp_path / "tc", json.loads((tmp_path / "tc" / "meta.json").read_text()))
+    assert len(reopened) == len(texts)
+    assert all(isinstance(p, np.memmap) and p.dtype == np.float16 for p in reopened.parts)
+    for text, states in zip(texts, reopened.states(texts)):
+        direct = _direct_states(frozen_encoder, text)
+        assert states.shape == direct.shape
+        torch.testing.assert_close(states.float(), direct, atol=2e-3, rtol=1e-3)
+    x, mask = reopened.lookup_states(texts[:5])
+    assert x.dtype == torch.float32 and mask.sum(1).tolist() == [len(s) for s in reopened.states(texts[:5])]
+    with pytest.raises(KeyError, match="not in the token-state cache"):
+        reopened.states(["never seen"])
+
+
+def test_token_cache_of_other_weights_or_length_is_refused(frozen_encoder, tmp_path):
+    from qpairs.tokencache import open_token_cache
+
+    open_token_cache(frozen_encoder, tmp_path / "tc", precision="fp32").fill(frozen_encoder, _texts(5), progress=False)
+    frozen_encoder.config["max_length"] = 16
+    with pytest.raises(ValueError, match="token-state cache was made with"):
+        open_token_cache(frozen_encoder, tmp_path / "tc", precision="fp32")
+
+
+@pytest.mark.parametrize("pooling", ["mean", "max", "cls"])
+def test_pooled_view_equals_pooled_encoding(frozen_encoder, tmp_path, pooling):
+    from qpairs.embcache import EmbeddingCache, cache_meta
+    from qpairs.tokencache import open_token_cache
+
+    frozen_encoder.config["pooling"] = pooling
+    texts = _texts()
+    view = open_token_cache(frozen_encoder, tmp_path / "tc", precision="fp32").pooled(pooling)
+    view.fill(frozen_encoder, texts[:30], part_size=16, progress=False)
+    first = view.lookup(texts[:30])
+    view.fill(frozen_encoder, texts, part_size=16, progress=False)  # grows after a lookup
+    pooled = EmbeddingCache(None, cache_meta(frozen_encoder))
+    pooled.fill(frozen_encoder, texts, progress=False)
+    torch.testing.assert_close(view.lookup(texts), pooled.lookup(texts), atol=1e-3, rtol=1e-3)
+    torch.testing.assert_close(view.lookup(texts[:30]), first)
+
+
+def test_open_cache_is_the_token_cache_view_and_still_reads_a_pooled_cache(frozen_encoder, tmp_path):
+    from qpairs.embcache import EmbeddingCache, open_cache
+    from qpairs.tokencache import PooledView
+
+    texts = _texts(10)
+    view = open_cache(frozen_encoder, tmp_path / "new")
+    assert isinstance(view, PooledView)
+    view.fill(frozen_encoder, texts, progress=False)
+    assert json.loads((tmp_path / "new" / "meta.json").read_text())["kind"] == "token_states"
+    legacy = EmbeddingCache(tmp_path / "legacy", {"base_model": str(frozen_encoder.config["base_model"]),
+                                                   "pooling": "mean", "max_length": 32, "hidden_size": 32})
+    legacy.fill(frozen_encoder, texts, progress=False)
+    again = open_cache(frozen_encoder, tmp_path / "legacy")
+    assert isinstance(again, EmbeddingCache) and len(again) == len(texts)
+
+
+def _token_batch(lengths, hidden, seed):
+    from qpairs.tokencache import pad_states
+
+    g = torch.Generator().manual_seed(seed)
+    return pad_states([torch.randn(n, hidden, generator=g) for n in lengths])
+
+
+def test_matching_head_is_symmetric_in_the_two_questions():
+    from qpairs.matching import MatchingHead
+
+    torch.manual_seed(0)
+    head = MatchingHead(hidden=24, dim=16).eval()
+    ta, tb = _token_batch([5, 2, 7], 24, 1), _token_batch([3, 9, 1], 24, 2)
+    u, v = torch.randn(3, 16), torch.randn(3, 16)
+    with torch.no_grad():
+        forward, swapped = head(u, v, ta, tb), head(v, u, tb, ta)
+    assert torch.equal(forward, swapped)
+    assert not torch.allclose(forward[:1], forward[1:2])  # it does depend on the pair
+    minilm_sized = MatchingHead(hidden=384, dim=384)
+    assert 0.7e6 < sum(p.numel() for p in minilm_sized.parameters()) < 1.3e6
+
+
+def test_matching_head_ignores_padding():
+    from qpairs.matching import MatchingHead
+
+    torch.manual_seed(0)
+    head = MatchingHead(hidden=8, dim=4).eval()
+    (a, ma), (b, mb) = _token_batch([4], 8, 1), _token_batch([3], 8, 2)
+    pad = lambda x, m, n: (torch.cat([x, torch.full((1, n, 8), 7.0)], 1), torch.cat([m, torch.zeros(1, n, dtype=bool)], 1))
+    u, v = torch.randn(1, 4), torch.randn(1, 4)
+    with torch.no_grad():
+        torch.testing.assert_close(head(u, v, (a, ma), (b, mb)), head(u, v, pad(a, ma, 3), pad(b, mb, 5)))
+
+
+def _pairs_csv(tmp_path, n=240):
+    data = tmp_path / "pairs.csv"
+    make_pairs(n, seed=3).to_csv(data, index=False)
+    return data
+
+
+def test_train_freeze_base_matching_head_trains_saves_loads_and_scores(tiny_bert, tmp_path):
+    from qpairs import load
+    from qpairs.cli import main
+    from qpairs.matching import MatchingHead, pair_distances
+    from qpairs.scoring import PairScorer
+
+    data = _pairs_csv(tmp_path)
+    run = tmp_path / "run"
+    assert main(["train", "--encoder", "transformer", "--base-model", str(tiny_bert), "--freeze-base",
+                 "--head", "residual", "--pair-head", "matching", "--data", str(data), "--out", str(run),
+                 "--epochs", "2", "--batch-size", "32", "--max-length", "32", "--lr", "3e-3", "--distance", "cosine",
+                 "--device", "cpu", "--no-progress"]) == 0
+    history = json.loads((run / "history.json").read_text())
+    assert len(history) == 2 and history[1]["train_loss"] < history[0]["train_loss"]
+    assert json.loads((run / "config.json").read_text())["pair_head"]["type"] == "matching"
+    meta = json.loads((run / "embedding_cache" / "meta.json").read_text())
+    assert meta["kind"] == "token_states"  # training read token states from the cache
+
+    det = load(run, device="cpu")
+    assert isinstance(det.model.pair_head, MatchingHead) and det.backend == "torch"
+    pairs = make_pairs(30, seed=9)
+    q1, q2 = list(pairs["question1"]), list(pairs["question2"])
+    batch = det.predict_proba(q1, q2)
+    alone = [det.predict_proba(a, b) for a, b in zip(q1[:4], q2[:4])]
+    np.testing.assert_allclose(batch[:4], alone, rtol=0, atol=1e-6)  # batch-invariant
+    np.testing.assert_allclose(det.predict_proba(q2, q1), batch, rtol=0, atol=1e-6)  # symmetric
+    np.testing.assert_allclose(PairScorer(det, batch_size=8).predict_proba(q1, q2), batch, rtol=0, atol=1e-6)
+    blocks = pair_distances(det.model, q1, q2, "cpu", batch_size=4, block=7)  # memory-bounded blocks of pairs
+    np.testing.assert_allclose(det.calibrator.predict_proba(blocks.numpy()), batch, rtol=0, atol=1e-6)
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert metrics["validation"]["roc_auc"] > 0.5
+
+    pairs[["id", "question1", "question2"]].to_csv(tmp_path / "in.csv", index=False)
+    assert main(["score", str(tmp_path / "in.csv"), "--model", str(run), "--output", str(tmp_path / "out.csv"),
+                 "--device", "cpu"]) == 0
+    scored = pd.read_csv(tmp_path / "out.csv")
+    np.testing.assert_allclose(scored["duplicate_probability"], batch, rtol=0, atol=1e-6)
+    onnx = load(run, device="cpu", backend="onnx")  # token states through ONNX Runtime
+    assert onnx.model.encoder.token_runtime is not None and onnx.model.encoder.runtime is None
+    np.testing.assert_allclose(onnx.predict_proba(q1, q2), batch, rtol=0, atol=1e-4)
+    onnx.use_backend("onnx", threads=2)  # two sessions, each batch split in row shards of their own widths
+    assert len(onnx.model.encoder.token_runtime.sessions) == 2
+    batch_ids = det.model.encoder.tokenize(["Hi?", "What is the best way to learn java in a month or two?"])
+    mask = batch_ids["attention_mask"].bool()
+    with torch.inference_mode():  # the short row's shard runs at its own width and is padded back
+        torch.testing.assert_close(onnx.model.encoder.token_states(**batch_ids)[mask],
+                                   det.model.encoder.token_states(**batch_ids)[mask], atol=1e-4, rtol=1e-4)
+    np.testing.assert_allclose(onnx.predict_proba(q1, q2), batch, rtol=0, atol=1e-4)
+
+
+def test_matching_head_needs_a_frozen_transformer_and_pair_losses(tiny_bert, tmp_path):
+    from qpairs.config import TrainConfig
+    from qpairs.train import train
+
+    data = _pairs_csv(tmp_path, 80)
+    base = dict(data=[str(data)], epochs=1, batch_size=16, device="cpu", progress=False, pair_head="matching")
+    with pytest.raises(ValueError, match="--freeze-base"):
+        train(TrainConfig(out=str(tmp_path / "a"), encoder="transformer", base_model=str(tiny_bert), **base))
+    with pytest.raises(ValueError, match="pair loss"):
+        train(TrainConfig(out=str(tmp_path / "b"), encoder="transformer", base_model=str(tiny_bert), freeze_base=True,
+                          loss="mnrl", **base))
