@@ -24,7 +24,7 @@ TRAIN_CHOICES = {
     "right_col": ("title", "body", "content"),
     "body_truncation": ("head", "head_tail", "none"), "negatives": ("random", "tags", "mixed"),
     "triplet_negatives": ("labelled", "random"), "mining": ("none", "batch_hard", "semi_hard"),
-    "pair_head": ("none", "classifier"), "split_by": ("question", "pair"), "balance": ("weight", "subsample", "none"),
+    "pair_head": ("none", "classifier", "matching"), "split_by": ("question", "pair"), "balance": ("weight", "subsample", "none"),
     "on_bad_row": ("error", "drop"), "metric": tuple(HIGHER_IS_BETTER), "calibration": ("platt", "isotonic"),
 }
 

@@ -302,7 +302,7 @@ def test_search_table_shows_the_score_it_ranks_by(det, tmp_path, capsys):
 
     bank_csv(tmp_path / "bank.csv")
     assert main(["index", str(tmp_path / "bank.csv"), "-o", str(tmp_path / "idx"), "--model", str(det.path)]) == 0
-    assert main(["search", str(tmp_path / "idx"), "Is java hard?", "-k", "5"]) == 0
+    assert main(["search", str(tmp_path / "idx"), "Is java hard?", "-k", "5", "--model", str(det.path)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert "questions (flat index, model space) written to" in lines[0] and "QuestionIndex(" not in lines[0]
     assert lines[1].split()[:4] == ["rank", "score", "prob", "dup"]
