@@ -15,12 +15,11 @@ from qpairs.distill import TEACHER_LABELS, TeacherLeakError, check_teacher_split
 from qpairs.fingerprint import model_fingerprint
 from qpairs.train import train
 from conftest import make_pairs
+from test_train import _tiny_cfg, interrupted_run
 
 
 def _cfg(out, data, **kw):
-    base = dict(out=str(out), data=[str(data)], epochs=1, batch_size=32, glove=False, embedding_dim=16,
-                hidden_size=16, projection_dim=16, min_freq=1, device="cpu", progress=False)
-    return TrainConfig(**{**base, **kw})
+    return _tiny_cfg(out.parent, data, **{"out": str(out), "epochs": 1, **kw})
 
 
 @pytest.fixture(scope="module")
@@ -50,8 +49,8 @@ def test_student_learns_the_teachers_soft_targets(teacher, tmp_path, monkeypatch
     np.testing.assert_allclose(labels["teacher_probability"], expected, atol=1e-9)
     splits, _ = qd.make_splits(qd.load_pairs([str(data)]), seed=0, eval_rate=TrainConfig.eval_rate)
     assert len(labels) == len(splits["train"])  # every training pair, no validation or test pair
-    held = {qd.pair_key(a, b) for f in (splits["validation"], splits["test"]) for a, b in zip(f["question1"], f["question2"])}
-    assert not held & {qd.pair_key(a, b) for a, b in zip(labels["question1"], labels["question2"])}
+    keys = lambda f: {qd.pair_key(a, b) for a, b in zip(f["question1"], f["question2"])}  # noqa: E731
+    assert not (keys(splits["validation"]) | keys(splits["test"])) & keys(labels)
 
     p = dict(zip(zip(labels["question1"], labels["question2"]), labels["teacher_probability"]))
     frame = seen["train"]
@@ -98,23 +97,12 @@ def test_teacher_and_teacher_labels_are_exclusive(teacher, tmp_path, capsys):
 
 def test_resume_reuses_the_saved_teacher_labels(teacher, tmp_path, monkeypatch):
     run, data = teacher
-    real_validate, calls = qt.validate, []
-
-    def interrupt_epoch_2(*args, **kwargs):  # epoch 1 is saved (config and last/), epoch 2 is cut short
-        calls.append(1)
-        if len(calls) == 2:
-            raise KeyboardInterrupt
-        return real_validate(*args, **kwargs)
-
-    monkeypatch.setattr(qt, "validate", interrupt_epoch_2)
-    with pytest.raises(KeyboardInterrupt):
-        train(_cfg(tmp_path / "student", data, teacher=str(run), epochs=2, patience=5))
+    interrupted_run(monkeypatch, _cfg(tmp_path / "student", data, teacher=str(run), epochs=2, patience=5))
     labels = (tmp_path / "student" / TEACHER_LABELS).read_bytes()
 
     def no_teacher(*args, **kwargs):
         raise AssertionError("the teacher was loaded again on resume")
 
-    monkeypatch.setattr(qt, "validate", real_validate)
     monkeypatch.setattr(qpairs, "load", no_teacher)
     student = train(TrainConfig(out=str(tmp_path / "student"), resume=True, epochs=None, device="cpu", progress=False))
     assert (student / TEACHER_LABELS).read_bytes() == labels
