@@ -134,6 +134,8 @@ class TrainConfig:
             raise ValueError(f"--word-vectors must be glove, minilm or none, not {c.word_vectors!r}")
         if c.teacher and c.teacher_labels:
             raise ValueError("--teacher and --teacher-labels are exclusive: give the teacher run, or its labels file")
+        if c.teacher and c.left_col:
+            raise ValueError("--teacher scores question pairs: title/body data (--left-col) has no teacher targets")
         if not 0.0 <= c.distill_weight <= 1.0:
             raise ValueError(f"--distill-weight must be in [0, 1], not {c.distill_weight}")
         if c.tokens not in ("word", "wordpiece"):

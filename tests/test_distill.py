@@ -93,6 +93,8 @@ def test_teacher_and_teacher_labels_are_exclusive(teacher, tmp_path, capsys):
                "--teacher-labels", str(data), "--device", "cpu"])
     assert rc == 2
     assert "--teacher and --teacher-labels are exclusive" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="title/body data"):
+        TrainConfig(teacher=str(run), left_col="title", right_col="body").resolved()
 
 
 def test_resume_reuses_the_saved_teacher_labels(teacher, tmp_path, monkeypatch):
