@@ -45,9 +45,15 @@ TRAIN_HELP = {
               "needs --word-vectors minilm or none)",
     "extra_train": "pair files added to the training split only, after splitting (e.g. teacher-labelled pairs "
                    "from scripts/mine_teacher_pairs.py); a pair that is a validation or test pair is dropped",
-    "teacher_labels": "pair files with a teacher_probability column (scripts/mine_teacher_pairs.py): training pairs "
-                      "found there learn a soft target (knowledge distillation)",
-    "distill_weight": "soft target = (1 - w) * label + w * teacher probability",
+    "teacher_labels": "pair files with a teacher_probability column (e.g. OUT/teacher_labels.csv.gz of a --teacher "
+                      "run): training pairs found there learn a soft target (knowledge distillation)",
+    "teacher": "a trained run directory (or bundled model name) that scores every training pair: those pairs learn "
+               "a soft target (knowledge distillation); its saved splits must hold all the student's validation and "
+               "test pairs (same --data, --split-by, --seed); the scores are kept in OUT/teacher_labels.csv.gz, "
+               "which --resume reuses; not with --teacher-labels",
+    "teacher_unchecked": "--teacher: accept a teacher without saved splits (e.g. a bundled model), whose training "
+                         "pairs may include the student's validation or test pairs",
+    "distill_weight": "soft target = (1 - w) * label + w * teacher probability (--teacher or --teacher-labels)",
     "infer_negatives": "add up to N training non-duplicates per labelled one, inferred by A≁C and A~A' => A'≁C "
                        "(hard negatives; from the training split only, never a validation or test pair)",
     "transitive": "triplet/mnrl: add duplicate pairs inferred by transitivity (A~B, B~C => A~C)",
@@ -99,8 +105,8 @@ TRAIN_HELP = {
 MODEL_HELP = ("model directory, or a bundled model by name: default (the default model) or fast (a small BiLSTM); "
               "a bare name always means the bundle, ./NAME a folder (default: default)")
 TRAIN_GROUPS = {  # `qpairs train --help` sections: TrainConfig field names
-    "data": ("data", "extra_train", "teacher_labels", "distill_weight", "infer_negatives", "split_by", "balance",
-             "train_pos_rate", "eval_rate", "max_train_pairs", "on_bad_row"),
+    "data": ("data", "extra_train", "teacher", "teacher_unchecked", "teacher_labels", "distill_weight",
+             "infer_negatives", "split_by", "balance", "train_pos_rate", "eval_rate", "max_train_pairs", "on_bad_row"),
     "title/body data": ("left_col", "right_col", "body_truncation", "body_max_words", "negatives", "test_site",
                         "sites", "eval_posts"),
     "model": ("encoder", "variant", "distance", "max_length", "pooling", "projection_dim", "normalize", "tokens",
@@ -113,7 +119,8 @@ TRAIN_GROUPS = {  # `qpairs train --help` sections: TrainConfig field names
                                     "seed", "metric", "patience", "calibration", "threshold"),
     "output and run": ("out", "resume", "checkpoint_minutes", "device", "progress", "num_workers"),
 }
-TRAIN_HIDDEN = ("num_workers",)  # accepted, unused: batches are built in the training process
+TRAIN_HIDDEN = ("num_workers", "teacher_fingerprint")  # num_workers: accepted, unused (batches are built in the
+# training process); teacher_fingerprint: recorded by training, not set by hand
 
 
 def _add_backend_arg(parser: argparse.ArgumentParser) -> None:

@@ -56,6 +56,9 @@ class TrainConfig:
     max_train_pairs: int | None = None
     extra_train: list[str] = field(default_factory=list)  # pair files added to the training split only
     teacher_labels: list[str] = field(default_factory=list)  # pair files with a teacher_probability column
+    teacher: str | None = None  # a run directory or bundled model that scores the training pairs (qpairs.distill)
+    teacher_unchecked: bool = False  # accept a teacher without saved splits (no leak check possible)
+    teacher_fingerprint: str | None = None  # set by training: `model_fingerprint` of --teacher
     distill_weight: float = 0.5  # training target = (1 − w)·label + w·teacher probability, where a teacher has one
     infer_negatives: int = 0  # add up to N non-duplicates per labelled one, inferred by A≁C, A~A' ⇒ A'≁C
     on_bad_row: str = "error"
@@ -129,6 +132,10 @@ class TrainConfig:
             c.word_vectors = "none"
         if c.word_vectors not in ("glove", "minilm", "none"):
             raise ValueError(f"--word-vectors must be glove, minilm or none, not {c.word_vectors!r}")
+        if c.teacher and c.teacher_labels:
+            raise ValueError("--teacher and --teacher-labels are exclusive: give the teacher run, or its labels file")
+        if c.teacher and c.left_col:
+            raise ValueError("--teacher scores question pairs: title/body data (--left-col) has no teacher targets")
         if not 0.0 <= c.distill_weight <= 1.0:
             raise ValueError(f"--distill-weight must be in [0, 1], not {c.distill_weight}")
         if c.tokens not in ("word", "wordpiece"):

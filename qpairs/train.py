@@ -32,6 +32,7 @@ from .encoders import DEFAULT_BASE, LSTMEncoder, build_encoder
 from .matching import bound_head, cached_tokens, require_token_cache
 from .objective import Objective, make_pair_head
 from .config import TrainConfig
+from .distill import teacher_label_files
 from .metrics import HIGHER_IS_BETTER, classification_metrics, format_table
 from .model import SiameseModel
 from .vocab import PieceVocab, WordVocab, glove_vectors, glove_words, minilm_piece_vectors, minilm_word_vectors
@@ -68,8 +69,9 @@ def load_splits(cfg: TrainConfig, run_dir: Path) -> dict:
     if cfg.infer_negatives:
         train = add_inferred_negatives(train, cfg.infer_negatives, held_out, cfg.seed)
         info["inferred_negatives"] = int((train["source"] == "inferred_negative").sum())
-    if cfg.teacher_labels:
-        train = with_teacher_targets(train, cfg.teacher_labels, cfg.distill_weight)
+    teacher_files = teacher_label_files(cfg, run_dir, splits["train"], held_out)  # --teacher-labels or --teacher
+    if teacher_files:
+        train = with_teacher_targets(train, teacher_files, cfg.distill_weight)
         info["teacher_targets"] = int(train["target"].ne(train["is_duplicate"]).sum())
     if cfg.balance == "subsample":
         train = qdata.subsample_to_rate(train, cfg.train_pos_rate, cfg.seed)

@@ -1,18 +1,18 @@
 #!/usr/bin/env python
-"""A stronger teacher's knowledge for a student model (knowledge distillation), from the training split only.
+"""New training pairs from a stronger teacher, from the training split only.
 
-* `--train-labels FILE`: the teacher's probability of every labelled training pair, for
-  `qpairs train --teacher-labels FILE` (soft targets: the distillation recipe of docs/training.md).
 * `-o FILE`: new pairs: each training question with its k nearest training questions in the teacher's
   embedding space, kept where the teacher is sure (probability ≤ --negative-below or ≥ --positive-above),
   for `qpairs train --extra-train FILE`. Pairs already labelled, and validation or test pairs, are never
   written.
+* `--train-labels FILE`: the teacher's probability of every labelled training pair (`qpairs.distill`, what
+  `qpairs train --teacher RUN` computes itself), for `qpairs train --teacher-labels FILE`.
 
 Use the same --split-by and --seed as the teacher's run and the student's (checked here against the
-teacher's saved test split, so its labels cannot leak test pairs).
+teacher's saved held-out splits, so its labels cannot leak validation or test pairs).
 
     python scripts/mine_teacher_pairs.py --teacher runs/teacher_pair0 --split-by pair --seed 0 \\
-        --embedding-cache runs/minilm_cache --train-labels runs/teacher_train_labels.csv.gz
+        --embedding-cache runs/minilm_cache -o runs/teacher_pairs.csv.gz
 """
 from __future__ import annotations
 
@@ -29,19 +29,18 @@ def training_questions(args):
     """The split `qpairs train` makes with these settings: (train frame, held-out frames)."""
     from qpairs import data as qd
     from qpairs.config import TrainConfig
+    from qpairs.distill import TeacherLeakError, check_teacher_split
 
     files = args.data or [str(p) for p in qd.qqp_files()]
     frame = qd.load_pairs(files)
     frame = frame[frame["is_duplicate"] >= 0]
     splits, _ = qd.make_splits(frame, seed=args.seed, by=args.split_by, eval_rate=TrainConfig.eval_rate)
-    saved = args.teacher / "splits" / "test.csv.gz"
-    if saved.exists():  # the teacher must not have trained on the student's test pairs
-        theirs = pd.read_csv(saved, keep_default_na=False)
-        key = lambda f: {qd.pair_key(a, b) for a, b in zip(f["question1"], f["question2"])}  # noqa: E731
-        if key(theirs) != key(splits["test"]):
-            raise SystemExit(f"{saved}: the teacher was trained on another split than --split-by "
-                             f"{args.split_by} --seed {args.seed}; its labels would leak test pairs")
-    return splits["train"], [splits["validation"], splits["test"]]
+    held_out = [splits["validation"], splits["test"]]
+    try:
+        check_teacher_split(args.teacher, held_out, args.teacher_unchecked)
+    except TeacherLeakError as exc:
+        raise SystemExit(f"mine_teacher_pairs.py: {exc}") from None
+    return splits["train"], held_out
 
 
 def teacher_vectors(det, texts, cache_dir) -> np.ndarray:
@@ -82,17 +81,6 @@ def teacher_probability(det, vectors: np.ndarray, pairs: np.ndarray, batch: int 
     return np.concatenate(out) if out else np.zeros(0)
 
 
-def label_training_pairs(det, train, texts, vectors) -> pd.DataFrame:
-    """Every labelled training pair with the teacher's probability (soft targets for the student)."""
-    from qpairs.data import normalize_question
-
-    row = {k: i for i, k in enumerate(map(normalize_question, texts))}
-    pairs = np.array([[row[normalize_question(a)], row[normalize_question(b)]]
-                      for a, b in zip(train["question1"], train["question2"])]).reshape(-1, 2)
-    return train[["question1", "question2", "is_duplicate"]].assign(
-        teacher_probability=teacher_probability(det, vectors, pairs).round(4))
-
-
 def mine_neighbour_pairs(det, texts, vectors, args, train, held_out) -> pd.DataFrame:
     """New pairs: each question and its k nearest, labelled where the teacher is sure."""
     from qpairs.train import without_pairs
@@ -112,6 +100,8 @@ def mine_neighbour_pairs(det, texts, vectors, args, train, held_out) -> pd.DataF
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--teacher", type=Path, required=True, help="run directory of the teacher")
+    ap.add_argument("--teacher-unchecked", action="store_true",
+                    help="accept a teacher without saved splits (no check that it never saw a held-out pair)")
     ap.add_argument("--data", nargs="+", default=[], help="pair files (default: the labelled QQP files)")
     ap.add_argument("--split-by", default="question", choices=["question", "pair"])
     ap.add_argument("--seed", type=int, default=0)
@@ -128,22 +118,20 @@ def main() -> None:
         ap.error("nothing to write: give --train-labels FILE and/or -o FILE")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
 
-    import qpairs
     from qpairs import data as qd
+    from qpairs.distill import load_teacher, teacher_labels
 
     train, held_out = training_questions(args)
-    texts = pd.Series(pd.concat([train["question1"], train["question2"]]).to_numpy())
-    texts = texts[~texts.map(qd.normalize_question).duplicated()].tolist()
-    det = qpairs.load(args.teacher, device="cpu", backend="torch")
-    vectors = teacher_vectors(det, texts, args.embedding_cache)
-    print(f"{len(texts)} training questions, {len(train)} labelled training pairs")
+    det = load_teacher(args.teacher, device="cpu")
+    print(f"{len(train)} labelled training pairs")
     if args.train_labels:
-        labelled = label_training_pairs(det, train, texts, vectors)
-        labelled.to_csv(args.train_labels, index=False)
-        agree = ((labelled["teacher_probability"] >= 0.5) == (labelled["is_duplicate"] == 1)).mean()
-        print(f"teacher probabilities of the labelled training pairs written to {args.train_labels} "
-              f"(the teacher agrees with the label on {agree:.1%})")
+        teacher_labels(det, train).to_csv(args.train_labels, index=False)
+        print(f"teacher probabilities of the labelled training pairs written to {args.train_labels}")
     if args.out:
+        texts = pd.Series(pd.concat([train["question1"], train["question2"]]).to_numpy())
+        texts = texts[~texts.map(qd.normalize_question).duplicated()].tolist()
+        vectors = teacher_vectors(det, texts, args.embedding_cache)
+        print(f"{len(texts)} training questions")
         mined = mine_neighbour_pairs(det, texts, vectors, args, train, held_out)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         mined.to_csv(args.out, index=False)

@@ -50,13 +50,10 @@ def test_refuses_to_overwrite_a_run(tiny_run):
         train(cfg)
 
 
-def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
+def interrupted_run(monkeypatch, cfg) -> None:
+    """Train `cfg` and interrupt it in its second validation (epoch 1 saved, epoch 2 cut short)."""
     import qpairs.train as qt
 
-    data = tmp_path / "pairs.csv"
-    make_pairs(300, seed=2).to_csv(data, index=False)
-    full = train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "full"), epochs=2, patience=5))
-    # interrupt the second run during epoch 2 (its validation), then resume it
     real_validate, calls = qt.validate, []
 
     def crash_on_second(*args, **kwargs):
@@ -65,10 +62,18 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_validate(*args, **kwargs)
 
-    monkeypatch.setattr(qt, "validate", crash_on_second)
-    with pytest.raises(KeyboardInterrupt):
-        train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "part"), epochs=2, patience=5))
-    monkeypatch.setattr(qt, "validate", real_validate)
+    with monkeypatch.context() as m:
+        m.setattr(qt, "validate", crash_on_second)
+        with pytest.raises(KeyboardInterrupt):
+            train(cfg)
+
+
+def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
+    data = tmp_path / "pairs.csv"
+    make_pairs(300, seed=2).to_csv(data, index=False)
+    full = train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "full"), epochs=2, patience=5))
+    # interrupt the second run during epoch 2 (its validation), then resume it
+    interrupted_run(monkeypatch, _tiny_cfg(tmp_path, data, out=str(tmp_path / "part"), epochs=2, patience=5))
     train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "part"), epochs=2, patience=5, resume=True))
     a = load_file(full / "last" / "model.safetensors")
     b = load_file(tmp_path / "part" / "last" / "model.safetensors")
