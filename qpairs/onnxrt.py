@@ -224,6 +224,7 @@ def enable(model, backend: str, threads: int | None = None) -> None:
             continue
         if backend == "torch":
             encoder.runtime = encoder.token_runtime = None
+            encoder.model  # noqa: B018 - torch runs the base: a lazy one is built now, not on the first request
             continue
         tokens = needs_tokens(model)  # a matching head reads token states: export those instead
         attr = "token_runtime" if tokens else "runtime"
