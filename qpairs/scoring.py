@@ -246,7 +246,8 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
     empty and lists it in ``OUTPUT.bad_rows.csv``.
     The output appears only when complete (temp file + rename); on an error the temp files
     are removed, on an interrupt they stay and `resume=True` continues the run, giving the
-    same bytes. Returns a summary dict.
+    same bytes. Returns a summary dict: `seconds` is the call's wall time, model load included
+    (`load_seconds`); `pairs_per_s` is over the scoring alone (`scoring_seconds`).
     """
     import hashlib
     import time
