@@ -251,3 +251,21 @@ def test_a_saved_frozen_run_whose_base_lost_its_safetensors_is_refused_at_load(t
     torch.save({"x": torch.zeros(1)}, base / "pytorch_model.bin")
     with pytest.raises(ModelDirError, match=f"base model directory {base}: no \\*.safetensors weights"):
         load(tmp_path / "run", device="cpu", backend="onnx-int8")
+
+
+def test_scoring_a_cached_export_imports_neither_the_base_model_code_nor_onnx(tiny_bert, tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from qpairs import load
+
+    monkeypatch.setenv("QPAIRS_CACHE", str(tmp_path / "cache"))
+    frozen_run(tiny_bert, tmp_path / "run")
+    load(tmp_path / "run", device="cpu", backend="onnx-int8")  # exports once
+    code = (f"import sys, qpairs; det = qpairs.load({str(tmp_path / 'run')!r}, device='cpu'); "
+            "det.predict_proba('How do I learn Python?', 'Is Java hard?'); "
+            "print(det.backend, sorted(m for m in ('onnx', 'transformers.models.bert.modeling_bert') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}).stdout
+    assert out.strip() == "onnx-int8 []"
