@@ -581,3 +581,26 @@ def test_the_progress_bar_knows_its_total(det, tmp_path, monkeypatch, name):
     assert bar.total == total and bar.n == total
     if not name.endswith(".parquet"):
         assert bar.unit == "B" and "300 pairs" in bar.postfix and "pairs/s" in bar.postfix
+
+
+def test_a_resumed_run_starts_its_byte_bar_where_the_scored_rows_end(det, tmp_path, monkeypatch):
+    import os
+
+    from qpairs import scoring
+
+    starts = []
+
+    class Recorded(scoring.ScoreProgress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            starts.append((self.bar.n, self.bar.total))
+
+    monkeypatch.setattr(scoring, "ScoreProgress", Recorded)
+    write(kaggle_test_frame(300), tmp_path / "in.csv")
+    with pytest.raises(KeyboardInterrupt):
+        score_file(tmp_path / "in.csv", tmp_path / "out.csv", det, chunk_size=64, checkpoint_rows=64,
+                   progress=True, _stop_after_chunks=2)
+    score_file(tmp_path / "in.csv", tmp_path / "out.csv", det, chunk_size=64, checkpoint_rows=64, progress=True,
+               resume=True)
+    size = os.path.getsize(tmp_path / "in.csv")
+    assert starts[0] == (0, size) and 0 < starts[1][0] < size and starts[1][1] == size
