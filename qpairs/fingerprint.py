@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from pathlib import Path
 
 import torch
 
@@ -14,6 +15,17 @@ def weights_hash(tensors: dict[str, torch.Tensor], salt: str = "", extra: bytes 
         h.update(name.encode())
         h.update(t.detach().cpu().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
     h.update(extra)
+    return h.hexdigest()
+
+
+def files_hash(paths, salt: str = "") -> str:
+    """sha256 (hex) of `salt`, then every file's name and bytes in the order given."""
+    h = hashlib.sha256(salt.encode())
+    for path in paths:
+        h.update(Path(path).name.encode())
+        with open(path, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
     return h.hexdigest()
 
 

@@ -32,12 +32,9 @@ def cache_dir() -> Path:
 
 def available() -> bool:
     """True when onnxruntime and onnx import (both are qpairs dependencies; a stripped install may lack them)."""
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-    except ImportError:
-        return False
-    return True
+    from importlib.util import find_spec
+
+    return all(find_spec(name) is not None for name in ("onnx", "onnxruntime"))  # found, not imported (slow)
 
 
 def has_transformer(model) -> bool:
@@ -83,12 +80,16 @@ class _Pooled(nn.Module):
 
 
 def weights_key(encoder) -> str:
-    """Hash of the base weights, pooling and library versions: names the cached ONNX files."""
+    """Hash of the base weights, pooling and library versions: names the cached ONNX files. A frozen base
+    read from a directory (`encoders.LazyBase`) is hashed from its files, so it is never built for this."""
     import onnxruntime
 
     from .fingerprint import weights_hash
 
     salt = f"{encoder.config['pooling']}|{torch.__version__}|{onnxruntime.__version__}"
+    lazy = getattr(encoder, "_lazy_base", None)
+    if lazy is not None:
+        return weights_hash({}, salt, lazy.files_key().encode())[:20]
     return weights_hash(encoder.model.state_dict(), salt)[:20]
 
 
@@ -223,6 +224,7 @@ def enable(model, backend: str, threads: int | None = None) -> None:
             continue
         if backend == "torch":
             encoder.runtime = encoder.token_runtime = None
+            encoder.model  # noqa: B018 - torch runs the base: a lazy one is built now, not on the first request
             continue
         tokens = needs_tokens(model)  # a matching head reads token states: export those instead
         attr = "token_runtime" if tokens else "runtime"

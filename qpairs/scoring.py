@@ -246,21 +246,22 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
     empty and lists it in ``OUTPUT.bad_rows.csv``.
     The output appears only when complete (temp file + rename); on an error the temp files
     are removed, on an interrupt they stay and `resume=True` continues the run, giving the
-    same bytes. Returns a summary dict.
+    same bytes. Returns a summary dict: `seconds` is the call's wall time, model load included
+    (`load_seconds`); `pairs_per_s` is over the scoring alone (`scoring_seconds`).
     """
     import hashlib
     import time
 
-    from tqdm.auto import tqdm
-
     from . import tableio
 
+    started = time.perf_counter()
     _check_options(on_bad_row, chunk_size, max_chars, checkpoint_rows, cache_size)
     tableio.table_format(output)  # fail early on an unsupported output name
     columns = tableio.read_columns(input)
     q1c, q2c, idc = resolve_columns(columns, q1_col, q2_col, id_col, input)
     tableio.check_output(output, input)
     det = _as_detector(model, device, backend)
+    load_seconds = time.perf_counter() - started
     scorer = PairScorer(det, batch_size, cache_size)
     p = _paths(output)
     every = max(1, checkpoint_rows // chunk_size)
@@ -271,11 +272,9 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
                          "cache_size": scorer.cache_size, "device": det.device.type, "model": _fingerprint(det)}}
     state = _resume_state(p, ident) if resume else None
     chunks, digest = tableio.iter_table(input, chunk_size), hashlib.sha256()
-    if state:
-        _skip_scored(chunks, digest, state, p, input)
+    skipped = _skip_scored(chunks, digest, state, p, input) if state else None
     chunks_done, rows_done, n_bad = (state["chunks"], state["rows"], state["bad_rows"]) if state else (0, 0, 0)
-    bar = tqdm(total=tableio.num_rows(input), initial=rows_done, unit="pair", unit_scale=True, desc="scoring",
-               disable=None if progress is None else not progress, smoothing=0.05)
+    bar = ScoreProgress(input, rows_done, skipped, progress)
     t0, scored = time.perf_counter(), 0
     writers = []
     try:
@@ -299,15 +298,16 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
             n_bad += len(report)
             rows_done += len(chunk.frame)
             scored += len(chunk.frame)
-            bar.update(len(chunk.frame))
+            bar.update(chunk, rows_done, scored / max(time.perf_counter() - t0, 1e-9))
             if (k + 1) % every == 0:  # checkpoint; the cache restarts so a resumed run computes the same
                 _save_state(p, ident, writer, bad_writer, k + 1, rows_done, n_bad, digest.hexdigest())
                 scorer.clear()
             if _stop_after_chunks is not None and k + 1 >= _stop_after_chunks:
                 raise KeyboardInterrupt("stopped for a test")
         bar.close()
-        seconds = time.perf_counter() - t0
+        scoring_seconds = time.perf_counter() - t0
         _finish(p, writer, bad_writer, n_bad, rows_done, output, columns)
+        seconds = time.perf_counter() - started
     except Exception as exc:  # an error: nothing half-written stays behind
         _close(writers, bar)
         _cleanup(p)
@@ -318,7 +318,8 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
     except BaseException:  # an interrupt: the resume state stays
         _close(writers, bar)
         raise
-    return {"rows": rows_done, "bad_rows": n_bad, "seconds": seconds, "pairs_per_s": scored / max(seconds, 1e-9),
+    return {"rows": rows_done, "bad_rows": n_bad, "seconds": seconds, "load_seconds": load_seconds,
+            "scoring_seconds": scoring_seconds, "pairs_per_s": scored / max(scoring_seconds, 1e-9),
             "texts_encoded": scorer.encoded, "cache_hit_rate": scorer.cache_hit_rate, "output": str(output),
             "bad_rows_report": str(p["bad"]) if n_bad else None, "q1_col": q1c, "q2_col": q2c, "id_col": idc}
 
@@ -329,16 +330,45 @@ def _close(writers, bar) -> None:
     bar.close()
 
 
-def _skip_scored(chunks, digest, state: dict, p: dict, input) -> None:
-    """Read past the chunks the interrupted run scored; refuse when their content changed since."""
+def _skip_scored(chunks, digest, state: dict, p: dict, input):
+    """Read past the chunks the interrupted run scored (returns the last one read); refuse when their content
+    changed since."""
+    last = None
     for _ in range(state["chunks"]):
         chunk = next(chunks, None)
         if chunk is None:
             break
         _rows_digest(digest, chunk.frame)
+        last = chunk
     if digest.hexdigest() != state.get("input_sha256"):
         raise ValueError(f"cannot resume {p['out']}: the first {state['rows']} rows of {input} are not those the "
                          "interrupted run scored (the file changed); rerun without --resume")
+    return last
+
+
+class ScoreProgress:
+    """The progress bar of `score_file`: rows out of the row count where the file states it (Parquet), else
+    bytes of the file read (compressed bytes for gzip) out of its size, with the pairs done and pairs/s."""
+
+    def __init__(self, input, rows_done: int, resumed_chunk=None, progress: bool | None = None):
+        from tqdm.auto import tqdm
+
+        from . import tableio
+
+        rows = tableio.num_rows(input)
+        self.by_rows = rows is not None
+        done = rows_done if self.by_rows else getattr(resumed_chunk, "end_byte", None) or 0
+        self.bar = tqdm(total=rows if self.by_rows else os.path.getsize(input), initial=done,
+                        unit="pair" if self.by_rows else "B", unit_scale=True, unit_divisor=1000 if self.by_rows else 1024,
+                        desc="scoring", disable=None if progress is None else not progress, smoothing=0.05)
+
+    def update(self, chunk, rows_done: int, pairs_per_s: float) -> None:
+        if not self.by_rows:
+            self.bar.set_postfix_str(f"{rows_done:,} pairs, {pairs_per_s:,.0f} pairs/s", refresh=False)
+        self.bar.update(len(chunk.frame) if self.by_rows else chunk.end_byte - self.bar.n)
+
+    def close(self) -> None:
+        self.bar.close()
 
 
 def _chunk_reasons(chunk, cols, max_chars: int) -> tuple[dict, np.ndarray]:

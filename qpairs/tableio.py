@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import csv
 import gzip
+import io
 import os
 import shutil
 import tempfile
@@ -113,6 +114,7 @@ class Chunk:
     lines: np.ndarray | None = None
     odd_fields: dict = field(default_factory=dict)  # position in the chunk -> fields on that row's line
     n_fields: int = 0
+    end_byte: int | None = None  # CSV/TSV: bytes of the file (compressed for gzip) read up to the chunk's end
 
     def where(self, i: int) -> str:
         """'row N (line L)' of the chunk's `i`-th row (1-based row N; L is the file's physical line)."""
@@ -140,9 +142,11 @@ class _CSVReader:
         csv.field_size_limit(2**31 - 1)
         self.dialect = dict(delimiter="\t", quoting=csv.QUOTE_NONE) if fmt == "tsv" else dict(delimiter=",")
         try:
-            self.file = self._open("rt", encoding="utf-8", newline="")
+            self.raw = open(path, "rb")
         except OSError as exc:
             raise DataError(f"{path}: cannot be read: {exc.strerror or exc}") from None
+        binary = gzip.GzipFile(fileobj=self.raw, mode="rb") if table_format(path)[1] else self.raw
+        self.file = io.TextIOWrapper(binary, encoding="utf-8", newline="")
         self.records = csv.reader(self.file, **self.dialect)
         self.header: list[str] = []
         self.line = 0  # physical lines consumed
@@ -209,10 +213,11 @@ class _CSVReader:
 
     def _chunk(self, rows, lines, odd, row: int) -> Chunk:
         frame = pd.DataFrame(rows, columns=self.header, dtype=object, index=pd.RangeIndex(row, row + len(rows)))
-        return Chunk(frame, np.asarray(lines, dtype=np.int64), odd, len(self.header))
+        return Chunk(frame, np.asarray(lines, dtype=np.int64), odd, len(self.header), self.raw.tell())
 
     def close(self) -> None:
         self.file.close()
+        self.raw.close()
 
 
 def line_of_row(path, row: int) -> int | None:

@@ -21,9 +21,9 @@ PAIRS = ("id,question1,question2\n1,How do I learn Python?,What is the best way 
          "2,Is Java hard?,How difficult is Java?\n3,Why is the sky blue?,How do I cook pasta?\n")
 
 
-def timed(cmd: list[str], env: dict) -> float:
-    t0 = time.perf_counter()
-    subprocess.run(cmd, env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+def timed(cmd: list[str], env: dict, cwd: Path) -> float:
+    t0 = time.perf_counter()  # `cwd` holds no qpairs: `python -m` puts it first on sys.path, before PYTHONPATH
+    subprocess.run(cmd, env=env, cwd=cwd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     return time.perf_counter() - t0
 
 
@@ -39,13 +39,13 @@ def main() -> None:
                 "qpairs score (3 rows)": py + ["score", str(work / "three.csv"), "-o", str(work / "out.csv")]}
     for tree in args.tree or [str(Path(__file__).resolve().parents[1])]:
         env = {**os.environ, "PYTHONPATH": tree}
-        timed(commands["qpairs score (3 rows)"], env)  # prepares the ONNX copy once
+        timed(commands["qpairs score (3 rows)"], env, work)  # prepares the ONNX copy once
         (work / "out.csv").unlink(missing_ok=True)
         for name, cmd in commands.items():
             runs = []
             for _ in range(args.repeat):
                 load = os.getloadavg()[0]
-                runs.append(timed(cmd, env))
+                runs.append(timed(cmd, env, work))
                 (work / "out.csv").unlink(missing_ok=True)
                 print(f"{tree}  {name:<24} {runs[-1]:6.2f} s  (load {load:.2f})", flush=True)
             print(f"{tree}  {name:<24} median {statistics.median(runs):.2f} s")

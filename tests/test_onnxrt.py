@@ -169,3 +169,103 @@ def test_every_backend_is_batch_invariant(bert_detector, backend, threads):
     one_by_one = np.array([det.predict_proba(a, b) for a, b in zip(q1, q2)])
     in_a_crowd = det.predict_proba(MIXED + q1, MIXED[::-1] + q2)[len(MIXED):]
     np.testing.assert_allclose(in_a_crowd, one_by_one, atol=1e-4, rtol=0)
+
+
+def frozen_run(base_dir, run_dir):
+    """A saved frozen-base run on `base_dir` (its head random, its calibration fitted) and the in-memory model."""
+    from qpairs.checkpoint import save_model, write_json
+
+    torch.manual_seed(1)
+    enc = build_encoder({"type": "transformer", "pooling": "mean", "projection_dim": 16, "normalize": True,
+                         "max_length": 32, "base_model": str(base_dir), "head": "residual", "frozen_base": True})
+    torch.nn.init.normal_(enc.head.proj.fc2.weight, std=0.1)
+    model = SiameseModel(enc, "cosine").eval()
+    cal = Calibrator("platt").fit(np.array([0.1, 0.2, 0.8, 0.9, 0.3, 0.7]), np.array([1, 1, 0, 0, 0, 1]))
+    save_model(model, run_dir)
+    write_json(run_dir / "calibration.json", cal.to_dict())
+    return DuplicateDetector(model, cal, device="cpu", backend="torch")
+
+
+def test_a_saved_frozen_base_scores_through_onnx_without_building_the_torch_base(tiny_bert, tmp_path, monkeypatch):
+    from qpairs import encoders, load
+    from qpairs.fingerprint import model_fingerprint
+
+    monkeypatch.setenv("QPAIRS_CACHE", str(tmp_path / "cache"))
+    eager = frozen_run(tiny_bert, tmp_path / "run")
+    q1, q2 = TEXTS, TEXTS[1:] + TEXTS[:1]
+    load(tmp_path / "run", device="cpu", backend="onnx-int8")  # the first load exports, building the base
+    built, real = [], encoders.load_base
+    monkeypatch.setattr(encoders, "load_base", lambda path: built.append(path) or real(path))
+    det = load(tmp_path / "run", device="cpu", backend="onnx-int8")
+    p = det.predict_proba(q1, q2)
+    assert built == [] and not det.model.encoder.base_loaded  # the cached export is all it ran
+    assert det.model.encoder.config == eager.model.encoder.config  # hf_config included
+    assert model_fingerprint(det) == model_fingerprint(eager)
+    np.testing.assert_array_equal(p, eager.use_backend("onnx-int8").predict_proba(q1, q2))
+    det.use_backend("torch")
+    assert det.model.encoder.base_loaded and len(built) == 1  # torch runs it: built when chosen
+    np.testing.assert_array_equal(det.predict_proba(q1, q2), eager.use_backend("torch").predict_proba(q1, q2))
+    assert load(tmp_path / "run", device="cpu", backend="torch").model.encoder.base_loaded  # built at load
+
+
+def test_training_builds_a_lazy_base_in_its_frozen_mode(tiny_bert, tmp_path):
+    from qpairs.checkpoint import load_model
+
+    frozen_run(tiny_bert, tmp_path / "run")
+    model, _ = load_model(tmp_path / "run")
+    assert not model.encoder.base_loaded
+    model.train()
+    assert model.encoder.base_loaded and not model.encoder.model.training
+    assert not any(p.requires_grad for p in model.encoder.model.parameters())
+
+
+def test_the_cache_key_of_a_lazy_base_follows_its_weight_files(tiny_bert, tmp_path):
+    import shutil
+
+    from safetensors.torch import load_file, save_file
+
+    from qpairs.checkpoint import load_model
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_bert, base)
+    frozen_run(base, tmp_path / "run")
+    key = onnxrt.weights_key(load_model(tmp_path / "run")[0].encoder)
+    assert onnxrt.weights_key(load_model(tmp_path / "run")[0].encoder) == key
+    weights = load_file(base / "model.safetensors")
+    weights["embeddings.word_embeddings.weight"][5, 0] += 0.01
+    save_file(weights, base / "model.safetensors", metadata={"format": "pt"})
+    encoder = load_model(tmp_path / "run")[0].encoder
+    assert onnxrt.weights_key(encoder) != key and not encoder.base_loaded
+
+
+def test_a_saved_frozen_run_whose_base_lost_its_safetensors_is_refused_at_load(tiny_bert, tmp_path):
+    import shutil
+
+    from qpairs import load
+    from qpairs.checkpoint import ModelDirError
+
+    base = tmp_path / "base"
+    shutil.copytree(tiny_bert, base)
+    frozen_run(base, tmp_path / "run")
+    (base / "model.safetensors").unlink()
+    torch.save({"x": torch.zeros(1)}, base / "pytorch_model.bin")
+    with pytest.raises(ModelDirError, match=f"base model directory {base}: no \\*.safetensors weights"):
+        load(tmp_path / "run", device="cpu", backend="onnx-int8")
+
+
+def test_scoring_a_cached_export_imports_neither_the_base_model_code_nor_onnx(tiny_bert, tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from qpairs import load
+
+    monkeypatch.setenv("QPAIRS_CACHE", str(tmp_path / "cache"))
+    frozen_run(tiny_bert, tmp_path / "run")
+    load(tmp_path / "run", device="cpu", backend="onnx-int8")  # exports once
+    code = (f"import sys, qpairs; det = qpairs.load({str(tmp_path / 'run')!r}, device='cpu'); "
+            "det.predict_proba('How do I learn Python?', 'Is Java hard?'); "
+            "print(det.backend, sorted(m for m in ('onnx', 'transformers.models.bert.modeling_bert') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)}).stdout
+    assert out.strip() == "onnx-int8 []"

@@ -535,3 +535,72 @@ def test_the_weights_are_hashed_once_per_model_load(tmp_path, monkeypatch):
         score_file(tmp_path / "in.csv", tmp_path / name, fresh, chunk_size=10, checkpoint_rows=10, progress=False)
     assert len(calls) == 1
     assert (tmp_path / "a.csv").read_bytes() == (tmp_path / "b.csv").read_bytes()
+
+
+def test_the_summary_time_includes_the_model_load(det, tmp_path, monkeypatch, capsys):
+    import time
+
+    from qpairs import detector
+
+    def slow_load(*args, **kwargs):
+        time.sleep(0.5)
+        return det
+
+    monkeypatch.setattr(detector, "load", slow_load)
+    write(kaggle_test_frame(40), tmp_path / "in.csv")
+    r = score_file(tmp_path / "in.csv", tmp_path / "out.csv", "some/run", progress=False)
+    assert r["load_seconds"] >= 0.5 and r["seconds"] >= r["load_seconds"] + r["scoring_seconds"]
+    assert r["pairs_per_s"] == pytest.approx(40 / r["scoring_seconds"])
+    assert main(["score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "cli.csv"), "--model", "some/run"]) == 0
+    line = capsys.readouterr().out
+    seconds, load = (float(x) for x in __import__("re").search(r"in ([\d.]+) s \(model load ([\d.]+) s\)", line).groups())
+    assert load >= 0.5 and seconds >= load
+
+
+@pytest.mark.parametrize("name", ["in.csv", "in.tsv.gz", "in.parquet"])
+def test_the_progress_bar_knows_its_total(det, tmp_path, monkeypatch, name):
+    import os
+
+    from qpairs import scoring
+
+    bars = []
+
+    class Recorded(scoring.ScoreProgress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            bars.append(self.bar)
+
+    monkeypatch.setattr(scoring, "ScoreProgress", Recorded)
+    frame = kaggle_test_frame(300)
+    if name.endswith(".csv"):
+        frame.loc[7, "question1"] = "a question\nover two lines"  # rows ≠ lines: bytes are what is counted
+    write(frame, tmp_path / name)
+    score_file(tmp_path / name, tmp_path / "out.csv", det, chunk_size=64, progress=True)
+    (bar,) = bars
+    total = 300 if name.endswith(".parquet") else os.path.getsize(tmp_path / name)  # gzip: compressed bytes
+    assert bar.total == total and bar.n == total
+    if not name.endswith(".parquet"):
+        assert bar.unit == "B" and "300 pairs" in bar.postfix and "pairs/s" in bar.postfix
+
+
+def test_a_resumed_run_starts_its_byte_bar_where_the_scored_rows_end(det, tmp_path, monkeypatch):
+    import os
+
+    from qpairs import scoring
+
+    starts = []
+
+    class Recorded(scoring.ScoreProgress):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, **kwargs)
+            starts.append((self.bar.n, self.bar.total))
+
+    monkeypatch.setattr(scoring, "ScoreProgress", Recorded)
+    write(kaggle_test_frame(300), tmp_path / "in.csv")
+    with pytest.raises(KeyboardInterrupt):
+        score_file(tmp_path / "in.csv", tmp_path / "out.csv", det, chunk_size=64, checkpoint_rows=64,
+                   progress=True, _stop_after_chunks=2)
+    score_file(tmp_path / "in.csv", tmp_path / "out.csv", det, chunk_size=64, checkpoint_rows=64, progress=True,
+               resume=True)
+    size = os.path.getsize(tmp_path / "in.csv")
+    assert starts[0] == (0, size) and 0 < starts[1][0] < size and starts[1][1] == size
