@@ -260,7 +260,7 @@ def _evaluate_run_dir(args):
 
 
 def cmd_index(args) -> int:
-    from .search import index_file
+    from .search_commands import index_file
 
     index = index_file(args.questions, args.out, args.model, args.text_col, args.id_col, args.kind, args.append,
                        args.device, args.batch_size, backend=args.backend, space=args.space)
@@ -271,7 +271,8 @@ def cmd_index(args) -> int:
 def cmd_search(args) -> int:
     import json
 
-    from .search import QuestionIndex, format_hits, load_detector
+    from .search import QuestionIndex, format_hits
+    from .search_commands import load_detector
 
     index = QuestionIndex.load(args.index)
     det = load_detector(args.model, index, args.device, args.backend)
@@ -282,13 +283,15 @@ def cmd_search(args) -> int:
 
 def cmd_dedup(args) -> int:
     from .dedup import dedup
-    from .search import load_detector, read_questions, write_table
+    from .data import read_questions
+    from .search_commands import load_detector
+    from .tableio import write_frame
 
     ids, texts = read_questions(args.questions, args.text_col, args.id_col)
     det = load_detector(args.model, None, args.device, args.backend)
     clusters = dedup(det, texts, ids, k=args.k, threshold=args.threshold, kind=args.kind, batch_size=args.batch_size,
                      linkage=args.linkage)
-    write_table(clusters, args.out)
+    write_frame(clusters, args.out)
     multi = clusters[clusters["cluster_size"] > 1]
     print(f"{len(clusters)} questions, {multi['cluster'].nunique()} groups of duplicates covering {len(multi)} "
           f"questions (largest: {int(clusters['cluster_size'].max()) if len(clusters) else 0}); written to {args.out}")

@@ -11,8 +11,9 @@ import torch
 from .calibration import Calibrator
 from .checkpoint import ModelDirError, load_model, read_json
 from .encoders import length_batches
-from .matching import needs_tokens, pair_distances
+from .matching import needs_tokens
 from .model import SiameseModel
+from .tokencache import pair_distances
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:

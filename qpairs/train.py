@@ -30,7 +30,7 @@ from .calibration import Calibrator
 from .checkpoint import read_json, save_model, state_to_save, write_json
 from .encoders import DEFAULT_BASE, LSTMEncoder, build_encoder
 from .matching import bound_head, cached_tokens, require_token_cache
-from .objective import Objective, make_pair_head
+from .objective import Objective, make_pair_head, pair_batches
 from .config import TrainConfig
 from .metrics import HIGHER_IS_BETTER, classification_metrics, format_table
 from .model import SiameseModel
@@ -233,22 +233,6 @@ def batch_loss(model: SiameseModel, objective: Objective, batch, device, cache=N
     return objective.loss(batch, e1.float(), e2.float(), head)
 
 
-def pair_batches(frame, batch_size: int, shuffle: bool, seed: int, weights=None, shard: bool = False):
-    """Yield (q1 list, q2 list, labels tensor, weights tensor) batches.
-
-    shard=True: only this process's share of the (same-seed) permutation under torchrun
-    (`distributed.shard`, as a DistributedSampler does); a no-op in a single process.
-    """
-    idx = np.random.default_rng(seed).permutation(len(frame)) if shuffle else np.arange(len(frame))
-    idx = distributed.shard(idx) if shard else idx
-    q1, q2 = frame["question1"].to_numpy(), frame["question2"].to_numpy()
-    y = frame["target" if "target" in frame else "is_duplicate"].to_numpy()  # soft targets when distilling
-    w = np.ones(len(frame)) if weights is None else np.asarray(weights)
-    for s in range(0, len(idx), batch_size):
-        b = idx[s : s + batch_size]
-        yield list(q1[b]), list(q2[b]), torch.tensor(y[b], dtype=torch.float32), torch.tensor(w[b], dtype=torch.float32)
-
-
 def embed_pairs(model: SiameseModel, q1, q2, device, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Embed both sides; a Siamese model runs one forward pass over both halves.
 
@@ -270,7 +254,7 @@ def embed_pairs(model: SiameseModel, q1, q2, device, cache=None) -> tuple[torch.
 
 def base_cache(cfg: TrainConfig, model: SiameseModel, run_dir: Path, frames, device, show):
     """The frozen base's outputs for every text of `frames`, computed once (see `qpairs.embcache`)."""
-    from .embcache import open_cache
+    from .tokencache import open_cache
 
     if cfg.encoder != "transformer" or (model.variant == "pseudo" and (cfg.right_encoder, cfg.right_pooling) != ("transformer", cfg.pooling)):
         raise ValueError("--freeze-base needs --encoder transformer (pseudo: two transformers, one pooling)")

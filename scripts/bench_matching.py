@@ -23,7 +23,7 @@ from qpairs import train as qtrain
 from qpairs.calibration import Calibrator
 from qpairs.checkpoint import load_model, read_json
 from qpairs.config import TrainConfig
-from qpairs.embcache import open_cache
+from qpairs.tokencache import open_cache
 from qpairs.metrics import classification_metrics, format_table
 
 

@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from qpairs.calibration import Calibrator
-from qpairs.embcache import open_cache
+from qpairs.tokencache import open_cache
 from qpairs.encoders import DEFAULT_BASE, build_encoder
 from qpairs.losses import pair_distance
 from qpairs.metrics import classification_metrics, format_table

@@ -39,7 +39,7 @@ from qpairs import title_body as tb
 from qpairs.checkpoint import save_model, write_json
 from qpairs.config import TrainConfig
 from qpairs.detector import load
-from qpairs.embcache import open_cache
+from qpairs.tokencache import open_cache
 from qpairs.title_body_eval import (SUMMARY_COLUMNS, evaluate_title_body, summary_row, title_body_sides,
                                     zero_shot_detector)
 from qpairs.train import train

@@ -47,7 +47,7 @@ def training_questions(args):
 def teacher_vectors(det, texts, cache_dir) -> np.ndarray:
     """The teacher's embeddings of `texts` (its pooled base outputs from the embedding cache when given)."""
     if cache_dir:
-        from qpairs.embcache import open_cache
+        from qpairs.tokencache import open_cache
 
         cache = open_cache(det.model.encoder, cache_dir)
         missing = cache.missing(texts)

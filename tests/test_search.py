@@ -7,7 +7,8 @@ import qpairs
 from qpairs.cli import main
 from qpairs.data import DataError
 from qpairs.dedup import connected_clusters, dedup, duplicate_edges
-from qpairs.search import ModelMismatchError, QuestionIndex, SearchIndexError, read_questions, retrieval_metrics
+from qpairs.retrieval import first_relevant_ranks, retrieval_metrics
+from qpairs.search import ModelMismatchError, QuestionIndex, SearchIndexError, read_questions
 from tiny_search_model import bank_csv, bank_questions, groups_with_copies, make_tiny_model
 
 
@@ -175,9 +176,9 @@ def test_dedup_edges_do_not_depend_on_chunking(det):
 def test_retrieval_metrics_by_hand():
     ranked = [["a", "b", "c"], ["x", "y", "z"], ["m", "n", "o"]]
     relevant = [{"a"}, {"z", "q"}, {"zz"}]
-    m = retrieval_metrics(ranked, relevant, ks=(1, 3))
+    m = retrieval_metrics(first_relevant_ranks(ranked, relevant), ks=(1, 3))
     assert m["recall@1"] == pytest.approx(1 / 3) and m["recall@3"] == pytest.approx(2 / 3)
-    assert m["mrr"] == pytest.approx((1 + 1 / 3 + 0) / 3) and m["queries"] == 3
+    assert m["mrr"] == pytest.approx((1 + 1 / 3 + 0) / 3) and m["n_queries"] == 3
 
 
 def test_cli_index_search_dedup(det, tmp_path, capsys):
