@@ -1,4 +1,8 @@
-"""The `qpairs` command line. Subcommands import their heavy modules only when run."""
+"""The `qpairs` command line. Subcommands import their heavy modules only when run.
+
+Longer than 350 lines because the argument parsers of every subcommand live together, so the flags read as one
+interface.
+"""
 from __future__ import annotations
 
 import argparse
@@ -469,11 +473,13 @@ def _add_scoring_commands(sub) -> None:
     p.add_argument("test", help="Kaggle test.csv (test_id,question1,question2), .gz ok")
     p.add_argument("-o", "--output", required=True, help="submission CSV (.csv or .csv.gz)")
     p.add_argument("--model", help="model directory (default: the bundled default model)")
+    from .config import KAGGLE_TEST_PRIOR
+
     p.add_argument("--test-prior", type=float,
                    help="re-weight the probabilities from the duplicate rate the calibration was fitted at "
                         "(stored as 'prior' in calibration.json: 0.37, QQP's natural rate) to this test rate, by "
-                        "Bayes' rule. The Kaggle test set's rate is about 0.165 (top solutions corrected for it), "
-                        "so --test-prior 0.165 lowers the log loss there")
+                        "Bayes' rule. The Kaggle test set's rate is about {0} (top solutions corrected for it), "
+                        "so --test-prior {0} lowers the log loss there".format(KAGGLE_TEST_PRIOR))
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     _add_backend_arg(p)
     p.add_argument("--batch-size", type=int, help="texts per encoder batch")

@@ -8,6 +8,9 @@ schema is mapped onto one frame with the columns::
 Nothing is ever dropped silently: bad rows raise a `DataError` naming the file, the row
 and the column, unless ``on_bad_row="drop"`` is asked for, in which case the dropped rows
 are counted and reported.
+
+Longer than 350 lines because every rule about pair and question files (columns, labels, bad rows, splits) is
+here.
 """
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The Siamese network: one shared encoder for both inputs, a distance between the two vectors.
 
-The pseudo-Siamese variant (two unshared encoders, ``left`` and ``right``) uses the same
-class with ``variant="pseudo"``.
+The pseudo-Siamese variant (two unshared encoders, ``left`` and ``right``) is the same class
+given a ``right_encoder``; its `variant` property then reads ``"pseudo"``.
 """
 from __future__ import annotations
 

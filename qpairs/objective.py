@@ -30,7 +30,7 @@ from .triplets import MINING, DuplicateGraph, TripletSampler, mine_negatives
 DEFAULT_MARGIN = {"contrastive": 1.0, "online_contrastive": 0.5, "triplet": 0.5}
 
 
-def make_loss(cfg):
+def loss_from_config(cfg):
     """The loss module named by ``cfg.loss`` (margin: ``cfg.margin`` or the loss's default)."""
     margin = cfg.margin if cfg.margin is not None else DEFAULT_MARGIN.get(cfg.loss)
     if cfg.loss == "contrastive":
@@ -99,7 +99,7 @@ class Objective:
     """The loss of `cfg` with the batch builder it needs (pairs or triplets from `train_df`)."""
 
     def __init__(self, cfg, train_df, weights=None):
-        self.loss_fn = make_loss(cfg)
+        self.loss_fn = loss_from_config(cfg)
         self.kind = "pairs" if cfg.loss in PAIR_LOSSES else "triplets"
         self.frame, self.weights = train_df, weights
         self.mining, self.distance = cfg.mining, cfg.distance

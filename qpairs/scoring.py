@@ -6,6 +6,9 @@ and Spark's `mapInPandas` all call it or the `PairScorer` under it.
 
 `score_file` reads the input in chunks and writes every chunk as soon as it is scored, so
 memory stays flat in the file size (file formats: `qpairs.tableio`).
+
+Longer than 350 lines because the chunked, resumable scoring of a file and its column and row checks belong
+together.
 """
 from __future__ import annotations
 

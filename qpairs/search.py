@@ -20,6 +20,9 @@ What the vectors are, and how hits are ranked, is the index's *space*:
   character n-gram cosine of the texts (`lexical_similarity`), and their probability comes from
   the model's head applied to the stored vector. The head was trained to classify pairs and ranks
   a large bank worse than its pretrained base does (docs/results.md, "Search quality").
+
+Longer than 350 lines because the index's build, exact and approximate search, and re-scoring share its
+storage layout.
 """
 from __future__ import annotations
 

@@ -4,6 +4,9 @@
 goes (see `qpairs.checkpoint`); `resume=True` continues from its ``last/`` state, saved at each
 epoch end and every ``checkpoint_minutes`` within an epoch. The batch order of an epoch follows
 from the seed alone, so a resumed epoch skips the batches already trained and goes on exactly.
+
+Longer than 350 lines because the training loop, its resumable checkpoints and its validation read best in one
+place.
 """
 from __future__ import annotations
 
@@ -218,13 +221,6 @@ def param_groups(model: SiameseModel, cfg: TrainConfig) -> list[dict]:
             {"params": [p for p in trainable if id(p) in right], "lr": cfg.right_lr or cfg.lr}]
 
 
-def make_loss(cfg: TrainConfig):
-    """The loss module of ``cfg.loss`` (see `qpairs.objective`)."""
-    from .objective import make_loss as _make_loss
-
-    return _make_loss(cfg)
-
-
 def batch_loss(model: SiameseModel, objective: Objective, batch, device, cache=None) -> torch.Tensor:
     """Embed a training batch (left/right texts) and return its loss (run through `net` for DDP)."""
     with autocast(device):
@@ -277,8 +273,8 @@ def lr_lambda(total_steps: int, warmup: float):
 
 
 @torch.no_grad()
-def validate(model, loss_fn, frame, device, batch_size, calibration: str,
-             cache=None, threshold: str = "accuracy") -> tuple[dict, Calibrator, np.ndarray]:
+def validate_and_calibrate(model, loss_fn, frame, device, batch_size, calibration: str,
+                           cache=None, threshold: str = "accuracy") -> tuple[dict, Calibrator, np.ndarray]:
     """Validation loss and metrics; fits the calibrator and its `threshold` rule on this (validation) data.
 
     Under torchrun each rank embeds the rows ``rank::world`` and the distances are gathered,
@@ -445,8 +441,7 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     cfg.epochs = epochs
     log.info("%s the run in %s", "continuing" if source else "writing", run_dir.resolve())
     seed_everything(cfg.seed)
-    show = cfg.progress if cfg.progress is not None else None  # tqdm: None → only on a TTY
-    show = show if distributed.is_main() else False
+    show = cfg.progress if distributed.is_main() else False  # tqdm: None → only on a TTY
 
     splits = splits or load_splits(cfg, run_dir)
     train_df, val_df, test_df = splits["train"], splits["validation"], splits["test"]
@@ -514,7 +509,7 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
             total, seen = distributed.all_sum(total, seen)  # over all processes
             if not distributed.parameters_in_sync(model):
                 raise RuntimeError("DDP processes hold different weights: a forward pass bypassed the DDP wrapper")
-            metrics, cal, _ = validate(model, loss_fn, val_df, device, cfg.batch_size, cfg.calibration, cache,
+            metrics, cal, _ = validate_and_calibrate(model, loss_fn, val_df, device, cfg.batch_size, cfg.calibration, cache,
                                        cfg.threshold)
             row = {"epoch": epoch, "train_loss": total / max(seen, 1), "pairs_per_s": seen / train_time,
                    "train_time_s": train_time,

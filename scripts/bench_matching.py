@@ -32,7 +32,7 @@ def test_distances(run: Path, cache_dir: Path, frame) -> np.ndarray:
     model, _ = load_model(run, "cpu")
     cache = open_cache(model.encoder, cache_dir)
     cache.fill(model.encoder, list(frame["question1"]) + list(frame["question2"]))  # training filled train + validation
-    _, _, d = qtrain.validate(model, lambda *a: torch.zeros(()), frame, torch.device("cpu"), 256, "platt", cache)
+    _, _, d = qtrain.validate_and_calibrate(model, lambda *a: torch.zeros(()), frame, torch.device("cpu"), 256, "platt", cache)
     return d
 
 

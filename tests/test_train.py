@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 import qpairs
 from qpairs import data as qd
 from qpairs.config import TrainConfig
-from qpairs.train import build_model, load_splits, make_loss, seed_everything, train, validate
+from qpairs.objective import loss_from_config
+from qpairs.train import build_model, load_splits, seed_everything, train, validate_and_calibrate
 from conftest import make_pairs
 
 
@@ -57,7 +58,7 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
     make_pairs(300, seed=2).to_csv(data, index=False)
     full = train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "full"), epochs=2, patience=5))
     # interrupt the second run during epoch 2 (its validation), then resume it
-    real_validate, calls = qt.validate, []
+    real_validate, calls = qt.validate_and_calibrate, []
 
     def crash_on_second(*args, **kwargs):
         calls.append(1)
@@ -65,10 +66,10 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_validate(*args, **kwargs)
 
-    monkeypatch.setattr(qt, "validate", crash_on_second)
+    monkeypatch.setattr(qt, "validate_and_calibrate", crash_on_second)
     with pytest.raises(KeyboardInterrupt):
         train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "part"), epochs=2, patience=5))
-    monkeypatch.setattr(qt, "validate", real_validate)
+    monkeypatch.setattr(qt, "validate_and_calibrate", real_validate)
     train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "part"), epochs=2, patience=5, resume=True))
     a = load_file(full / "last" / "model.safetensors")
     b = load_file(tmp_path / "part" / "last" / "model.safetensors")
@@ -143,7 +144,8 @@ def test_validation_loss_drops_on_shared_qqp(tmp_path):
     splits = load_splits(cfg, tmp_path / "again")
     seed_everything(cfg.seed)
     fresh = build_model(cfg, list(splits["train"]["question1"]) + list(splits["train"]["question2"]))
-    before, _, _ = validate(fresh, make_loss(cfg), splits["validation"], torch.device("cpu"), 64, "platt")
+    before, _, _ = validate_and_calibrate(fresh, loss_from_config(cfg), splits["validation"], torch.device("cpu"), 64,
+                                          "platt")
     after = min(h["val_loss"] for h in history)
     assert after < before["loss"] * 0.9
     assert history[-1]["val_roc_auc"] > 0.6
