@@ -43,7 +43,7 @@ class SiameseModel(nn.Module):
     def forward(self, batch1: dict, batch2: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return self.embed(batch1, "left"), self.embed(batch2, "right")
 
-    def distance(self, emb1: torch.Tensor, emb2: torch.Tensor, tokens: tuple | None = None) -> torch.Tensor:
+    def decision_distance(self, emb1: torch.Tensor, emb2: torch.Tensor, tokens: tuple | None = None) -> torch.Tensor:
         """Smaller = more similar: the embedding distance, or −logit of the pair head when there is one.
 
         `tokens`: both sides' padded token states, for a head that reads them (`qpairs.matching`).

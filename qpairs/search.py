@@ -77,8 +77,8 @@ def _faiss():
 
 def model_texts(det, texts: list[str], side: str) -> list[str]:
     """Texts as the model was trained on them (e.g. HTML stripped on a title/body run's body side)."""
-    prepare = getattr(det, "prepare", None)
-    return prepare(texts, side) if prepare is not None else texts
+    preprocess = getattr(det, "preprocess", None)
+    return preprocess(texts, side) if preprocess is not None else texts
 
 
 def bank_side(det) -> str:
@@ -222,13 +222,13 @@ class QuestionIndex:
         _check_new_ids(ids, self._id_set)
         if self.space == "base":
             self.norms = np.concatenate([self.norms, np.linalg.norm(vectors, axis=1).astype(np.float32)])
-        self.index.add(self._prepare(vectors))
+        self.index.add(self._index_vectors(vectors))
         self.ids += ids
         self.texts += texts
         self._id_set.update(ids)
         self.meta["size"] = len(self.ids)
 
-    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
+    def _index_vectors(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         return _l2_normalize(vectors) if self.meta["normalized"] else vectors
 
@@ -307,8 +307,8 @@ class QuestionIndex:
         if self.meta["kind"] == "hnsw":
             self.index.hnsw.efSearch = max(64, 2 * k)
         elif few_fast and len(vectors) <= FLAT_BLAS_QUERIES and len(self):
-            return self._flat_knn(self._prepare(vectors), k)
-        _, rows = self.index.search(self._prepare(vectors), k)
+            return self._flat_knn(self._index_vectors(vectors), k)
+        _, rows = self.index.search(self._index_vectors(vectors), k)
         return rows
 
     def _stored(self) -> np.ndarray:
@@ -406,7 +406,7 @@ class QuestionIndex:
         if valid.any():
             stored[valid] = self.stored_embeddings(det, rows[valid])
         q = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))[:, None, :]
-        d = det.model.distance(q.expand(-1, rows.shape[1], -1), torch.from_numpy(stored)).numpy()
+        d = det.model.decision_distance(q.expand(-1, rows.shape[1], -1), torch.from_numpy(stored)).numpy()
         return np.where(valid, d, np.inf)
 
     def ranking_scores(self, questions: list[str], vectors: np.ndarray, rows: np.ndarray,
@@ -417,7 +417,7 @@ class QuestionIndex:
         weight = float(self.meta.get("lexical_weight", LEXICAL_WEIGHT))
         valid = rows >= 0
         scores = np.full(rows.shape, -np.inf)
-        for i, (question, vector, row) in enumerate(zip(questions, self._prepare(vectors), rows)):
+        for i, (question, vector, row) in enumerate(zip(questions, self._index_vectors(vectors), rows)):
             ok = row[valid[i]]
             cosine = self.index.reconstruct_batch(ok.astype(np.int64)) @ vector
             lexical = lexical_similarity(question, [self.texts[r] for r in ok]) if weight else 0.0

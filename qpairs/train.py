@@ -288,7 +288,7 @@ def validate_and_calibrate(model, loss_fn, frame, device, batch_size, calibratio
             e1, e2 = embed_pairs(model, q1, q2, device, cache)
         e1, e2 = e1.float(), e2.float()
         losses.append(float(loss_fn(e1, e2, y.to(device))) * len(q1))
-        dists.append(model.distance(e1, e2, cached_tokens(model, cache, q1, q2)).cpu().numpy())
+        dists.append(model.decision_distance(e1, e2, cached_tokens(model, cache, q1, q2)).cpu().numpy())
     d = distributed.gather_strided(np.concatenate(dists) if dists else np.zeros(0, np.float32))
     labels = frame["is_duplicate"].to_numpy()
     cal = fit_calibrator(calibration, d, labels, threshold)
@@ -458,7 +458,7 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     if model.pair_head is None:
         model.pair_head = make_pair_head(cfg, model.dim, model.encoder)  # --pair-head classifier|matching, else None
     model.to(device).train()
-    net = distributed.prepare(model, device)  # DDP under torchrun: run the training forward as net(fn, ...)
+    net = distributed.wrap_for_training(model, device)  # DDP under torchrun: run the training forward as net(fn, ...)
     with distributed.main_first():  # rank 0 fills the cache, the others then read it
         cache = base_cache(cfg, model, run_dir, (train_df, val_df), device, show) if cfg.freeze_base else None
     weights = qdata.class_weights(train_df["is_duplicate"].to_numpy(), cfg.train_pos_rate) if cfg.balance == "weight" else None

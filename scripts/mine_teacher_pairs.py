@@ -77,7 +77,7 @@ def teacher_probability(det, vectors: np.ndarray, pairs: np.ndarray, batch: int 
     emb = torch.from_numpy(vectors)
     for s in range(0, len(pairs), batch):
         p = pairs[s : s + batch]
-        d = det.model.distance(emb[p[:, 0]], emb[p[:, 1]]).numpy()
+        d = det.model.decision_distance(emb[p[:, 0]], emb[p[:, 1]]).numpy()
         out.append(det.calibrator.predict_proba(d))
     return np.concatenate(out) if out else np.zeros(0)
 

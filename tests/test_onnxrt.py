@@ -159,7 +159,7 @@ def test_every_backend_is_batch_invariant(bert_detector, backend, threads):
     enc, q1, q2 = det.model.encoder, TEXTS, TEXTS[1:] + TEXTS[:1]
 
     def proba(e1, e2):
-        return det.calibrator.predict_proba(det.model.distance(torch.from_numpy(e1), torch.from_numpy(e2)).numpy())
+        return det.calibrator.predict_proba(det.model.decision_distance(torch.from_numpy(e1), torch.from_numpy(e2)).numpy())
 
     with torch.inference_mode():  # one padded batch, as a service's micro-batch reaches the encoder
         alone = np.concatenate([enc(**enc.tokenize([t])).numpy() for t in TEXTS])

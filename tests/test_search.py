@@ -266,7 +266,7 @@ def test_flat_search_of_few_queries_matches_faiss(metric):
     index, x = _random_flat_index(rng, 3000, 24, metric)
     flat = index.index
     queries = rng.standard_normal((5, 24)).astype("float32")
-    _, want = flat.search(index._prepare(queries), 10)
+    _, want = flat.search(index._index_vectors(queries), 10)
     np.testing.assert_array_equal(index.knn(queries, 10, few_fast=True), want)
     small = QuestionIndex(faiss.IndexFlatL2(24), ["a", "b"], ["q", "q"], {"kind": "flat", "metric": "euclidean",
                                                                           "normalized": False})
@@ -284,7 +284,7 @@ def test_half_precision_scan_is_exact_or_declines(metric, monkeypatch):
     rng = np.random.default_rng(1)
     index, x = _random_flat_index(rng, 5000, 32, metric, scale=3.0)
     flat = index.index
-    queries = index._prepare(rng.standard_normal((4, 32)).astype("float32"))
+    queries = index._index_vectors(rng.standard_normal((4, 32)).astype("float32"))
     _, want = flat.search(queries, 10)
     assert index._half_knn(index._stored(), queries, 10) is not None  # proven exact here
     np.testing.assert_array_equal(index.knn(queries, 10, few_fast=True), want)
