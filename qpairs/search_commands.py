@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from . import detector
 from .data import read_questions
-from .detector import load
 from .search import META, QuestionIndex
 
 
@@ -15,7 +15,7 @@ def load_detector(model=None, index: QuestionIndex | None = None, device: str = 
     The model always comes from the caller, never from the index: ``meta.json`` records the fingerprint of
     the model that built it (a hash of its config, weights and vocabulary), which must match, and its path,
     only quoted in the error."""
-    det = load(model, device=device, backend=backend)
+    det = detector.load(model, device=device, backend=backend)
     if index is not None:
         index.check_model(det)
     return det
