@@ -75,10 +75,10 @@ class HeadScorer:
             enc.head = torch.nn.Identity()
         try:
             if self.model.variant == "siamese":
-                uniq = list(dict.fromkeys(det.prepare(q1, "left") + det.prepare(q2, "right")))
+                uniq = list(dict.fromkeys(det.preprocess(q1, "left") + det.preprocess(q2, "right")))
                 emb, pos = det.encode(uniq), {t: i for i, t in enumerate(uniq)}
-                a = emb[[pos[t] for t in det.prepare(q1, "left")]]
-                b = emb[[pos[t] for t in det.prepare(q2, "right")]]
+                a = emb[[pos[t] for t in det.preprocess(q1, "left")]]
+                b = emb[[pos[t] for t in det.preprocess(q2, "right")]]
             else:
                 a, b = (self._side(det, q, side) for q, side in ((q1, "left"), (q2, "right")))
         finally:
@@ -88,13 +88,13 @@ class HeadScorer:
 
     @staticmethod
     def _side(det, texts, side):
-        texts = det.prepare(texts, side)
+        texts = det.preprocess(texts, side)
         uniq = list(dict.fromkeys(texts))
         pos = {t: i for i, t in enumerate(uniq)}
         return det.encode(uniq, side)[[pos[t] for t in texts]]
 
     def scores(self, module, a, b) -> torch.Tensor:
-        """Smaller = more similar, as `SiameseModel.distance` scores pairs."""
+        """Smaller = more similar, as `SiameseModel.decision_distance` scores pairs."""
         if self.kind == "pair":
             return -module(a, b)
         return self._distance(module(a), module(b), self.model.distance_metric)

@@ -22,6 +22,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .encoders import build_encoder
+from .fingerprint import weights_hash
 from .model import SiameseModel
 
 FORMAT_VERSION = 1
@@ -201,3 +202,16 @@ def load_model(directory, device: str | torch.device = "cpu") -> tuple[SiameseMo
     if missing or unexpected:
         raise ModelDirError(f"{weights} does not match config.json: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.to(device).eval(), cfg
+
+
+def model_fingerprint(det) -> str:
+    """Hash of the model's architecture config, its saved weights and its vocabulary (computed once per `det`)."""
+    cached = getattr(det, "_qpairs_fingerprint", None)
+    if cached:
+        return cached
+    vocab = "".join("\n".join(v.itos) for v in (getattr(e, "vocab", None) for e in (det.model.encoder,
+                                                                                    det.model.right_encoder)) if v)
+    det._qpairs_fingerprint = weights_hash(state_to_save(det.model),
+                                           json.dumps(model_config(det.model), sort_keys=True, default=str),
+                                           vocab.encode())
+    return det._qpairs_fingerprint

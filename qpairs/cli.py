@@ -1,4 +1,8 @@
-"""The `qpairs` command line. Subcommands import their heavy modules only when run."""
+"""The `qpairs` command line. Subcommands import their heavy modules only when run.
+
+Longer than 350 lines because the argument parsers of every subcommand live together, so the flags read as one
+interface.
+"""
 from __future__ import annotations
 
 import argparse
@@ -267,7 +271,7 @@ def _evaluate_run_dir(args):
 
 
 def cmd_index(args) -> int:
-    from .search import index_file
+    from .search_commands import index_file
 
     index = index_file(args.questions, args.out, args.model, args.text_col, args.id_col, args.kind, args.append,
                        args.device, args.batch_size, backend=args.backend, space=args.space)
@@ -278,7 +282,8 @@ def cmd_index(args) -> int:
 def cmd_search(args) -> int:
     import json
 
-    from .search import QuestionIndex, format_hits, load_detector
+    from .search import QuestionIndex, format_hits
+    from .search_commands import load_detector
 
     index = QuestionIndex.load(args.index)
     det = load_detector(args.model, index, args.device, args.backend)
@@ -289,13 +294,15 @@ def cmd_search(args) -> int:
 
 def cmd_dedup(args) -> int:
     from .dedup import dedup
-    from .search import load_detector, read_questions, write_table
+    from .data import read_questions
+    from .search_commands import load_detector
+    from .tableio import write_frame
 
     ids, texts = read_questions(args.questions, args.text_col, args.id_col)
     det = load_detector(args.model, None, args.device, args.backend)
     clusters = dedup(det, texts, ids, k=args.k, threshold=args.threshold, kind=args.kind, batch_size=args.batch_size,
                      linkage=args.linkage)
-    write_table(clusters, args.out)
+    write_frame(clusters, args.out)
     multi = clusters[clusters["cluster_size"] > 1]
     print(f"{len(clusters)} questions, {multi['cluster'].nunique()} groups of duplicates covering {len(multi)} "
           f"questions (largest: {int(clusters['cluster_size'].max()) if len(clusters) else 0}); written to {args.out}")
@@ -474,11 +481,13 @@ def _add_scoring_commands(sub) -> None:
     p.add_argument("test", help="Kaggle test.csv (test_id,question1,question2), .gz ok")
     p.add_argument("-o", "--output", required=True, help="submission CSV (.csv or .csv.gz)")
     p.add_argument("--model", help="model directory (default: the bundled default model)")
+    from .config import KAGGLE_TEST_PRIOR
+
     p.add_argument("--test-prior", type=float,
                    help="re-weight the probabilities from the duplicate rate the calibration was fitted at "
                         "(stored as 'prior' in calibration.json: 0.37, QQP's natural rate) to this test rate, by "
-                        "Bayes' rule. The Kaggle test set's rate is about 0.165 (top solutions corrected for it), "
-                        "so --test-prior 0.165 lowers the log loss there")
+                        "Bayes' rule. The Kaggle test set's rate is about {0} (top solutions corrected for it), "
+                        "so --test-prior {0} lowers the log loss there".format(KAGGLE_TEST_PRIOR))
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     _add_backend_arg(p)
     p.add_argument("--batch-size", type=int, help="texts per encoder batch")

@@ -4,6 +4,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 
 NATURAL_DUPLICATE_RATE = 0.37  # duplicate rate of the original QQP
+KAGGLE_TEST_PRIOR = 0.165  # duplicate rate of the Kaggle test set, as top solutions estimated it
 ADAPT_MIN_PAIRS, ADAPT_MIN_PER_CLASS = 50, 10  # the fewest labelled pairs (and of each class) `qpairs adapt` trusts
 EVAL_DIR = "qpairs-eval"  # `qpairs evaluate` reports of the bundled model, in the working directory
 CHECKPOINT_ROWS = 50_000  # `qpairs score`: rows between resume checkpoints (about a minute of CPU scoring or less)
@@ -44,7 +45,7 @@ class TrainConfig:
     grad_clip: float = 1.0
     loss: str = "contrastive"  # contrastive | online_contrastive | triplet | mnrl (see qpairs.objective)
     margin: float | None = None  # None → 1.0 for contrastive, 0.5 for online_contrastive and triplet
-    distance: str = "euclidean"
+    distance: str | None = None  # None → cosine for online_contrastive (as sentence-transformers), else euclidean
     max_length: int = 40
     seed: int = 0
     device: str = "auto"
@@ -143,6 +144,7 @@ class TrainConfig:
         if c.tokens == "wordpiece" and c.word_vectors == "glove":
             raise ValueError("--tokens wordpiece has no GloVe vectors: use --word-vectors minilm (MiniLM's own piece "
                              "vectors) or none")
+        c.distance = c.distance or ("cosine" if c.loss == "online_contrastive" else "euclidean")
         lstm = c.encoder == "lstm"
         c.lr = c.lr if c.lr is not None else (2e-3 if lstm else 2e-5)
         c.pooling = c.pooling or ("max" if lstm else "mean")

@@ -8,6 +8,9 @@ schema is mapped onto one frame with the columns::
 Nothing is ever dropped silently: bad rows raise a `DataError` naming the file, the row
 and the column, unless ``on_bad_row="drop"`` is asked for, in which case the dropped rows
 are counted and reported.
+
+Longer than 350 lines because every rule about pair and question files (columns, labels, bad rows, splits) is
+here.
 """
 from __future__ import annotations
 
@@ -25,6 +28,8 @@ log = logging.getLogger("qpairs")
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 from .config import NATURAL_DUPLICATE_RATE
+from .errors import DataError  # noqa: F401  (re-exported)
+from .tableio import check_field_counts, check_unique_columns, row_where  # noqa: F401  (re-exported)
 from .text import bad_mask
 
 # Column names accepted for each role, first match wins.
@@ -32,10 +37,9 @@ Q1_COLUMNS = ("question1", "sentence1", "q1", "text1", "title")
 Q2_COLUMNS = ("question2", "sentence2", "q2", "text2", "body")
 LABEL_COLUMNS = ("is_duplicate", "label", "duplicate")
 ID_COLUMNS = ("id", "test_id", "pair_id", "pairID")
-
-
-class DataError(ValueError):
-    """Bad input data: the message names the file, the row and the column."""
+# ... and in a file of questions (`read_questions`).
+QUESTION_TEXT_COLUMNS = ("question", "text", "question_text", "title", "question1", "sentence")
+QUESTION_ID_COLUMNS = ("id", "qid", "question_id")
 
 
 def default_data_dir() -> Path | None:
@@ -74,22 +78,6 @@ def find_column(columns, candidates, role: str, path, required: bool = True):
     return None
 
 
-def row_where(path, row: int) -> str:
-    """'row N (line L)' of data row `row` (from 0) of a file, L being the physical line (see `qpairs.tableio`)."""
-    from .tableio import row_where as where
-
-    return where(path, row)
-
-
-def check_unique_columns(names, path) -> None:
-    """Refuse a header that names a column twice."""
-    seen = set()
-    for name in names:
-        if name in seen:
-            raise DataError(f"{path}: the header names column '{name}' twice; column names must be unique")
-        seen.add(name)
-
-
 def _is_tsv(path: str) -> bool:
     name = str(path).lower().removesuffix(".gz").removesuffix(".bz2").removesuffix(".xz")
     return name.endswith((".tsv", ".txt"))
@@ -110,8 +98,6 @@ def read_table(path) -> pd.DataFrame:
     if _is_tsv(path):
         kwargs.update(sep="\t", quoting=3)  # csv.QUOTE_NONE: quotes are text in QQP's TSV
     if not path.lower().endswith((".bz2", ".xz")):
-        from .tableio import check_field_counts
-
         check_field_counts(path)  # pandas would shift the columns of such a row silently
     try:
         check_unique_columns(pd.read_csv(path, nrows=1, header=None, dtype=str, **kwargs).iloc[0], path)
@@ -164,6 +150,30 @@ class LoadReport:
         parts.append(f"{self.duplicates_removed} repeated pairs merged")
         parts.append(f"{self.label_conflicts} pairs with conflicting labels (majority kept)")
         return "; ".join(parts)
+
+
+def read_questions(path, text_col: str | None = None, id_col: str | None = None) -> tuple[list[str], list[str]]:
+    """(ids, texts) from a CSV/TSV of questions; empty questions and repeated ids raise `DataError`."""
+    frame = read_table(path)
+    cols = list(frame.columns)
+    tc = text_col or find_column(cols, QUESTION_TEXT_COLUMNS, "question text", path)
+    ic = id_col or find_column(cols, QUESTION_ID_COLUMNS, "id", path, required=False)
+    for c in (tc, ic):
+        if c is not None and c not in cols:
+            raise DataError(f"{path}: column '{c}' not found; columns are {cols}")
+    empty = np.flatnonzero(bad_mask(frame[tc]))
+    texts = frame[tc].fillna("").astype(str)
+    if len(empty):
+        r = int(empty[0])
+        raise DataError(f"{path}: {row_where(path, r)}, column '{tc}': empty or missing question "
+                        f"({len(empty)} such rows)")
+    ids = frame[ic].astype(str) if ic else pd.Series(np.arange(len(frame))).astype(str)
+    repeated = ids.duplicated(keep=False).to_numpy()
+    if repeated.any():
+        rows = np.flatnonzero(ids.to_numpy() == ids.to_numpy()[repeated][0])[:2]
+        raise DataError(f"{path}: rows {rows[0] + 1} and {rows[1] + 1}, column '{ic}': repeated id "
+                        f"{ids.iloc[rows[0]]!r}; ids must be unique")
+    return ids.tolist(), texts.tolist()
 
 
 def load_file(path, on_bad_row: str = "error", q1_col=None, q2_col=None, label_col=None, id_col=None,

@@ -11,8 +11,9 @@ import torch
 from .calibration import Calibrator
 from .checkpoint import ModelDirError, load_model, read_json
 from .encoders import length_batches
-from .matching import needs_tokens, pair_distances
+from .matching import needs_tokens
 from .model import SiameseModel
+from .tokencache import pair_distances
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
@@ -59,12 +60,12 @@ class DuplicateDetector:
         self.use_backend(backend)
         from .title_body import side_preprocessors
 
-        self._prepare = side_preprocessors(self.config)  # title/body runs: HTML → text, body truncation
+        self._preprocessors = side_preprocessors(self.config)  # title/body runs: HTML → text, body truncation
 
-    def prepare(self, texts: list[str], side: str = "left") -> list[str]:
+    def preprocess(self, texts: list[str], side: str = "left") -> list[str]:
         """Texts as the run was trained on them (for a title/body run: the body side stripped of HTML and
         truncated by its policy); `distances`/`predict_proba` call this, `encode` does not."""
-        fn = self._prepare.get(side)
+        fn = self._preprocessors.get(side)
         return [fn(t) for t in texts] if fn else list(texts)
 
     def use_backend(self, backend: str = "auto", threads: int | None = None) -> "DuplicateDetector":
@@ -139,7 +140,7 @@ class DuplicateDetector:
         b, _ = _as_text_list(q2, "q2")
         if len(a) != len(b):
             raise ValueError(f"q1 and q2 must have the same length, got {len(a)} and {len(b)}")
-        a, b = self.prepare(a, "left"), self.prepare(b, "right")
+        a, b = self.preprocess(a, "left"), self.preprocess(b, "right")
         if needs_tokens(self.model):  # a matching head compares the two sides' token states
             with self._autocast():
                 return pair_distances(self.model, a, b, self.device, self.batch_size, self.max_waste).float().cpu().numpy()
@@ -153,7 +154,7 @@ class DuplicateDetector:
             ea, eb = self.encode(ua, "left"), self.encode(ub, "right")
             pa, pb = {t: i for i, t in enumerate(ua)}, {t: i for i, t in enumerate(ub)}
             e1, e2 = ea[[pa[t] for t in a]], eb[[pb[t] for t in b]]
-        return self.model.distance(torch.from_numpy(e1), torch.from_numpy(e2)).numpy()
+        return self.model.decision_distance(torch.from_numpy(e1), torch.from_numpy(e2)).numpy()
 
     def predict_proba(self, q1, q2):
         """Calibrated duplicate probability: a float for two strings, else a numpy array."""

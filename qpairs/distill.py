@@ -103,7 +103,7 @@ def teacher_label_files(cfg, run_dir: Path, train: pd.DataFrame, held_out) -> li
 
 def _write_teacher_labels(cfg, path: Path, train, held_out) -> None:
     from .detector import resolve_model_path
-    from .fingerprint import model_fingerprint
+    from .checkpoint import model_fingerprint
 
     check_teacher_split(resolve_model_path(cfg.teacher), held_out, cfg.teacher_unchecked)
     det = load_teacher(cfg.teacher, cfg.device)

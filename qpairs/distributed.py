@@ -118,7 +118,7 @@ class ForwardVia(nn.Module):
         return fn(self.model, *args, **kwargs)
 
 
-def prepare(model: nn.Module, device: torch.device) -> nn.Module:
+def wrap_for_training(model: nn.Module, device: torch.device) -> nn.Module:
     """`ForwardVia(model)`, wrapped in DistributedDataParallel when there are several processes."""
     net = ForwardVia(model)
     if world_size() == 1:

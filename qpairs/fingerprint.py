@@ -1,8 +1,8 @@
-"""Content hashes of model weights: the one hash behind ONNX cache names, index identity and resume."""
+"""Content hashes of weights and files: the one hash behind ONNX cache names, index identity and resume
+(`checkpoint.model_fingerprint` applies it to a loaded model)."""
 from __future__ import annotations
 
 import hashlib
-import json
 from pathlib import Path
 
 import torch
@@ -27,18 +27,3 @@ def files_hash(paths, salt: str = "") -> str:
             for block in iter(lambda: f.read(1 << 20), b""):
                 h.update(block)
     return h.hexdigest()
-
-
-def model_fingerprint(det) -> str:
-    """Hash of the model's architecture config, its saved weights and its vocabulary (computed once per `det`)."""
-    from .checkpoint import model_config, state_to_save
-
-    cached = getattr(det, "_qpairs_fingerprint", None)
-    if cached:
-        return cached
-    vocab = "".join("\n".join(v.itos) for v in (getattr(e, "vocab", None) for e in (det.model.encoder,
-                                                                                    det.model.right_encoder)) if v)
-    det._qpairs_fingerprint = weights_hash(state_to_save(det.model),
-                                           json.dumps(model_config(det.model), sort_keys=True, default=str),
-                                           vocab.encode())
-    return det._qpairs_fingerprint

@@ -6,7 +6,7 @@ The two directions meet in symmetric ops (sum and absolute difference), beside t
 of the model's embeddings (u+v, |u−v|, u∗v) and the zero-shot cosine of the base's pooled outputs;
 an MLP maps them to the logit. Swapping the questions gives the same logit exactly.
 
-Token states come from the frozen base: `qpairs.tokencache` in training, `pair_distances` at inference.
+Token states come from the frozen base: `qpairs.tokencache` (its cache in training, its `pair_distances` at inference).
 """
 from __future__ import annotations
 
@@ -58,27 +58,6 @@ class MatchingHead(nn.Module):
 def needs_tokens(model) -> bool:
     """True when the model's pair head reads token states (a `MatchingHead`)."""
     return getattr(model.pair_head, "needs_tokens", False)
-
-
-@torch.inference_mode()
-def pair_distances(model, q1: list[str], q2: list[str], device, batch_size: int = 256,
-                   max_waste: float | None = None, block: int = 2048) -> torch.Tensor:
-    """−logit of the matching head for each pair. `block` pairs at a time (bounded memory): the base's token
-    states of each unique text of the block are computed once, then the encoder's head and the matching
-    head run on the pairs, `batch_size` at a time."""
-    from .tokencache import encode_states, pad_states
-
-    out = []
-    for start in range(0, len(q1), block):
-        a, b = list(q1[start : start + block]), list(q2[start : start + block])
-        uniq = list(dict.fromkeys(a + b))
-        states = encode_states(model.encoder, uniq, device, batch_size, "fp32", max_waste)
-        pos = {t: i for i, t in enumerate(uniq)}
-        for s in range(0, len(a), batch_size):
-            ta = pad_states([states[pos[t]] for t in a[s : s + batch_size]])
-            tb = pad_states([states[pos[t]] for t in b[s : s + batch_size]])
-            out.append(-token_logits(model, ta, tb, device))
-    return torch.cat(out) if out else torch.zeros(0)
 
 
 def token_logits(model, tokens_a: TokenBatch, tokens_b: TokenBatch, device) -> torch.Tensor:

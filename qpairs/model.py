@@ -1,7 +1,7 @@
 """The Siamese network: one shared encoder for both inputs, a distance between the two vectors.
 
-The pseudo-Siamese variant (two unshared encoders, ``left`` and ``right``) uses the same
-class with ``variant="pseudo"``.
+The pseudo-Siamese variant (two unshared encoders, ``left`` and ``right``) is the same class
+given a ``right_encoder``; its `variant` property then reads ``"pseudo"``.
 """
 from __future__ import annotations
 
@@ -43,7 +43,7 @@ class SiameseModel(nn.Module):
     def forward(self, batch1: dict, batch2: dict) -> tuple[torch.Tensor, torch.Tensor]:
         return self.embed(batch1, "left"), self.embed(batch2, "right")
 
-    def distance(self, emb1: torch.Tensor, emb2: torch.Tensor, tokens: tuple | None = None) -> torch.Tensor:
+    def decision_distance(self, emb1: torch.Tensor, emb2: torch.Tensor, tokens: tuple | None = None) -> torch.Tensor:
         """Smaller = more similar: the embedding distance, or −logit of the pair head when there is one.
 
         `tokens`: both sides' padded token states, for a head that reads them (`qpairs.matching`).

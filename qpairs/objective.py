@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from . import distributed
 from .config import LOSSES, PAIR_LOSSES, TRIPLET_LOSSES  # noqa: F401  (re-exported)
 from .losses import (ContrastiveLoss, MultipleNegativesRankingLoss, OnlineContrastiveLoss, PairClassifier,
                      TripletLoss, bce_on_logits)
@@ -28,7 +30,7 @@ from .triplets import MINING, DuplicateGraph, TripletSampler, mine_negatives
 DEFAULT_MARGIN = {"contrastive": 1.0, "online_contrastive": 0.5, "triplet": 0.5}
 
 
-def make_loss(cfg):
+def loss_from_config(cfg):
     """The loss module named by ``cfg.loss`` (margin: ``cfg.margin`` or the loss's default)."""
     margin = cfg.margin if cfg.margin is not None else DEFAULT_MARGIN.get(cfg.loss)
     if cfg.loss == "contrastive":
@@ -62,6 +64,22 @@ def make_pair_head(cfg, dim: int, encoder=None):
     raise ValueError(f"unknown pair head {cfg.pair_head!r}; use none, classifier or matching")
 
 
+def pair_batches(frame, batch_size: int, shuffle: bool, seed: int, weights=None, shard: bool = False):
+    """Yield (q1 list, q2 list, labels tensor, weights tensor) batches.
+
+    shard=True: only this process's share of the (same-seed) permutation under torchrun
+    (`distributed.shard`, as a DistributedSampler does); a no-op in a single process.
+    """
+    idx = np.random.default_rng(seed).permutation(len(frame)) if shuffle else np.arange(len(frame))
+    idx = distributed.shard(idx) if shard else idx
+    q1, q2 = frame["question1"].to_numpy(), frame["question2"].to_numpy()
+    y = frame["target" if "target" in frame else "is_duplicate"].to_numpy()  # soft targets when distilling
+    w = np.ones(len(frame)) if weights is None else np.asarray(weights)
+    for s in range(0, len(idx), batch_size):
+        b = idx[s : s + batch_size]
+        yield list(q1[b]), list(q2[b]), torch.tensor(y[b], dtype=torch.float32), torch.tensor(w[b], dtype=torch.float32)
+
+
 @dataclass
 class Batch:
     """One training batch: texts for the left and right encoder plus targets."""
@@ -81,7 +99,7 @@ class Objective:
     """The loss of `cfg` with the batch builder it needs (pairs or triplets from `train_df`)."""
 
     def __init__(self, cfg, train_df, weights=None):
-        self.loss_fn = make_loss(cfg)
+        self.loss_fn = loss_from_config(cfg)
         self.kind = "pairs" if cfg.loss in PAIR_LOSSES else "triplets"
         self.frame, self.weights = train_df, weights
         self.mining, self.distance = cfg.mining, cfg.distance
@@ -110,13 +128,9 @@ class Objective:
     def batches(self, batch_size: int, seed: int, shard: bool = False):
         """One shuffled epoch of `Batch`es; `shard`: only this process's share under torchrun."""
         if self.kind == "pairs":
-            from .train import pair_batches
-
             for q1, q2, y, w in pair_batches(self.frame, batch_size, True, seed, self.weights, shard=shard):
                 yield Batch(q1, q2, labels=y, weights=w)
             return
-        from . import distributed
-
         for a, p, n, groups in self.sampler.batches(batch_size, seed, distributed.shard if shard else None):
             yield Batch(a, p + n, groups=groups)
 

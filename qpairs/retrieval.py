@@ -33,8 +33,17 @@ def true_ranks(distances: np.ndarray, true_index) -> np.ndarray:
     return (d <= true_d).sum(1)  # counts the true candidate itself once → rank 1 when nothing ties or beats it
 
 
+def first_relevant_ranks(ranked: list[list], relevant: list[set]) -> np.ndarray:
+    """1-based rank of the first relevant item of each ranked list (inf where none is relevant)."""
+    if len(ranked) != len(relevant):
+        raise ValueError(f"{len(ranked)} ranked lists but {len(relevant)} relevance sets")
+    return np.asarray([next((i + 1 for i, x in enumerate(items) if x in rel), np.inf)
+                       for items, rel in zip(ranked, relevant)], dtype=np.float64)
+
+
 def retrieval_metrics(ranks, ks=(1, 10)) -> dict[str, float]:
-    """recall@k (share of queries whose true item is in the top k) and MRR from 1-based ranks."""
+    """recall@k (share of queries whose true item is in the top k) and MRR from 1-based ranks (inf: not found,
+    adding 0 to the MRR)."""
     r = np.asarray(ranks, dtype=np.float64)
     if len(r) == 0:
         raise ValueError("no queries to score")

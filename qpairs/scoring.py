@@ -6,6 +6,9 @@ and Spark's `mapInPandas` all call it or the `PairScorer` under it.
 
 `score_file` reads the input in chunks and writes every chunk as soon as it is scored, so
 memory stays flat in the file size (file formats: `qpairs.tableio`).
+
+Longer than 350 lines because the chunked, resumable scoring of a file and its column and row checks belong
+together.
 """
 from __future__ import annotations
 
@@ -143,9 +146,9 @@ class PairScorer:
             self.encoded += len(set(q1) | set(q2))
             self.looked_up += 2 * len(q1)
             return np.asarray(self.det.distances(list(q1), list(q2)), dtype=np.float64)
-        prepare = getattr(self.det, "prepare", None)  # title/body runs clean their body side
-        if prepare is not None:
-            q1, q2 = prepare(list(q1), "left"), prepare(list(q2), "right")
+        preprocess = getattr(self.det, "preprocess", None)  # title/body runs clean their body side
+        if preprocess is not None:
+            q1, q2 = preprocess(list(q1), "left"), preprocess(list(q2), "right")
         if model.variant == "siamese":
             slots = self._slots(list(q1) + list(q2), "left")
             s1, s2 = slots[: len(q1)], slots[len(q1) :]
@@ -156,7 +159,7 @@ class PairScorer:
         dev = self.det.device
         e1 = t1[torch.as_tensor(s1, device=dev)]
         e2 = t2[torch.as_tensor(s2, device=dev)]
-        return model.distance(e1, e2).cpu().numpy().astype(np.float64)
+        return model.decision_distance(e1, e2).cpu().numpy().astype(np.float64)
 
     def predict_proba(self, q1: list[str], q2: list[str]) -> np.ndarray:
         """Calibrated duplicate probabilities of the pairs (float64 array)."""
@@ -205,7 +208,7 @@ def _fingerprint(det) -> str:
     import hashlib
     import json
 
-    from .fingerprint import model_fingerprint
+    from .checkpoint import model_fingerprint
 
     blob = json.dumps({"cal": det.calibrator.to_dict(), "cfg": det.config, "weights": model_fingerprint(det)},
                       sort_keys=True, default=str)

@@ -20,10 +20,12 @@ What the vectors are, and how hits are ranked, is the index's *space*:
   character n-gram cosine of the texts (`lexical_similarity`), and their probability comes from
   the model's head applied to the stored vector. The head was trained to classify pairs and ranks
   a large bank worse than its pretrained base does (docs/results.md, "Search quality").
+
+Longer than 350 lines because the index's build, exact and approximate search, and re-scoring share its
+storage layout.
 """
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import os
@@ -35,7 +37,9 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
-from .fingerprint import model_fingerprint  # noqa: F401  (the index's model identity)
+from .data import read_questions  # noqa: F401  (re-exported)
+from .checkpoint import model_fingerprint  # noqa: F401  (the index's model identity)
+from .ngram import lexical_similarity
 
 log = logging.getLogger("qpairs")
 
@@ -50,8 +54,6 @@ HALF_SCAN_MIN = 50_000  # from this many stored vectors, those few queries start
 HALF_SCAN_EXTRA = 32  # candidates the fp16 scan proposes beyond k
 KINDS = ("flat", "hnsw")
 AUTO_FLAT_MAX = 200_000  # `kind="auto"`: exact search up to this many questions, HNSW above
-TEXT_COLUMNS = ("question", "text", "question_text", "title", "question1", "sentence")
-ID_COLUMNS = ("id", "qid", "question_id")
 
 
 class SearchIndexError(ValueError):
@@ -75,42 +77,13 @@ def _faiss():
 
 def model_texts(det, texts: list[str], side: str) -> list[str]:
     """Texts as the model was trained on them (e.g. HTML stripped on a title/body run's body side)."""
-    prepare = getattr(det, "prepare", None)
-    return prepare(texts, side) if prepare is not None else texts
+    preprocess = getattr(det, "preprocess", None)
+    return preprocess(texts, side) if preprocess is not None else texts
 
 
 def bank_side(det) -> str:
     """Encoder side for stored questions: 'right' for a pseudo-Siamese model (queries use 'left')."""
     return "right" if det.model.variant == "pseudo" else "left"
-
-
-# ---------------------------------------------------------------- reading a question file
-
-def read_questions(path, text_col: str | None = None, id_col: str | None = None) -> tuple[list[str], list[str]]:
-    """(ids, texts) from a CSV/TSV of questions; empty questions and repeated ids raise `DataError`."""
-    from .data import DataError, find_column, read_table, row_where
-    from .text import bad_mask
-
-    frame = read_table(path)
-    cols = list(frame.columns)
-    tc = text_col or find_column(cols, TEXT_COLUMNS, "question text", path)
-    ic = id_col or find_column(cols, ID_COLUMNS, "id", path, required=False)
-    for c in (tc, ic):
-        if c is not None and c not in cols:
-            raise DataError(f"{path}: column '{c}' not found; columns are {cols}")
-    empty = np.flatnonzero(bad_mask(frame[tc]))
-    texts = frame[tc].fillna("").astype(str)
-    if len(empty):
-        r = int(empty[0])
-        raise DataError(f"{path}: {row_where(path, r)}, column '{tc}': empty or missing question "
-                        f"({len(empty)} such rows)")
-    ids = frame[ic].astype(str) if ic else pd.Series(np.arange(len(frame))).astype(str)
-    repeated = ids.duplicated(keep=False).to_numpy()
-    if repeated.any():
-        rows = np.flatnonzero(ids.to_numpy() == ids.to_numpy()[repeated][0])[:2]
-        raise DataError(f"{path}: rows {rows[0] + 1} and {rows[1] + 1}, column '{ic}': repeated id "
-                        f"{ids.iloc[rows[0]]!r}; ids must be unique")
-    return ids.tolist(), texts.tolist()
 
 
 # ---------------------------------------------------------------- results
@@ -135,22 +108,6 @@ def default_space(det) -> str:
     enc = det.model.encoder
     frozen = isinstance(getattr(enc, "config", None), dict) and enc.config.get("frozen_base")
     return "base" if frozen and det.model.variant == "siamese" and hasattr(enc, "pooled") else "model"
-
-
-@functools.cache
-def _ngram_vectorizer():
-    from sklearn.feature_extraction.text import HashingVectorizer
-
-    return HashingVectorizer(analyzer="char_wb", ngram_range=(3, 5), n_features=2**20, alternate_sign=False,
-                             norm=None, lowercase=True)
-
-
-def lexical_similarity(query: str, texts: list[str]) -> np.ndarray:
-    """Cosine of character 3-5-gram counts (log-scaled, within word boundaries) between `query` and each text."""
-    from sklearn.preprocessing import normalize
-
-    grams = normalize(_ngram_vectorizer().transform([query] + list(texts)).log1p())
-    return (grams[1:] @ grams[0].T).toarray()[:, 0]
 
 
 # ---------------------------------------------------------------- the index
@@ -265,13 +222,13 @@ class QuestionIndex:
         _check_new_ids(ids, self._id_set)
         if self.space == "base":
             self.norms = np.concatenate([self.norms, np.linalg.norm(vectors, axis=1).astype(np.float32)])
-        self.index.add(self._prepare(vectors))
+        self.index.add(self._index_vectors(vectors))
         self.ids += ids
         self.texts += texts
         self._id_set.update(ids)
         self.meta["size"] = len(self.ids)
 
-    def _prepare(self, vectors: np.ndarray) -> np.ndarray:
+    def _index_vectors(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
         return _l2_normalize(vectors) if self.meta["normalized"] else vectors
 
@@ -350,8 +307,8 @@ class QuestionIndex:
         if self.meta["kind"] == "hnsw":
             self.index.hnsw.efSearch = max(64, 2 * k)
         elif few_fast and len(vectors) <= FLAT_BLAS_QUERIES and len(self):
-            return self._flat_knn(self._prepare(vectors), k)
-        _, rows = self.index.search(self._prepare(vectors), k)
+            return self._flat_knn(self._index_vectors(vectors), k)
+        _, rows = self.index.search(self._index_vectors(vectors), k)
         return rows
 
     def _stored(self) -> np.ndarray:
@@ -449,7 +406,7 @@ class QuestionIndex:
         if valid.any():
             stored[valid] = self.stored_embeddings(det, rows[valid])
         q = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))[:, None, :]
-        d = det.model.distance(q.expand(-1, rows.shape[1], -1), torch.from_numpy(stored)).numpy()
+        d = det.model.decision_distance(q.expand(-1, rows.shape[1], -1), torch.from_numpy(stored)).numpy()
         return np.where(valid, d, np.inf)
 
     def ranking_scores(self, questions: list[str], vectors: np.ndarray, rows: np.ndarray,
@@ -460,7 +417,7 @@ class QuestionIndex:
         weight = float(self.meta.get("lexical_weight", LEXICAL_WEIGHT))
         valid = rows >= 0
         scores = np.full(rows.shape, -np.inf)
-        for i, (question, vector, row) in enumerate(zip(questions, self._prepare(vectors), rows)):
+        for i, (question, vector, row) in enumerate(zip(questions, self._index_vectors(vectors), rows)):
             ok = row[valid[i]]
             cosine = self.index.reconstruct_batch(ok.astype(np.int64)) @ vector
             lexical = lexical_similarity(question, [self.texts[r] for r in ok]) if weight else 0.0
@@ -509,42 +466,6 @@ def open_index(index_or_dir) -> QuestionIndex:
     return index_or_dir if isinstance(index_or_dir, QuestionIndex) else QuestionIndex.load(index_or_dir)
 
 
-# ---------------------------------------------------------------- command-line helpers
-
-def load_detector(model=None, index: QuestionIndex | None = None, device: str = "auto", backend: str = "auto"):
-    """`model` (None: the bundled default model) as a detector; with `index`, refused unless it built the index.
-
-    The model always comes from the caller, never from the index: ``meta.json`` records the fingerprint of
-    the model that built it (a hash of its config, weights and vocabulary), which must match, and its path,
-    only quoted in the error."""
-    from .detector import load
-
-    det = load(model, device=device, backend=backend)
-    if index is not None:
-        index.check_model(det)
-    return det
-
-
-def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "flat", append: bool = False,
-               device: str = "auto", batch_size: int | None = None, backend: str = "auto",
-               space: str = "auto") -> QuestionIndex:
-    """`qpairs index`: read a question file, encode it and write (or, with `append`, extend) an index directory."""
-    out = Path(out)
-    exists = (out / META).exists()
-    if exists and not append:
-        raise FileExistsError(f"{out} already holds an index: pass --append to add questions or choose another -o")
-    ids, texts = read_questions(path, text_col, id_col)
-    if exists:
-        index = QuestionIndex.load(out)
-        det = load_detector(model, index, device, backend)
-        index.add(det, texts, ids, batch_size=batch_size)
-    else:
-        det = load_detector(model, None, device, backend)
-        index = QuestionIndex.build(det, texts, ids, kind=kind, batch_size=batch_size, space=space)
-    index.save(out)
-    return index
-
-
 def format_hits(hits: list[Hit], width: int = 80) -> str:
     """A plain-text table of search results, in rank order, with the score that ranked them."""
     lines = [f"{'rank':>4}  {'score':>6}  {'prob':>5}  dup  {'id':<10} question"]
@@ -553,32 +474,3 @@ def format_hits(hits: list[Hit], width: int = 80) -> str:
         lines.append(f"{rank:>4}  {h.score:6.3f}  {h.probability:5.3f}  {'yes' if h.duplicate else ' no'}  "
                      f"{h.id:<10} {text}")
     return "\n".join(lines)
-
-
-def write_table(frame: pd.DataFrame, path) -> None:
-    """CSV (gz ok) or Parquet by file suffix."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.suffix == ".parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_csv(path, index=False, sep="\t" if ".tsv" in path.suffixes else ",")
-
-
-# ---------------------------------------------------------------- evaluation
-
-def retrieval_metrics(ranked: list[list], relevant: list[set], ks=(1, 10)) -> dict:
-    """recall@k (a relevant item within the top k) and MRR (over the ranked lists given) per query, averaged."""
-    if len(ranked) != len(relevant):
-        raise ValueError(f"{len(ranked)} ranked lists but {len(relevant)} relevance sets")
-    if not ranked:
-        raise ValueError("no queries to evaluate")
-    first = []
-    for items, rel in zip(ranked, relevant):
-        pos = next((i for i, x in enumerate(items) if x in rel), None)
-        first.append(np.inf if pos is None else pos + 1)
-    first = np.asarray(first, dtype=float)
-    out = {f"recall@{k}": float(np.mean(first <= k)) for k in ks}
-    out["mrr"] = float(np.mean(np.where(np.isfinite(first), 1.0 / first, 0.0)))
-    out["queries"] = len(ranked)
-    return out

@@ -3,6 +3,8 @@
 Concurrent requests are micro-batched: each endpoint puts its items on an asyncio queue; a
 worker gathers what arrives within a few milliseconds and runs one batched model call in a
 single model thread, so the event loop never blocks and the model never runs twice at once.
+
+Longer than 350 lines because the HTTP endpoints share their request checks and model state.
 """
 from __future__ import annotations
 

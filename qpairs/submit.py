@@ -20,7 +20,6 @@ from .data import DataError
 log = logging.getLogger("qpairs")
 
 CLIP = 1e-6
-KAGGLE_TEST_PRIOR = 0.165
 
 
 def clip(probs) -> np.ndarray:

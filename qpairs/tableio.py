@@ -10,6 +10,9 @@ Writers append chunk after chunk to one temporary file and can report a `state()
 chunk; a writer built with that state continues from there (what ``--resume`` uses), giving
 the same bytes as an uninterrupted run. Gzip output is one gzip member per chunk (valid
 gzip, read by every gzip reader), so it can be cut at a chunk boundary.
+
+Longer than 350 lines because the CSV/TSV/Parquet readers and writers share their format rules and resume
+state.
 """
 from __future__ import annotations
 
@@ -27,7 +30,7 @@ from typing import Iterator
 import numpy as np
 import pandas as pd
 
-from .data import DataError, check_unique_columns
+from .errors import DataError
 
 
 def table_format(path) -> tuple[str, bool]:
@@ -98,6 +101,15 @@ def read_columns(path) -> list[str]:
             reader.close()
     check_unique_columns(names, path)
     return names
+
+
+def check_unique_columns(names, path) -> None:
+    """Refuse a header that names a column twice."""
+    seen = set()
+    for name in names:
+        if name in seen:
+            raise DataError(f"{path}: the header names column '{name}' twice; column names must be unique")
+        seen.add(name)
 
 
 def _exists(path) -> None:
@@ -364,6 +376,7 @@ def open_writer(name, temp_path, state: dict | None = None):
 def write_frame(frame: pd.DataFrame, path, name=None) -> None:
     """Write a whole (small) frame in the format that the file name `name` (default: `path`) implies."""
     fmt, gz = table_format(name or path)
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
         frame.to_parquet(path, index=False)
     else:

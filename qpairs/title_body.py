@@ -16,6 +16,8 @@ A *post* has a title (short, plain text) and a body (HTML). This module
 Pair frames use the project's pair schema (``question1`` = left side, ``question2`` = right
 side, ``is_duplicate`` = 1 when the body belongs to the title) plus ``kind``, ``post_id`` and
 ``neg_post_id``.
+
+Longer than 350 lines because reading, cleaning and sampling Stack Exchange posts are one pipeline.
 """
 from __future__ import annotations
 
@@ -457,6 +459,3 @@ class TitleBodyTriplets:
             g_pos = [self.group_of[t] for t in p]
             groups = torch.as_tensor(g_pos + g_pos + [self.group_of[t] for t in n], dtype=torch.long)
             yield a, p, n, groups
-
-    def steps(self, batch_size: int) -> int:
-        return -(-len(self) // batch_size)

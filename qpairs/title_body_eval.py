@@ -34,15 +34,15 @@ def title_body_sides(det) -> tuple[str, str]:
 def embed_posts(det, posts: pd.DataFrame, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Title and body embeddings of `posts` (row i = post i), each side through its own encoder."""
     t_side, b_side = title_body_sides(det)
-    titles = det.prepare(list(posts["title"]), t_side) if hasattr(det, "prepare") else list(posts["title"])
-    bodies = det.prepare(list(posts["body"]), b_side) if hasattr(det, "prepare") else list(posts["body"])
+    titles = det.preprocess(list(posts["title"]), t_side) if hasattr(det, "preprocess") else list(posts["title"])
+    bodies = det.preprocess(list(posts["body"]), b_side) if hasattr(det, "preprocess") else list(posts["body"])
     return det.encode(titles, t_side, batch_size), det.encode(bodies, b_side, batch_size)
 
 
 def _row_distances(det, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     import torch
 
-    return det.model.distance(torch.from_numpy(a), torch.from_numpy(b)).numpy()
+    return det.model.decision_distance(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
 
 def pair_eval(det, title_emb: np.ndarray, body_emb: np.ndarray, neg_index: np.ndarray) -> dict[str, float]:

@@ -22,8 +22,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from .embcache import TextCache
+from .embcache import EmbeddingCache, TextCache, cache_meta, is_pooled_cache
 from .encoders import length_batches
+from .matching import token_logits
 
 log = logging.getLogger("qpairs")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -228,3 +229,33 @@ class PooledView:
 def open_token_cache(encoder, directory=None, precision: str = "auto", device="cpu") -> TokenStateCache:
     """The token-state cache of `encoder`'s base in `directory` (None: memory only)."""
     return TokenStateCache(directory, token_cache_meta(encoder, resolve_precision(precision, device)))
+
+
+def open_cache(encoder, directory=None):
+    """The pooled outputs of `encoder`'s frozen base, cached in `directory` (None: memory only).
+
+    A new cache holds the base's token states and pools them; a directory an `EmbeddingCache`
+    wrote (pooled outputs only) is read and extended as it is.
+    """
+    if directory is not None and is_pooled_cache(directory):
+        return EmbeddingCache(directory, cache_meta(encoder))
+    return open_token_cache(encoder, directory).pooled(encoder.config["pooling"])
+
+
+@torch.inference_mode()
+def pair_distances(model, q1: list[str], q2: list[str], device, batch_size: int = 256,
+                   max_waste: float | None = None, block: int = 2048) -> torch.Tensor:
+    """−logit of the matching head for each pair. `block` pairs at a time (bounded memory): the base's token
+    states of each unique text of the block are computed once, then the encoder's head and the matching
+    head run on the pairs, `batch_size` at a time."""
+    out = []
+    for start in range(0, len(q1), block):
+        a, b = list(q1[start : start + block]), list(q2[start : start + block])
+        uniq = list(dict.fromkeys(a + b))
+        states = encode_states(model.encoder, uniq, device, batch_size, "fp32", max_waste)
+        pos = {t: i for i, t in enumerate(uniq)}
+        for s in range(0, len(a), batch_size):
+            ta = pad_states([states[pos[t]] for t in a[s : s + batch_size]])
+            tb = pad_states([states[pos[t]] for t in b[s : s + batch_size]])
+            out.append(-token_logits(model, ta, tb, device))
+    return torch.cat(out) if out else torch.zeros(0)

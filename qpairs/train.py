@@ -4,6 +4,9 @@
 goes (see `qpairs.checkpoint`); `resume=True` continues from its ``last/`` state, saved at each
 epoch end and every ``checkpoint_minutes`` within an epoch. The batch order of an epoch follows
 from the seed alone, so a resumed epoch skips the batches already trained and goes on exactly.
+
+Longer than 350 lines because the training loop, its resumable checkpoints and its validation read best in one
+place.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ from .calibration import Calibrator
 from .checkpoint import read_json, save_model, state_to_save, write_json
 from .encoders import DEFAULT_BASE, LSTMEncoder, build_encoder
 from .matching import bound_head, cached_tokens, require_token_cache
-from .objective import Objective, make_pair_head
+from .objective import Objective, make_pair_head, pair_batches
 from .config import TrainConfig
 from .distill import teacher_label_files
 from .metrics import HIGHER_IS_BETTER, classification_metrics, format_table
@@ -220,35 +223,12 @@ def param_groups(model: SiameseModel, cfg: TrainConfig) -> list[dict]:
             {"params": [p for p in trainable if id(p) in right], "lr": cfg.right_lr or cfg.lr}]
 
 
-def make_loss(cfg: TrainConfig):
-    """The loss module of ``cfg.loss`` (see `qpairs.objective`)."""
-    from .objective import make_loss as _make_loss
-
-    return _make_loss(cfg)
-
-
 def batch_loss(model: SiameseModel, objective: Objective, batch, device, cache=None) -> torch.Tensor:
     """Embed a training batch (left/right texts) and return its loss (run through `net` for DDP)."""
     with autocast(device):
         e1, e2 = embed_pairs(model, batch.left, batch.right, device, cache)
     head = bound_head(model, cached_tokens(model, cache, batch.left, batch.right))  # a matching head: token states
     return objective.loss(batch, e1.float(), e2.float(), head)
-
-
-def pair_batches(frame, batch_size: int, shuffle: bool, seed: int, weights=None, shard: bool = False):
-    """Yield (q1 list, q2 list, labels tensor, weights tensor) batches.
-
-    shard=True: only this process's share of the (same-seed) permutation under torchrun
-    (`distributed.shard`, as a DistributedSampler does); a no-op in a single process.
-    """
-    idx = np.random.default_rng(seed).permutation(len(frame)) if shuffle else np.arange(len(frame))
-    idx = distributed.shard(idx) if shard else idx
-    q1, q2 = frame["question1"].to_numpy(), frame["question2"].to_numpy()
-    y = frame["target" if "target" in frame else "is_duplicate"].to_numpy()  # soft targets when distilling
-    w = np.ones(len(frame)) if weights is None else np.asarray(weights)
-    for s in range(0, len(idx), batch_size):
-        b = idx[s : s + batch_size]
-        yield list(q1[b]), list(q2[b]), torch.tensor(y[b], dtype=torch.float32), torch.tensor(w[b], dtype=torch.float32)
 
 
 def embed_pairs(model: SiameseModel, q1, q2, device, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
@@ -272,7 +252,7 @@ def embed_pairs(model: SiameseModel, q1, q2, device, cache=None) -> tuple[torch.
 
 def base_cache(cfg: TrainConfig, model: SiameseModel, run_dir: Path, frames, device, show):
     """The frozen base's outputs for every text of `frames`, computed once (see `qpairs.embcache`)."""
-    from .embcache import open_cache
+    from .tokencache import open_cache
 
     if cfg.encoder != "transformer" or (model.variant == "pseudo" and (cfg.right_encoder, cfg.right_pooling) != ("transformer", cfg.pooling)):
         raise ValueError("--freeze-base needs --encoder transformer (pseudo: two transformers, one pooling)")
@@ -295,8 +275,8 @@ def lr_lambda(total_steps: int, warmup: float):
 
 
 @torch.no_grad()
-def validate(model, loss_fn, frame, device, batch_size, calibration: str,
-             cache=None, threshold: str = "accuracy") -> tuple[dict, Calibrator, np.ndarray]:
+def validate_and_calibrate(model, loss_fn, frame, device, batch_size, calibration: str,
+                           cache=None, threshold: str = "accuracy") -> tuple[dict, Calibrator, np.ndarray]:
     """Validation loss and metrics; fits the calibrator and its `threshold` rule on this (validation) data.
 
     Under torchrun each rank embeds the rows ``rank::world`` and the distances are gathered,
@@ -310,7 +290,7 @@ def validate(model, loss_fn, frame, device, batch_size, calibration: str,
             e1, e2 = embed_pairs(model, q1, q2, device, cache)
         e1, e2 = e1.float(), e2.float()
         losses.append(float(loss_fn(e1, e2, y.to(device))) * len(q1))
-        dists.append(model.distance(e1, e2, cached_tokens(model, cache, q1, q2)).cpu().numpy())
+        dists.append(model.decision_distance(e1, e2, cached_tokens(model, cache, q1, q2)).cpu().numpy())
     d = distributed.gather_strided(np.concatenate(dists) if dists else np.zeros(0, np.float32))
     labels = frame["is_duplicate"].to_numpy()
     cal = fit_calibrator(calibration, d, labels, threshold)
@@ -463,8 +443,7 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     cfg.epochs = epochs
     log.info("%s the run in %s", "continuing" if source else "writing", run_dir.resolve())
     seed_everything(cfg.seed)
-    show = cfg.progress if cfg.progress is not None else None  # tqdm: None → only on a TTY
-    show = show if distributed.is_main() else False
+    show = cfg.progress if distributed.is_main() else False  # tqdm: None → only on a TTY
 
     splits = splits or load_splits(cfg, run_dir)
     train_df, val_df, test_df = splits["train"], splits["validation"], splits["test"]
@@ -481,7 +460,7 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     if model.pair_head is None:
         model.pair_head = make_pair_head(cfg, model.dim, model.encoder)  # --pair-head classifier|matching, else None
     model.to(device).train()
-    net = distributed.prepare(model, device)  # DDP under torchrun: run the training forward as net(fn, ...)
+    net = distributed.wrap_for_training(model, device)  # DDP under torchrun: run the training forward as net(fn, ...)
     with distributed.main_first():  # rank 0 fills the cache, the others then read it
         cache = base_cache(cfg, model, run_dir, (train_df, val_df), device, show) if cfg.freeze_base else None
     weights = qdata.class_weights(train_df["is_duplicate"].to_numpy(), cfg.train_pos_rate) if cfg.balance == "weight" else None
@@ -532,7 +511,7 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
             total, seen = distributed.all_sum(total, seen)  # over all processes
             if not distributed.parameters_in_sync(model):
                 raise RuntimeError("DDP processes hold different weights: a forward pass bypassed the DDP wrapper")
-            metrics, cal, _ = validate(model, loss_fn, val_df, device, cfg.batch_size, cfg.calibration, cache,
+            metrics, cal, _ = validate_and_calibrate(model, loss_fn, val_df, device, cfg.batch_size, cfg.calibration, cache,
                                        cfg.threshold)
             row = {"epoch": epoch, "train_loss": total / max(seen, 1), "pairs_per_s": seen / train_time,
                    "train_time_s": train_time,

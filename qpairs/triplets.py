@@ -17,7 +17,6 @@ non-duplicate. This module builds them:
 from __future__ import annotations
 
 import logging
-import math
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -213,9 +212,6 @@ class TripletSampler:
             b = idx[s : s + batch_size]
             groups = torch.as_tensor(np.concatenate([g[a[b]], g[p[b]], g[n[b]]]), dtype=torch.long)
             yield list(texts[a[b]]), list(texts[p[b]]), list(texts[n[b]]), groups
-
-    def steps(self, batch_size: int) -> int:
-        return math.ceil(len(self) / batch_size)
 
 
 def _neighbours(n: int, edges: np.ndarray) -> dict[int, list[int]]:

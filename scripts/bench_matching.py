@@ -23,7 +23,7 @@ from qpairs import train as qtrain
 from qpairs.calibration import Calibrator
 from qpairs.checkpoint import load_model, read_json
 from qpairs.config import TrainConfig
-from qpairs.embcache import open_cache
+from qpairs.tokencache import open_cache
 from qpairs.metrics import classification_metrics, format_table
 
 
@@ -32,7 +32,7 @@ def test_distances(run: Path, cache_dir: Path, frame) -> np.ndarray:
     model, _ = load_model(run, "cpu")
     cache = open_cache(model.encoder, cache_dir)
     cache.fill(model.encoder, list(frame["question1"]) + list(frame["question2"]))  # training filled train + validation
-    _, _, d = qtrain.validate(model, lambda *a: torch.zeros(()), frame, torch.device("cpu"), 256, "platt", cache)
+    _, _, d = qtrain.validate_and_calibrate(model, lambda *a: torch.zeros(()), frame, torch.device("cpu"), 256, "platt", cache)
     return d
 
 

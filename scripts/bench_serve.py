@@ -245,7 +245,7 @@ def bench_search(args, model: str) -> dict:
     cosine = index.meta["metric"] == "cosine"
     numpy_ms = []
     with threadpool_limits(args.threads or None):  # the peer gets the same number of threads
-        for v in index._prepare(vectors):
+        for v in index._index_vectors(vectors):
             t0 = time.perf_counter()
             cost = -(stored @ v) if cosine else sq_norms - 2 * (stored @ v)  # same ranking as FAISS's IP / L2
             np.argpartition(cost, 10)[:10]

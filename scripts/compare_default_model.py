@@ -20,7 +20,7 @@ import pandas as pd
 import torch
 
 from qpairs.calibration import Calibrator
-from qpairs.embcache import open_cache
+from qpairs.tokencache import open_cache
 from qpairs.encoders import DEFAULT_BASE, build_encoder
 from qpairs.losses import pair_distance
 from qpairs.metrics import classification_metrics, format_table
@@ -39,7 +39,7 @@ def head_probs(det, cache, frame: pd.DataFrame) -> np.ndarray:
     """The model's calibrated probabilities computed from cached base outputs (its head runs on them)."""
     head = det.model.encoder.head
     e1, e2 = head(cache.lookup(list(frame["question1"]))), head(cache.lookup(list(frame["question2"])))
-    return det.calibrator.predict_proba(det.model.distance(e1, e2).numpy())
+    return det.calibrator.predict_proba(det.model.decision_distance(e1, e2).numpy())
 
 
 def main() -> None:

@@ -39,7 +39,7 @@ from qpairs import title_body as tb
 from qpairs.checkpoint import save_model, write_json
 from qpairs.config import TrainConfig
 from qpairs.detector import load
-from qpairs.embcache import open_cache
+from qpairs.tokencache import open_cache
 from qpairs.title_body_eval import (SUMMARY_COLUMNS, evaluate_title_body, summary_row, title_body_sides,
                                     zero_shot_detector)
 from qpairs.train import train
@@ -122,7 +122,7 @@ class Experiment:
         """Title/body embeddings of a frozen-base (or zero-shot) detector: cached MiniLM output → each side's head."""
         cache = self.base_cache()
         t_side, b_side = title_body_sides(det)
-        titles, bodies = det.prepare(list(posts["title"]), t_side), det.prepare(list(posts["body"]), b_side)
+        titles, bodies = det.preprocess(list(posts["title"]), t_side), det.preprocess(list(posts["body"]), b_side)
         cache.fill(det.model.encoder, titles + bodies, det.device, batch_size=64)
         with torch.inference_mode():
             return tuple(det.model.side(side).head(cache.lookup(texts).to(det.device)).float().cpu().numpy()
@@ -169,7 +169,7 @@ class Experiment:
         neg_pos = {b: i for i, b in enumerate(self.val_posts["body"])}
         i = pairs["post_id"].map(pos).to_numpy()
         j = pairs["question2"].map(neg_pos).to_numpy()
-        d = det.model.distance(torch.from_numpy(tv[i]), torch.from_numpy(bv[j])).numpy()
+        d = det.model.decision_distance(torch.from_numpy(tv[i]), torch.from_numpy(bv[j])).numpy()
         det.calibrator.fit(d, pairs["is_duplicate"].to_numpy())
         if not (run / "model.safetensors").exists():
             det.config["train"] = {"left_col": "title", "right_col": "body", "body_truncation": tb.DEFAULT_TRUNCATION,

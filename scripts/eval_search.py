@@ -28,7 +28,8 @@ import numpy as np
 import pandas as pd
 
 from qpairs import data as qd
-from qpairs.search import QuestionIndex, retrieval_metrics
+from qpairs.retrieval import first_relevant_ranks, retrieval_metrics
+from qpairs.search import QuestionIndex
 
 K_MAX = 100
 
@@ -103,7 +104,7 @@ def eval_qpairs(model_dir, queries, query_ids, relevant, bank_ids, bank_texts, d
         t1 = time.perf_counter()
         hits = index.search_many(det, queries, K_MAX + 1)
         t2 = time.perf_counter()
-        m = retrieval_metrics(rank_lists([[h.id for h in hs] for hs in hits], query_ids), relevant)
+        m = retrieval_metrics(first_relevant_ranks(rank_lists([[h.id for h in hs] for hs in hits], query_ids), relevant))
         top1_p = [hs[0].probability for hs in hits if hs]
         name = f"qpairs:{model_dir} ({index.space} space" + (
             f", lexical {index.meta['lexical_weight']})" if index.space == "base" else ")")
@@ -153,7 +154,7 @@ def eval_minilm(queries, query_ids, relevant, bank_ids, bank_texts, device: str)
     _, rows = index.search(encode(queries), K_MAX + 1)
     t2 = time.perf_counter()
     hit_ids = [[bank_ids[r] for r in row if r >= 0] for row in rows]
-    return {**retrieval_metrics(rank_lists(hit_ids, query_ids), relevant), "encode_bank_s": t1 - t0,
+    return {**retrieval_metrics(first_relevant_ranks(rank_lists(hit_ids, query_ids), relevant)), "encode_bank_s": t1 - t0,
             "search_s": t2 - t1}
 
 

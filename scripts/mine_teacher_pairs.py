@@ -46,7 +46,7 @@ def training_questions(args):
 def teacher_vectors(det, texts, cache_dir) -> np.ndarray:
     """The teacher's embeddings of `texts` (its pooled base outputs from the embedding cache when given)."""
     if cache_dir:
-        from qpairs.embcache import open_cache
+        from qpairs.tokencache import open_cache
 
         cache = open_cache(det.model.encoder, cache_dir)
         missing = cache.missing(texts)
@@ -76,7 +76,7 @@ def teacher_probability(det, vectors: np.ndarray, pairs: np.ndarray, batch: int 
     emb = torch.from_numpy(vectors)
     for s in range(0, len(pairs), batch):
         p = pairs[s : s + batch]
-        d = det.model.distance(emb[p[:, 0]], emb[p[:, 1]]).numpy()
+        d = det.model.decision_distance(emb[p[:, 0]], emb[p[:, 1]]).numpy()
         out.append(det.calibrator.predict_proba(d))
     return np.concatenate(out) if out else np.zeros(0)
 

@@ -12,7 +12,7 @@ from qpairs import data as qd
 from qpairs.cli import main
 from qpairs.config import TrainConfig
 from qpairs.distill import TEACHER_LABELS, TeacherLeakError, check_teacher_split
-from qpairs.fingerprint import model_fingerprint
+from qpairs.checkpoint import model_fingerprint
 from qpairs.train import train
 from conftest import make_pairs
 from test_train import _tiny_cfg, interrupted_run

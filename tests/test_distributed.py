@@ -79,13 +79,13 @@ def _worker(rank: int, world: int, ports: tuple[int, int], out: str, data: str) 
     from qpairs import cli, distributed
 
     captured = {}
-    prepare = distributed.prepare
+    wrap = distributed.wrap_for_training
 
     def spy(model, device):
         captured["model"] = model
-        return prepare(model, device)
+        return wrap(model, device)
 
-    distributed.prepare = spy
+    distributed.wrap_for_training = spy
     assert cli.main(["train", "--data", data, "--out", os.path.join(out, "ddp"), "--batch-size", str(BATCH),
                      "--device", "cpu", *ARGS]) == 0
     params = {k: v.detach().contiguous() for k, v in captured["model"].named_parameters()}

@@ -139,3 +139,16 @@ def test_distance_matrix_matches_pair_distance():
                 assert m[i, j].item() == pytest.approx(pair_distance(a[i : i + 1], b[j : j + 1], metric).item(), abs=1e-5)
     with pytest.raises(ValueError, match="unknown distance"):
         distance_matrix(a, b, "manhattan")
+
+
+def test_online_contrastive_run_defaults_to_the_sentence_transformers_recipe():
+    """`--loss online_contrastive` alone: cosine distance and margin 0.5, in the model and in the loss;
+    an explicit --distance, or another loss, keeps Euclidean."""
+    from qpairs.config import TrainConfig
+    from qpairs.objective import loss_from_config
+
+    cfg = TrainConfig(loss="online_contrastive", data=["x.csv"]).resolved()
+    loss = loss_from_config(cfg)
+    assert cfg.distance == "cosine" and loss.distance == "cosine" and loss.margin == 0.5
+    assert TrainConfig(loss="online_contrastive", distance="euclidean", data=["x.csv"]).resolved().distance == "euclidean"
+    assert TrainConfig(loss="contrastive", data=["x.csv"]).resolved().distance == "euclidean"

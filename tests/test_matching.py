@@ -81,7 +81,8 @@ def test_pooled_view_equals_pooled_encoding(frozen_encoder, tmp_path, pooling):
 
 
 def test_open_cache_is_the_token_cache_view_and_still_reads_a_pooled_cache(frozen_encoder, tmp_path):
-    from qpairs.embcache import EmbeddingCache, open_cache
+    from qpairs.embcache import EmbeddingCache
+    from qpairs.tokencache import open_cache
     from qpairs.tokencache import PooledView
 
     texts = _texts(10)
@@ -139,7 +140,8 @@ def _pairs_csv(tmp_path, n=240):
 def test_train_freeze_base_matching_head_trains_saves_loads_and_scores(tiny_bert, tmp_path):
     from qpairs import load
     from qpairs.cli import main
-    from qpairs.matching import MatchingHead, pair_distances
+    from qpairs.matching import MatchingHead
+    from qpairs.tokencache import pair_distances
     from qpairs.scoring import PairScorer
 
     data = _pairs_csv(tmp_path)

@@ -159,7 +159,7 @@ def test_every_backend_is_batch_invariant(bert_detector, backend, threads):
     enc, q1, q2 = det.model.encoder, TEXTS, TEXTS[1:] + TEXTS[:1]
 
     def proba(e1, e2):
-        return det.calibrator.predict_proba(det.model.distance(torch.from_numpy(e1), torch.from_numpy(e2)).numpy())
+        return det.calibrator.predict_proba(det.model.decision_distance(torch.from_numpy(e1), torch.from_numpy(e2)).numpy())
 
     with torch.inference_mode():  # one padded batch, as a service's micro-batch reaches the encoder
         alone = np.concatenate([enc(**enc.tokenize([t])).numpy() for t in TEXTS])
@@ -188,7 +188,7 @@ def frozen_run(base_dir, run_dir):
 
 def test_a_saved_frozen_base_scores_through_onnx_without_building_the_torch_base(tiny_bert, tmp_path, monkeypatch):
     from qpairs import encoders, load
-    from qpairs.fingerprint import model_fingerprint
+    from qpairs.checkpoint import model_fingerprint
 
     monkeypatch.setenv("QPAIRS_CACHE", str(tmp_path / "cache"))
     eager = frozen_run(tiny_bert, tmp_path / "run")

@@ -7,7 +7,8 @@ import qpairs
 from qpairs.cli import main
 from qpairs.data import DataError
 from qpairs.dedup import connected_clusters, dedup, duplicate_edges
-from qpairs.search import ModelMismatchError, QuestionIndex, SearchIndexError, read_questions, retrieval_metrics
+from qpairs.retrieval import first_relevant_ranks, retrieval_metrics
+from qpairs.search import ModelMismatchError, QuestionIndex, SearchIndexError, read_questions
 from tiny_search_model import bank_csv, bank_questions, groups_with_copies, make_tiny_model
 
 
@@ -175,9 +176,9 @@ def test_dedup_edges_do_not_depend_on_chunking(det):
 def test_retrieval_metrics_by_hand():
     ranked = [["a", "b", "c"], ["x", "y", "z"], ["m", "n", "o"]]
     relevant = [{"a"}, {"z", "q"}, {"zz"}]
-    m = retrieval_metrics(ranked, relevant, ks=(1, 3))
+    m = retrieval_metrics(first_relevant_ranks(ranked, relevant), ks=(1, 3))
     assert m["recall@1"] == pytest.approx(1 / 3) and m["recall@3"] == pytest.approx(2 / 3)
-    assert m["mrr"] == pytest.approx((1 + 1 / 3 + 0) / 3) and m["queries"] == 3
+    assert m["mrr"] == pytest.approx((1 + 1 / 3 + 0) / 3) and m["n_queries"] == 3
 
 
 def test_cli_index_search_dedup(det, tmp_path, capsys):
@@ -265,7 +266,7 @@ def test_flat_search_of_few_queries_matches_faiss(metric):
     index, x = _random_flat_index(rng, 3000, 24, metric)
     flat = index.index
     queries = rng.standard_normal((5, 24)).astype("float32")
-    _, want = flat.search(index._prepare(queries), 10)
+    _, want = flat.search(index._index_vectors(queries), 10)
     np.testing.assert_array_equal(index.knn(queries, 10, few_fast=True), want)
     small = QuestionIndex(faiss.IndexFlatL2(24), ["a", "b"], ["q", "q"], {"kind": "flat", "metric": "euclidean",
                                                                           "normalized": False})
@@ -283,7 +284,7 @@ def test_half_precision_scan_is_exact_or_declines(metric, monkeypatch):
     rng = np.random.default_rng(1)
     index, x = _random_flat_index(rng, 5000, 32, metric, scale=3.0)
     flat = index.index
-    queries = index._prepare(rng.standard_normal((4, 32)).astype("float32"))
+    queries = index._index_vectors(rng.standard_normal((4, 32)).astype("float32"))
     _, want = flat.search(queries, 10)
     assert index._half_knn(index._stored(), queries, 10) is not None  # proven exact here
     np.testing.assert_array_equal(index.knn(queries, 10, few_fast=True), want)

@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 import qpairs
 from qpairs import data as qd
 from qpairs.config import TrainConfig
-from qpairs.train import build_model, load_splits, make_loss, seed_everything, train, validate
+from qpairs.objective import loss_from_config
+from qpairs.train import build_model, load_splits, seed_everything, train, validate_and_calibrate
 from conftest import make_pairs
 
 
@@ -54,7 +55,7 @@ def interrupted_run(monkeypatch, cfg) -> None:
     """Train `cfg` and interrupt it in its second validation (epoch 1 saved, epoch 2 cut short)."""
     import qpairs.train as qt
 
-    real_validate, calls = qt.validate, []
+    real_validate, calls = qt.validate_and_calibrate, []
 
     def crash_on_second(*args, **kwargs):
         calls.append(1)
@@ -63,7 +64,7 @@ def interrupted_run(monkeypatch, cfg) -> None:
         return real_validate(*args, **kwargs)
 
     with monkeypatch.context() as m:
-        m.setattr(qt, "validate", crash_on_second)
+        m.setattr(qt, "validate_and_calibrate", crash_on_second)
         with pytest.raises(KeyboardInterrupt):
             train(cfg)
 
@@ -148,7 +149,8 @@ def test_validation_loss_drops_on_shared_qqp(tmp_path):
     splits = load_splits(cfg, tmp_path / "again")
     seed_everything(cfg.seed)
     fresh = build_model(cfg, list(splits["train"]["question1"]) + list(splits["train"]["question2"]))
-    before, _, _ = validate(fresh, make_loss(cfg), splits["validation"], torch.device("cpu"), 64, "platt")
+    before, _, _ = validate_and_calibrate(fresh, loss_from_config(cfg), splits["validation"], torch.device("cpu"), 64,
+                                          "platt")
     after = min(h["val_loss"] for h in history)
     assert after < before["loss"] * 0.9
     assert history[-1]["val_roc_auc"] > 0.6

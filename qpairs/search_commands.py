@@ -1,0 +1,41 @@
+"""What `qpairs index`, `search` and `dedup` do around a `QuestionIndex`: load the model, check it built the index,
+read and index a question file."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import detector
+from .data import read_questions
+from .search import META, QuestionIndex
+
+
+def load_detector(model=None, index: QuestionIndex | None = None, device: str = "auto", backend: str = "auto"):
+    """`model` (None: the bundled default model) as a detector; with `index`, refused unless it built the index.
+
+    The model always comes from the caller, never from the index: ``meta.json`` records the fingerprint of
+    the model that built it (a hash of its config, weights and vocabulary), which must match, and its path,
+    only quoted in the error."""
+    det = detector.load(model, device=device, backend=backend)
+    if index is not None:
+        index.check_model(det)
+    return det
+
+
+def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "flat", append: bool = False,
+               device: str = "auto", batch_size: int | None = None, backend: str = "auto",
+               space: str = "auto") -> QuestionIndex:
+    """`qpairs index`: read a question file, encode it and write (or, with `append`, extend) an index directory."""
+    out = Path(out)
+    exists = (out / META).exists()
+    if exists and not append:
+        raise FileExistsError(f"{out} already holds an index: pass --append to add questions or choose another -o")
+    ids, texts = read_questions(path, text_col, id_col)
+    if exists:
+        index = QuestionIndex.load(out)
+        det = load_detector(model, index, device, backend)
+        index.add(det, texts, ids, batch_size=batch_size)
+    else:
+        det = load_detector(model, None, device, backend)
+        index = QuestionIndex.build(det, texts, ids, kind=kind, batch_size=batch_size, space=space)
+    index.save(out)
+    return index
