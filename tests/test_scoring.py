@@ -524,7 +524,7 @@ def test_a_corrupt_resume_state_is_a_one_line_error(det, tmp_path, capsys):
 
 
 def test_the_weights_are_hashed_once_per_model_load(tmp_path, monkeypatch):
-    import qpairs.fingerprint as fp
+    import qpairs.checkpoint as fp  # model_fingerprint calls the weights hash through checkpoint
 
     calls = []
     original = fp.weights_hash
