@@ -169,7 +169,7 @@ class QuestionIndex:
             raise ValueError("space 'base' needs a Siamese transformer with a frozen base (its head is applied to "
                              "the stored vectors)")
         metric = "cosine" if space == "base" else det.model.distance_metric
-        dim = int(det.model.encoder.model.config.hidden_size) if space == "base" else int(det.model.dim)
+        dim = int(det.model.encoder.config["hf_config"]["hidden_size"]) if space == "base" else int(det.model.dim)
         meta = {"format_version": FORMAT_VERSION, "kind": kind, "space": space, "metric": metric, "dim": dim,
                 "normalized": metric == "cosine", "model_fingerprint": model_fingerprint(det),
                 "model_path": str(det.path.resolve()) if det.path else None, "size": 0}
