@@ -32,6 +32,7 @@ from . import distributed
 from .calibration import Calibrator
 from .checkpoint import read_json, save_model, state_to_save, write_json
 from .encoders import DEFAULT_BASE, LSTMEncoder, build_encoder
+from .encoding import forward_texts
 from .matching import bound_head, cached_tokens, require_token_cache
 from .objective import Objective, make_pair_head, pair_batches
 from .config import TrainConfig
@@ -232,22 +233,13 @@ def batch_loss(model: SiameseModel, objective: Objective, batch, device, cache=N
 
 
 def embed_pairs(model: SiameseModel, q1, q2, device, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embed both sides; a Siamese model runs one forward pass over both halves.
+    """Embed both sides (`SiameseModel.embed_pairs`: a Siamese model runs one forward pass over both halves).
 
-    With `cache` (an `EmbeddingCache` of a frozen base) only the head runs, on cached base outputs.
+    With `cache` (an `EmbeddingCache` of a frozen base) only the heads run, on cached base outputs.
     """
-    def to(batch):
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-    if cache is not None and model.variant == "pseudo":  # one frozen base, two heads
-        return model.encoder.head(cache.lookup(q1).to(device)), model.right_encoder.head(cache.lookup(q2).to(device))
     if cache is not None:
-        emb = model.encoder.head(cache.lookup(q1 + q2).to(device))
-        return emb[: len(q1)], emb[len(q1) :]
-    if model.variant == "siamese":
-        emb = model.encoder(**to(model.encoder.tokenize(q1 + q2)))
-        return emb[: len(q1)], emb[len(q1) :]
-    return model.embed(to(model.side("left").tokenize(q1)), "left"), model.embed(to(model.side("right").tokenize(q2)), "right")
+        return model.embed_pairs(q1, q2, lambda texts, side: model.side(side).head(cache.lookup(texts).to(device)))
+    return model.embed_pairs(q1, q2, lambda texts, side: forward_texts(model.side(side), texts, device))
 
 
 def base_cache(cfg: TrainConfig, model: SiameseModel, run_dir: Path, frames, device, show):
