@@ -96,3 +96,15 @@ def test_a_bad_sides_config_names_the_file_and_field(tmp_path, sides, message):
     with pytest.raises(ModelDirError, match=message) as err:
         qpairs.load(run, device="cpu")
     assert "config.json" in str(err.value)
+
+
+@pytest.mark.parametrize("right", [True, False])
+def test_a_search_index_prepares_stored_bodies_as_predict_proba_does(tmp_path, right):
+    from qpairs.search import QuestionIndex
+
+    det = qpairs.load(_run(tmp_path / "run", right=right), device="cpu", backend="torch")
+    index = QuestionIndex.build(det, BODIES, progress=False)
+    hits = det.search(index, TITLES[1], k=len(BODIES))
+    want = det.predict_proba([TITLES[1]] * len(BODIES), BODIES)
+    got = {h.id: h.probability for h in hits}
+    np.testing.assert_allclose([got[str(i)] for i in range(len(BODIES))], want, rtol=0, atol=1e-6)
