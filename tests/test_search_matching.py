@@ -83,3 +83,13 @@ def test_cli_search_rerank_with_a_matching_run_and_refused_for_a_pooled_one(matc
     assert main(["search", str(tmp_path / "pidx"), QUERY, "--rerank", "40", "--model", pooled]) == 2
     err = capsys.readouterr().err.strip()
     assert "--pair-head matching" in err and len(err.splitlines()) == 1
+
+
+def test_service_search_batches_give_each_query_its_own_search(matching_det, bank):
+    from qpairs.service import search_each
+
+    index = QuestionIndex.build(matching_det, bank)
+    queries = [(QUERY, 2), (bank[3], 6), (QUERY, 6), (bank[3], 1)]
+    batched = search_each(matching_det, index, queries)
+    assert [[h.id for h in hits] for hits in batched] == [[h.id for h in index.search(matching_det, q, k)]
+                                                          for q, k in queries]
