@@ -353,9 +353,10 @@ def _add_search_commands(sub) -> None:
     p.add_argument("--model", help="model directory or bundled model name that built the index (default: the bundled "
                    "default model)")
     p.add_argument("--rerank", type=int, metavar="K",
-                   help="a run with --pair-head matching: how many of the index's candidates its head re-scores "
-                        "before the best k are shown (default: k; more finds duplicates the pooled vectors rank "
-                        "lower, at one pair-head call each); refused for other runs, whose index scores are exact")
+                   help="a run with --pair-head matching: how many of the index's best candidates its head re-scores "
+                        "before the k most probable are shown (default: k; more finds duplicates that the pooled "
+                        "vectors rank lower, at the cost of encoding each candidate's text); refused for other runs, "
+                        "whose probabilities come from the index's vectors")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     _add_backend_arg(p)
