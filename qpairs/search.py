@@ -471,13 +471,10 @@ class QuestionIndex:
         rows = self.knn(vectors, fetch + (RERANK_EXTRA if self.space == "base" else 0), few_fast=True)
         if tokens:
             rows = self.shortlist(questions, vectors, rows, fetch)
-            dist = self.rescore(det, None, rows, questions)
-            probs = det.calibrator.predict_proba(dist)
-            scores = np.where(rows >= 0, probs, -np.inf)  # ranked by the probability shown
-        else:
-            dist = self.rescore(det, self.model_embeddings(det, vectors), rows)
-            probs = det.calibrator.predict_proba(dist)
-            scores = self.ranking_scores(questions, vectors, rows, dist)
+        dist = self.rescore(det, None if tokens else self.model_embeddings(det, vectors), rows, questions)
+        probs = det.calibrator.predict_proba(dist)
+        # a pair head on token states ranks by the probability shown
+        scores = np.where(rows >= 0, probs, -np.inf) if tokens else self.ranking_scores(questions, vectors, rows, dist)
         out = []
         for r, d, p, s in zip(rows, dist, probs, scores):
             order = [i for i in np.argsort(-s, kind="stable") if r[i] >= 0][:k]
