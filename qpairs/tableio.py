@@ -188,18 +188,20 @@ class _CSVReader:
 
     def _bad_bytes(self) -> DataError:
         """The error for the first line that is not UTF-8: line, byte offset and column."""
-        offset = 0
+        offset, header = 0, self.header
         with self._open("rb") as fh:
             for n, raw in enumerate(fh, 1):
                 try:
-                    raw.decode("utf-8")
+                    text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     where = f"line {n} (byte {offset + exc.start})"
-                    if self.header:
+                    if header:
                         before = raw[: exc.start].decode("utf-8", errors="replace")
                         fields = next(csv.reader([before], **self.dialect), [""])
-                        where += f", column '{self.header[max(0, min(len(fields), len(self.header)) - 1)]}'"
+                        where += f", column '{header[max(0, min(len(fields), len(header)) - 1)]}'"
                     return DataError(f"{self.path}: {where}: not valid UTF-8 ({exc.reason}); save the file as UTF-8")
+                if n == 1 and not header:  # the error came while decoding ahead of the header line
+                    header = next(csv.reader([text.removeprefix("\ufeff").rstrip("\r\n")], **self.dialect), [])
                 offset += len(raw)
         return DataError(f"{self.path}: not valid UTF-8")
 
@@ -284,6 +286,17 @@ def iter_table(path, chunk_size: int) -> Iterator[Chunk]:
         yield from reader.chunks(chunk_size)
     finally:
         reader.close()
+
+
+def read_frame(path, chunk_size: int = 65536) -> pd.DataFrame:
+    """A whole table (CSV/TSV cells as text), refusing a row whose field count differs from the header's."""
+    chunks = []
+    for chunk in iter_table(path, chunk_size):
+        chunk.check_fields(path)
+        chunks.append(chunk.frame)
+    if not chunks:
+        return pd.DataFrame(columns=read_columns(path), dtype=object)
+    return pd.concat(chunks) if len(chunks) > 1 else chunks[0]
 
 
 class CSVWriter:
