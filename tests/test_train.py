@@ -47,6 +47,19 @@ def test_load_restores_exactly(tiny_run):
     assert det.predict(q1[0], q2[0]) == (p1[0] >= det.threshold)
 
 
+def test_last_epoch_validation_is_the_validation_row_of_metrics_json(tmp_path):
+    data = tmp_path / "pairs.csv"
+    make_pairs(300, seed=4).to_csv(data, index=False)
+    run = train(_tiny_cfg(tmp_path, data, epochs=1))  # one epoch: the last one is the saved (best) one
+    last = json.loads((run / "history.json").read_text())[-1]
+    final = json.loads((run / "metrics.json").read_text())["validation"]
+    per_epoch = {k.removeprefix("val_"): v for k, v in last.items() if k.startswith("val_") and k != "val_loss"}
+    extras = {"threshold", "test_prior", "operating_point", "promised_precision", "promised_recall"}
+    assert set(per_epoch) == set(final) - extras and {"accuracy", "f1", "log_loss", "roc_auc"} <= set(per_epoch)
+    for name, value in per_epoch.items():
+        assert final[name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+
+
 def test_refuses_to_overwrite_a_run(tiny_run):
     cfg = TrainConfig(out=str(tiny_run), data=["x.csv"])
     with pytest.raises(FileExistsError, match="--resume"):
