@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file, save_file
 
+from .config import TrainConfig
 from .encoders import build_encoder
 from .fingerprint import weights_hash
 from .model import SiameseModel
@@ -314,8 +315,6 @@ class CheckpointClock:
 def resumed_config(cfg, run_dir: Path):
     """(config, saved run directory or None): with --resume, the saved run's training settings, keeping this
     call's --out, --device, --progress, --checkpoint-minutes and --epochs (None: the run's own)."""
-    from .config import TrainConfig
-
     source = saved_run(run_dir) if cfg.resume else None
     saved = read_json(source / "config.json").get("train", {}) if source is not None else {}
     epochs = cfg.epochs if cfg.epochs is not None else saved.get("epochs", TrainConfig.epochs)
