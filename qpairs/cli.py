@@ -25,7 +25,8 @@ TRAIN_HELP = {
     "weight_decay": "AdamW weight decay",
     "warmup": "fraction of the steps with a linearly rising learning rate (then linear decay)",
     "grad_clip": "gradient norm clip (0: none)",
-    "distance": "distance between the two embeddings that the loss and the calibration use",
+    "distance": "distance between the two embeddings that the loss and the calibration use (default: cosine for "
+                "--loss online_contrastive, as sentence-transformers' OnlineContrastiveLoss; euclidean otherwise)",
     "max_length": "tokens kept per question",
     "seed": "seed of the split, the data order, the initial weights and dropout",
     "embedding_dim": "LSTM word vector size (GloVe: 50)",

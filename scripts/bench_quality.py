@@ -90,7 +90,7 @@ def parse_args(argv=None):
 
 def load_split(args, out: Path) -> dict:
     """The shared split (same code path as `qpairs train`), with evaluation sets optionally subsampled."""
-    from qpairs.train import load_splits
+    from qpairs.splits import load_splits
 
     cfg = TrainConfig(data=args.data or [], seed=args.seed, max_train_pairs=args.max_train_pairs)
     splits = load_splits(cfg, out)
