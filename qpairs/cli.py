@@ -25,7 +25,8 @@ TRAIN_HELP = {
     "weight_decay": "AdamW weight decay",
     "warmup": "fraction of the steps with a linearly rising learning rate (then linear decay)",
     "grad_clip": "gradient norm clip (0: none)",
-    "distance": "distance between the two embeddings that the loss and the calibration use",
+    "distance": "distance between the two embeddings that the loss and the calibration use (default: cosine for "
+                "--loss online_contrastive, as sentence-transformers' OnlineContrastiveLoss; euclidean otherwise)",
     "max_length": "tokens kept per question",
     "seed": "seed of the split, the data order, the initial weights and dropout",
     "embedding_dim": "LSTM word vector size (GloVe: 50)",
@@ -287,7 +288,7 @@ def cmd_search(args) -> int:
 
     index = QuestionIndex.load(args.index)
     det = load_detector(args.model, index, args.device, args.backend)
-    hits = index.search(det, args.question, args.k)
+    hits = index.search(det, args.question, args.k, args.rerank)
     print(json.dumps([h.to_dict() for h in hits], indent=2) if args.json else format_hits(hits))
     return 0
 
@@ -344,12 +345,19 @@ def _add_search_commands(sub) -> None:
                        "minus the model's distance, so it orders as prob does. In a base-space index (the default "
                        "model's) the score is the base encoder's cosine plus a weighted character n-gram cosine, "
                        "which finds duplicates in a large bank better than prob; prob comes from the model's head "
-                       "and can be lower for a higher-ranked hit. " + LIMITS)
+                       "and can be lower for a higher-ranked hit. A run whose pair head reads token states (--pair-head "
+                       "matching) takes the index's best --rerank candidates by that ranking, re-scores each pair with "
+                       "its head and ranks by that probability: score is prob. " + LIMITS)
     p.add_argument("index", help="index directory written by qpairs index")
     p.add_argument("question", help="the new question (quote it)")
     p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
     p.add_argument("--model", help="model directory or bundled model name that built the index (default: the bundled "
                    "default model)")
+    p.add_argument("--rerank", type=int, metavar="K",
+                   help="a run with --pair-head matching: how many of the index's best candidates its head re-scores "
+                        "before the k most probable are shown (default: k; more finds duplicates that the pooled "
+                        "vectors rank lower, at the cost of encoding each candidate's text); refused for other runs, "
+                        "whose probabilities come from the index's vectors")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     _add_backend_arg(p)

@@ -1,6 +1,6 @@
 """Loading, validating, deduplicating and splitting question-pair files.
 
-Files are read through 🤗 `datasets` (CSV or TSV, gzipped or not). Every recognised
+Files are read through `qpairs.tableio` (CSV, TSV or Parquet). Every recognised
 schema is mapped onto one frame with the columns::
 
     pair_id, question1, question2, is_duplicate (0/1, or -1 when unlabelled), source
@@ -29,7 +29,7 @@ log = logging.getLogger("qpairs")
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 from .config import NATURAL_DUPLICATE_RATE
 from .errors import DataError  # noqa: F401  (re-exported)
-from .tableio import check_field_counts, check_unique_columns, row_where  # noqa: F401  (re-exported)
+from .tableio import check_field_counts, check_unique_columns, read_frame, row_where, table_format  # noqa: F401
 from .text import bad_mask
 
 # Column names accepted for each role, first match wins.
@@ -78,47 +78,13 @@ def find_column(columns, candidates, role: str, path, required: bool = True):
     return None
 
 
-def _is_tsv(path: str) -> bool:
-    name = str(path).lower().removesuffix(".gz").removesuffix(".bz2").removesuffix(".xz")
-    return name.endswith((".tsv", ".txt"))
-
-
 def read_table(path) -> pd.DataFrame:
-    """Read one CSV/TSV (optionally compressed) through 🤗 datasets, or a Parquet file, every cell as text."""
-    import datasets
-
-    path = str(path)
-    if not os.path.exists(path):
-        raise DataError(f"{path}: file not found")
-    if path.lower().endswith((".parquet", ".pq")):
-        return _read_parquet_as_text(path)
-    datasets.disable_progress_bars()
-    datasets.logging.set_verbosity_error()
-    kwargs = dict(keep_default_na=False)
-    if _is_tsv(path):
-        kwargs.update(sep="\t", quoting=3)  # csv.QUOTE_NONE: quotes are text in QQP's TSV
-    if not path.lower().endswith((".bz2", ".xz")):
-        check_field_counts(path)  # pandas would shift the columns of such a row silently
-    try:
-        check_unique_columns(pd.read_csv(path, nrows=1, header=None, dtype=str, **kwargs).iloc[0], path)
-        header = pd.read_csv(path, nrows=0, **kwargs).columns
-        # every cell as text: labels and ids are validated by us, not guessed by a type inferrer
-        kwargs["features"] = datasets.Features({c: datasets.Value("string") for c in header})
-        ds = datasets.load_dataset("csv", data_files=path, split="train", **kwargs)
-    except DataError:
-        raise
-    except Exception as exc:  # datasets wraps pandas errors; keep the file name visible
-        raise DataError(f"{path}: could not be read as {'TSV' if _is_tsv(path) else 'CSV'}: {exc}") from exc
-    return ds.to_pandas()
-
-
-def _read_parquet_as_text(path: str) -> pd.DataFrame:
-    """A Parquet table with every cell as text (missing cells as '', which validation reports)."""
-    try:
-        frame = pd.read_parquet(path)
-    except Exception as exc:
-        raise DataError(f"{path}: could not be read as Parquet: {exc}") from exc
-    return frame.apply(lambda col: col.map(lambda v: "" if v is None or v != v else str(v)))
+    """One CSV/TSV (gzip, bz2, xz or plain) or Parquet file through `qpairs.tableio`, every cell as text
+    (missing Parquet cells as '', which validation reports)."""
+    frame = read_frame(path)
+    if table_format(path)[0] == "parquet":
+        frame = frame.apply(lambda col: col.map(lambda v: "" if v is None or v != v else str(v)))
+    return frame
 
 
 def _parse_labels(values: pd.Series, path, column: str, on_bad_row: str) -> tuple[np.ndarray, np.ndarray]:

@@ -31,7 +31,9 @@ def duplicate_edges(det, index: QuestionIndex, k: int = 10, threshold: float | N
                     chunk_size: int = 4096, progress: bool | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Edges (i, j, probability) of the k-nearest-neighbour graph whose probability reaches `threshold`.
 
-    Queries run in chunks of stored vectors, so memory is O(n·k), never n×n.
+    Neighbours come from the index's vectors, probabilities from `QuestionIndex.rescore` as in search (for a
+    pair head on token states: that head on both texts). Queries run in chunks of stored vectors, so memory
+    is O(n·k), never n×n.
     """
     index.check_model(det)
     threshold = det.threshold if threshold is None else threshold
@@ -41,10 +43,12 @@ def duplicate_edges(det, index: QuestionIndex, k: int = 10, threshold: float | N
     for start in range(0, n, chunk_size):
         stop = min(n, start + chunk_size)
         vectors = index.index.reconstruct_n(start, stop - start)
-        rows = index.knn(vectors, k + 1)
-        p = det.calibrator.predict_proba(index.rescore(det, index.stored_embeddings(det, np.arange(start, stop)), rows))
         me = np.arange(start, stop)[:, None]
-        keep = (rows >= 0) & (rows != me) & (p >= threshold)
+        rows = index.knn(vectors, k + 1)
+        rows = np.where(rows == me, -1, rows)  # no question is its own duplicate
+        embeddings = index.stored_embeddings(det, np.arange(start, stop))
+        p = det.calibrator.predict_proba(index.rescore(det, embeddings, rows, index.texts[start:stop]))
+        keep = (rows >= 0) & (p >= threshold)
         src.append(np.broadcast_to(me, rows.shape)[keep])
         dst.append(rows[keep])
         prob.append(p[keep])

@@ -162,17 +162,18 @@ class DuplicateDetector:
         p = self.predict_proba(q1, q2)
         return bool(p >= self.threshold) if isinstance(p, float) else p >= self.threshold
 
-    def search(self, index, question, k: int = 10):
+    def search(self, index, question, k: int = 10, rerank: int | None = None):
         """The k most likely duplicates in a `qpairs.search.QuestionIndex` (or its directory), best first.
 
         Returns a list of `Hit(id, text, probability, distance, duplicate, score)` (ranked by `score`: see the
-        index spaces in `qpairs.search`); a list of questions
+        index spaces in `qpairs.search`; `rerank`: see `QuestionIndex.search_many`); a list of questions
         gives one such list per question. The index must have been built with this model.
         """
         from .search import open_index
 
         index = open_index(index)
-        return index.search(self, question, k) if isinstance(question, str) else index.search_many(self, question, k)
+        search = index.search if isinstance(question, str) else index.search_many
+        return search(self, question, k, rerank)
 
     def __repr__(self) -> str:
         enc = self.config.get("encoder", {}).get("type", "?")

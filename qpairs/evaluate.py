@@ -11,6 +11,15 @@ from .metrics import classification_metrics, format_table
 from .plots import save_report_plots
 
 
+def calibrated_metrics(calibrator, distances, labels, test_prior: float | None = None) -> tuple[dict, np.ndarray]:
+    """(metrics, probabilities) of pair `distances` under `calibrator`, at its threshold (and `test_prior`).
+
+    The one computation behind each epoch's validation row (history.json) and every evaluation
+    (metrics.json, `qpairs evaluate`)."""
+    probs = calibrator.at_prior(calibrator.predict_proba(distances), test_prior)
+    return classification_metrics(labels, probs, calibrator.threshold), probs
+
+
 def evaluate_frame(det, frame: pd.DataFrame, report_dir=None, history=None,
                    test_prior: float | None = None) -> tuple[dict, np.ndarray]:
     """Metrics of `det` on a frame with question1/question2/is_duplicate; optional report directory.
@@ -22,9 +31,8 @@ def evaluate_frame(det, frame: pd.DataFrame, report_dir=None, history=None,
     if len(labelled) == 0:
         raise ValueError("no labelled pairs to evaluate")
     d = det.distances(list(labelled["question1"]), list(labelled["question2"]))
-    probs = det.calibrator.at_prior(det.calibrator.predict_proba(d), test_prior)
     y = labelled["is_duplicate"].to_numpy()
-    metrics = classification_metrics(y, probs, det.threshold)
+    metrics, probs = calibrated_metrics(det.calibrator, d, y, test_prior)
     metrics["threshold"] = det.threshold
     metrics["test_prior"] = test_prior
     point = det.calibrator.operating_point

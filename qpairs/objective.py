@@ -11,11 +11,13 @@
   −logit, so calibration and evaluation work unchanged. ``--pair-head matching`` compares the
   frozen base's token states of the two questions (`qpairs.matching`) and trains the same way.
 
-Every batch is a `Batch` with a ``left`` and a ``right`` list of texts, so the trainer embeds
-it the way it embeds pairs (for triplets: anchors left, positives + negatives right).
+Every batch is a `Batch` with a ``left`` and a ``right`` list of texts, embedded the way pairs
+are (for triplets: anchors left, positives + negatives right). One training step's loss is
+``Objective.step_loss(model, batch)``: embed both sides (`embed_pairs`), then `Objective.loss`.
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,8 +25,10 @@ import torch
 
 from . import distributed
 from .config import LOSSES, PAIR_LOSSES, TRIPLET_LOSSES  # noqa: F401  (re-exported)
+from .encoding import forward_texts
 from .losses import (ContrastiveLoss, MultipleNegativesRankingLoss, OnlineContrastiveLoss, PairClassifier,
                      TripletLoss, bce_on_logits)
+from .matching import bound_head, cached_tokens
 from .triplets import MINING, DuplicateGraph, TripletSampler, mine_negatives
 
 DEFAULT_MARGIN = {"contrastive": 1.0, "online_contrastive": 0.5, "triplet": 0.5}
@@ -95,10 +99,30 @@ class Batch:
         return len(self.left)
 
 
-class Objective:
-    """The loss of `cfg` with the batch builder it needs (pairs or triplets from `train_df`)."""
+def autocast(device):
+    """bfloat16 autocast on CUDA, nothing elsewhere."""
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
-    def __init__(self, cfg, train_df, weights=None):
+
+def embed_pairs(model, q1, q2, device, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Embed both sides (`SiameseModel.embed_pairs`: a Siamese model runs one forward pass over both halves).
+
+    With `cache` (an `EmbeddingCache` of a frozen base) only the heads run, on cached base outputs.
+    """
+    if cache is not None:
+        return model.embed_pairs(q1, q2, lambda texts, side: model.side(side).head(cache.lookup(texts).to(device)))
+    return model.embed_pairs(q1, q2, lambda texts, side: forward_texts(model.side(side), texts, device))
+
+
+class Objective:
+    """The loss of `cfg` with the batch builder it needs (pairs or triplets from `train_df`).
+
+    `device` and `cache` (the frozen base's `EmbeddingCache`, if any) are where batches are embedded.
+    """
+
+    def __init__(self, cfg, train_df, weights=None, device=None, cache=None):
+        self.device = torch.device("cpu") if device is None else device
+        self.cache = cache
         self.loss_fn = loss_from_config(cfg)
         self.kind = "pairs" if cfg.loss in PAIR_LOSSES else "triplets"
         self.frame, self.weights = train_df, weights
@@ -133,6 +157,20 @@ class Objective:
             return
         for a, p, n, groups in self.sampler.batches(batch_size, seed, distributed.shard if shard else None):
             yield Batch(a, p + n, groups=groups)
+
+    def embed(self, model, left: list[str], right: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Float32 embeddings of both sides (under autocast on CUDA)."""
+        with autocast(self.device):
+            e1, e2 = embed_pairs(model, left, right, self.device, self.cache)
+        return e1.float(), e2.float()
+
+    def step_loss(self, model, batch: Batch) -> torch.Tensor:
+        """The loss of one training batch: embed it, then `loss` (a matching head also reads token states).
+
+        Under torchrun the trainer calls it through the DDP wrapper, ``net(objective.step_loss, batch)``."""
+        e1, e2 = self.embed(model, batch.left, batch.right)
+        head = bound_head(model, cached_tokens(model, self.cache, batch.left, batch.right))
+        return self.loss(batch, e1, e2, head)
 
     def loss(self, batch: Batch, e1: torch.Tensor, e2: torch.Tensor, pair_head=None) -> torch.Tensor:
         """Loss of a batch from its embeddings (left `e1`, right `e2`), plus the head's BCE if any."""

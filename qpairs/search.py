@@ -21,6 +21,11 @@ What the vectors are, and how hits are ranked, is the index's *space*:
   the model's head applied to the stored vector. The head was trained to classify pairs and ranks
   a large bank worse than its pretrained base does (docs/results.md, "Search quality").
 
+A model whose pair head reads token states (``--pair-head matching``) keeps the pooled index for
+candidates only: the best ``rerank`` of them by the space's ranking are re-scored with the
+matching head on both questions' token states (`QuestionIndex.rescore`, the same numbers as
+`DuplicateDetector.predict_proba`) and ranked by that probability.
+
 Longer than 350 lines because the index's build, exact and approximate search, and re-scoring share its
 storage layout.
 """
@@ -39,6 +44,7 @@ from tqdm.auto import tqdm
 
 from .data import read_questions  # noqa: F401  (re-exported)
 from .checkpoint import model_fingerprint  # noqa: F401  (the index's model identity)
+from .matching import needs_tokens
 from .ngram import lexical_similarity
 
 log = logging.getLogger("qpairs")
@@ -98,7 +104,8 @@ class Hit:
     probability: float
     distance: float
     duplicate: bool
-    score: float = float("nan")  # what ranked it, higher first: −distance, or base cosine + lexical (base space)
+    score: float = float("nan")  # what ranked it, higher first: −distance, base cosine + lexical (base space), or the
+    # probability (a pair head on token states)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -400,9 +407,19 @@ class QuestionIndex:
             stored = stored * self.norms[rows][:, None]
         return self.model_embeddings(det, stored)
 
-    def rescore(self, det, embeddings: np.ndarray, rows: np.ndarray) -> np.ndarray:
-        """The model's own distance from each query's model embedding to its candidate rows (inf where row is −1)."""
+    def rescore(self, det, embeddings: np.ndarray, rows: np.ndarray, questions: list[str] | None = None) -> np.ndarray:
+        """The model's own distance from each query to its candidate rows (inf where row is −1): from the query's
+        model embedding, or, for a model whose pair head reads token states, −logit of that head on the texts of
+        `questions` and of the rows (`DuplicateDetector.distances`)."""
         valid = rows >= 0
+        if needs_tokens(det.model):
+            if questions is None:
+                raise ValueError("this model's pair head compares token states: rescore needs the query texts")
+            d = np.full(rows.shape, np.inf, dtype=np.float32)
+            if valid.any():
+                queries = np.nonzero(valid)[0]
+                d[valid] = det.distances([questions[i] for i in queries], [self.texts[r] for r in rows[valid]])
+            return d
         stored = np.zeros(rows.shape + (det.model.dim,), dtype=np.float32)
         if valid.any():
             stored[valid] = self.stored_embeddings(det, rows[valid])
@@ -425,19 +442,40 @@ class QuestionIndex:
             scores[i, valid[i]] = cosine + weight * lexical
         return scores
 
-    def search_many(self, det, questions, k: int = 10) -> list[list[Hit]]:
-        """For each question, the k nearest stored questions, best (most likely duplicate) first."""
+    def shortlist(self, questions: list[str], vectors: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
+        """Each query's n best candidate rows by this space's own ranking (base: cosine + lexical; model: the
+        index's order), −1 where fewer exist."""
+        if self.space == "base":
+            scores = self.ranking_scores(questions, vectors, rows, None)
+            rows = np.take_along_axis(rows, np.argsort(-scores, axis=1, kind="stable"), axis=1)
+        return rows[:, :n]
+
+    def search_many(self, det, questions, k: int = 10, rerank: int | None = None) -> list[list[Hit]]:
+        """For each question, the k nearest stored questions, best (most likely duplicate) first.
+
+        `rerank` (a model whose pair head reads token states only; default k): how many candidates, by the
+        space's ranking, its head re-scores; the hits are the k most probable of them (at least k are re-scored).
+        """
         self.check_model(det)
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
+        tokens = needs_tokens(det.model)
+        if rerank is not None and (not tokens or rerank < 1):
+            raise ValueError(f"rerank must be at least 1, got {rerank}" if tokens else
+                             "rerank (search --rerank) needs a run whose pair head reads token states (--pair-head "
+                             "matching); this model's probabilities come from the index's vectors themselves")
         questions = [questions] if isinstance(questions, str) else list(questions)
         if not questions or len(self) == 0:
             return [[] for _ in questions]
         vectors = self.query_vectors(det, questions)
-        rows = self.knn(vectors, k + (RERANK_EXTRA if self.space == "base" else 0), few_fast=True)
-        dist = self.rescore(det, self.model_embeddings(det, vectors), rows)
+        fetch = max(k, rerank or k) if tokens else k
+        rows = self.knn(vectors, fetch + (RERANK_EXTRA if self.space == "base" else 0), few_fast=True)
+        if tokens:
+            rows = self.shortlist(questions, vectors, rows, fetch)
+        dist = self.rescore(det, None if tokens else self.model_embeddings(det, vectors), rows, questions)
         probs = det.calibrator.predict_proba(dist)
-        scores = self.ranking_scores(questions, vectors, rows, dist)
+        # a pair head on token states ranks by the probability shown
+        scores = np.where(rows >= 0, probs, -np.inf) if tokens else self.ranking_scores(questions, vectors, rows, dist)
         out = []
         for r, d, p, s in zip(rows, dist, probs, scores):
             order = [i for i in np.argsort(-s, kind="stable") if r[i] >= 0][:k]
@@ -445,11 +483,11 @@ class QuestionIndex:
                             float(s[i])) for i in order])
         return out
 
-    def search(self, det, question: str, k: int = 10) -> list[Hit]:
+    def search(self, det, question: str, k: int = 10, rerank: int | None = None) -> list[Hit]:
         """The k nearest stored questions to `question`, best first, with calibrated probabilities."""
         if not isinstance(question, str):
             raise TypeError(f"question must be a string, not {type(question).__name__}; use search_many for lists")
-        return self.search_many(det, [question], k)[0]
+        return self.search_many(det, [question], k, rerank)[0]
 
 
 def _check_new_ids(ids: list[str], existing: set) -> None:

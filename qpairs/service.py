@@ -253,6 +253,17 @@ def _error_summary(errors) -> str:
 
 # ---------------------------------------------------------------- the app
 
+def search_each(det, index, queries: list[tuple[str, int]]) -> list:
+    """Hits of each (question, k), as `index.search` gives them alone: one `search_many` per distinct k, since
+    what a search re-scores can depend on k (a matching pair head's re-ranking, the base space's lexical one)."""
+    out: list = [None] * len(queries)
+    for k in dict.fromkeys(k for _, k in queries):
+        at = [i for i, (_, ki) in enumerate(queries) if ki == k]
+        for i, hits in zip(at, index.search_many(det, [queries[i][0] for i in at], k)):
+            out[i] = hits
+    return out
+
+
 def create_app(det, index=None, max_wait_ms: float = 2.0, max_batch: int = 512,
                max_body_bytes: int = MAX_BODY_BYTES, read_timeout_s: float = READ_TIMEOUT_S) -> FastAPI:
     """The FastAPI app serving `det` (a `DuplicateDetector`) and, optionally, a `QuestionIndex`; a request
@@ -267,8 +278,7 @@ def create_app(det, index=None, max_wait_ms: float = 2.0, max_batch: int = 512,
         return [float(p) for p in det.predict_proba([a for a, _ in pairs], [b for _, b in pairs])]
 
     def search_batch(queries: list[tuple[str, int]]) -> list:
-        hits = index.search_many(det, [q for q, _ in queries], max(k for _, k in queries))
-        return [h[:k] for h, (_, k) in zip(hits, queries)]
+        return search_each(det, index, queries)
 
     predictor = MicroBatcher(predict_batch, executor, max_wait_ms, max_batch)
     searcher = MicroBatcher(search_batch, executor, max_wait_ms, max_batch)

@@ -2,7 +2,8 @@
 
 The format comes from the file name: ``.parquet``/``.pq`` → Parquet; ``.tsv``/``.txt`` → TSV
 (no quoting, like QQP's ``quora_duplicate_questions.tsv``); anything else → CSV; a trailing
-``.gz`` → gzip. CSV/TSV cells are read as text exactly as written (no type or NA guessing).
+``.gz`` → gzip (readers also take ``.bz2`` and ``.xz``). CSV/TSV cells are read as text exactly as
+written (no type or NA guessing).
 
 Readers yield `Chunk`s: the rows as text, the physical line each row starts on and any row
 whose field count differs from the header's (an unquoted separator shifts columns: never guessed).
@@ -16,10 +17,12 @@ state.
 """
 from __future__ import annotations
 
+import bz2
 import contextlib
 import csv
 import gzip
 import io
+import lzma
 import os
 import shutil
 import tempfile
@@ -37,12 +40,21 @@ def table_format(path) -> tuple[str, bool]:
     """('csv' | 'tsv' | 'parquet', gzipped?) from the file name."""
     name = str(path).lower()
     gz = name.endswith(".gz")
-    name = name.removesuffix(".gz")
+    name = name.removesuffix(".gz").removesuffix(".bz2").removesuffix(".xz")
     if name.endswith((".parquet", ".pq")):
         if gz:
             raise ValueError(f"{path}: gzipped Parquet is not supported (Parquet compresses itself)")
         return "parquet", False
     return ("tsv" if name.endswith((".tsv", ".txt")) else "csv"), gz
+
+
+def _decompressed(raw, path):
+    """The bytes of `raw` (a binary file) decompressed as `path`'s suffix says: gzip, bz2, xz or none."""
+    name = str(path).lower()
+    for suffix, kind in ((".gz", gzip.GzipFile), (".bz2", bz2.BZ2File), (".xz", lzma.LZMAFile)):
+        if name.endswith(suffix):
+            return kind(raw, mode="rb") if kind is not gzip.GzipFile else kind(fileobj=raw, mode="rb")
+    return raw
 
 
 def _csv_kwargs(fmt: str) -> dict:
@@ -157,7 +169,7 @@ class _CSVReader:
             self.raw = open(path, "rb")
         except OSError as exc:
             raise DataError(f"{path}: cannot be read: {exc.strerror or exc}") from None
-        binary = gzip.GzipFile(fileobj=self.raw, mode="rb") if table_format(path)[1] else self.raw
+        binary = _decompressed(self.raw, path)
         self.file = io.TextIOWrapper(binary, encoding="utf-8", newline="")
         self.records = csv.reader(self.file, **self.dialect)
         self.header: list[str] = []
@@ -170,9 +182,6 @@ class _CSVReader:
         first[0] = first[0].removeprefix("\ufeff")
         self.header = [name or f"Unnamed: {i}" for i, name in enumerate(first)]
 
-    def _open(self, mode: str, **kwargs):
-        return (gzip.open if table_format(self.path)[1] else open)(self.path, mode, **kwargs)
-
     @contextlib.contextmanager
     def _errors(self):
         """Turn decoding, parsing and gzip errors into `DataError`s that name the place."""
@@ -183,23 +192,25 @@ class _CSVReader:
         except csv.Error as exc:
             raise DataError(f"{self.path}: line {self.records.line_num}: could not be read as {self.fmt.upper()}: "
                             f"{exc}") from None
-        except (OSError, EOFError) as exc:  # a corrupt or truncated gzip stream
+        except (OSError, EOFError, lzma.LZMAError) as exc:  # a corrupt or truncated compressed stream
             raise DataError(f"{self.path}: could not be read after line {self.line}: {exc}") from None
 
     def _bad_bytes(self) -> DataError:
         """The error for the first line that is not UTF-8: line, byte offset and column."""
-        offset = 0
-        with self._open("rb") as fh:
+        offset, header = 0, self.header
+        with open(self.path, "rb") as raw, _decompressed(raw, self.path) as fh:
             for n, raw in enumerate(fh, 1):
                 try:
-                    raw.decode("utf-8")
+                    text = raw.decode("utf-8")
                 except UnicodeDecodeError as exc:
                     where = f"line {n} (byte {offset + exc.start})"
-                    if self.header:
+                    if header:
                         before = raw[: exc.start].decode("utf-8", errors="replace")
                         fields = next(csv.reader([before], **self.dialect), [""])
-                        where += f", column '{self.header[max(0, min(len(fields), len(self.header)) - 1)]}'"
+                        where += f", column '{header[max(0, min(len(fields), len(header)) - 1)]}'"
                     return DataError(f"{self.path}: {where}: not valid UTF-8 ({exc.reason}); save the file as UTF-8")
+                if n == 1 and not header:  # the error came while decoding ahead of the header line
+                    header = next(csv.reader([text.removeprefix("\ufeff").rstrip("\r\n")], **self.dialect), [])
                 offset += len(raw)
         return DataError(f"{self.path}: not valid UTF-8")
 
@@ -235,7 +246,7 @@ class _CSVReader:
 def line_of_row(path, row: int) -> int | None:
     """Physical line on which data row `row` (from 0) of a CSV/TSV starts; None when not known."""
     fmt, _ = table_format(path)
-    if fmt == "parquet" or str(path).lower().endswith((".bz2", ".xz")) or not os.path.exists(path):
+    if fmt == "parquet" or not os.path.exists(path):
         return None
     try:
         reader = _CSVReader(path, fmt)
@@ -284,6 +295,19 @@ def iter_table(path, chunk_size: int) -> Iterator[Chunk]:
         yield from reader.chunks(chunk_size)
     finally:
         reader.close()
+
+
+def read_frame(path, chunk_size: int = 65536) -> pd.DataFrame:
+    """A whole table (CSV/TSV cells as text), refusing a row whose field count differs from the header's."""
+    chunks = []
+    for chunk in iter_table(path, chunk_size):
+        if not chunks:
+            check_unique_columns(chunk.frame.columns, path)
+        chunk.check_fields(path)
+        chunks.append(chunk.frame)
+    if not chunks:
+        return pd.DataFrame(columns=read_columns(path), dtype=object)
+    return pd.concat(chunks) if len(chunks) > 1 else chunks[0]
 
 
 class CSVWriter:

@@ -30,6 +30,7 @@ import pandas as pd
 from .data import DataError, default_data_dir, question_components, row_where
 from .sides import (DEFAULT_BODY_MAX_WORDS, DEFAULT_HEAD_FRACTION, DEFAULT_TRUNCATION, ELLIPSIS,  # noqa: F401
                     TRUNCATION_POLICIES, clean_body, html_to_text, looks_like_html, resolve_col, truncate_words)
+from .tableio import read_columns, read_frame
 from .text import bad_mask
 
 log = logging.getLogger("qpairs")
@@ -51,21 +52,12 @@ def default_title_body_file(data_dir=None) -> Path:
     return path
 
 
-def _header(path) -> list[str]:
-    try:
-        return list(pd.read_csv(path, nrows=0).columns)
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: file not found") from exc
-    except Exception as exc:
-        raise DataError(f"{path}: could not be read as CSV: {exc}") from exc
-
-
 def is_title_body_file(path) -> bool:
     """A post file: has a ``title`` and a ``content``/``body`` column and no pair label."""
     if str(path).lower().removesuffix(".gz").endswith((".tsv", ".txt")):
         return False
     try:
-        cols = _header(path)
+        cols = read_columns(path)
     except DataError:
         return False
     return "title" in cols and any(c in cols for c in BODY_COLUMNS) and "is_duplicate" not in cols
@@ -89,11 +81,11 @@ def load_posts(path, sites=None, max_words: int | None = DEFAULT_BODY_MAX_WORDS,
     """
     from tqdm.auto import tqdm
 
-    cols = _header(path)
+    cols = read_columns(path)
     body_col = next((c for c in BODY_COLUMNS if c in cols), None)
     if "title" not in cols or body_col is None:
         raise DataError(f"{path}: a title/body file needs a 'title' and a 'content' (or 'body') column; found {cols}")
-    raw = pd.read_csv(path, keep_default_na=False, dtype=str)
+    raw = read_frame(path)  # every cell as text; a shifted row or a non-UTF-8 byte is named
     n = len(raw)
     frame = pd.DataFrame({
         "site": raw["site"] if "site" in cols else Path(path).name.split(".")[0],

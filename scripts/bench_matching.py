@@ -23,6 +23,8 @@ from qpairs import train as qtrain
 from qpairs.calibration import Calibrator
 from qpairs.checkpoint import load_model, read_json
 from qpairs.config import TrainConfig
+from qpairs.objective import Objective
+from qpairs.splits import load_splits
 from qpairs.tokencache import open_cache
 from qpairs.metrics import classification_metrics, format_table
 
@@ -32,7 +34,8 @@ def test_distances(run: Path, cache_dir: Path, frame) -> np.ndarray:
     model, _ = load_model(run, "cpu")
     cache = open_cache(model.encoder, cache_dir)
     cache.fill(model.encoder, list(frame["question1"]) + list(frame["question2"]))  # training filled train + validation
-    _, _, d = qtrain.validate_and_calibrate(model, lambda *a: torch.zeros(()), frame, torch.device("cpu"), 256, "platt", cache)
+    objective = Objective(TrainConfig().resolved(), frame, device=torch.device("cpu"), cache=cache)
+    _, _, d = qtrain.validate_and_calibrate(model, objective, frame, 256, "platt")
     return d
 
 
@@ -53,7 +56,7 @@ def main() -> None:
                        pair_head="classifier", distance="cosine", margin=0.5, lr=1e-3, batch_size=256,
                        epochs=args.epochs, max_length=args.max_length, balance="subsample",
                        max_train_pairs=args.train_pairs, embedding_cache=str(cache_dir), device="cpu", progress=True)
-    splits = qtrain.load_splits(base.resolved(), out)
+    splits = load_splits(base.resolved(), out)
     for split in ("validation", "test"):
         if args.eval_pairs and len(splits[split]) > args.eval_pairs:
             splits[split] = splits[split].sample(n=args.eval_pairs, random_state=0).reset_index(drop=True)

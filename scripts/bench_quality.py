@@ -80,12 +80,17 @@ def parse_args(argv=None):
     p.add_argument("--methods", nargs="+", help=f"subset of: {', '.join(TRANSFORMER_RUNS)}, lstm, st, zero_shot")
     p.add_argument("--base-model", help="transformer base directory (default: the packaged all-MiniLM-L6-v2)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--bf16", action="store_true", help="train the sentence-transformers recipe with bf16 autocast "
+                   "on the CPU too (on CUDA it always is)")
+    p.add_argument("--resume", action="store_true", help="keep OUT and resume the sentence-transformers recipe "
+                   "from its last checkpoint (saved every --save-steps steps)")
+    p.add_argument("--save-steps", type=int, default=200, help="checkpoint interval of the sentence-transformers recipe")
     return p.parse_args(argv)
 
 
 def load_split(args, out: Path) -> dict:
     """The shared split (same code path as `qpairs train`), with evaluation sets optionally subsampled."""
-    from qpairs.train import load_splits
+    from qpairs.splits import load_splits
 
     cfg = TrainConfig(data=args.data or [], seed=args.seed, max_train_pairs=args.max_train_pairs)
     splits = load_splits(cfg, out)
@@ -156,12 +161,15 @@ def run_sentence_transformers(args, base: str, splits: dict, out: Path, train_mo
         warm = {"warmup_steps": 0.1} if int(transformers.__version__.split(".")[0]) >= 5 else {"warmup_ratio": 0.1}
         targs = SentenceTransformerTrainingArguments(
             output_dir=str(out / "st_trainer"), num_train_epochs=1, per_device_train_batch_size=64,
-            learning_rate=2e-5, **warm, seed=args.seed, report_to="none", save_strategy="no",
-            logging_steps=50, use_cpu=device == "cpu", bf16=device.startswith("cuda"), disable_tqdm=True)
+            learning_rate=2e-5, **warm, seed=args.seed, report_to="none", save_strategy="steps",
+            save_steps=args.save_steps, save_total_limit=1, logging_steps=50, use_cpu=device == "cpu",
+            bf16=device.startswith("cuda") or args.bf16, disable_tqdm=True)
         trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds,
                                              loss=losses.OnlineContrastiveLoss(model))
         t0 = time.perf_counter()
-        trainer.train()
+        saved = out / "st_trainer"
+        last = transformers.trainer_utils.get_last_checkpoint(str(saved)) if args.resume and saved.exists() else None
+        trainer.train(resume_from_checkpoint=last)
         seconds = time.perf_counter() - t0
     model.eval()
     val, test = splits["validation"], splits["test"]
@@ -202,9 +210,9 @@ def main(argv=None) -> int:
 
     device = str(resolve_device(args.device))
     out = Path(args.out)
-    if out.exists():
+    if out.exists() and not args.resume:
         shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     base = args.base_model or default_base_model()
     methods = args.methods or [*TRANSFORMER_RUNS, "lstm", "st", "zero_shot"]
     splits = load_split(args, out)

@@ -11,9 +11,11 @@ and F1 (`pair_metrics`), with the number of groups and the size of the largest.
 QQP labels only some pairs: two questions grouped together without a labelled path between
 them count as a false positive even when they are duplicates, so precision is a lower bound.
 The default model may have trained on these pairs: the numbers compare linkages, they do not
-measure the model.
+measure the model. `--model` takes any run directory: neighbours come from its pooled vectors, edge
+probabilities from `QuestionIndex.rescore` (a matching pair head's, for a run that has one).
 
     python scripts/eval_dedup.py --thresholds 0.476 0.6 0.7 0.8 0.9 --show 4
+    python scripts/eval_dedup.py --model runs/matching --groups 200 --distractors 800
 """
 from __future__ import annotations
 
@@ -59,7 +61,8 @@ def show_groups(labels: np.ndarray, texts: list[str], count: int, seed: int) -> 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="model directory (default: the bundled default model)")
+    p.add_argument("--model", help="run directory or bundled model name (default: the bundled default model); a "
+                   "run with --pair-head matching links the pooled neighbours with its head's probabilities")
     p.add_argument("--backend", default="auto")
     p.add_argument("--data", help="shared data folder (default: qpairs.data.default_data_dir())")
     p.add_argument("--groups", type=int, default=800, help="true groups to include whole")

@@ -5,23 +5,19 @@ all-MiniLM-L6-v2, mean-pooled). Files are read as the data folder's `ood/` notes
 no quoting; STS-B has no header (score in field 5, sentences in 6 and 7), MRPC a header and a BOM.
 
     python scripts/eval_ood.py --stsb DATA/ood/stsb_dev.tsv.gz --mrpc DATA/ood/msrp_train.tsv.gz
+    python scripts/eval_ood.py --model RUN --stsb DATA/ood/stsb_dev.tsv.gz --pairs runs/aux/heldout_*.csv
 """
 from __future__ import annotations
 
 import argparse
-import gzip
 
 import numpy as np
+import pandas as pd
 from scipy.stats import spearmanr
 from sklearn.metrics import roc_auc_score
 
 import qpairs
-
-
-def read_tsv(path, header: bool) -> list[list[str]]:
-    with gzip.open(path, "rt", encoding="utf-8-sig") as f:
-        lines = f.read().splitlines()
-    return [line.split("\t") for line in lines[1 if header else 0:] if line]
+from make_aux_pairs import read_tsv
 
 
 def base_cosine(det, a, b) -> np.ndarray:
@@ -36,6 +32,8 @@ def main() -> None:
     ap.add_argument("--model", help="model directory (default: the bundled default model)")
     ap.add_argument("--stsb", help="STS-B TSV (.gz)")
     ap.add_argument("--mrpc", help="MRPC TSV (.gz)")
+    ap.add_argument("--pairs", nargs="+", default=[], help="held-out pair files of scripts/make_aux_pairs.py "
+                    "(question1, question2, is_duplicate, score): ROC-AUC and Spearman against score")
     ap.add_argument("--backend", default="auto")
     args = ap.parse_args()
     det = qpairs.load(args.model, backend=args.backend)
@@ -51,6 +49,13 @@ def main() -> None:
         print(f"MRPC {args.mrpc} ({len(y)} pairs, {y.mean():.1%} paraphrases): ROC-AUC, model {roc_auc_score(y, p):.3f}"
               f", zero-shot base cosine {roc_auc_score(y, base_cosine(det, a, b)):.3f}; model accuracy at its "
               f"threshold {((p >= det.threshold) == y).mean():.3f}, mean probability {p.mean():.3f}")
+    for path in args.pairs:
+        f = pd.read_csv(path, keep_default_na=False)
+        a, b, y = list(f["question1"]), list(f["question2"]), f["is_duplicate"].to_numpy()
+        p, cos = det.predict_proba(a, b), base_cosine(det, a, b)
+        print(f"{path} ({len(y)} pairs, {y.mean():.1%} duplicates): ROC-AUC model {roc_auc_score(y, p):.3f}, zero-shot "
+              f"{roc_auc_score(y, cos):.3f}; Spearman to score model {spearmanr(p, f['score'])[0]:.3f}, zero-shot "
+              f"{spearmanr(cos, f['score'])[0]:.3f}; model accuracy at its threshold {((p >= det.threshold) == y).mean():.3f}")
 
 
 if __name__ == "__main__":

@@ -83,7 +83,7 @@ def teacher_probability(det, vectors: np.ndarray, pairs: np.ndarray, batch: int 
 
 def mine_neighbour_pairs(det, texts, vectors, args, train, held_out) -> pd.DataFrame:
     """New pairs: each question and its k nearest, labelled where the teacher is sure."""
-    from qpairs.train import without_pairs
+    from qpairs.splits import without_pairs
 
     pairs = nearest_pairs(vectors, args.k)
     probs = teacher_probability(det, vectors, pairs)

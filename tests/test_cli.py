@@ -83,6 +83,12 @@ def _train_help(capsys) -> str:
     return capsys.readouterr().out
 
 
+def test_train_help_names_the_distance_each_loss_defaults_to(capsys):
+    help_text = " ".join(_train_help(capsys).split())
+    assert "(default: cosine for --loss online_contrastive, as sentence-transformers' OnlineContrastiveLoss; " \
+           "euclidean otherwise)" in help_text
+
+
 def test_train_help_is_grouped_with_choices_and_real_defaults(capsys):
     text = _train_help(capsys)
     for group in ("data:", "model:", "loss:", "optimisation and validation:", "output and run:"):

@@ -29,6 +29,22 @@ def test_loads_quora_tsv_with_quotes(tmp_path):
     assert out["is_duplicate"].tolist() == [1, 0]
 
 
+@pytest.mark.parametrize("suffix, opener", [(".bz2", "bz2"), (".xz", "lzma")])
+def test_bz2_and_xz_files_load_like_plain_ones_and_name_their_lines(tmp_path, suffix, opener):
+    import importlib
+
+    text = make_pairs(30).to_csv(sep="\t", index=False)
+    plain, packed = tmp_path / "pairs.tsv", tmp_path / f"pairs.tsv{suffix}"
+    plain.write_text(text)
+    packed.write_bytes(importlib.import_module(opener).compress(text.encode()))
+    pd.testing.assert_frame_equal(qd.load_pairs(packed).drop(columns="source"), qd.load_pairs(plain).drop(columns="source"))
+    lines = text.split("\n")
+    lines[3] = lines[3].rsplit("\t", 1)[0] + "\tmaybe"  # data row 3
+    packed.write_bytes(importlib.import_module(opener).compress("\n".join(lines).encode()))
+    with pytest.raises(qd.DataError, match=rf"pairs\.tsv\{suffix}: row 3 \(line 4\), column 'is_duplicate'"):
+        qd.load_pairs(packed)
+
+
 def test_kaggle_test_schema_is_unlabelled(tmp_path):
     path = tmp_path / "test.csv"
     pd.DataFrame({"test_id": [0, 1], "question1": ["a b", "c d"], "question2": ["e f", "g h"]}).to_csv(path, index=False)

@@ -36,9 +36,9 @@ def test_student_learns_the_teachers_soft_targets(teacher, tmp_path, monkeypatch
     seen = {}
     real_objective = qt.Objective
 
-    def recording(cfg, train_df, weights):
+    def recording(cfg, train_df, *args):
         seen["train"] = train_df
-        return real_objective(cfg, train_df, weights)
+        return real_objective(cfg, train_df, *args)
 
     monkeypatch.setattr(qt, "Objective", recording)
     student = train(_cfg(tmp_path / "student", data, teacher=str(run), distill_weight=0.25))

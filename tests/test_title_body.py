@@ -106,6 +106,27 @@ def test_bad_post_files_name_file_row_and_column(tmp_path, change, message, row)
     assert "bad.csv" in str(err.value)
 
 
+def _with_line(path, n: int, edit) -> int:
+    """Rewrite physical line `n` of the CSV at `path` (1 = header) with `edit(bytes) -> bytes`; returns `n`."""
+    lines = path.read_bytes().split(b"\n")
+    lines[n - 1] = edit(lines[n - 1])
+    path.write_bytes(b"\n".join(lines))
+    return n
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda line: line + b",extra", r"row \d+ \(line {line}\): field count \(the header has 5 fields, this line has 6\)"),
+    (lambda line: line.replace(b"alpha", b"alph\xe9", 1), r"line {line} \(byte \d+\), column 'site': not valid UTF-8"),
+])
+def test_malformed_post_files_name_file_line_and_column(tmp_path, edit, message):
+    path = tmp_path / "bad.csv"
+    make_posts(20).assign(content="<p>one line</p>").to_csv(path, index=False)
+    line = _with_line(path, 5, edit)
+    with pytest.raises(DataError, match=message.format(line=line)) as err:
+        tb.load_posts(path)
+    assert str(err.value).startswith(str(path))
+
+
 def test_unknown_site_is_an_error(posts_csv):
     with pytest.raises(DataError, match="robotics"):
         tb.load_posts(posts_csv, sites=["robotics"])

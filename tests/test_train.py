@@ -10,8 +10,10 @@ from safetensors.torch import load_file
 import qpairs
 from qpairs import data as qd
 from qpairs.config import TrainConfig
-from qpairs.objective import loss_from_config
-from qpairs.train import build_model, load_splits, seed_everything, train, validate_and_calibrate
+from qpairs.builders import build_model
+from qpairs.objective import Objective
+from qpairs.splits import load_splits
+from qpairs.train import seed_everything, train, validate_and_calibrate
 from conftest import make_pairs
 
 
@@ -43,6 +45,19 @@ def test_load_restores_exactly(tiny_run):
     p2 = qpairs.load(tiny_run, device="cpu").predict_proba(q1, q2)
     np.testing.assert_array_equal(p1, p2)
     assert det.predict(q1[0], q2[0]) == (p1[0] >= det.threshold)
+
+
+def test_last_epoch_validation_is_the_validation_row_of_metrics_json(tmp_path):
+    data = tmp_path / "pairs.csv"
+    make_pairs(300, seed=4).to_csv(data, index=False)
+    run = train(_tiny_cfg(tmp_path, data, epochs=1))  # one epoch: the last one is the saved (best) one
+    last = json.loads((run / "history.json").read_text())[-1]
+    final = json.loads((run / "metrics.json").read_text())["validation"]
+    per_epoch = {k.removeprefix("val_"): v for k, v in last.items() if k.startswith("val_") and k != "val_loss"}
+    extras = {"threshold", "test_prior", "operating_point", "promised_precision", "promised_recall"}
+    assert set(per_epoch) == set(final) - extras and {"accuracy", "f1", "log_loss", "roc_auc"} <= set(per_epoch)
+    for name, value in per_epoch.items():
+        assert final[name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
 
 
 def test_refuses_to_overwrite_a_run(tiny_run):
@@ -85,11 +100,9 @@ def test_resume_matches_uninterrupted_run(tmp_path, monkeypatch):
 
 
 def test_resume_mid_epoch_continues_from_the_saved_step(tmp_path, monkeypatch):
-    import qpairs.train as qt
-
     data = tmp_path / "pairs.csv"
     make_pairs(300, seed=2).to_csv(data, index=False)
-    real_loss, calls = qt.batch_loss, []
+    real_loss, calls = Objective.step_loss, []
 
     def counting(*args, crash_at=None, **kwargs):
         calls.append(1)
@@ -97,12 +110,12 @@ def test_resume_mid_epoch_continues_from_the_saved_step(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_loss(*args, **kwargs)
 
-    monkeypatch.setattr(qt, "batch_loss", lambda *a, **k: counting(*a, **k))
+    monkeypatch.setattr(Objective, "step_loss", lambda *a, **k: counting(*a, **k))
     full = train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "full"), epochs=2, patience=5))
     full_steps = len(calls)
     calls.clear()
     # a checkpoint after every step (any time elapsed is due); killed at the 4th step of epoch 1
-    monkeypatch.setattr(qt, "batch_loss", lambda *a, **k: counting(*a, crash_at=4, **k))
+    monkeypatch.setattr(Objective, "step_loss", lambda *a, **k: counting(*a, crash_at=4, **k))
     part = _tiny_cfg(tmp_path, data, out=str(tmp_path / "part"), epochs=2, patience=5, checkpoint_minutes=1e-9)
     with pytest.raises(KeyboardInterrupt):
         train(part)
@@ -111,7 +124,7 @@ def test_resume_mid_epoch_continues_from_the_saved_step(tmp_path, monkeypatch):
     assert not (tmp_path / "part" / "model.safetensors").exists()  # no epoch finished yet
 
     calls.clear()
-    monkeypatch.setattr(qt, "batch_loss", lambda *a, **k: counting(*a, **k))
+    monkeypatch.setattr(Objective, "step_loss", lambda *a, **k: counting(*a, **k))
     train(dataclasses.replace(part, resume=True))
     assert full_steps > 6 and len(calls) == full_steps - 3  # epoch 1 continued after its 3 saved steps
     a = load_file(full / "last" / "model.safetensors")
@@ -149,8 +162,7 @@ def test_validation_loss_drops_on_shared_qqp(tmp_path):
     splits = load_splits(cfg, tmp_path / "again")
     seed_everything(cfg.seed)
     fresh = build_model(cfg, list(splits["train"]["question1"]) + list(splits["train"]["question2"]))
-    before, _, _ = validate_and_calibrate(fresh, loss_from_config(cfg), splits["validation"], torch.device("cpu"), 64,
-                                          "platt")
+    before, _, _ = validate_and_calibrate(fresh, Objective(cfg, splits["train"]), splits["validation"], 64, "platt")
     after = min(h["val_loss"] for h in history)
     assert after < before["loss"] * 0.9
     assert history[-1]["val_roc_auc"] > 0.6
@@ -217,7 +229,8 @@ def test_teacher_labels_give_soft_targets_and_bad_files_are_named(tmp_path):
     """--teacher-labels: a training pair found in the teacher file (in either order) learns
     (1 − w)·label + w·p; the others keep their label; pair_batches yields the targets; a probability
     outside [0, 1] is an error naming the file, row and column."""
-    from qpairs.train import pair_batches, with_teacher_targets
+    from qpairs.objective import pair_batches
+    from qpairs.splits import with_teacher_targets
 
     train = pd.DataFrame({"question1": ["How do I learn Python?", "Is tea good?", "What is 2+2?"],
                           "question2": ["How can I learn Python?", "Is coffee good?", "What is 3+3?"],

@@ -11,7 +11,8 @@ from safetensors.torch import load_file
 import qpairs
 from qpairs.config import TrainConfig
 from qpairs.objective import LOSSES, Objective
-from qpairs.train import batch_loss, build_model, train
+from qpairs.builders import build_model
+from qpairs.train import train
 from conftest import make_pairs
 
 
@@ -50,7 +51,7 @@ def test_every_loss_gives_a_finite_loss_and_gradients(tiny_bert, tmp_path, loss)
     model.pair_head = make_pair_head(cfg, model.dim)
     objective = Objective(cfg, frame)
     batch = next(objective.batches(16, seed=0))
-    value = batch_loss(model, objective, batch, torch.device("cpu"))
+    value = objective.step_loss(model, batch)
     assert torch.isfinite(value) and value.item() > 0
     value.backward()
     assert model.pair_head.net.weight.grad.abs().sum() > 0

@@ -120,7 +120,7 @@ def test_inferred_negatives_are_exactly_what_the_labels_imply():
 
 
 def test_training_adds_inferred_negatives_but_never_a_held_out_pair():
-    from qpairs.train import add_inferred_negatives
+    from qpairs.splits import add_inferred_negatives
 
     train = _frame(ROWS).assign(source="f")
     test = _frame([("D four?", "B two?", 0)])  # an implied pair that is a test pair stays out of training

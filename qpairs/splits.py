@@ -1,0 +1,112 @@
+"""The training data of `qpairs train`: load the pair files, split them, then shape the training split.
+
+Shaping happens in this order: --extra-train pairs (minus held-out and training pairs), inferred
+non-duplicates, teacher targets (knowledge distillation), --balance subsample, --max-train-pairs.
+Validation and test splits are written into the run directory (``splits/``).
+"""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from . import data as qdata
+from . import distributed
+from .checkpoint import write_json
+from .config import TrainConfig
+from .distill import teacher_label_files
+
+log = logging.getLogger("qpairs")
+
+
+def load_splits(cfg: TrainConfig, run_dir: Path) -> dict:
+    """Load the data, split it and save the held-out splits into the run directory."""
+    if cfg.left_col or cfg.right_col:  # title/body posts → pair sets (qpairs.title_body)
+        from .title_body import load_title_body_splits
+
+        return load_title_body_splits(cfg, run_dir, write=distributed.is_main())
+    files = cfg.data or [str(p) for p in qdata.qqp_files()]
+    report = qdata.LoadReport()
+    frame = qdata.load_pairs(files, on_bad_row=cfg.on_bad_row, report=report)
+    frame = frame[frame["is_duplicate"] >= 0]
+    splits, info = qdata.make_splits(frame, seed=cfg.seed, by=cfg.split_by, eval_rate=cfg.eval_rate)
+    train = splits["train"]
+    held_out = [splits["validation"], splits["test"]]
+    if cfg.extra_train:
+        extra = without_pairs(qdata.load_pairs(cfg.extra_train, on_bad_row=cfg.on_bad_row), held_out)
+        extra = without_pairs(extra[extra["is_duplicate"] >= 0], [train])
+        log.info("training split: +%d pairs from %s", len(extra), ", ".join(cfg.extra_train))
+        train = pd.concat([train, extra], ignore_index=True)
+        info["extra_train_pairs"] = len(extra)
+    if cfg.infer_negatives:
+        train = add_inferred_negatives(train, cfg.infer_negatives, held_out, cfg.seed)
+        info["inferred_negatives"] = int((train["source"] == "inferred_negative").sum())
+    teacher_files = teacher_label_files(cfg, run_dir, splits["train"], held_out)  # --teacher-labels or --teacher
+    if teacher_files:
+        train = with_teacher_targets(train, teacher_files, cfg.distill_weight)
+        info["teacher_targets"] = int(train["target"].ne(train["is_duplicate"]).sum())
+    if cfg.balance == "subsample":
+        train = qdata.subsample_to_rate(train, cfg.train_pos_rate, cfg.seed)
+    if cfg.max_train_pairs and len(train) > cfg.max_train_pairs:
+        train = train.sample(n=cfg.max_train_pairs, random_state=cfg.seed).reset_index(drop=True)
+    splits["train"] = train
+    info.update(load=str(report), files=[str(f) for f in files], balance=cfg.balance,
+                train_size=len(train), train_duplicate_rate=float(train["is_duplicate"].mean()))
+    if distributed.is_main():  # every rank loads the same splits; one writes them
+        (run_dir / "splits").mkdir(parents=True, exist_ok=True)
+        for name in ("validation", "test"):
+            splits[name].to_csv(run_dir / "splits" / f"{name}.csv.gz", index=False)
+        write_json(run_dir / "splits" / "info.json", info)
+    log.info("data: %s", report)
+    log.info("splits: %s", info["sizes"])
+    return splits
+
+
+def without_pairs(frame, others):
+    """`frame` minus the pairs (unordered, normalised key) that appear in any frame of `others`."""
+    taken = {qdata.pair_key(a, b) for f in others for a, b in zip(f["question1"], f["question2"])}
+    keep = [qdata.pair_key(a, b) not in taken for a, b in zip(frame["question1"], frame["question2"])]
+    return frame[np.asarray(keep, dtype=bool)].reset_index(drop=True)
+
+
+def teacher_probabilities(paths) -> dict[str, float]:
+    """Pair key → teacher probability, from pair files with question1, question2 and teacher_probability."""
+    out: dict[str, float] = {}
+    for path in paths:
+        frame = qdata.read_table(path)
+        missing = [c for c in ("question1", "question2", "teacher_probability") if c not in frame.columns]
+        if missing:
+            raise qdata.DataError(f"{path}: column(s) {missing} not found; columns are {list(frame.columns)}")
+        p = pd.to_numeric(frame["teacher_probability"], errors="coerce").to_numpy()
+        bad = np.flatnonzero(~((p >= 0) & (p <= 1)))
+        if len(bad):
+            row = int(bad[0])
+            raise qdata.DataError(f"{path}: {qdata.row_where(path, row)}, column 'teacher_probability': "
+                                  f"{frame['teacher_probability'].iloc[row]!r} is not a probability in [0, 1]")
+        out.update((qdata.pair_key(a, b), float(x)) for a, b, x in zip(frame["question1"], frame["question2"], p))
+    return out
+
+
+def with_teacher_targets(train, paths, weight: float):
+    """`train` with a `target` column: (1 − weight)·is_duplicate + weight·teacher probability for the pairs
+    a teacher file has, is_duplicate for the others (knowledge distillation on soft targets)."""
+    teacher = teacher_probabilities(paths)
+    p = np.array([teacher.get(qdata.pair_key(a, b), np.nan) for a, b in zip(train["question1"], train["question2"])])
+    y = train["is_duplicate"].to_numpy(dtype=float)
+    found = ~np.isnan(p)
+    log.info("teacher targets for %d of %d training pairs (weight %.2f)", int(found.sum()), len(train), weight)
+    return train.assign(target=np.where(found, (1 - weight) * y + weight * np.nan_to_num(p), y))
+
+
+def add_inferred_negatives(train, per_negative: int, held_out, seed: int = 0):
+    """`train` plus the non-duplicates that its labels imply (`DuplicateGraph.inferred_negatives`), minus any
+    pair that is a validation or test pair."""
+    from .triplets import DuplicateGraph
+
+    graph = DuplicateGraph.from_pairs(train)
+    extra = without_pairs(graph.pair_frame(graph.inferred_negatives(per_negative, seed), 0, "inferred_negative"),
+                          held_out)
+    log.info("training split: +%d inferred non-duplicates (%d labelled pairs)", len(extra), len(train))
+    return pd.concat([train, extra], ignore_index=True)

@@ -1,0 +1,94 @@
+"""Out-of-domain training pairs from the data folder's `ood/` sets, with a held-out part of each.
+
+Writes, under OUT:
+
+* ``train.csv`` (question1, question2, is_duplicate, source): pairs for `qpairs train --extra-train`
+  (added to the training split only);
+* ``heldout_<set>.csv`` (question1, question2, is_duplicate, score): the pairs kept out of training,
+  for `scripts/eval_ood.py --pairs`.
+
+Labels: MRPC's own paraphrase label; STS-B train ``score >= 4`` (0–5 scale); SICK ``ENTAILMENT`` with
+relatedness ``>= 4`` (1–5 scale). STS-B dev is never written (it stays a held-out measurement).
+MRPC and SICK are split by sentence: a held-out pair shares no sentence with a training pair
+(whole groups of pairs linked by shared sentences go to one side).
+
+    python scripts/make_aux_pairs.py --out runs/aux
+"""
+from __future__ import annotations
+
+import argparse
+import gzip
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from qpairs.data import default_data_dir
+
+
+def read_tsv(path, header: bool) -> list[list[str]]:
+    """Tab-separated lines (the `ood/` files have quote characters inside the text: no CSV quoting)."""
+    with gzip.open(path, "rt", encoding="utf-8-sig") as f:
+        lines = f.read().splitlines()
+    return [line.split("\t") for line in lines[1 if header else 0:] if line]
+
+
+def read_ood(name: str, path) -> pd.DataFrame:
+    """question1, question2, is_duplicate, score of one `ood/` file (stsb_*, msrp_*, sick)."""
+    if name.startswith("stsb"):
+        rows = read_tsv(path, header=False)
+        score = np.array([float(r[4]) for r in rows])
+        return pd.DataFrame({"question1": [r[5] for r in rows], "question2": [r[6] for r in rows],
+                             "is_duplicate": (score >= 4).astype(int), "score": score})
+    if name.startswith("msrp"):
+        rows = read_tsv(path, header=True)
+        label = np.array([int(r[0]) for r in rows])
+        return pd.DataFrame({"question1": [r[3] for r in rows], "question2": [r[4] for r in rows],
+                             "is_duplicate": label, "score": label.astype(float)})
+    if name == "sick":
+        rows = read_tsv(path, header=True)
+        score = np.array([float(r[3]) for r in rows])
+        dup = np.array([r[4] == "ENTAILMENT" for r in rows]) & (score >= 4)
+        return pd.DataFrame({"question1": [r[1] for r in rows], "question2": [r[2] for r in rows],
+                             "is_duplicate": dup.astype(int), "score": score})
+    raise ValueError(f"unknown ood set {name!r}")
+
+
+def split_by_sentence(frame: pd.DataFrame, held_frac: float, seed: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(train, held-out): whole groups of pairs linked by a shared sentence go to one side, so no sentence of a
+    held-out pair appears in training."""
+    from qpairs.dedup import connected_clusters
+
+    codes, _ = pd.factorize(pd.concat([frame["question1"], frame["question2"]]))
+    n = len(frame)
+    group = connected_clusters(int(codes.max()) + 1, codes[:n], codes[n:])[codes[:n]]
+    held = np.random.default_rng(seed).random(int(group.max()) + 1) < held_frac
+    return frame[~held[group]], frame[held[group]]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", help="data folder (default: ../shared/data when it exists)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--held-out", type=float, default=0.3, help="fraction of MRPC and SICK sentence groups held out")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    ood = Path(args.data or default_data_dir()) / "ood"
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = [read_ood("stsb_train", ood / "stsb_train.tsv.gz").assign(source="stsb_train")]
+    for name, file in (("mrpc", "msrp_train.tsv.gz"), ("sick", "sick.tsv.gz")):
+        train, held = split_by_sentence(read_ood(name if name == "sick" else "msrp", ood / file),
+                                                 args.held_out, args.seed)
+        held.to_csv(out / f"heldout_{name}.csv", index=False)
+        parts.append(train.assign(source=name))
+        print(f"{name}: {len(train)} training pairs, {len(held)} held out "
+              f"({held['is_duplicate'].mean():.1%} duplicates)")
+    train = pd.concat(parts, ignore_index=True)
+    train[["question1", "question2", "is_duplicate", "source"]].to_csv(out / "train.csv", index=False)
+    print(f"train.csv: {len(train)} pairs, {train['is_duplicate'].mean():.1%} duplicates, by source "
+          f"{train['source'].value_counts().to_dict()}")
+
+
+if __name__ == "__main__":
+    main()
