@@ -49,8 +49,6 @@ def resolve_backend(backend: str | None, device: torch.device, model) -> str:
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     is_transformer = has_transformer(model)
-    if backend == "auto" and needs_tokens(model):  # int8 is measured on pooled outputs, not on token states
-        return "torch"
     if backend == "auto":
         return AUTO_CPU_BACKEND if (device.type == "cpu" and is_transformer and available()) else "torch"
     if backend != "torch":

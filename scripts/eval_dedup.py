@@ -20,6 +20,7 @@ probabilities from `QuestionIndex.rescore` (a matching pair head's, for a run th
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import sys
 import time
@@ -59,6 +60,22 @@ def show_groups(labels: np.ndarray, texts: list[str], count: int, seed: int) -> 
     return [[texts[i] for i in np.flatnonzero(labels == g)] for g in picks]
 
 
+def knn_edges(det, texts: list[str], k: int, cache: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The kNN graph's edges (every probability kept), from `cache` when it was written for these texts and k."""
+    digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
+    key = f"{len(texts)}:{k}:{digest}:{det.path}"
+    if cache and Path(cache).exists():
+        saved = np.load(cache, allow_pickle=False)
+        if str(saved["key"]) != key:
+            raise SystemExit(f"{cache} holds edges of another model, sample or k; remove it or pick another --edges")
+        return saved["src"], saved["dst"], saved["prob"]
+    index = QuestionIndex.build(det, texts, kind="flat")
+    src, dst, prob = duplicate_edges(det, index, k=k, threshold=0.0)
+    if cache:
+        np.savez(cache, src=src, dst=dst, prob=prob, key=np.array(key))
+    return src, dst, prob
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--model", help="run directory or bundled model name (default: the bundled default model); a "
@@ -74,6 +91,8 @@ def main(argv=None) -> int:
     p.add_argument("--show", type=int, default=0, help="print this many groups of each linkage at the first threshold")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the results as JSON here")
+    p.add_argument("--edges", help="an .npz of the kNN graph's edges: read when it exists (same model, sample and k), "
+                   "else written, so more thresholds cost no encoding")
     args = p.parse_args(argv)
 
     import qpairs
@@ -85,8 +104,7 @@ def main(argv=None) -> int:
           f"covering {int((np.bincount(truth)[truth] > 1).sum())}, the rest without a labelled duplicate", flush=True)
     det = qpairs.load(args.model, device="cpu", backend=args.backend)
     t0 = time.perf_counter()
-    index = QuestionIndex.build(det, texts, kind="flat")
-    src, dst, prob = duplicate_edges(det, index, k=args.k, threshold=0.0)
+    src, dst, prob = knn_edges(det, texts, args.k, args.edges)
     print(f"model {det.path} ({det.backend}): encoded and linked in {time.perf_counter() - t0:.0f} s; "
           f"k={args.k}, model threshold {det.threshold:.3f}", flush=True)
     thresholds = args.thresholds or [det.threshold]

@@ -21,6 +21,33 @@ KEEP = ("config.json", "model.safetensors", "calibration.json", "metrics.json", 
 MAX_BYTES = 10 * 2**20
 
 
+PATH_KEYS = ("out", "data", "extra_train", "teacher_labels", "teacher", "embedding_cache")
+
+
+def portable(path: str) -> str:
+    """A training path as the bundle records it: relative to the working directory, never absolute."""
+    p = Path(path)
+    if not p.is_absolute():
+        return path
+    try:
+        return str(p.relative_to(Path.cwd()))
+    except ValueError:
+        return p.name
+
+
+def strip_local_paths(config_file: Path) -> None:
+    """Rewrite the absolute paths of the run's training settings in the bundled config.json."""
+    config = json.loads(config_file.read_text())
+    train = config.get("train") or {}
+    for key in PATH_KEYS:
+        value = train.get(key)
+        if isinstance(value, str):
+            train[key] = portable(value)
+        elif isinstance(value, list):
+            train[key] = [portable(v) for v in value]
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="run directory written by qpairs train")
@@ -34,6 +61,7 @@ def main() -> None:
     if out.exists():
         shutil.rmtree(out)
     copy_run_files(run, out, KEEP)
+    strip_local_paths(out / "config.json")
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     if size > MAX_BYTES:
         raise SystemExit(f"{out} is {size / 2**20:.1f} MB, over the 10 MB limit")
