@@ -44,7 +44,8 @@ def build_model(cfg: TrainConfig, train_texts) -> SiameseModel:
         encoder = build_encoder(dict(type="transformer", base_model=cfg.base_model or DEFAULT_BASE,
                                      pooling=cfg.pooling, projection_dim=cfg.projection_dim,
                                      normalize=cfg.normalize, max_length=cfg.max_length,
-                                     head=cfg.head, frozen_base=cfg.freeze_base))
+                                     head=cfg.head, frozen_base=cfg.freeze_base,
+                                     train_top_layers=cfg.train_top_layers))
     else:
         raise ValueError(f"unknown encoder {cfg.encoder!r}; use lstm or transformer")
     return SiameseModel(encoder, cfg.distance)
@@ -58,11 +59,12 @@ def build_pseudo_model(cfg: TrainConfig, train_df) -> SiameseModel:
     beside a transformer projects to the transformer's size. Two encoders of one type start from the
     same weights (two BiLSTMs share one vocabulary of both sides' texts; two transformers the same
     head), so training starts at the Siamese solution and lets the sides drift apart. With
-    --freeze-base both sides read at --right-max-length, so one cache of the frozen base serves both heads.
+    --freeze-base (or --train-top-layers) both sides read at --right-max-length, so one cache of the frozen
+    base (or of its frozen bottom layers) serves both heads (or both towers' top layers).
     """
     from dataclasses import replace
 
-    left_len = cfg.right_max_length if cfg.freeze_base else cfg.max_length
+    left_len = cfg.right_max_length if cfg.freeze_base or cfg.train_top_layers else cfg.max_length
     left_texts, right_texts = list(train_df["question1"]), list(train_df["question2"])
     if cfg.left_encoder == cfg.right_encoder == "lstm":
         left_texts = right_texts = left_texts + right_texts
