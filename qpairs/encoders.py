@@ -6,6 +6,10 @@ Every encoder has the same small interface:
 * ``forward(**batch) -> Tensor[batch, dim]``,
 * ``config`` (a JSON-able dict that `build_encoder` turns back into the same module),
 * ``save_tokenizer(dir)`` / the ``dir`` argument of `build_encoder` for the tokenizer files.
+
+Longer than 350 lines because the transformer encoder and the loading of its base (packaged, local, lazy, or
+a saved run's base with its own top layers) decide together which weights a run stores and where the rest
+comes from; the layer split of --train-top-layers itself lives in `qpairs.toplayers`.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .toplayers import base_layers, bottom_states, freeze_bottom, layer_prefixes, run_layers
 from .vocab import MINILM_DIR_ENV, PieceVocab, WordVocab, default_base_model  # noqa: F401  (re-exported)
 
 
@@ -163,10 +168,7 @@ class TransformerEncoder(nn.Module):
         if self.config["frozen_base"]:  # only the head trains; the base weights are not saved (they come from base_model)
             model.requires_grad_(False)
         if self.config.get("train_top_layers"):  # the bottom stays as loaded from base_model; the top N layers train
-            check_top_layers(self.config["train_top_layers"], model)
-            model.requires_grad_(False)
-            for layer in self.top_layers:
-                layer.requires_grad_(True)
+            freeze_bottom(model, self.config["train_top_layers"])
         if getattr(model, "pooler", None) is not None:  # we pool ourselves: the 🤗 pooler never gets a gradient
             model.pooler.requires_grad_(False)  # (and an always-unused trainable weight stalls DDP)
 
@@ -207,9 +209,8 @@ class TransformerEncoder(nn.Module):
 
     @property
     def cut(self) -> int:
-        """Index of the first trained base layer under --train-top-layers (0: none; the cached states are
-        the output of layer `cut`, counting from 1)."""
-        n = self.config.get("train_top_layers", 0)
+        """Under --train-top-layers, the layer (from 1) whose output the training cache holds; else 0."""
+        n = self.config.get("train_top_layers")
         return len(base_layers(self.model)) - n if n else 0
 
     @property
@@ -222,16 +223,12 @@ class TransformerEncoder(nn.Module):
         bottom of --train-top-layers come from base_model instead."""
         if not key.startswith("model.") or not (self.config.get("frozen_base") or self.cut):
             return True
-        return self.cut > 0 and any(key.startswith(f"model.{p}.") for p in self.top_layer_names())
-
-    def top_layer_names(self) -> list[str]:
-        """State-dict prefixes (below ``model.``) of the trained top layers."""
-        names = {id(m): n for n, m in self.model.named_modules()}
-        return [names[id(layer)] for layer in self.top_layers]
+        return self.cut > 0 and key[len("model.") :].startswith(tuple(layer_prefixes(self.model, self.top_layers)))
 
     def top_states(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """The last-layer token states from the cached output of layer `cut`: the top layers alone run."""
         return run_layers(self.model, states, attention_mask, self.top_layers)
+
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled base-model output, before the head (what `qpairs.embcache` stores for a frozen base)."""
         if self.runtime is not None and not self.training and not torch.is_grad_enabled():
@@ -242,9 +239,7 @@ class TransformerEncoder(nn.Module):
         """Last-layer token states [B, T, hidden] of the base model (what `qpairs.tokencache` stores);
         `layer` k: the output of layer k (the embeddings and layers 1..k only, without gradients)."""
         if layer is not None:
-            with torch.no_grad():
-                bottom = list(base_layers(self.model))[:layer]
-                return run_layers(self.model, self.model.embeddings(input_ids=input_ids), attention_mask, bottom)
+            return bottom_states(self.model, input_ids, attention_mask, layer)
         if self.token_runtime is not None and not self.training and not torch.is_grad_enabled():
             return self.token_runtime(input_ids, attention_mask).to(self.head_device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.get("frozen_base")):
@@ -264,32 +259,6 @@ class TransformerEncoder(nn.Module):
 
     def save_tokenizer(self, directory) -> None:
         self.tokenizer.save_pretrained(Path(directory) / "tokenizer")
-
-
-def base_layers(model) -> torch.nn.ModuleList:
-    """The transformer layers of a 🤗 BERT-style base (``model.encoder.layer``)."""
-    layers = getattr(getattr(model, "encoder", None), "layer", None)
-    if not isinstance(layers, nn.ModuleList):
-        raise ValueError(f"--train-top-layers needs a BERT-style base (encoder.layer); {type(model).__name__} has none")
-    return layers
-
-
-def check_top_layers(n: int, model) -> None:
-    """Refuse --train-top-layers N outside 1 ≤ N < the base's number of layers."""
-    total = len(base_layers(model))
-    if not 1 <= n < total:
-        raise ValueError(f"--train-top-layers must be between 1 and {total - 1}: the base has {total} layers, "
-                         f"got {n}")
-
-
-def run_layers(model, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:
-    """Token states [B, T, hidden] through `layers` of `model`, masked as the model masks its own forward."""
-    from transformers.masking_utils import create_bidirectional_mask
-
-    mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask)
-    for layer in layers:
-        hidden = layer(hidden, mask)
-    return hidden
 
 
 class BaseModelError(ValueError):

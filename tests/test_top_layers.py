@@ -77,7 +77,9 @@ def test_bottom_layers_then_top_layers_give_the_full_model(tiny_bert3):
 
     enc = build_encoder({"type": "transformer", "pooling": "mean", "max_length": 32, "base_model": str(tiny_bert3),
                          "train_top_layers": 2}).eval()
-    assert enc.cut == 1 and enc.top_layer_names() == ["encoder.layer.1", "encoder.layer.2"]
+    from qpairs.toplayers import layer_prefixes
+
+    assert enc.cut == 1 and layer_prefixes(enc.model, enc.top_layers) == ["encoder.layer.1.", "encoder.layer.2."]
     trainable = {n.split(".")[3] for n, p in enc.named_parameters() if p.requires_grad and n.startswith("model.")}
     assert trainable == {"1", "2"}  # embeddings, layer 0 and the pooler stay frozen
     batch = enc.tokenize(["Hi?", "What is the best way to learn python in a week or two?"])  # padded rows
