@@ -235,7 +235,8 @@ class TransformerEncoder(nn.Module):
             return self.runtime(input_ids, attention_mask).to(self.head_device)
         return pool(self.token_states(input_ids, attention_mask), attention_mask, self.config["pooling"])
 
-    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, layer: int | None = None) -> torch.Tensor:
+    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     layer: int | None = None) -> torch.Tensor:
         """Last-layer token states [B, T, hidden] of the base model (what `qpairs.tokencache` stores);
         `layer` k: the output of layer k (the embeddings and layers 1..k only, without gradients)."""
         if layer is not None:
@@ -334,7 +335,8 @@ def load_saved_base(name: str | None, hf_config: dict | None):
     for field in ("hidden_size", "num_hidden_layers"):
         want = (hf_config or {}).get(field, getattr(base.config, field))
         if getattr(base.config, field) != want:
-            raise OSError(f"base model {name!r} has {field} {getattr(base.config, field)}, the saved run expects {want}")
+            raise OSError(f"base model {name!r} has {field} {getattr(base.config, field)}, the saved run "
+                          f"expects {want}")
     return base
 
 

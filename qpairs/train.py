@@ -55,7 +55,8 @@ def base_cache(cfg: TrainConfig, model: SiameseModel, run_dir: Path, frames, dev
     if cfg.train_top_layers:
         cache = top_layer_cache(model, directory, device)
     else:
-        if cfg.encoder != "transformer" or (model.variant == "pseudo" and (cfg.right_encoder, cfg.right_pooling) != ("transformer", cfg.pooling)):
+        one_pooling = (cfg.right_encoder, cfg.right_pooling) == ("transformer", cfg.pooling)
+        if cfg.encoder != "transformer" or (model.variant == "pseudo" and not one_pooling):
             raise ValueError("--freeze-base needs --encoder transformer (pseudo: two transformers, one pooling)")
         cache = open_cache(model.encoder, directory)
     require_token_cache(model, cache)

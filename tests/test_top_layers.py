@@ -110,7 +110,8 @@ def test_train_top_layers_trains_the_top_only_and_scores_as_validation(tiny_bert
     val[["question1", "question2"]].to_csv(tmp_path / "in.csv", index=False)
     assert main(["score", str(tmp_path / "in.csv"), "--model", str(run), "--output", str(tmp_path / "out.csv"),
                  "--device", "cpu", "--backend", "torch"]) == 0
-    np.testing.assert_allclose(pd.read_csv(tmp_path / "out.csv")["duplicate_probability"], at_training, rtol=0, atol=TOL)
+    scored = pd.read_csv(tmp_path / "out.csv")["duplicate_probability"]
+    np.testing.assert_allclose(scored, at_training, rtol=0, atol=TOL)
     history = json.loads((run / "history.json").read_text())
     metrics = json.loads((run / "metrics.json").read_text())
     assert history[0]["val_log_loss"] == pytest.approx(metrics["validation"]["log_loss"], abs=1e-4)
@@ -164,7 +165,8 @@ def test_pseudo_towers_train_their_own_top_layers_over_one_cache(tiny_bert3, tmp
     for side in ("encoder", "right_encoder"):
         keys = {k.split(".", 2)[2] for k in saved if k.startswith(f"{side}.model.")}
         assert keys and all(k.startswith(f"encoder.layer.{LAYERS - 1}.") for k in keys)
-    left, right = (saved[f"{s}.model.encoder.layer.{LAYERS - 1}.output.dense.weight"] for s in ("encoder", "right_encoder"))
+    top = f"model.encoder.layer.{LAYERS - 1}.output.dense.weight"
+    left, right = saved["encoder." + top], saved["right_encoder." + top]
     assert not torch.equal(left, right)  # each tower trained its own top layer
     assert len(list((run / "embedding_cache").glob("part-*.json"))) == 1  # one cache of the shared bottom
     det = load(run, device="cpu", backend="torch")
