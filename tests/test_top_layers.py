@@ -184,3 +184,25 @@ def test_pseudo_top_layers_need_transformer_towers(tiny_bert3, tmp_path):
                       progress=False)
     with pytest.raises(ValueError, match="needs transformer towers"):
         train(cfg)
+
+
+def test_top_layer_view_reuses_a_batch_run_only_while_the_weights_stand(tiny_bert3):
+    from qpairs.encoders import build_encoder
+    from qpairs.tokencache import TopLayerView, open_token_cache
+
+    enc = build_encoder({"type": "transformer", "pooling": "mean", "max_length": 32, "base_model": str(tiny_bert3),
+                         "train_top_layers": 1}).eval()
+    texts = list(dict.fromkeys(make_pairs(20)["question1"]))[:6]
+    view = TopLayerView(open_token_cache(enc, None, precision="fp32", layer=enc.cut), enc)
+    view.fill(enc, texts, progress=False)
+    both = view.lookup(texts)  # one run of the top layer over a batch of both sides
+    left, mask = view.lookup_states(texts[:2])  # the first rows of that run, cut to their own width
+    assert left.shape[1] == int(mask.sum(1).max())
+    fresh = TopLayerView(view.cache, enc)
+    torch.testing.assert_close(left[mask], fresh.lookup_states(texts[:2])[0][mask])
+    torch.testing.assert_close(both, fresh.lookup(texts))
+    with torch.no_grad():
+        enc.top_layers[0].output.dense.weight.add_(1.0)  # an optimizer step: the last run is stale
+    moved, _ = view.lookup_states(texts[:2])
+    assert not torch.allclose(moved[mask], left[mask])
+    torch.testing.assert_close(moved[mask], TopLayerView(view.cache, enc).lookup_states(texts[:2])[0][mask])
