@@ -4,8 +4,9 @@ from __future__ import annotations
 import logging
 
 from .config import TrainConfig
-from .encoders import DEFAULT_BASE, LSTMEncoder, build_encoder
+from .encoders import DEFAULT_BASE, LSTMEncoder, build_encoder, resolve_base_model
 from .model import SiameseModel
+from .toplayers import check_top_layers
 from .vocab import PieceVocab, WordVocab, glove_vectors, glove_words, minilm_piece_vectors, minilm_word_vectors
 
 log = logging.getLogger("qpairs")
@@ -83,6 +84,16 @@ def build_pseudo_model(cfg: TrainConfig, train_df) -> SiameseModel:
     elif left.config["type"] == right.config["type"] == "lstm":
         right.load_state_dict(left.state_dict())
     return SiameseModel(left, cfg.distance, right)
+
+
+def check_base_layers(cfg: TrainConfig) -> None:
+    """Refuse a bad --train-top-layers before any data is read: the base's config alone is read."""
+    if not cfg.train_top_layers:
+        return
+    from transformers import AutoConfig
+
+    base = AutoConfig.from_pretrained(resolve_base_model(cfg.base_model), local_files_only=True)
+    check_top_layers(cfg.train_top_layers, base.num_hidden_layers)
 
 
 def param_groups(model: SiameseModel, cfg: TrainConfig) -> list[dict]:

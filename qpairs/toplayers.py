@@ -14,12 +14,16 @@ def base_layers(model) -> nn.ModuleList:
     return layers
 
 
+def check_top_layers(n: int, total: int) -> None:
+    """Refuse --train-top-layers `n` outside 1 ≤ n < `total`, the base's number of layers."""
+    if not 1 <= n < total:
+        raise ValueError(f"--train-top-layers must be between 1 and {total - 1}: the base has {total} layers, got {n}")
+
+
 def freeze_bottom(model, n: int) -> None:
-    """Only the top `n` layers of `model` train; refuses n outside 1 ≤ n < the base's number of layers."""
+    """Only the top `n` layers of `model` train (`check_top_layers` first)."""
     layers = base_layers(model)
-    if not 1 <= n < len(layers):
-        raise ValueError(f"--train-top-layers must be between 1 and {len(layers) - 1}: the base has {len(layers)} "
-                         f"layers, got {n}")
+    check_top_layers(n, len(layers))
     model.requires_grad_(False)
     layers[len(layers) - n :].requires_grad_(True)
 

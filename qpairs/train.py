@@ -25,7 +25,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import data as qdata
 from . import distributed
-from .builders import build_model, build_pseudo_model, param_groups
+from .builders import build_model, build_pseudo_model, check_base_layers, param_groups
 from .calibration import Calibrator
 from .checkpoint import (CheckpointClock, load_last, load_model, read_json, resumed_config, save_epoch, save_last,
                          write_json)
@@ -147,6 +147,7 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     `splits` (train/validation/test frames) replaces loading `cfg.data`, e.g. to share one split in a benchmark.
     """
     cfg = cfg.resolved()
+    check_base_layers(cfg)
     run_dir = Path(cfg.out)
     if run_dir.exists() and any(run_dir.iterdir()) and not cfg.resume:
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out")

@@ -150,6 +150,7 @@ def test_bad_number_of_top_layers_is_a_one_line_error_naming_the_layers(tiny_ber
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"the base has {LAYERS} layers" in err and f"got {n}" in err
+    assert not (tmp_path / "run").exists()  # refused before the data is read
     assert main([*args[:2], "1", *args[3:], "--freeze-base"]) == 2
     assert "exclusive" in capsys.readouterr().err
 
