@@ -62,7 +62,7 @@ class HeadScorer:
         self.model, self._distance = model, pair_distance
         if model.pair_head is not None:
             self.kind, self.module = "pair", model.pair_head
-        elif model.variant == "siamese" and any(True for _ in model.encoder.head.parameters()):
+        elif model.single_encoder() is not None and any(True for _ in model.encoder.head.parameters()):
             self.kind, self.module = "encoder", model.encoder.head
         else:
             raise AdaptError("--head needs a run with a pair classifier head or a Siamese encoder with a trainable "
@@ -74,24 +74,11 @@ class HeadScorer:
         if self.kind == "encoder":
             enc.head = torch.nn.Identity()
         try:
-            if self.model.variant == "siamese":
-                uniq = list(dict.fromkeys(det.preprocess(q1, "left") + det.preprocess(q2, "right")))
-                emb, pos = det.encode(uniq), {t: i for i, t in enumerate(uniq)}
-                a = emb[[pos[t] for t in det.preprocess(q1, "left")]]
-                b = emb[[pos[t] for t in det.preprocess(q2, "right")]]
-            else:
-                a, b = (self._side(det, q, side) for q, side in ((q1, "left"), (q2, "right")))
+            a, b = det.embeddings(q1, q2)
         finally:
             if self.kind == "encoder":
                 enc.head = self.module
         return torch.from_numpy(a), torch.from_numpy(b)
-
-    @staticmethod
-    def _side(det, texts, side):
-        texts = det.preprocess(texts, side)
-        uniq = list(dict.fromkeys(texts))
-        pos = {t: i for i, t in enumerate(uniq)}
-        return det.encode(uniq, side)[[pos[t] for t in texts]]
 
     def scores(self, module, a, b) -> torch.Tensor:
         """Smaller = more similar, as `SiameseModel.decision_distance` scores pairs."""

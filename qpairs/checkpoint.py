@@ -2,7 +2,8 @@
 
 Layout of a run directory::
 
-    config.json         model config (encoders, distance, variant) and training settings
+    config.json         model config (encoders, distance, variant, each side's text preparation) and
+                        training settings
     model.safetensors   weights (never pickle)
     encoder/            tokenizer or vocabulary of the (left) encoder
     right_encoder/      the same for the right encoder of a pseudo-Siamese model
@@ -30,6 +31,7 @@ from .config import TrainConfig
 from .encoders import build_encoder
 from .fingerprint import weights_hash
 from .model import SiameseModel
+from .sides import sides_from_train
 
 FORMAT_VERSION = 1
 LAST = "last"  # resumable state inside a run directory
@@ -107,7 +109,7 @@ def check_config(cfg: dict, path) -> None:
     if "encoder" not in cfg:
         raise ModelDirError(f"{path}: encoder is missing: cannot rebuild the encoder")
     for name, kind in (("variant", str), ("distance", str), ("encoder", dict), ("right_encoder", dict),
-                       ("pair_head", dict)):
+                       ("pair_head", dict), ("sides", dict), ("train", (dict, None))):
         _check_field(path, cfg, name, kind)
     for side in ("encoder", "right_encoder"):
         enc = cfg.get(side)
@@ -150,6 +152,9 @@ def save_model(model: SiameseModel, directory, train_config: dict | None = None)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     cfg = model_config(model)
+    sides = model.sides or sides_from_train(train_config)
+    if sides:
+        cfg["sides"] = sides
     if train_config is not None:
         cfg["train"] = train_config
     write_json(directory / "config.json", cfg)
@@ -198,7 +203,11 @@ def load_model(directory, device: str | torch.device = "cpu") -> tuple[SiameseMo
     except (KeyError, OSError, ValueError) as exc:
         raise ModelDirError(f"{directory}: cannot rebuild the encoder: {exc}") from exc
     pair_head = build_pair_head(cfg["pair_head"]) if "pair_head" in cfg else None
-    model = SiameseModel(encoder, cfg.get("distance", "euclidean"), right, pair_head=pair_head)
+    try:  # a run saved before configs held `sides`: its training settings say
+        sides = cfg["sides"] if "sides" in cfg else sides_from_train(cfg.get("train"))
+        model = SiameseModel(encoder, cfg.get("distance", "euclidean"), right, pair_head=pair_head, sides=sides)
+    except ValueError as exc:
+        raise ModelDirError(f"{directory / 'config.json'}: {exc}") from exc
     try:
         state = load_file(weights)
     except Exception as exc:

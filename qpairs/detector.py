@@ -10,7 +10,6 @@ import torch
 
 from .calibration import Calibrator
 from .checkpoint import ModelDirError, load_model, read_json
-from .encoders import length_batches
 from .matching import needs_tokens
 from .model import SiameseModel
 from .tokencache import pair_distances
@@ -58,15 +57,11 @@ class DuplicateDetector:
         self.path = Path(path) if path else None
         self.backend = "torch"
         self.use_backend(backend)
-        from .title_body import side_preprocessors
-
-        self._preprocessors = side_preprocessors(self.config)  # title/body runs: HTML → text, body truncation
 
     def preprocess(self, texts: list[str], side: str = "left") -> list[str]:
-        """Texts as the run was trained on them (for a title/body run: the body side stripped of HTML and
-        truncated by its policy); `distances`/`predict_proba` call this, `encode` does not."""
-        fn = self._preprocessors.get(side)
-        return [fn(t) for t in texts] if fn else list(texts)
+        """Texts as the run was trained on them (`SiameseModel.prepare`: for a title/body run, the body side
+        stripped of HTML and truncated by its policy); `distances`/`predict_proba` call this, `encode` does not."""
+        return self.model.prepare(texts, side)
 
     def use_backend(self, backend: str = "auto", threads: int | None = None) -> "DuplicateDetector":
         """Run transformer encoders with 'torch', ONNX Runtime 'onnx' (fp32) or 'onnx-int8' (CPU only);
@@ -104,28 +99,26 @@ class DuplicateDetector:
             return torch.autocast("cuda", dtype=torch.bfloat16)
         return nullcontext()
 
-    @torch.inference_mode()
     def encode(self, texts, side: str = "left", batch_size: int | None = None, pooled: bool = False) -> np.ndarray:
-        """Embeddings [n, dim] (float32) of `texts`; `side` picks the encoder of a pseudo-Siamese model.
+        """Embeddings [n, dim] (float32) of `texts`, taken as already prepared (see `preprocess`); `side` picks
+        the encoder of a pseudo-Siamese model.
 
         `pooled`: a transformer's pooled base output before its head (what `QuestionIndex` stores for a
         frozen-base model); `embed_pooled` maps it to the embedding.
         """
         texts, _ = _as_text_list(texts, "texts")
+        return self.encode_tensor(texts, side, batch_size, pooled).cpu().numpy()
+
+    def encode_tensor(self, texts: list[str], side: str = "left", batch_size: int | None = None,
+                      pooled: bool = False, prefetch: int = 2) -> torch.Tensor:
+        """`encode` as a float32 tensor on the detector's device: the model's side encode on this detector's
+        device, batch size, padding budget and autocast."""
         encoder = self.model.side(side)
         if pooled and not hasattr(encoder, "pooled"):
             raise ValueError(f"pooled=True needs a transformer encoder, not {type(encoder).__name__}")
-        run = encoder.pooled if pooled else encoder
-        batch_size = batch_size or self.batch_size
-        out = None
-        for idx in length_batches(texts, batch_size, self.max_waste):  # length-sorted batches pad less
-            batch = {k: v.to(self.device, non_blocking=True) for k, v in encoder.tokenize([texts[i] for i in idx]).items()}
-            with self._autocast():
-                emb = run(**batch)
-            if out is None:
-                out = np.zeros((len(texts), emb.shape[1]), dtype=np.float32)
-            out[idx] = emb.float().cpu().numpy()
-        return out if out is not None else np.zeros((0, self.model.dim), dtype=np.float32)
+        return self.model.encode(texts, side, prepare=False, pooled=pooled, device=self.device,
+                                 batch_size=batch_size or self.batch_size, max_waste=self.max_waste,
+                                 autocast=self._autocast, prefetch=prefetch)
 
     @torch.inference_mode()
     def embed_pooled(self, pooled: np.ndarray, side: str = "left") -> np.ndarray:
@@ -140,21 +133,21 @@ class DuplicateDetector:
         b, _ = _as_text_list(q2, "q2")
         if len(a) != len(b):
             raise ValueError(f"q1 and q2 must have the same length, got {len(a)} and {len(b)}")
-        a, b = self.preprocess(a, "left"), self.preprocess(b, "right")
         if needs_tokens(self.model):  # a matching head compares the two sides' token states
+            a, b = self.preprocess(a, "left"), self.preprocess(b, "right")
             with self._autocast():
                 return pair_distances(self.model, a, b, self.device, self.batch_size, self.max_waste).float().cpu().numpy()
-        if self.model.variant == "siamese":
-            uniq = list(dict.fromkeys(a + b))
-            emb = self.encode(uniq)
-            pos = {t: i for i, t in enumerate(uniq)}
-            e1, e2 = emb[[pos[t] for t in a]], emb[[pos[t] for t in b]]
-        else:
-            ua, ub = list(dict.fromkeys(a)), list(dict.fromkeys(b))
-            ea, eb = self.encode(ua, "left"), self.encode(ub, "right")
-            pa, pb = {t: i for i, t in enumerate(ua)}, {t: i for i, t in enumerate(ub)}
-            e1, e2 = ea[[pa[t] for t in a]], eb[[pb[t] for t in b]]
+        e1, e2 = self.embeddings(a, b)
         return self.model.decision_distance(torch.from_numpy(e1), torch.from_numpy(e2)).numpy()
+
+    def embeddings(self, q1: list[str], q2: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """Both inputs' embeddings of the pairs, prepared as in training (each unique text encoded once)."""
+        return self.model.embed_pairs(self.preprocess(q1, "left"), self.preprocess(q2, "right"), self._embed_unique)
+
+    def _embed_unique(self, texts: list[str], side: str) -> np.ndarray:
+        uniq = list(dict.fromkeys(texts))
+        pos = {t: i for i, t in enumerate(uniq)}
+        return self.encode_tensor(uniq, side).cpu().numpy()[[pos[t] for t in texts]]
 
     def predict_proba(self, q1, q2):
         """Calibrated duplicate probability: a float for two strings, else a numpy array."""

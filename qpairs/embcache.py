@@ -18,6 +18,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from .encoding import encode_texts
+
 log = logging.getLogger("qpairs")
 
 
@@ -48,9 +50,6 @@ class TextCache:
 
     def __len__(self) -> int:
         return len(self.index)
-
-    def __contains__(self, text: str) -> bool:
-        return text in self.index
 
     def missing(self, texts) -> list[str]:
         return [t for t in dict.fromkeys(texts) if t not in self.index]
@@ -103,23 +102,12 @@ class EmbeddingCache(TextCache):
         bar = tqdm(total=len(todo), desc="base embeddings", unit="text", disable=None if progress is None else not progress)
         for start in range(0, len(todo), part_size):
             chunk = todo[start : start + part_size]
-            self._add(chunk, self._encode(encoder, chunk, device, batch_size, bar))
+            self._add(chunk, encode_texts(encoder, chunk, device, batch_size, pooled=True, bar=bar).cpu().numpy())
             if self.directory is not None:
                 self._write_part(chunk, self.parts[-1])
         bar.close()
         encoder.train(was_training)
         return len(todo)
-
-    @staticmethod
-    def _encode(encoder, texts, device, batch_size, bar) -> np.ndarray:
-        out = np.zeros((len(texts), encoder.config["hf_config"]["hidden_size"]), dtype=np.float32)
-        order = np.argsort([len(t) for t in texts], kind="stable")
-        for s in range(0, len(texts), batch_size):
-            idx = order[s : s + batch_size]
-            batch = {k: v.to(device) for k, v in encoder.tokenize([texts[i] for i in idx]).items()}
-            out[idx] = encoder.pooled(**batch).float().cpu().numpy()
-            bar.update(len(idx))
-        return out
 
     def _write_part(self, texts, emb) -> None:
         n = len(list(self.directory.glob("part-*.npy")))

@@ -26,6 +26,7 @@ import torch
 
 from . import distributed
 from .config import LOSSES, PAIR_LOSSES, TRIPLET_LOSSES  # noqa: F401  (re-exported)
+from .encoding import forward_texts
 from .losses import (ContrastiveLoss, MultipleNegativesRankingLoss, OnlineContrastiveLoss, PairClassifier,
                      TripletLoss, bce_on_logits)
 from .matching import bound_head, cached_tokens
@@ -107,24 +108,16 @@ def autocast(device):
 
 
 def embed_pairs(model, q1, q2, device, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Embed both sides; a Siamese model runs one forward pass over both halves.
+    """Embed both sides (`SiameseModel.embed_pairs`: a Siamese model runs one forward pass over both halves).
 
-    With `cache` (an `EmbeddingCache` of a frozen base) only the head runs, on cached base outputs; a
-    `tokencache.TopLayerView` (--train-top-layers) runs the top layers and the head on cached lower-layer states.
+    With `cache` (an `EmbeddingCache` of a frozen base) only the heads run, on cached base outputs; a
+    `tokencache.TopLayerView` (--train-top-layers) runs each side's top layers and head on cached lower-layer states.
     """
-    def to(batch):
-        return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-
-    if cache is not None and model.variant == "pseudo":  # one frozen base (or bottom), two heads (or towers)
-        right = getattr(cache, "right", cache)
-        return model.encoder.head(cache.lookup(q1).to(device)), model.right_encoder.head(right.lookup(q2).to(device))
     if cache is not None:
-        emb = model.encoder.head(cache.lookup(q1 + q2).to(device))
-        return emb[: len(q1)], emb[len(q1) :]
-    if model.variant == "siamese":
-        emb = model.encoder(**to(model.encoder.tokenize(q1 + q2)))
-        return emb[: len(q1)], emb[len(q1) :]
-    return model.embed(to(model.side("left").tokenize(q1)), "left"), model.embed(to(model.side("right").tokenize(q2)), "right")
+        right = getattr(cache, "right", cache)  # a pseudo-Siamese model's right tower over the same cache
+        return model.embed_pairs(q1, q2, lambda texts, side: model.side(side).head(
+            (right if side == "right" else cache).lookup(texts).to(device)))
+    return model.embed_pairs(q1, q2, lambda texts, side: forward_texts(model.side(side), texts, device))
 
 
 class Objective:

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import math
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -23,7 +21,6 @@ import pandas as pd
 import torch
 
 from .config import CHECKPOINT_ROWS
-from .encoders import length_batches
 from .matching import needs_tokens
 
 PROBA_COL = "duplicate_probability"
@@ -74,8 +71,8 @@ class EmbeddingStore:
 class PairScorer:
     """Calibrated probabilities for many pairs, encoding each unique text once (bounded cache).
 
-    Texts are encoded in length-sorted batches, tokenized in a background thread while the
-    model runs, in bf16 autocast on a GPU.
+    Texts missing from the cache go through the detector's encode (`DuplicateDetector.encode_tensor`:
+    length-sorted batches, tokenized in a background thread while the model runs, bf16 autocast on a GPU).
     """
 
     def __init__(self, det, batch_size: int | None = None, cache_size: int | None = None, prefetch: int = 2):
@@ -84,43 +81,17 @@ class PairScorer:
         self.batch_size = batch_size or (1024 if cuda else 64)
         self.cache_size = cache_size or (2_000_000 if cuda else 200_000)
         self.prefetch = prefetch
-        sides = ("left",) if det.model.variant == "siamese" else ("left", "right")
+        sides = dict.fromkeys(det.model.encoder_side(s) for s in ("left", "right"))  # one store per encoder
         self.stores = {s: EmbeddingStore(self.cache_size, det.model.dim, det.device) for s in sides}
         self.encoded = 0  # texts run through the encoder
         self.looked_up = 0  # text slots served (cache hits + encoded)
 
     def store(self, side: str) -> EmbeddingStore:
-        return self.stores.get(side, self.stores["left"])
+        return self.stores[self.det.model.encoder_side(side)]
 
     def clear(self) -> None:
         for s in self.stores.values():
             s.clear()
-
-    @torch.inference_mode()
-    def encode(self, texts: list[str], side: str = "left") -> torch.Tensor:
-        """Embeddings [n, dim] (float32, on the model's device) of `texts`, in their order."""
-        encoder = self.det.model.side(side)
-        device = self.det.device
-        out = torch.empty((len(texts), self.det.model.dim), dtype=torch.float32, device=device)
-        batches = length_batches(texts, self.batch_size, getattr(self.det, "max_waste", None))
-        pin = device.type == "cuda"
-
-        def tokenize(idx):
-            batch = encoder.tokenize([texts[i] for i in idx])
-            return {k: (v.pin_memory() if pin else v) for k, v in batch.items()}
-
-        with ThreadPoolExecutor(1) as pool:
-            pending = deque(pool.submit(tokenize, b) for b in batches[: self.prefetch])
-            for i, idx in enumerate(batches):
-                batch = pending.popleft().result()
-                if i + self.prefetch < len(batches):
-                    pending.append(pool.submit(tokenize, batches[i + self.prefetch]))
-                batch = {k: v.to(device, non_blocking=True) for k, v in batch.items()}
-                with self.det._autocast():
-                    emb = encoder(**batch)
-                out[torch.as_tensor(idx, device=device)] = emb.float()
-        self.encoded += len(texts)
-        return out
 
     def _slots(self, texts: list[str], side: str) -> np.ndarray:
         """Cache slots of `texts` (encoding the missing unique ones first)."""
@@ -134,9 +105,15 @@ class PairScorer:
             store.clear()
             missing = list(uniq)
         if missing:
-            store.add(missing, self.encode(missing, side))
+            store.add(missing, self.det.encode_tensor(missing, side, self.batch_size, prefetch=self.prefetch))
+            self.encoded += len(missing)
         self.looked_up += len(texts)
         return np.fromiter((store.slot[t] for t in texts), dtype=np.int64, count=len(texts))
+
+    def _rows(self, texts: list[str], side: str) -> torch.Tensor:
+        """Embeddings of `texts` (each unique one encoded once per cache lifetime), gathered from the cache."""
+        slots = torch.as_tensor(self._slots(texts, side), device=self.det.device)
+        return self.store(side).table[slots]
 
     @torch.inference_mode()
     def distances(self, q1: list[str], q2: list[str]) -> np.ndarray:
@@ -146,19 +123,7 @@ class PairScorer:
             self.encoded += len(set(q1) | set(q2))
             self.looked_up += 2 * len(q1)
             return np.asarray(self.det.distances(list(q1), list(q2)), dtype=np.float64)
-        preprocess = getattr(self.det, "preprocess", None)  # title/body runs clean their body side
-        if preprocess is not None:
-            q1, q2 = preprocess(list(q1), "left"), preprocess(list(q2), "right")
-        if model.variant == "siamese":
-            slots = self._slots(list(q1) + list(q2), "left")
-            s1, s2 = slots[: len(q1)], slots[len(q1) :]
-            t1 = t2 = self.store("left").table
-        else:
-            s1, s2 = self._slots(list(q1), "left"), self._slots(list(q2), "right")
-            t1, t2 = self.store("left").table, self.store("right").table
-        dev = self.det.device
-        e1 = t1[torch.as_tensor(s1, device=dev)]
-        e2 = t2[torch.as_tensor(s2, device=dev)]
+        e1, e2 = model.embed_pairs(model.prepare(q1, "left"), model.prepare(q2, "right"), self._rows)
         return model.decision_distance(e1, e2).cpu().numpy().astype(np.float64)
 
     def predict_proba(self, q1: list[str], q2: list[str]) -> np.ndarray:

@@ -88,8 +88,9 @@ def model_texts(det, texts: list[str], side: str) -> list[str]:
 
 
 def bank_side(det) -> str:
-    """Encoder side for stored questions: 'right' for a pseudo-Siamese model (queries use 'left')."""
-    return "right" if det.model.variant == "pseudo" else "left"
+    """Input side of stored questions: 'right' (queries are 'left'); the model picks its encoder and text
+    preparation (`SiameseModel.side`, `prepare`)."""
+    return "right"
 
 
 # ---------------------------------------------------------------- results
@@ -112,9 +113,9 @@ class Hit:
 
 def default_space(det) -> str:
     """'base' for a Siamese transformer whose head sits on a frozen base, else 'model'."""
-    enc = det.model.encoder
+    enc = det.model.single_encoder()
     frozen = isinstance(getattr(enc, "config", None), dict) and enc.config.get("frozen_base")
-    return "base" if frozen and det.model.variant == "siamese" and hasattr(enc, "pooled") else "model"
+    return "base" if frozen and hasattr(enc, "pooled") else "model"
 
 
 # ---------------------------------------------------------------- the index

@@ -2,8 +2,8 @@
 
 A *post* has a title (short, plain text) and a body (HTML). This module
 
-* turns bodies into text (`html_to_text`: BeautifulSoup with the lxml parser; code blocks are
-  kept as text) and truncates long ones by a stated policy (`truncate_words`);
+* turns bodies into text and truncates long ones (`clean_body`, from `qpairs.sides`, which a
+  title/body model applies to its body side at inference too);
 * loads and validates a post file (`load_posts`; bad rows raise a `DataError` naming the file,
   row and column);
 * splits by post (`split_posts`) or across sites (`cross_site_split`: train on the other
@@ -22,103 +22,22 @@ Longer than 350 lines because reading, cleaning and sampling Stack Exchange post
 from __future__ import annotations
 
 import logging
-import re
-from functools import partial
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from .data import DataError, default_data_dir, question_components, row_where
+from .sides import (DEFAULT_BODY_MAX_WORDS, DEFAULT_HEAD_FRACTION, DEFAULT_TRUNCATION, ELLIPSIS,  # noqa: F401
+                    TRUNCATION_POLICIES, clean_body, html_to_text, looks_like_html, resolve_col, truncate_words)
 from .tableio import read_columns, read_frame
 from .text import bad_mask
 
 log = logging.getLogger("qpairs")
 
 TITLE_BODY_FILE = Path("title_body") / "stackexchange_title_body.csv.gz"
-TRUNCATION_POLICIES = ("head", "head_tail", "none")
-# Default body policy: 100 words (the tokenizers then see ~128 word pieces), the first 75% and the
-# last 25% of them. Zero-shot MiniLM on 1,000 validation posts (docs/results.md, "Title vs body"): head+tail
-# recall@1 0.950 / MRR 0.966 against 0.943 / 0.962 for the head alone.
-DEFAULT_TRUNCATION = "head_tail"
-DEFAULT_BODY_MAX_WORDS = 100
-DEFAULT_HEAD_FRACTION = 0.75
-ELLIPSIS = "…"
 BODY_COLUMNS = ("body", "content")
 NEGATIVE_KINDS = ("random", "tags", "mixed")
-
-_HTML_RE = re.compile(r"<(p|pre|code|br|div|ul|ol|li|blockquote|a|img|h[1-6]|strong|em|b|i|hr|table|sup|sub)\b[^>]*>",
-                      re.IGNORECASE)
-
-
-# ---------------------------------------------------------------- text
-
-def looks_like_html(text: str) -> bool:
-    """True when `text` contains an HTML tag of the kind Stack Exchange bodies use."""
-    return bool(_HTML_RE.search(text))
-
-
-def html_to_text(html: str) -> str:
-    """Visible text of an HTML body, whitespace collapsed; code (inline and blocks) is kept as text."""
-    from bs4 import BeautifulSoup
-
-    soup = BeautifulSoup(html, "lxml")
-    for tag in soup.find_all(["script", "style"]):
-        tag.decompose()
-    return " ".join(soup.get_text(" ").split())
-
-
-def truncate_words(text: str, max_words: int | None = DEFAULT_BODY_MAX_WORDS, policy: str = DEFAULT_TRUNCATION,
-                   head_fraction: float = DEFAULT_HEAD_FRACTION) -> str:
-    """Cut `text` to at most `max_words` whitespace-separated words.
-
-    policy: ``head`` keeps the first words; ``head_tail`` keeps the first ``head_fraction`` of
-    the budget and the last words, joined by one ``…`` word (counted in the budget, so the cut is
-    idempotent); ``none`` keeps everything.
-    """
-    if policy not in TRUNCATION_POLICIES:
-        raise ValueError(f"truncation policy must be one of {TRUNCATION_POLICIES}, not {policy!r}")
-    words = text.split()
-    if policy == "none" or max_words is None or len(words) <= max_words:
-        return " ".join(words)
-    if max_words < 1:
-        raise ValueError(f"max_words must be at least 1, got {max_words}")
-    if policy == "head" or max_words < 3:
-        return " ".join(words[:max_words])
-    budget = max_words - 1  # one word for the ellipsis
-    head = max(1, min(budget - 1, int(round(budget * head_fraction))))
-    return " ".join(words[:head] + [ELLIPSIS] + words[len(words) - (budget - head):])
-
-
-def clean_body(text: str, max_words: int | None = DEFAULT_BODY_MAX_WORDS, policy: str = DEFAULT_TRUNCATION,
-               head_fraction: float = DEFAULT_HEAD_FRACTION) -> str:
-    """HTML → text (only when it looks like HTML), then `truncate_words`."""
-    if looks_like_html(text):
-        text = html_to_text(text)
-    return truncate_words(text, max_words, policy, head_fraction)
-
-
-def side_preprocessors(config: dict) -> dict:
-    """Per-side text preparation of a saved title/body run (``{}`` for plain question-pair runs).
-
-    The body side (``right`` unless the run put the body left) gets `clean_body` with the run's
-    truncation policy, so raw HTML bodies are scored exactly as they were trained.
-    """
-    train = (config or {}).get("train") or {}
-    if not train.get("left_col"):
-        return {}
-    body_side = "left" if resolve_col(train["left_col"]) == "body" else "right"
-    return {body_side: partial(clean_body, max_words=train.get("body_max_words", DEFAULT_BODY_MAX_WORDS),
-                               policy=train.get("body_truncation", DEFAULT_TRUNCATION))}
-
-
-def resolve_col(name: str) -> str:
-    """Map a --left-col/--right-col value onto ``title`` or ``body`` (``content`` is an alias of body)."""
-    key = {"content": "body"}.get(name, name)
-    if key not in ("title", "body"):
-        raise ValueError(f"title/body columns must be 'title' or 'body' (or 'content'), not {name!r}")
-    return key
-
 
 # ---------------------------------------------------------------- loading
 

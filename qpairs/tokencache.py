@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +27,8 @@ import torch
 from tqdm.auto import tqdm
 
 from .embcache import EmbeddingCache, TextCache, cache_meta, is_pooled_cache
-from .encoders import length_batches, pool
+from .encoders import pool
+from .encoding import encoded_batches
 from .matching import token_logits
 
 log = logging.getLogger("qpairs")
@@ -78,13 +80,11 @@ def encode_states(encoder, texts, device="cpu", batch_size: int = 256, precision
     """Each text's last-layer token states [tokens, hidden] (float32, CPU), run in length-sorted batches
     (`layer` k: those output by layer k)."""
     device = torch.device(device)
-    autocast = (torch.autocast(device.type, dtype=torch.bfloat16) if resolve_precision(precision, device) == "bf16"
-                else nullcontext())
+    bf16 = resolve_precision(precision, device) == "bf16"
+    autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     out: list[torch.Tensor | None] = [None] * len(texts)
-    for idx in length_batches(texts, batch_size, max_waste):
-        batch = {k: v.to(device) for k, v in encoder.tokenize([texts[i] for i in idx]).items()}
-        with autocast:
-            hidden = encoder.token_states(**batch, layer=layer)
+    run = encoder.token_states if layer is None else partial(encoder.token_states, layer=layer)
+    for idx, batch, hidden in encoded_batches(encoder, texts, device, batch_size, max_waste, run, autocast):
         hidden, mask = hidden.float().cpu(), batch["attention_mask"].bool().cpu()
         for j, i in enumerate(idx):
             out[i] = hidden[j][mask[j]]
@@ -216,9 +216,6 @@ class PooledView:
 
     def __len__(self) -> int:
         return len(self.cache)
-
-    def __contains__(self, text: str) -> bool:
-        return text in self.cache
 
     def missing(self, texts) -> list[str]:
         return self.cache.missing(texts)

@@ -88,3 +88,47 @@ def test_long_modules_say_why():
         if len(text.splitlines()) > MAX_LINES and f"Longer than {MAX_LINES} lines because" not in doc:
             long.append(f"{path.name} ({len(text.splitlines())} lines)")
     assert not long, f"modules over {MAX_LINES} lines without a reason in their docstring: {', '.join(long)}"
+
+
+ENCODE_LOOP = "encoding.py"  # the one module that runs encoders on tokenized batches
+
+
+def tokenizing_modules(root: Path = PACKAGE) -> list[str]:
+    """Modules (file names) that call `.tokenize(...)` on something: each turns texts into encoder batches."""
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        if any(isinstance(n, ast.Call) and isinstance(n.func, ast.Attribute) and n.func.attr == "tokenize"
+               for n in ast.walk(tree)):
+            found.append(path.name)
+    return found
+
+
+def reachable(graph: dict[str, set[str]], start: str) -> set[str]:
+    seen, todo = set(), [start]
+    while todo:
+        for nxt in graph[todo.pop()] - seen:
+            seen.add(nxt)
+            todo.append(nxt)
+    return seen
+
+
+def test_a_second_encode_loop_is_found(tmp_path):
+    pkg = tmp_path / "pkg"
+    pkg.mkdir()
+    (pkg / ENCODE_LOOP).write_text("def run(enc, texts):\n    return enc(**enc.tokenize(texts))\n")
+    (pkg / "other.py").write_text("def tokenize(t):\n    return t.split()\n\n\nx = tokenize('a b')\n")
+    assert tokenizing_modules(pkg) == [ENCODE_LOOP]
+    (pkg / "other.py").write_text("def f(model, texts):\n    return model.encoder.tokenize(texts)\n")
+    assert tokenizing_modules(pkg) == [ENCODE_LOOP, "other.py"]
+
+
+def test_texts_become_vectors_in_one_loop():
+    assert tokenizing_modules() == [ENCODE_LOOP]
+
+
+def test_the_model_and_detector_import_no_training_code():
+    graph = import_graph()
+    training = {"qpairs.title_body", "qpairs.train", "qpairs.data", "qpairs.objective"}
+    assert not reachable(graph, "qpairs.model") & training
+    assert not graph["qpairs.detector"] & training
