@@ -4,8 +4,9 @@ from __future__ import annotations
 import logging
 
 from .config import TrainConfig
-from .encoders import DEFAULT_BASE, LSTMEncoder, build_encoder
+from .encoders import DEFAULT_BASE, LSTMEncoder, build_encoder, resolve_base_model
 from .model import SiameseModel
+from .toplayers import check_top_layers
 from .vocab import PieceVocab, WordVocab, glove_vectors, glove_words, minilm_piece_vectors, minilm_word_vectors
 
 log = logging.getLogger("qpairs")
@@ -44,7 +45,8 @@ def build_model(cfg: TrainConfig, train_texts) -> SiameseModel:
         encoder = build_encoder(dict(type="transformer", base_model=cfg.base_model or DEFAULT_BASE,
                                      pooling=cfg.pooling, projection_dim=cfg.projection_dim,
                                      normalize=cfg.normalize, max_length=cfg.max_length,
-                                     head=cfg.head, frozen_base=cfg.freeze_base))
+                                     head=cfg.head, frozen_base=cfg.freeze_base,
+                                     train_top_layers=cfg.train_top_layers))
     else:
         raise ValueError(f"unknown encoder {cfg.encoder!r}; use lstm or transformer")
     return SiameseModel(encoder, cfg.distance)
@@ -58,11 +60,12 @@ def build_pseudo_model(cfg: TrainConfig, train_df) -> SiameseModel:
     beside a transformer projects to the transformer's size. Two encoders of one type start from the
     same weights (two BiLSTMs share one vocabulary of both sides' texts; two transformers the same
     head), so training starts at the Siamese solution and lets the sides drift apart. With
-    --freeze-base both sides read at --right-max-length, so one cache of the frozen base serves both heads.
+    --freeze-base (or --train-top-layers) both sides read at --right-max-length, so one cache of the frozen
+    base (or of its frozen bottom layers) serves both heads (or both towers' top layers).
     """
     from dataclasses import replace
 
-    left_len = cfg.right_max_length if cfg.freeze_base else cfg.max_length
+    left_len = cfg.right_max_length if cfg.freeze_base or cfg.train_top_layers else cfg.max_length
     left_texts, right_texts = list(train_df["question1"]), list(train_df["question2"])
     if cfg.left_encoder == cfg.right_encoder == "lstm":
         left_texts = right_texts = left_texts + right_texts
@@ -81,6 +84,16 @@ def build_pseudo_model(cfg: TrainConfig, train_df) -> SiameseModel:
     elif left.config["type"] == right.config["type"] == "lstm":
         right.load_state_dict(left.state_dict())
     return SiameseModel(left, cfg.distance, right)
+
+
+def check_base_layers(cfg: TrainConfig) -> None:
+    """Refuse a bad --train-top-layers before any data is read: the base's config alone is read."""
+    if not cfg.train_top_layers:
+        return
+    from transformers import AutoConfig
+
+    base = AutoConfig.from_pretrained(resolve_base_model(cfg.base_model), local_files_only=True)
+    check_top_layers(cfg.train_top_layers, base.num_hidden_layers)
 
 
 def param_groups(model: SiameseModel, cfg: TrainConfig) -> list[dict]:

@@ -133,14 +133,18 @@ def check_config(cfg: dict, path) -> None:
             _check_field(path, head, name, kind, "pair_head.")
 
 
-def state_to_save(model: SiameseModel) -> dict[str, torch.Tensor]:
-    """Weights to store; frozen base weights that come from a package are left out."""
-    skip = set()
+def saved_weight(model: SiameseModel, key: str) -> bool:
+    """Whether a run stores the weight `key`: frozen base weights that come from a package are left out
+    (a frozen base, or the frozen bottom layers of --train-top-layers; see `TransformerEncoder.saves`)."""
     for prefix, enc in (("encoder.", model.encoder), ("right_encoder.", model.right_encoder)):
-        if enc is not None and enc.config.get("frozen_base"):
-            skip.add(prefix + "model.")
-    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()
-            if not any(k.startswith(s) for s in skip)}
+        if enc is not None and key.startswith(prefix) and hasattr(enc, "saves"):
+            return enc.saves(key[len(prefix) :])
+    return True
+
+
+def state_to_save(model: SiameseModel) -> dict[str, torch.Tensor]:
+    """Weights to store (`saved_weight`)."""
+    return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items() if saved_weight(model, k)}
 
 
 def save_model(model: SiameseModel, directory, train_config: dict | None = None) -> None:
@@ -210,9 +214,7 @@ def load_model(directory, device: str | torch.device = "cpu") -> tuple[SiameseMo
         raise ModelDirError(f"{weights} is corrupt: {exc}") from exc
     state = {k: v.float() if v.dtype in (torch.float16, torch.bfloat16) else v for k, v in state.items()}  # fp16 bundles
     missing, unexpected = model.load_state_dict(state, strict=False)
-    frozen = tuple(p + "model." for p, e in (("encoder.", encoder), ("right_encoder.", right))
-                   if e is not None and e.config.get("frozen_base"))
-    missing = [k for k in missing if not k.startswith(frozen)] if frozen else missing
+    missing = [k for k in missing if saved_weight(model, k)]  # frozen base weights come from base_model
     if missing or unexpected:
         raise ModelDirError(f"{weights} does not match config.json: missing {missing[:5]}, unexpected {unexpected[:5]}")
     return model.to(device).eval(), cfg

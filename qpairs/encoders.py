@@ -6,6 +6,10 @@ Every encoder has the same small interface:
 * ``forward(**batch) -> Tensor[batch, dim]``,
 * ``config`` (a JSON-able dict that `build_encoder` turns back into the same module),
 * ``save_tokenizer(dir)`` / the ``dir`` argument of `build_encoder` for the tokenizer files.
+
+Longer than 350 lines because the transformer encoder and the loading of its base (packaged, local, lazy, or
+a saved run's base with its own top layers) decide together which weights a run stores and where the rest
+comes from; the layer split of --train-top-layers itself lives in `qpairs.toplayers`.
 """
 from __future__ import annotations
 
@@ -18,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .toplayers import base_layers, bottom_states, freeze_bottom, layer_prefixes, run_layers
 from .vocab import MINILM_DIR_ENV, PieceVocab, WordVocab, default_base_model  # noqa: F401  (re-exported)
 
 
@@ -137,8 +142,11 @@ class TransformerEncoder(nn.Module):
 
     def __init__(self, model, tokenizer, pooling: str = "mean", projection_dim: int | None = None,
                  normalize: bool = True, max_length: int = 64, base_model: str | None = None,
-                 head: str = "linear", frozen_base: bool = False):
-        """`model`: the base (a 🤗 model), or a `LazyBase` that builds it on first use of `self.model`."""
+                 head: str = "linear", frozen_base: bool = False, train_top_layers: int = 0):
+        """`model`: the base (a 🤗 model), or a `LazyBase` that builds it on first use of `self.model`.
+
+        `train_top_layers` N > 0: only the base's top N layers train (with the head); the embeddings and
+        the layers below stay frozen, and a run saves the top N layers alone (the rest comes from base_model)."""
         super().__init__()
         self._lazy_base = model if isinstance(model, LazyBase) else None
         if self._lazy_base is None:
@@ -147,6 +155,8 @@ class TransformerEncoder(nn.Module):
         self.config = dict(type="transformer", pooling=pooling, projection_dim=projection_dim, normalize=normalize,
                            max_length=max_length, base_model=base_model, head=head, frozen_base=frozen_base,
                            hf_config=model.config.to_dict())
+        if train_top_layers:  # absent when 0, as in configs saved before it existed
+            self.config["train_top_layers"] = train_top_layers
         self.head = Head(model.config.hidden_size, projection_dim, normalize, head)
         self.dim = self.head.dim
         self.runtime = None  # an `onnxrt.OnnxPooler` runs base + pooling at inference when set
@@ -157,6 +167,8 @@ class TransformerEncoder(nn.Module):
     def _prepare_base(self, model) -> None:
         if self.config["frozen_base"]:  # only the head trains; the base weights are not saved (they come from base_model)
             model.requires_grad_(False)
+        if self.config.get("train_top_layers"):  # the bottom stays as loaded from base_model; the top N layers train
+            freeze_bottom(model, self.config["train_top_layers"])
         if getattr(model, "pooler", None) is not None:  # we pool ourselves: the 🤗 pooler never gets a gradient
             model.pooler.requires_grad_(False)  # (and an always-unused trainable weight stalls DDP)
 
@@ -189,7 +201,33 @@ class TransformerEncoder(nn.Module):
         super().train(mode)
         if self.config.get("frozen_base") and self.base_loaded:
             self.model.eval()  # a frozen base keeps dropout off
+        if self.top_layers:  # so do the frozen bottom layers; the trained top ones follow `mode`
+            self.model.eval()
+            for layer in self.top_layers:
+                layer.train(mode)
         return self
+
+    @property
+    def cut(self) -> int:
+        """Under --train-top-layers, the layer (from 1) whose output the training cache holds; else 0."""
+        n = self.config.get("train_top_layers")
+        return len(base_layers(self.model)) - n if n else 0
+
+    @property
+    def top_layers(self) -> list:
+        """The base layers that train under --train-top-layers (empty otherwise)."""
+        return list(base_layers(self.model))[self.cut :] if self.config.get("train_top_layers") else []
+
+    def saves(self, key: str) -> bool:
+        """Whether a run stores the weight `key` (of this encoder's state dict): a frozen base and the frozen
+        bottom of --train-top-layers come from base_model instead."""
+        if not key.startswith("model.") or not (self.config.get("frozen_base") or self.cut):
+            return True
+        return self.cut > 0 and key[len("model.") :].startswith(tuple(layer_prefixes(self.model, self.top_layers)))
+
+    def top_states(self, states: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """The last-layer token states from the cached output of layer `cut`: the top layers alone run."""
+        return run_layers(self.model, states, attention_mask, self.top_layers)
 
     def pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         """Pooled base-model output, before the head (what `qpairs.embcache` stores for a frozen base)."""
@@ -197,8 +235,12 @@ class TransformerEncoder(nn.Module):
             return self.runtime(input_ids, attention_mask).to(self.head_device)
         return pool(self.token_states(input_ids, attention_mask), attention_mask, self.config["pooling"])
 
-    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-        """Last-layer token states [B, T, hidden] of the base model (what `qpairs.tokencache` stores)."""
+    def token_states(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
+                     layer: int | None = None) -> torch.Tensor:
+        """Last-layer token states [B, T, hidden] of the base model (what `qpairs.tokencache` stores);
+        `layer` k: the output of layer k (the embeddings and layers 1..k only, without gradients)."""
+        if layer is not None:
+            return bottom_states(self.model, input_ids, attention_mask, layer)
         if self.token_runtime is not None and not self.training and not torch.is_grad_enabled():
             return self.token_runtime(input_ids, attention_mask).to(self.head_device)
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.config.get("frozen_base")):
@@ -287,6 +329,17 @@ def resolve_base_model(name: str | None) -> str:
     return str(name)
 
 
+def load_saved_base(name: str | None, hf_config: dict | None):
+    """The base model `name` of a saved run, checked against the run's 🤗 config (hidden size, layers)."""
+    base = load_base(resolve_base_model(name))
+    for field in ("hidden_size", "num_hidden_layers"):
+        want = (hf_config or {}).get(field, getattr(base.config, field))
+        if getattr(base.config, field) != want:
+            raise OSError(f"base model {name!r} has {field} {getattr(base.config, field)}, the saved run "
+                          f"expects {want}")
+    return base
+
+
 def load_tokenizer(directory):
     """`AutoTokenizer.from_pretrained` of a local directory (never a hub)."""
     from transformers import AutoTokenizer
@@ -301,7 +354,8 @@ CONFIG_FIELDS = {
              "projection_dim": (int, None), "normalize": bool, "dropout": (int, float), "max_length": int,
              "tokens": str},
     "transformer": {"pooling": str, "projection_dim": (int, None), "normalize": bool, "max_length": int,
-                    "base_model": (str, None), "head": str, "frozen_base": bool, "hf_config": (dict, None)},
+                    "base_model": (str, None), "head": str, "frozen_base": bool, "hf_config": (dict, None),
+                    "train_top_layers": int},
 }
 
 
@@ -332,6 +386,8 @@ def build_encoder(config: dict, directory=None, vocab: WordVocab | None = None, 
                     raise OSError(f"base model {config.get('base_model')!r} has hidden size {base.config.hidden_size}, "
                                   f"the saved head expects {want}")
                 return TransformerEncoder(base, tokenizer, **config)
+            if config.get("train_top_layers"):  # the run holds the top layers; the bottom comes from base_model
+                return TransformerEncoder(load_saved_base(config.get("base_model"), hf_config), tokenizer, **config)
             cfg = AutoConfig.for_model(**hf_config)
             return TransformerEncoder(AutoModel.from_config(cfg), tokenizer, **config)
         base = config.pop("base_model", None) or DEFAULT_BASE

@@ -6,7 +6,8 @@ The two directions meet in symmetric ops (sum and absolute difference), beside t
 of the model's embeddings (u+v, |u−v|, u∗v) and the zero-shot cosine of the base's pooled outputs;
 an MLP maps them to the logit. Swapping the questions gives the same logit exactly.
 
-Token states come from the frozen base: `qpairs.tokencache` (its cache in training, its `pair_distances` at inference).
+Token states come from the frozen base: `qpairs.tokencache` (its cache in training, its `pair_distances` at inference);
+under --train-top-layers, from the trained top layers run on the cached output of the layer below them.
 """
 from __future__ import annotations
 
@@ -70,9 +71,16 @@ def token_logits(model, tokens_a: TokenBatch, tokens_b: TokenBatch, device) -> t
     return model.pair_head(u, v, tokens_a, tokens_b)
 
 
+def token_source(cache):
+    """What gives token states in training: a `TopLayerView` itself (the trained top layers' states), else the
+    token-state cache under a pooled view (None for a cache of pooled outputs only)."""
+    return cache if hasattr(cache, "lookup_states") else getattr(cache, "cache", None)
+
+
 def require_token_cache(model, cache) -> None:
-    """A matching head trains from token states: `cache` must be a token-state cache's pooled view."""
-    if needs_tokens(model) and not hasattr(getattr(cache, "cache", None), "lookup_states"):
+    """A matching head trains from token states: `cache` must be a token-state cache's pooled view (or a
+    `TopLayerView`)."""
+    if needs_tokens(model) and not hasattr(token_source(cache), "lookup_states"):
         raise ValueError("--pair-head matching reads token states, and this --embedding-cache directory holds pooled "
                          "outputs only: use another directory")
 
@@ -82,7 +90,7 @@ def cached_tokens(model, cache, left, right) -> tuple | None:
     if not needs_tokens(model):
         return None
     require_token_cache(model, cache)
-    return cache.cache.lookup_states(left), cache.cache.lookup_states(right)
+    return token_source(cache).lookup_states(left), token_source(cache).lookup_states(right)
 
 
 def bound_head(model, tokens):

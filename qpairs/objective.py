@@ -9,7 +9,8 @@
 * ``--pair-head classifier`` adds a logistic head on (u, v, |u−v|, u∗v) trained jointly with
   binary cross-entropy (weight ``--pair-head-weight``); the model's "distance" then becomes
   −logit, so calibration and evaluation work unchanged. ``--pair-head matching`` compares the
-  frozen base's token states of the two questions (`qpairs.matching`) and trains the same way.
+  frozen base's token states of the two questions (`qpairs.matching`; under ``--train-top-layers``
+  those of the trained top layer) and trains the same way.
 
 Every batch is a `Batch` with a ``left`` and a ``right`` list of texts, embedded the way pairs
 are (for triplets: anchors left, positives + negatives right). One training step's loss is
@@ -59,8 +60,10 @@ def make_pair_head(cfg, dim: int, encoder=None):
         from .matching import MatchingHead
 
         config = getattr(encoder, "config", {})
-        if not (config.get("type") == "transformer" and config.get("frozen_base")) or cfg.variant != "siamese":
-            raise ValueError("--pair-head matching needs a Siamese --encoder transformer with --freeze-base")
+        cached = config.get("frozen_base") or config.get("train_top_layers")
+        if not (config.get("type") == "transformer" and cached) or cfg.variant != "siamese":
+            raise ValueError("--pair-head matching needs a Siamese --encoder transformer with --freeze-base or "
+                             "--train-top-layers")
         if cfg.loss not in PAIR_LOSSES:
             raise ValueError(f"--pair-head matching trains on labelled pairs: use a pair loss ({', '.join(PAIR_LOSSES)}), "
                              f"not {cfg.loss}")
@@ -107,10 +110,13 @@ def autocast(device):
 def embed_pairs(model, q1, q2, device, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Embed both sides (`SiameseModel.embed_pairs`: a Siamese model runs one forward pass over both halves).
 
-    With `cache` (an `EmbeddingCache` of a frozen base) only the heads run, on cached base outputs.
+    With `cache` (an `EmbeddingCache` of a frozen base) only the heads run, on cached base outputs; a
+    `tokencache.TopLayerView` (--train-top-layers) runs each side's top layers and head on cached lower-layer states.
     """
     if cache is not None:
-        return model.embed_pairs(q1, q2, lambda texts, side: model.side(side).head(cache.lookup(texts).to(device)))
+        right = getattr(cache, "right", cache)  # a pseudo-Siamese model's right tower over the same cache
+        return model.embed_pairs(q1, q2, lambda texts, side: model.side(side).head(
+            (right if side == "right" else cache).lookup(texts).to(device)))
     return model.embed_pairs(q1, q2, lambda texts, side: forward_texts(model.side(side), texts, device))
 
 

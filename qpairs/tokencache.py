@@ -1,8 +1,11 @@
 """Cache of a frozen transformer's last-layer token states: each unique text is encoded once, kept on disk.
 
+Under ``--train-top-layers N`` it holds the output of layer L−N instead (``layer`` in its meta, and a
+hash of the frozen bottom weights alone), and `TopLayerView` runs the trained top layers on it.
+
 Layout of a cache directory::
 
-    meta.json                 base weights hash, max length, hidden size, compute precision
+    meta.json                 base weights hash, max length, hidden size, compute precision (and layer)
     part-00000.states.npy     float16 [tokens of the part's texts, hidden]: each text's tokens, one after the other
     part-00000.lengths.npy    int32 [texts]: tokens of each text
     part-00000.json           the part's texts (written last: its presence marks a complete part)
@@ -16,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 from contextlib import nullcontext
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -23,6 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .embcache import EmbeddingCache, TextCache, cache_meta, is_pooled_cache
+from .encoders import pool
 from .encoding import encoded_batches
 from .matching import token_logits
 
@@ -30,11 +35,17 @@ log = logging.getLogger("qpairs")
 PRECISIONS = ("auto", "fp32", "bf16")
 
 
-def base_key(encoder) -> str:
-    """Hash of a transformer encoder's base weights: names what a cache of its outputs holds."""
+def base_key(encoder, layer: int | None = None) -> str:
+    """Hash of a transformer encoder's base weights: names what a cache of its outputs holds (`layer` k: the
+    weights that make the output of layer k, i.e. all but the trained top layers)."""
     from .onnxrt import weights_key
 
-    return weights_key(encoder)
+    if layer is None:
+        return weights_key(encoder)
+    from .fingerprint import weights_hash
+
+    bottom = {k: v for k, v in encoder.model.state_dict().items() if not encoder.saves("model." + k)}
+    return weights_hash(bottom, f"layer {layer}")[:20]
 
 
 def resolve_precision(precision: str, device) -> str:
@@ -47,11 +58,13 @@ def resolve_precision(precision: str, device) -> str:
     return "bf16" if cpu and getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() else "fp32"
 
 
-def token_cache_meta(encoder, precision: str) -> dict:
-    """What makes two token-state caches interchangeable: the base weights, truncation and precision."""
+def token_cache_meta(encoder, precision: str, layer: int | None = None) -> dict:
+    """What makes two token-state caches interchangeable: the base weights, truncation and precision, and the
+    layer whose output it holds (`layer` k; None: the last one, and no ``layer`` entry)."""
     c = encoder.config
-    return {"kind": "token_states", "weights": base_key(encoder), "max_length": c["max_length"],
+    meta = {"kind": "token_states", "weights": base_key(encoder, layer), "max_length": c["max_length"],
             "hidden_size": c["hf_config"].get("hidden_size"), "precision": precision}
+    return meta if layer is None else {**meta, "layer": layer}
 
 
 def pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -63,14 +76,15 @@ def pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
 
 @torch.inference_mode()
 def encode_states(encoder, texts, device="cpu", batch_size: int = 256, precision: str = "fp32",
-                  max_waste: float | None = None, bar=None) -> list[torch.Tensor]:
-    """Each text's last-layer token states [tokens, hidden] (float32, CPU), run in length-sorted batches."""
+                  max_waste: float | None = None, bar=None, layer: int | None = None) -> list[torch.Tensor]:
+    """Each text's last-layer token states [tokens, hidden] (float32, CPU), run in length-sorted batches
+    (`layer` k: those output by layer k)."""
     device = torch.device(device)
     bf16 = resolve_precision(precision, device) == "bf16"
     autocast = (lambda: torch.autocast(device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     out: list[torch.Tensor | None] = [None] * len(texts)
-    for idx, batch, hidden in encoded_batches(encoder, texts, device, batch_size, max_waste, encoder.token_states,
-                                              autocast):
+    run = encoder.token_states if layer is None else partial(encoder.token_states, layer=layer)
+    for idx, batch, hidden in encoded_batches(encoder, texts, device, batch_size, max_waste, run, autocast):
         hidden, mask = hidden.float().cpu(), batch["attention_mask"].bool().cpu()
         for j, i in enumerate(idx):
             out[i] = hidden[j][mask[j]]
@@ -128,7 +142,8 @@ class TokenStateCache(TextCache):
                    disable=None if progress is None else not progress)
         for start in range(0, len(todo), part_size):
             chunk = todo[start : start + part_size]
-            states = encode_states(encoder, chunk, device, batch_size, meta["precision"], bar=bar)
+            states = encode_states(encoder, chunk, device, batch_size, meta["precision"], bar=bar,
+                                   layer=meta.get("layer"))
             lengths = np.array([len(s) for s in states], dtype=np.int32)
             flat = torch.cat(states).numpy().astype(np.float16)
             if self.directory is not None:
@@ -221,9 +236,53 @@ class PooledView:
         return self._matrix[rows]
 
 
-def open_token_cache(encoder, directory=None, precision: str = "auto", device="cpu") -> TokenStateCache:
-    """The token-state cache of `encoder`'s base in `directory` (None: memory only)."""
-    return TokenStateCache(directory, token_cache_meta(encoder, resolve_precision(precision, device)))
+class TopLayerView:
+    """A cache of layer L−N's output run through `encoder`'s trained top N layers (--train-top-layers): the
+    token states and pooled outputs the head and a matching head read in training. `right`: the view of the
+    right tower of a pseudo-Siamese model (its own top layers over the same cache)."""
+
+    def __init__(self, cache: TokenStateCache, encoder, right_encoder=None):
+        self.cache, self.encoder = cache, encoder
+        self.right = TopLayerView(cache, right_encoder) if right_encoder is not None else self
+        self._last = None  # (weights version, texts, states, mask) of the last run
+
+    def fill(self, encoder, texts, *args, **kwargs) -> int:
+        """Add the texts not cached yet: the output of layer L−N (the bottom layers run, once per text)."""
+        return self.cache.fill(encoder, texts, *args, **kwargs)
+
+    def lookup(self, texts) -> torch.Tensor:
+        """Pooled top-layer outputs [len(texts), hidden] (before the head), with gradients to the top layers."""
+        states, mask = self.lookup_states(texts)
+        return pool(states, mask, self.encoder.config["pooling"])
+
+    def lookup_states(self, texts) -> tuple[torch.Tensor, torch.Tensor]:
+        """Top-layer token states [B, T, hidden] and mask [B, T] of cached texts. The first or last rows of the
+        last run (a Siamese batch runs q1 + q2 at once) are reused while the weights and mode are unchanged."""
+        texts, version = list(texts), self._version()
+        if self._last is not None and self._last[0] == version:
+            _, done, states, mask = self._last
+            for start in (0, len(done) - len(texts)):
+                if start >= 0 and done[start : start + len(texts)] == texts:
+                    rows = slice(start, start + len(texts))
+                    width = int(mask[rows].sum(1).max()) if texts else 0
+                    return states[rows, :width], mask[rows, :width]
+        x, mask = self.cache.lookup_states(texts)
+        device = self.encoder.head_device
+        mask = mask.to(device)
+        states = self.encoder.top_states(x.to(device), mask)
+        self._last = (version, texts, states, mask)
+        return states, mask
+
+    def _version(self) -> tuple:
+        """Changes with every optimizer step (in-place updates bump a tensor's version) and mode switch."""
+        params = [p for layer in self.encoder.top_layers for p in layer.parameters()]
+        return torch.is_grad_enabled(), self.encoder.training, tuple(p._version for p in params)
+
+
+def open_token_cache(encoder, directory=None, precision: str = "auto", device="cpu",
+                     layer: int | None = None) -> TokenStateCache:
+    """The token-state cache of `encoder`'s base in `directory` (None: memory only; `layer` k: of layer k's output)."""
+    return TokenStateCache(directory, token_cache_meta(encoder, resolve_precision(precision, device), layer))
 
 
 def open_cache(encoder, directory=None):

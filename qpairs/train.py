@@ -25,7 +25,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import data as qdata
 from . import distributed
-from .builders import build_model, build_pseudo_model, param_groups
+from .builders import build_model, build_pseudo_model, check_base_layers, param_groups
 from .calibration import Calibrator
 from .checkpoint import (CheckpointClock, load_last, load_model, read_json, resumed_config, save_epoch, save_last,
                          write_json)
@@ -47,16 +47,37 @@ def seed_everything(seed: int) -> None:
 
 
 def base_cache(cfg: TrainConfig, model: SiameseModel, run_dir: Path, frames, device, show):
-    """The frozen base's outputs for every text of `frames`, computed once (see `qpairs.embcache`)."""
+    """The frozen base's outputs for every text of `frames`, computed once (see `qpairs.embcache`); under
+    --train-top-layers the output of the layer below the trained ones, read through a `TopLayerView`."""
     from .tokencache import open_cache
 
-    if cfg.encoder != "transformer" or (model.variant == "pseudo" and (cfg.right_encoder, cfg.right_pooling) != ("transformer", cfg.pooling)):
-        raise ValueError("--freeze-base needs --encoder transformer (pseudo: two transformers, one pooling)")
-    cache = open_cache(model.encoder, cfg.embedding_cache or run_dir / "embedding_cache")
+    directory = cfg.embedding_cache or run_dir / "embedding_cache"
+    if cfg.train_top_layers:
+        cache = top_layer_cache(model, directory, device)
+    else:
+        one_pooling = (cfg.right_encoder, cfg.right_pooling) == ("transformer", cfg.pooling)
+        if cfg.encoder != "transformer" or (model.variant == "pseudo" and not one_pooling):
+            raise ValueError("--freeze-base needs --encoder transformer (pseudo: two transformers, one pooling)")
+        cache = open_cache(model.encoder, directory)
     require_token_cache(model, cache)
     texts = [t for f in frames for col in ("question1", "question2") for t in f[col]]
     cache.fill(model.encoder, texts, device, batch_size=max(cfg.batch_size, 256), progress=show)
     return cache
+
+
+def top_layer_cache(model: SiameseModel, directory, device):
+    """A `TopLayerView` of the token cache of layer L−N's output; a pseudo-Siamese model's towers must share
+    that bottom (one cache) and each run its own top layers."""
+    from .tokencache import TopLayerView, base_key, open_token_cache
+
+    left, right = model.encoder, model.right_encoder
+    layer = left.cut
+    if right is not None and (right.config.get("train_top_layers") != left.config["train_top_layers"]
+                              or right.config["max_length"] != left.config["max_length"]
+                              or base_key(right, layer) != base_key(left, layer)):
+        raise ValueError("--train-top-layers with --variant pseudo needs two transformer towers on one base, read "
+                         "at one length (their frozen bottom layers share one cache)")
+    return TopLayerView(open_token_cache(left, directory, device=device, layer=layer), left, right)
 
 
 def lr_lambda(total_steps: int, warmup: float):
@@ -126,6 +147,7 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     `splits` (train/validation/test frames) replaces loading `cfg.data`, e.g. to share one split in a benchmark.
     """
     cfg = cfg.resolved()
+    check_base_layers(cfg)
     run_dir = Path(cfg.out)
     if run_dir.exists() and any(run_dir.iterdir()) and not cfg.resume:
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out")
@@ -157,7 +179,8 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     model.to(device).train()
     net = distributed.wrap_for_training(model, device)  # DDP under torchrun: run the training forward as net(fn, ...)
     with distributed.main_first():  # rank 0 fills the cache, the others then read it
-        cache = base_cache(cfg, model, run_dir, (train_df, val_df), device, show) if cfg.freeze_base else None
+        cache = (base_cache(cfg, model, run_dir, (train_df, val_df), device, show)
+                 if cfg.freeze_base or cfg.train_top_layers else None)
 
     # loss, optimizer, schedule
     weights = qdata.class_weights(train_df["is_duplicate"].to_numpy(), cfg.train_pos_rate) if cfg.balance == "weight" else None

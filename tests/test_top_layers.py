@@ -1,0 +1,209 @@
+"""--train-top-layers N: the bottom layers' output cached once, the top N layers and the head trained on it."""
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from conftest import make_pairs, make_tiny_bert
+
+LAYERS = 3
+TOL = 1e-3  # the cache holds the lower layer's states in float16; inference runs them in float32
+
+
+@pytest.fixture(scope="module")
+def tiny_bert3(tmp_path_factory):
+    """A tiny random 3-layer BertModel with the MiniLM tokenizer in a directory (no hub)."""
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert3"), LAYERS)
+
+
+@pytest.fixture
+def fp32_cache(monkeypatch):
+    """Fill caches in fp32 on every CPU (bf16 autocast would round the cached states beyond fp16's)."""
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)
+
+
+def _train_args(base, data, run, *extra):
+    return ["train", "--train-top-layers", "1", "--base-model", str(base), "--data", str(data), "--out", str(run),
+            "--epochs", "1", "--batch-size", "32", "--max-length", "32", "--lr", "1e-3", "--device", "cpu",
+            "--no-progress", *extra]
+
+
+def _data(tmp_path, n=300):
+    path = tmp_path / "pairs.csv"
+    make_pairs(n, seed=3).to_csv(path, index=False)
+    return path
+
+
+def _base_state(base):
+    from qpairs.encoders import load_base
+
+    return load_base(str(base)).state_dict()
+
+
+def _validation_probabilities(run, det):
+    """The probabilities of the run's validation pairs as training's validation computes them: the top layers
+    and the head on the cached lower-layer states, through the run's calibrator."""
+    from qpairs.checkpoint import load_model
+    from qpairs.config import TrainConfig
+    from qpairs.objective import Objective
+    from qpairs.train import base_cache, validate_and_calibrate
+
+    cfg = TrainConfig(**json.loads((run / "config.json").read_text())["train"]).resolved()
+    val = pd.read_csv(run / "splits" / "validation.csv.gz")
+    model, _ = load_model(run)
+    cache = base_cache(cfg, model, run, (val,), torch.device("cpu"), False)
+    assert len(cache.cache.missing(list(val["question1"]) + list(val["question2"]))) == 0  # filled in training
+    _, _, d = validate_and_calibrate(model, Objective(cfg, val, None, torch.device("cpu"), cache), val,
+                                     cfg.batch_size, cfg.calibration, cfg.threshold)
+    return val, det.calibrator.predict_proba(d)
+
+
+def test_bottom_layers_then_top_layers_give_the_full_model(tiny_bert3):
+    from qpairs.encoders import build_encoder
+
+    enc = build_encoder({"type": "transformer", "pooling": "mean", "max_length": 32, "base_model": str(tiny_bert3),
+                         "train_top_layers": 2}).eval()
+    from qpairs.toplayers import layer_prefixes
+
+    assert enc.cut == 1 and layer_prefixes(enc.model, enc.top_layers) == ["encoder.layer.1.", "encoder.layer.2."]
+    trainable = {n.split(".")[3] for n, p in enc.named_parameters() if p.requires_grad and n.startswith("model.")}
+    assert trainable == {"1", "2"}  # embeddings, layer 0 and the pooler stay frozen
+    batch = enc.tokenize(["Hi?", "What is the best way to learn python in a week or two?"])  # padded rows
+    with torch.no_grad():
+        low = enc.token_states(**batch, layer=enc.cut)
+        mask = batch["attention_mask"].bool()
+        torch.testing.assert_close(enc.top_states(low, batch["attention_mask"])[mask], enc.token_states(**batch)[mask])
+
+
+@pytest.mark.parametrize("pair_head", ["none", "matching"])
+def test_train_top_layers_trains_the_top_only_and_scores_as_validation(tiny_bert3, tmp_path, fp32_cache, pair_head):
+    from qpairs import load
+    from qpairs.cli import main
+
+    run = tmp_path / "run"
+    extra = ["--pair-head", pair_head, "--distance", "cosine"] if pair_head == "matching" else []
+    assert main(_train_args(tiny_bert3, _data(tmp_path), run, *extra)) == 0
+
+    # (a) the run stores the top layer and the head only; the bottom layers are the base's, the top one moved
+    saved = load_file(run / "model.safetensors")
+    base_keys = {k.split(".", 2)[2] for k in saved if k.startswith("encoder.model.")}
+    assert base_keys and all(k.startswith(f"encoder.layer.{LAYERS - 1}.") for k in base_keys)
+    det = load(run, device="cpu", backend="torch")
+    state, base = det.model.encoder.model.state_dict(), _base_state(tiny_bert3)
+    assert set(state) == set(base)
+    top = f"encoder.layer.{LAYERS - 1}."
+    assert all(torch.equal(state[k], v) for k, v in base.items() if not k.startswith(top))
+    assert not torch.equal(state[top + "attention.self.query.weight"], base[top + "attention.self.query.weight"])
+    assert not torch.equal(state[top + "output.dense.weight"], base[top + "output.dense.weight"])
+
+    # (b) inference (torch, ONNX, `qpairs score`) gives the probabilities training's validation computed
+    val, at_training = _validation_probabilities(run, det)
+    q1, q2 = list(val["question1"]), list(val["question2"])
+    np.testing.assert_allclose(det.predict_proba(q1, q2), at_training, rtol=0, atol=TOL)
+    onnx = load(run, device="cpu", backend="onnx")
+    np.testing.assert_allclose(onnx.predict_proba(q1, q2), at_training, rtol=0, atol=TOL)
+    val[["question1", "question2"]].to_csv(tmp_path / "in.csv", index=False)
+    assert main(["score", str(tmp_path / "in.csv"), "--model", str(run), "--output", str(tmp_path / "out.csv"),
+                 "--device", "cpu", "--backend", "torch"]) == 0
+    scored = pd.read_csv(tmp_path / "out.csv")["duplicate_probability"]
+    np.testing.assert_allclose(scored, at_training, rtol=0, atol=TOL)
+    history = json.loads((run / "history.json").read_text())
+    metrics = json.loads((run / "metrics.json").read_text())
+    assert history[0]["val_log_loss"] == pytest.approx(metrics["validation"]["log_loss"], abs=1e-4)
+
+    # (c) the cache holds layer L−1's output, and a last-layer cache is never read from it
+    meta = json.loads((run / "embedding_cache" / "meta.json").read_text())
+    assert meta["kind"] == "token_states" and meta["layer"] == LAYERS - 1
+    from qpairs.tokencache import open_token_cache
+
+    with pytest.raises(ValueError, match="token-state cache was made with"):
+        open_token_cache(det.model.encoder, run / "embedding_cache", precision="fp32")
+
+
+def test_train_top_layers_resumes_without_refilling_the_cache(tiny_bert3, tmp_path, fp32_cache, caplog):
+    from qpairs.cli import main
+
+    run = tmp_path / "run"
+    assert main(_train_args(tiny_bert3, _data(tmp_path), run)) == 0
+    top = load_file(run / "last" / "model.safetensors")
+    caplog.clear()
+    assert main(["train", "--resume", "--out", str(run), "--epochs", "2", "--device", "cpu", "--no-progress"]) == 0
+    assert "with the frozen base" not in caplog.text  # the cache of the first epoch serves the resumed run
+    history = json.loads((run / "history.json").read_text())
+    assert [h["epoch"] for h in history] == [1, 2]
+    resumed = load_file(run / "last" / "model.safetensors")
+    assert set(resumed) == set(top) and any(not torch.equal(resumed[k], top[k]) for k in top)  # trained on
+    assert json.loads((run / "config.json").read_text())["encoder"]["train_top_layers"] == 1
+
+
+@pytest.mark.parametrize("n", [str(LAYERS), "-1"])
+def test_bad_number_of_top_layers_is_a_one_line_error_naming_the_layers(tiny_bert3, tmp_path, capsys, n):
+    from qpairs.cli import main
+
+    args = _train_args(tiny_bert3, _data(tmp_path, 80), tmp_path / "run")
+    args[args.index("--train-top-layers") + 1] = n
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and f"the base has {LAYERS} layers" in err and f"got {n}" in err
+    assert not (tmp_path / "run").exists()  # refused before the data is read
+    assert main([*args[:2], "1", *args[3:], "--freeze-base"]) == 2
+    assert "exclusive" in capsys.readouterr().err
+
+
+def test_pseudo_towers_train_their_own_top_layers_over_one_cache(tiny_bert3, tmp_path, fp32_cache):
+    from qpairs import load
+    from qpairs.cli import main
+
+    run = tmp_path / "run"
+    assert main(_train_args(tiny_bert3, _data(tmp_path), run, "--variant", "pseudo", "--right-max-length", "32",
+                            "--right-pooling", "max", "--right-lr", "2e-3")) == 0
+    saved = load_file(run / "model.safetensors")
+    for side in ("encoder", "right_encoder"):
+        keys = {k.split(".", 2)[2] for k in saved if k.startswith(f"{side}.model.")}
+        assert keys and all(k.startswith(f"encoder.layer.{LAYERS - 1}.") for k in keys)
+    top = f"model.encoder.layer.{LAYERS - 1}.output.dense.weight"
+    left, right = saved["encoder." + top], saved["right_encoder." + top]
+    assert not torch.equal(left, right)  # each tower trained its own top layer
+    assert len(list((run / "embedding_cache").glob("part-*.json"))) == 1  # one cache of the shared bottom
+    det = load(run, device="cpu", backend="torch")
+    val, at_training = _validation_probabilities(run, det)
+    np.testing.assert_allclose(det.predict_proba(list(val["question1"]), list(val["question2"])), at_training,
+                               rtol=0, atol=TOL)
+
+
+def test_pseudo_top_layers_need_transformer_towers(tiny_bert3, tmp_path):
+    from qpairs.config import TrainConfig
+    from qpairs.train import train
+
+    cfg = TrainConfig(out=str(tmp_path / "run"), data=[str(_data(tmp_path, 80))], train_top_layers=1,
+                      base_model=str(tiny_bert3), variant="pseudo", right_encoder="lstm", epochs=1, device="cpu",
+                      progress=False)
+    with pytest.raises(ValueError, match="needs transformer towers"):
+        train(cfg)
+
+
+def test_top_layer_view_reuses_a_batch_run_only_while_the_weights_stand(tiny_bert3):
+    from qpairs.encoders import build_encoder
+    from qpairs.tokencache import TopLayerView, open_token_cache
+
+    enc = build_encoder({"type": "transformer", "pooling": "mean", "max_length": 32, "base_model": str(tiny_bert3),
+                         "train_top_layers": 1}).eval()
+    texts = list(dict.fromkeys(make_pairs(20)["question1"]))[:6]
+    view = TopLayerView(open_token_cache(enc, None, precision="fp32", layer=enc.cut), enc)
+    view.fill(enc, texts, progress=False)
+    both = view.lookup(texts)  # one run of the top layer over a batch of both sides
+    left, mask = view.lookup_states(texts[:2])  # the first rows of that run, cut to their own width
+    assert left.shape[1] == int(mask.sum(1).max())
+    fresh = TopLayerView(view.cache, enc)
+    torch.testing.assert_close(left[mask], fresh.lookup_states(texts[:2])[0][mask])
+    torch.testing.assert_close(both, fresh.lookup(texts))
+    with torch.no_grad():
+        enc.top_layers[0].output.dense.weight.add_(1.0)  # an optimizer step: the last run is stale
+    moved, _ = view.lookup_states(texts[:2])
+    assert not torch.allclose(moved[mask], left[mask])
+    torch.testing.assert_close(moved[mask], TopLayerView(view.cache, enc).lookup_states(texts[:2])[0][mask])
