@@ -156,8 +156,12 @@ def test_train_freeze_base_matching_head_trains_saves_loads_and_scores(tiny_bert
     meta = json.loads((run / "embedding_cache" / "meta.json").read_text())
     assert meta["kind"] == "token_states"  # training read token states from the cache
 
-    det = load(run, device="cpu")
-    assert isinstance(det.model.pair_head, MatchingHead) and det.backend == "torch"
+    det = load(run, device="cpu", backend="torch")
+    assert isinstance(det.model.pair_head, MatchingHead)
+    from qpairs import onnxrt
+
+    if onnxrt.available():  # on the CPU, 'auto' runs token states in ONNX int8, as for pooled outputs
+        assert onnxrt.resolve_backend("auto", torch.device("cpu"), det.model) == onnxrt.AUTO_CPU_BACKEND
     pairs = make_pairs(30, seed=9)
     q1, q2 = list(pairs["question1"]), list(pairs["question2"])
     batch = det.predict_proba(q1, q2)
@@ -172,7 +176,7 @@ def test_train_freeze_base_matching_head_trains_saves_loads_and_scores(tiny_bert
 
     pairs[["id", "question1", "question2"]].to_csv(tmp_path / "in.csv", index=False)
     assert main(["score", str(tmp_path / "in.csv"), "--model", str(run), "--output", str(tmp_path / "out.csv"),
-                 "--device", "cpu"]) == 0
+                 "--device", "cpu", "--backend", "torch"]) == 0
     scored = pd.read_csv(tmp_path / "out.csv")
     np.testing.assert_allclose(scored["duplicate_probability"], batch, rtol=0, atol=1e-6)
     onnx = load(run, device="cpu", backend="onnx")  # token states through ONNX Runtime
