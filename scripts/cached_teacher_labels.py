@@ -1,0 +1,61 @@
+"""Teacher probabilities of training pairs from the teacher's frozen-base cache (no base forward pass).
+
+`qpairs train --teacher RUN` scores every training pair with the teacher's normal inference path,
+which runs the frozen base again for every text. A frozen-base teacher trained with an
+`--embedding-cache` already holds every training text's base outputs (token states for a matching
+head): this reads them and runs only the heads, then writes the `--teacher-labels` format
+(question1, question2, is_duplicate, teacher_probability) for a student trained on the same split.
+
+    python scripts/cached_teacher_labels.py runs/matching_aux --cache runs/token_cache_40 \
+        --pairs runs/teacher_q0_train_labels.csv.gz --out runs/matching_aux_train_labels.csv.gz
+"""
+from __future__ import annotations
+
+import argparse
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+import qpairs
+from qpairs.matching import cached_tokens
+from qpairs.objective import embed_pairs
+from qpairs.tokencache import open_cache
+
+
+@torch.inference_mode()
+def cached_probabilities(det, q1: list[str], q2: list[str], cache, batch_size: int = 1024) -> np.ndarray:
+    """The teacher's calibrated probability of each pair, its base outputs read from `cache`."""
+    out = np.zeros(len(q1))
+    for s in tqdm(range(0, len(q1), batch_size), unit="batch", desc="teacher"):
+        a, b = q1[s : s + batch_size], q2[s : s + batch_size]
+        e1, e2 = embed_pairs(det.model, a, b, det.device, cache)
+        d = det.model.decision_distance(e1.float(), e2.float(), cached_tokens(det.model, cache, a, b))
+        out[s : s + len(a)] = det.calibrator.predict_proba(d.cpu().numpy())
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("teacher", help="a frozen-base run directory")
+    ap.add_argument("--cache", required=True, help="the --embedding-cache the teacher trained with")
+    ap.add_argument("--pairs", required=True, help="the student's training pairs (question1, question2, is_duplicate)")
+    ap.add_argument("--out", required=True)
+    args = ap.parse_args()
+    det = qpairs.load(args.teacher, device="cpu", backend="torch")
+    encoder = det.model.encoder
+    encoder.model  # noqa: B018 - build the base: training keyed its cache by the built weights, not the files
+    encoder._lazy_base = None
+    cache = open_cache(encoder, args.cache)
+    pairs = pd.read_csv(args.pairs, keep_default_na=False)
+    missing = cache.missing(list(pairs["question1"]) + list(pairs["question2"]))
+    if missing:
+        raise SystemExit(f"{len(missing)} texts of {args.pairs} are not in {args.cache}, e.g. {missing[0]!r}")
+    p = cached_probabilities(det, list(pairs["question1"]), list(pairs["question2"]), cache)
+    pairs[["question1", "question2", "is_duplicate"]].assign(teacher_probability=p.round(4)).to_csv(args.out, index=False)
+    print(f"{args.out}: {len(pairs)} pairs, mean teacher probability {p.mean():.3f}")
+
+
+if __name__ == "__main__":
+    main()
