@@ -29,6 +29,7 @@ from pathlib import Path
 import numpy as np
 
 from qpairs import data as qd
+from qpairs.checkpoint import model_fingerprint
 from qpairs.dedup import LINKAGES, duplicate_edges, linkage_clusters, pair_metrics
 from qpairs.search import QuestionIndex
 from qpairs.triplets import DuplicateGraph
@@ -63,7 +64,7 @@ def show_groups(labels: np.ndarray, texts: list[str], count: int, seed: int) -> 
 def knn_edges(det, texts: list[str], k: int, cache: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The kNN graph's edges (every probability kept), from `cache` when it was written for these texts and k."""
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
-    key = f"{len(texts)}:{k}:{digest}:{det.path}"
+    key = f"{len(texts)}:{k}:{digest}:{model_fingerprint(det)}:{det.backend}"
     if cache and Path(cache).exists():
         saved = np.load(cache, allow_pickle=False)
         if str(saved["key"]) != key:
