@@ -47,17 +47,35 @@ def test_load_restores_exactly(tiny_run):
     assert det.predict(q1[0], q2[0]) == (p1[0] >= det.threshold)
 
 
-def test_last_epoch_validation_is_the_validation_row_of_metrics_json(tmp_path):
+TRANSFORMER = dict(encoder="transformer", max_length=32, lr=3e-3)
+RUN_KINDS = {  # settings beside the base model; a frozen base's validation and test read the training cache
+    "lstm": {},
+    "transformer": TRANSFORMER,
+    "frozen_pooled": dict(TRANSFORMER, freeze_base=True, head="residual"),
+    "frozen_matching": dict(TRANSFORMER, freeze_base=True, head="residual", pair_head="matching", distance="cosine"),
+    "top_layers": dict(TRANSFORMER, train_top_layers=1),
+}
+
+
+@pytest.mark.parametrize("kind", list(RUN_KINDS))
+def test_best_epoch_validation_is_the_validation_row_of_metrics_json(tmp_path, kind, request):
     data = tmp_path / "pairs.csv"
     make_pairs(300, seed=4).to_csv(data, index=False)
-    run = train(_tiny_cfg(tmp_path, data, epochs=1))  # one epoch: the last one is the saved (best) one
-    last = json.loads((run / "history.json").read_text())[-1]
+    settings = dict(RUN_KINDS[kind])
+    if kind == "top_layers":
+        from conftest import make_tiny_bert
+
+        settings["base_model"] = str(make_tiny_bert(tmp_path / "bert", layers=2))
+    elif kind != "lstm":
+        settings["base_model"] = str(request.getfixturevalue("tiny_bert"))
+    run = train(_tiny_cfg(tmp_path, data, epochs=2, patience=5, **settings))
+    history = json.loads((run / "history.json").read_text())
+    best = max(history, key=lambda row: (row["val_roc_auc"], -row["epoch"]))  # the first epoch of the best score
     final = json.loads((run / "metrics.json").read_text())["validation"]
-    per_epoch = {k.removeprefix("val_"): v for k, v in last.items() if k.startswith("val_") and k != "val_loss"}
+    per_epoch = {k.removeprefix("val_"): v for k, v in best.items() if k.startswith("val_") and k != "val_loss"}
     extras = {"threshold", "test_prior", "operating_point", "promised_precision", "promised_recall"}
     assert set(per_epoch) == set(final) - extras and {"accuracy", "f1", "log_loss", "roc_auc"} <= set(per_epoch)
-    for name, value in per_epoch.items():
-        assert final[name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+    assert {name: final[name] for name in per_epoch} == per_epoch  # the same numbers, by the same code
 
 
 def test_refuses_to_overwrite_a_run(tiny_run):
