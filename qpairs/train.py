@@ -14,6 +14,7 @@ import logging
 import math
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
@@ -28,7 +29,7 @@ from . import distributed
 from .builders import build_model, build_pseudo_model, check_base_layers, param_groups
 from .calibration import Calibrator
 from .checkpoint import (CheckpointClock, load_last, load_model, read_json, resumed_config, save_epoch, save_last,
-                         write_json)
+                         saved_weight, write_json)
 from .config import TrainConfig
 from .evaluate import calibrated_metrics
 from .matching import cached_tokens, require_token_cache
@@ -279,17 +280,28 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     return run_dir
 
 
+@contextmanager
+def saved_weights(model: SiameseModel, run_dir: Path):
+    """`model` with the weights saved in `run_dir` (the best checkpoint) inside the block, its own again after."""
+    from safetensors.torch import load_file
+
+    own = {k: v.detach().clone() for k, v in model.state_dict().items() if saved_weight(model, k)}
+    device = next(model.parameters()).device
+    model.load_state_dict(load_file(run_dir / "model.safetensors", device=str(device)), strict=False)
+    try:
+        yield model
+    finally:
+        model.load_state_dict(own, strict=False)
+
+
 def finish(run_dir: Path, model, objective: Objective, val_df, test_df, history, batch_size: int) -> dict:
     """Evaluate the best checkpoint on validation and test, write metrics.json and the test report.
 
     The distances are `frame_distances`, the code of each epoch's validation (a frozen base: from the training
     cache), so metrics.json's validation row is the best epoch's validation row of history.json."""
-    from safetensors.torch import load_file
-
     from .evaluate import evaluate_distances, labelled_pairs
     from .operating_point import describe
 
-    model.load_state_dict(load_file(run_dir / "model.safetensors", device=str(objective.device)), strict=False)
     calibrator = Calibrator.from_dict(read_json(run_dir / "calibration.json"))
 
     def evaluated(frame, **report):
@@ -297,9 +309,10 @@ def finish(run_dir: Path, model, objective: Objective, val_df, test_df, history,
         d = frame_distances(model, objective, labelled, batch_size)
         return evaluate_distances(calibrator, d, labelled["is_duplicate"].to_numpy(), **report)[0]
 
-    results = {"validation": evaluated(val_df)}
-    if len(test_df):
-        results["test"] = evaluated(test_df, report_dir=run_dir / "report", history=history)
+    with saved_weights(model, run_dir):
+        results = {"validation": evaluated(val_df)}
+        if len(test_df):
+            results["test"] = evaluated(test_df, report_dir=run_dir / "report", history=history)
     write_json(run_dir / "metrics.json", results)
     print(format_table(results))
     line = describe(calibrator.operating_point, results["test"]) if "test" in results else None
