@@ -3,7 +3,9 @@
 `train(TrainConfig(...))` is what `qpairs train` runs. The pieces live beside it: the training
 data in `qpairs.splits`, fresh models in `qpairs.builders`, the loss of a batch in
 `qpairs.objective`, the run directory (best model, ``history.json``, resumable ``last/``) in
-`qpairs.checkpoint`, and the metrics of a calibrated model in `qpairs.evaluate`. `resume=True`
+`qpairs.checkpoint`, and the metrics of a calibrated model in `qpairs.evaluate`. Each epoch's validation and the
+final evaluation (metrics.json) compute distances by one function, `frame_distances` (a frozen base: from its
+cache, which holds the test texts too), so the best epoch's row of history.json is metrics.json's. `resume=True`
 continues from ``last/``, saved at each epoch end and every ``checkpoint_minutes`` within an
 epoch. The batch order of an epoch follows from the seed alone, so a resumed epoch skips the
 batches already trained and goes on exactly.
