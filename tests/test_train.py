@@ -52,9 +52,21 @@ RUN_KINDS = {  # settings beside the base model; a frozen base's validation and 
     "lstm": {},
     "transformer": TRANSFORMER,
     "frozen_pooled": dict(TRANSFORMER, freeze_base=True, head="residual"),
+    "frozen_pooled_only": dict(TRANSFORMER, freeze_base=True, head="residual"),  # a cache of pooled outputs alone
     "frozen_matching": dict(TRANSFORMER, freeze_base=True, head="residual", pair_head="matching", distance="cosine"),
     "top_layers": dict(TRANSFORMER, train_top_layers=1),
 }
+
+
+def pooled_cache(directory, base):
+    """An `EmbeddingCache` directory (pooled outputs only) of a frozen `base` read at 32 tokens."""
+    from qpairs.embcache import EmbeddingCache, cache_meta
+    from qpairs.encoders import build_encoder
+
+    encoder = build_encoder({"type": "transformer", "pooling": "mean", "max_length": 32, "base_model": base,
+                             "head": "residual", "frozen_base": True}).eval()
+    EmbeddingCache(directory, cache_meta(encoder)).fill(encoder, ["What is a cache?"], progress=False)
+    return directory
 
 
 @pytest.mark.parametrize("kind", list(RUN_KINDS))
@@ -68,7 +80,13 @@ def test_best_epoch_validation_is_the_validation_row_of_metrics_json(tmp_path, k
         settings["base_model"] = str(make_tiny_bert(tmp_path / "bert", layers=2))
     elif kind != "lstm":
         settings["base_model"] = str(request.getfixturevalue("tiny_bert"))
+    if kind == "frozen_pooled_only":
+        settings["embedding_cache"] = str(pooled_cache(tmp_path / "pooled", settings["base_model"]))
     run = train(_tiny_cfg(tmp_path, data, epochs=2, patience=5, **settings))
+    if kind == "frozen_pooled_only":
+        from qpairs.embcache import is_pooled_cache
+
+        assert is_pooled_cache(settings["embedding_cache"])  # trained from it and extended as it is
     history = json.loads((run / "history.json").read_text())
     best = max(history, key=lambda row: (row["val_roc_auc"], -row["epoch"]))  # the first epoch of the best score
     final = json.loads((run / "metrics.json").read_text())["validation"]
