@@ -193,12 +193,16 @@ def all_sum(*values: float) -> list[float]:
 
 def gather_strided(local: np.ndarray) -> np.ndarray:
     """Reassemble per-rank results computed on the rows ``rank::world`` of a frame, in frame order."""
-    world = world_size()
-    if world == 1:
+    if world_size() == 1:
         return local
-    parts = [None] * world
+    parts = [None] * world_size()
     dist.all_gather_object(parts, np.asarray(local))
+    return interleave(parts)
+
+
+def interleave(parts: list) -> np.ndarray:
+    """Results of the rows ``r::len(parts)`` of a frame, one array per r, in frame order."""
     out = np.empty(sum(len(p) for p in parts), dtype=parts[0].dtype)
     for r, p in enumerate(parts):
-        out[r::world] = p
+        out[r :: len(parts)] = p
     return out

@@ -20,6 +20,14 @@ def calibrated_metrics(calibrator, distances, labels, test_prior: float | None =
     return classification_metrics(labels, probs, calibrator.threshold), probs
 
 
+def labelled_pairs(frame: pd.DataFrame) -> pd.DataFrame:
+    """The rows of `frame` with a label (is_duplicate ≥ 0); none is a ValueError."""
+    labelled = frame[frame["is_duplicate"] >= 0]
+    if len(labelled) == 0:
+        raise ValueError("no labelled pairs to evaluate")
+    return labelled
+
+
 def evaluate_frame(det, frame: pd.DataFrame, report_dir=None, history=None,
                    test_prior: float | None = None) -> tuple[dict, np.ndarray]:
     """Metrics of `det` on a frame with question1/question2/is_duplicate; optional report directory.
@@ -27,15 +35,18 @@ def evaluate_frame(det, frame: pd.DataFrame, report_dir=None, history=None,
     `test_prior`: the duplicate rate the data is known to have (e.g. 0.5 for a balanced set); the calibrated
     probabilities are re-weighted to it by Bayes' rule before the stored threshold is applied.
     """
-    labelled = frame[frame["is_duplicate"] >= 0]
-    if len(labelled) == 0:
-        raise ValueError("no labelled pairs to evaluate")
+    labelled = labelled_pairs(frame)
     d = det.distances(list(labelled["question1"]), list(labelled["question2"]))
-    y = labelled["is_duplicate"].to_numpy()
-    metrics, probs = calibrated_metrics(det.calibrator, d, y, test_prior)
-    metrics["threshold"] = det.threshold
+    return evaluate_distances(det.calibrator, d, labelled["is_duplicate"].to_numpy(), report_dir, history, test_prior)
+
+
+def evaluate_distances(calibrator, d, y, report_dir=None, history=None,
+                       test_prior: float | None = None) -> tuple[dict, np.ndarray]:
+    """`evaluate_frame` from the pairs' distances `d` and labels `y`."""
+    metrics, probs = calibrated_metrics(calibrator, d, y, test_prior)
+    metrics["threshold"] = calibrator.threshold
     metrics["test_prior"] = test_prior
-    point = det.calibrator.operating_point
+    point = calibrator.operating_point
     if point:  # what the stored operating point promised, beside what it reaches here
         metrics.update(operating_point=point["rule"], promised_precision=point["precision"],
                        promised_recall=point["recall"])

@@ -3,7 +3,9 @@
 `train(TrainConfig(...))` is what `qpairs train` runs. The pieces live beside it: the training
 data in `qpairs.splits`, fresh models in `qpairs.builders`, the loss of a batch in
 `qpairs.objective`, the run directory (best model, ``history.json``, resumable ``last/``) in
-`qpairs.checkpoint`, and the metrics of a calibrated model in `qpairs.evaluate`. `resume=True`
+`qpairs.checkpoint`, and the metrics of a calibrated model in `qpairs.evaluate`. Each epoch's validation and the
+final evaluation (metrics.json) compute distances by one function, `frame_distances` (a frozen base: from its
+cache, which holds the test texts too), so the best epoch's row of history.json is metrics.json's. `resume=True`
 continues from ``last/``, saved at each epoch end and every ``checkpoint_minutes`` within an
 epoch. The batch order of an epoch follows from the seed alone, so a resumed epoch skips the
 batches already trained and goes on exactly.
@@ -14,6 +16,7 @@ import logging
 import math
 import random
 import time
+from contextlib import contextmanager
 from dataclasses import asdict
 from itertools import islice
 from pathlib import Path
@@ -28,7 +31,7 @@ from . import distributed
 from .builders import build_model, build_pseudo_model, check_base_layers, param_groups
 from .calibration import Calibrator
 from .checkpoint import (CheckpointClock, load_last, load_model, read_json, resumed_config, save_epoch, save_last,
-                         write_json)
+                         saved_weight, write_json)
 from .config import TrainConfig
 from .evaluate import calibrated_metrics
 from .matching import cached_tokens, require_token_cache
@@ -91,6 +94,28 @@ def lr_lambda(total_steps: int, warmup: float):
     return f
 
 
+def scored_batches(model, objective: Objective, frame, batch_size: int):
+    """(e1, e2, labels, distances) of `frame`'s pairs in frame order, ``2 × batch_size`` at a time: embedded by
+    `objective.embed` (a frozen base: from the training cache), a matching head reading the cached token states."""
+    for q1, q2, y, _ in pair_batches(frame, batch_size * 2, False, 0):
+        e1, e2 = objective.embed(model, q1, q2)
+        yield e1, e2, y, model.decision_distance(e1, e2, cached_tokens(model, objective.cache, q1, q2)).cpu().numpy()
+
+
+@torch.no_grad()
+def frame_distances(model, objective: Objective, frame, batch_size: int) -> np.ndarray:
+    """The model's distances of `frame`'s pairs exactly as `validate_and_calibrate` computes them, in one process:
+    each rank's rows ``rank::world`` in `scored_batches`, reassembled in frame order (the final evaluation)."""
+    model.eval()
+    world = distributed.world_size()
+    return distributed.interleave([_concat([d for *_, d in scored_batches(model, objective, frame.iloc[r::world],
+                                                                         batch_size)]) for r in range(world)])
+
+
+def _concat(parts: list) -> np.ndarray:
+    return np.concatenate(parts) if parts else np.zeros(0, np.float32)
+
+
 @torch.no_grad()
 def validate_and_calibrate(model, objective: Objective, frame, batch_size: int, calibration: str,
                            threshold: str = "accuracy") -> tuple[dict, Calibrator, np.ndarray]:
@@ -103,11 +128,10 @@ def validate_and_calibrate(model, objective: Objective, frame, batch_size: int, 
     model.eval()
     dists, losses = [], []
     part = frame.iloc[distributed.rank() :: distributed.world_size()]
-    for q1, q2, y, w in pair_batches(part, batch_size * 2, False, 0):
-        e1, e2 = objective.embed(model, q1, q2)
-        losses.append(float(objective.validation_loss(e1, e2, y.to(objective.device))) * len(q1))
-        dists.append(model.decision_distance(e1, e2, cached_tokens(model, objective.cache, q1, q2)).cpu().numpy())
-    d = distributed.gather_strided(np.concatenate(dists) if dists else np.zeros(0, np.float32))
+    for e1, e2, y, d in scored_batches(model, objective, part, batch_size):
+        losses.append(float(objective.validation_loss(e1, e2, y.to(objective.device))) * len(y))
+        dists.append(d)
+    d = distributed.gather_strided(_concat(dists))
     labels = frame["is_duplicate"].to_numpy()
     cal = fit_calibrator(calibration, d, labels, threshold)
     m, _ = calibrated_metrics(cal, d, labels)
@@ -179,7 +203,7 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     model.to(device).train()
     net = distributed.wrap_for_training(model, device)  # DDP under torchrun: run the training forward as net(fn, ...)
     with distributed.main_first():  # rank 0 fills the cache, the others then read it
-        cache = (base_cache(cfg, model, run_dir, (train_df, val_df), device, show)
+        cache = (base_cache(cfg, model, run_dir, (train_df, val_df, test_df), device, show)
                  if cfg.freeze_base or cfg.train_top_layers else None)
 
     # loss, optimizer, schedule
@@ -252,26 +276,48 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
                 clock.reset()
 
     if distributed.is_main():  # the final evaluation runs on rank 0 alone
-        finish(run_dir, val_df, test_df, state["history"], device)
+        finish(run_dir, model, objective, val_df, test_df, state["history"], cfg.batch_size)
     distributed.cleanup()
     check_operating_point(run_dir)
     return run_dir
 
 
-def finish(run_dir: Path, val_df, test_df, history, device) -> dict:
-    """Evaluate the best checkpoint on validation and test, write metrics.json and the test report."""
-    from .detector import load
-    from .evaluate import evaluate_frame
+@contextmanager
+def saved_weights(model: SiameseModel, run_dir: Path):
+    """`model` with the weights saved in `run_dir` (the best checkpoint) inside the block, its own again after."""
+    from safetensors.torch import load_file
 
-    det = load(run_dir, device=str(device), backend="torch")  # the model as trained (CPU default: int8 ONNX)
-    results = {"validation": evaluate_frame(det, val_df)[0]}
-    if len(test_df):
-        results["test"], _ = evaluate_frame(det, test_df, report_dir=run_dir / "report", history=history)
-    write_json(run_dir / "metrics.json", results)
-    print(format_table(results))
+    own = {k: v.detach().clone() for k, v in model.state_dict().items() if saved_weight(model, k)}
+    device = next(model.parameters()).device
+    model.load_state_dict(load_file(run_dir / "model.safetensors", device=str(device)), strict=False)
+    try:
+        yield model
+    finally:
+        model.load_state_dict(own, strict=False)
+
+
+def finish(run_dir: Path, model, objective: Objective, val_df, test_df, history, batch_size: int) -> dict:
+    """Evaluate the best checkpoint on validation and test, write metrics.json and the test report.
+
+    The distances are `frame_distances`, the code of each epoch's validation (a frozen base: from the training
+    cache), so metrics.json's validation row is the best epoch's validation row of history.json."""
+    from .evaluate import evaluate_distances, labelled_pairs
     from .operating_point import describe
 
-    line = describe(det.calibrator.operating_point, results["test"]) if "test" in results else None
+    calibrator = Calibrator.from_dict(read_json(run_dir / "calibration.json"))
+
+    def evaluated(frame, **report):
+        labelled = labelled_pairs(frame)
+        d = frame_distances(model, objective, labelled, batch_size)
+        return evaluate_distances(calibrator, d, labelled["is_duplicate"].to_numpy(), **report)[0]
+
+    with saved_weights(model, run_dir):
+        results = {"validation": evaluated(val_df)}
+        if len(test_df):
+            results["test"] = evaluated(test_df, report_dir=run_dir / "report", history=history)
+    write_json(run_dir / "metrics.json", results)
+    print(format_table(results))
+    line = describe(calibrator.operating_point, results["test"]) if "test" in results else None
     if line:
         print("test: " + line)
     return results

@@ -47,17 +47,53 @@ def test_load_restores_exactly(tiny_run):
     assert det.predict(q1[0], q2[0]) == (p1[0] >= det.threshold)
 
 
-def test_last_epoch_validation_is_the_validation_row_of_metrics_json(tmp_path):
+TRANSFORMER = dict(encoder="transformer", max_length=32, lr=3e-3)
+RUN_KINDS = {  # settings beside the base model; a frozen base's validation and test read the training cache
+    "lstm": {},
+    "transformer": TRANSFORMER,
+    "frozen_pooled": dict(TRANSFORMER, freeze_base=True, head="residual"),
+    "frozen_pooled_only": dict(TRANSFORMER, freeze_base=True, head="residual"),  # a cache of pooled outputs alone
+    "frozen_matching": dict(TRANSFORMER, freeze_base=True, head="residual", pair_head="matching", distance="cosine"),
+    "top_layers": dict(TRANSFORMER, train_top_layers=1),
+}
+
+
+def pooled_cache(directory, base):
+    """An `EmbeddingCache` directory (pooled outputs only) of a frozen `base` read at 32 tokens."""
+    from qpairs.embcache import EmbeddingCache, cache_meta
+    from qpairs.encoders import build_encoder
+
+    encoder = build_encoder({"type": "transformer", "pooling": "mean", "max_length": 32, "base_model": base,
+                             "head": "residual", "frozen_base": True}).eval()
+    EmbeddingCache(directory, cache_meta(encoder)).fill(encoder, ["What is a cache?"], progress=False)
+    return directory
+
+
+@pytest.mark.parametrize("kind", list(RUN_KINDS))
+def test_best_epoch_validation_is_the_validation_row_of_metrics_json(tmp_path, kind, request):
     data = tmp_path / "pairs.csv"
     make_pairs(300, seed=4).to_csv(data, index=False)
-    run = train(_tiny_cfg(tmp_path, data, epochs=1))  # one epoch: the last one is the saved (best) one
-    last = json.loads((run / "history.json").read_text())[-1]
+    settings = dict(RUN_KINDS[kind])
+    if kind == "top_layers":
+        from conftest import make_tiny_bert
+
+        settings["base_model"] = str(make_tiny_bert(tmp_path / "bert", layers=2))
+    elif kind != "lstm":
+        settings["base_model"] = str(request.getfixturevalue("tiny_bert"))
+    if kind == "frozen_pooled_only":
+        settings["embedding_cache"] = str(pooled_cache(tmp_path / "pooled", settings["base_model"]))
+    run = train(_tiny_cfg(tmp_path, data, epochs=2, patience=5, **settings))
+    if kind == "frozen_pooled_only":
+        from qpairs.embcache import is_pooled_cache
+
+        assert is_pooled_cache(settings["embedding_cache"])  # trained from it and extended as it is
+    history = json.loads((run / "history.json").read_text())
+    best = max(history, key=lambda row: (row["val_roc_auc"], -row["epoch"]))  # the first epoch of the best score
     final = json.loads((run / "metrics.json").read_text())["validation"]
-    per_epoch = {k.removeprefix("val_"): v for k, v in last.items() if k.startswith("val_") and k != "val_loss"}
+    per_epoch = {k.removeprefix("val_"): v for k, v in best.items() if k.startswith("val_") and k != "val_loss"}
     extras = {"threshold", "test_prior", "operating_point", "promised_precision", "promised_recall"}
     assert set(per_epoch) == set(final) - extras and {"accuracy", "f1", "log_loss", "roc_auc"} <= set(per_epoch)
-    for name, value in per_epoch.items():
-        assert final[name] == pytest.approx(value, rel=1e-6, abs=1e-9), name
+    assert {name: final[name] for name in per_epoch} == per_epoch  # the same numbers, by the same code
 
 
 def test_refuses_to_overwrite_a_run(tiny_run):
