@@ -191,9 +191,11 @@ class TransformerEncoder(nn.Module):
     @classmethod
     def from_pretrained(cls, path: str, **kwargs) -> "TransformerEncoder":
         """Load weights and tokenizer from a local directory or a packaged name (see `resolve_base_model`).
-        `config['base_model']` keeps the name as given."""
+        `config['base_model']` keeps the name as given. A frozen base is built lazily, as when a saved run loads,
+        so caches of its outputs get one key (its files' hash) in training and at inference."""
         local = resolve_base_model(path)
-        return cls(load_base(local), load_tokenizer(local), base_model=str(path), **kwargs)
+        base = LazyBase(local) if kwargs.get("frozen_base") else load_base(local)
+        return cls(base, load_tokenizer(local), base_model=str(path), **kwargs)
 
     def train(self, mode: bool = True) -> "TransformerEncoder":
         if mode:  # training runs the base: build a lazy one now

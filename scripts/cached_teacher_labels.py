@@ -44,10 +44,7 @@ def main() -> None:
     ap.add_argument("--out", required=True)
     args = ap.parse_args()
     det = qpairs.load(args.teacher, device="cpu", backend="torch")
-    encoder = det.model.encoder
-    encoder.model  # noqa: B018 - build the base: training keyed its cache by the built weights, not the files
-    encoder._lazy_base = None
-    cache = open_cache(encoder, args.cache)
+    cache = open_cache(det.model.encoder, args.cache)
     pairs = pd.read_csv(args.pairs, keep_default_na=False)
     missing = cache.missing(list(pairs["question1"]) + list(pairs["question2"]))
     if missing:

@@ -155,6 +155,12 @@ def test_train_freeze_base_matching_head_trains_saves_loads_and_scores(tiny_bert
     assert json.loads((run / "config.json").read_text())["pair_head"]["type"] == "matching"
     meta = json.loads((run / "embedding_cache" / "meta.json").read_text())
     assert meta["kind"] == "token_states"  # training read token states from the cache
+    from qpairs.checkpoint import load_model
+    from qpairs.tokencache import open_cache
+
+    saved, _ = load_model(run, "cpu")  # the saved run's lazy base keys the cache as training did
+    texts = pd.read_csv(data)["question1"].head(5).tolist()
+    assert open_cache(saved.encoder, run / "embedding_cache").missing(texts) == []
 
     det = load(run, device="cpu", backend="torch")
     assert isinstance(det.model.pair_head, MatchingHead)
