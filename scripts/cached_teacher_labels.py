@@ -13,27 +13,16 @@ from __future__ import annotations
 
 import argparse
 
-import numpy as np
+import json
+from pathlib import Path
+
 import pandas as pd
-import torch
-from tqdm.auto import tqdm
 
 import qpairs
-from qpairs.matching import cached_tokens
-from qpairs.objective import embed_pairs
+from qpairs.config import TrainConfig
+from qpairs.objective import Objective
 from qpairs.tokencache import open_cache
-
-
-@torch.inference_mode()
-def cached_probabilities(det, q1: list[str], q2: list[str], cache, batch_size: int = 1024) -> np.ndarray:
-    """The teacher's calibrated probability of each pair, its base outputs read from `cache`."""
-    out = np.zeros(len(q1))
-    for s in tqdm(range(0, len(q1), batch_size), unit="batch", desc="teacher"):
-        a, b = q1[s : s + batch_size], q2[s : s + batch_size]
-        e1, e2 = embed_pairs(det.model, a, b, det.device, cache)
-        d = det.model.decision_distance(e1.float(), e2.float(), cached_tokens(det.model, cache, a, b))
-        out[s : s + len(a)] = det.calibrator.predict_proba(d.cpu().numpy())
-    return out
+from qpairs.train import frame_distances
 
 
 def main() -> None:
@@ -49,7 +38,9 @@ def main() -> None:
     missing = cache.missing(list(pairs["question1"]) + list(pairs["question2"]))
     if missing:
         raise SystemExit(f"{len(missing)} texts of {args.pairs} are not in {args.cache}, e.g. {missing[0]!r}")
-    p = cached_probabilities(det, list(pairs["question1"]), list(pairs["question2"]), cache)
+    cfg = TrainConfig(**json.loads((Path(args.teacher) / "config.json").read_text())["train"])
+    objective = Objective(cfg, pairs.iloc[:0], device=det.device, cache=cache)  # only its `embed` is used
+    p = det.calibrator.predict_proba(frame_distances(det.model, objective, pairs, batch_size=512))
     pairs[["question1", "question2", "is_duplicate"]].assign(teacher_probability=p.round(4)).to_csv(args.out, index=False)
     print(f"{args.out}: {len(pairs)} pairs, mean teacher probability {p.mean():.3f}")
 
