@@ -12,7 +12,6 @@ head): this reads them and runs only the heads, then writes the `--teacher-label
 from __future__ import annotations
 
 import argparse
-
 import json
 from pathlib import Path
 
