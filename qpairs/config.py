@@ -121,6 +121,7 @@ class TrainConfig:
     calibration: str = "platt"
     threshold: str = "accuracy"  # operating point on validation: accuracy | f1 | precision:P | recall:R
     num_workers: int = 0
+    bf16: bool = False  # bf16 autocast in the training steps on a CPU that has AVX-512 BF16 (always on CUDA)
     resume: bool = False
     checkpoint_minutes: float = 10.0  # resumable checkpoint within an epoch this often (0: at epoch ends only)
     progress: bool | None = None  # None → only on a terminal

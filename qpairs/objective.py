@@ -107,6 +107,16 @@ def autocast(device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
+def step_autocast(device, bf16: bool):
+    """Autocast of a training step: `autocast`, and with `bf16` on a CPU that has AVX-512 BF16 bfloat16 there too
+    (validation and inference stay float32)."""
+    from .tokencache import resolve_precision
+
+    if bf16 and device.type == "cpu" and resolve_precision("auto", device) == "bf16":
+        return torch.autocast("cpu", dtype=torch.bfloat16)
+    return nullcontext()
+
+
 def embed_pairs(model, q1, q2, device, cache=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Embed both sides (`SiameseModel.embed_pairs`: a Siamese model runs one forward pass over both halves).
 
@@ -134,6 +144,7 @@ class Objective:
         self.frame, self.weights = train_df, weights
         self.mining, self.distance = cfg.mining, cfg.distance
         self.head_weight = cfg.pair_head_weight
+        self.bf16 = getattr(cfg, "bf16", False)
         self.sampler = None
         if cfg.mining not in MINING:
             raise ValueError(f"unknown mining {cfg.mining!r}; use one of {', '.join(MINING)}")
@@ -174,9 +185,10 @@ class Objective:
         """The loss of one training batch: embed it, then `loss` (a matching head also reads token states).
 
         Under torchrun the trainer calls it through the DDP wrapper, ``net(objective.step_loss, batch)``."""
-        e1, e2 = self.embed(model, batch.left, batch.right)
-        head = bound_head(model, cached_tokens(model, self.cache, batch.left, batch.right))
-        return self.loss(batch, e1, e2, head)
+        with step_autocast(self.device, self.bf16):
+            e1, e2 = self.embed(model, batch.left, batch.right)
+            head = bound_head(model, cached_tokens(model, self.cache, batch.left, batch.right))
+            return self.loss(batch, e1, e2, head)
 
     def loss(self, batch: Batch, e1: torch.Tensor, e2: torch.Tensor, pair_head=None) -> torch.Tensor:
         """Loss of a batch from its embeddings (left `e1`, right `e2`), plus the head's BCE if any."""

@@ -87,10 +87,25 @@ def model_texts(det, texts: list[str], side: str) -> list[str]:
     return preprocess(texts, side) if preprocess is not None else texts
 
 
-def bank_side(det) -> str:
-    """Input side of stored questions: 'right' (queries are 'left'); the model picks its encoder and text
-    preparation (`SiameseModel.side`, `prepare`)."""
-    return "right"
+SIDES = ("right", "left")
+
+
+def other_side(side: str) -> str:
+    return "left" if side == "right" else "right"
+
+
+def resolve_side(det, side: str) -> str:
+    """The input side (left/right) that encodes stored texts: `side` itself, or for a title/body run 'title'/'body'
+    (whichever side it trained them on; a pseudo-Siamese model encodes each with its own tower)."""
+    if side in SIDES:
+        return side
+    if side not in ("title", "body"):
+        raise ValueError(f"unknown index side {side!r}; use right, left, title or body")
+    train = det.config.get("train") or {}
+    if not train.get("left_col"):
+        raise ValueError(f"--side {side} needs a title/body run (trained with --left-col/--right-col); use right or left")
+    left = "title" if str(train["left_col"]).lower() == "title" else "body"
+    return "left" if side == left else "right"
 
 
 # ---------------------------------------------------------------- results
@@ -166,10 +181,19 @@ class QuestionIndex:
     def space(self) -> str:
         return self.meta.get("space", "model")
 
+    @property
+    def side(self) -> str:
+        """Input side of the stored texts (indexes written before sides were recorded: right)."""
+        return self.meta.get("side", "right")
+
     # -- construction
     @classmethod
-    def empty(cls, det, kind: str = "flat", hnsw_m: int = 32, space: str = "auto") -> "QuestionIndex":
-        """An index with no questions yet, tied to `det`; `space` 'auto' = `default_space(det)`."""
+    def empty(cls, det, kind: str = "flat", hnsw_m: int = 32, space: str = "auto",
+              side: str = "right") -> "QuestionIndex":
+        """An index with no questions yet, tied to `det`; `space` 'auto' = `default_space(det)`. `side`: the input
+        side whose encoder and text preparation the stored texts go through (`resolve_side`); queries take the
+        other one (a title/body run: index bodies, query with titles, or the reverse)."""
+        side = resolve_side(det, side)
         space = default_space(det) if space == "auto" else space
         if space not in SPACES:
             raise ValueError(f"unknown index space {space!r}; use auto or one of {SPACES}")
@@ -180,7 +204,7 @@ class QuestionIndex:
         dim = int(det.model.encoder.config["hf_config"]["hidden_size"]) if space == "base" else int(det.model.dim)
         meta = {"format_version": FORMAT_VERSION, "kind": kind, "space": space, "metric": metric, "dim": dim,
                 "normalized": metric == "cosine", "model_fingerprint": model_fingerprint(det),
-                "model_path": str(det.path.resolve()) if det.path else None, "size": 0}
+                "model_path": str(det.path.resolve()) if det.path else None, "size": 0, "side": side}
         if space == "base":
             meta["lexical_weight"] = LEXICAL_WEIGHT
         if kind == "hnsw":
@@ -189,9 +213,10 @@ class QuestionIndex:
 
     @classmethod
     def build(cls, det, texts, ids=None, kind: str = "flat", batch_size: int | None = None,
-              chunk_size: int = 8192, progress: bool | None = None, space: str = "auto") -> "QuestionIndex":
-        """Encode `texts` (ids default to "0", "1", …) with `det` into a new index."""
-        index = cls.empty(det, kind, space=space)
+              chunk_size: int = 8192, progress: bool | None = None, space: str = "auto",
+              side: str = "right") -> "QuestionIndex":
+        """Encode `texts` (ids default to "0", "1", …) with `det` into a new index (`side`: see `empty`)."""
+        index = cls.empty(det, kind, space=space, side=side)
         index.add(det, texts, ids, batch_size=batch_size, chunk_size=chunk_size, progress=progress)
         return index
 
@@ -208,13 +233,15 @@ class QuestionIndex:
                    disable=None if progress is None else not progress)
         for start in range(0, len(texts), chunk_size):
             chunk = texts[start : start + chunk_size]
-            vectors = self.query_vectors(det, chunk, bank_side(det), batch_size)
+            vectors = self.query_vectors(det, chunk, self.side, batch_size)
             self.add_embeddings(det, vectors, ids[start : start + chunk_size], chunk)
             bar.update(len(chunk))
         bar.close()
 
-    def query_vectors(self, det, texts: list[str], side: str = "left", batch_size: int | None = None) -> np.ndarray:
-        """Vectors of this index's space for `texts`: the model's embeddings, or the base's pooled outputs."""
+    def query_vectors(self, det, texts: list[str], side: str | None = None, batch_size: int | None = None) -> np.ndarray:
+        """Vectors of this index's space for `texts` read on `side` (default: the queries' side, opposite the
+        stored texts'): the model's embeddings, or the base's pooled outputs."""
+        side = other_side(self.side) if side is None else side
         return det.encode(model_texts(det, texts, side), side=side, batch_size=batch_size,
                           pooled=self.space == "base")
 
@@ -417,14 +444,16 @@ class QuestionIndex:
                 raise ValueError("this model's pair head compares token states: rescore needs the query texts")
             d = np.full(rows.shape, np.inf, dtype=np.float32)
             if valid.any():
-                queries = np.nonzero(valid)[0]
-                d[valid] = det.distances([questions[i] for i in queries], [self.texts[r] for r in rows[valid]])
+                queries = [questions[i] for i in np.nonzero(valid)[0]]
+                stored = [self.texts[r] for r in rows[valid]]
+                d[valid] = det.distances(*((stored, queries) if self.side == "left" else (queries, stored)))
             return d
         stored = np.zeros(rows.shape + (det.model.dim,), dtype=np.float32)
         if valid.any():
             stored[valid] = self.stored_embeddings(det, rows[valid])
-        q = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))[:, None, :]
-        d = det.model.decision_distance(q.expand(-1, rows.shape[1], -1), torch.from_numpy(stored)).numpy()
+        q = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))[:, None, :].expand(-1, rows.shape[1], -1)
+        pair = (torch.from_numpy(stored), q) if self.side == "left" else (q, torch.from_numpy(stored))
+        d = det.model.decision_distance(*pair).numpy()
         return np.where(valid, d, np.inf)
 
     def ranking_scores(self, questions: list[str], vectors: np.ndarray, rows: np.ndarray,

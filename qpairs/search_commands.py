@@ -23,7 +23,7 @@ def load_detector(model=None, index: QuestionIndex | None = None, device: str = 
 
 def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "flat", append: bool = False,
                device: str = "auto", batch_size: int | None = None, backend: str = "auto",
-               space: str = "auto") -> QuestionIndex:
+               space: str = "auto", side: str = "right") -> QuestionIndex:
     """`qpairs index`: read a question file, encode it and write (or, with `append`, extend) an index directory."""
     out = Path(out)
     exists = (out / META).exists()
@@ -36,6 +36,6 @@ def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "f
         index.add(det, texts, ids, batch_size=batch_size)
     else:
         det = load_detector(model, None, device, backend)
-        index = QuestionIndex.build(det, texts, ids, kind=kind, batch_size=batch_size, space=space)
+        index = QuestionIndex.build(det, texts, ids, kind=kind, batch_size=batch_size, space=space, side=side)
     index.save(out)
     return index

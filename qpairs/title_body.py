@@ -11,7 +11,7 @@ A *post* has a title (short, plain text) and a body (HTML). This module
 * builds balanced pair sets (`make_pairs`): each post gives one positive (its own title and
   body) and one negative (its title with another post's body), the other body drawn at
   random, from the same site with shared tags (`tag_negatives`), or the nearest by a
-  first-pass model (`nearest_negatives`).
+  first-pass model (`nearest_negatives`), or a mix of those sources (`mined_negatives`).
 
 Pair frames use the project's pair schema (``question1`` = left side, ``question2`` = right
 side, ``is_duplicate`` = 1 when the body belongs to the title) plus ``kind``, ``post_id`` and
@@ -226,12 +226,30 @@ def nearest_negatives(title_emb: np.ndarray, body_emb: np.ndarray, bodies=None, 
     return out
 
 
+def mined_negatives(posts: pd.DataFrame, nearest: np.ndarray, rng: np.random.Generator,
+                    nearest_share: float = 0.5) -> tuple[np.ndarray, np.ndarray]:
+    """One hard negative per post from three sources: the nearest other body by a first-pass model
+    (`nearest`, from `nearest_negatives`) for a `nearest_share` of the posts (drawn at random), else a post of
+    the same site sharing a tag (`tag_negatives`), else a random post of the same site.
+
+    Returns (indices, kinds) with kinds ``nearest``, ``tags`` or ``site``.
+    """
+    if len(nearest) != len(posts):
+        raise ValueError(f"{len(nearest)} nearest bodies for {len(posts)} posts")
+    hard, ok = tag_negatives(posts, rng)
+    use_nearest = rng.random(len(posts)) < nearest_share
+    kinds = np.where(use_nearest, "nearest", np.where(ok, "tags", "site")).astype(object)
+    return np.where(use_nearest, np.asarray(nearest), hard), kinds
+
+
 def make_pairs(posts: pd.DataFrame, negatives: str = "mixed", seed: int = 0, left: str = "title",
-               right: str = "body", negative_index: np.ndarray | None = None) -> pd.DataFrame:
+               right: str = "body", negative_index: np.ndarray | None = None,
+               negative_kind: np.ndarray | None = None) -> pd.DataFrame:
     """Balanced pairs: per post one positive (own title/body) and one negative (another post's body).
 
     negatives: ``random``, ``tags`` (same site + shared tags), ``mixed`` (half each, by post), or
-    pass `negative_index` (e.g. from `nearest_negatives`) for model-mined negatives.
+    pass `negative_index` (e.g. from `nearest_negatives` or `mined_negatives`, whose kinds go in
+    `negative_kind`; default ``model``) for mined negatives.
     `left`/`right` say which of title/body goes into ``question1``/``question2``.
     """
     left, right = resolve_col(left), resolve_col(right)
@@ -240,7 +258,8 @@ def make_pairs(posts: pd.DataFrame, negatives: str = "mixed", seed: int = 0, lef
     rng = np.random.default_rng(seed)
     n = len(posts)
     if negative_index is not None:
-        neg, kind = np.asarray(negative_index), np.full(n, "model", dtype=object)
+        neg = np.asarray(negative_index)
+        kind = np.full(n, "model", dtype=object) if negative_kind is None else np.asarray(negative_kind, dtype=object)
     elif negatives == "random":
         neg, kind = random_negatives(posts, rng), np.full(n, "random", dtype=object)
     elif negatives in ("tags", "mixed"):

@@ -21,11 +21,16 @@ def check_top_layers(n: int, total: int) -> None:
 
 
 def freeze_bottom(model, n: int) -> None:
-    """Only the top `n` layers of `model` train (`check_top_layers` first)."""
+    """Only the top `n` layers of `model` train (`check_top_layers` first), without attention-probability dropout:
+    with it, attention runs outside the fused CPU kernel (docs/results.md, "Training the top layers")."""
     layers = base_layers(model)
     check_top_layers(n, len(layers))
     model.requires_grad_(False)
     layers[len(layers) - n :].requires_grad_(True)
+    for layer in layers[len(layers) - n :]:
+        dropout = getattr(getattr(getattr(layer, "attention", None), "self", None), "dropout", None)
+        if isinstance(dropout, nn.Dropout):
+            dropout.p = 0.0
 
 
 def run_layers(model, hidden: torch.Tensor, attention_mask: torch.Tensor, layers) -> torch.Tensor:

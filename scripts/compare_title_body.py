@@ -17,9 +17,16 @@ Rows (``--rows`` picks some; each trains into OUT/<row> and is reused when it is
     siamese_transformer  MiniLM fine-tuned, shared weights          (smoke scale on a CPU)
     pseudo_transformer   MiniLM title encoder + MiniLM body encoder (smoke scale on a CPU)
     pseudo_lstm_transformer  BiLSTM titles + MiniLM bodies         (smoke scale on a CPU)
+    pseudo_topN          two MiniLM towers, each training its own top N layers (and head) over one frozen
+                         bottom, in-batch MNRL with one mined hard negative per post (N from --top-layers)
+    siamese_topN         the same with one shared tower
 
 The frozen-base rows and the zero-shot row share one cache of MiniLM's pooled outputs
-(``OUT/base_cache``), so each text goes through MiniLM once for all of them.
+(``OUT/base_cache``), so each text goes through MiniLM once for all of them. The top-layer rows share
+one cache of layer L−N's token states per N (``OUT/top_cache``). Their hard negatives come from the
+training posts themselves: for half the posts the nearest other body by zero-shot MiniLM (computed
+once, ``OUT/mined_negatives.npz``), for the rest a post of the same site sharing a tag, else any post of
+the same site; ``split.json`` says how many each source gave.
 
     nice -n 10 python scripts/compare_title_body.py --out runs/title_body
 """
@@ -42,12 +49,13 @@ from qpairs.detector import load
 from qpairs.tokencache import open_cache
 from qpairs.title_body_eval import (SUMMARY_COLUMNS, evaluate_title_body, summary_row, title_body_sides,
                                     zero_shot_detector)
-from qpairs.train import train
+from qpairs.train import top_layer_cache, train
 
 log = logging.getLogger("compare_title_body")
 FROZEN = ("siamese_frozen", "pseudo_frozen")
 LSTM = ("pseudo_lstm", "siamese_lstm")
 SMOKE = ("siamese_transformer", "pseudo_transformer", "pseudo_lstm_transformer")
+TOP = ("pseudo_top", "siamese_top")
 
 
 def parse_args(argv=None):
@@ -69,6 +77,16 @@ def parse_args(argv=None):
     p.add_argument("--smoke-steps", type=int, default=100, help="optimizer steps of the fine-tuned transformer rows")
     p.add_argument("--smoke-batch", type=int, default=16)
     p.add_argument("--smoke-val-posts", type=int, default=200)
+    p.add_argument("--body-max-words", type=int, default=tb.DEFAULT_BODY_MAX_WORDS,
+                   help="words kept of each body (head_tail truncation), every row")
+    p.add_argument("--body-max-length", type=int, default=128,
+                   help="tokens of a body for the MiniLM rows (zero-shot, frozen and top-layer rows)")
+    p.add_argument("--top-layers", type=int, nargs="+", default=[1, 2, 3],
+                   help="N of the pseudo_topN / siamese_topN rows")
+    p.add_argument("--top-posts", type=int, default=0, help="training posts of the top-layer rows (0: all)")
+    p.add_argument("--top-epochs", type=int, default=1)
+    p.add_argument("--top-batch", type=int, default=64)
+    p.add_argument("--top-lr", type=float, default=5e-5)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (training and evaluation)")
     p.add_argument("--reevaluate", action="store_true", help="evaluate rows again even when OUT/<row> has a result")
@@ -84,7 +102,7 @@ class Experiment:
         self.out.mkdir(parents=True, exist_ok=True)
         path = args.data or tb.default_title_body_file()
         t0 = time.perf_counter()
-        posts = tb.load_posts(path)  # default truncation policy (head_tail, 100 words)
+        posts = tb.load_posts(path, max_words=args.body_max_words)  # head_tail truncation
         parts = tb.cross_site_split(posts, args.test_site, seed=args.seed)
         rng_state = args.seed
         self.train_posts = parts["train"].sample(frac=1.0, random_state=rng_state).reset_index(drop=True)
@@ -97,24 +115,51 @@ class Experiment:
         info = {"file": str(path), "test_site": args.test_site, "train_sites": sorted(self.train_posts["site"].unique()),
                 "train_posts_available": len(self.train_posts), "val_posts": len(self.val_posts),
                 "test_posts": len(self.test_posts), "candidates": args.candidates, "seed": args.seed,
-                "truncation": tb.DEFAULT_TRUNCATION, "body_max_words": tb.DEFAULT_BODY_MAX_WORDS,
+                "truncation": tb.DEFAULT_TRUNCATION, "body_max_words": args.body_max_words,
+                "body_max_length": args.body_max_length,
                 "load_seconds": round(time.perf_counter() - t0, 1)}
         write_json(self.out / "split.json", info)
         log.info("split: %s", info)
 
     # ------------------------------------------------------------ data for one row
 
-    def splits(self, n_train: int, n_val: int | None = None) -> dict:
+    def splits(self, n_train: int, n_val: int | None = None, train_pairs=None) -> dict:
         """Pair frames: the first `n_train` training posts (same order for every row), validation, a small test."""
         seed = self.args.seed
         val = self.val_posts if n_val is None else self.val_posts.iloc[:n_val]
-        return {"train": tb.make_pairs(self.train_posts.iloc[:n_train], "mixed", seed),
+        return {"train": tb.make_pairs(self.train_posts.iloc[:n_train], "mixed", seed) if train_pairs is None
+                else train_pairs,
                 "validation": tb.make_pairs(val, "mixed", seed + 1),
                 "test": tb.make_pairs(self.test_posts.iloc[:100], "mixed", seed + 2)}  # train()'s own short report
 
+    def mined_pairs(self, cfg: TrainConfig, n_train: int):
+        """Training pairs of the top-layer rows: each post's own body, and one mined hard negative (see the module
+        text). Zero-shot MiniLM is the first-pass model; it runs on the row's token cache (an untrained top-N
+        tower with its identity head is zero-shot MiniLM), and its nearest bodies are stored once."""
+        from dataclasses import replace
+
+        from qpairs.builders import build_model
+
+        posts = self.train_posts.iloc[:n_train]
+        path = self.out / "mined_negatives.npz"
+        if path.exists() and list(np.load(path, allow_pickle=True)["post_id"]) == list(posts["post_id"]):
+            nearest = np.load(path, allow_pickle=True)["nearest"]
+        else:
+            model = build_model(replace(cfg, variant="siamese").resolved(), [])
+            view = top_layer_cache(model, cfg.embedding_cache, torch.device("cpu"))
+            titles, bodies = list(posts["title"]), list(posts["body"])
+            view.fill(model.encoder, titles + bodies, "cpu", batch_size=256, progress=None)
+            t_emb, b_emb = (first_pass_vectors(model, view, texts) for texts in (titles, bodies))
+            nearest = tb.nearest_negatives(t_emb, b_emb, posts["body"].to_numpy())
+            np.savez(path, post_id=posts["post_id"].to_numpy(), nearest=nearest)
+        neg, kinds = tb.mined_negatives(posts, nearest, np.random.default_rng(self.args.seed))
+        counts = {k: int((kinds == k).sum()) for k in ("nearest", "tags", "site")}
+        log.info("hard negatives by source: %s", counts)
+        return tb.make_pairs(posts, seed=self.args.seed, negative_index=neg, negative_kind=kinds), counts
+
     def base_cache(self):
         if self.cache is None:
-            det = zero_shot_detector(None, max_length=128, device=self.args.device)
+            det = zero_shot_detector(None, max_length=self.args.body_max_length, device=self.args.device)
             self.cache = open_cache(det.model.encoder, self.out / "base_cache")
         return self.cache
 
@@ -162,7 +207,7 @@ class Experiment:
 
     def zero_shot(self) -> None:
         run = self.out / "zero_shot"
-        det = zero_shot_detector(None, max_length=128, device=self.args.device)
+        det = zero_shot_detector(None, max_length=self.args.body_max_length, device=self.args.device)
         pairs = tb.make_pairs(self.val_posts, "mixed", self.args.seed + 1)
         tv, bv = self.cached_embed(det, self.val_posts)  # calibration on the validation pairs, via the cache
         pos = {p: i for i, p in enumerate(self.val_posts["post_id"])}
@@ -173,30 +218,30 @@ class Experiment:
         det.calibrator.fit(d, pairs["is_duplicate"].to_numpy())
         if not (run / "model.safetensors").exists():
             det.config["train"] = {"left_col": "title", "right_col": "body", "body_truncation": tb.DEFAULT_TRUNCATION,
-                                   "body_max_words": tb.DEFAULT_BODY_MAX_WORDS}
+                                   "body_max_words": self.args.body_max_words}
             save_model(det.model, run, det.config["train"])
             write_json(run / "calibration.json", det.calibrator.to_dict())
         det = load(run, device=self.args.device)
         self.evaluate("zero_shot", det, "real (no training)", {"train_posts": 0}, cached=True)
 
-    def trained(self, name: str, cfg: TrainConfig, splits: dict, scale: str, cached: bool) -> None:
+    def trained(self, name: str, cfg: TrainConfig, splits: dict, scale: str, cached: bool, extra=None) -> None:
         run = Path(cfg.out)
         t0 = time.perf_counter()
         if not (run / "calibration.json").exists():
-            if run.exists():
-                raise FileExistsError(f"{run} holds an unfinished run: remove it to retrain")
+            cfg.resume = run.exists()  # an interrupted run continues from its last checkpoint
             train(cfg, splits)
         history = json.loads((run / "history.json").read_text())
         extra = {"train_posts": int(splits["train"]["post_id"].nunique()), "epochs": len(history),
                  "steps": int(len(history) * np.ceil(len(splits["train"]) / (2 if cfg.loss in ("mnrl", "triplet") else 1)
                                                      / cfg.batch_size)),
                  "train_seconds": round(sum(h.get("train_time_s", 0) for h in history), 1),
-                 "wall_seconds_incl_eval": round(time.perf_counter() - t0, 1), "loss": cfg.loss}
+                 "wall_seconds_incl_eval": round(time.perf_counter() - t0, 1), "loss": cfg.loss, **(extra or {})}
         self.evaluate(name, load(run, device=self.args.device), scale, extra, cached=cached)
 
     def common(self, name: str, **kw) -> TrainConfig:
+        """The settings every trained row shares, with the row's own `kw`."""
         base = dict(out=str(self.out / name), left_col="title", right_col="body", seed=self.args.seed,
-                    device=self.args.device,
+                    device=self.args.device, body_max_words=self.args.body_max_words,
                     progress=None, patience=2, metric="roc_auc")
         return TrainConfig(**{**base, **kw})
 
@@ -214,6 +259,18 @@ class Experiment:
                               epochs=a.frozen_epochs, batch_size=64, lr=1e-3, right_lr=1e-3,
                               embedding_cache=str(self.out / "base_cache"))
             return self.trained(name, cfg, self.splits(a.frozen_posts), "real (frozen base, heads trained)", True)
+        if name.startswith(TOP):
+            n_layers = int(name.removeprefix("pseudo_top").removeprefix("siamese_top"))
+            length = a.body_max_length
+            cfg = self.common(name, variant="pseudo" if name.startswith("pseudo") else "siamese",
+                              encoder="transformer", train_top_layers=n_layers, head="residual", projection_dim=384,
+                              distance="cosine", loss="mnrl", epochs=a.top_epochs, batch_size=a.top_batch,
+                              lr=a.top_lr, right_lr=a.top_lr, max_length=length, right_max_length=length, bf16=True,
+                              checkpoint_minutes=10, embedding_cache=str(self.out / f"top_cache_{n_layers}"))
+            n_train = a.top_posts or len(self.train_posts)
+            pairs, counts = self.mined_pairs(cfg, n_train)
+            return self.trained(name, cfg, self.splits(n_train, train_pairs=pairs), "real (top layers trained)", False,
+                                {"hard_negatives": counts, "top_layers": n_layers})
         if name in LSTM:
             variant = "pseudo" if name.startswith("pseudo") else "siamese"
             cfg = self.common(name, variant=variant, encoder="lstm", epochs=a.lstm_epochs, batch_size=64,
@@ -249,13 +306,28 @@ class Experiment:
         (self.out / "compare.md").write_text(self.table() + "\n")
 
 
+@torch.inference_mode()
+def first_pass_vectors(model, view, texts: list[str], batch_size: int = 128) -> np.ndarray:
+    """Normalised vectors of cached `texts` through `model`'s (untrained) top layers and head, in length order."""
+    order = np.argsort([len(t) for t in texts])
+    out = np.zeros((len(texts), model.encoder.dim), dtype=np.float32)
+    model.eval()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        for s in range(0, len(texts), batch_size):
+            rows = order[s : s + batch_size]
+            out[rows] = model.encoder.head(view.lookup([texts[i] for i in rows])).float().numpy()
+    return out
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     rows = []
-    for r in args.rows:  # frozen rows once per loss
-        if r in FROZEN:
+    for r in args.rows:  # frozen rows once per loss, top-layer rows once per N
+        if r in TOP:
+            rows += [f"{r}{n}" for n in args.top_layers]
+        elif r in FROZEN:
             rows += [r if loss == "contrastive" else f"{r}_{loss}" for loss in args.frozen_losses]
         else:
             rows.append(r)

@@ -339,3 +339,55 @@ def test_score_cli_on_title_and_raw_html_body_columns(pseudo_run, tmp_path):
     expected = qpairs.load(run, device="cpu").predict_proba(list(raw["title"]), list(raw["content"]))
     assert len(scored) == len(raw)
     np.testing.assert_allclose(scored["duplicate_probability"].to_numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_mined_negatives_mix_nearest_bodies_tags_and_same_site(posts_csv):
+    posts = tb.load_posts(posts_csv)
+    n = len(posts)
+    nearest = (np.arange(n) + 1) % n  # a stand-in for a first-pass model's nearest other body
+    neg, kinds = tb.mined_negatives(posts, nearest, np.random.default_rng(0), nearest_share=0.5)
+    counts = {k: int((kinds == k).sum()) for k in ("nearest", "tags", "site")}
+    assert sum(counts.values()) == n and 0.35 * n < counts["nearest"] < 0.65 * n and counts["tags"] > 0
+    assert (neg[kinds == "nearest"] == nearest[kinds == "nearest"]).all()
+    site, tags = posts["site"].to_numpy(), posts["tags"].str.split().to_list()
+    for i in np.flatnonzero(kinds == "tags"):
+        assert site[neg[i]] == site[i] and set(tags[neg[i]]) & set(tags[i]) and neg[i] != i
+    pairs = tb.make_pairs(posts, seed=0, negative_index=neg, negative_kind=kinds)
+    negatives = pairs[pairs["is_duplicate"] == 0]
+    assert negatives["kind"].value_counts().to_dict() == {k: v for k, v in counts.items() if v}
+    body_of = dict(zip(posts["post_id"], posts["body"]))
+    assert (negatives["question2"] == negatives["neg_post_id"].map(body_of)).all()
+    with pytest.raises(ValueError, match="nearest bodies"):
+        tb.mined_negatives(posts, nearest[:-1], np.random.default_rng(0))
+
+
+@pytest.mark.parametrize("side", ["body", "title"])
+def test_search_finds_bodies_from_a_title_and_titles_from_a_body(pseudo_run, tmp_path, side):
+    """A pseudo-Siamese index reads its stored texts with their own tower and each query with the other one."""
+    from qpairs.cli import main
+    from qpairs.search import QuestionIndex
+
+    run, _ = pseudo_run
+    det = qpairs.load(run, device="cpu", backend="torch")
+    posts = tb.load_posts(run / "splits" / "test_posts.csv.gz").iloc[:30]
+    stored_col, query_col = ("content", "title") if side == "body" else ("title", "content")
+    bank = tmp_path / "bank.csv"
+    posts.rename(columns={stored_col: "text"})[["id", "text"]].to_csv(bank, index=False)
+    out = tmp_path / "index"
+    assert main(["index", str(bank), "-o", str(out), "--model", str(run), "--side", side, "--space", "model",
+                 "--device", "cpu", "--backend", "torch"]) == 0
+    index = QuestionIndex.load(out)
+    assert index.side == ("right" if side == "body" else "left")
+    query = posts[query_col].iloc[3]
+    hits = index.search(det, query, k=30)
+    assert len(hits) == 30
+    titles, bodies = (([query] * 30, [h.text for h in hits]) if side == "body" else
+                      ([h.text for h in hits], [query] * 30))
+    np.testing.assert_allclose([h.probability for h in hits], det.predict_proba(titles, bodies), rtol=1e-5, atol=1e-6)
+    # the towers differ: reading the query with the stored texts' tower ranks differently
+    swapped = det.model.decision_distance(
+        torch.from_numpy(index.query_vectors(det, [query], index.side)).expand(30, -1),
+        torch.from_numpy(index.stored_embeddings(det, np.arange(30)))).numpy()
+    assert not np.allclose(np.sort(swapped), np.sort([h.distance for h in hits]), atol=1e-4)
+    with pytest.raises(ValueError, match="title/body run"):
+        QuestionIndex.empty(qpairs.load("fast"), side="title")

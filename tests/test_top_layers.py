@@ -207,3 +207,50 @@ def test_top_layer_view_reuses_a_batch_run_only_while_the_weights_stand(tiny_ber
     moved, _ = view.lookup_states(texts[:2])
     assert not torch.allclose(moved[mask], left[mask])
     torch.testing.assert_close(moved[mask], TopLayerView(view.cache, enc).lookup_states(texts[:2])[0][mask])
+
+
+def test_trained_top_layers_drop_no_attention_probabilities(tiny_bert3):
+    """Attention dropout would force attention off the fused CPU kernel; the other dropouts stay."""
+    from qpairs.encoders import build_encoder
+
+    enc = build_encoder({"type": "transformer", "pooling": "mean", "max_length": 32, "base_model": str(tiny_bert3),
+                         "train_top_layers": 1})
+    layers = enc.model.encoder.layer
+    p = enc.model.config.attention_probs_dropout_prob
+    assert p > 0 and layers[-1].attention.self.dropout.p == 0.0
+    assert [layer.attention.self.dropout.p for layer in layers[:-1]] == [p] * (LAYERS - 1)
+    assert layers[-1].output.dropout.p == enc.model.config.hidden_dropout_prob > 0
+
+
+@pytest.mark.parametrize("supported, bf16, on", [(True, True, True), (True, False, False), (False, True, False)])
+def test_bf16_training_steps_autocast_only_where_the_cpu_has_bf16(monkeypatch, supported, bf16, on):
+    from qpairs.objective import step_autocast
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: supported)
+    with step_autocast(torch.device("cpu"), bf16):
+        assert torch.is_autocast_enabled("cpu") is on
+        y = torch.nn.Linear(8, 8)(torch.ones(2, 8))
+    assert y.dtype == (torch.bfloat16 if on else torch.float32)
+
+
+def test_bf16_training_runs_its_steps_in_bf16_and_validates_in_fp32(tiny_bert3, tmp_path, fp32_cache, monkeypatch):
+    from contextlib import nullcontext
+
+    import qpairs.objective as objective
+    from qpairs import load
+    from qpairs.cli import main
+
+    # the cache fills in fp32 (fp32_cache); --bf16 reaches the steps' autocast, which runs bf16 on any CPU here
+    monkeypatch.setattr(objective, "step_autocast", lambda device, bf16: torch.autocast("cpu", dtype=torch.bfloat16)
+                        if bf16 else nullcontext())
+    data = _data(tmp_path)
+    runs = {flag: tmp_path / f"run{flag}" for flag in ("", "--bf16")}
+    for flag, run in runs.items():
+        assert main(_train_args(tiny_bert3, data, run, *([flag] if flag else []))) == 0
+    h = {f: json.loads((r / "history.json").read_text())[0]["train_loss"] for f, r in runs.items()}
+    assert h[""] != h["--bf16"]  # the steps ran in another precision
+    assert json.loads((runs["--bf16"] / "config.json").read_text())["train"]["bf16"] is True
+    det = load(runs["--bf16"], device="cpu", backend="torch")
+    val, at_training = _validation_probabilities(runs["--bf16"], det)  # validation: fp32, as inference
+    np.testing.assert_allclose(det.predict_proba(list(val["question1"]), list(val["question2"])), at_training,
+                               rtol=0, atol=TOL)
