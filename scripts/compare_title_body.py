@@ -87,6 +87,11 @@ def parse_args(argv=None):
     p.add_argument("--top-epochs", type=int, default=1)
     p.add_argument("--top-batch", type=int, default=64)
     p.add_argument("--top-lr", type=float, default=5e-5)
+    p.add_argument("--adapt", nargs="*", default=[], metavar="ROW",
+                   help="after the rows, run `qpairs adapt` (calibration and threshold, 5-fold) on each of these rows "
+                        "with --adapt-posts labelled posts of the held-out site outside the test sample; evaluated "
+                        "as ROW+adaptN on the same test posts")
+    p.add_argument("--adapt-posts", type=int, default=200)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (training and evaluation)")
     p.add_argument("--reevaluate", action="store_true", help="evaluate rows again even when OUT/<row> has a result")
@@ -110,6 +115,8 @@ class Experiment:
                                                     random_state=rng_state).reset_index(drop=True)
         self.test_posts = parts["test"].sample(n=min(args.test_posts, len(parts["test"])),
                                                random_state=rng_state).reset_index(drop=True)
+        rest = parts["test"][~parts["test"]["post_id"].isin(self.test_posts["post_id"])]  # for `adapted` rows
+        self.adapt_posts = rest.sample(n=min(args.adapt_posts, len(rest)), random_state=rng_state).reset_index(drop=True)
         self.cache = None
         self.results: dict[str, dict] = {}
         info = {"file": str(path), "test_site": args.test_site, "train_sites": sorted(self.train_posts["site"].unique()),
@@ -290,6 +297,25 @@ class Experiment:
             return self.trained(name, cfg, self.splits(n_posts, a.smoke_val_posts), "SMOKE (CPU, few steps)", False)
         raise ValueError(f"unknown row {name!r}")
 
+    def adapted(self, row: str) -> None:
+        """`qpairs adapt` of a trained row on labelled pairs of held-out-site posts outside the test sample
+        (each post's own body and one mixed random/tag negative), evaluated like every row."""
+        from qpairs.adapt import adapt
+
+        name = f"{row}+adapt{len(self.adapt_posts)}"
+        if self.reuse(name):
+            return self.save()
+        run, out = self.out / row, self.out / name
+        pairs = tb.make_pairs(self.adapt_posts, "mixed", self.args.seed + 3)
+        out.mkdir(parents=True, exist_ok=True)
+        data = out / "adapt_pairs.csv.gz"
+        pairs[["question1", "question2", "is_duplicate"]].to_csv(data, index=False)
+        adapt(run, data, out / "run", device=self.args.device)
+        base = self.results.get(row, {})
+        cached = row == "zero_shot" or row.startswith(FROZEN)
+        self.evaluate(name, load(out / "run", device=self.args.device), f"{base.get('scale', '')}, then adapted",
+                      {"train_posts": base.get("train_posts", 0), "adapt_posts": len(self.adapt_posts)}, cached)
+
     # ------------------------------------------------------------ output
 
     def table(self) -> str:
@@ -334,6 +360,8 @@ def main(argv=None) -> int:
     exp = Experiment(args)
     for name in rows:
         exp.run_row(name)
+    for name in args.adapt:
+        exp.adapted(name)
     print(f"\nTitle → body on held-out site {args.test_site!r}: {len(exp.test_posts)} posts, "
           f"{args.candidates} candidates per title, balanced pairs (random / hard = same site + shared tag)\n")
     print(exp.table())
