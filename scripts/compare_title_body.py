@@ -92,6 +92,9 @@ def parse_args(argv=None):
                         "with --adapt-posts labelled posts of the held-out site outside the test sample; evaluated "
                         "as ROW+adaptN on the same test posts")
     p.add_argument("--adapt-posts", type=int, default=200)
+    p.add_argument("--backend", default="auto", choices=["auto", "torch", "onnx", "onnx-int8"],
+                   help="how the test posts are encoded: auto (zero-shot and frozen rows from the bf16 base cache, "
+                        "the others as `qpairs.load` picks, onnx-int8 on a CPU) or one backend for every row")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (training and evaluation)")
     p.add_argument("--reevaluate", action="store_true", help="evaluate rows again even when OUT/<row> has a result")
@@ -119,6 +122,7 @@ class Experiment:
         self.adapt_posts = rest.sample(n=min(args.adapt_posts, len(rest)), random_state=rng_state).reset_index(drop=True)
         self.cache = None
         self.results: dict[str, dict] = {}
+        self.suffix = "" if args.backend == "auto" else f"_{args.backend}"  # one result file per backend
         info = {"file": str(path), "test_site": args.test_site, "train_sites": sorted(self.train_posts["site"].unique()),
                 "train_posts_available": len(self.train_posts), "val_posts": len(self.val_posts),
                 "test_posts": len(self.test_posts), "candidates": args.candidates, "seed": args.seed,
@@ -186,11 +190,12 @@ class Experiment:
         """What makes two evaluations comparable: the same test posts, candidates and seed."""
         a = self.args
         return {"data": str(a.data or tb.default_title_body_file()), "test_site": a.test_site,
-                "test_posts": a.test_posts, "candidates": a.candidates, "seed": a.seed, "val_posts": a.val_posts}
+                "test_posts": a.test_posts, "candidates": a.candidates, "seed": a.seed, "val_posts": a.val_posts,
+                **({"backend": a.backend} if a.backend != "auto" else {})}
 
     def reuse(self, name: str) -> bool:
         """Take a row's stored result when it was evaluated on this very split (see `signature`)."""
-        path = self.out / name / "title_body_metrics.json"
+        path = self.out / name / f"title_body_metrics{self.suffix}.json"
         if self.args.reevaluate or not path.exists():
             return False
         res = json.loads(path.read_text())
@@ -202,12 +207,12 @@ class Experiment:
 
     def evaluate(self, name: str, det, scale: str, extra: dict, cached: bool = False) -> None:
         t0 = time.perf_counter()
-        embed = self.cached_embed if cached else None
+        embed = self.cached_embed if cached and self.args.backend == "auto" else None  # the cache runs bf16
         kwargs = {"embed": embed} if embed else {}
         res = evaluate_title_body(det, self.test_posts, self.args.candidates, self.args.seed, **kwargs)
         res.update(scale=scale, eval_seconds=round(time.perf_counter() - t0, 1), signature=self.signature(), **extra)
         self.results[name] = res
-        write_json(self.out / name / "title_body_metrics.json", res)
+        write_json(self.out / name / f"title_body_metrics{self.suffix}.json", res)
         self.save()
         row = summary_row(res)
         log.info("%s: %s", name, ", ".join(f"{k} {v:.4f}" for k, v in row.items()))
@@ -228,7 +233,7 @@ class Experiment:
                                    "body_max_words": self.args.body_max_words}
             save_model(det.model, run, det.config["train"])
             write_json(run / "calibration.json", det.calibrator.to_dict())
-        det = load(run, device=self.args.device)
+        det = load(run, device=self.args.device, backend=self.args.backend)
         self.evaluate("zero_shot", det, "real (no training)", {"train_posts": 0}, cached=True)
 
     def trained(self, name: str, cfg: TrainConfig, splits: dict, scale: str, cached: bool, extra=None) -> None:
@@ -243,7 +248,7 @@ class Experiment:
                                                      / cfg.batch_size)),
                  "train_seconds": round(sum(h.get("train_time_s", 0) for h in history), 1),
                  "wall_seconds_incl_eval": round(time.perf_counter() - t0, 1), "loss": cfg.loss, **(extra or {})}
-        self.evaluate(name, load(run, device=self.args.device), scale, extra, cached=cached)
+        self.evaluate(name, load(run, device=self.args.device, backend=self.args.backend), scale, extra, cached=cached)
 
     def common(self, name: str, **kw) -> TrainConfig:
         """The settings every trained row shares, with the row's own `kw`."""
@@ -313,7 +318,7 @@ class Experiment:
         adapt(run, data, out / "run", device=self.args.device)
         base = self.results.get(row, {})
         cached = row == "zero_shot" or row.startswith(FROZEN)
-        self.evaluate(name, load(out / "run", device=self.args.device), f"{base.get('scale', '')}, then adapted",
+        self.evaluate(name, load(out / "run", device=self.args.device, backend=self.args.backend), f"{base.get('scale', '')}, then adapted",
                       {"train_posts": base.get("train_posts", 0), "adapt_posts": len(self.adapt_posts)}, cached)
 
     # ------------------------------------------------------------ output
@@ -328,8 +333,8 @@ class Experiment:
         return "\n".join(lines)
 
     def save(self) -> None:
-        write_json(self.out / "compare.json", self.results)
-        (self.out / "compare.md").write_text(self.table() + "\n")
+        write_json(self.out / f"compare{self.suffix}.json", self.results)
+        (self.out / f"compare{self.suffix}.md").write_text(self.table() + "\n")
 
 
 @torch.inference_mode()
@@ -365,7 +370,7 @@ def main(argv=None) -> int:
     print(f"\nTitle → body on held-out site {args.test_site!r}: {len(exp.test_posts)} posts, "
           f"{args.candidates} candidates per title, balanced pairs (random / hard = same site + shared tag)\n")
     print(exp.table())
-    print(f"\nwritten to {exp.out}/compare.json and compare.md")
+    print(f"\nwritten to {exp.out}/compare{exp.suffix}.json and compare{exp.suffix}.md")
     return 0
 
 
