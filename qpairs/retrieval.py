@@ -98,3 +98,29 @@ def retrieval_eval(query_emb: np.ndarray, item_emb: np.ndarray, n_candidates: in
     """recall@k and MRR of query i → item i among `n_candidates` candidates (see `candidate_pools`)."""
     ranks = rank_in_pools(query_emb, item_emb, n_candidates, metric, seed)
     return {**retrieval_metrics(ranks, ks), "n_candidates": int(n_candidates)}
+
+
+def rerank_in_pools(query_emb: np.ndarray, item_emb: np.ndarray, pair_distance, k: int = 10,
+                    n_candidates: int = 1000, metric: str = "euclidean", seed: int = 0) -> np.ndarray:
+    """`rank_in_pools` when each query's `k` nearest candidates by embedding are re-scored by a pair model:
+    `pair_distance(query_rows, item_rows)` gives one distance per (query, item) pair (smaller = better), which
+    orders those k; the true item keeps its embedding rank (> k) when it is not among them."""
+    if len(query_emb) != len(item_emb):
+        raise ValueError(f"one item per query needed, got {len(query_emb)} queries and {len(item_emb)} items")
+    if k < 1:
+        raise ValueError(f"k must be at least 1, got {k}")
+    ranks = np.empty(len(query_emb), dtype=int)
+    queries_of, shortlists = [], []
+    for queries, cands in candidate_pools(len(query_emb), n_candidates, seed):
+        d = pairwise_distances(query_emb[queries], item_emb[cands], metric)
+        ranks[queries] = true_ranks(d, np.arange(len(queries)))
+        queries_of.append(queries)
+        shortlists.append(cands[np.argsort(d, axis=1, kind="stable")[:, :k]])
+    queries, shortlist = np.concatenate(queries_of), np.concatenate(shortlists)
+    k = shortlist.shape[1]
+    d = np.asarray(pair_distance(np.repeat(queries, k), shortlist.ravel()), dtype=np.float64).reshape(-1, k)
+    for q, items, dq in zip(queries, shortlist, d):
+        hit = np.flatnonzero(items == q)
+        if len(hit):
+            ranks[q] = int((dq <= dq[hit[0]]).sum())  # ties count against the true item, as in `true_ranks`
+    return ranks

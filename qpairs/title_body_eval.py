@@ -5,7 +5,10 @@ Every title and body is encoded once; the pair sets and the retrieval pools reus
 * pairs: a balanced set — per post its own (title, body) and one mismatched pair, the other body
   drawn at random (``pairs_random``) or from the same site with shared tags (``pairs_hard``);
   ROC-AUC, accuracy (at the model's stored threshold) and log loss of the calibrated probability.
-* retrieval: each title ranks its body among `n_candidates` bodies: recall@1, recall@10, MRR.
+* retrieval: each title ranks its body among `n_candidates` bodies: recall@1, recall@10, MRR. For a model
+  whose pair head reads token states (``--pair-head matching``) the embeddings shortlist each title's
+  `rerank` nearest bodies and the head orders them (``retrieval_reranked``), as `qpairs search` does;
+  its pair metrics come from the head.
 """
 from __future__ import annotations
 
@@ -15,7 +18,7 @@ import numpy as np
 import pandas as pd
 
 from .metrics import classification_metrics
-from .retrieval import retrieval_eval
+from .retrieval import rerank_in_pools, retrieval_eval, retrieval_metrics
 from .title_body import (DEFAULT_BODY_MAX_WORDS, DEFAULT_TRUNCATION, load_posts, random_negatives, resolve_col,
                          tag_negatives)
 
@@ -45,32 +48,67 @@ def _row_distances(det, a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return det.model.decision_distance(torch.from_numpy(a), torch.from_numpy(b)).numpy()
 
 
-def pair_eval(det, title_emb: np.ndarray, body_emb: np.ndarray, neg_index: np.ndarray) -> dict[str, float]:
+class HeadDistances:
+    """The pair head's distances (−logit) between posts' titles and bodies, from token states computed once per
+    text (`qpairs.tokencache.pair_distances`): ``self(title_rows, body_rows)``."""
+
+    def __init__(self, det, posts: pd.DataFrame):
+        from .tokencache import encode_states
+
+        t_side, b_side = title_body_sides(det)
+        self.det = det
+        self.titles, self.bodies = det.preprocess(list(posts["title"]), t_side), det.preprocess(list(posts["body"]), b_side)
+        texts = list(dict.fromkeys(self.titles + self.bodies))
+        self.states = dict(zip(texts, encode_states(det.model.encoder, texts, det.device, det.batch_size or 64, "fp32")))
+        self.swap = t_side == "right"
+
+    def __call__(self, title_rows, body_rows) -> np.ndarray:
+        from .tokencache import pair_distances
+
+        a, b = [self.titles[i] for i in title_rows], [self.bodies[j] for j in body_rows]
+        a, b = (b, a) if self.swap else (a, b)
+        return pair_distances(self.det.model, a, b, self.det.device, states=self.states).float().cpu().numpy()
+
+
+def pair_eval(det, title_emb: np.ndarray, body_emb: np.ndarray, neg_index: np.ndarray,
+              head: HeadDistances | None = None) -> dict[str, float]:
     """Metrics on the balanced set: post i's own pair (label 1) and (title i, body neg_index[i]) (label 0)."""
     n = len(title_emb)
-    d = np.concatenate([_row_distances(det, title_emb, body_emb), _row_distances(det, title_emb, body_emb[neg_index])])
+    if head is not None:
+        rows = np.arange(n)
+        d = np.concatenate([head(rows, rows), head(rows, neg_index)])
+    else:
+        d = np.concatenate([_row_distances(det, title_emb, body_emb),
+                            _row_distances(det, title_emb, body_emb[neg_index])])
     y = np.concatenate([np.ones(n, dtype=int), np.zeros(n, dtype=int)])
     return classification_metrics(y, det.calibrator.predict_proba(d), det.threshold)
 
 
 def evaluate_title_body(det, posts: pd.DataFrame, n_candidates: int = 1000, seed: int = 0,
-                        batch_size: int | None = None, embed=embed_posts) -> dict:
+                        batch_size: int | None = None, embed=embed_posts, rerank: int = 10) -> dict:
     """Pair metrics with random and hard negatives, and retrieval among `n_candidates`, for `det` on `posts`.
 
     `embed(det, posts)` → (title embeddings, body embeddings); the default runs the detector's encoders.
+    `rerank`: bodies the pair head re-orders per title, for a head on token states.
     """
+    from .matching import needs_tokens
+
     posts = posts.drop_duplicates("body").reset_index(drop=True)  # an identical body would be a second "true" item
     title_emb, body_emb = embed(det, posts) if embed is not embed_posts else embed_posts(det, posts, batch_size)
+    head = HeadDistances(det, posts) if needs_tokens(det.model) else None
     rng = np.random.default_rng(seed)
     hard, ok = tag_negatives(posts, rng)
+    n_cand = min(n_candidates, len(posts))
     results = {
-        "pairs_random": pair_eval(det, title_emb, body_emb, random_negatives(posts, np.random.default_rng(seed))),
-        "pairs_hard": {**pair_eval(det, title_emb, body_emb, hard), "shared_tag_share": float(ok.mean())},
-        "retrieval": retrieval_eval(title_emb, body_emb, min(n_candidates, len(posts)), det.model.distance_metric,
-                                    seed),
+        "pairs_random": pair_eval(det, title_emb, body_emb, random_negatives(posts, np.random.default_rng(seed)), head),
+        "pairs_hard": {**pair_eval(det, title_emb, body_emb, hard, head), "shared_tag_share": float(ok.mean())},
+        "retrieval": retrieval_eval(title_emb, body_emb, n_cand, det.model.distance_metric, seed),
         "posts": int(len(posts)),
         "sites": sorted(posts["site"].unique()),
     }
+    if head is not None:
+        ranks = rerank_in_pools(title_emb, body_emb, head, rerank, n_cand, det.model.distance_metric, seed)
+        results["retrieval_reranked"] = {**retrieval_metrics(ranks), "n_candidates": n_cand, "rerank": rerank}
     if len(posts) < n_candidates:
         results["retrieval"]["warning"] = f"only {len(posts)} posts: fewer candidates than the {n_candidates} asked for"
     return results
@@ -78,7 +116,8 @@ def evaluate_title_body(det, posts: pd.DataFrame, n_candidates: int = 1000, seed
 
 def summary_row(results: dict) -> dict[str, float]:
     """The flat row of the comparison table."""
-    r, h, ret = results["pairs_random"], results["pairs_hard"], results["retrieval"]
+    r, h = results["pairs_random"], results["pairs_hard"]
+    ret = results.get("retrieval_reranked", results["retrieval"])  # the model's own ranking, as in search
     return {"auc_random": r["roc_auc"], "acc_random": r["accuracy"], "logloss_random": r["log_loss"],
             "auc_hard": h["roc_auc"], "acc_hard": h["accuracy"], "logloss_hard": h["log_loss"],
             "recall@1": ret["recall@1"], "recall@10": ret["recall@10"], "mrr": ret["mrr"]}
@@ -106,6 +145,10 @@ def evaluate_title_body_run(run_dir, files, out=None, device: str = "auto", site
     ret = results["retrieval"]
     print(f"retrieval ({results['posts']} posts, {ret['n_candidates']} candidates per title): "
           f"recall@1 {ret['recall@1']:.4f}, recall@10 {ret['recall@10']:.4f}, MRR {ret['mrr']:.4f}")
+    if "retrieval_reranked" in results:
+        rr = results["retrieval_reranked"]
+        print(f"re-ranked by the pair head (its {rr['rerank']} nearest bodies per title): recall@1 {rr['recall@1']:.4f}, "
+              f"recall@10 {rr['recall@10']:.4f}, MRR {rr['mrr']:.4f}")
     print(f"report written to {out}")
     return results
 
@@ -116,7 +159,8 @@ def zero_shot_detector(calibration_pairs: pd.DataFrame | None = None, base_model
     calibrated on `calibration_pairs` (question1/question2/is_duplicate; None: fit
     ``det.calibrator`` yourself) — the zero-shot baseline.
 
-    `base_model` defaults to the packaged all-MiniLM-L6-v2. The result is a `DuplicateDetector`;
+    `base_model` defaults to the packaged all-MiniLM-L6-v2, a frozen base as in a frozen-base run (so caches of
+    its outputs are shared with those runs). The result is a `DuplicateDetector`;
     `qpairs.checkpoint.save_model` plus its calibration make it a run directory like any other.
     """
     from .calibration import Calibrator
@@ -125,7 +169,7 @@ def zero_shot_detector(calibration_pairs: pd.DataFrame | None = None, base_model
     from .model import SiameseModel
 
     enc = TransformerEncoder.from_pretrained(base_model or DEFAULT_BASE, pooling="mean", projection_dim=None,
-                                             normalize=True, max_length=max_length)
+                                             normalize=True, max_length=max_length, frozen_base=True)
     dev = resolve_device(device)
     det = DuplicateDetector(SiameseModel(enc, "cosine").to(dev), Calibrator(calibration), {"encoder": enc.config},
                             device=dev)

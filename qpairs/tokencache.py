@@ -298,18 +298,20 @@ def open_cache(encoder, directory=None):
 
 @torch.inference_mode()
 def pair_distances(model, q1: list[str], q2: list[str], device, batch_size: int = 256,
-                   max_waste: float | None = None, block: int = 2048) -> torch.Tensor:
+                   max_waste: float | None = None, block: int = 2048, states: dict | None = None) -> torch.Tensor:
     """−logit of the matching head for each pair. `block` pairs at a time (bounded memory): the base's token
     states of each unique text of the block are computed once, then the encoder's head and the matching
-    head run on the pairs, `batch_size` at a time."""
+    head run on the pairs, `batch_size` at a time. `states`: token states already computed (text → states,
+    e.g. `encode_states` of every text an evaluation scores), used instead of encoding those texts again."""
+    known = states or {}
     out = []
     for start in range(0, len(q1), block):
         a, b = list(q1[start : start + block]), list(q2[start : start + block])
-        uniq = list(dict.fromkeys(a + b))
-        states = encode_states(model.encoder, uniq, device, batch_size, "fp32", max_waste)
-        pos = {t: i for i, t in enumerate(uniq)}
+        todo = [t for t in dict.fromkeys(a + b) if t not in known]
+        block_states = dict(zip(todo, encode_states(model.encoder, todo, device, batch_size, "fp32", max_waste)))
+        state_of = lambda t: known[t] if t in known else block_states[t]  # noqa: E731
         for s in range(0, len(a), batch_size):
-            ta = pad_states([states[pos[t]] for t in a[s : s + batch_size]])
-            tb = pad_states([states[pos[t]] for t in b[s : s + batch_size]])
+            ta = pad_states([state_of(t) for t in a[s : s + batch_size]])
+            tb = pad_states([state_of(t) for t in b[s : s + batch_size]])
             out.append(-token_logits(model, ta, tb, device))
     return torch.cat(out) if out else torch.zeros(0)

@@ -20,6 +20,8 @@ Rows (``--rows`` picks some; each trains into OUT/<row> and is reused when it is
     pseudo_topN          two MiniLM towers, each training its own top N layers (and head) over one frozen
                          bottom, in-batch MNRL with one mined hard negative per post (N from --top-layers)
     siamese_topN         the same with one shared tower
+    siamese_matching     MiniLM frozen + a matching head over title and body token states (BCE + contrastive),
+                         on the same mined pairs; retrieval: the embeddings shortlist 10 bodies, the head orders them
 
 The frozen-base rows and the zero-shot row share one cache of MiniLM's pooled outputs
 (``OUT/base_cache``), so each text goes through MiniLM once for all of them. The top-layer rows share
@@ -87,6 +89,7 @@ def parse_args(argv=None):
     p.add_argument("--top-epochs", type=int, default=1)
     p.add_argument("--top-batch", type=int, default=64)
     p.add_argument("--top-lr", type=float, default=5e-5)
+    p.add_argument("--matching-epochs", type=int, default=3, help="epochs of the siamese_matching row")
     p.add_argument("--adapt", nargs="*", default=[], metavar="ROW",
                    help="after the rows, run `qpairs adapt` (calibration and threshold, 5-fold) on each of these rows "
                         "with --adapt-posts labelled posts of the held-out site outside the test sample; evaluated "
@@ -250,6 +253,17 @@ class Experiment:
                  "wall_seconds_incl_eval": round(time.perf_counter() - t0, 1), "loss": cfg.loss, **(extra or {})}
         self.evaluate(name, load(run, device=self.args.device, backend=self.args.backend), scale, extra, cached=cached)
 
+    def top_cfg(self, name: str) -> TrainConfig:
+        """Settings of a top-layer row (pseudo_topN, siamese_topN)."""
+        a = self.args
+        n_layers = int(name.removeprefix("pseudo_top").removeprefix("siamese_top"))
+        length = a.body_max_length
+        return self.common(name, variant="pseudo" if name.startswith("pseudo") else "siamese", encoder="transformer",
+                           train_top_layers=n_layers, head="residual", projection_dim=384, distance="cosine",
+                           loss="mnrl", epochs=a.top_epochs, batch_size=a.top_batch, lr=a.top_lr, right_lr=a.top_lr,
+                           max_length=length, right_max_length=length, bf16=True, checkpoint_minutes=10,
+                           embedding_cache=str(self.out / f"top_cache_{n_layers}"))
+
     def common(self, name: str, **kw) -> TrainConfig:
         """The settings every trained row shares, with the row's own `kw`."""
         base = dict(out=str(self.out / name), left_col="title", right_col="body", seed=self.args.seed,
@@ -272,17 +286,21 @@ class Experiment:
                               embedding_cache=str(self.out / "base_cache"))
             return self.trained(name, cfg, self.splits(a.frozen_posts), "real (frozen base, heads trained)", True)
         if name.startswith(TOP):
-            n_layers = int(name.removeprefix("pseudo_top").removeprefix("siamese_top"))
-            length = a.body_max_length
-            cfg = self.common(name, variant="pseudo" if name.startswith("pseudo") else "siamese",
-                              encoder="transformer", train_top_layers=n_layers, head="residual", projection_dim=384,
-                              distance="cosine", loss="mnrl", epochs=a.top_epochs, batch_size=a.top_batch,
-                              lr=a.top_lr, right_lr=a.top_lr, max_length=length, right_max_length=length, bf16=True,
-                              checkpoint_minutes=10, embedding_cache=str(self.out / f"top_cache_{n_layers}"))
+            cfg = self.top_cfg(name)
             n_train = a.top_posts or len(self.train_posts)
             pairs, counts = self.mined_pairs(cfg, n_train)
             return self.trained(name, cfg, self.splits(n_train, train_pairs=pairs), "real (top layers trained)", False,
-                                {"hard_negatives": counts, "top_layers": n_layers})
+                                {"hard_negatives": counts, "top_layers": cfg.train_top_layers})
+        if name == "siamese_matching":
+            length = a.body_max_length
+            cfg = self.common(name, variant="siamese", encoder="transformer", freeze_base=True, head="residual",
+                              projection_dim=768, pair_head="matching", distance="cosine", loss="contrastive",
+                              margin=0.5, epochs=a.matching_epochs, batch_size=256, lr=1e-3, max_length=length,
+                              right_max_length=length, embedding_cache=str(self.out / "base_cache"))
+            n_train = a.top_posts or len(self.train_posts)
+            pairs, counts = self.mined_pairs(self.top_cfg("siamese_top1"), n_train)
+            return self.trained(name, cfg, self.splits(n_train, train_pairs=pairs),
+                                "real (frozen base, matching head trained)", True, {"hard_negatives": counts})
         if name in LSTM:
             variant = "pseudo" if name.startswith("pseudo") else "siamese"
             cfg = self.common(name, variant=variant, encoder="lstm", epochs=a.lstm_epochs, batch_size=64,

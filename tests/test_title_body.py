@@ -391,3 +391,57 @@ def test_search_finds_bodies_from_a_title_and_titles_from_a_body(pseudo_run, tmp
     assert not np.allclose(np.sort(swapped), np.sort([h.distance for h in hits]), atol=1e-4)
     with pytest.raises(ValueError, match="title/body run"):
         QuestionIndex.empty(qpairs.load("fast"), side="title")
+
+
+def test_rerank_orders_each_querys_shortlist_by_the_pair_model():
+    from qpairs.retrieval import rerank_in_pools
+
+    q = np.array([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0], [1.0, -1.0]])
+    items = np.array([[0.5, 1.0], [0.0, 1.0], [1.0, 0.9], [-1.0, 1.0]])
+    plain = rank_in_pools(q, items, 4, "cosine")
+    assert plain.tolist() == [2, 1, 1, 4]
+    perfect = lambda qi, it: np.where(np.asarray(qi) == np.asarray(it), 0.0, 1.0)  # noqa: E731
+    # query 0's body is 2nd by embedding: a shortlist of 1 misses it (rank kept), one of 2 puts it first;
+    # query 3's body is last: outside any shortlist shorter than the pool
+    assert rerank_in_pools(q, items, perfect, 1, 4, "cosine").tolist() == [2, 1, 1, 4]
+    assert rerank_in_pools(q, items, perfect, 2, 4, "cosine").tolist() == [1, 1, 1, 4]
+    assert rerank_in_pools(q, items, perfect, 4, 4, "cosine").tolist() == [1, 1, 1, 1]
+    constant = lambda qi, it: np.zeros(len(qi))  # noqa: E731
+    assert rerank_in_pools(q, items, constant, 4, 4, "cosine").tolist() == [4, 4, 4, 4]  # ties count against
+
+
+def test_a_matching_head_scores_pairs_and_reranks_bodies_itself(tmp_path, posts_csv, tiny_bert):
+    from _tiny_models import tiny_matching_dir
+    from qpairs.retrieval import candidate_pools
+    from qpairs.title_body_eval import HeadDistances, evaluate_title_body
+
+    det = qpairs.load(tiny_matching_dir(tmp_path / "m", tiny_bert), device="cpu", backend="torch")
+    posts = tb.load_posts(posts_csv).iloc[:40].reset_index(drop=True)
+    res = evaluate_title_body(det, posts, n_candidates=20, rerank=20)
+    head = HeadDistances(det, posts)
+    ranks = []
+    for queries, cands in candidate_pools(len(posts), 20, 0):
+        for i in queries:  # every candidate re-scored: the head alone orders the pool
+            d = head([i] * len(cands), cands)
+            ranks.append(int((d <= d[cands == i][0]).sum()))
+    assert res["retrieval_reranked"]["mrr"] == pytest.approx(np.mean(1 / np.array(ranks)))
+    assert res["retrieval_reranked"]["mrr"] != pytest.approx(res["retrieval"]["mrr"])
+    neg = tb.random_negatives(posts, np.random.default_rng(0))
+    titles, bodies = list(posts["title"]) * 2, list(posts["body"]) + list(posts["body"].iloc[neg])
+    y = np.r_[np.ones(len(posts)), np.zeros(len(posts))]
+    from sklearn.metrics import log_loss
+
+    assert res["pairs_random"]["log_loss"] == pytest.approx(log_loss(y, det.predict_proba(titles, bodies)), abs=1e-4)
+
+
+def test_the_zero_shot_baseline_shares_its_base_cache_with_frozen_base_runs(tiny_bert):
+    from qpairs.builders import build_model
+    from qpairs.title_body_eval import zero_shot_detector
+    from qpairs.tokencache import token_cache_meta
+
+    det = zero_shot_detector(None, base_model=str(tiny_bert), max_length=32)
+    run = build_model(TrainConfig(encoder="transformer", base_model=str(tiny_bert), freeze_base=True, head="residual",
+                                  max_length=32).resolved(), [])
+    assert token_cache_meta(det.model.encoder, "fp32") == token_cache_meta(run.encoder, "fp32")
+    emb = det.encode(["How do I fix python?", "Why is the sky blue?"])
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)  # still the plain pooled, normalised base
