@@ -283,6 +283,7 @@ class Experiment:
             cfg = self.common(name, variant=variant, encoder="transformer", freeze_base=True, head="residual",
                               projection_dim=384, distance="cosine", loss=loss, margin=0.5 if loss == "contrastive" else None,
                               epochs=a.frozen_epochs, batch_size=64, lr=1e-3, right_lr=1e-3,
+                              max_length=a.body_max_length, right_max_length=a.body_max_length,
                               embedding_cache=str(self.out / "base_cache"))
             return self.trained(name, cfg, self.splits(a.frozen_posts), "real (frozen base, heads trained)", True)
         if name.startswith(TOP):
