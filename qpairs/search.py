@@ -97,6 +97,8 @@ def other_side(side: str) -> str:
 def resolve_side(det, side: str) -> str:
     """The input side (left/right) that encodes stored texts: `side` itself, or for a title/body run 'title'/'body'
     (whichever side it trained them on; a pseudo-Siamese model encodes each with its own tower)."""
+    from .sides import title_body_sides
+
     if side in SIDES:
         return side
     if side not in ("title", "body"):
@@ -104,8 +106,7 @@ def resolve_side(det, side: str) -> str:
     train = det.config.get("train") or {}
     if not train.get("left_col"):
         raise ValueError(f"--side {side} needs a title/body run (trained with --left-col/--right-col); use right or left")
-    left = "title" if str(train["left_col"]).lower() == "title" else "body"
-    return "left" if side == left else "right"
+    return title_body_sides(train)[0 if side == "title" else 1]
 
 
 # ---------------------------------------------------------------- results

@@ -81,14 +81,20 @@ def resolve_col(name: str) -> str:
     return key
 
 
+def title_body_sides(train: dict | None) -> tuple[str, str]:
+    """(side of the titles, side of the bodies) of a run from its training settings: the body is on the right
+    unless a title/body run put it on the left (``left_col`` body or content)."""
+    left_col = (train or {}).get("left_col")
+    return ("right", "left") if left_col and resolve_col(left_col) == "body" else ("left", "right")
+
+
 def sides_from_train(train: dict | None) -> dict:
     """The sides config of a run from its training settings: a title/body run (``left_col`` set) cleans
     its body side (``right`` unless the body is on the left) by its truncation policy; ``{}`` otherwise."""
     train = train or {}
     if not train.get("left_col"):
         return {}
-    body_side = "left" if resolve_col(train["left_col"]) == "body" else "right"
-    return {body_side: {"clean_body": {"max_words": train.get("body_max_words", DEFAULT_BODY_MAX_WORDS),
+    return {title_body_sides(train)[1]: {"clean_body": {"max_words": train.get("body_max_words", DEFAULT_BODY_MAX_WORDS),
                                        "policy": train.get("body_truncation", DEFAULT_TRUNCATION)}}}
 
 

@@ -17,9 +17,10 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from . import sides
 from .metrics import classification_metrics
 from .retrieval import rerank_in_pools, retrieval_eval, retrieval_metrics
-from .title_body import (DEFAULT_BODY_MAX_WORDS, DEFAULT_TRUNCATION, load_posts, random_negatives, resolve_col,
+from .title_body import (DEFAULT_BODY_MAX_WORDS, DEFAULT_TRUNCATION, load_posts, random_negatives,
                          tag_negatives)
 
 SUMMARY_COLUMNS = ("auc_random", "acc_random", "logloss_random", "auc_hard", "acc_hard", "logloss_hard",
@@ -28,10 +29,7 @@ SUMMARY_COLUMNS = ("auc_random", "acc_random", "logloss_random", "auc_hard", "ac
 
 def title_body_sides(det) -> tuple[str, str]:
     """(side of the titles, side of the bodies) of a detector; the body is right unless trained the other way."""
-    train = det.config.get("train") or {}
-    if train.get("left_col") and resolve_col(train["left_col"]) == "body":
-        return "right", "left"
-    return "left", "right"
+    return sides.title_body_sides(det.config.get("train"))
 
 
 def embed_posts(det, posts: pd.DataFrame, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
