@@ -6,9 +6,9 @@ Every title and body is encoded once; the pair sets and the retrieval pools reus
   drawn at random (``pairs_random``) or from the same site with shared tags (``pairs_hard``);
   ROC-AUC, accuracy (at the model's stored threshold) and log loss of the calibrated probability.
 * retrieval: each title ranks its body among `n_candidates` bodies: recall@1, recall@10, MRR. For a model
-  whose pair head reads token states (``--pair-head matching``) the embeddings shortlist each title's
-  `rerank` nearest bodies and the head orders them (``retrieval_reranked``), as `qpairs search` does;
-  its pair metrics come from the head.
+  whose pair head reads token states (``--pair-head matching``) each title's `rerank` nearest bodies are
+  shortlisted as `qpairs search` does (a frozen base: by the base's pooled cosine; else by the embeddings)
+  and the head orders them (``retrieval_reranked``); its pair metrics come from the head.
 """
 from __future__ import annotations
 
@@ -67,6 +67,11 @@ class HeadDistances:
         a, b = (b, a) if self.swap else (a, b)
         return pair_distances(self.det.model, a, b, self.det.device, states=self.states).float().cpu().numpy()
 
+    def base_vectors(self) -> tuple[np.ndarray, np.ndarray]:
+        """Mean-pooled base token states of the titles and the bodies: the vectors of a base-space search index."""
+        mean = lambda texts: np.stack([self.states[t].mean(0).numpy() for t in texts])  # noqa: E731
+        return mean(self.titles), mean(self.bodies)
+
 
 def pair_eval(det, title_emb: np.ndarray, body_emb: np.ndarray, neg_index: np.ndarray,
               head: HeadDistances | None = None) -> dict[str, float]:
@@ -104,9 +109,14 @@ def evaluate_title_body(det, posts: pd.DataFrame, n_candidates: int = 1000, seed
         "posts": int(len(posts)),
         "sites": sorted(posts["site"].unique()),
     }
-    if head is not None:
-        ranks = rerank_in_pools(title_emb, body_emb, head, rerank, n_cand, det.model.distance_metric, seed)
-        results["retrieval_reranked"] = {**retrieval_metrics(ranks), "n_candidates": n_cand, "rerank": rerank}
+    if head is not None:  # shortlist as `qpairs search` does: by base cosine in a base-space index, else the embeddings
+        from .search import default_space
+
+        base = default_space(det) == "base"
+        q, items = head.base_vectors() if base else (title_emb, body_emb)
+        ranks = rerank_in_pools(q, items, head, rerank, n_cand, "cosine" if base else det.model.distance_metric, seed)
+        results["retrieval_reranked"] = {**retrieval_metrics(ranks), "n_candidates": n_cand, "rerank": rerank,
+                                         "shortlist": "base cosine" if base else "embeddings"}
     if len(posts) < n_candidates:
         results["retrieval"]["warning"] = f"only {len(posts)} posts: fewer candidates than the {n_candidates} asked for"
     return results

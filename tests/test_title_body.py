@@ -426,6 +426,11 @@ def test_a_matching_head_scores_pairs_and_reranks_bodies_itself(tmp_path, posts_
             ranks.append(int((d <= d[cands == i][0]).sum()))
     assert res["retrieval_reranked"]["mrr"] == pytest.approx(np.mean(1 / np.array(ranks)))
     assert res["retrieval_reranked"]["mrr"] != pytest.approx(res["retrieval"]["mrr"])
+    # the shortlist comes from the base's pooled cosine, as in a base-space search index: with a shortlist
+    # of one, the head changes nothing and the ranks are the base cosine's
+    assert res["retrieval_reranked"]["shortlist"] == "base cosine"
+    one = evaluate_title_body(det, posts, n_candidates=20, rerank=1)["retrieval_reranked"]
+    assert one["mrr"] == pytest.approx(retrieval_metrics(rank_in_pools(*head.base_vectors(), 20, "cosine"))["mrr"])
     neg = tb.random_negatives(posts, np.random.default_rng(0))
     titles, bodies = list(posts["title"]) * 2, list(posts["body"]) + list(posts["body"].iloc[neg])
     y = np.r_[np.ones(len(posts)), np.zeros(len(posts))]
