@@ -58,6 +58,7 @@ class HeadDistances:
         self.titles, self.bodies = det.preprocess(list(posts["title"]), t_side), det.preprocess(list(posts["body"]), b_side)
         texts = list(dict.fromkeys(self.titles + self.bodies))
         self.states = dict(zip(texts, encode_states(det.model.encoder, texts, det.device, det.batch_size or 64, "fp32")))
+        self.sides = t_side, b_side
         self.swap = t_side == "right"
 
     def __call__(self, title_rows, body_rows) -> np.ndarray:
@@ -68,9 +69,20 @@ class HeadDistances:
         return pair_distances(self.det.model, a, b, self.det.device, states=self.states).float().cpu().numpy()
 
     def base_vectors(self) -> tuple[np.ndarray, np.ndarray]:
-        """Mean-pooled base token states of the titles and the bodies: the vectors of a base-space search index."""
-        mean = lambda texts: np.stack([self.states[t].mean(0).numpy() for t in texts])  # noqa: E731
-        return mean(self.titles), mean(self.bodies)
+        """Pooled base token states of the titles and the bodies: the vectors of a base-space search index."""
+        import torch
+
+        from .encoders import pool
+
+        how = self.det.model.encoder.config["pooling"]
+        pooled = lambda texts: np.stack([pool(self.states[t][None], torch.ones(1, len(self.states[t]), dtype=torch.bool),  # noqa: E731
+                                              how)[0].numpy() for t in texts])
+        return pooled(self.titles), pooled(self.bodies)
+
+    def embeddings(self) -> tuple[np.ndarray, np.ndarray]:
+        """The model's title and body embeddings, from the same states (each side's head on its pooled states)."""
+        (t, b), (t_side, b_side) = self.base_vectors(), self.sides
+        return self.det.embed_pooled(t, t_side), self.det.embed_pooled(b, b_side)
 
 
 def pair_eval(det, title_emb: np.ndarray, body_emb: np.ndarray, neg_index: np.ndarray,
@@ -97,8 +109,11 @@ def evaluate_title_body(det, posts: pd.DataFrame, n_candidates: int = 1000, seed
     from .matching import needs_tokens
 
     posts = posts.drop_duplicates("body").reset_index(drop=True)  # an identical body would be a second "true" item
-    title_emb, body_emb = embed(det, posts) if embed is not embed_posts else embed_posts(det, posts, batch_size)
-    head = HeadDistances(det, posts) if needs_tokens(det.model) else None
+    head = HeadDistances(det, posts) if needs_tokens(det.model) else None  # the texts' token states, once
+    if embed is not embed_posts:
+        title_emb, body_emb = embed(det, posts)
+    else:
+        title_emb, body_emb = head.embeddings() if head is not None else embed_posts(det, posts, batch_size)
     rng = np.random.default_rng(seed)
     hard, ok = tag_negatives(posts, rng)
     n_cand = min(n_candidates, len(posts))
