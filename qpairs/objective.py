@@ -108,8 +108,8 @@ def autocast(device):
 
 
 def step_autocast(device, bf16: bool):
-    """Autocast of a training step: `autocast`, and with `bf16` on a CPU that has AVX-512 BF16 bfloat16 there too
-    (validation and inference stay float32)."""
+    """bfloat16 autocast of a training step on a CPU that has AVX-512 BF16, when `bf16` (on CUDA `Objective.embed`
+    autocasts already); validation and inference stay float32."""
     from .tokencache import resolve_precision
 
     if bf16 and device.type == "cpu" and resolve_precision("auto", device) == "bf16":
