@@ -156,8 +156,9 @@ class Experiment:
 
         posts = self.train_posts.iloc[:n_train]
         path = self.out / "mined_negatives.npz"
-        if path.exists() and list(np.load(path, allow_pickle=True)["post_id"]) == list(posts["post_id"]):
-            nearest = np.load(path, allow_pickle=True)["nearest"]
+        stored = np.load(path, allow_pickle=True) if path.exists() else None
+        if stored is not None and list(stored["post_id"]) == list(posts["post_id"]):
+            nearest = stored["nearest"]
         else:
             model = build_model(replace(cfg, variant="siamese").resolved(), [])
             view = top_layer_cache(model, cfg.embedding_cache, torch.device("cpu"))
