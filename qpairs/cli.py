@@ -65,11 +65,12 @@ TRAIN_HELP = {
     "transitive": "triplet/mnrl: add duplicate pairs inferred by transitivity (A~B, B~C => A~C)",
     "max_pairs_per_group": "cap on the transitive pairs taken from one duplicate group",
     "scale": "mnrl: scale of the cosine similarities (1/temperature)",
-    "pair_head": "none, classifier (a logistic head on (u, v, |u-v|, u*v)) or matching (soft alignment of the "
-                 "frozen base's token states of both questions; needs --freeze-base): trained jointly with BCE; "
-                 "scores use it",
+    "pair_head": "none, classifier (a logistic head on (u, v, |u-v|, u*v)) or matching (soft alignment of both "
+                 "questions' token states: a BiLSTM's, or a transformer's with --freeze-base or --train-top-layers): "
+                 "trained jointly with BCE; scores use it",
     "pair_head_weight": "weight of the classifier head's BCE in the training loss",
     "pair_head_hidden": "hidden units of the classifier head: 0 = logistic, N = an MLP with one hidden ReLU layer",
+    "matching_dim": "width of the matching head's comparison layer and of its MLP",
     "balance": "class balance of the training split: weight (loss weights), subsample or none",
     "train_pos_rate": "duplicate rate that --balance aims the training split at",
     "eval_rate": "duplicate rate validation/test are subsampled to (natural QQP: 0.37)",
@@ -125,7 +126,8 @@ TRAIN_GROUPS = {  # `qpairs train --help` sections: TrainConfig field names
     "model": ("encoder", "variant", "distance", "max_length", "pooling", "projection_dim", "normalize", "tokens",
               "word_vectors", "glove", "embedding_dim", "freeze_embeddings", "min_freq", "hidden_size", "num_layers",
               "dropout", "base_model", "freeze_base", "train_top_layers", "head", "embedding_cache", "left_encoder",
-              "right_encoder", "right_pooling", "right_max_length", "pair_head", "pair_head_hidden"),
+              "right_encoder", "right_pooling", "right_max_length", "pair_head", "pair_head_hidden",
+              "matching_dim"),
     "loss": ("loss", "margin", "scale", "triplet_negatives", "mining", "transitive", "max_pairs_per_group",
              "pair_head_weight"),
     "optimisation and validation": ("epochs", "batch_size", "lr", "right_lr", "weight_decay", "warmup", "grad_clip",

@@ -115,6 +115,7 @@ class TrainConfig:
     pair_head: str = "none"  # none | classifier (logistic on u, v, |u−v|, u∗v) | matching (token states, qpairs.matching)
     pair_head_weight: float = 1.0  # weight of the head's BCE in the loss
     pair_head_hidden: int = 0  # hidden units of the classifier head (0 → logistic, else a one-hidden-layer MLP)
+    matching_dim: int = 256  # width of the matching head's comparison layer and MLP
     # loop
     metric: str = "roc_auc"
     patience: int = 2

@@ -65,6 +65,14 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     raise ValueError(f"unknown pooling {how!r}; use mean, max, cls or last")
 
 
+def token_mask(batch: dict) -> torch.Tensor:
+    """Bool mask [B, T] of the real tokens of a tokenized batch (its attention mask, or its lengths)."""
+    if "attention_mask" in batch:
+        return batch["attention_mask"].bool()
+    ids = batch["input_ids"]
+    return torch.arange(ids.size(1), device=ids.device)[None, :] < batch["lengths"].to(ids.device)[:, None]
+
+
 class ResidualMLP(nn.Module):
     """x + W2·gelu(W1·x), with W2 zero-initialised: starts as the identity (e.g. zero-shot MiniLM)."""
 
@@ -125,13 +133,22 @@ class LSTMEncoder(nn.Module):
     def tokenize(self, texts) -> dict[str, torch.Tensor]:
         return self.vocab.batch(texts, self.config["max_length"])
 
-    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+    def token_states(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """The (Bi)LSTM's output at each token [B, T, hidden_out] (zeros past each text's length)."""
         x = self.dropout(self.embedding(input_ids))
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=input_ids.size(1))
-        mask = torch.arange(input_ids.size(1), device=input_ids.device)[None, :] < lengths.to(input_ids.device)[:, None]
-        return self.head(pool(out, mask, self.config["pooling"]))
+        return out
+
+    @property
+    def hidden_out(self) -> int:
+        """Width of the token states."""
+        return self.lstm.hidden_size * (2 if self.lstm.bidirectional else 1)
+
+    def forward(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        out = self.token_states(input_ids, lengths)
+        return self.head(pool(out, token_mask({"input_ids": input_ids, "lengths": lengths}), self.config["pooling"]))
 
     def save_tokenizer(self, directory) -> None:
         self.vocab.save_to(directory)

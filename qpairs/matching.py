@@ -7,7 +7,8 @@ of the model's embeddings (u+v, |u−v|, u∗v) and the zero-shot cosine of the 
 an MLP maps them to the logit. Swapping the questions gives the same logit exactly.
 
 Token states come from the frozen base: `qpairs.tokencache` (its cache in training, its `pair_distances` at inference);
-under --train-top-layers, from the trained top layers run on the cached output of the layer below them.
+under --train-top-layers, from the trained top layers run on the cached output of the layer below them. A trained
+encoder that has token states of its own (the BiLSTM) gives them in training too (`trained_tokens`, with gradients).
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from functools import partial
 import torch
 from torch import nn
 
-from .encoders import pool
+from .encoders import pool, token_mask
 
 TokenBatch = tuple  # (states float32 [B, T, hidden], mask bool [B, T])
 
@@ -42,8 +43,14 @@ class MatchingHead(nn.Module):
         scores = a @ b.transpose(1, 2)  # [B, Ta, Tb]
         scores = scores.masked_fill(~mask_b[:, None, :], torch.finfo(scores.dtype).min)
         aligned = torch.softmax(scores, dim=-1) @ b
-        m = self.compare(torch.cat([a, aligned, a - aligned, a * aligned], dim=-1))
-        return masked_mean_max(m, mask_a)
+        return masked_mean_max(self._compare(a, aligned), mask_a)
+
+    def _compare(self, a, aligned) -> torch.Tensor:
+        """compare([a, ã, a−ã, a∗ã]) with the concatenation folded into the weights (the same map, less work)."""
+        linear = self.compare[0]
+        w_a, w_al, w_diff, w_prod = linear.weight.split(a.size(-1), dim=1)
+        x = nn.functional.linear(a, w_a + w_diff, linear.bias) + nn.functional.linear(aligned, w_al - w_diff)
+        return torch.relu(x + nn.functional.linear(a * aligned, w_prod))
 
     def forward(self, u: torch.Tensor, v: torch.Tensor, tokens_a: TokenBatch, tokens_b: TokenBatch) -> torch.Tensor:
         (a, mask_a), (b, mask_b) = tokens_a, tokens_b
@@ -54,6 +61,23 @@ class MatchingHead(nn.Module):
         cos = nn.functional.cosine_similarity(pa, pb, dim=-1)[:, None]
         feats = torch.cat([fa + fb, (fa - fb).abs(), u + v, (u - v).abs(), u * v, cos], dim=-1)
         return self.mlp(feats).squeeze(-1)
+
+
+def token_width(encoder) -> int:
+    """Width of the token states `encoder` gives a matching head: a transformer's hidden size, a BiLSTM's output."""
+    config = encoder.config
+    return config["hf_config"]["hidden_size"] if config.get("type") == "transformer" else encoder.hidden_out
+
+
+def trained_tokens(encoder, left: list[str], right: list[str], device) -> tuple:
+    """(e1, e2, (tokens_a, tokens_b)): both sides' embeddings and padded token states from one forward pass of
+    a trained (uncached) encoder over all their texts, with gradients as the caller's grad mode says."""
+    batch = encoder.tokenize(list(left) + list(right))
+    batch = {k: v.to(device) for k, v in batch.items()}
+    states, mask = encoder.token_states(**batch), token_mask(batch)
+    emb = encoder.head(pool(states, mask, encoder.config["pooling"]))
+    n = len(left)
+    return emb[:n], emb[n:], ((states[:n], mask[:n]), (states[n:], mask[n:]))
 
 
 def needs_tokens(model) -> bool:

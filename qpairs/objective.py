@@ -29,7 +29,7 @@ from .config import LOSSES, PAIR_LOSSES, TRIPLET_LOSSES  # noqa: F401  (re-expor
 from .encoding import forward_texts
 from .losses import (ContrastiveLoss, MultipleNegativesRankingLoss, OnlineContrastiveLoss, PairClassifier,
                      TripletLoss, bce_on_logits)
-from .matching import bound_head, cached_tokens
+from .matching import bound_head, cached_tokens, needs_tokens, trained_tokens
 from .triplets import MINING, DuplicateGraph, TripletSampler, mine_negatives
 
 DEFAULT_MARGIN = {"contrastive": 1.0, "online_contrastive": 0.5, "triplet": 0.5}
@@ -57,17 +57,19 @@ def make_pair_head(cfg, dim: int, encoder=None):
     if cfg.pair_head == "classifier":
         return PairClassifier(dim, hidden=getattr(cfg, "pair_head_hidden", 0) or 0)
     if cfg.pair_head == "matching":
-        from .matching import MatchingHead
+        from .matching import MatchingHead, token_width
 
         config = getattr(encoder, "config", {})
         cached = config.get("frozen_base") or config.get("train_top_layers")
-        if not (config.get("type") == "transformer" and cached) or cfg.variant != "siamese":
-            raise ValueError("--pair-head matching needs a Siamese --encoder transformer with --freeze-base or "
-                             "--train-top-layers")
+        if not ((config.get("type") == "transformer" and cached) or config.get("type") == "lstm") \
+                or cfg.variant != "siamese":
+            raise ValueError("--pair-head matching needs a Siamese --encoder lstm, or transformer with --freeze-base "
+                             "or --train-top-layers")
         if cfg.loss not in PAIR_LOSSES:
             raise ValueError(f"--pair-head matching trains on labelled pairs: use a pair loss ({', '.join(PAIR_LOSSES)}), "
                              f"not {cfg.loss}")
-        return MatchingHead(config["hf_config"]["hidden_size"], dim, pooling=config["pooling"])
+        return MatchingHead(token_width(encoder), dim, proj=cfg.matching_dim, mlp=cfg.matching_dim,
+                            pooling=config["pooling"])
     raise ValueError(f"unknown pair head {cfg.pair_head!r}; use none, classifier or matching")
 
 
@@ -181,14 +183,23 @@ class Objective:
             e1, e2 = embed_pairs(model, left, right, self.device, self.cache)
         return e1.float(), e2.float()
 
+    def embed_with_tokens(self, model, left: list[str], right: list[str]) -> tuple:
+        """(e1, e2, tokens): `embed`, and both sides' token states when the pair head reads them (else None):
+        from the training cache, or for a trained encoder without one (a BiLSTM) from the same forward pass."""
+        if needs_tokens(model) and self.cache is None:
+            with autocast(self.device):
+                e1, e2, tokens = trained_tokens(model.encoder, left, right, self.device)
+            return e1.float(), e2.float(), tokens
+        e1, e2 = self.embed(model, left, right)
+        return e1, e2, cached_tokens(model, self.cache, left, right)
+
     def step_loss(self, model, batch: Batch) -> torch.Tensor:
         """The loss of one training batch: embed it, then `loss` (a matching head also reads token states).
 
         Under torchrun the trainer calls it through the DDP wrapper, ``net(objective.step_loss, batch)``."""
         with step_autocast(self.device, self.bf16):
-            e1, e2 = self.embed(model, batch.left, batch.right)
-            head = bound_head(model, cached_tokens(model, self.cache, batch.left, batch.right))
-            return self.loss(batch, e1, e2, head)
+            e1, e2, tokens = self.embed_with_tokens(model, batch.left, batch.right)
+            return self.loss(batch, e1, e2, bound_head(model, tokens))
 
     def loss(self, batch: Batch, e1: torch.Tensor, e2: torch.Tensor, pair_head=None) -> torch.Tensor:
         """Loss of a batch from its embeddings (left `e1`, right `e2`), plus the head's BCE if any."""

@@ -27,7 +27,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .embcache import EmbeddingCache, TextCache, cache_meta, is_pooled_cache
-from .encoders import pool
+from .encoders import pool, token_mask
 from .encoding import encoded_batches
 from .matching import token_logits
 
@@ -85,7 +85,7 @@ def encode_states(encoder, texts, device="cpu", batch_size: int = 256, precision
     out: list[torch.Tensor | None] = [None] * len(texts)
     run = encoder.token_states if layer is None else partial(encoder.token_states, layer=layer)
     for idx, batch, hidden in encoded_batches(encoder, texts, device, batch_size, max_waste, run, autocast):
-        hidden, mask = hidden.float().cpu(), batch["attention_mask"].bool().cpu()
+        hidden, mask = hidden.float().cpu(), token_mask(batch).cpu()
         for j, i in enumerate(idx):
             out[i] = hidden[j][mask[j]]
         if bar is not None:
@@ -304,14 +304,16 @@ def pair_distances(model, q1: list[str], q2: list[str], device, batch_size: int 
     head run on the pairs, `batch_size` at a time. `states`: token states already computed (text → states,
     e.g. `encode_states` of every text an evaluation scores), used instead of encoding those texts again."""
     known = states or {}
-    out = []
+    out = torch.zeros(len(q1))
     for start in range(0, len(q1), block):
         a, b = list(q1[start : start + block]), list(q2[start : start + block])
         todo = [t for t in dict.fromkeys(a + b) if t not in known]
         block_states = dict(zip(todo, encode_states(model.encoder, todo, device, batch_size, "fp32", max_waste)))
-        state_of = lambda t: known[t] if t in known else block_states[t]  # noqa: E731
-        for s in range(0, len(a), batch_size):
-            ta = pad_states([state_of(t) for t in a[s : s + batch_size]])
-            tb = pad_states([state_of(t) for t in b[s : s + batch_size]])
-            out.append(-token_logits(model, ta, tb, device))
-    return torch.cat(out) if out else torch.zeros(0)
+        sa = [known[t] if t in known else block_states[t] for t in a]
+        sb = [known[t] if t in known else block_states[t] for t in b]
+        order = np.argsort([max(len(x), len(y)) for x, y in zip(sa, sb)], kind="stable")  # tight padding
+        for s in range(0, len(order), batch_size):
+            rows = order[s : s + batch_size]
+            ta, tb = pad_states([sa[i] for i in rows]), pad_states([sb[i] for i in rows])
+            out[start + torch.as_tensor(rows)] = -token_logits(model, ta, tb, device).float().cpu()
+    return out

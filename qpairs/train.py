@@ -34,7 +34,7 @@ from .checkpoint import (CheckpointClock, load_last, load_model, read_json, resu
                          saved_weight, write_json)
 from .config import TrainConfig
 from .evaluate import calibrated_metrics
-from .matching import cached_tokens, require_token_cache
+from .matching import require_token_cache
 from .metrics import HIGHER_IS_BETTER, format_table
 from .model import SiameseModel
 from .objective import Objective, make_pair_head, pair_batches
@@ -98,8 +98,8 @@ def scored_batches(model, objective: Objective, frame, batch_size: int):
     """(e1, e2, labels, distances) of `frame`'s pairs in frame order, ``2 × batch_size`` at a time: embedded by
     `objective.embed` (a frozen base: from the training cache), a matching head reading the cached token states."""
     for q1, q2, y, _ in pair_batches(frame, batch_size * 2, False, 0):
-        e1, e2 = objective.embed(model, q1, q2)
-        yield e1, e2, y, model.decision_distance(e1, e2, cached_tokens(model, objective.cache, q1, q2)).cpu().numpy()
+        e1, e2, tokens = objective.embed_with_tokens(model, q1, q2)
+        yield e1, e2, y, model.decision_distance(e1, e2, tokens).cpu().numpy()
 
 
 @torch.no_grad()

@@ -198,6 +198,36 @@ def test_train_freeze_base_matching_head_trains_saves_loads_and_scores(tiny_bert
     np.testing.assert_allclose(onnx.predict_proba(q1, q2), batch, rtol=0, atol=1e-4)
 
 
+def test_bilstm_matching_head_trains_on_its_own_token_states_and_scores_as_it_was_evaluated(tmp_path):
+    from sklearn.metrics import roc_auc_score
+
+    from qpairs import load
+    from qpairs.cli import main
+    from qpairs.matching import MatchingHead
+    from qpairs.scoring import PairScorer
+
+    data = _pairs_csv(tmp_path, 400)
+    run = tmp_path / "run"
+    assert main(["train", "--encoder", "lstm", "--no-glove", "--embedding-dim", "16", "--hidden-size", "16",
+                 "--pair-head", "matching", "--matching-dim", "24", "--data", str(data), "--out", str(run),
+                 "--epochs", "3", "--batch-size", "32", "--lr", "3e-3", "--device", "cpu", "--no-progress"]) == 0
+    history = json.loads((run / "history.json").read_text())
+    assert history[-1]["train_loss"] < history[0]["train_loss"]
+    assert not (run / "embedding_cache").exists()  # the BiLSTM trains: its token states come from each step
+    det = load(run, device="cpu")
+    assert isinstance(det.model.pair_head, MatchingHead) and det.model.pair_head.config["hidden"] == 32
+    test = pd.read_csv(run / "splits" / "test.csv.gz")
+    q1, q2 = list(test["question1"]), list(test["question2"])
+    batch = det.predict_proba(q1, q2)
+    metrics = json.loads((run / "metrics.json").read_text())["test"]  # computed by the training path
+    assert metrics["roc_auc"] > 0.8
+    assert roc_auc_score(test["is_duplicate"], batch) == pytest.approx(metrics["roc_auc"], abs=1e-9)
+    alone = [det.predict_proba(a, b) for a, b in zip(q1[:4], q2[:4])]
+    np.testing.assert_allclose(batch[:4], alone, rtol=0, atol=1e-6)  # batch-invariant
+    np.testing.assert_allclose(det.predict_proba(q2, q1), batch, rtol=0, atol=1e-6)  # symmetric
+    np.testing.assert_allclose(PairScorer(det, batch_size=8).predict_proba(q1, q2), batch, rtol=0, atol=1e-6)
+
+
 def test_matching_head_needs_a_frozen_transformer_and_pair_losses(tiny_bert, tmp_path):
     from qpairs.config import TrainConfig
     from qpairs.train import train
