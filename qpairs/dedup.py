@@ -23,6 +23,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .search import AUTO_FLAT_MAX, QuestionIndex
+from .tokencache import StateMemo
 
 LINKAGES = ("average", "complete", "single")
 
@@ -32,12 +33,13 @@ def duplicate_edges(det, index: QuestionIndex, k: int = 10, threshold: float | N
     """Edges (i, j, probability) of the k-nearest-neighbour graph whose probability reaches `threshold`.
 
     Neighbours come from the index's vectors, probabilities from `QuestionIndex.rescore` as in search (for a
-    pair head on token states: that head on both texts). Queries run in chunks of stored vectors, so memory
-    is O(n·k), never n×n.
+    pair head on token states: that head on both texts, each text's states computed once while a bounded
+    `StateMemo` holds them). Queries run in chunks of stored vectors, so memory is O(n·k), never n×n.
     """
     index.check_model(det)
     threshold = det.threshold if threshold is None else threshold
     n = len(index)
+    memo = StateMemo()
     src, dst, prob = [], [], []
     bar = tqdm(total=n, desc="kNN graph", unit="q", disable=None if progress is None else not progress)
     for start in range(0, n, chunk_size):
@@ -47,7 +49,7 @@ def duplicate_edges(det, index: QuestionIndex, k: int = 10, threshold: float | N
         rows = index.knn(vectors, k + 1)
         rows = np.where(rows == me, -1, rows)  # no question is its own duplicate
         embeddings = index.stored_embeddings(det, np.arange(start, stop))
-        p = det.calibrator.predict_proba(index.rescore(det, embeddings, rows, index.texts[start:stop]))
+        p = det.calibrator.predict_proba(index.rescore(det, embeddings, rows, index.texts[start:stop], memo))
         keep = (rows >= 0) & (p >= threshold)
         src.append(np.broadcast_to(me, rows.shape)[keep])
         dst.append(rows[keep])

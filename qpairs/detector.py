@@ -127,8 +127,9 @@ class DuplicateDetector:
         x = torch.from_numpy(np.ascontiguousarray(pooled, dtype=np.float32)).to(self.device)
         return head(x).float().cpu().numpy()
 
-    def distances(self, q1, q2) -> np.ndarray:
-        """Distances between the pairs (each unique text is encoded once)."""
+    def distances(self, q1, q2, states: dict | None = None) -> np.ndarray:
+        """Distances between the pairs (each unique text is encoded once). `states`: for a matching head, token
+        states already computed (`qpairs.tokencache.pair_distances`), e.g. a `StateMemo` shared across calls."""
         a, _ = _as_text_list(q1, "q1")
         b, _ = _as_text_list(q2, "q2")
         if len(a) != len(b):
@@ -136,7 +137,8 @@ class DuplicateDetector:
         if needs_tokens(self.model):  # a matching head compares the two sides' token states
             a, b = self.preprocess(a, "left"), self.preprocess(b, "right")
             with self._autocast():
-                return pair_distances(self.model, a, b, self.device, self.batch_size, self.max_waste).float().cpu().numpy()
+                return pair_distances(self.model, a, b, self.device, self.batch_size, self.max_waste,
+                                      states=states).float().cpu().numpy()
         e1, e2 = self.embeddings(a, b)
         return self.model.decision_distance(torch.from_numpy(e1), torch.from_numpy(e2)).numpy()
 

@@ -435,10 +435,11 @@ class QuestionIndex:
             stored = stored * self.norms[rows][:, None]
         return self.model_embeddings(det, stored)
 
-    def rescore(self, det, embeddings: np.ndarray, rows: np.ndarray, questions: list[str] | None = None) -> np.ndarray:
+    def rescore(self, det, embeddings: np.ndarray, rows: np.ndarray, questions: list[str] | None = None,
+                states: dict | None = None) -> np.ndarray:
         """The model's own distance from each query to its candidate rows (inf where row is −1): from the query's
         model embedding, or, for a model whose pair head reads token states, −logit of that head on the texts of
-        `questions` and of the rows (`DuplicateDetector.distances`)."""
+        `questions` and of the rows (`DuplicateDetector.distances`, given `states`)."""
         valid = rows >= 0
         if needs_tokens(det.model):
             if questions is None:
@@ -447,7 +448,7 @@ class QuestionIndex:
             if valid.any():
                 queries = [questions[i] for i in np.nonzero(valid)[0]]
                 stored = [self.texts[r] for r in rows[valid]]
-                d[valid] = det.distances(*((stored, queries) if self.side == "left" else (queries, stored)))
+                d[valid] = det.distances(*((stored, queries) if self.side == "left" else (queries, stored)), states=states)
             return d
         stored = np.zeros(rows.shape + (det.model.dim,), dtype=np.float32)
         if valid.any():

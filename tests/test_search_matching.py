@@ -53,11 +53,18 @@ def test_search_ranks_by_the_pair_probability_of_the_matching_head(matching_det,
         index.search(det, QUERY, k=3, rerank=0)
 
 
-def test_dedup_edges_are_the_pair_probabilities_of_the_matching_head(matching_det, bank):
+def test_dedup_edges_are_the_pair_probabilities_of_the_matching_head(matching_det, bank, monkeypatch):
+    from qpairs import tokencache
+
     det = matching_det
     texts = bank[:60]
     index = QuestionIndex.build(det, texts)
+    encoded = []
+    real = tokencache.encode_states
+    monkeypatch.setattr(tokencache, "encode_states", lambda enc, todo, *a, **kw: encoded.extend(todo) or real(enc, todo, *a, **kw))
     src, dst, prob = duplicate_edges(det, index, k=4, threshold=0.0, chunk_size=25)
+    assert sorted(encoded) == sorted(texts)  # each text's token states computed once across the chunks
+    monkeypatch.undo()
     assert len(src) == 4 * len(texts) and not (src == dst).any()  # k neighbours each, never itself
     pairs = det.predict_proba([texts[i] for i in src], [texts[j] for j in dst])
     np.testing.assert_allclose(prob, pairs, rtol=0, atol=1e-6)
@@ -95,3 +102,14 @@ def test_service_search_batches_give_each_query_its_own_search(matching_det, ban
     batched = search_each(matching_det, index, queries)
     assert [[h.id for h in hits] for hits in batched] == [[h.id for h in index.search(matching_det, q, k)]
                                                           for q, k in queries]
+
+
+def test_state_memo_drops_the_oldest_states_past_its_budget():
+    import torch
+
+    from qpairs.tokencache import StateMemo
+
+    memo = StateMemo(max_values=16)
+    memo.add({"a": torch.zeros(2, 4), "b": torch.zeros(1, 4)})
+    memo.add({"a": torch.ones(2, 4), "c": torch.zeros(2, 4)})  # "a" is kept as first computed; then over budget
+    assert list(memo) == ["b", "c"] and memo.values == 12
