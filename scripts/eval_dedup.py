@@ -61,6 +61,15 @@ def show_groups(labels: np.ndarray, texts: list[str], count: int, seed: int) -> 
     return [[texts[i] for i in np.flatnonzero(labels == g)] for g in picks]
 
 
+def error_pairs(labels: np.ndarray, truth: np.ndarray, count: int, seed: int) -> list[tuple[int, int]]:
+    """`count` random pairs (i < j, positions in the sample) grouped together whose true groups differ: the pairs
+    that precision counts as errors, to read (QQP leaves many true duplicates unlabelled)."""
+    pairs = [(int(a), int(b)) for g in np.unique(labels) for m in [np.flatnonzero(labels == g)] if len(m) > 1
+             for x, a in enumerate(m) for b in m[x + 1 :] if truth[a] != truth[b]]
+    rng = np.random.default_rng(seed)
+    return [pairs[i] for i in sorted(rng.choice(len(pairs), size=min(count, len(pairs)), replace=False))]
+
+
 def knn_edges(det, texts: list[str], k: int, cache: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The kNN graph's edges (every probability kept), from `cache` when it was written for these texts and k."""
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
@@ -90,6 +99,8 @@ def main(argv=None) -> int:
     p.add_argument("--thresholds", type=float, nargs="+", help="probability cuts (default: the model's threshold)")
     p.add_argument("--linkages", nargs="+", default=list(LINKAGES), choices=LINKAGES)
     p.add_argument("--show", type=int, default=0, help="print this many groups of each linkage at the first threshold")
+    p.add_argument("--errors", type=int, default=0, help="print this many random pairs counted as errors (grouped "
+                   "together, different true groups) for the first linkage at the first threshold")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--edges", help="an .npz of the kNN graph's edges: read when it exists (same model, sample and k), "
@@ -109,7 +120,7 @@ def main(argv=None) -> int:
     print(f"model {det.path} ({det.backend}): encoded and linked in {time.perf_counter() - t0:.0f} s; "
           f"k={args.k}, model threshold {det.threshold:.3f}", flush=True)
     thresholds = args.thresholds or [det.threshold]
-    rows, shown = [], {}
+    rows, shown, errors, errors_at = [], {}, [], None
     for threshold in thresholds:
         for linkage in args.linkages:
             t1 = time.perf_counter()
@@ -118,6 +129,9 @@ def main(argv=None) -> int:
                          "seconds": time.perf_counter() - t1})
             if args.show and threshold == thresholds[0]:
                 shown[linkage] = show_groups(labels, texts, args.show, args.seed)
+            if args.errors and not errors:
+                errors = error_pairs(labels, truth, args.errors, args.seed)
+                errors_at = (linkage, threshold)
     print("\n| linkage | threshold | precision | recall | F1 | groups | largest |\n|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['linkage']} | {r['threshold']:.3f} | {r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f} "
@@ -126,9 +140,14 @@ def main(argv=None) -> int:
         print(f"\n{linkage} linkage at {thresholds[0]:.3f}: largest group, then random groups")
         for g in groups:
             print(f"  [{len(g)}] " + " | ".join(g[:12]) + (" | …" if len(g) > 12 else ""))
+    if errors:
+        print(f"\n{len(errors)} random pairs counted as errors, {errors_at[0]} linkage at {errors_at[1]:.3f} "
+              "(sample positions i, j):")
+        for i, j in errors:
+            print(f"  {i}\t{j}\t{texts[i]}\t{texts[j]}")
     if args.out:
         Path(args.out).write_text(json.dumps({"questions": len(texts), "k": args.k, "model": str(det.path),
-                                              "results": rows, "groups": shown}, indent=2))
+                                              "results": rows, "groups": shown, "errors": errors}, indent=2))
     return 0
 
 
