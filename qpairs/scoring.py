@@ -78,7 +78,8 @@ class PairScorer:
     def __init__(self, det, batch_size: int | None = None, cache_size: int | None = None, prefetch: int = 2):
         self.det = det
         cuda = det.device.type == "cuda"
-        self.batch_size = batch_size or (1024 if cuda else 64)
+        lstm = det.model.encoder.config.get("type") == "lstm"  # packed sequences: padding costs a BiLSTM nothing
+        self.batch_size = batch_size or (1024 if cuda else 256 if lstm else 64)
         self.cache_size = cache_size or (2_000_000 if cuda else 200_000)
         self.prefetch = prefetch
         sides = dict.fromkeys(det.model.encoder_side(s) for s in ("left", "right"))  # one store per encoder
