@@ -23,8 +23,10 @@ TokenBatch = tuple  # (states float32 [B, T, hidden], mask bool [B, T])
 
 
 def masked_mean_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[mean, max] over the valid tokens of x [B, T, D] → [B, 2D]."""
-    return torch.cat([pool(x, mask, "mean"), pool(x, mask, "max")], dim=-1)
+    """[mean, max] over the valid tokens of x [B, T, D] → [B, 2D], for x ≥ 0 (a ReLU's output): zeroing the
+    padding then leaves the max of the valid tokens as it is."""
+    x = x * mask.unsqueeze(-1).to(x.dtype)
+    return torch.cat([x.sum(1) / mask.sum(1, keepdim=True).clamp(min=1).to(x.dtype), x.max(1).values], dim=-1)
 
 
 class MatchingHead(nn.Module):
