@@ -54,12 +54,14 @@ class MatchingHead(nn.Module):
         x = nn.functional.linear(a, w_a + w_diff, linear.bias) + nn.functional.linear(aligned, w_al - w_diff)
         return torch.relu(x + nn.functional.linear(a * aligned, w_prod))
 
-    def forward(self, u: torch.Tensor, v: torch.Tensor, tokens_a: TokenBatch, tokens_b: TokenBatch) -> torch.Tensor:
+    def forward(self, u: torch.Tensor, v: torch.Tensor, tokens_a: TokenBatch, tokens_b: TokenBatch,
+                pooled: tuple | None = None) -> torch.Tensor:
+        """`pooled`: both sides' pooled token states when the caller has them already (else pooled here)."""
         (a, mask_a), (b, mask_b) = tokens_a, tokens_b
         a, b = a.to(u.device, torch.float32), b.to(u.device, torch.float32)
         mask_a, mask_b = mask_a.to(u.device), mask_b.to(u.device)
         fa, fb = self._side(a, mask_a, b, mask_b), self._side(b, mask_b, a, mask_a)
-        pa, pb = pool(a, mask_a, self.config["pooling"]), pool(b, mask_b, self.config["pooling"])
+        pa, pb = pooled or (pool(a, mask_a, self.config["pooling"]), pool(b, mask_b, self.config["pooling"]))
         cos = nn.functional.cosine_similarity(pa, pb, dim=-1)[:, None]
         feats = torch.cat([fa + fb, (fa - fb).abs(), u + v, (u - v).abs(), u * v, cos], dim=-1)
         return self.mlp(feats).squeeze(-1)
@@ -92,9 +94,8 @@ def token_logits(model, tokens_a: TokenBatch, tokens_b: TokenBatch, device) -> t
     encoder = model.encoder
     (a, mask_a), (b, mask_b) = tokens_a, tokens_b
     pooling = encoder.config["pooling"]
-    u = encoder.head(pool(a.to(device), mask_a.to(device), pooling))
-    v = encoder.head(pool(b.to(device), mask_b.to(device), pooling))
-    return model.pair_head(u, v, tokens_a, tokens_b)
+    pa, pb = pool(a.to(device), mask_a.to(device), pooling), pool(b.to(device), mask_b.to(device), pooling)
+    return model.pair_head(encoder.head(pa), encoder.head(pb), tokens_a, tokens_b, pooled=(pa.float(), pb.float()))
 
 
 def token_source(cache):

@@ -86,8 +86,13 @@ def encode_states(encoder, texts, device="cpu", batch_size: int = 256, precision
     run = encoder.token_states if layer is None else partial(encoder.token_states, layer=layer)
     for idx, batch, hidden in encoded_batches(encoder, texts, device, batch_size, max_waste, run, autocast):
         hidden, mask = hidden.float().cpu(), token_mask(batch).cpu()
-        for j, i in enumerate(idx):
-            out[i] = hidden[j][mask[j]]
+        lengths = mask.sum(1)
+        if torch.equal(mask, torch.arange(mask.size(1))[None, :] < lengths[:, None]):  # right padding: slice
+            for j, (i, n) in enumerate(zip(idx, lengths.tolist())):
+                out[i] = hidden[j, :n]
+        else:
+            for j, i in enumerate(idx):
+                out[i] = hidden[j][mask[j]]
         if bar is not None:
             bar.update(len(idx))
     return out

@@ -208,8 +208,8 @@ def main() -> None:
     ap.add_argument("--model", help="qpairs model directory (default: the bundled default model)")
     ap.add_argument("--device", default="auto", help="auto, cpu or cuda")
     ap.add_argument("--work-dir", help="where the generated files go (default: a temporary folder)")
-    ap.add_argument("--fast-model", help="also score each file with this model, e.g. a BiLSTM, in a row of its own "
-                    "(default: the bundled fast model when installed)")
+    ap.add_argument("--fast-model", nargs="+", help="also score each file with these models, e.g. BiLSTMs, each in a "
+                    "row of its own (default: the bundled fast model when installed)")
     ap.add_argument("--scale", type=int, default=0, help="also score a SCALE× larger unique-heavy file with qpairs")
     ap.add_argument("--scale-model", help="model for the --scale run (default: --model)")
     ap.add_argument("--skip-natural", action="store_true", help="only the unique-heavy file")
@@ -250,7 +250,7 @@ def main() -> None:
 
     from qpairs.detector import bundled_model_dir
 
-    fast_dir = args.fast_model or (str(bundled_model_dir("fast")) if bundled_model_dir("fast").is_dir() else None)
+    fast_dirs = args.fast_model or ([str(bundled_model_dir("fast"))] if bundled_model_dir("fast").is_dir() else [])
     files = {"unique-heavy": (0.95, 1)}
     if not args.skip_natural:
         files["natural repetition"] = (0.66, 2)
@@ -277,11 +277,11 @@ def main() -> None:
             rows.append({"file": name, "pairs": args.n_pairs, "unique slots": f"{unique:.0%}", "qpairs": label,
                          "qpairs pairs/s": args.n_pairs / qp_wall, "st pairs/s": args.n_pairs / st_wall,
                          "ratio": st_wall / qp_wall, "qpairs peak MiB": qp_mem, "st peak MiB": st_mem})
-        if fast_dir:  # the same file through the fast model, against the same sentence-transformers run
+        for fast_dir in fast_dirs:  # the same file through each fast model, against the same sentence-transformers run
             fast_wall, fast_mem = run_timed(qpairs_cmd(path, work / "qpairs_out.csv", Path(fast_dir), device, "auto",
                                                        args.score_args), env)
-            rows.append({"file": f"{name}, --fast-model", "pairs": args.n_pairs, "unique slots": f"{unique:.0%}",
-                         "qpairs": "auto", "qpairs pairs/s": args.n_pairs / fast_wall,
+            rows.append({"file": f"{name}, --fast-model {Path(fast_dir).name}", "pairs": args.n_pairs,
+                         "unique slots": f"{unique:.0%}", "qpairs": "auto", "qpairs pairs/s": args.n_pairs / fast_wall,
                          "st pairs/s": args.n_pairs / st_wall, "ratio": st_wall / fast_wall,
                          "qpairs peak MiB": fast_mem, "st peak MiB": st_mem})
     table = pd.DataFrame(rows)

@@ -20,7 +20,10 @@ import qpairs
 from make_aux_pairs import read_tsv
 
 
-def base_cosine(det, a, b) -> np.ndarray:
+def base_cosine(det, a, b) -> np.ndarray | None:
+    """Cosine of the model's frozen base vectors (None for a model without a transformer base, e.g. a BiLSTM)."""
+    if det.model.encoder.config.get("type") != "transformer":
+        return None
     ea, eb = det.encode(a, pooled=True), det.encode(b, pooled=True)
     ea /= np.linalg.norm(ea, axis=1, keepdims=True)
     eb /= np.linalg.norm(eb, axis=1, keepdims=True)
@@ -40,22 +43,25 @@ def main() -> None:
     if args.stsb:
         rows = read_tsv(args.stsb, header=False)
         a, b, y = [r[5] for r in rows], [r[6] for r in rows], np.array([float(r[4]) for r in rows])
+        cos = base_cosine(det, a, b)
         print(f"STS-B {args.stsb} ({len(y)} pairs): Spearman, model probability {spearmanr(det.predict_proba(a, b), y)[0]:.3f}"
-              f", zero-shot base cosine {spearmanr(base_cosine(det, a, b), y)[0]:.3f}")
+              + (f", zero-shot base cosine {spearmanr(cos, y)[0]:.3f}" if cos is not None else ""))
     if args.mrpc:
         rows = read_tsv(args.mrpc, header=True)
         a, b, y = [r[3] for r in rows], [r[4] for r in rows], np.array([int(r[0]) for r in rows])
-        p = det.predict_proba(a, b)
+        p, cos = det.predict_proba(a, b), base_cosine(det, a, b)
         print(f"MRPC {args.mrpc} ({len(y)} pairs, {y.mean():.1%} paraphrases): ROC-AUC, model {roc_auc_score(y, p):.3f}"
-              f", zero-shot base cosine {roc_auc_score(y, base_cosine(det, a, b)):.3f}; model accuracy at its "
+              + (f", zero-shot base cosine {roc_auc_score(y, cos):.3f}" if cos is not None else "") + "; model accuracy at its "
               f"threshold {((p >= det.threshold) == y).mean():.3f}, mean probability {p.mean():.3f}")
     for path in args.pairs:
         f = pd.read_csv(path, keep_default_na=False)
         a, b, y = list(f["question1"]), list(f["question2"]), f["is_duplicate"].to_numpy()
         p, cos = det.predict_proba(a, b), base_cosine(det, a, b)
-        print(f"{path} ({len(y)} pairs, {y.mean():.1%} duplicates): ROC-AUC model {roc_auc_score(y, p):.3f}, zero-shot "
-              f"{roc_auc_score(y, cos):.3f}; Spearman to score model {spearmanr(p, f['score'])[0]:.3f}, zero-shot "
-              f"{spearmanr(cos, f['score'])[0]:.3f}; model accuracy at its threshold {((p >= det.threshold) == y).mean():.3f}")
+        peer = "" if cos is None else f", zero-shot {roc_auc_score(y, cos):.3f}"
+        peer_rho = "" if cos is None else f", zero-shot {spearmanr(cos, f['score'])[0]:.3f}"
+        print(f"{path} ({len(y)} pairs, {y.mean():.1%} duplicates): ROC-AUC model {roc_auc_score(y, p):.3f}{peer}; "
+              f"Spearman to score model {spearmanr(p, f['score'])[0]:.3f}{peer_rho}; model accuracy at its threshold "
+              f"{((p >= det.threshold) == y).mean():.3f}")
 
 
 if __name__ == "__main__":
