@@ -76,3 +76,19 @@ def test_make_fast_model_refuses_a_transformer_run(tmp_path):
     (tmp_path / "run" / "config.json").write_text('{"encoder": {"type": "transformer"}}')
     with pytest.raises(SystemExit, match="Siamese BiLSTM"):
         make_fast_model().package(tmp_path / "run", tmp_path / "out")
+
+
+def test_the_shipped_fast_model_loads_offline_and_tells_a_duplicate_from_a_different_question(monkeypatch):
+    from qpairs.matching import MatchingHead
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+    bundle = detector.bundled_model_dir("fast")
+    assert sum(f.stat().st_size for f in bundle.rglob("*") if f.is_file()) < 15 * 2**20
+    fast = qpairs.load("fast", device="cpu")
+    assert fast.model.encoder.config["type"] == "lstm" and isinstance(fast.model.pair_head, MatchingHead)
+    p = fast.predict_proba(["How do I learn Python quickly?", "How do I learn Python quickly?"],
+                           ["What is the fastest way to learn Python?", "What is the capital of Australia?"])
+    assert p[0] > fast.threshold > p[1]
+    np.testing.assert_allclose(fast.predict_proba(["What is the fastest way to learn Python?"],
+                                                  ["How do I learn Python quickly?"]), p[:1], rtol=0, atol=1e-6)
