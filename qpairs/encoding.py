@@ -21,9 +21,14 @@ def _to(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
+def tokenized(encoder, texts, device) -> dict:
+    """One tokenized batch of `texts` on `device` (padded as the encoder pads)."""
+    return _to(encoder.tokenize(list(texts)), torch.device(device))
+
+
 def forward_texts(encoder, texts, device, run=None) -> torch.Tensor:
     """`run` (default: the encoder's forward) on one tokenized batch of `texts`, as the caller's grad mode says."""
-    return (run or encoder)(**_to(encoder.tokenize(list(texts)), torch.device(device)))
+    return (run or encoder)(**tokenized(encoder, texts, device))
 
 
 def encoded_batches(encoder, texts, device, batch_size: int, max_waste: float | None = None, run=None,

@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from .encoders import pool, token_mask
+from .encoding import tokenized
 
 TokenBatch = tuple  # (states float32 [B, T, hidden], mask bool [B, T])
 
@@ -76,8 +77,7 @@ def token_width(encoder) -> int:
 def trained_tokens(encoder, left: list[str], right: list[str], device) -> tuple:
     """(e1, e2, (tokens_a, tokens_b)): both sides' embeddings and padded token states from one forward pass of
     a trained (uncached) encoder over all their texts, with gradients as the caller's grad mode says."""
-    batch = encoder.tokenize(list(left) + list(right))
-    batch = {k: v.to(device) for k, v in batch.items()}
+    batch = tokenized(encoder, list(left) + list(right), device)
     states, mask = encoder.token_states(**batch), token_mask(batch)
     emb = encoder.head(pool(states, mask, encoder.config["pooling"]))
     n = len(left)
