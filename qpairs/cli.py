@@ -142,9 +142,10 @@ def _add_backend_arg(parser: argparse.ArgumentParser) -> None:
     from .config import BACKENDS
 
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
-                        help="transformer models on the CPU: onnx-int8 (ONNX Runtime, int8 weights), onnx (ONNX "
-                             "Runtime, fp32) or torch; auto = onnx-int8 on the CPU, torch on a GPU and for LSTM "
-                             "models (default: auto)")
+                        help="how the model runs: onnx-int8 (ONNX Runtime, int8 weights; transformer models on "
+                             "the CPU), onnx (ONNX Runtime, fp32), torch (fp32 on a CPU), or bf16 (torch with bf16 "
+                             "autocast, on a CPU with native bf16); auto = onnx-int8 for a transformer on the CPU, "
+                             "bf16 for an LSTM model on a CPU with native bf16, else torch (default: auto)")
 
 
 def _default_text(default) -> str:

@@ -8,7 +8,7 @@ KAGGLE_TEST_PRIOR = 0.165  # duplicate rate of the Kaggle test set, as top solut
 ADAPT_MIN_PAIRS, ADAPT_MIN_PER_CLASS = 50, 10  # the fewest labelled pairs (and of each class) `qpairs adapt` trusts
 EVAL_DIR = "qpairs-eval"  # `qpairs evaluate` reports of the bundled model, in the working directory
 CHECKPOINT_ROWS = 50_000  # `qpairs score`: rows between resume checkpoints (about a minute of CPU scoring or less)
-BACKENDS = ("auto", "torch", "onnx", "onnx-int8")  # how a model runs at inference (qpairs.onnxrt)
+BACKENDS = ("auto", "torch", "bf16", "onnx", "onnx-int8")  # how a model runs at inference (qpairs.onnxrt)
 HIGHER_IS_BETTER = {"accuracy": True, "f1": True, "precision": True, "recall": True, "roc_auc": True,
                     "average_precision": True, "log_loss": False, "loss": False}
 ENCODERS = ("lstm", "transformer")

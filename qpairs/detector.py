@@ -64,8 +64,9 @@ class DuplicateDetector:
         return self.model.prepare(texts, side)
 
     def use_backend(self, backend: str = "auto", threads: int | None = None) -> "DuplicateDetector":
-        """Run transformer encoders with 'torch', ONNX Runtime 'onnx' (fp32) or 'onnx-int8' (CPU only);
-        'auto' picks ONNX int8 for a transformer on the CPU. LSTM models always run in torch.
+        """Run transformer encoders with 'torch', ONNX Runtime 'onnx' (fp32) or 'onnx-int8' (CPU only), or any
+        model in torch under the CPU's bf16 autocast ('bf16'); 'auto' picks ONNX int8 for a transformer on the
+        CPU, bf16 for a BiLSTM model on a CPU with native bf16, else torch.
         `threads`: ONNX Runtime's intra-op threads (default: torch's current count)."""
         from . import onnxrt
 
@@ -95,8 +96,8 @@ class DuplicateDetector:
         return self.calibrator.threshold
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return torch.autocast("cuda", dtype=torch.bfloat16)
+        if self.device.type == "cuda" or self.backend == "bf16":
+            return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
     def encode(self, texts, side: str = "left", batch_size: int | None = None, pooled: bool = False) -> np.ndarray:

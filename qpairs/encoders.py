@@ -107,6 +107,42 @@ class Head(nn.Module):
         return nn.functional.normalize(x, dim=-1) if self.normalize else x
 
 
+def _one_way(lstm: nn.LSTM, layer: int, suffix: str, dtype: torch.dtype) -> nn.LSTM:
+    """A unidirectional single-layer LSTM holding a `dtype` copy of one direction's weights of `lstm`'s `layer`."""
+    width = lstm.input_size if layer == 0 else lstm.hidden_size * (2 if lstm.bidirectional else 1)
+    one = nn.LSTM(width, lstm.hidden_size, batch_first=True, bias=lstm.bias).to(dtype)
+    with torch.no_grad():
+        for name in one._flat_weights_names:  # weight_ih_l0, weight_hh_l0, bias_ih_l0, bias_hh_l0
+            getattr(one, name).copy_(getattr(lstm, name.replace("_l0", f"_l{layer}{suffix}")))
+    return one.eval()
+
+
+def unpacked_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """What `lstm` (batch_first) outputs at each valid token of right-padded x [B, T, D], without packing, in
+    `dtype` (default: x's): each direction runs on its own, the backward one over every row reversed within its
+    length, so padding only ever follows a text's tokens; zeros past each length, as packed runs give.
+    Inference only (no dropout). The `dtype` copies of the weights are made again whenever the weights change."""
+    dtype = dtype or x.dtype
+    key = (dtype, tuple((id(p), p._version) for p in lstm.parameters()))
+    cached = lstm.__dict__.get("_one_way_runs")  # a plain attribute: not a submodule, not in the state dict
+    if cached is None or cached[0] != key:
+        runs = [[_one_way(lstm, layer, s, dtype) for s in ("", "_reverse")[: 1 + lstm.bidirectional]]
+                for layer in range(lstm.num_layers)]
+        cached = lstm.__dict__["_one_way_runs"] = (key, runs)
+    t = torch.arange(x.size(1), device=x.device)[None, :]
+    valid = t < lengths[:, None]
+    flip = torch.where(valid, lengths[:, None] - 1 - t, t)[..., None]  # reverses each row within its length
+    x = x.to(dtype)
+    for directions in cached[1]:
+        forward = directions[0](x)[0]
+        if len(directions) == 1:
+            x = forward
+            continue
+        backward = directions[1](x.gather(1, flip.expand(-1, -1, x.size(2))))[0]
+        x = torch.cat([forward, backward.gather(1, flip.expand(-1, -1, backward.size(2)))], dim=-1)
+    return x * valid[..., None].to(x.dtype)
+
+
 class LSTMEncoder(nn.Module):
     """Embedding → (Bi)LSTM → pooling (max/mean/last) → optional projection."""
 
@@ -136,6 +172,9 @@ class LSTMEncoder(nn.Module):
     def token_states(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The (Bi)LSTM's output at each token [B, T, hidden_out] (zeros past each text's length)."""
         x = self.dropout(self.embedding(input_ids))
+        if x.device.type == "cpu" and torch.is_autocast_enabled("cpu") and not torch.is_grad_enabled():
+            # bf16 autocast: the fused bf16 kernel takes no packed input
+            return unpacked_lstm(self.lstm, x, lengths.to(x.device), torch.get_autocast_dtype("cpu"))
         packed = pack_padded_sequence(x, lengths.cpu(), batch_first=True, enforce_sorted=False)
         out, _ = self.lstm(packed)
         out, _ = pad_packed_sequence(out, batch_first=True, total_length=input_ids.size(1))

@@ -42,15 +42,32 @@ def has_transformer(model) -> bool:
                if e is not None)
 
 
+def native_bf16() -> bool:
+    """True on a CPU with native bf16 arithmetic (AVX-512 BF16 or AMX), where bf16 autocast is faster than fp32."""
+    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
+
+
 def resolve_backend(backend: str | None, device: torch.device, model) -> str:
     """The backend a detector runs: 'auto' → ONNX int8 for a transformer on the CPU when onnxruntime is
-    installed, else torch. Asking for ONNX on a GPU or for an LSTM is a clear error."""
+    installed, bf16 for a BiLSTM model on a CPU with native bf16, else torch. Asking for ONNX on a GPU or for
+    an LSTM, or for bf16 on a CPU without it, is a clear error."""
     backend = backend or "auto"
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     is_transformer = has_transformer(model)
+    cpu = device.type == "cpu"
     if backend == "auto":
-        return AUTO_CPU_BACKEND if (device.type == "cpu" and is_transformer and available()) else "torch"
+        if cpu and is_transformer and available():
+            return AUTO_CPU_BACKEND
+        return "bf16" if cpu and not is_transformer and native_bf16() else "torch"
+    if backend == "bf16":
+        if not cpu:
+            raise ValueError(f"backend 'bf16' is the CPU's bf16 path; on {device.type} bf16 is used already "
+                             "(use --backend torch)")
+        if not native_bf16():
+            raise ValueError("backend 'bf16' needs a CPU with native bf16 (AVX-512 BF16 or AMX), which this one "
+                             "lacks: use --backend torch")
+        return backend
     if backend != "torch":
         if device.type != "cpu":
             raise ValueError(f"backend {backend!r} runs on the CPU only; use --backend torch on {device.type}")
@@ -216,11 +233,11 @@ class OnnxPooler:
 
 def enable(model, backend: str, threads: int | None = None) -> None:
     """Run every transformer encoder of `model` (a `SiameseModel`) through ONNX Runtime ('onnx' = fp32,
-    'onnx-int8') with `threads` intra-op threads (default: torch's count), or back through torch ('torch')."""
+    'onnx-int8') with `threads` intra-op threads (default: torch's count), or back through torch ('torch', 'bf16')."""
     for encoder in {id(e): e for e in (model.encoder, model.right_encoder) if e is not None}.values():
         if getattr(encoder, "config", {}).get("type") != "transformer":
             continue
-        if backend == "torch":
+        if backend in ("torch", "bf16"):
             encoder.runtime = encoder.token_runtime = None
             encoder.model  # noqa: B018 - torch runs the base: a lazy one is built now, not on the first request
             continue

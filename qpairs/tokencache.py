@@ -54,8 +54,9 @@ def resolve_precision(precision: str, device) -> str:
         raise ValueError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
     if precision != "auto":
         return precision
-    cpu = torch.device(device).type == "cpu"
-    return "bf16" if cpu and getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)() else "fp32"
+    from .onnxrt import native_bf16
+
+    return "bf16" if torch.device(device).type == "cpu" and native_bf16() else "fp32"
 
 
 def token_cache_meta(encoder, precision: str, layer: int | None = None) -> dict:

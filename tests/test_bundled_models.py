@@ -49,7 +49,7 @@ def test_fast_bundle_is_fp16_and_scores_like_its_run(tiny_run, bundles, tmp_path
         assert {str(f.get_tensor(k).dtype) for k in f.keys() if f.get_tensor(k).is_floating_point()} == {"torch.float16"}
     pairs = make_pairs(100, seed=7)
     q1, q2 = list(pairs["question1"]), list(pairs["question2"])
-    fast, full = qpairs.load("fast", device="cpu"), qpairs.load(tiny_run, device="cpu")
+    fast, full = qpairs.load("fast", device="cpu", backend="torch"), qpairs.load(tiny_run, device="cpu", backend="torch")
     assert fast.path == bundles / "fast_model"
     assert next(fast.model.parameters()).dtype.is_floating_point and str(next(fast.model.parameters()).dtype) == "torch.float32"
     assert np.abs(fast.predict_proba(q1, q2) - full.predict_proba(q1, q2)).max() < 1e-3

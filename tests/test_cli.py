@@ -197,5 +197,5 @@ def test_train_resume_keeps_the_runs_epochs_and_interrupt_is_one_line(tmp_path, 
 def test_models_print_as_short_readable_lines(tiny_run):
     import qpairs
 
-    text = str(qpairs.load(tiny_run, device="cpu"))
+    text = str(qpairs.load(tiny_run, device="cpu", backend="torch"))
     assert text == f"{tiny_run} (siamese lstm, cpu, torch)"

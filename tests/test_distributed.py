@@ -134,8 +134,8 @@ def test_two_gloo_processes_train_in_sync_and_match_one_process(tmp_path):
 
     pairs = pd.read_csv(data)
     q1, q2 = list(pairs["question1"]), list(pairs["question2"])
-    ddp_d = qpairs.load(tmp_path / "ddp", device="cpu").distances(q1, q2)
-    single_d = qpairs.load(single, device="cpu").distances(q1, q2)
+    ddp_d = qpairs.load(tmp_path / "ddp", device="cpu", backend="torch").distances(q1, q2)
+    single_d = qpairs.load(single, device="cpu", backend="torch").distances(q1, q2)
     np.testing.assert_allclose(ddp_d, single_d, rtol=1e-3, atol=1e-4)
 
     for rank in range(2):  # all_gather_with_grad, checked in the same workers

@@ -10,6 +10,8 @@ import torch
 
 from conftest import make_pairs
 
+from qpairs import onnxrt
+
 
 @pytest.fixture
 def frozen_encoder(tiny_bert):
@@ -175,6 +177,12 @@ def test_train_freeze_base_matching_head_trains_saves_loads_and_scores(tiny_bert
     np.testing.assert_allclose(batch[:4], alone, rtol=0, atol=1e-6)  # batch-invariant
     np.testing.assert_allclose(det.predict_proba(q2, q1), batch, rtol=0, atol=1e-6)  # symmetric
     np.testing.assert_allclose(PairScorer(det, batch_size=8).predict_proba(q1, q2), batch, rtol=0, atol=1e-6)
+    if onnxrt.native_bf16():  # the CPU's bf16 path: close to fp32, and batch-invariant and symmetric itself
+        fast = load(run, device="cpu", backend="bf16")
+        half = fast.predict_proba(q1, q2)
+        np.testing.assert_allclose(half, batch, rtol=0, atol=0.03)
+        np.testing.assert_allclose([fast.predict_proba(a, b) for a, b in zip(q1[:4], q2[:4])], half[:4], rtol=0, atol=1e-6)
+        np.testing.assert_allclose(fast.predict_proba(q2, q1), half, rtol=0, atol=1e-6)
     blocks = pair_distances(det.model, q1, q2, "cpu", batch_size=4, block=7)  # memory-bounded blocks of pairs
     np.testing.assert_allclose(det.calibrator.predict_proba(blocks.numpy()), batch, rtol=0, atol=1e-6)
     metrics = json.loads((run / "metrics.json").read_text())
@@ -214,7 +222,7 @@ def test_bilstm_matching_head_trains_on_its_own_token_states_and_scores_as_it_wa
     history = json.loads((run / "history.json").read_text())
     assert history[-1]["train_loss"] < history[0]["train_loss"]
     assert not (run / "embedding_cache").exists()  # the BiLSTM trains: its token states come from each step
-    det = load(run, device="cpu")
+    det = load(run, device="cpu", backend="torch")  # fp32, as the training path evaluated it
     assert isinstance(det.model.pair_head, MatchingHead) and det.model.pair_head.config["hidden"] == 32
     test = pd.read_csv(run / "splits" / "test.csv.gz")
     q1, q2 = list(test["question1"]), list(test["question2"])

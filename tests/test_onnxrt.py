@@ -73,13 +73,24 @@ def test_auto_backend_choices(bert_detector, tiny_run):
     assert onnxrt.resolve_backend("auto", torch.device("cpu"), bert_detector.model) == onnxrt.AUTO_CPU_BACKEND
     assert onnxrt.resolve_backend("auto", torch.device("cuda"), bert_detector.model) == "torch"
     lstm = load(tiny_run, device="cpu")
-    assert lstm.backend == "torch"  # auto: LSTMs run in torch
+    assert lstm.backend == ("bf16" if onnxrt.native_bf16() else "torch")  # auto: LSTMs run in torch
     with pytest.raises(ValueError, match="transformer encoders"):
         load(tiny_run, device="cpu", backend="onnx")
     with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
         bert_detector.use_backend("tensorrt")
     with pytest.raises(ValueError, match="CPU only"):
         onnxrt.resolve_backend("onnx-int8", torch.device("cuda"), bert_detector.model)
+
+
+def test_bf16_backend_is_refused_where_it_cannot_run(tiny_run, monkeypatch):
+    from qpairs import load
+
+    with pytest.raises(ValueError, match="on cuda bf16 is used already"):
+        onnxrt.resolve_backend("bf16", torch.device("cuda"), load(tiny_run, device="cpu", backend="torch").model)
+    monkeypatch.setattr(onnxrt, "native_bf16", lambda: False)
+    assert load(tiny_run, device="cpu").backend == "torch"
+    with pytest.raises(ValueError, match="needs a CPU with native bf16"):
+        load(tiny_run, device="cpu", backend="bf16")
 
 
 def test_score_cli_backend_flag(bert_detector, tmp_path):

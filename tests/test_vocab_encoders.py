@@ -1,7 +1,7 @@
 import pytest
 import torch
 
-from qpairs.encoders import LSTMEncoder, pool
+from qpairs.encoders import LSTMEncoder, pool, unpacked_lstm
 from qpairs.vocab import WordVocab, glove_vectors, tokenize
 
 
@@ -174,3 +174,21 @@ def test_run_naming_a_hub_base_model_is_refused(tiny_bert, tmp_path):
     (tmp_path / "run" / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(ModelDirError, match="base model 'someone/some-model' is neither the packaged"):
         qpairs.load(tmp_path / "run", device="cpu", backend="torch")
+
+
+@pytest.mark.parametrize("layers,bidirectional", [(1, True), (2, True), (2, False)])
+def test_unpacked_lstm_matches_the_packed_run(layers, bidirectional):
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(6, 5, num_layers=layers, bidirectional=bidirectional, batch_first=True).eval()
+    lengths = torch.tensor([4, 1, 7, 3])
+    x = torch.randn(4, 7, 6)
+    with torch.no_grad():
+        packed = torch.nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+        want, _ = torch.nn.utils.rnn.pad_packed_sequence(lstm(packed)[0], batch_first=True, total_length=7)
+        torch.testing.assert_close(unpacked_lstm(lstm, x, lengths), want, atol=1e-6, rtol=1e-6)
+        lstm.weight_hh_l0.add_(0.5)  # the cached copies follow the weights
+        want, _ = torch.nn.utils.rnn.pad_packed_sequence(lstm(packed)[0], batch_first=True, total_length=7)
+        torch.testing.assert_close(unpacked_lstm(lstm, x, lengths), want, atol=1e-6, rtol=1e-6)
+        half = unpacked_lstm(lstm, x, lengths, torch.bfloat16)
+    assert half.dtype == torch.bfloat16 and not half[1, 1:].any()
+    torch.testing.assert_close(half.float(), want, atol=0.05, rtol=0.05)
