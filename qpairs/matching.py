@@ -4,7 +4,8 @@ Each question's tokens attend softly to the other's (masked), and each token is 
 aligned summary (ESIM): ``[a, ã, a−ã, a∗ã]`` → projection + ReLU → mean and max over the tokens.
 The two directions meet in symmetric ops (sum and absolute difference), beside the pooled features
 of the model's embeddings (u+v, |u−v|, u∗v) and the zero-shot cosine of the base's pooled outputs;
-an MLP maps them to the logit. Swapping the questions gives the same logit exactly.
+an MLP maps them to the logit, plus a weight (fitted on validation after training) times that cosine: it keeps
+what the base knew out of the training domain. Swapping the questions gives the same logit exactly.
 
 Token states come from the frozen base: `qpairs.tokencache` (its cache in training, its `pair_distances` at inference);
 under --train-top-layers, from the trained top layers run on the cached output of the layer below them. A trained
@@ -35,11 +36,23 @@ class MatchingHead(nn.Module):
 
     needs_tokens = True
 
-    def __init__(self, hidden: int, dim: int, proj: int = 256, mlp: int = 256, pooling: str = "mean"):
+    def __init__(self, hidden: int, dim: int, proj: int = 256, mlp: int = 256, pooling: str = "mean",
+                 cosine_weight: float = 0.0):
         super().__init__()
-        self.config = dict(type="matching", hidden=hidden, dim=dim, proj=proj, mlp=mlp, pooling=pooling)
+        self.config = dict(type="matching", hidden=hidden, dim=dim, proj=proj, mlp=mlp, pooling=pooling,
+                           cosine_weight=cosine_weight)
         self.compare = nn.Sequential(nn.Linear(4 * hidden, proj), nn.ReLU())
         self.mlp = nn.Sequential(nn.Linear(4 * proj + 3 * dim + 1, mlp), nn.ReLU(), nn.Linear(mlp, 1))
+
+    @property
+    def cosine_weight(self) -> float:
+        """w in logit = MLP(features) + w · cos(pooled token states): 0 in training, then fitted on validation
+        with the calibration (`qpairs.train.fit_cosine_weight`). Over a frozen base the cosine is zero-shot's."""
+        return self.config["cosine_weight"]
+
+    @cosine_weight.setter
+    def cosine_weight(self, weight: float) -> None:
+        self.config["cosine_weight"] = float(weight)
 
     def _side(self, a, mask_a, b, mask_b) -> torch.Tensor:
         """a's tokens compared with their soft alignment over b's tokens, pooled: [B, 2·proj]."""
@@ -65,7 +78,7 @@ class MatchingHead(nn.Module):
         pa, pb = pooled or (pool(a, mask_a, self.config["pooling"]), pool(b, mask_b, self.config["pooling"]))
         cos = nn.functional.cosine_similarity(pa, pb, dim=-1)[:, None]
         feats = torch.cat([fa + fb, (fa - fb).abs(), u + v, (u - v).abs(), u * v, cos], dim=-1)
-        return self.mlp(feats).squeeze(-1)
+        return (self.mlp(feats) + self.cosine_weight * cos).squeeze(-1)
 
 
 def token_width(encoder) -> int:

@@ -34,7 +34,7 @@ from .checkpoint import (CheckpointClock, load_last, load_model, read_json, resu
                          saved_weight, write_json)
 from .config import TrainConfig
 from .evaluate import calibrated_metrics
-from .matching import require_token_cache
+from .matching import needs_tokens, require_token_cache
 from .metrics import HIGHER_IS_BETTER, format_table
 from .model import SiameseModel
 from .objective import Objective, make_pair_head, pair_batches
@@ -151,6 +151,48 @@ def fit_calibrator(method: str, distances, labels, threshold: str = "accuracy") 
         cal = Calibrator(method).fit(distances, labels)
         cal.operating_point["unreachable"] = f"--threshold {threshold}: {exc}"
         return cal
+
+
+COSINE_WEIGHTS = np.arange(0.0, 20.5, 0.5)
+
+
+def fit_cosine_weight(distances_at, labels, method: str, threshold: str = "accuracy") -> tuple[float, Calibrator]:
+    """(w, calibrator): the weight of the pooled-state cosine added to a matching head's logit, among
+    `COSINE_WEIGHTS`, whose calibrated probabilities have the lowest log loss on `labels` (validation), and the
+    calibrator fitted at it. `distances_at(w)`: the model's distances at weight w; they are linear in w, so
+    two calls give them all."""
+    from sklearn.metrics import log_loss
+
+    d0 = np.asarray(distances_at(0.0), np.float64)
+    cos = d0 - np.asarray(distances_at(1.0), np.float64)
+
+    def loss(w: float) -> float:
+        d = d0 - w * cos
+        return log_loss(labels, Calibrator(method).fit(d, labels).predict_proba(d), labels=[0, 1])
+
+    best = float(min(COSINE_WEIGHTS, key=loss))
+    return best, fit_calibrator(method, d0 - best * cos, labels, threshold)
+
+
+def store_cosine_weight(run_dir: Path, model, objective: Objective, val_df, batch_size: int, method: str,
+                        threshold: str) -> None:
+    """Fit the matching head's cosine weight and calibration on validation (`fit_cosine_weight`) and write
+    both into the run (config.json, calibration.json)."""
+    from .evaluate import labelled_pairs
+
+    labelled = labelled_pairs(val_df)
+
+    def distances_at(w: float) -> np.ndarray:
+        model.pair_head.cosine_weight = w
+        return frame_distances(model, objective, labelled, batch_size)
+
+    w, cal = fit_cosine_weight(distances_at, labelled["is_duplicate"].to_numpy(), method, threshold)
+    model.pair_head.cosine_weight = w
+    config = read_json(run_dir / "config.json")
+    config["pair_head"]["cosine_weight"] = w
+    write_json(run_dir / "config.json", config)
+    write_json(run_dir / "calibration.json", cal.to_dict())
+    log.info("matching head: cosine weight %g, fitted on validation with the calibration", w)
 
 
 def check_operating_point(run_dir: Path) -> None:
@@ -276,7 +318,7 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
                 clock.reset()
 
     if distributed.is_main():  # the final evaluation runs on rank 0 alone
-        finish(run_dir, model, objective, val_df, test_df, state["history"], cfg.batch_size)
+        finish(run_dir, model, objective, val_df, test_df, state["history"], cfg)
     distributed.cleanup()
     check_operating_point(run_dir)
     return run_dir
@@ -296,22 +338,25 @@ def saved_weights(model: SiameseModel, run_dir: Path):
         model.load_state_dict(own, strict=False)
 
 
-def finish(run_dir: Path, model, objective: Objective, val_df, test_df, history, batch_size: int) -> dict:
-    """Evaluate the best checkpoint on validation and test, write metrics.json and the test report.
+def finish(run_dir: Path, model, objective: Objective, val_df, test_df, history, cfg: TrainConfig) -> dict:
+    """Evaluate the best checkpoint on validation and test, write metrics.json and the test report. A matching
+    head first gets its cosine weight and calibration fitted on validation (`store_cosine_weight`).
 
     The distances are `frame_distances`, the code of each epoch's validation (a frozen base: from the training
-    cache), so metrics.json's validation row is the best epoch's validation row of history.json."""
+    cache), so metrics.json's validation row is the best epoch's validation row of history.json, at the fitted
+    cosine weight where the epochs ran at 0."""
     from .evaluate import evaluate_distances, labelled_pairs
     from .operating_point import describe
 
-    calibrator = Calibrator.from_dict(read_json(run_dir / "calibration.json"))
-
     def evaluated(frame, **report):
         labelled = labelled_pairs(frame)
-        d = frame_distances(model, objective, labelled, batch_size)
+        d = frame_distances(model, objective, labelled, cfg.batch_size)
         return evaluate_distances(calibrator, d, labelled["is_duplicate"].to_numpy(), **report)[0]
 
     with saved_weights(model, run_dir):
+        if needs_tokens(model):
+            store_cosine_weight(run_dir, model, objective, val_df, cfg.batch_size, cfg.calibration, cfg.threshold)
+        calibrator = Calibrator.from_dict(read_json(run_dir / "calibration.json"))
         results = {"validation": evaluated(val_df)}
         if len(test_df):
             results["test"] = evaluated(test_df, report_dir=run_dir / "report", history=history)

@@ -199,3 +199,13 @@ def test_models_print_as_short_readable_lines(tiny_run):
 
     text = str(qpairs.load(tiny_run, device="cpu", backend="torch"))
     assert text == f"{tiny_run} (siamese lstm, cpu, torch)"
+
+
+def test_console_command_exits_with_the_code_of_main(tmp_path):
+    """`python -m qpairs` (the console command's entry, `qpairs.cli:run`): main's exit code, its error message."""
+    ok = subprocess.run([sys.executable, "-m", "qpairs", "--version"], capture_output=True, text=True)
+    assert ok.returncode == 0 and ok.stdout.strip()
+    missing = tmp_path / "missing.csv"
+    bad = subprocess.run([sys.executable, "-m", "qpairs", "score", str(missing), "-o", str(tmp_path / "o.csv")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "missing.csv" in bad.stderr

@@ -121,6 +121,43 @@ def test_matching_head_is_symmetric_in_the_two_questions():
     assert 0.7e6 < sum(p.numel() for p in minilm_sized.parameters()) < 1.3e6
 
 
+def test_cosine_weight_adds_the_pooled_cosine_to_the_logit_and_keeps_symmetry():
+    from qpairs.matching import MatchingHead
+
+    torch.manual_seed(0)
+    head = MatchingHead(hidden=24, dim=16).eval()
+    ta, tb = _token_batch([5, 2, 7], 24, 1), _token_batch([3, 9, 1], 24, 2)
+    u, v = torch.randn(3, 16), torch.randn(3, 16)
+    pa = ta[0].sum(1) / ta[1].sum(1, keepdim=True)  # mean pooling over the valid tokens
+    pb = tb[0].sum(1) / tb[1].sum(1, keepdim=True)
+    with torch.no_grad():
+        plain = head(u, v, ta, tb)
+        head.cosine_weight = 2.5
+        blended, swapped = head(u, v, ta, tb), head(v, u, tb, ta)
+    cos = torch.nn.functional.cosine_similarity(pa, pb, dim=-1)
+    torch.testing.assert_close(blended, plain + 2.5 * cos)
+    assert torch.equal(blended, swapped) and head.config["cosine_weight"] == 2.5
+
+
+def test_cosine_weight_is_fitted_on_validation_log_loss():
+    from sklearn.metrics import log_loss
+
+    from qpairs.calibration import Calibrator
+    from qpairs.train import fit_cosine_weight
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 3000)
+    logit = 1.0 * y + rng.normal(0, 1.5, len(y))  # a weak head
+    informative, noise = 0.4 * y + rng.normal(0, 0.2, len(y)), rng.normal(0, 0.2, len(y))
+    for cos, low, high in ((informative, 2.0, 20.0), (noise, 0.0, 0.5)):
+        w, cal = fit_cosine_weight(lambda weight: -(logit + weight * cos), y, "platt")
+        assert low <= w <= high
+        d = -(logit + w * cos)
+        assert cal.operating_point["rule"] == "accuracy"
+        at_zero = Calibrator("platt").fit(-logit, y)
+        assert log_loss(y, cal.predict_proba(d)) <= log_loss(y, at_zero.predict_proba(-logit)) + 1e-12
+
+
 def test_matching_head_ignores_padding():
     from qpairs.matching import MatchingHead
 
