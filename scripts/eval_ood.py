@@ -6,6 +6,8 @@ no quoting; STS-B has no header (score in field 5, sentences in 6 and 7), MRPC a
 
     python scripts/eval_ood.py --stsb DATA/ood/stsb_dev.tsv.gz --mrpc DATA/ood/msrp_train.tsv.gz
     python scripts/eval_ood.py --model RUN --stsb DATA/ood/stsb_dev.tsv.gz --pairs runs/aux/heldout_*.csv
+    python scripts/eval_ood.py --stsb DATA/ood/stsb_dev.tsv.gz --pairs runs/aux/heldout_*.csv \
+        --sentence-transformer runs/bench_quality/st_trainer/checkpoint-N     # and the peer recipe's model
 """
 from __future__ import annotations
 
@@ -30,6 +32,24 @@ def base_cosine(det, a, b) -> np.ndarray | None:
     return (ea * eb).sum(1)
 
 
+def st_cosine(model, a, b) -> np.ndarray:
+    """Cosine of a SentenceTransformer's normalised embeddings (the peer recipe's score)."""
+    ea = model.encode(a, batch_size=256, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    eb = model.encode(b, batch_size=256, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    return (ea * eb).sum(1)
+
+
+def peer_line(st, a, b, y, score=None) -> str:
+    """The sentence-transformers model's ROC-AUC (binary y) or Spearman (graded y), and Spearman to `score`."""
+    if st is None:
+        return ""
+    c = st_cosine(st, a, b)
+    graded = len(np.unique(y)) > 2
+    line = f"\n  sentence-transformers model: {'Spearman' if graded else 'ROC-AUC'} "
+    line += f"{spearmanr(c, y)[0] if graded else roc_auc_score(y, c):.3f}"
+    return line + (f", Spearman to score {spearmanr(c, score)[0]:.3f}" if score is not None else "")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--model", help="model directory (default: the bundled default model)")
@@ -38,21 +58,29 @@ def main() -> None:
     ap.add_argument("--pairs", nargs="+", default=[], help="held-out pair files of scripts/make_aux_pairs.py "
                     "(question1, question2, is_duplicate, score): ROC-AUC and Spearman against score")
     ap.add_argument("--backend", default="auto")
+    ap.add_argument("--sentence-transformer", help="also score every set with this SentenceTransformer directory "
+                    "(cosine), e.g. the peer recipe's trained model")
     args = ap.parse_args()
     det = qpairs.load(args.model, backend=args.backend)
+    st = None
+    if args.sentence_transformer:
+        from sentence_transformers import SentenceTransformer
+
+        st = SentenceTransformer(args.sentence_transformer, device="cpu")
     if args.stsb:
         rows = read_tsv(args.stsb, header=False)
         a, b, y = [r[5] for r in rows], [r[6] for r in rows], np.array([float(r[4]) for r in rows])
         cos = base_cosine(det, a, b)
         print(f"STS-B {args.stsb} ({len(y)} pairs): Spearman, model probability {spearmanr(det.predict_proba(a, b), y)[0]:.3f}"
-              + (f", zero-shot base cosine {spearmanr(cos, y)[0]:.3f}" if cos is not None else ""))
+              + (f", zero-shot base cosine {spearmanr(cos, y)[0]:.3f}" if cos is not None else "")
+              + peer_line(st, a, b, y))
     if args.mrpc:
         rows = read_tsv(args.mrpc, header=True)
         a, b, y = [r[3] for r in rows], [r[4] for r in rows], np.array([int(r[0]) for r in rows])
         p, cos = det.predict_proba(a, b), base_cosine(det, a, b)
         print(f"MRPC {args.mrpc} ({len(y)} pairs, {y.mean():.1%} paraphrases): ROC-AUC, model {roc_auc_score(y, p):.3f}"
               + (f", zero-shot base cosine {roc_auc_score(y, cos):.3f}" if cos is not None else "") + "; model accuracy at its "
-              f"threshold {((p >= det.threshold) == y).mean():.3f}, mean probability {p.mean():.3f}")
+              f"threshold {((p >= det.threshold) == y).mean():.3f}, mean probability {p.mean():.3f}" + peer_line(st, a, b, y))
     for path in args.pairs:
         f = pd.read_csv(path, keep_default_na=False)
         a, b, y = list(f["question1"]), list(f["question2"]), f["is_duplicate"].to_numpy()
@@ -61,7 +89,7 @@ def main() -> None:
         peer_rho = "" if cos is None else f", zero-shot {spearmanr(cos, f['score'])[0]:.3f}"
         print(f"{path} ({len(y)} pairs, {y.mean():.1%} duplicates): ROC-AUC model {roc_auc_score(y, p):.3f}{peer}; "
               f"Spearman to score model {spearmanr(p, f['score'])[0]:.3f}{peer_rho}; model accuracy at its threshold "
-              f"{((p >= det.threshold) == y).mean():.3f}")
+              f"{((p >= det.threshold) == y).mean():.3f}" + peer_line(st, a, b, y, f["score"]))
 
 
 if __name__ == "__main__":
