@@ -145,3 +145,16 @@ def shift_prior(probs, from_rate: float, to_rate: float) -> np.ndarray:
     p = np.clip(np.asarray(probs, dtype=np.float64), 1e-12, 1 - 1e-12)
     shift = _logit(to_rate) - _logit(from_rate)
     return 1.0 / (1.0 + np.exp(-(_logit(p) + shift)))
+
+
+def fit_calibrator(method: str, distances, labels, threshold: str = "accuracy") -> Calibrator:
+    """A calibrator at the `threshold` rule; an out-of-reach precision target keeps the accuracy cut and is
+    marked 'unreachable' (`check_operating_point` refuses it once training is over)."""
+    from .operating_point import OperatingPointError
+
+    try:
+        return Calibrator(method).fit(distances, labels, threshold)
+    except OperatingPointError as exc:
+        cal = Calibrator(method).fit(distances, labels)
+        cal.operating_point["unreachable"] = f"--threshold {threshold}: {exc}"
+        return cal

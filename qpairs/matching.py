@@ -47,7 +47,7 @@ class MatchingHead(nn.Module):
     @property
     def cosine_weight(self) -> float:
         """w in logit = MLP(features) + w · cos(pooled token states): 0 in training, then fitted on validation
-        with the calibration (`qpairs.train.fit_cosine_weight`). Over a frozen base the cosine is zero-shot's."""
+        with the calibration (`qpairs.cosine_weight`). Over a frozen base the cosine is zero-shot's."""
         return self.config["cosine_weight"]
 
     @cosine_weight.setter

@@ -29,7 +29,7 @@ from tqdm.contrib.logging import logging_redirect_tqdm
 from . import data as qdata
 from . import distributed
 from .builders import build_model, build_pseudo_model, check_base_layers, param_groups
-from .calibration import Calibrator
+from .calibration import Calibrator, fit_calibrator
 from .checkpoint import (CheckpointClock, load_last, load_model, read_json, resumed_config, save_epoch, save_last,
                          saved_weight, write_json)
 from .config import TrainConfig
@@ -138,61 +138,6 @@ def validate_and_calibrate(model, objective: Objective, frame, batch_size: int, 
     m["loss"] = distributed.all_sum(sum(losses))[0] / len(frame)
     model.train()
     return m, cal, d
-
-
-def fit_calibrator(method: str, distances, labels, threshold: str = "accuracy") -> Calibrator:
-    """A calibrator at the `threshold` rule; an out-of-reach precision target keeps the accuracy cut and is
-    marked 'unreachable' (`check_operating_point` refuses it once training is over)."""
-    from .operating_point import OperatingPointError
-
-    try:
-        return Calibrator(method).fit(distances, labels, threshold)
-    except OperatingPointError as exc:
-        cal = Calibrator(method).fit(distances, labels)
-        cal.operating_point["unreachable"] = f"--threshold {threshold}: {exc}"
-        return cal
-
-
-COSINE_WEIGHTS = np.arange(0.0, 20.5, 0.5)
-
-
-def fit_cosine_weight(distances_at, labels, method: str, threshold: str = "accuracy") -> tuple[float, Calibrator]:
-    """(w, calibrator): the weight of the pooled-state cosine added to a matching head's logit, among
-    `COSINE_WEIGHTS`, whose calibrated probabilities have the lowest log loss on `labels` (validation), and the
-    calibrator fitted at it. `distances_at(w)`: the model's distances at weight w; they are linear in w, so
-    two calls give them all."""
-    from sklearn.metrics import log_loss
-
-    d0 = np.asarray(distances_at(0.0), np.float64)
-    cos = d0 - np.asarray(distances_at(1.0), np.float64)
-
-    def loss(w: float) -> float:
-        d = d0 - w * cos
-        return log_loss(labels, Calibrator(method).fit(d, labels).predict_proba(d), labels=[0, 1])
-
-    best = float(min(COSINE_WEIGHTS, key=loss))
-    return best, fit_calibrator(method, d0 - best * cos, labels, threshold)
-
-
-def store_cosine_weight(run_dir: Path, model, objective: Objective, val_df, batch_size: int, method: str,
-                        threshold: str) -> None:
-    """Fit the matching head's cosine weight and calibration on validation (`fit_cosine_weight`) and write
-    both into the run (config.json, calibration.json)."""
-    from .evaluate import labelled_pairs
-
-    labelled = labelled_pairs(val_df)
-
-    def distances_at(w: float) -> np.ndarray:
-        model.pair_head.cosine_weight = w
-        return frame_distances(model, objective, labelled, batch_size)
-
-    w, cal = fit_cosine_weight(distances_at, labelled["is_duplicate"].to_numpy(), method, threshold)
-    model.pair_head.cosine_weight = w
-    config = read_json(run_dir / "config.json")
-    config["pair_head"]["cosine_weight"] = w
-    write_json(run_dir / "config.json", config)
-    write_json(run_dir / "calibration.json", cal.to_dict())
-    log.info("matching head: cosine weight %g, fitted on validation with the calibration", w)
 
 
 def check_operating_point(run_dir: Path) -> None:
@@ -340,7 +285,7 @@ def saved_weights(model: SiameseModel, run_dir: Path):
 
 def finish(run_dir: Path, model, objective: Objective, val_df, test_df, history, cfg: TrainConfig) -> dict:
     """Evaluate the best checkpoint on validation and test, write metrics.json and the test report. A matching
-    head first gets its cosine weight and calibration fitted on validation (`store_cosine_weight`).
+    head first gets its cosine weight and calibration fitted on validation (`qpairs.cosine_weight`).
 
     The distances are `frame_distances`, the code of each epoch's validation (a frozen base: from the training
     cache), so metrics.json's validation row is the best epoch's validation row of history.json, at the fitted
@@ -355,7 +300,11 @@ def finish(run_dir: Path, model, objective: Objective, val_df, test_df, history,
 
     with saved_weights(model, run_dir):
         if needs_tokens(model):
-            store_cosine_weight(run_dir, model, objective, val_df, cfg.batch_size, cfg.calibration, cfg.threshold)
+            from .cosine_weight import store_cosine_weight
+
+            labelled = labelled_pairs(val_df)
+            store_cosine_weight(run_dir, model, lambda: frame_distances(model, objective, labelled, cfg.batch_size),
+                                labelled["is_duplicate"].to_numpy(), cfg.calibration, cfg.threshold)
         calibrator = Calibrator.from_dict(read_json(run_dir / "calibration.json"))
         results = {"validation": evaluated(val_df)}
         if len(test_df):

@@ -2,7 +2,7 @@
 
 A matching head's logit gets ``w · cos`` added, where cos is the cosine of the two questions' pooled token
 states (over a frozen base: zero-shot all-MiniLM-L6-v2's cosine). `w` and the calibration are chosen together
-on validation (lowest calibrated log loss, `qpairs.train.fit_cosine_weight`), at the run's calibration method
+on validation (lowest calibrated log loss, `qpairs.cosine_weight.fit_cosine_weight`), at the run's calibration method
 and threshold rule, in fp32. Rewrites the run's config.json and calibration.json, and the validation (and,
 with --test, test) rows of metrics.json; prints the rows before and after.
 
@@ -22,7 +22,7 @@ from qpairs.evaluate import evaluate_distances
 from qpairs.matching import needs_tokens
 from qpairs.metrics import format_table
 from qpairs.tokencache import StateMemo
-from qpairs.train import fit_cosine_weight
+from qpairs.cosine_weight import fit_cosine_weight
 
 
 def main() -> None:

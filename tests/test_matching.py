@@ -143,7 +143,7 @@ def test_cosine_weight_is_fitted_on_validation_log_loss():
     from sklearn.metrics import log_loss
 
     from qpairs.calibration import Calibrator
-    from qpairs.train import fit_cosine_weight
+    from qpairs.cosine_weight import fit_cosine_weight
 
     rng = np.random.default_rng(0)
     y = rng.integers(0, 2, 3000)
