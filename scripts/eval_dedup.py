@@ -61,13 +61,14 @@ def show_groups(labels: np.ndarray, texts: list[str], count: int, seed: int) -> 
     return [[texts[i] for i in np.flatnonzero(labels == g)] for g in picks]
 
 
-def error_pairs(labels: np.ndarray, truth: np.ndarray, count: int, seed: int) -> list[tuple[int, int]]:
+def error_pairs(labels: np.ndarray, truth: np.ndarray, count: int, seed: int) -> tuple[list[tuple[int, int]], int]:
     """`count` random pairs (i < j, positions in the sample) grouped together whose true groups differ: the pairs
-    that precision counts as errors, to read (QQP leaves many true duplicates unlabelled)."""
+    that precision counts as errors, to read (QQP leaves many true duplicates unlabelled); and how many there are."""
     pairs = [(int(a), int(b)) for g in np.unique(labels) for m in [np.flatnonzero(labels == g)] if len(m) > 1
              for x, a in enumerate(m) for b in m[x + 1 :] if truth[a] != truth[b]]
     rng = np.random.default_rng(seed)
-    return [pairs[i] for i in sorted(rng.choice(len(pairs), size=min(count, len(pairs)), replace=False))]
+    picked = sorted(rng.choice(len(pairs), size=min(count, len(pairs)), replace=False))
+    return [pairs[i] for i in picked], len(pairs)
 
 
 def knn_edges(det, texts: list[str], k: int, cache: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -120,7 +121,7 @@ def main(argv=None) -> int:
     print(f"model {det.path} ({det.backend}): encoded and linked in {time.perf_counter() - t0:.0f} s; "
           f"k={args.k}, model threshold {det.threshold:.3f}", flush=True)
     thresholds = args.thresholds or [det.threshold]
-    rows, shown, errors, errors_at = [], {}, [], None
+    rows, shown, errors, errors_at, error_count = [], {}, [], None, 0
     for threshold in thresholds:
         for linkage in args.linkages:
             t1 = time.perf_counter()
@@ -130,7 +131,7 @@ def main(argv=None) -> int:
             if args.show and threshold == thresholds[0]:
                 shown[linkage] = show_groups(labels, texts, args.show, args.seed)
             if args.errors and not errors:
-                errors = error_pairs(labels, truth, args.errors, args.seed)
+                errors, error_count = error_pairs(labels, truth, args.errors, args.seed)
                 errors_at = (linkage, threshold)
     print("\n| linkage | threshold | precision | recall | F1 | groups | largest |\n|---|---|---|---|---|---|---|")
     for r in rows:
@@ -141,7 +142,8 @@ def main(argv=None) -> int:
         for g in groups:
             print(f"  [{len(g)}] " + " | ".join(g[:12]) + (" | …" if len(g) > 12 else ""))
     if errors:
-        print(f"\n{len(errors)} random pairs counted as errors, {errors_at[0]} linkage at {errors_at[1]:.3f} "
+        print(f"\n{len(errors)} random pairs of the {error_count} counted as errors, "
+              f"{errors_at[0]} linkage at {errors_at[1]:.3f} "
               "(sample positions i, j):")
         for i, j in errors:
             print(f"  {i}\t{j}\t{texts[i]}\t{texts[j]}")
