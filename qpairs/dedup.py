@@ -23,7 +23,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from .search import AUTO_FLAT_MAX, QuestionIndex
-from .tokencache import StateMemo
+from .pair_scores import StateMemo
 
 LINKAGES = ("average", "complete", "single")
 

@@ -12,7 +12,7 @@ from .calibration import Calibrator
 from .checkpoint import ModelDirError, load_model, read_json
 from .matching import needs_tokens
 from .model import SiameseModel
-from .tokencache import pair_distances
+from .pair_scores import pair_distances
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
@@ -130,7 +130,7 @@ class DuplicateDetector:
 
     def distances(self, q1, q2, states: dict | None = None) -> np.ndarray:
         """Distances between the pairs (each unique text is encoded once). `states`: for a matching head, token
-        states already computed (`qpairs.tokencache.pair_distances`), e.g. a `StateMemo` shared across calls."""
+        states already computed (`qpairs.pair_scores.pair_distances`), e.g. a `StateMemo` shared across calls."""
         a, _ = _as_text_list(q1, "q1")
         b, _ = _as_text_list(q2, "q2")
         if len(a) != len(b):

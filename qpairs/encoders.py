@@ -56,7 +56,7 @@ def pool(hidden: torch.Tensor, mask: torch.Tensor, how: str) -> torch.Tensor:
     if how == "mean":
         return (hidden * mask_f).sum(1) / mask_f.sum(1).clamp(min=1)
     if how == "max":
-        return hidden.masked_fill(~mask.unsqueeze(-1).bool(), torch.finfo(hidden.dtype).min).max(1).values
+        return hidden.masked_fill(~mask.unsqueeze(-1).bool(), torch.finfo(hidden.dtype).min).amax(1)
     if how == "cls":
         return hidden[:, 0]
     if how == "last":

@@ -7,7 +7,7 @@ of the model's embeddings (u+v, |u−v|, u∗v) and the zero-shot cosine of the 
 an MLP maps them to the logit, plus a weight (fitted on validation after training) times that cosine: it keeps
 what the base knew out of the training domain. Swapping the questions gives the same logit exactly.
 
-Token states come from the frozen base: `qpairs.tokencache` (its cache in training, its `pair_distances` at inference);
+Token states come from the frozen base: `qpairs.tokencache` (its cache in training; `qpairs.pair_scores` at inference);
 under --train-top-layers, from the trained top layers run on the cached output of the layer below them. A trained
 encoder that has token states of its own (the BiLSTM) gives them in training too (`trained_tokens`, with gradients).
 """
@@ -28,7 +28,7 @@ def masked_mean_max(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """[mean, max] over the valid tokens of x [B, T, D] → [B, 2D], for x ≥ 0 (a ReLU's output): zeroing the
     padding then leaves the max of the valid tokens as it is."""
     x = x * mask.unsqueeze(-1).to(x.dtype)
-    return torch.cat([x.sum(1) / mask.sum(1, keepdim=True).clamp(min=1).to(x.dtype), x.max(1).values], dim=-1)
+    return torch.cat([x.sum(1) / mask.sum(1, keepdim=True).clamp(min=1).to(x.dtype), x.amax(1)], dim=-1)
 
 
 class MatchingHead(nn.Module):

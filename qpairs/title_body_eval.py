@@ -48,7 +48,7 @@ def _row_distances(det, a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 class HeadDistances:
     """The pair head's distances (−logit) between posts' titles and bodies, from token states computed once per
-    text (`qpairs.tokencache.pair_distances`): ``self(title_rows, body_rows)``."""
+    text (`qpairs.pair_scores.pair_distances`): ``self(title_rows, body_rows)``."""
 
     def __init__(self, det, posts: pd.DataFrame):
         from .tokencache import encode_states
@@ -62,7 +62,7 @@ class HeadDistances:
         self.swap = t_side == "right"
 
     def __call__(self, title_rows, body_rows) -> np.ndarray:
-        from .tokencache import pair_distances
+        from .pair_scores import pair_distances
 
         a, b = [self.titles[i] for i in title_rows], [self.bodies[j] for j in body_rows]
         a, b = (b, a) if self.swap else (a, b)

@@ -29,7 +29,6 @@ from tqdm.auto import tqdm
 from .embcache import EmbeddingCache, TextCache, cache_meta, is_pooled_cache
 from .encoders import pool, token_mask
 from .encoding import encoded_batches
-from .matching import token_logits
 
 log = logging.getLogger("qpairs")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -300,46 +299,3 @@ def open_cache(encoder, directory=None):
     if directory is not None and is_pooled_cache(directory):
         return EmbeddingCache(directory, cache_meta(encoder))
     return open_token_cache(encoder, directory).pooled(encoder.config["pooling"])
-
-
-class StateMemo(dict):
-    """Token states already computed (text → float32 [tokens, hidden]) that `pair_distances` keeps adding to,
-    up to `max_values` floats in all (then the oldest go): repeated texts are encoded once while they fit."""
-
-    def __init__(self, max_values: int = 2**28):
-        super().__init__()
-        self.max_values, self.values = max_values, 0
-
-    def add(self, states: dict) -> None:
-        for text, s in states.items():
-            if text not in self:
-                self[text] = s
-                self.values += s.numel()
-        while self.values > self.max_values and self:
-            self.values -= self.pop(next(iter(self))).numel()
-
-
-@torch.inference_mode()
-def pair_distances(model, q1: list[str], q2: list[str], device, batch_size: int = 256,
-                   max_waste: float | None = None, block: int = 2048, states: dict | None = None) -> torch.Tensor:
-    """−logit of the matching head for each pair. `block` pairs at a time (bounded memory): the base's token
-    states of each unique text of the block are computed once, then the encoder's head and the matching
-    head run on the pairs, `batch_size` at a time. `states`: token states already computed (text → states,
-    e.g. `encode_states` of every text an evaluation scores), used instead of encoding those texts again; a
-    `StateMemo` also keeps the states computed here."""
-    known = {} if states is None else states
-    out = torch.zeros(len(q1))
-    for start in range(0, len(q1), block):
-        a, b = list(q1[start : start + block]), list(q2[start : start + block])
-        todo = [t for t in dict.fromkeys(a + b) if t not in known]
-        block_states = dict(zip(todo, encode_states(model.encoder, todo, device, batch_size, "fp32", max_waste)))
-        if isinstance(known, StateMemo):
-            known.add(block_states)
-        sa = [known[t] if t in known else block_states[t] for t in a]
-        sb = [known[t] if t in known else block_states[t] for t in b]
-        order = np.argsort([max(len(x), len(y)) for x, y in zip(sa, sb)], kind="stable")  # tight padding
-        for s in range(0, len(order), batch_size):
-            rows = order[s : s + batch_size]
-            ta, tb = pad_states([sa[i] for i in rows]), pad_states([sb[i] for i in rows])
-            out[start + torch.as_tensor(rows)] = -token_logits(model, ta, tb, device).float().cpu()
-    return out

@@ -21,7 +21,7 @@ from qpairs.checkpoint import read_json, write_json
 from qpairs.evaluate import evaluate_distances
 from qpairs.matching import needs_tokens
 from qpairs.metrics import format_table
-from qpairs.tokencache import StateMemo
+from qpairs.pair_scores import StateMemo
 from qpairs.cosine_weight import fit_cosine_weight
 
 

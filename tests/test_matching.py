@@ -180,7 +180,7 @@ def test_train_freeze_base_matching_head_trains_saves_loads_and_scores(tiny_bert
     from qpairs import load
     from qpairs.cli import main
     from qpairs.matching import MatchingHead
-    from qpairs.tokencache import pair_distances
+    from qpairs.pair_scores import pair_distances
     from qpairs.scoring import PairScorer
 
     data = _pairs_csv(tmp_path)

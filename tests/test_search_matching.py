@@ -54,14 +54,14 @@ def test_search_ranks_by_the_pair_probability_of_the_matching_head(matching_det,
 
 
 def test_dedup_edges_are_the_pair_probabilities_of_the_matching_head(matching_det, bank, monkeypatch):
-    from qpairs import tokencache
+    from qpairs import pair_scores
 
     det = matching_det
     texts = bank[:60]
     index = QuestionIndex.build(det, texts)
     encoded = []
-    real = tokencache.encode_states
-    monkeypatch.setattr(tokencache, "encode_states", lambda enc, todo, *a, **kw: encoded.extend(todo) or real(enc, todo, *a, **kw))
+    real = pair_scores.encode_states
+    monkeypatch.setattr(pair_scores, "encode_states", lambda enc, todo, *a, **kw: encoded.extend(todo) or real(enc, todo, *a, **kw))
     src, dst, prob = duplicate_edges(det, index, k=4, threshold=0.0, chunk_size=25)
     assert sorted(encoded) == sorted(texts)  # each text's token states computed once across the chunks
     monkeypatch.undo()
@@ -107,7 +107,7 @@ def test_service_search_batches_give_each_query_its_own_search(matching_det, ban
 def test_state_memo_drops_the_oldest_states_past_its_budget():
     import torch
 
-    from qpairs.tokencache import StateMemo
+    from qpairs.pair_scores import StateMemo
 
     memo = StateMemo(max_values=16)
     memo.add({"a": torch.zeros(2, 4), "b": torch.zeros(1, 4)})
