@@ -46,13 +46,14 @@ def pair_distances(model, q1: list[str], q2: list[str], device, batch_size: int 
     out = torch.zeros(len(q1))
     threads = shard_count(device)
     onnx = getattr(model.encoder, "token_runtime", None) is not None  # ONNX Runtime shards its rows itself
+    encode_threads = 1 if onnx else threads
     encode = partial(encode_states, model.encoder, device=device, batch_size=batch_size, max_waste=max_waste)
 
     for start in range(0, len(q1), block):
         a, b = list(q1[start : start + block]), list(q2[start : start + block])
         todo = [t for t in dict.fromkeys(a + b) if t not in known]
-        parts = split(todo, 1 if onnx else threads)
-        encoded = run_shards(encode, parts, 1 if onnx else threads)
+        parts = split(todo, encode_threads)
+        encoded = run_shards(encode, parts, encode_threads)
         block_states = {text: got for part, part_states in zip(parts, encoded) for text, got in zip(part, part_states)}
         if isinstance(known, StateMemo):
             known.add(block_states)
