@@ -17,6 +17,7 @@ from qpairs.checkpoint import copy_run_files
 from qpairs.detector import default_model_dir, load
 from qpairs.encoders import DEFAULT_BASE
 
+READ_LENGTH = 256  # tokens per question a bundled model reads at inference, as many as all-MiniLM-L6-v2 reads
 KEEP = ("config.json", "model.safetensors", "calibration.json", "metrics.json", "history.json", "encoder")
 MAX_BYTES = 10 * 2**20
 
@@ -48,10 +49,24 @@ def strip_local_paths(config_file: Path) -> None:
     config_file.write_text(json.dumps(config, indent=2) + "\n")
 
 
+def set_max_length(config_file: Path, tokens: int) -> None:
+    """Make the bundled model read `tokens` tokens (words for a BiLSTM) per question at inference.
+
+    Training may have kept fewer (a cache of short token states; ``train.max_length`` records that):
+    longer questions, such as forum posts, were cut short at that length."""
+    config = json.loads(config_file.read_text())
+    for side in ("encoder", "right_encoder"):
+        if side in config:
+            config[side]["max_length"] = int(tokens)
+    config_file.write_text(json.dumps(config, indent=2) + "\n")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="run directory written by qpairs train")
     ap.add_argument("--out", default=str(default_model_dir()), help="target (default: qpairs/default_model)")
+    ap.add_argument("--max-length", type=int, default=READ_LENGTH,
+                    help=f"tokens read per question at inference (default: {READ_LENGTH})")
     args = ap.parse_args()
     run, out = Path(args.run), Path(args.out)
     enc = json.loads((run / "config.json").read_text())["encoder"]
@@ -62,6 +77,7 @@ def main() -> None:
         shutil.rmtree(out)
     copy_run_files(run, out, KEEP)
     strip_local_paths(out / "config.json")
+    set_max_length(out / "config.json", args.max_length)
     size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
     if size > MAX_BYTES:
         raise SystemExit(f"{out} is {size / 2**20:.1f} MB, over the 10 MB limit")

@@ -92,3 +92,16 @@ def test_the_shipped_fast_model_loads_offline_and_tells_a_duplicate_from_a_diffe
     assert p[0] > fast.threshold > p[1]
     np.testing.assert_allclose(fast.predict_proba(["What is the fastest way to learn Python?"],
                                                   ["How do I learn Python quickly?"]), p[:1], rtol=0, atol=1e-6)
+
+
+def test_the_default_model_reads_long_questions_to_the_end():
+    """Forum questions run long: two that share their first 60 words but end differently are not the same."""
+    det = qpairs.load(device="cpu")
+    preamble = ("I moved to a new city last month for work and I have been trying to settle in, meet people, "
+                "find my way around the neighbourhood, sort out the paperwork, open a bank account, get a phone "
+                "plan, and figure out how the buses and trains work here, which has taken most of my evenings "
+                "and weekends so far, honestly. ")
+    assert len(preamble.split()) >= 60
+    ask, other = preamble + "Where can I buy a good second-hand bicycle?", preamble + "How do I cook rice in a pot?"
+    same, different = det.predict_proba([ask, ask], [ask + " ", other])
+    assert same - different > 0.1, (same, different)
