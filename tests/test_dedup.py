@@ -110,13 +110,12 @@ def test_undirected_edges_keep_the_likelier_direction_and_best_matches_keep_weak
     assert best.tolist() == [1, 0, 0, -1] and best_p.tolist() == [0.2, 0.7, 0.05, 0.0]
 
 
-def test_eval_dedup_scores_the_thresholded_edges_before_grouping():
+def test_eval_dedup_scores_the_thresholded_edges_before_grouping(monkeypatch):
     import importlib.util
-    import sys
     from pathlib import Path
 
     scripts = Path(__file__).resolve().parent.parent / "scripts"
-    sys.path.insert(0, str(scripts))
+    monkeypatch.syspath_prepend(str(scripts))
     spec = importlib.util.spec_from_file_location("eval_dedup", scripts / "eval_dedup.py")
     eval_dedup = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(eval_dedup)
