@@ -1,5 +1,6 @@
 """The matching head's cosine weight: w in logit = MLP(features) + w · cos(pooled token states), chosen with the
-calibration on validation after training (over a frozen base the cosine is zero-shot's)."""
+calibration on validation after training (over a frozen base the cosine is zero-shot's); and its hand-over of
+pairs longer than it was trained on to that cosine (`MatchingHead.hand_over`)."""
 from __future__ import annotations
 
 import logging
@@ -33,19 +34,57 @@ def fit_cosine_weight(distances_at, labels, method: str, threshold: str = "accur
     return best, fit_calibrator(method, d0 - best * cos, labels, threshold)
 
 
-def store_cosine_weight(run_dir: Path, model, distances, labels, method: str, threshold: str) -> None:
-    """Fit the matching head's cosine weight and calibration on validation (`fit_cosine_weight`; `distances()`: the
-    model's validation distances at the head's current weight) and write both into the run (config.json,
-    calibration.json)."""
+def fit_hand_over(cos, labels, calibrator: Calibrator, trained_length: int) -> dict:
+    """The hand-over rule of a matching head trained on `trained_length` tokens: from that length to twice it,
+    the logit moves to s · cos + t, where (s, t) give the lowest log loss of `calibrator` on the distances
+    −(s · cos + t) of the validation pairs (`cos`, `labels`): the cosine alone, calibrated on the same pairs
+    through the head's own calibration."""
+    from scipy.optimize import minimize
+    from sklearn.metrics import log_loss
+
+    cos, labels = np.asarray(cos, np.float64), np.asarray(labels)
+    start = np.polyfit(cos, np.where(labels == 1, 1.0, -1.0), 1)
+
+    def loss(st) -> float:
+        return log_loss(labels, calibrator.predict_proba(-(st[0] * cos + st[1])), labels=[0, 1])
+
+    s, t = minimize(loss, start, method="Nelder-Mead", options=dict(xatol=1e-4, fatol=1e-7, maxiter=2000)).x
+    return {"from": float(trained_length), "to": float(2 * trained_length), "slope": float(s), "bias": float(t)}
+
+
+def fit_head_blend(distances_at, labels, method: str, threshold: str, set_hand_over=None,
+                   trained_length: int | None = None) -> tuple[float, dict | None, Calibrator]:
+    """(w, hand-over rule or None, calibrator), all fitted on validation: `fit_cosine_weight`; then, with
+    `trained_length` (a frozen base, whose cosine is zero-shot's), `fit_hand_over`, applied by
+    `set_hand_over(rule)`, and the calibration fitted again on the distances with the hand-over in place."""
+    w, cal = fit_cosine_weight(distances_at, labels, method, threshold)
+    if trained_length is None:
+        return w, None, cal
+    cos = np.asarray(distances_at(0.0), np.float64) - np.asarray(distances_at(1.0), np.float64)
+    rule = fit_hand_over(cos, labels, cal, trained_length)
+    set_hand_over(rule)
+    return w, rule, fit_calibrator(method, distances_at(w), labels, threshold)
+
+
+def store_cosine_weight(run_dir: Path, model, distances, labels, method: str, threshold: str,
+                        trained_length: int | None = None) -> None:
+    """Fit the matching head's cosine weight, hand-over rule (with `trained_length`) and calibration on
+    validation (`fit_head_blend`; `distances()`: the model's validation distances as the head now stands) and
+    write them into the run (config.json, calibration.json)."""
+    head = model.pair_head
 
     def distances_at(w: float) -> np.ndarray:
-        model.pair_head.cosine_weight = w
+        head.cosine_weight = w
         return distances()
 
-    w, cal = fit_cosine_weight(distances_at, labels, method, threshold)
-    model.pair_head.cosine_weight = w
+    def set_hand_over(rule) -> None:
+        head.hand_over = rule
+
+    head.hand_over = None
+    w, rule, cal = fit_head_blend(distances_at, labels, method, threshold, set_hand_over, trained_length)
+    head.cosine_weight = w
     config = read_json(run_dir / "config.json")
-    config["pair_head"]["cosine_weight"] = w
+    config["pair_head"].update(cosine_weight=w, hand_over=head.hand_over)
     write_json(run_dir / "config.json", config)
     write_json(run_dir / "calibration.json", cal.to_dict())
-    log.info("matching head: cosine weight %g, fitted on validation with the calibration", w)
+    log.info("matching head: cosine weight %g, hand-over %s, fitted on validation with the calibration", w, rule)

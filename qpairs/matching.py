@@ -5,7 +5,8 @@ aligned summary (ESIM): ``[a, ã, a−ã, a∗ã]`` → projection + ReLU → me
 The two directions meet in symmetric ops (sum and absolute difference), beside the pooled features
 of the model's embeddings (u+v, |u−v|, u∗v) and the zero-shot cosine of the base's pooled outputs;
 an MLP maps them to the logit, plus a weight (fitted on validation after training) times that cosine: it keeps
-what the base knew out of the training domain. Swapping the questions gives the same logit exactly.
+what the base knew out of the training domain. Pairs longer than the head was trained on are handed over to that
+cosine (`hand_over`). Swapping the questions gives the same logit exactly.
 
 Token states come from the frozen base: `qpairs.tokencache` (its cache in training; `qpairs.pair_scores` at inference);
 under --train-top-layers, from the trained top layers run on the cached output of the layer below them. A trained
@@ -37,10 +38,10 @@ class MatchingHead(nn.Module):
     needs_tokens = True
 
     def __init__(self, hidden: int, dim: int, proj: int = 256, mlp: int = 256, pooling: str = "mean",
-                 cosine_weight: float = 0.0):
+                 cosine_weight: float = 0.0, hand_over: dict | None = None):
         super().__init__()
         self.config = dict(type="matching", hidden=hidden, dim=dim, proj=proj, mlp=mlp, pooling=pooling,
-                           cosine_weight=cosine_weight)
+                           cosine_weight=cosine_weight, hand_over=hand_over)
         self.compare = nn.Sequential(nn.Linear(4 * hidden, proj), nn.ReLU())
         self.mlp = nn.Sequential(nn.Linear(4 * proj + 3 * dim + 1, mlp), nn.ReLU(), nn.Linear(mlp, 1))
 
@@ -53,6 +54,26 @@ class MatchingHead(nn.Module):
     @cosine_weight.setter
     def cosine_weight(self, weight: float) -> None:
         self.config["cosine_weight"] = float(weight)
+
+    @property
+    def hand_over(self) -> dict | None:
+        """Long pairs' logit: {"from": n0, "to": n1, "slope": s, "bias": t}, or None (off). With n the longer
+        question's token count, g = clip((n − n0) / (n1 − n0), 0, 1) and logit = (1 − g) · logit + g · (s · cos + t):
+        past the length the head was trained on (n0), it hands over to the cosine, mapped onto the head's logit
+        scale on validation (`qpairs.cosine_weight.fit_hand_over`)."""
+        return self.config.get("hand_over")
+
+    @hand_over.setter
+    def hand_over(self, rule: dict | None) -> None:
+        self.config["hand_over"] = None if rule is None else {k: float(rule[k]) for k in ("from", "to", "slope", "bias")}
+
+    def hand_over_share(self, mask_a: torch.Tensor, mask_b: torch.Tensor) -> torch.Tensor:
+        """g per pair [B, 1]: the share of the logit handed over to the cosine (0 when `hand_over` is off)."""
+        rule = self.hand_over
+        n = torch.maximum(mask_a.sum(1), mask_b.sum(1)).to(torch.float32)[:, None]
+        if rule is None:
+            return torch.zeros_like(n)
+        return ((n - rule["from"]) / max(rule["to"] - rule["from"], 1e-6)).clamp(0.0, 1.0)
 
     def _side(self, a, mask_a, b, mask_b) -> torch.Tensor:
         """a's tokens compared with their soft alignment over b's tokens, pooled: [B, 2·proj]."""
@@ -78,7 +99,11 @@ class MatchingHead(nn.Module):
         pa, pb = pooled or (pool(a, mask_a, self.config["pooling"]), pool(b, mask_b, self.config["pooling"]))
         cos = nn.functional.cosine_similarity(pa, pb, dim=-1)[:, None]
         feats = torch.cat([fa + fb, (fa - fb).abs(), u + v, (u - v).abs(), u * v, cos], dim=-1)
-        return (self.mlp(feats) + self.cosine_weight * cos).squeeze(-1)
+        logit = self.mlp(feats) + self.cosine_weight * cos
+        if self.hand_over is not None:
+            g = self.hand_over_share(mask_a, mask_b)
+            logit = (1 - g) * logit + g * (self.hand_over["slope"] * cos + self.hand_over["bias"])
+        return logit.squeeze(-1)
 
 
 def token_width(encoder) -> int:

@@ -285,7 +285,8 @@ def saved_weights(model: SiameseModel, run_dir: Path):
 
 def finish(run_dir: Path, model, objective: Objective, val_df, test_df, history, cfg: TrainConfig) -> dict:
     """Evaluate the best checkpoint on validation and test, write metrics.json and the test report. A matching
-    head first gets its cosine weight and calibration fitted on validation (`qpairs.cosine_weight`).
+    head first gets its cosine weight, hand-over rule (over a frozen base) and calibration fitted on validation
+    (`qpairs.cosine_weight`).
 
     The distances are `frame_distances`, the code of each epoch's validation (a frozen base: from the training
     cache), so metrics.json's validation row is the best epoch's validation row of history.json, at the fitted
@@ -303,8 +304,10 @@ def finish(run_dir: Path, model, objective: Objective, val_df, test_df, history,
             from .cosine_weight import store_cosine_weight
 
             labelled = labelled_pairs(val_df)
+            zero_shot_cosine = cfg.encoder == "transformer" and cfg.freeze_base  # the cosine the hand-over trusts
             store_cosine_weight(run_dir, model, lambda: frame_distances(model, objective, labelled, cfg.batch_size),
-                                labelled["is_duplicate"].to_numpy(), cfg.calibration, cfg.threshold)
+                                labelled["is_duplicate"].to_numpy(), cfg.calibration, cfg.threshold,
+                                trained_length=cfg.max_length if zero_shot_cosine else None)
         calibrator = Calibrator.from_dict(read_json(run_dir / "calibration.json"))
         results = {"validation": evaluated(val_df)}
         if len(test_df):

@@ -158,6 +158,43 @@ def test_cosine_weight_is_fitted_on_validation_log_loss():
         assert log_loss(y, cal.predict_proba(d)) <= log_loss(y, at_zero.predict_proba(-logit)) + 1e-12
 
 
+def test_hand_over_moves_pairs_longer_than_training_to_the_cosine():
+    from qpairs.matching import MatchingHead
+
+    torch.manual_seed(0)
+    head = MatchingHead(hidden=24, dim=16, cosine_weight=1.5).eval()
+    ta, tb = _token_batch([3, 9, 6], 24, 1), _token_batch([2, 5, 2], 24, 2)  # longer side 3, 9, 6 tokens
+    u, v = torch.randn(3, 16), torch.randn(3, 16)
+    pa, pb = (t[0].sum(1) / t[1].sum(1, keepdim=True) for t in (ta, tb))
+    cos = torch.nn.functional.cosine_similarity(pa, pb, dim=-1)
+    with torch.no_grad():
+        plain = head(u, v, ta, tb)
+        head.hand_over = {"from": 4, "to": 8, "slope": 3.0, "bias": -1.0}
+        handed, swapped = head(u, v, ta, tb), head(v, u, tb, ta)
+    share = torch.tensor([0.0, 1.0, 0.5])  # within the trained length, past twice it, halfway
+    torch.testing.assert_close(handed, (1 - share) * plain + share * (3.0 * cos - 1.0))
+    assert handed[0] == plain[0] and torch.equal(handed, swapped)
+    assert head.config["hand_over"] == {"from": 4.0, "to": 8.0, "slope": 3.0, "bias": -1.0}
+
+
+def test_hand_over_is_the_cosine_calibrated_through_the_heads_calibration():
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.metrics import log_loss
+
+    from qpairs.calibration import Calibrator
+    from qpairs.cosine_weight import fit_hand_over
+
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 2, 4000)
+    logit, cos = 2.0 * y + rng.normal(0, 1.0, len(y)), 0.5 + 0.2 * y + rng.normal(0, 0.1, len(y))
+    cal = Calibrator("platt").fit(-logit, y)
+    rule = fit_hand_over(cos, y, cal, trained_length=40)
+    assert (rule["from"], rule["to"]) == (40.0, 80.0) and rule["slope"] > 0
+    handed = cal.predict_proba(-(rule["slope"] * cos + rule["bias"]))
+    best = LogisticRegression(C=1e6).fit(cos[:, None], y).predict_proba(cos[:, None])[:, 1]
+    assert log_loss(y, handed) < log_loss(y, best) + 1e-4  # as good as the cosine's own logistic fit
+
+
 def test_matching_head_ignores_padding():
     from qpairs.matching import MatchingHead
 
@@ -191,7 +228,9 @@ def test_train_freeze_base_matching_head_trains_saves_loads_and_scores(tiny_bert
                  "--device", "cpu", "--no-progress"]) == 0
     history = json.loads((run / "history.json").read_text())
     assert len(history) == 2 and history[1]["train_loss"] < history[0]["train_loss"]
-    assert json.loads((run / "config.json").read_text())["pair_head"]["type"] == "matching"
+    pair_head = json.loads((run / "config.json").read_text())["pair_head"]
+    assert pair_head["type"] == "matching"
+    assert (pair_head["hand_over"]["from"], pair_head["hand_over"]["to"]) == (32.0, 64.0)  # from --max-length
     meta = json.loads((run / "embedding_cache" / "meta.json").read_text())
     assert meta["kind"] == "token_states"  # training read token states from the cache
     from qpairs.checkpoint import load_model
