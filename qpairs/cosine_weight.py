@@ -57,10 +57,17 @@ def fit_head_blend(distances_at, labels, method: str, threshold: str, set_hand_o
     """(w, hand-over rule or None, calibrator), all fitted on validation: `fit_cosine_weight`; then, with
     `trained_length` (a frozen base, whose cosine is zero-shot's), `fit_hand_over`, applied by
     `set_hand_over(rule)`, and the calibration fitted again on the distances with the hand-over in place."""
-    w, cal = fit_cosine_weight(distances_at, labels, method, threshold)
+    passes: dict = {}
+
+    def before_hand_over(w: float) -> np.ndarray:  # each weight's distances computed once
+        if w not in passes:
+            passes[w] = np.asarray(distances_at(w), np.float64)
+        return passes[w]
+
+    w, cal = fit_cosine_weight(before_hand_over, labels, method, threshold)
     if trained_length is None:
         return w, None, cal
-    cos = np.asarray(distances_at(0.0), np.float64) - np.asarray(distances_at(1.0), np.float64)
+    cos = before_hand_over(0.0) - before_hand_over(1.0)
     rule = fit_hand_over(cos, labels, cal, trained_length)
     set_hand_over(rule)
     return w, rule, fit_calibrator(method, distances_at(w), labels, threshold)
