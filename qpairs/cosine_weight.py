@@ -52,11 +52,13 @@ def fit_hand_over(cos, labels, calibrator: Calibrator, trained_length: int) -> d
     return {"from": float(trained_length), "to": float(2 * trained_length), "slope": float(s), "bias": float(t)}
 
 
-def fit_head_blend(distances_at, labels, method: str, threshold: str, set_hand_over=None,
+def fit_head_blend(head, distances_at, labels, method: str, threshold: str,
                    trained_length: int | None = None) -> tuple[float, dict | None, Calibrator]:
-    """(w, hand-over rule or None, calibrator), all fitted on validation: `fit_cosine_weight`; then, with
-    `trained_length` (a frozen base, whose cosine is zero-shot's), `fit_hand_over`, applied by
-    `set_hand_over(rule)`, and the calibration fitted again on the distances with the hand-over in place."""
+    """(w, hand-over rule or None, calibrator) of the matching `head`, all fitted on validation (`distances_at(w)`:
+    the model's validation distances at cosine weight w): `fit_cosine_weight` with the hand-over off; then, with
+    `trained_length` (a frozen base, whose cosine is zero-shot's), `fit_hand_over`, set on the head, and the
+    calibration fitted again on the distances with the hand-over in place. Leaves the head at (w, rule)."""
+    head.hand_over = None
     passes: dict = {}
 
     def before_hand_over(w: float) -> np.ndarray:  # each weight's distances computed once
@@ -65,11 +67,11 @@ def fit_head_blend(distances_at, labels, method: str, threshold: str, set_hand_o
         return passes[w]
 
     w, cal = fit_cosine_weight(before_hand_over, labels, method, threshold)
+    head.cosine_weight = w
     if trained_length is None:
         return w, None, cal
     cos = before_hand_over(0.0) - before_hand_over(1.0)
-    rule = fit_hand_over(cos, labels, cal, trained_length)
-    set_hand_over(rule)
+    head.hand_over = rule = fit_hand_over(cos, labels, cal, trained_length)
     return w, rule, fit_calibrator(method, distances_at(w), labels, threshold)
 
 
@@ -84,12 +86,7 @@ def store_cosine_weight(run_dir: Path, model, distances, labels, method: str, th
         head.cosine_weight = w
         return distances()
 
-    def set_hand_over(rule) -> None:
-        head.hand_over = rule
-
-    head.hand_over = None
-    w, rule, cal = fit_head_blend(distances_at, labels, method, threshold, set_hand_over, trained_length)
-    head.cosine_weight = w
+    w, rule, cal = fit_head_blend(head, distances_at, labels, method, threshold, trained_length)
     config = read_json(run_dir / "config.json")
     config["pair_head"].update(cosine_weight=w, hand_over=head.hand_over)
     write_json(run_dir / "config.json", config)

@@ -48,18 +48,14 @@ def main() -> None:
         head.cosine_weight = w
         return det.distances(list(frame["question1"]), list(frame["question2"]), states=memo)
 
-    def set_hand_over(rule) -> None:
-        head.hand_over = rule
-
     rule = (det.calibrator.operating_point or {}).get("rule", "accuracy")
     before = {name: evaluate_distances(det.calibrator, distances_at(f, head.cosine_weight),
                                        f["is_duplicate"].to_numpy())[0] for name, f in frames.items()}
     val = frames["validation"]
     config = read_json(run / "config.json")
     frozen = config["encoder"].get("type") == "transformer" and config["encoder"].get("frozen_base")
-    head.hand_over = None
-    w, rule, cal = fit_head_blend(lambda x: distances_at(val, x), val["is_duplicate"].to_numpy(),
-                                  det.calibrator.method, rule, set_hand_over,
+    w, rule, cal = fit_head_blend(head, lambda x: distances_at(val, x), val["is_duplicate"].to_numpy(),
+                                  det.calibrator.method, rule,
                                   config["train"]["max_length"] if frozen and not args.no_hand_over else None)
     after = {name: evaluate_distances(cal, distances_at(f, w), f["is_duplicate"].to_numpy())[0]
              for name, f in frames.items()}
