@@ -14,6 +14,7 @@ comes from; the layer split of --train-top-layers itself lives in `qpairs.toplay
 from __future__ import annotations
 
 import copy
+from functools import partial
 import os
 from pathlib import Path
 
@@ -26,15 +27,18 @@ from .toplayers import base_layers, bottom_states, freeze_bottom, layer_prefixes
 from .vocab import MINILM_DIR_ENV, PieceVocab, WordVocab, default_base_model  # noqa: F401  (re-exported)
 
 
-def length_batches(texts, max_batch: int, max_waste: float | None = None) -> list[np.ndarray]:
+def length_batches(texts, max_batch: int, max_waste: float | None = None, lengths=None) -> list[np.ndarray]:
     """Index batches of `texts` sorted by length (short first), at most `max_batch` each.
 
+    `lengths`: the texts' token counts when known (else character counts stand in for them).
     With `max_waste`, a batch also ends where padding every text to the next one's length would
-    make the padded size exceed the real size by more than that fraction (character counts
-    stand in for tokens). On a CPU, where compute is proportional to padded tokens, this keeps a
-    small mixed-length batch, e.g. one micro-batch of a service, from paying for its longest text.
+    make the padded size exceed the real size by more than that fraction. On a CPU, where compute
+    is proportional to padded tokens, this keeps a small mixed-length batch, e.g. one micro-batch
+    of a service, from paying for its longest text.
     """
-    lengths = np.fromiter((len(t) + 8 for t in texts), dtype=np.int64, count=len(texts))  # + special tokens
+    if lengths is None:
+        lengths = [len(t) + 8 for t in texts]  # + special tokens
+    lengths = np.fromiter(lengths, dtype=np.int64, count=len(texts))
     order = np.argsort(lengths, kind="stable")
     if max_waste is None:
         return [order[s : s + max_batch] for s in range(0, len(order), max_batch)]
@@ -131,15 +135,18 @@ def unpacked_lstm(lstm: nn.LSTM, x: torch.Tensor, lengths: torch.Tensor, dtype: 
         cached = lstm.__dict__["_one_way_runs"] = (key, runs)
     t = torch.arange(x.size(1), device=x.device)[None, :]
     valid = t < lengths[:, None]
-    flip = torch.where(valid, lengths[:, None] - 1 - t, t)[..., None]  # reverses each row within its length
+    if bool(valid.all()):  # no padding (batches of equal token counts): reversing a row is flipping it
+        reverse = partial(torch.flip, dims=(1,))
+    else:
+        flip = torch.where(valid, lengths[:, None] - 1 - t, t)[..., None]  # reverses each row within its length
+        reverse = lambda y: y.gather(1, flip.expand(-1, -1, y.size(2)))  # noqa: E731
     x = x.to(dtype)
     for directions in cached[1]:
         forward = directions[0](x)[0]
         if len(directions) == 1:
             x = forward
             continue
-        backward = directions[1](x.gather(1, flip.expand(-1, -1, x.size(2))))[0]
-        x = torch.cat([forward, backward.gather(1, flip.expand(-1, -1, backward.size(2)))], dim=-1)
+        x = torch.cat([forward, reverse(directions[1](reverse(x))[0])], dim=-1)
     return x * valid[..., None].to(x.dtype)
 
 
@@ -168,6 +175,10 @@ class LSTMEncoder(nn.Module):
 
     def tokenize(self, texts) -> dict[str, torch.Tensor]:
         return self.vocab.batch(texts, self.config["max_length"])
+
+    def token_ids(self, texts) -> list[list[int]]:
+        """Each text's token ids, as `tokenize` pads them (cheap: `qpairs.encoding` batches by their counts)."""
+        return self.vocab.ids(texts, self.config["max_length"])
 
     def token_states(self, input_ids: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
         """The (Bi)LSTM's output at each token [B, T, hidden_out] (zeros past each text's length)."""

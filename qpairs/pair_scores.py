@@ -36,7 +36,7 @@ class StateMemo(dict):
 
 @torch.inference_mode()
 def pair_distances(model, q1: list[str], q2: list[str], device, batch_size: int = 256,
-                   max_waste: float | None = None, block: int = 2048, states: dict | None = None) -> torch.Tensor:
+                   max_waste: float | None = None, block: int = 4096, states: dict | None = None) -> torch.Tensor:
     """−logit of the matching head for each pair. `block` pairs at a time (bounded memory): the base's token
     states of each unique text of the block are computed once, then the encoder's head and the matching
     head run on the pairs, `batch_size` at a time. `states`: token states already computed (text → states,

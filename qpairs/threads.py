@@ -41,7 +41,17 @@ def run_shards(fn, shards: list, threads: int) -> list:
     try:
         if len(shards) == 1:
             return [one(shards[0])]
-        with ThreadPoolExecutor(min(threads, len(shards)), thread_name_prefix="qpairs-shard") as pool:
-            return list(pool.map(one, shards))
+        return list(_pool(threads).map(one, shards))
     finally:
         torch.set_num_threads(before)
+
+
+_pools: dict[int, ThreadPoolExecutor] = {}
+
+
+def _pool(threads: int) -> ThreadPoolExecutor:
+    """One pool of `threads` workers per size, kept for the process (starting threads on every call costs more
+    than a small batch's work)."""
+    if threads not in _pools:
+        _pools[threads] = ThreadPoolExecutor(threads, thread_name_prefix="qpairs-shard")
+    return _pools[threads]

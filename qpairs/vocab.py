@@ -81,9 +81,13 @@ class WordVocab:
         ids = [self.stoi.get(t, 1) for t in tokenize(text)[:max_length]]
         return ids or [1]
 
+    def ids(self, texts, max_length: int = 64) -> list[list[int]]:
+        """Each text's token ids (at most `max_length`, at least one)."""
+        return [self.encode(t, max_length) for t in texts]
+
     def batch(self, texts, max_length: int = 64) -> dict[str, torch.Tensor]:
         """Padded `input_ids` and `lengths` for a list of texts."""
-        return padded_batch([self.encode(t, max_length) for t in texts])
+        return padded_batch(self.ids(texts, max_length))
 
     def save(self, path) -> None:
         Path(path).write_text(json.dumps(self.itos, ensure_ascii=False))
@@ -116,11 +120,15 @@ class PieceVocab:
 
         return cls(AutoTokenizer.from_pretrained(Path(base_dir or default_base_model())))
 
-    def batch(self, texts, max_length: int = 64) -> dict[str, torch.Tensor]:
-        """Padded `input_ids` and `lengths` (an empty text is one [UNK])."""
+    def ids(self, texts, max_length: int = 64) -> list[list[int]]:
+        """Each text's token ids (at most `max_length`; an empty text is one [UNK])."""
         enc = self.tokenizer([untokenize_ptb(t) for t in texts], add_special_tokens=False, truncation=True,
                              max_length=max_length)["input_ids"]
-        return padded_batch([ids or [self.tokenizer.unk_token_id] for ids in enc])
+        return [ids or [self.tokenizer.unk_token_id] for ids in enc]
+
+    def batch(self, texts, max_length: int = 64) -> dict[str, torch.Tensor]:
+        """Padded `input_ids` and `lengths` (an empty text is one [UNK])."""
+        return padded_batch(self.ids(texts, max_length))
 
     def save_to(self, directory) -> None:
         self.tokenizer.save_pretrained(Path(directory) / self.dirname)

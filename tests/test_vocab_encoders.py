@@ -192,3 +192,19 @@ def test_unpacked_lstm_matches_the_packed_run(layers, bidirectional):
         half = unpacked_lstm(lstm, x, lengths, torch.bfloat16)
     assert half.dtype == torch.bfloat16 and not half[1, 1:].any()
     torch.testing.assert_close(half.float(), want, atol=0.05, rtol=0.05)
+    with torch.no_grad():  # no padding: the backward direction runs over each row flipped
+        torch.testing.assert_close(unpacked_lstm(lstm, x, torch.full((4,), 7)), lstm(x)[0], atol=1e-6, rtol=1e-6)
+
+
+def test_bilstm_batches_hold_texts_of_one_token_count():
+    """Characters mislead about word counts ("a a a a a a" and "xylophonist" are both 11 long): a BiLSTM's
+    batches come from its token counts, so with no padding allowed each batch holds one count."""
+    from qpairs.encoding import encoded_batches
+
+    v = WordVocab.build(["a b", "xylophonist"], min_freq=1)
+    enc = LSTMEncoder(v, embedding_dim=4, hidden_size=4, projection_dim=4, dropout=0.0).eval()
+    texts = ["a a a a a a", "xylophonist", "a b a", "a a a a a b", "xylophonist"] * 3
+    with torch.no_grad():
+        batches = [(idx, b["lengths"].tolist()) for idx, b, _ in encoded_batches(enc, texts, "cpu", 4, max_waste=0.0)]
+    assert sorted(i for idx, _ in batches for i in idx) == list(range(len(texts)))
+    assert [lengths for _, lengths in batches] == [[1, 1, 1, 1], [1, 1], [3, 3, 3], [6, 6, 6, 6], [6, 6]]
