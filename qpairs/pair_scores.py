@@ -34,6 +34,13 @@ class StateMemo(dict):
             self.values -= self.pop(next(iter(self))).numel()
 
 
+def longer_first(sa: list, sb: list) -> tuple[list, list]:
+    """Each pair's two token-state tensors with the longer one first: the head is symmetric (the same logit
+    either way round, exactly), and batches sorted by both lengths then pad each side little."""
+    swap = [len(x) < len(y) for x, y in zip(sa, sb)]
+    return [y if s else x for x, y, s in zip(sa, sb, swap)], [x if s else y for x, y, s in zip(sa, sb, swap)]
+
+
 @torch.inference_mode()
 def pair_distances(model, q1: list[str], q2: list[str], device, batch_size: int = 256,
                    max_waste: float | None = None, block: int = 4096, states: dict | None = None) -> torch.Tensor:
@@ -59,7 +66,8 @@ def pair_distances(model, q1: list[str], q2: list[str], device, batch_size: int 
             known.add(block_states)
         sa = [known[t] if t in known else block_states[t] for t in a]
         sb = [known[t] if t in known else block_states[t] for t in b]
-        order = np.argsort([max(len(x), len(y)) for x, y in zip(sa, sb)], kind="stable")  # tight padding
+        sa, sb = longer_first(sa, sb)
+        order = np.lexsort(([len(x) for x in sb], [len(x) for x in sa]))  # tight padding on both sides
         batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
         logits = run_shards(lambda rows: token_logits(model, pad_states([sa[i] for i in rows]),  # noqa: B023 - run here
                                                       pad_states([sb[i] for i in rows]), device), batches, threads)

@@ -69,8 +69,9 @@ def token_cache_meta(encoder, precision: str, layer: int | None = None) -> dict:
 
 def pad_states(states: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Per-text states [len_i, hidden] → padded float32 [B, T, hidden] and a bool mask [B, T]."""
-    lengths = torch.tensor([len(s) for s in states], dtype=torch.long)
-    x = torch.nn.utils.rnn.pad_sequence([s.float() for s in states], batch_first=True)
+    lengths = torch.tensor([s.shape[0] for s in states], dtype=torch.long)
+    x = torch.nn.utils.rnn.pad_sequence([s if s.dtype == torch.float32 else s.float() for s in states],
+                                        batch_first=True)
     return x, torch.arange(x.size(1))[None, :] < lengths[:, None]
 
 

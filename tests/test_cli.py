@@ -209,3 +209,19 @@ def test_console_command_exits_with_the_code_of_main(tmp_path):
     bad = subprocess.run([sys.executable, "-m", "qpairs", "score", str(missing), "-o", str(tmp_path / "o.csv")],
                          capture_output=True, text=True)
     assert bad.returncode == 2 and "missing.csv" in bad.stderr
+
+
+def test_console_command_leaves_complete_output_and_flushed_streams(tiny_run, tmp_path):
+    """The console command exits without tearing torch down: its output file, its piped (block-buffered)
+    stdout and its exit handlers still all complete."""
+    pairs = tmp_path / "pairs.csv"
+    make_pairs(300, seed=5).to_csv(pairs, index=False)
+    out = tmp_path / "scored.csv"
+    code = ("import atexit, pathlib, sys; atexit.register(pathlib.Path(sys.argv[1]).touch); "
+            "sys.argv[1:2] = []; from qpairs.cli import run; run()")
+    marker = tmp_path / "exit-handler-ran"
+    done = subprocess.run([sys.executable, "-c", code, str(marker), "score", str(pairs), "-o", str(out),
+                           "--model", str(tiny_run), "--device", "cpu"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "scored 300 pairs" in done.stdout + done.stderr and marker.exists()
+    assert len(pd.read_csv(out)) == 300
