@@ -10,7 +10,8 @@ repetition (66% of slots unique, like Kaggle train). Then, in one run, on the sa
 (b) what a sentence-transformers user writes: ``pd.read_csv`` → ``model.encode(q1s)``,
     ``model.encode(q2s)`` (fp16 on GPU, fp32 on CPU, batch 512) → cosine → ``to_csv``.
 
-(a) runs once per backend (``--backends``; default every backend the device has), and
+(a) runs once per backend (``--backends``; default every backend the device has), ``--repeats``
+times each (default 3; the table gives the median's ratio and the range over the runs), and
 ``--baseline DIR`` adds an ``onnx-int8`` row run from another checkout of qpairs (e.g. main) as a
 reference. Each runs in its own process (end-to-end wall time: imports, model load, read, encode,
 write), and its peak memory (max RSS) is read from the OS. ``--labelled FILE`` (pairs with
@@ -160,6 +161,23 @@ def run_timed(cmd: list[str], env: dict) -> tuple[float, float]:
     return wall, usage.ru_maxrss / 1024
 
 
+def run_repeated(cmd: list[str], env: dict, repeats: int) -> tuple[float, float, list[float]]:
+    """(median wall seconds, peak RSS in MiB, every wall time) of `repeats` runs of a child process: a run of a few
+    seconds is at the mercy of what else the machine does in those seconds, the median much less so."""
+    runs = [run_timed(cmd, env) for _ in range(repeats)]
+    walls = [wall for wall, _ in runs]
+    return float(np.median(walls)), max(mem for _, mem in runs), walls
+
+
+def timing_row(file: str, label: str, n_pairs: int, unique: float, st: tuple, qp: tuple) -> dict:
+    """One table row: qpairs (median of its runs) against the sentence-transformers run, with the ratio's range."""
+    (st_wall, st_mem), (qp_wall, qp_mem, walls) = st, qp
+    return {"file": file, "pairs": n_pairs, "unique slots": f"{unique:.0%}", "qpairs": label,
+            "qpairs pairs/s": n_pairs / qp_wall, "st pairs/s": n_pairs / st_wall, "ratio": st_wall / qp_wall,
+            "ratio range": f"{st_wall / max(walls):.1f}–{st_wall / min(walls):.1f}",
+            "qpairs peak MiB": qp_mem, "st peak MiB": st_mem}
+
+
 def device_backends(device: str) -> list[str]:
     """The qpairs backends to time on `device` (ONNX Runtime runs on the CPU only)."""
     from qpairs import onnxrt
@@ -217,6 +235,8 @@ def main() -> None:
     ap.add_argument("--scale-args", help="extra qpairs score arguments for the --scale runs (default: --score-args), "
                     "e.g. '--chunk-size 5000 --cache-size 20000' so both sizes run with full chunks and cache")
     ap.add_argument("--backends", help="comma-separated qpairs backends (default: every one the device has)")
+    ap.add_argument("--repeats", type=int, default=3, help="runs of each qpairs row (the median is reported; the "
+                    "sentence-transformers run, minutes long, runs once)")
     ap.add_argument("--baseline", help="another qpairs checkout whose onnx-int8 row is added as a reference")
     ap.add_argument("--labelled", help="labelled pair file (is_duplicate): adds accuracy and ROC-AUC per row")
     ap.add_argument("--labelled-rows", type=int, help="only the first N pairs of --labelled")
@@ -269,21 +289,16 @@ def main() -> None:
         unique = write_test_file(path, args.n_pairs, questions, rate, seed)
         print(f"{name}: {args.n_pairs} pairs, {unique:.1%} of question slots unique "
               f"({time.perf_counter() - t0:.0f} s to generate)")
-        st_wall, st_mem = run_timed([sys.executable, __file__, "--peer", str(path), str(work / "st_out.csv"),
-                                     "--model", str(model_dir), "--device", device], env)
+        st = run_timed([sys.executable, __file__, "--peer", str(path), str(work / "st_out.csv"),
+                        "--model", str(model_dir), "--device", device], env)
         for label, backend, run_env in runs:
-            qp_wall, qp_mem = run_timed(qpairs_cmd(path, work / "qpairs_out.csv", model_dir, device, backend,
-                                                   args.score_args), run_env)
-            rows.append({"file": name, "pairs": args.n_pairs, "unique slots": f"{unique:.0%}", "qpairs": label,
-                         "qpairs pairs/s": args.n_pairs / qp_wall, "st pairs/s": args.n_pairs / st_wall,
-                         "ratio": st_wall / qp_wall, "qpairs peak MiB": qp_mem, "st peak MiB": st_mem})
+            qp = run_repeated(qpairs_cmd(path, work / "qpairs_out.csv", model_dir, device, backend, args.score_args),
+                              run_env, args.repeats)
+            rows.append(timing_row(name, label, args.n_pairs, unique, st, qp))
         for fast_dir in fast_dirs:  # the same file through each fast model, against the same sentence-transformers run
-            fast_wall, fast_mem = run_timed(qpairs_cmd(path, work / "qpairs_out.csv", Path(fast_dir), device, "auto",
-                                                       args.score_args), env)
-            rows.append({"file": f"{name}, --fast-model {Path(fast_dir).name}", "pairs": args.n_pairs,
-                         "unique slots": f"{unique:.0%}", "qpairs": "auto", "qpairs pairs/s": args.n_pairs / fast_wall,
-                         "st pairs/s": args.n_pairs / st_wall, "ratio": st_wall / fast_wall,
-                         "qpairs peak MiB": fast_mem, "st peak MiB": st_mem})
+            qp = run_repeated(qpairs_cmd(path, work / "qpairs_out.csv", Path(fast_dir), device, "auto", args.score_args),
+                              env, args.repeats)
+            rows.append(timing_row(f"{name}, --fast-model {Path(fast_dir).name}", "auto", args.n_pairs, unique, st, qp))
     table = pd.DataFrame(rows)
     print()
     print(table.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
