@@ -14,8 +14,8 @@ comes from; the layer split of --train-top-layers itself lives in `qpairs.toplay
 from __future__ import annotations
 
 import copy
-from functools import partial
 import os
+from functools import partial
 from pathlib import Path
 
 import numpy as np
