@@ -178,6 +178,13 @@ def timing_row(file: str, label: str, n_pairs: int, unique: float, st: tuple, qp
             "qpairs peak MiB": qp_mem, "st peak MiB": st_mem}
 
 
+def print_done(row: dict) -> None:
+    """One line per finished qpairs row, so a run cut short still reports what it measured."""
+    print(f"  qpairs {row['qpairs']} ({row['file']}): {row['qpairs pairs/s']:,.0f} pairs/s, "
+          f"{row['ratio']:.1f}× sentence-transformers ({row['ratio range']}), peak {row['qpairs peak MiB']:,.0f} MiB",
+          flush=True)
+
+
 def device_backends(device: str) -> list[str]:
     """The qpairs backends to time on `device` (ONNX Runtime runs on the CPU only)."""
     from qpairs import onnxrt
@@ -270,7 +277,8 @@ def main() -> None:
 
     from qpairs.detector import bundled_model_dir
 
-    fast_dirs = args.fast_model or ([str(bundled_model_dir("fast"))] if bundled_model_dir("fast").is_dir() else [])
+    fast = bundled_model_dir("fast")
+    fast_dirs = args.fast_model or ([str(fast)] if (fast / "config.json").is_file() else [])
     files = {"unique-heavy": (0.95, 1)}
     if not args.skip_natural:
         files["natural repetition"] = (0.66, 2)
@@ -288,17 +296,21 @@ def main() -> None:
         t0 = time.perf_counter()
         unique = write_test_file(path, args.n_pairs, questions, rate, seed)
         print(f"{name}: {args.n_pairs} pairs, {unique:.1%} of question slots unique "
-              f"({time.perf_counter() - t0:.0f} s to generate)")
+              f"({time.perf_counter() - t0:.0f} s to generate)", flush=True)
         st = run_timed([sys.executable, __file__, "--peer", str(path), str(work / "st_out.csv"),
                         "--model", str(model_dir), "--device", device], env)
+        print(f"  sentence-transformers: {st[0]:.1f} s, {args.n_pairs / st[0]:,.0f} pairs/s, peak {st[1]:,.0f} MiB",
+              flush=True)
         for label, backend, run_env in runs:
             qp = run_repeated(qpairs_cmd(path, work / "qpairs_out.csv", model_dir, device, backend, args.score_args),
                               run_env, args.repeats)
             rows.append(timing_row(name, label, args.n_pairs, unique, st, qp))
+            print_done(rows[-1])
         for fast_dir in fast_dirs:  # the same file through each fast model, against the same sentence-transformers run
             qp = run_repeated(qpairs_cmd(path, work / "qpairs_out.csv", Path(fast_dir), device, "auto", args.score_args),
                               env, args.repeats)
             rows.append(timing_row(f"{name}, --fast-model {Path(fast_dir).name}", "auto", args.n_pairs, unique, st, qp))
+            print_done(rows[-1])
     table = pd.DataFrame(rows)
     print()
     print(table.to_string(index=False, float_format=lambda v: f"{v:,.1f}"))
