@@ -142,7 +142,7 @@ def adapt(run, data, out, threshold: str = "accuracy", folds: int = 5, head: boo
           device: str = "cpu", on_bad_row: str = "error", **column_names) -> dict:
     """`qpairs adapt RUN --data FILES -o OUT`: refit calibration, threshold (and head) on labelled pairs."""
     from .data import load_pairs
-    from .detector import load
+    from .detector import Ensemble, load
     from .operating_point import parse_rule
 
     rule = str(parse_rule(threshold))
@@ -151,6 +151,9 @@ def adapt(run, data, out, threshold: str = "accuracy", folds: int = 5, head: boo
         raise FileExistsError(f"{out} already exists and is not empty: choose another -o")
     files = [data] if isinstance(data, (str, Path)) else list(data)
     det = load(run, device=device, backend="torch")
+    if head and isinstance(det, Ensemble):
+        raise ValueError(f"{run} is an ensemble: --head retrains one model's head; adapt an ensemble without --head "
+                         "(its calibration and threshold), or adapt a member and run `qpairs ensemble` again")
     frame = load_pairs(files, on_bad_row=on_bad_row, **column_names)
     frame = frame[frame["is_duplicate"] >= 0].reset_index(drop=True)
     y = frame["is_duplicate"].to_numpy(dtype=int)
@@ -198,7 +201,17 @@ def adapt(run, data, out, threshold: str = "accuracy", folds: int = 5, head: boo
 
 
 def write_run(det, out: Path, cal: Calibrator, origin: dict, head: bool) -> None:
-    """`out` as a run directory: the source run's loading files, the new calibration (and head weights)."""
+    """`out` as a run directory: the source run's loading files, the new calibration (and head weights); for an
+    ensemble, its members (named from `out`) and the new calibration."""
+    from .detector import Ensemble
+
+    if isinstance(det, Ensemble):
+        from .ensemble import write_ensemble
+
+        write_ensemble(det, [m.path for m in det.members], out)
+        write_json(out / "calibration.json", cal.to_dict())
+        write_json(out / "adapted_from.json", origin)
+        return
     copy_run_files(det.path, out, LOAD_FILES)
     if head:
         from safetensors.torch import save_file

@@ -273,6 +273,41 @@ def _add_adapt_command(sub) -> None:
     p.set_defaults(func=cmd_adapt)
 
 
+def cmd_ensemble(args) -> int:
+    from .ensemble import ensemble_command
+    from .metrics import format_table
+
+    cols = {k: v for k, v in (("q1_col", args.q1_col), ("q2_col", args.q2_col), ("label_col", args.label_col)) if v}
+    report = ensemble_command(args.models, args.validation, args.out, step=args.step, threshold=args.threshold,
+                              device=args.device, on_bad_row=args.on_bad_row, **cols)
+    rows = {**{f"member {name}": m for name, m in zip(args.models, report["members"])}, "ensemble": report["ensemble"]}
+    print(f"{report['validation_pairs']} validation pairs")
+    print(format_table(rows))
+    print("weights: " + ", ".join(f"{m} {w:.2f}" for m, w in zip(args.models, report["weights"])))
+    print(f"ensemble written to {args.out}")
+    return 0
+
+
+def _add_ensemble_command(sub) -> None:
+    p = sub.add_parser("ensemble", help="combine trained models into one, weights and calibration fitted on your pairs",
+                       description="Each MODEL scores the labelled validation pairs; their calibrated logits are "
+                       "mixed with the weights (on a grid, adding up to 1) that give the lowest log loss, and the mix "
+                       "is calibrated on the same pairs. OUT loads like any run (score, predict, search, dedup). The "
+                       "first MODEL is the primary: search indexes hold its vectors. Use validation pairs that no "
+                       "member trained on.")
+    p.add_argument("models", nargs="+", metavar="MODEL", help="two or more run directories or bundled model names")
+    p.add_argument("--validation", nargs="+", required=True,
+                   help="labelled pair files (CSV/TSV, gz ok, or Parquet) the members did not train on")
+    p.add_argument("-o", "--out", required=True, help="ensemble directory to write")
+    p.add_argument("--step", type=float, default=0.05, help="grid step of the weights (default: 0.05)")
+    p.add_argument("--threshold", default="accuracy",
+                   help="operating point: accuracy, f1, precision:P or recall:R (default: accuracy)")
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
+    p.add_argument("--on-bad-row", default="error", choices=["error", "drop"])
+    p.add_argument("--q1-col"), p.add_argument("--q2-col"), p.add_argument("--label-col")
+    p.set_defaults(func=cmd_ensemble)
+
+
 def _evaluate_run_dir(args):
     """The run to evaluate: RUN or --model; a run directory given after --data's files is taken as RUN."""
     from pathlib import Path
@@ -580,6 +615,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     _add_adapt_command(sub)
+    _add_ensemble_command(sub)
     _add_search_commands(sub)
     _add_scoring_commands(sub)
     return parser

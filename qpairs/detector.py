@@ -152,6 +152,12 @@ class DuplicateDetector:
         pos = {t: i for i, t in enumerate(uniq)}
         return self.encode_tensor(uniq, side).cpu().numpy()[[pos[t] for t in texts]]
 
+    @property
+    def scores_texts(self) -> bool:
+        """True when a pair's distance needs both texts (a pair head on token states, an ensemble), not only the
+        two embeddings: search and scoring then hand the texts to `distances`."""
+        return needs_tokens(self.model)
+
     def predict_proba(self, q1, q2):
         """Calibrated duplicate probability: a float for two strings, else a numpy array."""
         single = isinstance(q1, str) and isinstance(q2, str)
@@ -190,8 +196,91 @@ class DuplicateDetector:
         return f"{where} ({self.model.variant} {enc}, {self.device.type}, {self.backend})"
 
 
+class Ensemble(DuplicateDetector):
+    """Several trained detectors scoring the same pairs: each member's calibrated logit, mixed with weights, then
+    one calibration of the mix (`qpairs.ensemble.fit_ensemble` fits weights and calibration on validation).
+
+    The first member is the primary: search indexes hold its vectors and its token states are reused across
+    calls. Every other member reads `reads` words of a question (its encoder's max length); for a pair whose
+    longer question runs past that, its share falls linearly to 0 at twice that length and goes to the primary.
+    """
+
+    def __init__(self, members: list[DuplicateDetector], weights, calibrator: Calibrator, path=None,
+                 backend: str | None = None):
+        if len(members) < 2 or len(weights) != len(members):
+            raise ValueError(f"an ensemble needs two or more members and one weight each, got {len(members)} "
+                             f"members and {len(weights)} weights")
+        self.members, self.weights = list(members), np.asarray(weights, dtype=np.float64)
+        if (self.weights < 0).any() or abs(self.weights.sum() - 1) > 1e-6:
+            raise ValueError(f"ensemble weights must be non-negative and add up to 1, got {list(weights)}")
+        primary = self.members[0]
+        self.reads = [int(m.model.encoder.config.get("max_length") or 0) for m in self.members]
+        config = {**primary.config, "ensemble": {"members": [str(m.path) for m in self.members],
+                                                 "weights": self.weights.tolist()}}
+        super().__init__(primary.model, calibrator, config, primary.device, primary.batch_size, path,
+                         backend or primary.backend)
+
+    def use_backend(self, backend: str = "auto", threads: int | None = None) -> "Ensemble":
+        """`DuplicateDetector.use_backend` for every member; an ONNX backend goes to the transformer members only
+        (the others take 'auto')."""
+        from .onnxrt import has_transformer
+
+        for member in self.members:
+            onnx_only = str(backend).startswith("onnx") and not has_transformer(member.model)
+            member.use_backend("auto" if onnx_only else backend, threads)
+        self.backend = self.members[0].backend
+        return self
+
+    @property
+    def scores_texts(self) -> bool:
+        return True
+
+    @property
+    def _qpairs_fingerprint(self) -> str:  # what `checkpoint.model_fingerprint` returns: every member's and the mix
+        import hashlib
+
+        from .checkpoint import model_fingerprint
+
+        blob = "|".join(model_fingerprint(m) for m in self.members) + repr(self.weights.tolist())
+        return hashlib.sha256(blob.encode()).hexdigest()
+
+    def shares(self, q1: list[str], q2: list[str]) -> np.ndarray:
+        """Each member's weight for each pair [members, pairs]: the stored weights, less what members hand to the
+        primary for questions longer than they read."""
+        words = np.array([max(len(a.split()), len(b.split())) for a, b in zip(q1, q2)], dtype=np.float64)
+        out = np.repeat(self.weights[:, None], len(words), axis=1)
+        for i, reads in enumerate(self.reads[1:], 1):
+            if reads:
+                out[i] *= np.clip(2.0 - words / reads, 0.0, 1.0)
+        out[0] = 1.0 - out[1:].sum(0)
+        return out
+
+    def member_logits(self, q1: list[str], q2: list[str], states: dict | None = None) -> np.ndarray:
+        """Each member's calibrated logit of each pair [members, pairs] (`states`: the primary's token states)."""
+        from .calibration import _logit
+
+        return np.stack([_logit(m.calibrator.predict_proba(m.distances(q1, q2, states if i == 0 else None)))
+                         for i, m in enumerate(self.members)])
+
+    def distances(self, q1, q2, states: dict | None = None) -> np.ndarray:
+        """−(the members' calibrated logits mixed by `shares`), the distance this ensemble's calibration reads."""
+        a, _ = _as_text_list(q1, "q1")
+        b, _ = _as_text_list(q2, "q2")
+        if len(a) != len(b):
+            raise ValueError(f"q1 and q2 must have the same length, got {len(a)} and {len(b)}")
+        return -(self.shares(a, b) * self.member_logits(a, b, states)).sum(0)
+
+    def __repr__(self) -> str:
+        return f"Ensemble({', '.join(f'{m.path} × {w:g}' for m, w in zip(self.members, self.weights))}, path={self.path})"
+
+    def __str__(self) -> str:
+        mix = " + ".join(f"{w:.2f} × {m}" for m, w in zip(self.members, self.weights))
+        return f"an ensemble ({mix})"
+
+
 BUNDLES = {"default": "default_model", "fast": "fast_model"}  # bundled model name → folder inside the package
 BUNDLE_ROOT = Path(__file__).resolve().parent
+ENSEMBLE_FILE = "ensemble.json"  # in a run directory: the run is an `Ensemble` of the runs it names
 
 
 def bundled_model_dir(name: str = "default") -> Path:
@@ -231,14 +320,35 @@ def load(path=None, device: str = "auto", backend: str = "auto") -> DuplicateDet
     (fp32) or 'onnx-int8'; see `DuplicateDetector.use_backend`."""
     path = resolve_model_path(path)
     dev = resolve_device(device)
+    if (path / ENSEMBLE_FILE).exists():
+        spec = read_json(path / ENSEMBLE_FILE)
+        try:
+            refs, weights = zip(*((m["model"], m["weight"]) for m in spec["members"]))
+        except (KeyError, TypeError, ValueError) as exc:
+            raise ModelDirError(f"{path / ENSEMBLE_FILE}: expected {{\"members\": [{{\"model\": …, \"weight\": …}}, …]}} "
+                                f"({type(exc).__name__}: {exc})") from None
+        members = [load(member_path(path, ref), device, "torch") for ref in refs]  # backends set by the ensemble
+        return Ensemble(members, weights, _read_calibration(path), path=path, backend=backend)
     model, cfg = load_model(path, dev)
+    return DuplicateDetector(model, _read_calibration(path), cfg, dev, path=path, backend=backend)
+
+
+def member_path(ensemble_dir: Path, ref: str) -> Path:
+    """An ensemble member's run directory: a bundled model name, or a path (relative ones from the ensemble's
+    directory)."""
+    if ref in BUNDLES:
+        return resolve_model_path(ref)
+    ref = Path(ref)
+    return ref if ref.is_absolute() else ensemble_dir / ref
+
+
+def _read_calibration(path: Path) -> Calibrator:
     cal_path = path / "calibration.json"
     if not cal_path.exists():
         raise ModelDirError(f"{cal_path} is missing: the run finished without calibration?")
     try:
-        calibrator = Calibrator.from_dict(read_json(cal_path))
+        return Calibrator.from_dict(read_json(cal_path))
     except ValueError as exc:
         if isinstance(exc, ModelDirError):
             raise
         raise ModelDirError(f"{cal_path} is corrupt: {exc}") from exc
-    return DuplicateDetector(model, calibrator, cfg, dev, path=path, backend=backend)

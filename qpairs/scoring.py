@@ -21,7 +21,6 @@ import pandas as pd
 import torch
 
 from .config import CHECKPOINT_ROWS
-from .matching import needs_tokens
 
 PROBA_COL = "duplicate_probability"
 PRED_COL = "predicted_duplicate"
@@ -120,7 +119,7 @@ class PairScorer:
     def distances(self, q1: list[str], q2: list[str]) -> np.ndarray:
         """Distances of the pairs (the model's `distance`: embedding distance or −logit of a pair head)."""
         model = self.det.model
-        if needs_tokens(model):  # a matching head reads token states: the detector's token path, per chunk
+        if self.det.scores_texts:  # a pair head on token states, an ensemble: the detector's own path, per chunk
             self.encoded += len(set(q1) | set(q2))
             self.looked_up += 2 * len(q1)
             return np.asarray(self.det.distances(list(q1), list(q2)), dtype=np.float64)

@@ -44,7 +44,6 @@ from tqdm.auto import tqdm
 
 from .data import read_questions  # noqa: F401  (re-exported)
 from .checkpoint import model_fingerprint  # noqa: F401  (the index's model identity)
-from .matching import needs_tokens
 from .ngram import lexical_similarity
 
 log = logging.getLogger("qpairs")
@@ -441,7 +440,7 @@ class QuestionIndex:
         model embedding, or, for a model whose pair head reads token states, −logit of that head on the texts of
         `questions` and of the rows (`DuplicateDetector.distances`, given `states`)."""
         valid = rows >= 0
-        if needs_tokens(det.model):
+        if det.scores_texts:
             if questions is None:
                 raise ValueError("this model's pair head compares token states: rescore needs the query texts")
             d = np.full(rows.shape, np.inf, dtype=np.float32)
@@ -490,7 +489,7 @@ class QuestionIndex:
         self.check_model(det)
         if k < 1:
             raise ValueError(f"k must be at least 1, got {k}")
-        tokens = needs_tokens(det.model)
+        tokens = det.scores_texts
         if rerank is not None and (not tokens or rerank < 1):
             raise ValueError(f"rerank must be at least 1, got {rerank}" if tokens else
                              "rerank (search --rerank) needs a run whose pair head reads token states (--pair-head "

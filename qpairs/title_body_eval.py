@@ -55,18 +55,19 @@ class HeadDistances:
 
         t_side, b_side = title_body_sides(det)
         self.det = det
-        self.titles, self.bodies = det.preprocess(list(posts["title"]), t_side), det.preprocess(list(posts["body"]), b_side)
+        self.raw_titles, self.raw_bodies = list(posts["title"]), list(posts["body"])
+        self.titles, self.bodies = det.preprocess(self.raw_titles, t_side), det.preprocess(self.raw_bodies, b_side)
         texts = list(dict.fromkeys(self.titles + self.bodies))
         self.states = dict(zip(texts, encode_states(det.model.encoder, texts, det.device, det.batch_size or 64, "fp32")))
         self.sides = t_side, b_side
         self.swap = t_side == "right"
 
     def __call__(self, title_rows, body_rows) -> np.ndarray:
-        from .pair_scores import pair_distances
-
-        a, b = [self.titles[i] for i in title_rows], [self.bodies[j] for j in body_rows]
+        """The detector's distances (`DuplicateDetector.distances`, an ensemble's too) of the posts' raw texts; the
+        (primary) model finds their token states in `self.states`."""
+        a, b = [self.raw_titles[i] for i in title_rows], [self.raw_bodies[j] for j in body_rows]
         a, b = (b, a) if self.swap else (a, b)
-        return pair_distances(self.det.model, a, b, self.det.device, states=self.states).float().cpu().numpy()
+        return np.asarray(self.det.distances(a, b, states=self.states), dtype=np.float64)
 
     def base_vectors(self) -> tuple[np.ndarray, np.ndarray]:
         """Pooled base token states of the titles and the bodies: the vectors of a base-space search index."""
@@ -110,6 +111,9 @@ def evaluate_title_body(det, posts: pd.DataFrame, n_candidates: int = 1000, seed
 
     posts = posts.drop_duplicates("body").reset_index(drop=True)  # an identical body would be a second "true" item
     head = HeadDistances(det, posts) if needs_tokens(det.model) else None  # the texts' token states, once
+    if head is None and det.scores_texts:
+        raise ValueError("title/body evaluation of an ensemble needs a primary member whose pair head reads token "
+                         "states (--pair-head matching)")
     if embed is not embed_posts:
         title_emb, body_emb = embed(det, posts)
     else:

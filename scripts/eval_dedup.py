@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 
 from qpairs import data as qd
 from qpairs.checkpoint import model_fingerprint
@@ -35,14 +36,17 @@ from qpairs.search import QuestionIndex
 from qpairs.triplets import DuplicateGraph
 
 
-def sample(graph: DuplicateGraph, groups: int, max_group: int, distractors: int, seed: int) -> np.ndarray:
-    """Node ids: all members of random true groups of 2..max_group questions, plus questions without duplicates."""
+def sample(graph: DuplicateGraph, groups: int, max_group: int, distractors: int, seed: int,
+           allowed: np.ndarray | None = None) -> np.ndarray:
+    """Node ids: all members of random true groups of 2..max_group questions, plus questions without duplicates;
+    `allowed` (a mask over nodes): only groups all of whose members it allows, and only allowed distractors."""
     rng = np.random.default_rng(seed)
     sizes = np.bincount(graph.group)
-    eligible = np.flatnonzero((sizes >= 2) & (sizes <= max_group))
+    whole = np.ones(len(sizes), dtype=bool) if allowed is None else np.bincount(graph.group, allowed) == sizes
+    eligible = np.flatnonzero((sizes >= 2) & (sizes <= max_group) & whole)
     chosen = rng.choice(eligible, size=min(groups, len(eligible)), replace=False)
     members = np.flatnonzero(np.isin(graph.group, chosen))
-    alone = np.flatnonzero(sizes[graph.group] == 1)
+    alone = np.flatnonzero((sizes[graph.group] == 1) & (True if allowed is None else allowed))
     extra = rng.choice(alone, size=min(distractors, len(alone)), replace=False)
     nodes = np.concatenate([members, extra])
     rng.shuffle(nodes)
@@ -82,6 +86,16 @@ def edge_metrics(src, dst, prob, truth: np.ndarray, threshold: float) -> dict:
     return {"precision": precision, "recall": recall, "f1": 2 * precision * recall / max(precision + recall, 1e-12)}
 
 
+def outside_training(graph: DuplicateGraph, frame, split_seed: int) -> np.ndarray:
+    """Mask over the graph's nodes: questions in no training pair of `qpairs train --seed split_seed` (split by
+    question, the default), i.e. the questions that run held out for validation and test."""
+    from qpairs.data import normalize_question, split_by_question
+
+    train = split_by_question(frame, seed=split_seed)["train"]
+    seen = set(train["question1"].map(normalize_question)) | set(train["question2"].map(normalize_question))
+    return ~pd.Series(graph.texts).map(normalize_question).isin(seen).to_numpy()
+
+
 def knn_edges(det, texts: list[str], k: int, cache: str | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The kNN graph's edges (every probability kept), from `cache` when it was written for these texts and k."""
     digest = hashlib.sha256("\n".join(texts).encode()).hexdigest()[:16]
@@ -114,6 +128,9 @@ def main(argv=None) -> int:
     p.add_argument("--errors", type=int, default=0, help="print this many random pairs counted as errors (grouped "
                    "together, different true groups) for the first linkage at the first threshold")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--held-out-of", type=int, metavar="SPLIT_SEED",
+                   help="draw only questions that the question split of `qpairs train --seed SPLIT_SEED` keeps out of "
+                        "training (the bundled models: 0), so that no model has seen the pairs it groups")
     p.add_argument("--out", help="write the results as JSON here")
     p.add_argument("--edges", help="an .npz of the kNN graph's edges: read when it exists (same model, sample and k), "
                    "else written, so more thresholds cost no encoding")
@@ -121,8 +138,11 @@ def main(argv=None) -> int:
 
     import qpairs
 
-    graph = DuplicateGraph.from_pairs(qd.load_pairs(qd.qqp_files(args.data)))
-    nodes = sample(graph, args.groups, args.max_group, args.distractors, args.seed)
+    frame = qd.load_pairs(qd.qqp_files(args.data))
+    graph = DuplicateGraph.from_pairs(frame)
+    allowed = None if args.held_out_of is None else outside_training(graph, frame[frame["is_duplicate"] >= 0],
+                                                                     args.held_out_of)
+    nodes = sample(graph, args.groups, args.max_group, args.distractors, args.seed, allowed)
     texts, truth = [str(t) for t in graph.texts[nodes]], graph.group[nodes]
     print(f"{len(nodes)} questions: {len(np.unique(truth[np.bincount(truth)[truth] > 1]))} true groups "
           f"covering {int((np.bincount(truth)[truth] > 1).sum())}, the rest without a labelled duplicate", flush=True)
