@@ -1,4 +1,9 @@
-"""`DuplicateDetector`: a trained model plus its calibration, with a scikit-learn-like API."""
+"""`DuplicateDetector`: a trained model plus its calibration, with a scikit-learn-like API; `Ensemble`: several of
+them mixed; `load`: either from a run directory or a bundled model name.
+
+Longer than 350 lines because the loader builds both kinds of detector, and the ensemble, being one, belongs
+beside the class it extends.
+"""
 from __future__ import annotations
 
 from contextlib import nullcontext
@@ -191,9 +196,7 @@ class DuplicateDetector:
 
     def __str__(self) -> str:
         enc = self.config.get("encoder", {}).get("type", "?")
-        bundled = self.path is not None and self.path.resolve() == default_model_dir()
-        where = "the bundled default model" if bundled else (self.path or "a model")
-        return f"{where} ({self.model.variant} {enc}, {self.device.type}, {self.backend})"
+        return f"{describe_path(self.path)} ({self.model.variant} {enc}, {self.device.type}, {self.backend})"
 
 
 class Ensemble(DuplicateDetector):
@@ -274,11 +277,12 @@ class Ensemble(DuplicateDetector):
         return f"Ensemble({', '.join(f'{m.path} × {w:g}' for m, w in zip(self.members, self.weights))}, path={self.path})"
 
     def __str__(self) -> str:
-        mix = " + ".join(f"{w:.2f} × {m}" for m, w in zip(self.members, self.weights))
-        return f"an ensemble ({mix})"
+        mix = " + ".join(f"{w:.2f} × {describe_path(m.path)}" for m, w in zip(self.members, self.weights))
+        return f"{describe_path(self.path)}: an ensemble of {mix} ({self.device.type})"
 
 
-BUNDLES = {"default": "default_model", "fast": "fast_model"}  # bundled model name → folder inside the package
+BUNDLES = {"default": "default_model", "matching": "matching_model", "fast": "fast_model"}  # name → folder in the package
+# default: an ensemble of matching (a matching head on frozen all-MiniLM-L6-v2) and fast (a distilled BiLSTM)
 BUNDLE_ROOT = Path(__file__).resolve().parent
 ENSEMBLE_FILE = "ensemble.json"  # in a run directory: the run is an `Ensemble` of the runs it names
 
@@ -286,6 +290,14 @@ ENSEMBLE_FILE = "ensemble.json"  # in a run directory: the run is an `Ensemble` 
 def bundled_model_dir(name: str = "default") -> Path:
     """Where the bundled model `name` lives (it may not be installed)."""
     return BUNDLE_ROOT / BUNDLES[name]
+
+
+def describe_path(path) -> str:
+    """How messages name a model: "the bundled 'fast' model", else its path."""
+    if path is None:
+        return "a model"
+    names = [name for name in BUNDLES if bundled_model_dir(name).resolve() == Path(path).resolve()]
+    return f"the bundled {names[0]!r} model" if names else str(path)
 
 
 def default_model_dir() -> Path:

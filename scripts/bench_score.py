@@ -257,9 +257,9 @@ def main() -> None:
     from qpairs.encoders import resolve_base_model
 
     model_dir = Path(args.model) if args.model else default_model_dir()
-    import json
+    import qpairs
 
-    base = resolve_base_model(json.loads((model_dir / "config.json").read_text())["encoder"].get("base_model"))
+    base = resolve_base_model(qpairs.load(model_dir, device="cpu", backend="torch").config["encoder"].get("base_model"))
     if args.peer:
         peer(args.peer[0], args.peer[1], base, device)
         return

@@ -36,7 +36,8 @@ def default_model() -> str:
     from qpairs.detector import default_model_dir
 
     for cand in (default_model_dir(), Path("runs/lstm")):
-        if (Path(cand) / "model.safetensors").exists() and (Path(cand) / "calibration.json").exists():
+        weights = any((Path(cand) / f).exists() for f in ("model.safetensors", "ensemble.json"))
+        if weights and (Path(cand) / "calibration.json").exists():
             return str(cand)
     raise SystemExit("no model found (qpairs/default_model or runs/lstm): pass --model RUN_DIR")
 

@@ -45,7 +45,7 @@ def head_probs(det, cache, frame: pd.DataFrame) -> np.ndarray:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="run directory written by qpairs train (with splits/)")
-    ap.add_argument("--model", help="model to score (default: the run itself), e.g. qpairs/default_model")
+    ap.add_argument("--model", help="model to score (default: the run itself), e.g. qpairs/matching_model")
     ap.add_argument("--cache", help="embedding cache directory of the frozen base (reused and filled)")
     ap.add_argument("--json", help="write the table as JSON here")
     args = ap.parse_args()

@@ -76,6 +76,8 @@ def parse_args(argv=None):
     p.add_argument("--frozen-losses", nargs="+", default=["contrastive", "mnrl"])
     p.add_argument("--lstm-posts", type=int, default=5000, help="training posts of the BiLSTM rows")
     p.add_argument("--lstm-epochs", type=int, default=2)
+    p.add_argument("--lstm-loss", default="contrastive", choices=["contrastive", "mnrl"],
+                   help="loss of the BiLSTM rows (mnrl: in-batch negatives)")
     p.add_argument("--smoke-steps", type=int, default=100, help="optimizer steps of the fine-tuned transformer rows")
     p.add_argument("--smoke-batch", type=int, default=16)
     p.add_argument("--smoke-val-posts", type=int, default=200)
@@ -306,7 +308,7 @@ class Experiment:
         if name in LSTM:
             variant = "pseudo" if name.startswith("pseudo") else "siamese"
             cfg = self.common(name, variant=variant, encoder="lstm", epochs=a.lstm_epochs, batch_size=64,
-                              max_length=40, right_max_length=128)
+                              max_length=40, right_max_length=128, loss=a.lstm_loss)
             return self.trained(name, cfg, self.splits(a.lstm_posts), "real", False)
         if name.removesuffix("_mnrl") in SMOKE:
             base, loss = name.removesuffix("_mnrl"), "mnrl" if name.endswith("_mnrl") else "contrastive"

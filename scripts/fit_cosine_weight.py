@@ -8,7 +8,7 @@ and threshold rule, in fp32. Over a frozen base, pairs longer than the head was 
 calibration is fitted again. Rewrites the run's config.json and calibration.json, and the validation (and,
 with --test, test) rows of metrics.json; prints the rows before and after.
 
-    python scripts/fit_cosine_weight.py qpairs/default_model --validation runs/x/splits/validation.csv.gz \\
+    python scripts/fit_cosine_weight.py qpairs/matching_model --validation runs/x/splits/validation.csv.gz \\
         --test runs/x/splits/test.csv.gz
 """
 from __future__ import annotations

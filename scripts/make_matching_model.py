@@ -1,10 +1,11 @@
-"""Copy a trained run into `qpairs/default_model/` (the model `qpairs.load()` loads with no arguments).
+"""Copy a trained run into `qpairs/matching_model/` (the bundled `matching` model, the primary member of the
+bundled default ensemble; `qpairs ensemble matching fast ... -o qpairs/default_model` refits that ensemble).
 
 Only what loading needs is copied (config, head weights, calibration, tokenizer files, metrics);
 the run must have a frozen, packaged base (``--freeze-base`` with the default ``--base-model``)
 so the bundled directory stays small. Refuses anything over 10 MB.
 
-    python scripts/make_default_model.py runs/default
+    python scripts/make_matching_model.py runs/default
 """
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from qpairs.checkpoint import copy_run_files
-from qpairs.detector import default_model_dir, load
+from qpairs.detector import bundled_model_dir, load
 from qpairs.encoders import DEFAULT_BASE
 
 READ_LENGTH = 256  # tokens per question a bundled model reads at inference, as many as all-MiniLM-L6-v2 reads
@@ -64,14 +65,14 @@ def set_max_length(config_file: Path, tokens: int) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("run", help="run directory written by qpairs train")
-    ap.add_argument("--out", default=str(default_model_dir()), help="target (default: qpairs/default_model)")
+    ap.add_argument("--out", default=str(bundled_model_dir("matching")), help="target (default: qpairs/matching_model)")
     ap.add_argument("--max-length", type=int, default=READ_LENGTH,
                     help=f"tokens read per question at inference (default: {READ_LENGTH})")
     args = ap.parse_args()
     run, out = Path(args.run), Path(args.out)
     enc = json.loads((run / "config.json").read_text())["encoder"]
     if not enc.get("frozen_base") or enc.get("base_model") != DEFAULT_BASE:
-        raise SystemExit(f"{run}: the default model must have a frozen base named {DEFAULT_BASE!r}, "
+        raise SystemExit(f"{run}: the matching model must have a frozen base named {DEFAULT_BASE!r}, "
                          f"got frozen_base={enc.get('frozen_base')}, base_model={enc.get('base_model')!r}")
     if out.exists():
         shutil.rmtree(out)
