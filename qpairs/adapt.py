@@ -208,8 +208,7 @@ def write_run(det, out: Path, cal: Calibrator, origin: dict, head: bool) -> None
     if isinstance(det, Ensemble):
         from .ensemble import write_ensemble
 
-        write_ensemble(det, [m.path for m in det.members], out)
-        write_json(out / "calibration.json", cal.to_dict())
+        write_ensemble(det, [m.path for m in det.members], out, calibrator=cal)
         write_json(out / "adapted_from.json", origin)
         return
     copy_run_files(det.path, out, LOAD_FILES)

@@ -251,7 +251,7 @@ def _add_adapt_command(sub) -> None:
                        "detects), reporting cross-validated before/after figures; --head also retrains the small "
                        "head on the frozen encoder. OUT is a normal run directory. Needs at least "
                        f"{MIN_PAIRS} labelled pairs with at least {MIN_PER_CLASS} of each class.")
-    p.add_argument("run", help="run directory, or a bundled model name (default, fast)")
+    p.add_argument("run", help="run directory, or a bundled model name (default, matching, fast)")
     p.add_argument("--data", nargs="+", required=True, help="labelled pair files (CSV/TSV, gz ok, or Parquet)")
     p.add_argument("-o", "--out", required=True, help="adapted run directory to write")
     p.add_argument("--threshold", default="accuracy",

@@ -41,6 +41,15 @@ def _as_text_list(x, name: str) -> tuple[list[str], bool]:
     return items, False
 
 
+def _pair_lists(q1, q2) -> tuple[list[str], list[str]]:
+    """Both sides of the pairs as lists of strings of the same length (else a TypeError or ValueError)."""
+    a, _ = _as_text_list(q1, "q1")
+    b, _ = _as_text_list(q2, "q2")
+    if len(a) != len(b):
+        raise ValueError(f"q1 and q2 must have the same length, got {len(a)} and {len(b)}")
+    return a, b
+
+
 class DuplicateDetector:
     """Calibrated duplicate probabilities for pairs of texts.
 
@@ -136,10 +145,7 @@ class DuplicateDetector:
     def distances(self, q1, q2, states: dict | None = None) -> np.ndarray:
         """Distances between the pairs (each unique text is encoded once). `states`: for a matching head, token
         states already computed (`qpairs.pair_scores.pair_distances`), e.g. a `StateMemo` shared across calls."""
-        a, _ = _as_text_list(q1, "q1")
-        b, _ = _as_text_list(q2, "q2")
-        if len(a) != len(b):
-            raise ValueError(f"q1 and q2 must have the same length, got {len(a)} and {len(b)}")
+        a, b = _pair_lists(q1, q2)
         if needs_tokens(self.model):  # a matching head compares the two sides' token states
             a, b = self.preprocess(a, "left"), self.preprocess(b, "right")
             with self._autocast():
@@ -206,6 +212,7 @@ class Ensemble(DuplicateDetector):
     The first member is the primary: search indexes hold its vectors and its token states are reused across
     calls. Every other member reads `reads` words of a question (its encoder's max length); for a pair whose
     longer question runs past that, its share falls linearly to 0 at twice that length and goes to the primary.
+    `backend` names each member's, joined by '+' (e.g. 'onnx-int8+bf16'), and `use_backend` takes that form too.
     """
 
     def __init__(self, members: list[DuplicateDetector], weights, calibrator: Calibrator, path=None,
@@ -218,20 +225,27 @@ class Ensemble(DuplicateDetector):
             raise ValueError(f"ensemble weights must be non-negative and add up to 1, got {list(weights)}")
         primary = self.members[0]
         self.reads = [int(m.model.encoder.config.get("max_length") or 0) for m in self.members]
-        config = {**primary.config, "ensemble": {"members": [str(m.path) for m in self.members],
+        config = {**primary.config, "ensemble": {"members": [str(Path(m.path).resolve()) if m.path else None
+                                                             for m in self.members],
                                                  "weights": self.weights.tolist()}}
         super().__init__(primary.model, calibrator, config, primary.device, primary.batch_size, path,
-                         backend or primary.backend)
+                         backend or "+".join(m.backend for m in self.members))
 
     def use_backend(self, backend: str = "auto", threads: int | None = None) -> "Ensemble":
-        """`DuplicateDetector.use_backend` for every member; an ONNX backend goes to the transformer members only
-        (the others take 'auto')."""
+        """`DuplicateDetector.use_backend` for every member: 'a+b+…' gives member i the i-th; one name goes to
+        every member, except that an ONNX backend goes to the transformer members only (the others: torch)."""
         from .onnxrt import has_transformer
 
-        for member in self.members:
-            onnx_only = str(backend).startswith("onnx") and not has_transformer(member.model)
-            member.use_backend("auto" if onnx_only else backend, threads)
-        self.backend = self.members[0].backend
+        backend = backend or "auto"
+        each = backend.split("+")
+        if len(each) not in (1, len(self.members)):
+            raise ValueError(f"backend {backend!r} names {len(each)} backends for {len(self.members)} members")
+        for i, member in enumerate(self.members):
+            chosen = each[i] if len(each) > 1 else backend
+            if chosen.startswith("onnx") and not has_transformer(member.model):
+                chosen = "torch"
+            member.use_backend(chosen, threads)
+        self.backend = "+".join(m.backend for m in self.members)
         return self
 
     @property
@@ -239,12 +253,15 @@ class Ensemble(DuplicateDetector):
         return True
 
     @property
-    def _qpairs_fingerprint(self) -> str:  # what `checkpoint.model_fingerprint` returns: every member's and the mix
+    def _qpairs_fingerprint(self) -> str:  # what `checkpoint.model_fingerprint` returns: every member, and the mix
         import hashlib
+        import json
 
         from .checkpoint import model_fingerprint
 
-        blob = "|".join(model_fingerprint(m) for m in self.members) + repr(self.weights.tolist())
+        blob = json.dumps({"members": [model_fingerprint(m) for m in self.members],
+                           "calibrations": [m.calibrator.to_dict() for m in self.members],
+                           "reads": self.reads, "weights": self.weights.tolist()}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def shares(self, q1: list[str], q2: list[str]) -> np.ndarray:
@@ -265,20 +282,21 @@ class Ensemble(DuplicateDetector):
         return np.stack([_logit(m.calibrator.predict_proba(m.distances(q1, q2, states if i == 0 else None)))
                          for i, m in enumerate(self.members)])
 
+    def mix(self, logits: np.ndarray, q1: list[str], q2: list[str]) -> np.ndarray:
+        """The distance of the pairs from their members' logits (`member_logits`): −(logits mixed by `shares`)."""
+        return -(self.shares(q1, q2) * logits).sum(0)
+
     def distances(self, q1, q2, states: dict | None = None) -> np.ndarray:
-        """−(the members' calibrated logits mixed by `shares`), the distance this ensemble's calibration reads."""
-        a, _ = _as_text_list(q1, "q1")
-        b, _ = _as_text_list(q2, "q2")
-        if len(a) != len(b):
-            raise ValueError(f"q1 and q2 must have the same length, got {len(a)} and {len(b)}")
-        return -(self.shares(a, b) * self.member_logits(a, b, states)).sum(0)
+        """The distance this ensemble's calibration reads (`mix` of `member_logits`)."""
+        a, b = _pair_lists(q1, q2)
+        return self.mix(self.member_logits(a, b, states), a, b)
 
     def __repr__(self) -> str:
         return f"Ensemble({', '.join(f'{m.path} × {w:g}' for m, w in zip(self.members, self.weights))}, path={self.path})"
 
     def __str__(self) -> str:
         mix = " + ".join(f"{w:.2f} × {describe_path(m.path)}" for m, w in zip(self.members, self.weights))
-        return f"{describe_path(self.path)}: an ensemble of {mix} ({self.device.type})"
+        return f"{describe_path(self.path)}: an ensemble of {mix} ({self.device.type}, {self.backend})"
 
 
 BUNDLES = {"default": "default_model", "matching": "matching_model", "fast": "fast_model"}  # name → folder in the package
@@ -292,12 +310,18 @@ def bundled_model_dir(name: str = "default") -> Path:
     return BUNDLE_ROOT / BUNDLES[name]
 
 
+def bundle_name(path) -> str | None:
+    """The bundled model's name whose folder `path` is, else None."""
+    if path is None:
+        return None
+    where = Path(path).resolve()
+    return next((name for name in BUNDLES if bundled_model_dir(name).resolve() == where), None)
+
+
 def describe_path(path) -> str:
     """How messages name a model: "the bundled 'fast' model", else its path."""
-    if path is None:
-        return "a model"
-    names = [name for name in BUNDLES if bundled_model_dir(name).resolve() == Path(path).resolve()]
-    return f"the bundled {names[0]!r} model" if names else str(path)
+    name = bundle_name(path)
+    return f"the bundled {name!r} model" if name else str(path) if path is not None else "a model"
 
 
 def default_model_dir() -> Path:

@@ -6,7 +6,7 @@ with its calibration and a threshold at the chosen operating point. The director
 members and their weights), ``calibration.json`` and ``metrics.json``; `qpairs.load` reads it as a
 `qpairs.detector.Ensemble`.
 
-    qpairs ensemble default fast --validation val.csv -o runs/ensemble
+    qpairs ensemble matching fast --validation val.csv -o runs/ensemble
 """
 from __future__ import annotations
 
@@ -19,7 +19,7 @@ import numpy as np
 
 from .calibration import Calibrator, fit_calibrator
 from .checkpoint import write_json
-from .detector import BUNDLES, ENSEMBLE_FILE, Ensemble, bundled_model_dir, load
+from .detector import BUNDLES, ENSEMBLE_FILE, Ensemble, bundle_name, load
 from .metrics import classification_metrics
 
 log = logging.getLogger("qpairs")
@@ -27,9 +27,9 @@ log = logging.getLogger("qpairs")
 
 def weight_grid(n_members: int, step: float = 0.05) -> np.ndarray:
     """Every weight vector [n_members] on a grid of `step` whose weights add up to 1."""
-    if not 0 < step <= 1:
-        raise ValueError(f"step must be in (0, 1], got {step}")
-    ticks = int(round(1 / step))
+    ticks = int(round(1 / step)) if 0 < step <= 1 else 0
+    if not ticks or abs(ticks * step - 1) > 1e-9:
+        raise ValueError(f"the weight step must divide 1 (0.05, 0.1, 0.25, …), got {step}")
     rows = [(ticks - sum(rest), *rest) for rest in itertools.product(range(ticks + 1), repeat=n_members - 1)
             if sum(rest) <= ticks]
     return np.asarray(rows, dtype=np.float64) / ticks
@@ -43,23 +43,23 @@ def _log_loss(labels, distances) -> float:
 
 def fit_ensemble(members: list, q1: list[str], q2: list[str], labels, step: float = 0.05,
                  threshold: str = "accuracy") -> tuple[Ensemble, dict]:
-    """The `Ensemble` of the loaded detectors `members` (the first one primary) whose weights and calibration give
-    the lowest log loss on the validation pairs (q1, q2, labels); and a report: validation metrics of each member
-    alone (in order) and of the ensemble."""
+    """The `Ensemble` of the loaded detectors `members` (the first one primary; each keeps its backend) whose weights
+    and calibration give the lowest log loss on the validation pairs (q1, q2, labels); and a report: validation
+    metrics of each member alone (in order) and of the ensemble."""
     labels = np.asarray(labels, dtype=int)
-    probe = Ensemble(members, np.eye(len(members))[0], Calibrator("platt"), backend="auto")
+    grid = weight_grid(len(members), step)
+    probe = Ensemble(members, grid[0], Calibrator("platt"))
     logits = probe.member_logits(q1, q2)
 
     def distances(weights) -> np.ndarray:
         probe.weights = np.asarray(weights, dtype=np.float64)
-        return -(probe.shares(q1, q2) * logits).sum(0)
+        return probe.mix(logits, q1, q2)
 
-    grid = weight_grid(len(members), step)
     losses = [_log_loss(labels, distances(w)) for w in grid]
     best = grid[int(np.argmin(losses))]
     d = distances(best)
     calibrator = fit_calibrator("platt", d, labels, threshold)
-    ensemble = Ensemble(members, best, calibrator, backend="auto")
+    ensemble = Ensemble(members, best, calibrator)
     report = {"validation_pairs": int(len(labels)), "weights": best.tolist(),
               "members": [classification_metrics(labels, 1 / (1 + np.exp(-lg)), m.threshold)
                           for m, lg in zip(members, logits)],
@@ -73,22 +73,23 @@ def member_reference(model, out: Path) -> str:
     if isinstance(model, str) and model in BUNDLES:
         return model
     path = Path(model).resolve()
-    bundled = [name for name in BUNDLES if bundled_model_dir(name).resolve() == path]
-    if bundled:
-        return bundled[0]
+    if bundle_name(path):
+        return bundle_name(path)
     try:
         return os.path.relpath(path, out.resolve())
     except ValueError:  # another drive
         return str(path)
 
 
-def write_ensemble(ensemble: Ensemble, models: list, out, report: dict | None = None) -> Path:
-    """Write `ensemble` (members given as `models`: bundled names or run directories) into the directory `out`."""
+def write_ensemble(ensemble: Ensemble, models: list, out, report: dict | None = None,
+                   calibrator: Calibrator | None = None) -> Path:
+    """Write `ensemble` (members given as `models`: bundled names or run directories) into the directory `out`,
+    with `calibrator` instead of its own when given."""
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     members = [{"model": member_reference(m, out), "weight": float(w)} for m, w in zip(models, ensemble.weights)]
     write_json(out / ENSEMBLE_FILE, {"members": members})
-    write_json(out / "calibration.json", ensemble.calibrator.to_dict())
+    write_json(out / "calibration.json", (calibrator or ensemble.calibrator).to_dict())
     if report is not None:
         write_json(out / "metrics.json", report)
     return out
@@ -96,15 +97,23 @@ def write_ensemble(ensemble: Ensemble, models: list, out, report: dict | None = 
 
 def ensemble_command(models: list, validation: list, out, step: float = 0.05, threshold: str = "accuracy",
                      device: str = "cpu", on_bad_row: str = "error", **columns) -> dict:
-    """`qpairs ensemble`: load the members, fit on the validation files, write OUT; returns the report."""
+    """`qpairs ensemble`: load the members, fit on the validation files, write OUT; returns the report. Members run
+    in PyTorch here (fp32 on a CPU), as every run's own calibration was fitted; they load with the usual CPU
+    backends afterwards."""
     from .data import load_pairs
 
     out = Path(out)
+    if len(models) < 2:
+        raise ValueError(f"an ensemble needs two or more models, got {len(models)}")
+    for f in validation:
+        if f in BUNDLES or Path(f).is_dir():
+            raise ValueError(f"--validation takes labelled pair files, and {f!r} is a model: list the MODELs "
+                             "before --validation")
     if (out / ENSEMBLE_FILE).exists() or (out / "config.json").exists():
-        raise FileExistsError(f"{out} already holds a model; pick another -o")
+        raise FileExistsError(f"{out} already holds a model; remove it or pick another -o")
     frame = load_pairs(validation, on_bad_row=on_bad_row, **columns)
     frame = frame[frame["is_duplicate"] >= 0]
-    members = [load(m, device=device) for m in models]
+    members = [load(m, device=device, backend="torch") for m in models]
     ensemble, report = fit_ensemble(members, list(frame["question1"]), list(frame["question2"]),
                                     frame["is_duplicate"].to_numpy(), step, threshold)
     report["validation_files"] = [str(f) for f in validation]

@@ -62,11 +62,10 @@ def report_dir(run_dir, files, prefix: str = "") -> Path:
     """Default report directory: RUN/eval/NAME, or ./qpairs-eval/NAME for the bundled model (never into the
     installed package); NAME joins the data file names."""
     from .config import EVAL_DIR
-    from .detector import BUNDLES, bundled_model_dir, resolve_model_path
+    from .detector import bundle_name, resolve_model_path
 
     name = (prefix + "_".join(Path(f).name.split(".")[0] for f in files))[:80]
-    where = resolve_model_path(run_dir).resolve() if run_dir is not None else None
-    bundled = where is None or where in {bundled_model_dir(n).resolve() for n in BUNDLES}
+    bundled = run_dir is None or bundle_name(resolve_model_path(run_dir)) is not None
     return Path(EVAL_DIR) / name if bundled else Path(run_dir) / "eval" / name
 
 

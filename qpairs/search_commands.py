@@ -6,7 +6,7 @@ from pathlib import Path
 
 from . import detector
 from .data import read_questions
-from .search import META, QuestionIndex
+from .search import META, ModelMismatchError, QuestionIndex
 
 
 def load_detector(model=None, index: QuestionIndex | None = None, device: str = "auto", backend: str = "auto"):
@@ -17,7 +17,13 @@ def load_detector(model=None, index: QuestionIndex | None = None, device: str = 
     only quoted in the error."""
     det = detector.load(model, device=device, backend=backend)
     if index is not None:
-        index.check_model(det)
+        try:
+            index.check_model(det)
+        except ModelMismatchError as exc:
+            if Path(str(index.meta.get("model_path"))).name != detector.BUNDLES["default"]:
+                raise
+            raise ModelMismatchError(f"{exc} (the bundled default model is an ensemble now: an index built with an "
+                                     "earlier bundled default opens with --model matching)") from None
     return det
 
 

@@ -40,7 +40,8 @@ def title_body_pairs(posts: int, test_site: str, seed: int = 0) -> tuple[list[st
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default", help="model directory or bundled name (default: default)")
+    ap.add_argument("--model", default="matching", help="model directory or bundled name (default: matching); for an "
+                    "ensemble the lengths apply to its first member, the others keep theirs")
     ap.add_argument("--lengths", type=int, nargs="+", default=[40, 128, 256])
     ap.add_argument("--posts", type=int, default=600)
     ap.add_argument("--test-site", default="crypto", help="held out: never read here")
@@ -52,6 +53,8 @@ def main() -> None:
     q1, q2, y = title_body_pairs(args.posts, args.test_site)
     test = pd.read_csv(args.test) if args.test else None
     print(f"{det}: {len(y) // 2} titles against their body and a tag-sharing body of the same site")
+    if hasattr(det, "members"):
+        print("an ensemble: --lengths set its first member's; the other members read as they were trained to")
     for length in args.lengths:
         det.model.encoder.config["max_length"] = length
         start = time.perf_counter()

@@ -85,6 +85,11 @@ def mine_neighbour_pairs(det, texts, vectors, args, train, held_out) -> pd.DataF
     """New pairs: each question and its k nearest, labelled where the teacher is sure."""
     from qpairs.splits import without_pairs
 
+    if det.scores_texts:
+        raise SystemExit("mine_teacher_pairs.py: -o labels pairs from the teacher's pooled vectors, but this teacher's "
+                         "probabilities come from the two texts (a pair head on token states, or an ensemble); use "
+                         "--train-labels alone, or a teacher without such a head")
+
     pairs = nearest_pairs(vectors, args.k)
     probs = teacher_probability(det, vectors, pairs)
     sure = (probs <= args.negative_below) | (probs >= args.positive_above)

@@ -32,6 +32,8 @@ def test_weight_grid_covers_the_simplex():
     np.testing.assert_allclose(grid.sum(1), 1.0)
     assert (grid >= 0).all() and len(np.unique(grid, axis=0)) == len(grid)
     assert [1.0, 0.0] in weight_grid(2, 0.5).tolist() and [0.0, 1.0] in weight_grid(2, 0.5).tolist()
+    with pytest.raises(ValueError, match="must divide 1"):
+        weight_grid(2, 0.3)
 
 
 def test_the_ensemble_mixes_its_members_calibrated_logits(members):
@@ -141,7 +143,7 @@ def test_search_and_dedup_rank_by_the_ensembles_probabilities(members, tmp_path)
 
 def test_adapt_refits_an_ensembles_calibration_and_refuses_head(members, tmp_path, capsys):
     runs, val_csv = members
-    dets = [qpairs.load(r, device="cpu") for r in runs]
+    dets = [qpairs.load(r, device="cpu", backend="torch") for r in runs]  # as adapt loads them
     ens = Ensemble(dets, [0.5, 0.5], dets[0].calibrator)
     write_ensemble(ens, runs, tmp_path / "ens")
     data = tmp_path / "site.csv"
@@ -150,7 +152,12 @@ def test_adapt_refits_an_ensembles_calibration_and_refuses_head(members, tmp_pat
     adapted = qpairs.load(tmp_path / "adapted", device="cpu")
     assert isinstance(adapted, Ensemble)
     np.testing.assert_allclose(adapted.weights, [0.5, 0.5])
-    assert json.loads((tmp_path / "adapted" / "calibration.json").read_text()) != dets[0].calibrator.to_dict()
+    from qpairs.data import load_pairs
+
+    site = load_pairs([data])  # as adapt reads it (repeated pairs merged)
+    d = ens.distances(list(site["question1"]), list(site["question2"]))  # the mix's distances, not the primary's
+    want = Calibrator("platt").fit(d, site["is_duplicate"].to_numpy()).params
+    assert adapted.calibrator.params == pytest.approx(want, rel=1e-4)
     assert main(["adapt", str(tmp_path / "ens"), "--data", str(data), "-o", str(tmp_path / "head"), "--head"]) == 2
     assert "is an ensemble" in capsys.readouterr().err
 
@@ -163,3 +170,41 @@ def test_a_broken_ensemble_file_is_a_clear_error(members, tmp_path):
     (tmp_path / "ens" / "calibration.json").write_text(json.dumps(qpairs.load(members[0][0]).calibrator.to_dict()))
     with pytest.raises(ModelDirError, match="ensemble.json: expected"):
         qpairs.load(tmp_path / "ens")
+
+
+def test_the_fingerprint_follows_every_member_and_its_calibration(members):
+    from qpairs.checkpoint import model_fingerprint
+
+    runs, _ = members
+    a, b = (qpairs.load(r, device="cpu") for r in runs)
+    first = model_fingerprint(Ensemble([a, b], [0.5, 0.5], a.calibrator))
+    assert first == model_fingerprint(Ensemble([a, b], [0.5, 0.5], b.calibrator))  # the mix's own calibration: not the model
+    assert first != model_fingerprint(Ensemble([a, b], [0.6, 0.4], a.calibrator))
+    assert first != model_fingerprint(Ensemble([b, a], [0.5, 0.5], a.calibrator))
+    b.calibrator.params = {**b.calibrator.params, "intercept": b.calibrator.params["intercept"] + 1}
+    assert first != model_fingerprint(Ensemble([a, b], [0.5, 0.5], a.calibrator))
+
+
+def test_a_transformer_primary_takes_onnx_and_its_token_states_while_the_bilstm_stays_in_torch(members, tiny_bert,
+                                                                                                 tmp_path):
+    pytest.importorskip("onnxruntime")
+    from _tiny_models import tiny_matching_dir
+    from qpairs.pair_scores import StateMemo
+
+    primary = qpairs.load(tiny_matching_dir(tmp_path / "m", tiny_bert), device="cpu", backend="torch")
+    lstm = qpairs.load(members[0][0], device="cpu", backend="torch")
+    ens = Ensemble([primary, lstm], [0.6, 0.4], primary.calibrator)
+    assert ens.backend == "torch+torch" and ens.scores_texts
+    pairs = make_pairs(24, seed=13)
+    q1, q2 = list(pairs["question1"]), list(pairs["question2"])
+    in_torch = ens.predict_proba(q1, q2)
+    memo = StateMemo()
+    np.testing.assert_allclose(ens.calibrator.predict_proba(ens.distances(q1, q2, states=memo)), in_torch, atol=1e-6)
+    assert len(memo) == len(set(q1) | set(q2))  # the primary kept every text's states
+    ens.use_backend("onnx")
+    assert ens.backend == "onnx+torch"
+    np.testing.assert_allclose(ens.predict_proba(q1, q2), in_torch, atol=1e-3)
+    ens.use_backend(ens.backend)  # the joined form round-trips (as `qpairs serve` sets threads)
+    assert ens.backend == "onnx+torch"
+    with pytest.raises(ValueError, match="names 3 backends for 2 members"):
+        ens.use_backend("torch+torch+torch")
