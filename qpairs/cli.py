@@ -226,16 +226,31 @@ def cmd_evaluate(args) -> int:
                                 args.candidates, args.seed, backend=args.backend)
         return 0
 
-    cols = {k: v for k, v in (("q1_col", args.q1_col), ("q2_col", args.q2_col), ("label_col", args.label_col)) if v}
+    cols = _column_names(args)
     evaluate_run(run, args.data, out, args.device, args.on_bad_row, backend=args.backend,
                  test_prior=args.test_prior, **cols)
     return 0
 
 
+def _column_names(args) -> dict:
+    """--q1-col, --q2-col and --label-col as given (the keyword arguments of `qpairs.data.load_pairs`)."""
+    return {k: v for k, v in (("q1_col", args.q1_col), ("q2_col", args.q2_col), ("label_col", args.label_col)) if v}
+
+
+def _add_pair_file_options(p) -> None:
+    """The device and the labelled-pair file options of adapt and ensemble."""
+    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
+    p.add_argument("--on-bad-row", default="error", choices=["error", "drop"],
+                   help="a bad row in the pair files: stop with an error naming it, or drop it (default: error)")
+    p.add_argument("--q1-col", help="column of the first questions (default: detected)")
+    p.add_argument("--q2-col", help="column of the second questions (default: detected)")
+    p.add_argument("--label-col", help="column of the 0/1 labels (default: detected)")
+
+
 def cmd_adapt(args) -> int:
     from .adapt import adapt
 
-    cols = {k: v for k, v in (("q1_col", args.q1_col), ("q2_col", args.q2_col), ("label_col", args.label_col)) if v}
+    cols = _column_names(args)
     adapt(args.run, args.data, args.out, threshold=args.threshold, folds=args.folds, head=args.head, seed=args.seed,
           calibration=args.calibration, epochs=args.epochs, lr=args.lr, penalty=args.head_penalty,
           device=args.device, on_bad_row=args.on_bad_row, **cols)
@@ -267,9 +282,7 @@ def _add_adapt_command(sub) -> None:
     p.add_argument("--lr", type=float, default=1e-2, help="--head: Adam learning rate (default: 0.01)")
     p.add_argument("--head-penalty", type=float, default=0.1,
                    help="--head: weight of the L2 penalty toward the starting head weights (default: 0.1)")
-    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
-    p.add_argument("--on-bad-row", default="error", choices=["error", "drop"])
-    p.add_argument("--q1-col"), p.add_argument("--q2-col"), p.add_argument("--label-col")
+    _add_pair_file_options(p)
     p.set_defaults(func=cmd_adapt)
 
 
@@ -277,7 +290,7 @@ def cmd_ensemble(args) -> int:
     from .ensemble import ensemble_command
     from .metrics import format_table
 
-    cols = {k: v for k, v in (("q1_col", args.q1_col), ("q2_col", args.q2_col), ("label_col", args.label_col)) if v}
+    cols = _column_names(args)
     report = ensemble_command(args.models, args.validation, args.out, step=args.step, threshold=args.threshold,
                               device=args.device, on_bad_row=args.on_bad_row, **cols)
     rows = {**{f"member {name}": m for name, m in zip(args.models, report["members"])}, "ensemble": report["ensemble"]}
@@ -302,9 +315,7 @@ def _add_ensemble_command(sub) -> None:
     p.add_argument("--step", type=float, default=0.05, help="grid step of the weights (default: 0.05)")
     p.add_argument("--threshold", default="accuracy",
                    help="operating point: accuracy, f1, precision:P or recall:R (default: accuracy)")
-    p.add_argument("--device", default="cpu", help="auto, cpu or cuda (default: cpu)")
-    p.add_argument("--on-bad-row", default="error", choices=["error", "drop"])
-    p.add_argument("--q1-col"), p.add_argument("--q2-col"), p.add_argument("--label-col")
+    _add_pair_file_options(p)
     p.set_defaults(func=cmd_ensemble)
 
 

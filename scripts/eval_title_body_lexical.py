@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Title → body retrieval with a lexical score added: zero-shot MiniLM cosine fused with BM25.
+"""Title → body retrieval with a lexical score added: a model's similarity (zero-shot MiniLM cosine, or a trained
+title/body run's, ``--model``) fused with BM25.
 
 The same held-out site, test posts (a seeded sample), pools of ``--candidates`` bodies and truncation as
 `scripts/compare_title_body.py` (bodies cut to ``--body-max-words`` words, ``head_tail``, read at
@@ -14,6 +15,7 @@ Snowball-stemmed when PyStemmer is installed). `a` is chosen two ways, never on 
 Prints recall@1, recall@10 and MRR for every `a` on each set. Needs ``pip install ".[bench]"`` (bm25s).
 
     python scripts/eval_title_body_lexical.py
+    python scripts/eval_title_body_lexical.py --model runs/title_body_long/pseudo_top3
 """
 from __future__ import annotations
 
@@ -23,8 +25,8 @@ import sys
 import numpy as np
 
 from qpairs import title_body as tb
-from qpairs.retrieval import candidate_pools, retrieval_metrics, true_ranks
-from qpairs.title_body_eval import zero_shot_detector
+from qpairs.retrieval import candidate_pools, pairwise_distances, retrieval_metrics, true_ranks
+from qpairs.title_body_eval import embed_posts, zero_shot_detector
 
 WEIGHTS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0)
 
@@ -52,13 +54,10 @@ def standardised(scores: np.ndarray) -> np.ndarray:
 
 def fused_ranks(posts, det, n_candidates: int, seed: int) -> dict[float, np.ndarray]:
     """Rank of each post's own body among its pool, for every fusion weight in `WEIGHTS`."""
-    titles = det.encode(list(posts["title"]), "left")
-    bodies = det.encode(list(posts["body"]), "right")
-    titles /= np.linalg.norm(titles, axis=1, keepdims=True)
-    bodies /= np.linalg.norm(bodies, axis=1, keepdims=True)
+    titles, bodies = embed_posts(det, posts)  # each side through its own tower
     ranks = {a: np.empty(len(posts), dtype=int) for a in WEIGHTS}
     for queries, cands in candidate_pools(len(posts), min(n_candidates, len(posts)), seed):
-        cosine = standardised(titles[queries] @ bodies[cands].T)
+        cosine = standardised(-pairwise_distances(titles[queries], bodies[cands], det.model.distance_metric))
         lexical = standardised(bm25_scores(list(posts["title"].iloc[queries]), list(posts["body"].iloc[cands])))
         for a in WEIGHTS:
             ranks[a][queries] = true_ranks(-((1 - a) * cosine + a * lexical), np.arange(len(queries)))
@@ -76,6 +75,7 @@ def main(argv=None) -> int:
     p.add_argument("--body-max-words", type=int, default=200)
     p.add_argument("--body-max-length", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--model", help="a trained title/body run (default: zero-shot all-MiniLM-L6-v2)")
     args = p.parse_args(argv)
 
     posts = tb.load_posts(args.data or tb.default_title_body_file(), max_words=args.body_max_words)
@@ -86,7 +86,12 @@ def main(argv=None) -> int:
             f"{args.adapt_posts} {args.test_site} posts outside the test": rest.sample(n=args.adapt_posts,
                                                                                   random_state=args.seed),
             f"test ({args.test_site})": test}
-    det = zero_shot_detector(None, max_length=args.body_max_length, device="cpu")
+    if args.model:
+        import qpairs
+
+        det = qpairs.load(args.model, device="cpu")
+    else:
+        det = zero_shot_detector(None, max_length=args.body_max_length, device="cpu")
     for name, frame in sets.items():
         frame = frame.reset_index(drop=True).drop_duplicates("body").reset_index(drop=True)
         print(f"\n{name}: {len(frame)} posts, {min(args.candidates, len(frame))} candidates per title")
