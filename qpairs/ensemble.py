@@ -73,8 +73,9 @@ def member_reference(model, out: Path) -> str:
     if isinstance(model, str) and model in BUNDLES:
         return model
     path = Path(model).resolve()
-    if bundle_name(path):
-        return bundle_name(path)
+    name = bundle_name(path)
+    if name:
+        return name
     try:
         return os.path.relpath(path, out.resolve())
     except ValueError:  # another drive
