@@ -335,7 +335,8 @@ def cmd_index(args) -> int:
     from .search_commands import index_file
 
     index = index_file(args.questions, args.out, args.model, args.text_col, args.id_col, args.kind, args.append,
-                       args.device, args.batch_size, backend=args.backend, space=args.space, side=args.side)
+                       args.device, args.batch_size, backend=args.backend, space=args.space, side=args.side,
+                       bm25_weight=args.bm25_weight)
     print(f"{index} written to {args.out}")
     return 0
 
@@ -378,7 +379,22 @@ def cmd_serve(args) -> int:
     return 0
 
 
+def _bm25_weight(value: str):
+    """--bm25-weight: 'auto' or a number in [0, 1]."""
+    if value == "auto":
+        return value
+    try:
+        weight = float(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected auto or a number in [0, 1], got {value!r}") from None
+    if not 0.0 <= weight <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {weight}")
+    return weight
+
+
 def _add_search_commands(sub) -> None:
+    from .bm25 import TITLE_BODY_BM25_WEIGHT
+
     p = sub.add_parser("index", help="encode a question bank into a FAISS index for duplicate search",
                        description=f"Encode a question bank for `qpairs search`, `qpairs serve --index` and the web "
                        f"page. {LIMITS}")
@@ -397,6 +413,12 @@ def _add_search_commands(sub) -> None:
                         "for a pseudo-Siamese run (one encoder per side): a title/body run indexes bodies (body or "
                         "right) to find them from a title, or titles (title or left) to find them from a body. The "
                         "index records it (default: right)")
+    p.add_argument("--bm25-weight", default="auto", type=_bm25_weight, metavar="W",
+                   help="weight in [0, 1] of a BM25 score of the stored texts beside the model's similarity, for a "
+                        "model-space index: hits are ranked by (1 - W) x standardised similarity + W x standardised "
+                        "BM25, which finds long bodies by the rare words they share with a title. auto = "
+                        f"{TITLE_BODY_BM25_WEIGHT} with --side title or body (chosen on held-out posts), else 0 "
+                        "(default: auto; needs pip install 'qpairs[search]')")
     p.add_argument("--append", action="store_true", help="add the questions to an existing index (same model only)")
     p.add_argument("--batch-size", type=int, help="encoding batch size (default: the model's)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")

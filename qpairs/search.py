@@ -3,6 +3,7 @@
 An index directory holds::
 
     index.faiss        the vectors (exact flat index, or HNSW for millions of questions)
+    bm25/              (a model-space index with a BM25 weight) the stored texts' BM25 index
     questions.parquet  id and text of every question, in index order
     meta.json          metric, kind, size and the identity of the model that made the vectors
 
@@ -20,6 +21,11 @@ What the vectors are, and how hits are ranked, is the index's *space*:
   character n-gram cosine of the texts (`lexical_similarity`), and their probability comes from
   the model's head applied to the stored vector. The head was trained to classify pairs and ranks
   a large bank worse than its pretrained base does (docs/results.md, "Search quality").
+
+A model-space index built with ``bm25_weight`` w > 0 (a title/body run's bodies, say) also keeps a BM25 index of
+its stored texts (`qpairs.bm25`): candidates are the k + RERANK_EXTRA nearest by the model and the k + RERANK_EXTRA
+best by BM25, ranked by (1 − w) · z(−distance) + w · z(BM25), each score standardised per query over the same rows
+of the bank (`bm25.fused_scores`).
 
 A model whose pair head reads token states (``--pair-head matching``) keeps the pooled index for
 candidates only: the best ``rerank`` of them by the space's ranking are re-scored with the
@@ -44,7 +50,9 @@ from tqdm.auto import tqdm
 
 from .data import read_questions  # noqa: F401  (re-exported)
 from .checkpoint import model_fingerprint  # noqa: F401  (the index's model identity)
+from .bm25 import TITLE_BODY_BM25_WEIGHT, LexicalIndex, fused_scores, stats_rows
 from .ngram import lexical_similarity
+from .retrieval import pairwise_distances
 
 log = logging.getLogger("qpairs")
 
@@ -52,8 +60,8 @@ FORMAT_VERSION = 2  # 2 added the base space (meta "space", NORMS); version 1 in
 READABLE_VERSIONS = (1, 2)
 SPACES = ("model", "base")
 LEXICAL_WEIGHT = 0.2  # base space: weight of the character n-gram cosine in the ranking (chosen on validation)
-RERANK_EXTRA = 20  # base space: candidates fetched beyond k for the lexical re-ranking
-META, VECTORS, QUESTIONS, NORMS = "meta.json", "index.faiss", "questions.parquet", "norms.npy"
+RERANK_EXTRA = 20  # candidates fetched beyond k for a lexical re-ranking (base space, BM25 weight)
+META, VECTORS, QUESTIONS, NORMS, BM25_DIR = "meta.json", "index.faiss", "questions.parquet", "norms.npy", "bm25"
 FLAT_BLAS_QUERIES = 16  # up to this many queries at once, exact search runs as a NumPy product (faster here)
 HALF_SCAN_MIN = 50_000  # from this many stored vectors, those few queries start from an fp16 scan (`_half_knn`)
 HALF_SCAN_EXTRA = 32  # candidates the fp16 scan proposes beyond k
@@ -119,8 +127,8 @@ class Hit:
     probability: float
     distance: float
     duplicate: bool
-    score: float = float("nan")  # what ranked it, higher first: −distance, base cosine + lexical (base space), or the
-    # probability (a pair head on token states)
+    score: float = float("nan")  # what ranked it, higher first: −distance, base cosine + lexical (base space), the
+    # probability (a pair head on token states), or the fused standardised scores (a BM25 weight)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -176,10 +184,15 @@ class QuestionIndex:
         self._sq_norms = None  # |x|² of the stored vectors (L2 flat search), computed on first use
         self._half = None  # fp16 copy of the vectors for `_half_knn`, built on first use
         self.norms = np.zeros(0, dtype=np.float32)  # base space: |pooled vector| before normalisation
+        self._lexical = None  # BM25 of the stored texts (bm25_weight > 0), built on first use and after `add`
 
     @property
     def space(self) -> str:
         return self.meta.get("space", "model")
+
+    @property
+    def bm25_weight(self) -> float:
+        return float(self.meta.get("bm25_weight", 0.0))
 
     @property
     def side(self) -> str:
@@ -189,10 +202,14 @@ class QuestionIndex:
     # -- construction
     @classmethod
     def empty(cls, det, kind: str = "flat", hnsw_m: int = 32, space: str = "auto",
-              side: str = "right") -> "QuestionIndex":
+              side: str = "right", bm25_weight: float | str = 0.0) -> "QuestionIndex":
         """An index with no questions yet, tied to `det`; `space` 'auto' = `default_space(det)`. `side`: the input
         side whose encoder and text preparation the stored texts go through (`resolve_side`); queries take the
-        other one (a title/body run: index bodies, query with titles, or the reverse)."""
+        other one (a title/body run: index bodies, query with titles, or the reverse). `bm25_weight`: the weight of
+        BM25 in the ranking of a model-space index (`qpairs.bm25`); 'auto' = TITLE_BODY_BM25_WEIGHT when `side` is
+        title or body, else 0."""
+        if bm25_weight == "auto":
+            bm25_weight = TITLE_BODY_BM25_WEIGHT if side in ("title", "body") else 0.0
         side = resolve_side(det, side)
         space = default_space(det) if space == "auto" else space
         if space not in SPACES:
@@ -207,6 +224,9 @@ class QuestionIndex:
                 "model_path": str(det.path.resolve()) if det.path else None, "size": 0, "side": side}
         if space == "base":
             meta["lexical_weight"] = LEXICAL_WEIGHT
+        if bm25_weight:
+            _check_bm25(det, space, float(bm25_weight))
+            meta["bm25_weight"] = float(bm25_weight)
         if kind == "hnsw":
             meta["hnsw_m"] = hnsw_m
         return cls(_new_faiss_index(dim, metric, kind, hnsw_m), [], [], meta)
@@ -214,9 +234,10 @@ class QuestionIndex:
     @classmethod
     def build(cls, det, texts, ids=None, kind: str = "flat", batch_size: int | None = None,
               chunk_size: int = 8192, progress: bool | None = None, space: str = "auto",
-              side: str = "right") -> "QuestionIndex":
-        """Encode `texts` (ids default to "0", "1", …) with `det` into a new index (`side`: see `empty`)."""
-        index = cls.empty(det, kind, space=space, side=side)
+              side: str = "right", bm25_weight: float | str = 0.0) -> "QuestionIndex":
+        """Encode `texts` (ids default to "0", "1", …) with `det` into a new index (`side`, `bm25_weight`: see
+        `empty`)."""
+        index = cls.empty(det, kind, space=space, side=side, bm25_weight=bm25_weight)
         index.add(det, texts, ids, batch_size=batch_size, chunk_size=chunk_size, progress=progress)
         return index
 
@@ -276,6 +297,8 @@ class QuestionIndex:
         pd.DataFrame({"id": self.ids, "text": self.texts}).to_parquet(directory / QUESTIONS, index=False)
         if self.space == "base":
             np.save(directory / NORMS, self.norms)
+        if self._lexical is not None and self._lexical.size == len(self):
+            self._lexical.save(directory / BM25_DIR)
         (directory / META).write_text(json.dumps(self.meta, indent=2))
         self.path = directory
         return directory
@@ -309,6 +332,8 @@ class QuestionIndex:
             if len(out.norms) != len(out):
                 raise SearchIndexError(f"{directory / NORMS}: {len(out.norms)} norms for {len(out)} questions: "
                                        "the index is corrupt")
+        if out.bm25_weight and (directory / BM25_DIR).is_dir():
+            out._lexical = LexicalIndex.load(directory / BM25_DIR)  # rebuilt on first use if it is stale
         return out
 
     # -- model check
@@ -472,6 +497,34 @@ class QuestionIndex:
             scores[i, valid[i]] = cosine + weight * lexical
         return scores
 
+    def lexical(self, det) -> LexicalIndex:
+        """BM25 of the stored texts as the model reads them (built on first use, again after `add`)."""
+        if self._lexical is None or self._lexical.size != len(self):
+            self._lexical = LexicalIndex.build(model_texts(det, self.texts, self.side))
+        return self._lexical
+
+    def _bm25_ranking(self, det, questions: list[str], vectors: np.ndarray, k: int):
+        """(rows, distances, fused scores) of each query's candidates in an index with a BM25 weight: the
+        k + RERANK_EXTRA nearest by the model and the k + RERANK_EXTRA best by BM25 (−1 pads), scored by
+        `bm25.fused_scores` over the `bm25.stats_rows` of the bank."""
+        lexical = self.lexical(det).scores(model_texts(det, questions, other_side(self.side)))
+        n = min(k + RERANK_EXTRA, len(self))
+        best_lexical = np.argpartition(-lexical, n - 1, axis=1)[:, :n] if n < len(self) else \
+            np.tile(np.arange(len(self)), (len(questions), 1))
+        union = [np.unique(np.concatenate([a[a >= 0], b])) for a, b in zip(self.knn(vectors, n, few_fast=True),
+                                                                           best_lexical)]
+        rows = np.full((len(union), max(map(len, union))), -1, dtype=np.int64)
+        for i, u in enumerate(union):
+            rows[i, : len(u)] = u
+        embeddings = self.model_embeddings(det, vectors)
+        dist = self.rescore(det, embeddings, rows)
+        ref = stats_rows(len(self))
+        ref_dist = pairwise_distances(embeddings, self.stored_embeddings(det, ref), det.model.distance_metric)
+        with np.errstate(invalid="ignore"):
+            scores = fused_scores(-dist, np.take_along_axis(lexical, np.maximum(rows, 0), axis=1), self.bm25_weight,
+                                  -ref_dist, lexical[:, ref])
+        return rows, dist, np.where(rows >= 0, scores, -np.inf)
+
     def shortlist(self, questions: list[str], vectors: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
         """Each query's n best candidate rows by this space's own ranking (base: cosine + lexical; model: the
         index's order), −1 where fewer exist."""
@@ -498,6 +551,8 @@ class QuestionIndex:
         if not questions or len(self) == 0:
             return [[] for _ in questions]
         vectors = self.query_vectors(det, questions)
+        if self.bm25_weight:
+            return self._hits(det, *self._bm25_ranking(det, questions, vectors, k), k)
         fetch = max(k, rerank or k) if tokens else k
         rows = self.knn(vectors, fetch + (RERANK_EXTRA if self.space == "base" else 0), few_fast=True)
         if tokens:
@@ -506,6 +561,12 @@ class QuestionIndex:
         probs = det.calibrator.predict_proba(dist)
         # a pair head on token states ranks by the probability shown
         scores = np.where(rows >= 0, probs, -np.inf) if tokens else self.ranking_scores(questions, vectors, rows, dist)
+        return self._hits(det, rows, dist, scores, k, probs)
+
+    def _hits(self, det, rows: np.ndarray, dist: np.ndarray, scores: np.ndarray, k: int,
+              probs: np.ndarray | None = None) -> list[list[Hit]]:
+        """Each query's k best candidate rows by `scores` as hits (probabilities from `dist` unless given)."""
+        probs = det.calibrator.predict_proba(dist) if probs is None else probs
         out = []
         for r, d, p, s in zip(rows, dist, probs, scores):
             order = [i for i in np.argsort(-s, kind="stable") if r[i] >= 0][:k]
@@ -518,6 +579,18 @@ class QuestionIndex:
         if not isinstance(question, str):
             raise TypeError(f"question must be a string, not {type(question).__name__}; use search_many for lists")
         return self.search_many(det, [question], k, rerank)[0]
+
+
+def _check_bm25(det, space: str, weight: float) -> None:
+    """Refuse a BM25 weight the index cannot use."""
+    if not 0.0 < weight <= 1.0:
+        raise ValueError(f"the BM25 weight must lie in (0, 1], got {weight}")
+    if space != "model":
+        raise ValueError("a BM25 weight needs a model-space index (--space model); the base space ranks with its "
+                         "own character n-gram term")
+    if det.scores_texts or det.model.pair_head is not None:
+        raise ValueError("a BM25 weight needs a model whose score is a distance between embeddings; this model's "
+                         "pair head ranks candidates itself")
 
 
 def _check_new_ids(ids: list[str], existing: set) -> None:

@@ -29,7 +29,7 @@ def load_detector(model=None, index: QuestionIndex | None = None, device: str = 
 
 def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "flat", append: bool = False,
                device: str = "auto", batch_size: int | None = None, backend: str = "auto",
-               space: str = "auto", side: str = "right") -> QuestionIndex:
+               space: str = "auto", side: str = "right", bm25_weight: float | str = "auto") -> QuestionIndex:
     """`qpairs index`: read a question file, encode it and write (or, with `append`, extend) an index directory."""
     out = Path(out)
     exists = (out / META).exists()
@@ -42,6 +42,9 @@ def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "f
         index.add(det, texts, ids, batch_size=batch_size)
     else:
         det = load_detector(model, None, device, backend)
-        index = QuestionIndex.build(det, texts, ids, kind=kind, batch_size=batch_size, space=space, side=side)
+        index = QuestionIndex.build(det, texts, ids, kind=kind, batch_size=batch_size, space=space, side=side,
+                                    bm25_weight=bm25_weight)
+    if index.bm25_weight:
+        index.lexical(det)  # saved beside the vectors
     index.save(out)
     return index

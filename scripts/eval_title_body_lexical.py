@@ -5,8 +5,9 @@ title/body run's, ``--model``) fused with BM25.
 The same held-out site, test posts (a seeded sample), pools of ``--candidates`` bodies and truncation as
 `scripts/compare_title_body.py` (bodies cut to ``--body-max-words`` words, ``head_tail``, read at
 ``--body-max-length`` word pieces). Per title, both scores are standardised over its pool and mixed,
-(1 − a) · cosine + a · BM25 (titles as queries, bodies as the collection, English stop words removed,
-Snowball-stemmed when PyStemmer is installed). `a` is chosen two ways, never on the test posts:
+(1 − a) · cosine + a · BM25 (`qpairs.bm25`, as `qpairs index --bm25-weight a` ranks: titles as queries, bodies
+as the collection, English stop words removed, Snowball-stemmed when PyStemmer is installed). `a` is chosen two
+ways, never on the test posts:
 
 * on ``--val-posts`` validation posts of the training sites, one pool;
 * on ``--adapt-posts`` posts of the held-out site outside the test sample, one pool (a few labelled posts of
@@ -25,31 +26,11 @@ import sys
 import numpy as np
 
 from qpairs import title_body as tb
+from qpairs.bm25 import LexicalIndex, fused_scores
 from qpairs.retrieval import candidate_pools, pairwise_distances, retrieval_metrics, true_ranks
 from qpairs.title_body_eval import embed_posts, zero_shot_detector
 
 WEIGHTS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0)
-
-
-def bm25_scores(titles: list[str], bodies: list[str]) -> np.ndarray:
-    """BM25 score of every body [len(titles), len(bodies)] for each title, over the collection `bodies`."""
-    import bm25s
-
-    try:
-        import Stemmer
-
-        stemmer = Stemmer.Stemmer("english")
-    except ImportError:
-        stemmer = None
-    index = bm25s.BM25(k1=1.2, b=0.75)
-    index.index(bm25s.tokenize(bodies, stopwords="en", stemmer=stemmer, show_progress=False), show_progress=False)
-    queries = bm25s.tokenize(titles, stopwords="en", stemmer=stemmer, show_progress=False, return_ids=False)
-    return np.stack([index.get_scores(q) for q in queries])
-
-
-def standardised(scores: np.ndarray) -> np.ndarray:
-    """Each row minus its mean, over its standard deviation."""
-    return (scores - scores.mean(1, keepdims=True)) / (scores.std(1, keepdims=True) + 1e-9)
 
 
 def fused_ranks(posts, det, n_candidates: int, seed: int) -> dict[float, np.ndarray]:
@@ -57,10 +38,10 @@ def fused_ranks(posts, det, n_candidates: int, seed: int) -> dict[float, np.ndar
     titles, bodies = embed_posts(det, posts)  # each side through its own tower
     ranks = {a: np.empty(len(posts), dtype=int) for a in WEIGHTS}
     for queries, cands in candidate_pools(len(posts), min(n_candidates, len(posts)), seed):
-        cosine = standardised(-pairwise_distances(titles[queries], bodies[cands], det.model.distance_metric))
-        lexical = standardised(bm25_scores(list(posts["title"].iloc[queries]), list(posts["body"].iloc[cands])))
-        for a in WEIGHTS:
-            ranks[a][queries] = true_ranks(-((1 - a) * cosine + a * lexical), np.arange(len(queries)))
+        similarity = -pairwise_distances(titles[queries], bodies[cands], det.model.distance_metric)
+        lexical = LexicalIndex.build(list(posts["body"].iloc[cands])).scores(list(posts["title"].iloc[queries]))
+        for a in WEIGHTS:  # as a `qpairs index --bm25-weight a` of the pool's bodies ranks them
+            ranks[a][queries] = true_ranks(-fused_scores(similarity, lexical, a), np.arange(len(queries)))
     return ranks
 
 
