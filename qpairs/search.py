@@ -207,9 +207,8 @@ class QuestionIndex:
         side whose encoder and text preparation the stored texts go through (`resolve_side`); queries take the
         other one (a title/body run: index bodies, query with titles, or the reverse). `bm25_weight`: the weight of
         BM25 in the ranking of a model-space index (`qpairs.bm25`); 'auto' = TITLE_BODY_BM25_WEIGHT when `side` is
-        title or body, else 0."""
-        if bm25_weight == "auto":
-            bm25_weight = TITLE_BODY_BM25_WEIGHT if side in ("title", "body") else 0.0
+        title or body and the index can use it, else 0."""
+        title_body = side in ("title", "body")
         side = resolve_side(det, side)
         space = default_space(det) if space == "auto" else space
         if space not in SPACES:
@@ -224,8 +223,13 @@ class QuestionIndex:
                 "model_path": str(det.path.resolve()) if det.path else None, "size": 0, "side": side}
         if space == "base":
             meta["lexical_weight"] = LEXICAL_WEIGHT
+        if bm25_weight == "auto":
+            bm25_weight = TITLE_BODY_BM25_WEIGHT if title_body and _bm25_refusal(det, space) is None else 0.0
         if bm25_weight:
-            _check_bm25(det, space, float(bm25_weight))
+            if not 0.0 < float(bm25_weight) <= 1.0:
+                raise ValueError(f"the BM25 weight must lie in (0, 1], got {bm25_weight}")
+            if _bm25_refusal(det, space):
+                raise ValueError(_bm25_refusal(det, space))
             meta["bm25_weight"] = float(bm25_weight)
         if kind == "hnsw":
             meta["hnsw_m"] = hnsw_m
@@ -581,16 +585,15 @@ class QuestionIndex:
         return self.search_many(det, [question], k, rerank)[0]
 
 
-def _check_bm25(det, space: str, weight: float) -> None:
-    """Refuse a BM25 weight the index cannot use."""
-    if not 0.0 < weight <= 1.0:
-        raise ValueError(f"the BM25 weight must lie in (0, 1], got {weight}")
+def _bm25_refusal(det, space: str) -> str | None:
+    """Why an index of this space and model cannot use a BM25 weight (None: it can)."""
     if space != "model":
-        raise ValueError("a BM25 weight needs a model-space index (--space model); the base space ranks with its "
-                         "own character n-gram term")
+        return ("a BM25 weight needs a model-space index (--space model); the base space ranks with its own "
+                "character n-gram term")
     if det.scores_texts or det.model.pair_head is not None:
-        raise ValueError("a BM25 weight needs a model whose score is a distance between embeddings; this model's "
-                         "pair head ranks candidates itself")
+        return ("a BM25 weight needs a model whose score is a distance between embeddings; this model's pair head "
+                "ranks candidates itself")
+    return None
 
 
 def _check_new_ids(ids: list[str], existing: set) -> None:

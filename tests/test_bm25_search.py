@@ -122,6 +122,7 @@ def test_a_weight_the_index_cannot_use_is_refused(bank, tmp_path, tiny_bert):
         QuestionIndex.empty(matching, space="base", bm25_weight=0.2)
     with pytest.raises(ValueError, match="distance between embeddings"):
         QuestionIndex.empty(matching, space="model", bm25_weight=0.2)
+    assert QuestionIndex.empty(matching, side="right", bm25_weight="auto").bm25_weight == 0.0
 
 
 def test_the_standardising_rows_are_all_rows_or_a_fixed_sample():
