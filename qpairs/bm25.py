@@ -61,8 +61,9 @@ class LexicalIndex:
         """BM25 score [len(queries), size] of every stored text for each query (0 where no word is shared)."""
         if self.size == 0:
             return np.zeros((len(queries), 0), dtype=np.float32)
-        tokens = _bm25s().tokenize(list(queries), stopwords="en", stemmer=self._stem, show_progress=False,
-                                   return_ids=False)
+        bm25s = _bm25s()
+        tokens = bm25s.tokenize(list(queries), stopwords="en", stemmer=self._stem, show_progress=False,
+                                return_ids=False)
         return np.stack([self.retriever.get_scores(q) for q in tokens]).astype(np.float32)
 
     def save(self, directory) -> None:
