@@ -29,6 +29,13 @@ def _bm25s():
     return bm25s
 
 
+def bm25_available() -> bool:
+    """Whether bm25s can be imported."""
+    import importlib.util
+
+    return importlib.util.find_spec("bm25s") is not None
+
+
 def _stemmer():
     """English Snowball stemmer when PyStemmer is installed, else None (words kept whole)."""
     try:
@@ -43,7 +50,7 @@ class LexicalIndex:
     list of texts: ``LexicalIndex.build(texts).scores(["a query"])`` → [1, len(texts)]."""
 
     def __init__(self, retriever, stemmed: bool, size: int):
-        self.retriever = retriever
+        self.retriever = retriever  # None when no text has a word to index: every score is 0
         self.stemmed = stemmed
         self.size = size
         self._stem = _stemmer() if stemmed else None
@@ -52,24 +59,33 @@ class LexicalIndex:
     def build(cls, texts: list[str]) -> "LexicalIndex":
         bm25s = _bm25s()
         stem = _stemmer()
-        retriever = bm25s.BM25(k1=1.2, b=0.75)
         tokens = bm25s.tokenize(list(texts), stopwords="en", stemmer=stem, show_progress=False)
-        retriever.index(tokens, show_progress=False)
+        retriever = None
+        if any(len(ids) for ids in tokens.ids):
+            retriever = bm25s.BM25(k1=1.2, b=0.75)
+            retriever.index(tokens, show_progress=False)
         return cls(retriever, stem is not None, len(texts))
 
     def scores(self, queries: list[str]) -> np.ndarray:
         """BM25 score [len(queries), size] of every stored text for each query (0 where no word is shared)."""
-        if self.size == 0:
-            return np.zeros((len(queries), 0), dtype=np.float32)
+        out = np.zeros((len(queries), self.size), dtype=np.float32)
+        if self.retriever is None or not len(queries):
+            return out
         bm25s = _bm25s()
         tokens = bm25s.tokenize(list(queries), stopwords="en", stemmer=self._stem, show_progress=False,
                                 return_ids=False)
-        return np.stack([self.retriever.get_scores(q) for q in tokens]).astype(np.float32)
+        for i, words in enumerate(tokens):
+            if words:  # a query of stop words or punctuation only shares no word with any text
+                out[i] = self.retriever.get_scores(words)
+        return out
 
     def save(self, directory) -> None:
         directory = Path(directory)
-        self.retriever.save(str(directory), show_progress=False)
-        (directory / PARAMS).write_text(json.dumps({"stemmed": self.stemmed, "size": self.size}))
+        directory.mkdir(parents=True, exist_ok=True)
+        if self.retriever is not None:
+            self.retriever.save(str(directory), show_progress=False)
+        (directory / PARAMS).write_text(json.dumps({"stemmed": self.stemmed, "size": self.size,
+                                                    "empty": self.retriever is None}))
 
     @classmethod
     def load(cls, directory) -> "LexicalIndex":
@@ -77,7 +93,7 @@ class LexicalIndex:
         params = json.loads((directory / PARAMS).read_text())
         if params["stemmed"] and _stemmer() is None:
             raise ImportError(f"{directory} was built with stemmed words: pip install PyStemmer (or 'qpairs[search]')")
-        retriever = _bm25s().BM25.load(str(directory), show_progress=False)
+        retriever = None if params.get("empty") else _bm25s().BM25.load(str(directory), show_progress=False)
         return cls(retriever, params["stemmed"], params["size"])
 
 
@@ -89,15 +105,18 @@ def stats_rows(n: int) -> np.ndarray:
 
 
 def standardised(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:
-    """Each row of `scores` minus the mean of the same row of `reference`, over its standard deviation."""
-    mean = reference.mean(1, keepdims=True)
-    return (scores - mean) / (reference.std(1, keepdims=True) + 1e-9)
+    """Each row of `scores` minus the mean of the same row of `reference`, over its standard deviation (0 where the
+    reference row is constant: the score then says nothing about the query)."""
+    mean, spread = reference.mean(1, keepdims=True), reference.std(1, keepdims=True)
+    flat = spread < 1e-6
+    return np.where(flat, 0.0, (scores - mean) / np.where(flat, 1.0, spread))
 
 
 def fused_scores(similarity: np.ndarray, lexical: np.ndarray, weight: float,
                  similarity_ref: np.ndarray | None = None, lexical_ref: np.ndarray | None = None) -> np.ndarray:
     """(1 − weight) · standardised similarity + weight · standardised BM25, higher first. Each score is standardised
-    per row over its reference scores (the same query against `stats_rows` of the bank; default: the row itself)."""
+    per row over its reference scores (the same query against the bank, or `stats_rows` of it; default: the row
+    itself). A BM25 score that only a few texts of a large bank share stands out more the larger the bank."""
     if not 0.0 <= weight <= 1.0:
         raise ValueError(f"the BM25 weight must lie in [0, 1], got {weight}")
     sim = standardised(similarity, similarity if similarity_ref is None else similarity_ref)

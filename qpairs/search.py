@@ -40,6 +40,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -50,14 +51,15 @@ from tqdm.auto import tqdm
 
 from .data import read_questions  # noqa: F401  (re-exported)
 from .checkpoint import model_fingerprint  # noqa: F401  (the index's model identity)
-from .bm25 import TITLE_BODY_BM25_WEIGHT, LexicalIndex, fused_scores, stats_rows
+from .bm25 import TITLE_BODY_BM25_WEIGHT, LexicalIndex, bm25_available, fused_scores, stats_rows
 from .ngram import lexical_similarity
 from .retrieval import pairwise_distances
 
 log = logging.getLogger("qpairs")
 
-FORMAT_VERSION = 2  # 2 added the base space (meta "space", NORMS); version 1 indexes are model-space
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # 3 added "bm25_weight" (BM25_DIR); 2 the base space (meta "space", NORMS); 1 is model-space
+READABLE_VERSIONS = (1, 2, 3)
+BM25_QUERY_CHUNK = 256  # queries whose BM25 scores over the whole bank are held at once
 SPACES = ("model", "base")
 LEXICAL_WEIGHT = 0.2  # base space: weight of the character n-gram cosine in the ranking (chosen on validation)
 RERANK_EXTRA = 20  # candidates fetched beyond k for a lexical re-ranking (base space, BM25 weight)
@@ -184,7 +186,8 @@ class QuestionIndex:
         self._sq_norms = None  # |x|² of the stored vectors (L2 flat search), computed on first use
         self._half = None  # fp16 copy of the vectors for `_half_knn`, built on first use
         self.norms = np.zeros(0, dtype=np.float32)  # base space: |pooled vector| before normalisation
-        self._lexical = None  # BM25 of the stored texts (bm25_weight > 0), built on first use and after `add`
+        self._lexical = None  # BM25 of the stored texts (bm25_weight > 0), loaded or built on first use, rebuilt after `add`
+        self._reference = None  # (bank size, stats rows, their model embeddings) of the BM25 fusion
 
     @property
     def space(self) -> str:
@@ -225,6 +228,10 @@ class QuestionIndex:
             meta["lexical_weight"] = LEXICAL_WEIGHT
         if bm25_weight == "auto":
             bm25_weight = TITLE_BODY_BM25_WEIGHT if title_body and _bm25_refusal(det, space) is None else 0.0
+            if bm25_weight and not bm25_available():
+                log.warning("bm25s is not installed: the index ranks by the model alone (pip install 'qpairs[search]' "
+                            "for its BM25 weight)")
+                bm25_weight = 0.0
         if bm25_weight:
             if not 0.0 < float(bm25_weight) <= 1.0:
                 raise ValueError(f"the BM25 weight must lie in (0, 1], got {bm25_weight}")
@@ -303,6 +310,8 @@ class QuestionIndex:
             np.save(directory / NORMS, self.norms)
         if self._lexical is not None and self._lexical.size == len(self):
             self._lexical.save(directory / BM25_DIR)
+        elif (directory / BM25_DIR).is_dir():
+            shutil.rmtree(directory / BM25_DIR)  # another bank's: rebuilt from the texts on first use
         (directory / META).write_text(json.dumps(self.meta, indent=2))
         self.path = directory
         return directory
@@ -336,8 +345,8 @@ class QuestionIndex:
             if len(out.norms) != len(out):
                 raise SearchIndexError(f"{directory / NORMS}: {len(out.norms)} norms for {len(out)} questions: "
                                        "the index is corrupt")
-        if out.bm25_weight and (directory / BM25_DIR).is_dir():
-            out._lexical = LexicalIndex.load(directory / BM25_DIR)  # rebuilt on first use if it is stale
+        if not 0.0 <= out.bm25_weight <= 1.0:
+            raise SearchIndexError(f"{directory / META}: bm25_weight {out.bm25_weight} lies outside [0, 1]")
         return out
 
     # -- model check
@@ -502,15 +511,35 @@ class QuestionIndex:
         return scores
 
     def lexical(self, det) -> LexicalIndex:
-        """BM25 of the stored texts as the model reads them (built on first use, again after `add`)."""
+        """BM25 of the stored texts as the model reads them (loaded from the index directory or built on first use,
+        built again after `add`)."""
+        saved = self.path / BM25_DIR if self.path else None
+        if self._lexical is None and saved is not None and saved.is_dir():
+            self._lexical = LexicalIndex.load(saved)
         if self._lexical is None or self._lexical.size != len(self):
             self._lexical = LexicalIndex.build(model_texts(det, self.texts, self.side))
         return self._lexical
 
+    def _reference_embeddings(self, det) -> tuple[np.ndarray, np.ndarray]:
+        """`bm25.stats_rows` of the bank and their model embeddings (cached until the bank grows)."""
+        if self._reference is None or self._reference[0] != len(self):
+            rows = stats_rows(len(self))
+            self._reference = (len(self), rows, self.stored_embeddings(det, rows))
+        return self._reference[1], self._reference[2]
+
+    def _bm25_search(self, det, questions: list[str], vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        """`search_many` of an index with a BM25 weight, `BM25_QUERY_CHUNK` queries at a time."""
+        out = []
+        for start in range(0, len(questions), BM25_QUERY_CHUNK):
+            chunk = slice(start, start + BM25_QUERY_CHUNK)
+            out += self._hits(det, *self._bm25_ranking(det, questions[chunk], vectors[chunk], k), k)
+        return out
+
     def _bm25_ranking(self, det, questions: list[str], vectors: np.ndarray, k: int):
         """(rows, distances, fused scores) of each query's candidates in an index with a BM25 weight: the
         k + RERANK_EXTRA nearest by the model and the k + RERANK_EXTRA best by BM25 (−1 pads), scored by
-        `bm25.fused_scores` over the `bm25.stats_rows` of the bank."""
+        `bm25.fused_scores`: BM25 standardised over the whole bank, the model's similarity over its
+        `bm25.stats_rows` (the same distance as `rescore`: the model has no pair head)."""
         lexical = self.lexical(det).scores(model_texts(det, questions, other_side(self.side)))
         n = min(k + RERANK_EXTRA, len(self))
         best_lexical = np.argpartition(-lexical, n - 1, axis=1)[:, :n] if n < len(self) else \
@@ -520,14 +549,16 @@ class QuestionIndex:
         rows = np.full((len(union), max(map(len, union))), -1, dtype=np.int64)
         for i, u in enumerate(union):
             rows[i, : len(u)] = u
+        valid = rows >= 0
         embeddings = self.model_embeddings(det, vectors)
         dist = self.rescore(det, embeddings, rows)
-        ref = stats_rows(len(self))
-        ref_dist = pairwise_distances(embeddings, self.stored_embeddings(det, ref), det.model.distance_metric)
-        with np.errstate(invalid="ignore"):
-            scores = fused_scores(-dist, np.take_along_axis(lexical, np.maximum(rows, 0), axis=1), self.bm25_weight,
-                                  -ref_dist, lexical[:, ref])
-        return rows, dist, np.where(rows >= 0, scores, -np.inf)
+        _, ref_embeddings = self._reference_embeddings(det)
+        ref_dist = pairwise_distances(embeddings, ref_embeddings, det.model.distance_metric)
+        scores = fused_scores(np.where(valid, -dist, 0.0), np.take_along_axis(lexical, np.where(valid, rows, 0), axis=1),
+                              self.bm25_weight, -ref_dist, lexical)
+        if not np.isfinite(scores).all():
+            raise ValueError("the model gave a non-finite distance: the BM25 fusion cannot rank these queries")
+        return rows, dist, np.where(valid, scores, -np.inf)
 
     def shortlist(self, questions: list[str], vectors: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
         """Each query's n best candidate rows by this space's own ranking (base: cosine + lexical; model: the
@@ -556,7 +587,7 @@ class QuestionIndex:
             return [[] for _ in questions]
         vectors = self.query_vectors(det, questions)
         if self.bm25_weight:
-            return self._hits(det, *self._bm25_ranking(det, questions, vectors, k), k)
+            return self._bm25_search(det, questions, vectors, k)
         fetch = max(k, rerank or k) if tokens else k
         rows = self.knn(vectors, fetch + (RERANK_EXTRA if self.space == "base" else 0), few_fast=True)
         if tokens:
@@ -569,11 +600,12 @@ class QuestionIndex:
 
     def _hits(self, det, rows: np.ndarray, dist: np.ndarray, scores: np.ndarray, k: int,
               probs: np.ndarray | None = None) -> list[list[Hit]]:
-        """Each query's k best candidate rows by `scores` as hits (probabilities from `dist` unless given)."""
+        """Each query's k best candidate rows by `scores` (ties: the smaller distance first) as hits (probabilities
+        from `dist` unless given)."""
         probs = det.calibrator.predict_proba(dist) if probs is None else probs
         out = []
         for r, d, p, s in zip(rows, dist, probs, scores):
-            order = [i for i in np.argsort(-s, kind="stable") if r[i] >= 0][:k]
+            order = [i for i in np.lexsort((d, -s)) if r[i] >= 0][:k]
             out.append([Hit(self.ids[r[i]], self.texts[r[i]], float(p[i]), float(d[i]), bool(p[i] >= det.threshold),
                             float(s[i])) for i in order])
         return out

@@ -38,6 +38,9 @@ def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "f
     ids, texts = read_questions(path, text_col, id_col)
     if exists:
         index = QuestionIndex.load(out)
+        if bm25_weight != "auto" and float(bm25_weight) != index.bm25_weight:
+            raise ValueError(f"{out} ranks with BM25 weight {index.bm25_weight}; --append keeps it (build a new index "
+                             f"for weight {bm25_weight})")
         det = load_detector(model, index, device, backend)
         index.add(det, texts, ids, batch_size=batch_size)
     else:

@@ -29,7 +29,8 @@ from qpairs import title_body as tb
 from qpairs.bm25 import LexicalIndex, fused_scores
 from qpairs.retrieval import (candidate_pools, first_relevant_ranks, pairwise_distances, retrieval_metrics,
                               true_ranks)
-from qpairs.title_body_eval import embed_posts, zero_shot_detector
+from qpairs.search import model_texts
+from qpairs.title_body_eval import embed_posts, title_body_sides, zero_shot_detector
 
 WEIGHTS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0)
 
@@ -37,10 +38,13 @@ WEIGHTS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0)
 def fused_ranks(posts, det, n_candidates: int, seed: int) -> dict[float, np.ndarray]:
     """Rank of each post's own body among its pool, for every fusion weight in `WEIGHTS`."""
     titles, bodies = embed_posts(det, posts)  # each side through its own tower
+    t_side, b_side = title_body_sides(det)  # BM25 reads the texts as the model does, as a search index does
+    read_titles = model_texts(det, list(posts["title"]), t_side)
+    read_bodies = model_texts(det, list(posts["body"]), b_side)
     ranks = {a: np.empty(len(posts), dtype=int) for a in WEIGHTS}
     for queries, cands in candidate_pools(len(posts), min(n_candidates, len(posts)), seed):
         similarity = -pairwise_distances(titles[queries], bodies[cands], det.model.distance_metric)
-        lexical = LexicalIndex.build(list(posts["body"].iloc[cands])).scores(list(posts["title"].iloc[queries]))
+        lexical = LexicalIndex.build([read_bodies[c] for c in cands]).scores([read_titles[q] for q in queries])
         for a in WEIGHTS:  # as a `qpairs index --bm25-weight a` of the pool's bodies ranks them
             ranks[a][queries] = true_ranks(-fused_scores(similarity, lexical, a), np.arange(len(queries)))
     return ranks
@@ -87,6 +91,8 @@ def main(argv=None) -> int:
                    help="also rank the test posts through `qpairs index --bm25-weight W` and `qpairs search -k 10` "
                         "(MRR counts the top 10 only)")
     args = p.parse_args(argv)
+    if args.through_index is not None and not 0.0 <= args.through_index <= 1.0:
+        p.error(f"--through-index must lie in [0, 1], got {args.through_index}")
 
     posts = tb.load_posts(args.data or tb.default_title_body_file(), max_words=args.body_max_words)
     parts = tb.cross_site_split(posts, args.test_site, seed=args.seed)
@@ -104,14 +110,15 @@ def main(argv=None) -> int:
         det = zero_shot_detector(_calibration_pairs(sets["validation (training sites)"]), max_length=args.body_max_length,
                                  device="cpu")
     for name, frame in sets.items():
-        frame = frame.reset_index(drop=True).drop_duplicates("body").reset_index(drop=True)
+        frame = sets[name] = frame.reset_index(drop=True).drop_duplicates("body").reset_index(drop=True)
         print(f"\n{name}: {len(frame)} posts, {min(args.candidates, len(frame))} candidates per title")
         print("| BM25 weight | recall@1 | recall@10 | MRR |\n|---|---|---|---|")
         for a, ranks in fused_ranks(frame, det, args.candidates, args.seed).items():
             m = retrieval_metrics(ranks)
             print(f"| {a:.2f} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {m['mrr']:.4f} |", flush=True)
     if args.through_index is not None:
-        m = retrieval_metrics(ranks_through_index(frame, det, args.through_index, args.candidates, args.seed))
+        test = sets[f"test ({args.test_site})"]
+        m = retrieval_metrics(ranks_through_index(test, det, args.through_index, args.candidates, args.seed))
         print(f"| {args.through_index:.2f} through qpairs index + search | {m['recall@1']:.4f} | {m['recall@10']:.4f} | "
               f"{m['mrr']:.4f} (top 10) |")
     return 0

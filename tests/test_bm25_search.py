@@ -89,7 +89,7 @@ def test_candidates_come_from_bm25_beyond_the_model_neighbours(bank):
     np.testing.assert_allclose(index.search(det, titles[0], k=1)[0].probability, probs[0], atol=1e-6)
 
 
-def test_the_bm25_part_is_saved_loaded_and_rebuilt_after_add(bank, tmp_path):
+def test_the_bm25_part_is_saved_loaded_and_rebuilt_after_add(bank, tmp_path, monkeypatch):
     det, titles, bodies = bank
     index = QuestionIndex.build(det, bodies[:40], side="body", bm25_weight=0.5, progress=False)
     before = [[h.id for h in hs] for hs in index.search_many(det, titles[:40], k=5)]
@@ -98,8 +98,10 @@ def test_the_bm25_part_is_saved_loaded_and_rebuilt_after_add(bank, tmp_path):
     assert (tmp_path / "idx" / "bm25").is_dir()
     assert json.loads((tmp_path / "idx" / "meta.json").read_text())["bm25_weight"] == 0.5
     loaded = QuestionIndex.load(tmp_path / "idx")
-    assert loaded._lexical is not None and loaded._lexical.size == 40
-    assert [[h.id for h in hs] for hs in loaded.search_many(det, titles[:40], k=5)] == before
+    with monkeypatch.context() as m:  # read from the directory, not built again
+        m.setattr(LexicalIndex, "build", classmethod(lambda cls, texts: pytest.fail("BM25 built again")))
+        assert loaded.lexical(det).size == 40
+        assert [[h.id for h in hs] for hs in loaded.search_many(det, titles[:40], k=5)] == before
     loaded.add(det, bodies[40:], [str(i) for i in range(40, 60)], progress=False)
     assert [hs[0].id for hs in loaded.search_many(det, titles[40:], k=1)] == [str(i) for i in range(40, 60)]
 
@@ -149,3 +151,56 @@ def test_the_cli_indexes_bodies_with_the_auto_weight_and_rejects_a_bad_one(bank,
     with pytest.raises(SystemExit):
         main(["index", str(tmp_path / "bodies.csv"), "-o", str(tmp_path / "idx2"), "--bm25-weight", "1.5"])
     assert "expected a number in [0, 1], got 1.5" in capsys.readouterr().err
+
+
+def test_queries_and_banks_without_a_word_to_match_fall_back_to_the_model(bank):
+    det, titles, bodies = bank
+    index = QuestionIndex.build(det, bodies, side="body", bm25_weight=1.0, progress=False)
+    plain = QuestionIndex.build(det, bodies, side="body", bm25_weight=0.0, progress=False)
+    for query in ["Is this it?", "C++ ?!", "", "qwertyuiop"]:  # stop words, symbols, nothing, an unknown word
+        got = index.search(det, query, k=5)
+        assert [h.id for h in got] == [h.id for h in plain.search(det, query, k=5)]  # ties broken by the model
+        assert all(h.score == 0.0 for h in got)
+    stop_words = QuestionIndex.build(det, ["the", "is it", "?"], side="body", bm25_weight=0.5, progress=False)
+    assert len(stop_words.search(det, titles[0], k=3)) == 3
+    assert stop_words.lexical(det).scores([titles[0]]).tolist() == [[0.0, 0.0, 0.0]]
+
+
+def test_saving_another_bank_over_an_index_drops_the_old_bm25_part(bank, tmp_path):
+    det, titles, bodies = bank
+    first = QuestionIndex.build(det, bodies[:30], side="body", bm25_weight=1.0, progress=False)
+    first.lexical(det)
+    first.save(tmp_path / "idx")
+    QuestionIndex.build(det, bodies[30:], [str(i) for i in range(30, 60)], side="body", bm25_weight=1.0,
+                        progress=False).save(tmp_path / "idx")
+    assert not (tmp_path / "idx" / "bm25").exists()
+    assert QuestionIndex.load(tmp_path / "idx").search(det, titles[45], k=1)[0].id == "45"
+
+
+def test_bm25_is_standardised_over_the_whole_bank_beyond_the_sample(bank, monkeypatch):
+    import qpairs.bm25 as bm25
+
+    det, titles, bodies = bank
+    monkeypatch.setattr(bm25, "STATS_SAMPLE", 8)  # the model's similarity: 8 reference rows; BM25: all 60
+    index = QuestionIndex.build(det, bodies, side="body", bm25_weight=0.3, progress=False)
+    ref = bm25.stats_rows(len(bodies))
+    assert len(ref) == 8
+    hits = index.search_many(det, titles[:3], k=len(bodies))
+    similarity = -pairwise_distances(det.encode(titles[:3], "left"), det.encode(bodies, "right"), "euclidean")
+    lexical = LexicalIndex.build(bodies).scores(titles[:3])
+    want = fused_scores(similarity, lexical, 0.3, similarity[:, ref], lexical)
+    for row, query_hits in zip(want, hits):
+        got = {int(h.id): h.score for h in query_hits}
+        np.testing.assert_allclose([got[i] for i in range(len(bodies))], row, rtol=1e-4, atol=1e-4)
+
+
+def test_appending_with_another_weight_is_refused(bank, tmp_path):
+    import pandas as pd
+
+    from qpairs.search_commands import index_file
+
+    det, titles, bodies = bank
+    pd.DataFrame({"question": bodies[:30]}).to_csv(tmp_path / "a.csv", index=False)
+    index_file(tmp_path / "a.csv", tmp_path / "idx", det.path, side="body", backend="torch")
+    with pytest.raises(ValueError, match="ranks with BM25 weight 0.1; --append keeps it"):
+        index_file(tmp_path / "a.csv", tmp_path / "idx", det.path, append=True, backend="torch", bm25_weight=0.5)
