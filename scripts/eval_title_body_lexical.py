@@ -65,6 +65,25 @@ def ranks_through_index(posts, det, weight: float, n_candidates: int, seed: int,
     return first_relevant_ranks(ranked, relevant)
 
 
+def site_bank_metrics(site_posts, test, det, weights) -> dict[float, dict]:
+    """recall@1, recall@10 and MRR (top 10) of the test titles searched in one index of every body of the held-out
+    site (`qpairs index --side body`, `qpairs search -k 10`), for each BM25 weight."""
+    from qpairs.search import QuestionIndex
+
+    site_posts = site_posts.drop_duplicates("body")  # a test post's body is found under the first post that has it
+    kept = dict(zip(site_posts["body"], site_posts["post_id"].astype(str)))
+    title_body = bool((det.config.get("train") or {}).get("left_col"))
+    index = QuestionIndex.build(det, list(site_posts["body"]), list(site_posts["post_id"].astype(str)), space="model",
+                                side="body" if title_body else "right", bm25_weight=max(weights) or 0.0)
+    relevant = [{kept[b]} for b in test["body"]]
+    out = {}
+    for w in weights:
+        index.meta["bm25_weight"] = w  # the same vectors and BM25, ranked with another weight
+        hits = index.search_many(det, list(test["title"]), k=10)
+        out[w] = retrieval_metrics(first_relevant_ranks([[h.id for h in hs] for hs in hits], relevant))
+    return out
+
+
 def _calibration_pairs(posts) -> "pd.DataFrame":
     """Each post's title with its own body (duplicate) and with the next post's body (not): zero-shot's calibration,
     which the search hits' probabilities need (rankings do not)."""
@@ -87,6 +106,9 @@ def main(argv=None) -> int:
     p.add_argument("--body-max-length", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", help="a trained title/body run (default: zero-shot all-MiniLM-L6-v2)")
+    p.add_argument("--site-bank", type=float, nargs="+", metavar="W",
+                   help="also search the test titles in one index of every body of the held-out site, with each BM25 "
+                        "weight W (MRR counts the top 10 only)")
     p.add_argument("--through-index", type=float, metavar="W",
                    help="also rank the test posts through `qpairs index --bm25-weight W` and `qpairs search -k 10` "
                         "(MRR counts the top 10 only)")
@@ -121,6 +143,12 @@ def main(argv=None) -> int:
         m = retrieval_metrics(ranks_through_index(test, det, args.through_index, args.candidates, args.seed))
         print(f"| {args.through_index:.2f} through qpairs index + search | {m['recall@1']:.4f} | {m['recall@10']:.4f} | "
               f"{m['mrr']:.4f} (top 10) |")
+    if args.site_bank:
+        site = parts["test"]
+        print(f"\ntest titles ({len(test)}) searched among every {args.test_site} body "
+              f"({site['body'].nunique()})\n| BM25 weight | recall@1 | recall@10 | MRR (top 10) |\n|---|---|---|---|")
+        for w, m in site_bank_metrics(site, sets[f"test ({args.test_site})"], det, args.site_bank).items():
+            print(f"| {w:.2f} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {m['mrr']:.4f} |", flush=True)
     return 0
 
 
