@@ -432,7 +432,9 @@ def _add_search_commands(sub) -> None:
                        "minus the model's distance, so it orders as prob does. In a base-space index (the default "
                        "model's) the score is the base encoder's cosine plus a weighted character n-gram cosine, "
                        "which finds duplicates in a large bank better than prob; prob comes from the model's head "
-                       "and can be lower for a higher-ranked hit. A run whose pair head reads token states (--pair-head "
+                       "and can be lower for a higher-ranked hit. In an index built with a BM25 weight (qpairs index "
+                       "--bm25-weight, on by default for a title/body run's --side body or title) the score mixes the "
+                       "model's similarity and BM25, each standardised over the bank. A run whose pair head reads token states (--pair-head "
                        "matching) takes the index's best --rerank candidates by that ranking, re-scores each pair with "
                        "its head and ranks by that probability: score is prob. " + LIMITS)
     p.add_argument("index", help="index directory written by qpairs index")
