@@ -8,7 +8,9 @@ Every title and body is encoded once; the pair sets and the retrieval pools reus
 * retrieval: each title ranks its body among `n_candidates` bodies: recall@1, recall@10, MRR. For a model
   whose pair head reads token states (``--pair-head matching``) each title's `rerank` nearest bodies are
   shortlisted as `qpairs search` does (a frozen base: by the base's pooled cosine; else by the embeddings)
-  and the head orders them (``retrieval_reranked``); its pair metrics come from the head.
+  and the head orders them (``retrieval_reranked``); its pair metrics come from the head. For a model whose score
+  is a distance between embeddings, also ranked as a ``qpairs index --side body`` ranks by default: the
+  similarity fused with BM25 (``retrieval_bm25``, `qpairs.bm25`).
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ import pandas as pd
 
 from . import sides
 from .metrics import classification_metrics
-from .retrieval import rerank_in_pools, retrieval_eval, retrieval_metrics
+from .retrieval import (candidate_pools, pairwise_distances, rerank_in_pools, retrieval_eval, retrieval_metrics,
+                        true_ranks)
 from .title_body import (DEFAULT_BODY_MAX_WORDS, DEFAULT_TRUNCATION, load_posts, random_negatives,
                          tag_negatives)
 
@@ -38,6 +41,24 @@ def embed_posts(det, posts: pd.DataFrame, batch_size: int | None = None) -> tupl
     titles = det.preprocess(list(posts["title"]), t_side) if hasattr(det, "preprocess") else list(posts["title"])
     bodies = det.preprocess(list(posts["body"]), b_side) if hasattr(det, "preprocess") else list(posts["body"])
     return det.encode(titles, t_side, batch_size), det.encode(bodies, b_side, batch_size)
+
+
+def fused_pool_ranks(det, posts: pd.DataFrame, title_emb: np.ndarray, body_emb: np.ndarray, n_candidates: int,
+                     seed: int, weights) -> dict[float, np.ndarray]:
+    """Rank of each post's body among its pool (`candidate_pools`) for each BM25 weight, as an index of the pool's
+    bodies with that weight ranks them (`bm25.fused_scores`; BM25 reads the texts as the model does)."""
+    from .bm25 import LexicalIndex, fused_scores
+    from .search import model_texts
+
+    t_side, b_side = title_body_sides(det)
+    titles, bodies = model_texts(det, list(posts["title"]), t_side), model_texts(det, list(posts["body"]), b_side)
+    ranks = {w: np.empty(len(posts), dtype=int) for w in weights}
+    for queries, cands in candidate_pools(len(posts), n_candidates, seed):
+        similarity = -pairwise_distances(title_emb[queries], body_emb[cands], det.model.distance_metric)
+        lexical = LexicalIndex.build([bodies[c] for c in cands]).scores([titles[q] for q in queries])
+        for w in weights:
+            ranks[w][queries] = true_ranks(-fused_scores(similarity, lexical, w), np.arange(len(queries)))
+    return ranks
 
 
 def _row_distances(det, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -107,6 +128,7 @@ def evaluate_title_body(det, posts: pd.DataFrame, n_candidates: int = 1000, seed
     `embed(det, posts)` → (title embeddings, body embeddings); the default runs the detector's encoders.
     `rerank`: bodies the pair head re-orders per title, for a head on token states.
     """
+    from .bm25 import TITLE_BODY_BM25_WEIGHT, bm25_available
     from .matching import needs_tokens
 
     posts = posts.drop_duplicates("body").reset_index(drop=True)  # an identical body would be a second "true" item
@@ -136,6 +158,10 @@ def evaluate_title_body(det, posts: pd.DataFrame, n_candidates: int = 1000, seed
         ranks = rerank_in_pools(q, items, head, rerank, n_cand, "cosine" if base else det.model.distance_metric, seed)
         results["retrieval_reranked"] = {**retrieval_metrics(ranks), "n_candidates": n_cand, "rerank": rerank,
                                          "shortlist": "base cosine" if base else "embeddings"}
+    elif det.model.pair_head is None and bm25_available():
+        w = TITLE_BODY_BM25_WEIGHT
+        ranks = fused_pool_ranks(det, posts, title_emb, body_emb, n_cand, seed, [w])[w]
+        results["retrieval_bm25"] = {**retrieval_metrics(ranks), "n_candidates": n_cand, "bm25_weight": w}
     if len(posts) < n_candidates:
         results["retrieval"]["warning"] = f"only {len(posts)} posts: fewer candidates than the {n_candidates} asked for"
     return results
@@ -172,6 +198,10 @@ def evaluate_title_body_run(run_dir, files, out=None, device: str = "auto", site
     ret = results["retrieval"]
     print(f"retrieval ({results['posts']} posts, {ret['n_candidates']} candidates per title): "
           f"recall@1 {ret['recall@1']:.4f}, recall@10 {ret['recall@10']:.4f}, MRR {ret['mrr']:.4f}")
+    if "retrieval_bm25" in results:
+        rb = results["retrieval_bm25"]
+        print(f"with BM25 at weight {rb['bm25_weight']} (as `qpairs index --side body` ranks): recall@1 {rb['recall@1']:.4f}, "
+              f"recall@10 {rb['recall@10']:.4f}, MRR {rb['mrr']:.4f}")
     if "retrieval_reranked" in results:
         rr = results["retrieval_reranked"]
         print(f"re-ranked by the pair head (its {rr['rerank']} nearest bodies per title): recall@1 {rr['recall@1']:.4f}, "

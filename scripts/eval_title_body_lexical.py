@@ -26,11 +26,8 @@ import sys
 import numpy as np
 
 from qpairs import title_body as tb
-from qpairs.bm25 import LexicalIndex, fused_scores
-from qpairs.retrieval import (candidate_pools, first_relevant_ranks, pairwise_distances, retrieval_metrics,
-                              true_ranks)
-from qpairs.search import model_texts
-from qpairs.title_body_eval import embed_posts, title_body_sides, zero_shot_detector
+from qpairs.retrieval import candidate_pools, first_relevant_ranks, retrieval_metrics
+from qpairs.title_body_eval import embed_posts, fused_pool_ranks, zero_shot_detector
 
 WEIGHTS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0)
 
@@ -38,16 +35,7 @@ WEIGHTS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0)
 def fused_ranks(posts, det, n_candidates: int, seed: int) -> dict[float, np.ndarray]:
     """Rank of each post's own body among its pool, for every fusion weight in `WEIGHTS`."""
     titles, bodies = embed_posts(det, posts)  # each side through its own tower
-    t_side, b_side = title_body_sides(det)  # BM25 reads the texts as the model does, as a search index does
-    read_titles = model_texts(det, list(posts["title"]), t_side)
-    read_bodies = model_texts(det, list(posts["body"]), b_side)
-    ranks = {a: np.empty(len(posts), dtype=int) for a in WEIGHTS}
-    for queries, cands in candidate_pools(len(posts), min(n_candidates, len(posts)), seed):
-        similarity = -pairwise_distances(titles[queries], bodies[cands], det.model.distance_metric)
-        lexical = LexicalIndex.build([read_bodies[c] for c in cands]).scores([read_titles[q] for q in queries])
-        for a in WEIGHTS:  # as a `qpairs index --bm25-weight a` of the pool's bodies ranks them
-            ranks[a][queries] = true_ranks(-fused_scores(similarity, lexical, a), np.arange(len(queries)))
-    return ranks
+    return fused_pool_ranks(det, posts, titles, bodies, min(n_candidates, len(posts)), seed, WEIGHTS)
 
 
 def ranks_through_index(posts, det, weight: float, n_candidates: int, seed: int, k: int = 10) -> np.ndarray:
@@ -84,7 +72,7 @@ def site_bank_metrics(site_posts, test, det, weights) -> dict[float, dict]:
     return out
 
 
-def _calibration_pairs(posts) -> "pd.DataFrame":
+def _calibration_pairs(posts):
     """Each post's title with its own body (duplicate) and with the next post's body (not): zero-shot's calibration,
     which the search hits' probabilities need (rankings do not)."""
     import pandas as pd

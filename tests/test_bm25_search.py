@@ -204,3 +204,24 @@ def test_appending_with_another_weight_is_refused(bank, tmp_path):
     index_file(tmp_path / "a.csv", tmp_path / "idx", det.path, side="body", backend="torch")
     with pytest.raises(ValueError, match="ranks with BM25 weight 0.1; --append keeps it"):
         index_file(tmp_path / "a.csv", tmp_path / "idx", det.path, append=True, backend="torch", bm25_weight=0.5)
+
+
+def test_evaluation_ranks_each_pool_as_an_index_of_its_bodies_does(bank):
+    import pandas as pd
+
+    from qpairs.retrieval import candidate_pools
+    from qpairs.title_body_eval import embed_posts, fused_pool_ranks
+
+    det, titles, bodies = bank
+    posts = pd.DataFrame({"title": titles, "body": bodies})
+    title_emb, body_emb = embed_posts(det, posts)
+    ranks = fused_pool_ranks(det, posts, title_emb, body_emb, 20, 0, [0.0, 0.3])
+    assert not np.array_equal(ranks[0.0], ranks[0.3])
+    for w, want in ranks.items():
+        got = np.empty(len(posts))
+        for queries, cands in candidate_pools(len(posts), 20, 0):
+            index = QuestionIndex.build(det, [bodies[c] for c in cands], [str(c) for c in cands], side="body",
+                                        bm25_weight=w, progress=False)
+            for q, hits in zip(queries, index.search_many(det, [titles[q] for q in queries], k=20)):
+                got[q] = [h.id for h in hits].index(str(q)) + 1
+        np.testing.assert_array_equal(got, want)

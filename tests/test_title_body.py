@@ -276,7 +276,8 @@ def test_evaluate_cli_on_a_post_file(pseudo_run, tmp_path, capsys):
     assert res["posts"] == 100 and res["retrieval"]["n_candidates"] == 20
     assert res["pairs_random"]["n"] == 200 and res["pairs_hard"]["n"] == 200
     assert 0 < res["retrieval"]["mrr"] <= 1
-    assert "recall@1" in capsys.readouterr().out
+    assert res["retrieval_bm25"]["bm25_weight"] == 0.1 and res["retrieval_bm25"]["n_candidates"] == 20
+    assert "with BM25 at weight 0.1" in capsys.readouterr().out
 
 
 @pytest.mark.parametrize("extra", [
