@@ -1,8 +1,9 @@
 """BM25 beside the model's similarity: a lexical score for searches of long texts (title → body).
 
 A title and its body share rare words (names of algorithms, products, species) that a mean-pooled vector
-blurs. `fused_scores` mixes the two scores after standardising each per query over the same rows of the
-bank, so the weight means the same thing whatever the scale of either score:
+blurs. `fused_scores` mixes the two scores after standardising each per query over the bank (the model's
+similarity over a fixed sample of a large one, `stats_rows`), so the weight means the same thing whatever the
+scale of either score:
 
     score = (1 − w) · z(similarity) + w · z(BM25)
 
@@ -17,7 +18,7 @@ import numpy as np
 
 TITLE_BODY_BM25_WEIGHT = 0.1  # an index of a title/body run's titles or bodies (`QuestionIndex.empty`, "auto"): the
 # weight chosen on validation posts of the training sites
-STATS_SAMPLE = 4096  # rows of the bank (all, when fewer) whose scores standardise each query's scores
+STATS_SAMPLE = 4096  # rows of the bank (all, when fewer) whose model similarities standardise each query's
 PARAMS = "params.json"
 
 
