@@ -12,6 +12,7 @@ scale of either score:
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +28,7 @@ def _bm25s():
         import bm25s
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise ImportError("a search with a BM25 weight needs bm25s: pip install 'qpairs[search]'") from exc
+    logging.getLogger("bm25s").setLevel(logging.WARNING)  # its import sets DEBUG, which logs each index build
     return bm25s
 
 

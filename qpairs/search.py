@@ -369,7 +369,8 @@ class QuestionIndex:
         return f"QuestionIndex({len(self)} questions, {self.meta['kind']}, {self.meta['metric']}, path={self.path})"
 
     def __str__(self) -> str:
-        return f"{len(self)} questions ({self.meta['kind']} index, {self.space} space)"
+        bm25 = f", BM25 weight {self.bm25_weight:g}" if self.bm25_weight else ""
+        return f"{len(self)} questions ({self.meta['kind']} index, {self.space} space{bm25})"
 
     # -- search
     def knn(self, vectors: np.ndarray, k: int, few_fast: bool = False) -> np.ndarray:

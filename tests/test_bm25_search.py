@@ -133,8 +133,12 @@ def test_the_standardising_rows_are_all_rows_or_a_fixed_sample():
     assert len(sample) == 4096 and len(set(sample)) == 4096 and (sample == stats_rows(100_000)).all()
 
 
-def test_the_cli_indexes_bodies_with_the_auto_weight_and_rejects_a_bad_one(bank, tmp_path, capsys):
+def test_the_cli_indexes_bodies_with_the_auto_weight_and_rejects_a_bad_one(bank, tmp_path, capsys, caplog):
+    import logging
+
     import pandas as pd
+
+    caplog.set_level(logging.DEBUG)
 
     from qpairs.cli import main
 
@@ -143,6 +147,8 @@ def test_the_cli_indexes_bodies_with_the_auto_weight_and_rejects_a_bad_one(bank,
     assert main(["index", str(tmp_path / "bodies.csv"), "-o", str(tmp_path / "idx"), "--model", str(det.path),
                  "--side", "body", "--backend", "torch"]) == 0
     assert json.loads((tmp_path / "idx" / "meta.json").read_text())["bm25_weight"] == 0.1
+    assert "BM25 weight 0.1) written to" in capsys.readouterr().out
+    assert not [r for r in caplog.records if r.name.startswith("bm25s")]  # no line per index build
     assert main(["search", str(tmp_path / "idx"), titles[7], "-k", "1", "--model", str(det.path), "--json",
                  "--backend", "torch"]) == 0
     out = capsys.readouterr().out
