@@ -97,6 +97,8 @@ def main(argv=None) -> int:
     p.add_argument("--site-bank", type=float, nargs="+", metavar="W",
                    help="also search the test titles in one index of every body of the held-out site, with each BM25 "
                         "weight W (MRR counts the top 10 only)")
+    p.add_argument("--bank-all-sites", action="store_true",
+                   help="with --site-bank: the bank holds every body of every site, not only the held-out one's")
     p.add_argument("--through-index", type=float, metavar="W",
                    help="also rank the test posts through `qpairs index --bm25-weight W` and `qpairs search -k 10` "
                         "(MRR counts the top 10 only)")
@@ -132,9 +134,9 @@ def main(argv=None) -> int:
         print(f"| {args.through_index:.2f} through qpairs index + search | {m['recall@1']:.4f} | {m['recall@10']:.4f} | "
               f"{m['mrr']:.4f} (top 10) |")
     if args.site_bank:
-        site = parts["test"]
-        print(f"\ntest titles ({len(test)}) searched among every {args.test_site} body "
-              f"({site['body'].nunique()})\n| BM25 weight | recall@1 | recall@10 | MRR (top 10) |\n|---|---|---|---|")
+        site = posts if args.bank_all_sites else parts["test"]
+        print(f"\ntest titles ({len(test)}) searched among every {'' if args.bank_all_sites else args.test_site + ' '}"
+              f"body ({site['body'].nunique()})\n| BM25 weight | recall@1 | recall@10 | MRR (top 10) |\n|---|---|---|---|")
         for w, m in site_bank_metrics(site, sets[f"test ({args.test_site})"], det, args.site_bank).items():
             print(f"| {w:.2f} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {m['mrr']:.4f} |", flush=True)
     return 0
