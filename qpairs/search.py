@@ -24,8 +24,8 @@ What the vectors are, and how hits are ranked, is the index's *space*:
 
 A model-space index built with ``bm25_weight`` w > 0 (a title/body run's bodies, say) also keeps a BM25 index of
 its stored texts (`qpairs.bm25`): candidates are the k + RERANK_EXTRA nearest by the model and the k + RERANK_EXTRA
-best by BM25, ranked by (1 − w) · z(−distance) + w · z(BM25), each score standardised per query over the same rows
-of the bank (`bm25.fused_scores`).
+best by BM25, ranked by (1 − w) · z(−distance) + w · z(BM25), each score standardised per query over the bank (the
+distance over a fixed sample of a large one; `bm25.fused_scores`).
 
 A model whose pair head reads token states (``--pair-head matching``) keeps the pooled index for
 candidates only: the best ``rerank`` of them by the space's ranking are re-scored with the
@@ -187,7 +187,7 @@ class QuestionIndex:
         self._half = None  # fp16 copy of the vectors for `_half_knn`, built on first use
         self.norms = np.zeros(0, dtype=np.float32)  # base space: |pooled vector| before normalisation
         self._lexical = None  # BM25 of the stored texts (bm25_weight > 0), loaded or built on first use, rebuilt after `add`
-        self._reference = None  # (bank size, stats rows, their model embeddings) of the BM25 fusion
+        self._reference = None  # (bank size, model embeddings of its `bm25.stats_rows`) of the BM25 fusion
 
     @property
     def space(self) -> str:
@@ -226,8 +226,9 @@ class QuestionIndex:
                 "model_path": str(det.path.resolve()) if det.path else None, "size": 0, "side": side}
         if space == "base":
             meta["lexical_weight"] = LEXICAL_WEIGHT
+        refusal = _bm25_refusal(det, space)
         if bm25_weight == "auto":
-            bm25_weight = TITLE_BODY_BM25_WEIGHT if title_body and _bm25_refusal(det, space) is None else 0.0
+            bm25_weight = TITLE_BODY_BM25_WEIGHT if title_body and refusal is None else 0.0
             if bm25_weight and not bm25_available():
                 log.warning("bm25s is not installed: the index ranks by the model alone (pip install 'qpairs[search]' "
                             "for its BM25 weight)")
@@ -235,8 +236,8 @@ class QuestionIndex:
         if bm25_weight:
             if not 0.0 < float(bm25_weight) <= 1.0:
                 raise ValueError(f"the BM25 weight must lie in (0, 1], got {bm25_weight}")
-            if _bm25_refusal(det, space):
-                raise ValueError(_bm25_refusal(det, space))
+            if refusal:
+                raise ValueError(refusal)
             meta["bm25_weight"] = float(bm25_weight)
         if kind == "hnsw":
             meta["hnsw_m"] = hnsw_m
@@ -521,12 +522,11 @@ class QuestionIndex:
             self._lexical = LexicalIndex.build(model_texts(det, self.texts, self.side))
         return self._lexical
 
-    def _reference_embeddings(self, det) -> tuple[np.ndarray, np.ndarray]:
-        """`bm25.stats_rows` of the bank and their model embeddings (cached until the bank grows)."""
+    def _reference_embeddings(self, det) -> np.ndarray:
+        """Model embeddings of the bank's `bm25.stats_rows` (cached until the bank grows)."""
         if self._reference is None or self._reference[0] != len(self):
-            rows = stats_rows(len(self))
-            self._reference = (len(self), rows, self.stored_embeddings(det, rows))
-        return self._reference[1], self._reference[2]
+            self._reference = (len(self), self.stored_embeddings(det, stats_rows(len(self))))
+        return self._reference[1]
 
     def _bm25_search(self, det, questions: list[str], vectors: np.ndarray, k: int) -> list[list[Hit]]:
         """`search_many` of an index with a BM25 weight, `BM25_QUERY_CHUNK` queries at a time."""
@@ -543,8 +543,7 @@ class QuestionIndex:
         `bm25.stats_rows` (the same distance as `rescore`: the model has no pair head)."""
         lexical = self.lexical(det).scores(model_texts(det, questions, other_side(self.side)))
         n = min(k + RERANK_EXTRA, len(self))
-        best_lexical = np.argpartition(-lexical, n - 1, axis=1)[:, :n] if n < len(self) else \
-            np.tile(np.arange(len(self)), (len(questions), 1))
+        best_lexical = np.argpartition(-lexical, n - 1, axis=1)[:, :n]
         union = [np.unique(np.concatenate([a[a >= 0], b])) for a, b in zip(self.knn(vectors, n, few_fast=True),
                                                                            best_lexical)]
         rows = np.full((len(union), max(map(len, union))), -1, dtype=np.int64)
@@ -553,8 +552,7 @@ class QuestionIndex:
         valid = rows >= 0
         embeddings = self.model_embeddings(det, vectors)
         dist = self.rescore(det, embeddings, rows)
-        _, ref_embeddings = self._reference_embeddings(det)
-        ref_dist = pairwise_distances(embeddings, ref_embeddings, det.model.distance_metric)
+        ref_dist = pairwise_distances(embeddings, self._reference_embeddings(det), det.model.distance_metric)
         scores = fused_scores(np.where(valid, -dist, 0.0), np.take_along_axis(lexical, np.where(valid, rows, 0), axis=1),
                               self.bm25_weight, -ref_dist, lexical)
         if not np.isfinite(scores).all():

@@ -38,16 +38,21 @@ def fused_ranks(posts, det, n_candidates: int, seed: int) -> dict[float, np.ndar
     return fused_pool_ranks(det, posts, titles, bodies, min(n_candidates, len(posts)), seed, WEIGHTS)
 
 
-def ranks_through_index(posts, det, weight: float, n_candidates: int, seed: int, k: int = 10) -> np.ndarray:
-    """Rank (inf beyond `k`) of each post's own body when each pool's bodies go through `qpairs index --side body
-    --bm25-weight weight` and its titles through `qpairs search -k k`: the product's path end to end."""
+def body_index(det, bodies: list[str], ids: list[str], weight: float):
+    """`qpairs index --side body --bm25-weight weight` of `bodies` (zero-shot MiniLM has no title/body sides: right)."""
     from qpairs.search import QuestionIndex
 
     title_body = bool((det.config.get("train") or {}).get("left_col"))
+    return QuestionIndex.build(det, bodies, ids, progress=False, space="model", side="body" if title_body else "right",
+                               bm25_weight=weight)
+
+
+def ranks_through_index(posts, det, weight: float, n_candidates: int, seed: int, k: int = 10) -> np.ndarray:
+    """Rank (inf beyond `k`) of each post's own body when each pool's bodies go through `qpairs index --side body
+    --bm25-weight weight` and its titles through `qpairs search -k k`: the product's path end to end."""
     ranked, relevant = [None] * len(posts), [{str(i)} for i in range(len(posts))]
     for queries, cands in candidate_pools(len(posts), min(n_candidates, len(posts)), seed):
-        index = QuestionIndex.build(det, list(posts["body"].iloc[cands]), [str(c) for c in cands], progress=False,
-                                    space="model", side="body" if title_body else "right", bm25_weight=weight)
+        index = body_index(det, list(posts["body"].iloc[cands]), [str(c) for c in cands], weight)
         for q, hits in zip(queries, index.search_many(det, list(posts["title"].iloc[queries]), k=k)):
             ranked[q] = [h.id for h in hits]
     return first_relevant_ranks(ranked, relevant)
@@ -56,13 +61,9 @@ def ranks_through_index(posts, det, weight: float, n_candidates: int, seed: int,
 def site_bank_metrics(site_posts, test, det, weights) -> dict[float, dict]:
     """recall@1, recall@10 and MRR (top 10) of the test titles searched in one index of every body of the held-out
     site (`qpairs index --side body`, `qpairs search -k 10`), for each BM25 weight."""
-    from qpairs.search import QuestionIndex
-
     site_posts = site_posts.drop_duplicates("body")  # a test post's body is found under the first post that has it
     kept = dict(zip(site_posts["body"], site_posts["post_id"].astype(str)))
-    title_body = bool((det.config.get("train") or {}).get("left_col"))
-    index = QuestionIndex.build(det, list(site_posts["body"]), list(site_posts["post_id"].astype(str)), space="model",
-                                side="body" if title_body else "right", bm25_weight=max(weights) or 0.0)
+    index = body_index(det, list(kept), list(kept.values()), max(weights) or 0.0)
     relevant = [{kept[b]} for b in test["body"]]
     out = {}
     for w in weights:
