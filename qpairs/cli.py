@@ -292,11 +292,16 @@ def cmd_ensemble(args) -> int:
 
     cols = _column_names(args)
     report = ensemble_command(args.models, args.validation, args.out, step=args.step, threshold=args.threshold,
-                              device=args.device, on_bad_row=args.on_bad_row, **cols)
+                              device=args.device, on_bad_row=args.on_bad_row, familiar=args.familiar,
+                              unfamiliar_share=args.unfamiliar_share, **cols)
     rows = {**{f"member {name}": m for name, m in zip(args.models, report["members"])}, "ensemble": report["ensemble"]}
     print(f"{report['validation_pairs']} validation pairs")
     print(format_table(rows))
     print("weights: " + ", ".join(f"{m} {w:.2f}" for m, w in zip(args.models, report["weights"])))
+    if report["unfamiliar"]:
+        r = report["unfamiliar"]
+        print(f"unfamiliar pairs: up to {r['share']:.0%} of the logit goes to the zero-shot cosine, from "
+              f"unfamiliarity {r['from']:.0f} (the validation median) to {r['to']:.0f} (its 99th percentile)")
     print(f"ensemble written to {args.out}")
     return 0
 
@@ -315,6 +320,12 @@ def _add_ensemble_command(sub) -> None:
     p.add_argument("--step", type=float, default=0.05, help="grid step of the weights (default: 0.05)")
     p.add_argument("--threshold", default="accuracy",
                    help="operating point: accuracy, f1, precision:P or recall:R (default: accuracy)")
+    p.add_argument("--familiar", nargs="+", metavar="FILE",
+                   help="pair files holding the first MODEL's training questions (e.g. RUN/splits/train.csv.gz): "
+                        "pairs whose questions lie far from them (Mahalanobis distance of the pooled vectors) hand "
+                        "part of their logit to the zero-shot cosine; needs a matching-head first MODEL")
+    p.add_argument("--unfamiliar-share", type=float, default=0.5,
+                   help="with --familiar: the share handed over by the least familiar pairs (default: 0.5)")
     _add_pair_file_options(p)
     p.set_defaults(func=cmd_ensemble)
 

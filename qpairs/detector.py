@@ -142,15 +142,16 @@ class DuplicateDetector:
         x = torch.from_numpy(np.ascontiguousarray(pooled, dtype=np.float32)).to(self.device)
         return head(x).float().cpu().numpy()
 
-    def distances(self, q1, q2, states: dict | None = None) -> np.ndarray:
-        """Distances between the pairs (each unique text is encoded once). `states`: for a matching head, token
-        states already computed (`qpairs.pair_scores.pair_distances`), e.g. a `StateMemo` shared across calls."""
+    def distances(self, q1, q2, states: dict | None = None, pooled: dict | None = None) -> np.ndarray:
+        """Distances between the pairs (each unique text is encoded once). For a matching head: `states`, token
+        states already computed (`qpairs.pair_scores.pair_distances`), e.g. a `StateMemo` shared across calls;
+        `pooled`, a dict that receives each prepared text's mean token state."""
         a, b = _pair_lists(q1, q2)
         if needs_tokens(self.model):  # a matching head compares the two sides' token states
             a, b = self.preprocess(a, "left"), self.preprocess(b, "right")
             with self._autocast():
                 return pair_distances(self.model, a, b, self.device, self.batch_size, self.max_waste,
-                                      states=states).float().cpu().numpy()
+                                      states=states, pooled=pooled).float().cpu().numpy()
         e1, e2 = self.embeddings(a, b)
         return self.model.decision_distance(torch.from_numpy(e1), torch.from_numpy(e2)).numpy()
 
@@ -212,11 +213,13 @@ class Ensemble(DuplicateDetector):
     The first member is the primary: search indexes hold its vectors and its token states are reused across
     calls. Every other member reads `reads` words of a question (its encoder's max length); for a pair whose
     longer question runs past that, its share falls linearly to 0 at twice that length and goes to the primary.
+    With `familiarity` (`qpairs.familiarity`), pairs far from the primary's training questions hand part of the
+    mixed logit to the zero-shot cosine of the primary's pooled token states.
     `backend` names each member's, joined by '+' (e.g. 'onnx-int8+bf16'), and `use_backend` takes that form too.
     """
 
     def __init__(self, members: list[DuplicateDetector], weights, calibrator: Calibrator, path=None,
-                 backend: str | None = None):
+                 backend: str | None = None, familiarity=None):
         if len(members) < 2 or len(weights) != len(members):
             raise ValueError(f"an ensemble needs two or more members and one weight each, got {len(members)} "
                              f"members and {len(weights)} weights")
@@ -224,6 +227,10 @@ class Ensemble(DuplicateDetector):
         if (self.weights < 0).any() or abs(self.weights.sum() - 1) > 1e-6:
             raise ValueError(f"ensemble weights must be non-negative and add up to 1, got {list(weights)}")
         primary = self.members[0]
+        self.familiarity = familiarity  # a `qpairs.familiarity.Familiarity` (its rule applied to the mix) or None
+        if familiarity is not None and not needs_tokens(primary.model):
+            raise ValueError("the unfamiliar-pair rule needs a matching-head model as the first member (it reads "
+                             "that model's pooled token states)")
         self.reads = [int(m.model.encoder.config.get("max_length") or 0) for m in self.members]
         config = {**primary.config, "ensemble": {"members": [str(Path(m.path).resolve()) if m.path else None
                                                              for m in self.members],
@@ -259,9 +266,12 @@ class Ensemble(DuplicateDetector):
 
         from .checkpoint import model_fingerprint
 
+        fam = self.familiarity
         blob = json.dumps({"members": [model_fingerprint(m) for m in self.members],
                            "calibrations": [m.calibrator.to_dict() for m in self.members],
-                           "reads": self.reads, "weights": self.weights.tolist()}, sort_keys=True, default=str)
+                           "reads": self.reads, "weights": self.weights.tolist(),
+                           "unfamiliar": None if fam is None else [fam.rule, fam.mean.tolist()]},
+                          sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def shares(self, q1: list[str], q2: list[str]) -> np.ndarray:
@@ -275,28 +285,45 @@ class Ensemble(DuplicateDetector):
         out[0] = 1.0 - out[1:].sum(0)
         return out
 
-    def member_logits(self, q1: list[str], q2: list[str], states: dict | None = None) -> np.ndarray:
-        """Each member's calibrated logit of each pair [members, pairs] (`states`: the primary's token states)."""
+    def member_logits(self, q1: list[str], q2: list[str], states: dict | None = None,
+                      pooled: dict | None = None) -> np.ndarray:
+        """Each member's calibrated logit of each pair [members, pairs] (`states`: the primary's token states;
+        `pooled` receives the primary's pooled token states, see `DuplicateDetector.distances`)."""
         from .calibration import _logit
 
-        return np.stack([_logit(m.calibrator.predict_proba(m.distances(q1, q2, states if i == 0 else None)))
+        return np.stack([_logit(m.calibrator.predict_proba(m.distances(q1, q2, states, pooled) if i == 0
+                                                           else m.distances(q1, q2)))
                          for i, m in enumerate(self.members)])
 
-    def mix(self, logits: np.ndarray, q1: list[str], q2: list[str]) -> np.ndarray:
-        """The distance of the pairs from their members' logits (`member_logits`): −(logits mixed by `shares`)."""
-        return -(self.shares(q1, q2) * logits).sum(0)
+    def pooled_pairs(self, pooled: dict, q1: list[str], q2: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The primary's pooled vectors [pairs, dim] of both sides, from the dict `member_logits` filled."""
+        primary = self.members[0]
+        a, b = primary.preprocess(q1, "left"), primary.preprocess(q2, "right")
+        return np.stack([pooled[t] for t in a]), np.stack([pooled[t] for t in b])
+
+    def mix(self, logits: np.ndarray, q1: list[str], q2: list[str], pooled: dict | None = None) -> np.ndarray:
+        """The distance of the pairs from their members' logits (`member_logits`): −(logits mixed by `shares`),
+        with the unfamiliar-pair rule applied when there is one (`pooled`: the primary's pooled states)."""
+        mixed = (self.shares(q1, q2) * logits).sum(0)
+        if self.familiarity is not None and len(q1):
+            mixed = self.familiarity.apply(mixed, *self.pooled_pairs(pooled, q1, q2))
+        return -mixed
 
     def distances(self, q1, q2, states: dict | None = None) -> np.ndarray:
         """The distance this ensemble's calibration reads (`mix` of `member_logits`)."""
         a, b = _pair_lists(q1, q2)
-        return self.mix(self.member_logits(a, b, states), a, b)
+        pooled: dict = {}
+        return self.mix(self.member_logits(a, b, states, pooled), a, b, pooled)
 
     def __repr__(self) -> str:
         return f"Ensemble({', '.join(f'{m.path} × {w:g}' for m, w in zip(self.members, self.weights))}, path={self.path})"
 
     def __str__(self) -> str:
         mix = " + ".join(f"{w:.2f} × {describe_path(m.path)}" for m, w in zip(self.members, self.weights))
-        return f"{describe_path(self.path)}: an ensemble of {mix} ({self.device.type}, {self.backend})"
+        fam = self.familiarity
+        hand_over = "" if fam is None or fam.rule is None else \
+            f"; unfamiliar pairs hand up to {fam.rule['share']:.0%} to the zero-shot cosine"
+        return f"{describe_path(self.path)}: an ensemble of {mix}{hand_over} ({self.device.type}, {self.backend})"
 
 
 BUNDLES = {"default": "default_model", "matching": "matching_model", "fast": "fast_model"}  # name → folder in the package
@@ -364,7 +391,12 @@ def load(path=None, device: str = "auto", backend: str = "auto") -> DuplicateDet
             raise ModelDirError(f"{path / ENSEMBLE_FILE}: expected {{\"members\": [{{\"model\": …, \"weight\": …}}, …]}} "
                                 f"({type(exc).__name__}: {exc})") from None
         members = [load(member_path(path, ref), device, "torch") for ref in refs]  # backends set by the ensemble
-        return Ensemble(members, weights, _read_calibration(path), path=path, backend=backend)
+        familiarity = None
+        if spec.get("unfamiliar"):
+            from .familiarity import Familiarity
+
+            familiarity = Familiarity.load(path, spec["unfamiliar"])
+        return Ensemble(members, weights, _read_calibration(path), path=path, backend=backend, familiarity=familiarity)
     model, cfg = load_model(path, dev)
     return DuplicateDetector(model, _read_calibration(path), cfg, dev, path=path, backend=backend)
 

@@ -20,6 +20,7 @@ import numpy as np
 from .calibration import Calibrator, fit_calibrator
 from .checkpoint import write_json
 from .detector import BUNDLES, ENSEMBLE_FILE, Ensemble, bundle_name, load
+from .matching import needs_tokens
 from .metrics import classification_metrics
 
 log = logging.getLogger("qpairs")
@@ -42,25 +43,32 @@ def _log_loss(labels, distances) -> float:
 
 
 def fit_ensemble(members: list, q1: list[str], q2: list[str], labels, step: float = 0.05,
-                 threshold: str = "accuracy") -> tuple[Ensemble, dict]:
+                 threshold: str = "accuracy", familiarity=None, unfamiliar_share: float = 0.5) -> tuple[Ensemble, dict]:
     """The `Ensemble` of the loaded detectors `members` (the first one primary; each keeps its backend) whose weights
     and calibration give the lowest log loss on the validation pairs (q1, q2, labels); and a report: validation
-    metrics of each member alone (in order) and of the ensemble."""
+    metrics of each member alone (in order) and of the ensemble. With `familiarity` (a fitted Gaussian,
+    `qpairs.familiarity.Familiarity.fit`), its hand-over rule is fitted on the same pairs after the weights, at
+    `unfamiliar_share`, and the calibration with the rule in place."""
     labels = np.asarray(labels, dtype=int)
     grid = weight_grid(len(members), step)
     probe = Ensemble(members, grid[0], Calibrator("platt"))
-    logits = probe.member_logits(q1, q2)
+    pooled: dict = {}
+    logits = probe.member_logits(q1, q2, pooled=pooled)
 
     def distances(weights) -> np.ndarray:
         probe.weights = np.asarray(weights, dtype=np.float64)
-        return probe.mix(logits, q1, q2)
+        return probe.mix(logits, q1, q2, pooled)
 
     losses = [_log_loss(labels, distances(w)) for w in grid]
     best = grid[int(np.argmin(losses))]
+    if familiarity is not None:
+        familiarity.fit_rule(*probe.pooled_pairs(pooled, q1, q2), labels, unfamiliar_share)
+        probe.familiarity = familiarity
     d = distances(best)
     calibrator = fit_calibrator("platt", d, labels, threshold)
-    ensemble = Ensemble(members, best, calibrator)
+    ensemble = Ensemble(members, best, calibrator, familiarity=familiarity)
     report = {"validation_pairs": int(len(labels)), "weights": best.tolist(),
+              "unfamiliar": None if familiarity is None else familiarity.rule,
               "members": [classification_metrics(labels, 1 / (1 + np.exp(-lg)), m.threshold)
                           for m, lg in zip(members, logits)],
               "ensemble": classification_metrics(labels, calibrator.predict_proba(d), calibrator.threshold)}
@@ -89,7 +97,11 @@ def write_ensemble(ensemble: Ensemble, models: list, out, report: dict | None = 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     members = [{"model": member_reference(m, out), "weight": float(w)} for m, w in zip(models, ensemble.weights)]
-    write_json(out / ENSEMBLE_FILE, {"members": members})
+    spec = {"members": members}
+    if ensemble.familiarity is not None:
+        spec["unfamiliar"] = ensemble.familiarity.rule
+        ensemble.familiarity.save(out)
+    write_json(out / ENSEMBLE_FILE, spec)
     write_json(out / "calibration.json", (calibrator or ensemble.calibrator).to_dict())
     if report is not None:
         write_json(out / "metrics.json", report)
@@ -97,10 +109,12 @@ def write_ensemble(ensemble: Ensemble, models: list, out, report: dict | None = 
 
 
 def ensemble_command(models: list, validation: list, out, step: float = 0.05, threshold: str = "accuracy",
-                     device: str = "cpu", on_bad_row: str = "error", **columns) -> dict:
+                     device: str = "cpu", on_bad_row: str = "error", familiar: list | None = None,
+                     unfamiliar_share: float = 0.5, **columns) -> dict:
     """`qpairs ensemble`: load the members, fit on the validation files, write OUT; returns the report. Members run
     in PyTorch here (fp32 on a CPU), as every run's own calibration was fitted; they load with the usual CPU
-    backends afterwards."""
+    backends afterwards. `familiar`: pair files of the first member's training questions, for the unfamiliar-pair
+    rule (`qpairs.familiarity`)."""
     from .data import load_pairs
 
     out = Path(out)
@@ -115,8 +129,19 @@ def ensemble_command(models: list, validation: list, out, step: float = 0.05, th
     frame = load_pairs(validation, on_bad_row=on_bad_row, **columns)
     frame = frame[frame["is_duplicate"] >= 0]
     members = [load(m, device=device, backend="torch") for m in models]
+    familiarity = None
+    if familiar:
+        from .familiarity import Familiarity, pooled_vectors, training_questions
+
+        if not needs_tokens(members[0].model):
+            raise ValueError(f"--familiar needs a matching-head model first (it reads that model's pooled token "
+                             f"states); {models[0]} is not one")
+        texts = training_questions(familiar)
+        log.info("unfamiliar-pair rule: the Gaussian of %d training questions", len(texts))
+        familiarity = Familiarity.fit(pooled_vectors(members[0], texts))
     ensemble, report = fit_ensemble(members, list(frame["question1"]), list(frame["question2"]),
-                                    frame["is_duplicate"].to_numpy(), step, threshold)
+                                    frame["is_duplicate"].to_numpy(), step, threshold, familiarity, unfamiliar_share)
+    report["familiar_files"] = [str(f) for f in familiar or []]
     report["validation_files"] = [str(f) for f in validation]
     report["member_models"] = [str(m) for m in models]
     write_ensemble(ensemble, models, out, report)

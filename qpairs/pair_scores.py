@@ -43,12 +43,14 @@ def longer_first(sa: list, sb: list) -> tuple[list, list]:
 
 @torch.inference_mode()
 def pair_distances(model, q1: list[str], q2: list[str], device, batch_size: int = 256,
-                   max_waste: float | None = None, block: int = 4096, states: dict | None = None) -> torch.Tensor:
+                   max_waste: float | None = None, block: int = 4096, states: dict | None = None,
+                   pooled: dict | None = None) -> torch.Tensor:
     """−logit of the matching head for each pair. `block` pairs at a time (bounded memory): the base's token
     states of each unique text of the block are computed once, then the encoder's head and the matching
     head run on the pairs, `batch_size` at a time. `states`: token states already computed (text → states,
     e.g. `encode_states` of every text an evaluation scores), used instead of encoding those texts again; a
-    `StateMemo` also keeps the states computed here."""
+    `StateMemo` also keeps the states computed here. `pooled`: a dict that receives each text's mean token state
+    (float32 numpy; for a frozen base with mean pooling, its zero-shot sentence vector)."""
     known = {} if states is None else states
     out = torch.zeros(len(q1))
     threads = shard_count(device)
@@ -66,6 +68,10 @@ def pair_distances(model, q1: list[str], q2: list[str], device, batch_size: int 
             known.add(block_states)
         sa = [known[t] if t in known else block_states[t] for t in a]
         sb = [known[t] if t in known else block_states[t] for t in b]
+        if pooled is not None:
+            for text, s in zip(a + b, sa + sb):
+                if text not in pooled:
+                    pooled[text] = s.float().mean(0).numpy()
         sa, sb = longer_first(sa, sb)
         order = np.lexsort(([len(x) for x in sb], [len(x) for x in sa]))  # tight padding on both sides
         batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
