@@ -2,7 +2,9 @@
 
 Shaping happens in this order: --extra-train pairs (minus held-out and training pairs), inferred
 non-duplicates, teacher targets (knowledge distillation), --balance subsample, --max-train-pairs.
-Validation and test splits are written into the run directory (``splits/``).
+Validation and test splits are written into the run directory (``splits/``), and the training part of the split
+as it came from the pair files (``splits/train.csv.gz``, before any shaping: the questions the run was trained for,
+which ``qpairs ensemble --familiar`` reads).
 """
 from __future__ import annotations
 
@@ -32,7 +34,7 @@ def load_splits(cfg: TrainConfig, run_dir: Path) -> dict:
     frame = qdata.load_pairs(files, on_bad_row=cfg.on_bad_row, report=report)
     frame = frame[frame["is_duplicate"] >= 0]
     splits, info = qdata.make_splits(frame, seed=cfg.seed, by=cfg.split_by, eval_rate=cfg.eval_rate)
-    train = splits["train"]
+    train = split_train = splits["train"]
     held_out = [splits["validation"], splits["test"]]
     if cfg.extra_train:
         extra = without_pairs(qdata.load_pairs(cfg.extra_train, on_bad_row=cfg.on_bad_row), held_out)
@@ -58,6 +60,7 @@ def load_splits(cfg: TrainConfig, run_dir: Path) -> dict:
         (run_dir / "splits").mkdir(parents=True, exist_ok=True)
         for name in ("validation", "test"):
             splits[name].to_csv(run_dir / "splits" / f"{name}.csv.gz", index=False)
+        split_train.to_csv(run_dir / "splits" / "train.csv.gz", index=False)
         write_json(run_dir / "splits" / "info.json", info)
     log.info("data: %s", report)
     log.info("splits: %s", info["sizes"])

@@ -32,6 +32,11 @@ def test_run_directory_is_complete(tiny_run):
     metrics = json.loads((tiny_run / "metrics.json").read_text())
     assert set(metrics) == {"validation", "test"}
     assert metrics["test"]["roc_auc"] > 0.5
+    split = {name: pd.read_csv(tiny_run / "splits" / f"{name}.csv.gz") for name in ("train", "validation", "test")}
+    info = json.loads((tiny_run / "splits" / "info.json").read_text())
+    assert len(split["train"]) == info["sizes"]["train"]  # the split's training part, before any shaping
+    questions = {name: set(f["question1"]) | set(f["question2"]) for name, f in split.items()}
+    assert not questions["train"] & (questions["validation"] | questions["test"])
 
 
 def test_load_restores_exactly(tiny_run):
