@@ -270,7 +270,8 @@ class Ensemble(DuplicateDetector):
         blob = json.dumps({"members": [model_fingerprint(m) for m in self.members],
                            "calibrations": [m.calibrator.to_dict() for m in self.members],
                            "reads": self.reads, "weights": self.weights.tolist(),
-                           "unfamiliar": None if fam is None else [fam.rule, fam.mean.tolist()]},
+                           "unfamiliar": None if fam is None else [fam.rule, fam.mean.tolist(),
+                                                                   hashlib.sha256(fam.precision.tobytes()).hexdigest()]},
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 
@@ -306,6 +307,9 @@ class Ensemble(DuplicateDetector):
         with the unfamiliar-pair rule applied when there is one (`pooled`: the primary's pooled states)."""
         mixed = (self.shares(q1, q2) * logits).sum(0)
         if self.familiarity is not None and len(q1):
+            if pooled is None:
+                raise ValueError("this ensemble hands unfamiliar pairs to the cosine: pass the `pooled` dict that "
+                                 "`member_logits` filled")
             mixed = self.familiarity.apply(mixed, *self.pooled_pairs(pooled, q1, q2))
         return -mixed
 

@@ -133,10 +133,11 @@ def ensemble_command(models: list, validation: list, out, step: float = 0.05, th
     if familiar:
         from .familiarity import Familiarity, pooled_vectors, training_questions
 
-        if not needs_tokens(members[0].model):
-            raise ValueError(f"--familiar needs a matching-head model first (it reads that model's pooled token "
-                             f"states); {models[0]} is not one")
-        texts = training_questions(familiar)
+        if not needs_tokens(members[0].model) or members[0].model.prepares_sides:
+            raise ValueError(f"--familiar needs a matching-head question model first (it reads that model's pooled "
+                             f"token states of both questions alike); {models[0]} is not one")
+        texts = training_questions(familiar, on_bad_row=on_bad_row, **{k: v for k, v in columns.items()
+                                                                        if k in ("q1_col", "q2_col")})
         log.info("unfamiliar-pair rule: the Gaussian of %d training questions", len(texts))
         familiarity = Familiarity.fit(pooled_vectors(members[0], texts))
     ensemble, report = fit_ensemble(members, list(frame["question1"]), list(frame["question2"]),

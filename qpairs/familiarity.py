@@ -31,8 +31,9 @@ class Familiarity:
     """The Gaussian of the training questions' pooled vectors and the hand-over rule (None until fitted)."""
 
     def __init__(self, mean, precision, rule: dict | None = None):
-        self.mean = np.asarray(mean, dtype=np.float64)
-        self.precision = np.asarray(precision, dtype=np.float64)
+        # held at the float32 precision they are saved in: the same model, fitted or loaded, scores alike
+        self.mean = np.asarray(mean, dtype=np.float32).astype(np.float64)
+        self.precision = np.asarray(precision, dtype=np.float32).astype(np.float64)
         if self.precision.shape != (len(self.mean), len(self.mean)):
             raise ValueError(f"precision must be {len(self.mean)}×{len(self.mean)}, got {self.precision.shape}")
         self.rule = None if rule is None else {k: float(rule[k]) for k in ("share", "from", "to", "slope", "bias")}
@@ -89,9 +90,14 @@ class Familiarity:
         return path
 
     @classmethod
-    def load(cls, directory, rule: dict) -> "Familiarity":
+    def load(cls, directory, rule) -> "Familiarity":
+        """The rule of an ensemble's directory: `rule` as ensemble.json holds it, the Gaussian from its file."""
         from .checkpoint import ModelDirError
 
+        keys = ("share", "from", "to", "slope", "bias")
+        if not isinstance(rule, dict) or not all(isinstance(rule.get(k), (int, float)) for k in keys):
+            raise ModelDirError(f"{Path(directory) / 'ensemble.json'}: \"unfamiliar\" must map {', '.join(keys)} to "
+                                f"numbers, got {rule!r}")
         path = Path(directory) / FAMILIARITY_FILE
         try:
             with np.load(path) as f:
@@ -105,11 +111,14 @@ def cosine(a, b) -> np.ndarray:
 
 
 def pooled_vectors(det, texts: list[str], chunk: int = 2048) -> np.ndarray:
-    """The mean token state [n, hidden] of each text as `det` (a matching-head model) prepares and encodes it:
-    the vectors `pair_distances` hands to the rule."""
+    """The mean token state [n, hidden] of each text as `det` (a matching-head model whose two sides read texts
+    alike) encodes it: the vectors `pair_distances` hands to the rule."""
     from .tokencache import encode_states
 
-    texts = det.preprocess(list(texts), "left")
+    if det.model.prepares_sides:
+        raise ValueError("the unfamiliar-pair rule is for models that read both questions alike, not for a "
+                         "title/body run")
+    texts = list(texts)
     out = []
     for start in range(0, len(texts), chunk):
         states = encode_states(det.model.encoder, texts[start : start + chunk], det.device, det.batch_size or 64)
@@ -117,12 +126,13 @@ def pooled_vectors(det, texts: list[str], chunk: int = 2048) -> np.ndarray:
     return np.stack(out)
 
 
-def training_questions(paths, seed: int = 0, limit: int = MAX_QUESTIONS) -> list[str]:
-    """The distinct questions of labelled or unlabelled pair files (question1/question2), a seeded sample of
-    `limit` beyond that."""
+def training_questions(paths, seed: int = 0, limit: int = MAX_QUESTIONS, on_bad_row: str = "error",
+                       **columns) -> list[str]:
+    """The distinct questions of labelled or unlabelled pair files (question1/question2, or the `columns` of
+    `qpairs.data.load_pairs`), a seeded sample of `limit` beyond that."""
     from .data import load_pairs
 
-    frame = load_pairs(paths, dedupe=False, require_labels=False)
+    frame = load_pairs(paths, on_bad_row=on_bad_row, dedupe=False, require_labels=False, **columns)
     texts = list(dict.fromkeys(list(frame["question1"]) + list(frame["question2"])))
     if len(texts) > limit:
         keep = np.sort(np.random.default_rng(seed).choice(len(texts), limit, replace=False))

@@ -53,6 +53,11 @@ class SiameseModel(nn.Module):
         """The encoder when one embeds both inputs, else None."""
         return self.encoder if self.right_encoder is None else None
 
+    @property
+    def prepares_sides(self) -> bool:
+        """True when an input is prepared before encoding (a title/body run's bodies), so sides read differently."""
+        return any(self._prepare.values())
+
     def prepare(self, texts, which: str = "left") -> list[str]:
         """`texts` as input `which` was trained on them (e.g. a title/body run's bodies: HTML → text, truncated)."""
         fn = self._prepare.get(which)
