@@ -324,8 +324,8 @@ def _add_ensemble_command(sub) -> None:
                    help="pair files holding the first MODEL's training questions (e.g. RUN/splits/train.csv.gz): "
                         "pairs whose questions lie far from them (Mahalanobis distance of the pooled vectors) hand "
                         "part of their logit to the zero-shot cosine; needs a matching-head first MODEL")
-    p.add_argument("--unfamiliar-share", type=float, default=0.5,
-                   help="with --familiar: the share handed over by the least familiar pairs (default: 0.5)")
+    p.add_argument("--unfamiliar-share", type=float, default=1.0,
+                   help="with --familiar: the share handed over by the least familiar pairs (default: 1, all of it)")
     _add_pair_file_options(p)
     p.set_defaults(func=cmd_ensemble)
 

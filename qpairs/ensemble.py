@@ -43,7 +43,7 @@ def _log_loss(labels, distances) -> float:
 
 
 def fit_ensemble(members: list, q1: list[str], q2: list[str], labels, step: float = 0.05,
-                 threshold: str = "accuracy", familiarity=None, unfamiliar_share: float = 0.5) -> tuple[Ensemble, dict]:
+                 threshold: str = "accuracy", familiarity=None, unfamiliar_share: float = 1.0) -> tuple[Ensemble, dict]:
     """The `Ensemble` of the loaded detectors `members` (the first one primary; each keeps its backend) whose weights
     and calibration give the lowest log loss on the validation pairs (q1, q2, labels); and a report: validation
     metrics of each member alone (in order) and of the ensemble. With `familiarity` (a fitted Gaussian,
@@ -110,7 +110,7 @@ def write_ensemble(ensemble: Ensemble, models: list, out, report: dict | None = 
 
 def ensemble_command(models: list, validation: list, out, step: float = 0.05, threshold: str = "accuracy",
                      device: str = "cpu", on_bad_row: str = "error", familiar: list | None = None,
-                     unfamiliar_share: float = 0.5, **columns) -> dict:
+                     unfamiliar_share: float = 1.0, **columns) -> dict:
     """`qpairs ensemble`: load the members, fit on the validation files, write OUT; returns the report. Members run
     in PyTorch here (fp32 on a CPU), as every run's own calibration was fitted; they load with the usual CPU
     backends afterwards. `familiar`: pair files of the first member's training questions, for the unfamiliar-pair

@@ -56,7 +56,7 @@ class Familiarity:
         """Each pair's unfamiliarity: the larger of its two texts' distances."""
         return np.maximum(self.distance(a), self.distance(b))
 
-    def fit_rule(self, a, b, labels, share: float) -> dict:
+    def fit_rule(self, a, b, labels, share: float, ramp: tuple[float, float] = (50, 99)) -> dict:
         """Set the rule from the validation pairs' pooled vectors (a, b) and labels; see the module docstring."""
         from sklearn.linear_model import LogisticRegression
 
@@ -65,7 +65,7 @@ class Familiarity:
         m = self.pair_distance(a, b)
         cos = cosine(a, b)
         platt = LogisticRegression(C=1e6).fit(cos[:, None], np.asarray(labels, dtype=int))
-        lo, hi = np.percentile(m, [50, 99])
+        lo, hi = np.percentile(m, list(ramp))
         self.rule = {"share": float(share), "from": float(lo), "to": float(max(hi, lo + 1e-6)),
                      "slope": float(platt.coef_[0, 0]), "bias": float(platt.intercept_[0])}
         return self.rule

@@ -7,9 +7,9 @@ on the validation pairs and the mix calibrated again, exactly as ``qpairs ensemb
 every set is scored:
 
 * QQP validation (log loss, accuracy) and test (accuracy at the validation threshold, ROC-AUC, log loss);
-* STS-B dev (Spearman), the held-out parts of MRPC and SICK (ROC-AUC; `scripts/make_aux_pairs.py`), and 600 Stack
-  Exchange titles against their own and a tag-sharing body of the training sites (ROC-AUC), beside the zero-shot
-  cosine's figure on each.
+* STS-B dev (Spearman), the held-out parts of MRPC and SICK (ROC-AUC; `scripts/make_aux_pairs.py`), 600 Stack
+  Exchange titles against their own and a tag-sharing body of the training sites, and short forum questions
+  (``forum_titles.csv`` of `scripts/make_aux_pairs.py`) (ROC-AUC), beside the zero-shot cosine's figure on each.
 
 "flat A" rows give every pair the share A, whatever its distance (a plain blend with the cosine).
 
@@ -60,6 +60,8 @@ def main() -> None:
     ap.add_argument("--data-dir", default=default_data_dir(), help="shared data folder (STS-B dev)")
     ap.add_argument("--shares", type=float, nargs="+", default=[0.0, 0.3, 0.4, 0.5, 0.6, 0.7, 1.0])
     ap.add_argument("--flat", type=float, nargs="+", default=[0.1, 0.2, 0.3])
+    ap.add_argument("--ramps", nargs="+", default=["50:99"], metavar="FROM:TO",
+                    help="percentiles of the validation pairs' unfamiliarity where the hand-over starts and is full")
     args = ap.parse_args()
 
     base = qpairs.load(args.model, device="cpu", backend="torch")
@@ -71,10 +73,13 @@ def main() -> None:
         sets[f"QQP {part}"] = (list(f["question1"]), list(f["question2"]), f["is_duplicate"].to_numpy())
     st = read_ood("stsb_dev", Path(args.data_dir) / "ood" / "stsb_dev.tsv.gz")
     sets["STS-B dev"] = (list(st["question1"]), list(st["question2"]), st["score"].to_numpy())
-    for name in ("mrpc", "sick"):
-        f = pd.read_csv(Path(args.aux) / f"heldout_{name}.csv", keep_default_na=False)
-        sets[f"{name.upper()} held out"] = (list(f["question1"]), list(f["question2"]), f["is_duplicate"].to_numpy())
-    sets["title/body"] = title_body_pairs(600, "crypto")
+    for name, file in (("MRPC held out", "heldout_mrpc.csv"), ("SICK held out", "heldout_sick.csv"),
+                       ("title/body", None), ("forum titles", "forum_titles.csv")):
+        if file is None:
+            sets[name] = title_body_pairs(600, "crypto")
+            continue
+        f = pd.read_csv(Path(args.aux) / file, keep_default_na=False)
+        sets[name] = (list(f["question1"]), list(f["question2"]), f["is_duplicate"].to_numpy())
     scored = scored_sets(ens, sets)
     fam = Familiarity.fit(pooled_vectors(ens.members[0], training_questions([split / "train.csv.gz"])))
     ood = [n for n in sets if not n.startswith("QQP")]
@@ -84,10 +89,12 @@ def main() -> None:
     print("| zero-shot cosine | | | | | | " + " | ".join(f"{ood_figure(n, cosine(*scored[n][1:3]), scored[n][3]):.4f}"
                                                for n in ood) + " |")
     val_mix, val_a, val_b, val_y = scored["QQP validation"]
-    rows = [(f"share {s:g}", s, False) for s in args.shares] + [(f"flat {s:g}", s, True) for s in args.flat]
-    for label, share, flat in rows:
+    ramps = [tuple(float(x) for x in r.split(":")) for r in args.ramps]
+    rows = [(f"share {s:g}, p{r[0]:g}–p{r[1]:g}", s, r, False) for r in ramps for s in args.shares]
+    rows += [(f"flat {s:g}", s, (50, 99), True) for s in args.flat]
+    for label, share, ramp, flat in rows:
         rule = copy.deepcopy(fam)
-        rule.fit_rule(val_a, val_b, val_y, share)
+        rule.fit_rule(val_a, val_b, val_y, share, ramp)
         if flat:  # every pair past "from": the whole share
             rule.rule.update({"from": -2.0, "to": -1.0})
         logit = {n: rule.apply(-mix, a, b) for n, (mix, a, b, _) in scored.items()}

@@ -5,7 +5,10 @@ Writes, under OUT:
 * ``train.csv`` (question1, question2, is_duplicate, source): pairs for `qpairs train --extra-train`
   (added to the training split only);
 * ``heldout_<set>.csv`` (question1, question2, is_duplicate, score): the pairs kept out of training,
-  for `scripts/eval_ood.py --pairs`.
+  for `scripts/eval_ood.py --pairs`;
+* ``forum_titles.csv`` (the same columns): short forum questions, never training data: Stack Exchange titles of
+  one site (``title_body/``) sharing two or more tags (related, 1) or none (0), 500 of each per site; score is
+  the number of shared tags.
 
 Labels: MRPC's own paraphrase label; STS-B train ``score >= 4`` (0–5 scale); SICK ``ENTAILMENT`` with
 relatedness ``>= 4`` (1–5 scale). STS-B dev is never written (it stays a held-out measurement).
@@ -66,6 +69,40 @@ def split_by_sentence(frame: pd.DataFrame, held_frac: float, seed: int) -> tuple
     return frame[~held[group]], frame[held[group]]
 
 
+def forum_title_pairs(data_dir: Path, per_site: int = 500, seed: int = 0) -> pd.DataFrame:
+    """Stack Exchange titles of one site sharing two or more tags (1) or none (0), `per_site` of each per site."""
+    from collections import defaultdict
+    from itertools import combinations
+
+    from qpairs import title_body as tb
+
+    posts = tb.load_posts(data_dir / "title_body" / "stackexchange_title_body.csv.gz")
+    rng = np.random.default_rng(seed)
+    rows = []
+    for _, site in posts.groupby("site"):
+        titles, tags = list(site["title"]), [set(str(t).split()) for t in site["tags"]]
+        by_pair = defaultdict(list)
+        for i, t in enumerate(tags):
+            for pair in combinations(sorted(t), 2):
+                by_pair[pair].append(i)
+        pos = neg = 0
+        for i in rng.permutation(len(titles)):
+            if pos >= per_site and neg >= per_site:
+                break
+            pairs = list(combinations(sorted(tags[i]), 2))
+            if pos < per_site and pairs:
+                others = [j for j in by_pair[pairs[rng.integers(len(pairs))]] if j != i]
+                if others:
+                    j = others[rng.integers(len(others))]
+                    rows.append((titles[i], titles[j], 1, len(tags[i] & tags[j])))
+                    pos += 1
+            j = int(rng.integers(len(titles)))
+            if neg < per_site and j != i and not tags[i] & tags[j]:
+                rows.append((titles[i], titles[j], 0, 0))
+                neg += 1
+    return pd.DataFrame(rows, columns=["question1", "question2", "is_duplicate", "score"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data", help="data folder (default: ../shared/data when it exists)")
@@ -73,7 +110,8 @@ def main() -> None:
     ap.add_argument("--held-out", type=float, default=0.3, help="fraction of MRPC and SICK sentence groups held out")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    ood = Path(args.data or default_data_dir()) / "ood"
+    data_dir = Path(args.data or default_data_dir())
+    ood = data_dir / "ood"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     parts = [read_ood("stsb_train", ood / "stsb_train.tsv.gz").assign(source="stsb_train")]
@@ -88,6 +126,9 @@ def main() -> None:
     train[["question1", "question2", "is_duplicate", "source"]].to_csv(out / "train.csv", index=False)
     print(f"train.csv: {len(train)} pairs, {train['is_duplicate'].mean():.1%} duplicates, by source "
           f"{train['source'].value_counts().to_dict()}")
+    forum = forum_title_pairs(data_dir, seed=args.seed)
+    forum.to_csv(out / "forum_titles.csv", index=False)
+    print(f"forum_titles.csv: {len(forum)} title pairs, {forum['is_duplicate'].mean():.1%} related")
 
 
 if __name__ == "__main__":
