@@ -312,7 +312,9 @@ def _add_ensemble_command(sub) -> None:
                        "mixed with the weights (on a grid, adding up to 1) that give the lowest log loss, and the mix "
                        "is calibrated on the same pairs. OUT loads like any run (score, predict, search, dedup). The "
                        "first MODEL is the primary: search indexes hold its vectors. Use validation pairs that no "
-                       "member trained on.")
+                       "member trained on. With --familiar, pairs unlike the primary's training questions hand their "
+                       "score to the zero-shot cosine of its frozen base (text from elsewhere then ranks close to "
+                       "plain MiniLM or better).")
     p.add_argument("models", nargs="+", metavar="MODEL", help="two or more run directories or bundled model names")
     p.add_argument("--validation", nargs="+", required=True,
                    help="labelled pair files (CSV/TSV, gz ok, or Parquet) the members did not train on")

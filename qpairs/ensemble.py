@@ -139,7 +139,7 @@ def ensemble_command(models: list, validation: list, out, step: float = 0.05, th
         texts = training_questions(familiar, on_bad_row=on_bad_row, **{k: v for k, v in columns.items()
                                                                         if k in ("q1_col", "q2_col")})
         log.info("unfamiliar-pair rule: the Gaussian of %d training questions", len(texts))
-        familiarity = Familiarity.fit(pooled_vectors(members[0], texts))
+        familiarity = Familiarity.fit(pooled_vectors(members[0], texts, progress=None))
     ensemble, report = fit_ensemble(members, list(frame["question1"]), list(frame["question2"]),
                                     frame["is_duplicate"].to_numpy(), step, threshold, familiarity, unfamiliar_share)
     report["familiar_files"] = [str(f) for f in familiar or []]

@@ -110,9 +110,11 @@ def cosine(a, b) -> np.ndarray:
     return (unit_rows(a) * unit_rows(b)).sum(1)
 
 
-def pooled_vectors(det, texts: list[str], chunk: int = 2048) -> np.ndarray:
+def pooled_vectors(det, texts: list[str], chunk: int = 2048, progress: bool | None = False) -> np.ndarray:
     """The mean token state [n, hidden] of each text as `det` (a matching-head model whose two sides read texts
-    alike) encodes it: the vectors `pair_distances` hands to the rule."""
+    alike) encodes it: the vectors `pair_distances` hands to the rule. `progress`: a bar (None: on a terminal)."""
+    from tqdm.auto import tqdm
+
     from .tokencache import encode_states
 
     if det.model.prepares_sides:
@@ -120,9 +122,12 @@ def pooled_vectors(det, texts: list[str], chunk: int = 2048) -> np.ndarray:
                          "title/body run")
     texts = list(texts)
     out = []
-    for start in range(0, len(texts), chunk):
-        states = encode_states(det.model.encoder, texts[start : start + chunk], det.device, det.batch_size or 64)
-        out.extend(s.float().mean(0).numpy() for s in states)
+    with tqdm(total=len(texts), desc="training questions", unit="q",
+              disable=None if progress is None else not progress) as bar:
+        for start in range(0, len(texts), chunk):
+            states = encode_states(det.model.encoder, texts[start : start + chunk], det.device,
+                                   det.batch_size or 64, bar=bar)
+            out.extend(s.float().mean(0).numpy() for s in states)
     return np.stack(out)
 
 
