@@ -296,11 +296,18 @@ class Ensemble(DuplicateDetector):
                                                            else m.distances(q1, q2)))
                          for i, m in enumerate(self.members)])
 
-    def pooled_pairs(self, pooled: dict, q1: list[str], q2: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """The primary's pooled vectors [pairs, dim] of both sides, from the dict `member_logits` filled."""
+    def pooled_rows(self, pooled: dict, q1: list[str], q2: list[str]) -> tuple[np.ndarray, list, list]:
+        """The primary's pooled vectors of the pairs' distinct texts [texts, dim] (from the dict `member_logits`
+        filled), and each pair's two rows in it."""
         primary = self.members[0]
         a, b = primary.preprocess(q1, "left"), primary.preprocess(q2, "right")
-        return np.stack([pooled[t] for t in a]), np.stack([pooled[t] for t in b])
+        row = {t: i for i, t in enumerate(dict.fromkeys(a + b))}
+        return np.stack([pooled[t] for t in row]), [row[t] for t in a], [row[t] for t in b]
+
+    def pooled_pairs(self, pooled: dict, q1: list[str], q2: list[str]) -> tuple[np.ndarray, np.ndarray]:
+        """The primary's pooled vectors [pairs, dim] of both sides (`pooled_rows`, one row per pair and side)."""
+        vectors, rows_a, rows_b = self.pooled_rows(pooled, q1, q2)
+        return vectors[rows_a], vectors[rows_b]
 
     def mix(self, logits: np.ndarray, q1: list[str], q2: list[str], pooled: dict | None = None) -> np.ndarray:
         """The distance of the pairs from their members' logits (`member_logits`): −(logits mixed by `shares`),
@@ -310,7 +317,7 @@ class Ensemble(DuplicateDetector):
             if pooled is None:
                 raise ValueError("this ensemble hands unfamiliar pairs to the cosine: pass the `pooled` dict that "
                                  "`member_logits` filled")
-            mixed = self.familiarity.apply(mixed, *self.pooled_pairs(pooled, q1, q2))
+            mixed = self.familiarity.apply_rows(mixed, *self.pooled_rows(pooled, q1, q2))
         return -mixed
 
     def distances(self, q1, q2, states: dict | None = None) -> np.ndarray:

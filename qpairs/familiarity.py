@@ -50,7 +50,7 @@ class Familiarity:
     def distance(self, vectors) -> np.ndarray:
         """Squared Mahalanobis distance of each pooled vector [n, dim] (normalised here)."""
         d = unit_rows(vectors) - self.mean
-        return np.einsum("ij,jk,ik->i", d, self.precision, d)
+        return np.einsum("ij,ij->i", d @ self.precision, d)  # the product through BLAS
 
     def pair_distance(self, a, b) -> np.ndarray:
         """Each pair's unfamiliarity: the larger of its two texts' distances."""
@@ -74,15 +74,28 @@ class Familiarity:
         """a per pair: the share of its logit handed to the cosine (0 without a rule)."""
         if self.rule is None:
             return np.zeros(len(a))
+        return self._share(self.distance(a), self.distance(b))
+
+    def _share(self, dist_a: np.ndarray, dist_b: np.ndarray) -> np.ndarray:
         r = self.rule
-        return r["share"] * np.clip((self.pair_distance(a, b) - r["from"]) / (r["to"] - r["from"]), 0.0, 1.0)
+        return r["share"] * np.clip((np.maximum(dist_a, dist_b) - r["from"]) / (r["to"] - r["from"]), 0.0, 1.0)
+
+    def apply_rows(self, logits, vectors, rows_a, rows_b) -> np.ndarray:
+        """The pairs' logits with the rule applied; pair i joins the texts whose pooled vectors are
+        vectors[rows_a[i]] and vectors[rows_b[i]] (each text's distance computed once)."""
+        logits = np.asarray(logits, dtype=np.float64)
+        if self.rule is None:
+            return logits
+        unit = unit_rows(vectors)
+        dist = self.distance(unit)
+        share = self._share(dist[rows_a], dist[rows_b])
+        cos = (unit[rows_a] * unit[rows_b]).sum(1)
+        return (1 - share) * logits + share * (self.rule["slope"] * cos + self.rule["bias"])
 
     def apply(self, logits, a, b) -> np.ndarray:
-        """The pairs' logits with the rule applied (pooled vectors a, b of the pairs' two texts)."""
-        if self.rule is None:
-            return np.asarray(logits, dtype=np.float64)
-        share = self.shares(a, b)
-        return (1 - share) * logits + share * (self.rule["slope"] * cosine(a, b) + self.rule["bias"])
+        """`apply_rows` for the pooled vectors a, b [pairs, dim] of the pairs' two texts."""
+        n = len(a)
+        return self.apply_rows(logits, np.vstack([a, b]), np.arange(n), n + np.arange(n))
 
     def save(self, directory) -> Path:
         path = Path(directory) / FAMILIARITY_FILE
