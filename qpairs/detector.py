@@ -228,9 +228,10 @@ class Ensemble(DuplicateDetector):
             raise ValueError(f"ensemble weights must be non-negative and add up to 1, got {list(weights)}")
         primary = self.members[0]
         self.familiarity = familiarity  # a `qpairs.familiarity.Familiarity` (its rule applied to the mix) or None
-        if familiarity is not None and not needs_tokens(primary.model):
-            raise ValueError("the unfamiliar-pair rule needs a matching-head model as the first member (it reads "
-                             "that model's pooled token states)")
+        if familiarity is not None:
+            from .familiarity import require_question_model
+
+            require_question_model(primary)
         self.reads = [int(m.model.encoder.config.get("max_length") or 0) for m in self.members]
         config = {**primary.config, "ensemble": {"members": [str(Path(m.path).resolve()) if m.path else None
                                                              for m in self.members],
@@ -270,8 +271,8 @@ class Ensemble(DuplicateDetector):
         blob = json.dumps({"members": [model_fingerprint(m) for m in self.members],
                            "calibrations": [m.calibrator.to_dict() for m in self.members],
                            "reads": self.reads, "weights": self.weights.tolist(),
-                           "unfamiliar": None if fam is None else [fam.rule, fam.mean.tolist(),
-                                                                   hashlib.sha256(fam.precision.tobytes()).hexdigest()]},
+                           "unfamiliar": None if fam is None else [fam.rule, hashlib.sha256(
+                               fam.mean.tobytes() + fam.precision.tobytes()).hexdigest()]},
                           sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()
 

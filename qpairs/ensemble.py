@@ -20,7 +20,6 @@ import numpy as np
 from .calibration import Calibrator, fit_calibrator
 from .checkpoint import write_json
 from .detector import BUNDLES, ENSEMBLE_FILE, Ensemble, bundle_name, load
-from .matching import needs_tokens
 from .metrics import classification_metrics
 
 log = logging.getLogger("qpairs")
@@ -131,11 +130,9 @@ def ensemble_command(models: list, validation: list, out, step: float = 0.05, th
     members = [load(m, device=device, backend="torch") for m in models]
     familiarity = None
     if familiar:
-        from .familiarity import Familiarity, pooled_vectors, training_questions
+        from .familiarity import Familiarity, pooled_vectors, require_question_model, training_questions
 
-        if not needs_tokens(members[0].model) or members[0].model.prepares_sides:
-            raise ValueError(f"--familiar needs a matching-head question model first (it reads that model's pooled "
-                             f"token states of both questions alike); {models[0]} is not one")
+        require_question_model(members[0], models[0])  # before encoding the training questions
         texts = training_questions(familiar, on_bad_row=on_bad_row, **{k: v for k, v in columns.items()
                                                                         if k in ("q1_col", "q2_col")})
         log.info("unfamiliar-pair rule: the Gaussian of %d training questions", len(texts))

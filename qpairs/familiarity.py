@@ -119,6 +119,16 @@ class Familiarity:
             raise ModelDirError(f"{path}: the unfamiliar-pair rule needs this file ({type(exc).__name__}: {exc})") from None
 
 
+def require_question_model(det, name=None) -> None:
+    """The rule reads a matching-head model's pooled token states of both questions alike: refuse any other."""
+    from .matching import needs_tokens
+
+    if not needs_tokens(det.model) or det.model.prepares_sides:
+        raise ValueError("the unfamiliar-pair rule needs a matching-head question model first (it reads that model's "
+                         "pooled token states of both questions alike), not for a title/body run or a model without one"
+                         + (f"; {name} is not one" if name else ""))
+
+
 def cosine(a, b) -> np.ndarray:
     return (unit_rows(a) * unit_rows(b)).sum(1)
 
@@ -130,9 +140,7 @@ def pooled_vectors(det, texts: list[str], chunk: int = 2048, progress: bool | No
 
     from .tokencache import encode_states
 
-    if det.model.prepares_sides:
-        raise ValueError("the unfamiliar-pair rule is for models that read both questions alike, not for a "
-                         "title/body run")
+    require_question_model(det)
     texts = list(texts)
     out = []
     with tqdm(total=len(texts), desc="training questions", unit="q",
