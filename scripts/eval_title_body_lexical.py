@@ -17,6 +17,7 @@ Prints recall@1, recall@10 and MRR for every `a` on each set. Needs ``pip instal
 
     python scripts/eval_title_body_lexical.py
     python scripts/eval_title_body_lexical.py --model runs/title_body_long/pseudo_top3 --through-index 0.1
+    python scripts/eval_title_body_lexical.py --model runs/title_body_long/pseudo_top3 runs/title_body_long/siamese_top3
 """
 from __future__ import annotations
 
@@ -32,10 +33,16 @@ from qpairs.title_body_eval import embed_posts, fused_pool_ranks, zero_shot_dete
 WEIGHTS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0)
 
 
-def fused_ranks(posts, det, n_candidates: int, seed: int) -> dict[float, np.ndarray]:
-    """Rank of each post's own body among its pool, for every fusion weight in `WEIGHTS`."""
-    titles, bodies = embed_posts(det, posts)  # each side through its own tower
-    return fused_pool_ranks(det, posts, titles, bodies, min(n_candidates, len(posts)), seed, WEIGHTS)
+def fused_ranks(posts, dets: list, n_candidates: int, seed: int) -> dict[float, np.ndarray]:
+    """Rank of each post's own body among its pool, for every fusion weight in `WEIGHTS`. Several models: the mean
+    of their cosines (each model's unit vectors side by side, scaled by 1/√models), BM25 read as the first reads."""
+    sides = [embed_posts(det, posts) for det in dets]  # each side through its own tower
+    titles, bodies = (np.hstack([unit(s[k]) for s in sides]) / np.sqrt(len(dets)) for k in (0, 1))
+    return fused_pool_ranks(dets[0], posts, titles, bodies, min(n_candidates, len(posts)), seed, WEIGHTS)
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
 
 
 def body_index(det, bodies: list[str], ids: list[str], weight: float):
@@ -94,7 +101,8 @@ def main(argv=None) -> int:
     p.add_argument("--body-max-words", type=int, default=200)
     p.add_argument("--body-max-length", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--model", help="a trained title/body run (default: zero-shot all-MiniLM-L6-v2)")
+    p.add_argument("--model", nargs="+", help="a trained title/body run, or several (their cosines averaged; cosine "
+                                              "models only) (default: zero-shot all-MiniLM-L6-v2)")
     p.add_argument("--site-bank", type=float, nargs="+", metavar="W",
                    help="also search the test titles in one index of every body of the held-out site, with each BM25 "
                         "weight W (MRR counts the top 10 only)")
@@ -104,6 +112,8 @@ def main(argv=None) -> int:
                    help="also rank the test posts through `qpairs index --bm25-weight W` and `qpairs search -k 10` "
                         "(MRR counts the top 10 only)")
     args = p.parse_args(argv)
+    if args.model and len(args.model) > 1 and (args.through_index is not None or args.site_bank):
+        p.error("--through-index and --site-bank search one model's index: give one --model")
     if args.through_index is not None and not 0.0 <= args.through_index <= 1.0:
         p.error(f"--through-index must lie in [0, 1], got {args.through_index}")
 
@@ -118,15 +128,18 @@ def main(argv=None) -> int:
     if args.model:
         import qpairs
 
-        det = qpairs.load(args.model, device="cpu")
+        dets = [qpairs.load(path, device="cpu") for path in args.model]
+        if len(dets) > 1 and any(d.model.distance_metric != "cosine" for d in dets):
+            p.error("averaging several models' scores needs cosine models")
     else:
-        det = zero_shot_detector(_calibration_pairs(sets["validation (training sites)"]), max_length=args.body_max_length,
-                                 device="cpu")
+        dets = [zero_shot_detector(_calibration_pairs(sets["validation (training sites)"]),
+                                   max_length=args.body_max_length, device="cpu")]
+    det = dets[0]
     for name, frame in sets.items():
         frame = sets[name] = frame.reset_index(drop=True).drop_duplicates("body").reset_index(drop=True)
         print(f"\n{name}: {len(frame)} posts, {min(args.candidates, len(frame))} candidates per title")
         print("| BM25 weight | recall@1 | recall@10 | MRR |\n|---|---|---|---|")
-        for a, ranks in fused_ranks(frame, det, args.candidates, args.seed).items():
+        for a, ranks in fused_ranks(frame, dets, args.candidates, args.seed).items():
             m = retrieval_metrics(ranks)
             print(f"| {a:.2f} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {m['mrr']:.4f} |", flush=True)
     if args.through_index is not None:
