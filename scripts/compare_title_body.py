@@ -48,6 +48,7 @@ from qpairs import title_body as tb
 from qpairs.checkpoint import save_model, write_json
 from qpairs.config import TrainConfig
 from qpairs.detector import load
+from qpairs.objective import step_autocast
 from qpairs.tokencache import open_cache
 from qpairs.title_body_eval import (SUMMARY_COLUMNS, evaluate_title_body, summary_row, title_body_sides,
                                     zero_shot_detector)
@@ -365,7 +366,7 @@ def first_pass_vectors(model, view, texts: list[str], batch_size: int = 128) -> 
     order = np.argsort([len(t) for t in texts])
     out = np.zeros((len(texts), model.encoder.dim), dtype=np.float32)
     model.eval()
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with step_autocast(torch.device("cpu"), bf16=True):  # bf16 only where the CPU has it natively (else far slower)
         for s in range(0, len(texts), batch_size):
             rows = order[s : s + batch_size]
             out[rows] = model.encoder.head(view.lookup([texts[i] for i in rows])).float().numpy()
