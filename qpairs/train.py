@@ -83,6 +83,15 @@ def top_layer_cache(model: SiameseModel, directory, device):
     return TopLayerView(open_token_cache(left, directory, device=device, layer=layer), left, right)
 
 
+def warn_if_bf16_is_slow(cfg: TrainConfig, device) -> None:
+    """Say so when --bf16 is asked for on a CPU without native bf16: its steps then run in float32."""
+    from .tokencache import resolve_precision
+
+    if cfg.bf16 and device.type == "cpu" and resolve_precision("auto", device) != "bf16":
+        log.warning("--bf16: this CPU has no native bf16 (AVX-512 BF16 or AMX), where bf16 autocast runs several "
+                    "times slower than float32; the training steps run in float32")
+
+
 def lr_lambda(total_steps: int, warmup: float):
     warm = max(1, int(total_steps * warmup))
 
@@ -169,6 +178,7 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     run_dir.mkdir(parents=True, exist_ok=True)
     cfg, source = resumed_config(cfg, run_dir)  # source: the saved model and settings to continue, if any
     log.info("%s the run in %s", "continuing" if source else "writing", run_dir.resolve())
+    warn_if_bf16_is_slow(cfg, device)
     seed_everything(cfg.seed)
     show = cfg.progress if distributed.is_main() else False  # tqdm: None → only on a TTY
 

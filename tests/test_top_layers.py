@@ -237,6 +237,22 @@ def test_bf16_training_steps_autocast_only_where_the_cpu_has_bf16(monkeypatch, s
     assert y.dtype == (torch.bfloat16 if on else torch.float32)
 
 
+@pytest.mark.parametrize("supported", [True, False])
+def test_bf16_asked_on_a_cpu_without_it_says_the_steps_run_in_fp32(monkeypatch, caplog, supported):
+    from qpairs.config import TrainConfig
+    from qpairs.train import warn_if_bf16_is_slow
+
+    monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda: supported)
+    with caplog.at_level("WARNING", logger="qpairs"):
+        warn_if_bf16_is_slow(TrainConfig(bf16=True), torch.device("cpu"))
+        warn_if_bf16_is_slow(TrainConfig(bf16=False), torch.device("cpu"))
+    warned = [r.getMessage() for r in caplog.records if "--bf16" in r.getMessage()]
+    if supported:
+        assert warned == []
+    else:  # one line, for the run that asked for bf16
+        assert len(warned) == 1 and "training steps run in float32" in warned[0]
+
+
 def test_bf16_training_runs_its_steps_in_bf16_and_validates_in_fp32(tiny_bert3, tmp_path, fp32_cache, monkeypatch):
     from contextlib import nullcontext
 
