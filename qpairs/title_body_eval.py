@@ -44,21 +44,55 @@ def embed_posts(det, posts: pd.DataFrame, batch_size: int | None = None) -> tupl
 
 
 def fused_pool_ranks(det, posts: pd.DataFrame, title_emb: np.ndarray, body_emb: np.ndarray, n_candidates: int,
-                     seed: int, weights) -> dict[float, np.ndarray]:
-    """Rank of each post's body among its pool (`candidate_pools`) for each BM25 weight, as an index of the pool's
-    bodies with that weight ranks them (`bm25.fused_scores`; BM25 reads the texts as the model does)."""
-    from .bm25 import LexicalIndex, fused_scores
+                     seed: int, weights, token_states: tuple | None = None,
+                     token_shares=(0.0,)) -> dict[tuple[float, float], np.ndarray]:
+    """Rank of each post's body among its pool (`candidate_pools`), keyed by (token share m, BM25 weight w): the
+    similarity of the embeddings, with share m of it given to the late-interaction score of `token_states`
+    ((title states, body states) of `posts`, see `maxsim`; each standardised over the pool), fused with BM25 at
+    weight w as an index of the pool's bodies ranks them (`bm25.fused_scores`; BM25 reads the texts as the model
+    does)."""
+    from .bm25 import LexicalIndex, fused_scores, standardised
     from .search import model_texts
 
+    if token_states is None and any(token_shares):
+        raise ValueError("a token share needs the token states of the titles and bodies")
     t_side, b_side = title_body_sides(det)
     titles, bodies = model_texts(det, list(posts["title"]), t_side), model_texts(det, list(posts["body"]), b_side)
-    ranks = {w: np.empty(len(posts), dtype=int) for w in weights}
+    ranks = {(m, w): np.empty(len(posts), dtype=int) for m in token_shares for w in weights}
     for queries, cands in candidate_pools(len(posts), n_candidates, seed):
         similarity = -pairwise_distances(title_emb[queries], body_emb[cands], det.model.distance_metric)
         lexical = LexicalIndex.build([bodies[c] for c in cands]).scores([titles[q] for q in queries])
-        for w in weights:
-            ranks[w][queries] = true_ranks(-fused_scores(similarity, lexical, w), np.arange(len(queries)))
+        late = (maxsim([token_states[0][q] for q in queries], [token_states[1][c] for c in cands])
+                if any(token_shares) else None)
+        for m in token_shares:
+            mixed = similarity if not m else ((1 - m) * standardised(similarity, similarity)
+                                              + m * standardised(late, late))
+            for w in weights:
+                ranks[(m, w)][queries] = true_ranks(-fused_scores(mixed, lexical, w), np.arange(len(queries)))
     return ranks
+
+
+def maxsim(query_states: list[np.ndarray], doc_states: list[np.ndarray]) -> np.ndarray:
+    """Late interaction (ColBERT's MaxSim), [queries, documents]: each query token's best cosine over a document's
+    tokens, averaged over the query's tokens. Each text's states are unit rows [tokens, hidden]."""
+    flat = np.concatenate(doc_states)
+    starts = np.cumsum([0] + [len(d) for d in doc_states[:-1]])
+    out = np.empty((len(query_states), len(doc_states)), dtype=np.float32)
+    for i, q in enumerate(query_states):
+        out[i] = np.maximum.reduceat(q @ flat.T, starts, axis=1).mean(0)
+    return out
+
+
+def unit_token_states(encoder, texts: list[str], batch_size: int = 64) -> list[np.ndarray]:
+    """Each text's last-layer token states of a transformer `encoder`, without [CLS] and [SEP], as unit rows
+    (float32): `maxsim`'s input."""
+    from .tokencache import encode_states
+
+    out = []
+    for states in encode_states(encoder, texts, "cpu", batch_size, "fp32"):
+        states = states[1:-1] if len(states) > 2 else states
+        out.append((states / states.norm(dim=-1, keepdim=True).clamp(min=1e-12)).numpy())
+    return out
 
 
 def _row_distances(det, a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -160,7 +194,7 @@ def evaluate_title_body(det, posts: pd.DataFrame, n_candidates: int = 1000, seed
                                          "shortlist": "base cosine" if base else "embeddings"}
     elif det.model.pair_head is None and bm25_available():
         w = TITLE_BODY_BM25_WEIGHT
-        ranks = fused_pool_ranks(det, posts, title_emb, body_emb, n_cand, seed, [w])[w]
+        ranks = fused_pool_ranks(det, posts, title_emb, body_emb, n_cand, seed, [w])[(0.0, w)]
         results["retrieval_bm25"] = {**retrieval_metrics(ranks), "n_candidates": n_cand, "bm25_weight": w}
     if len(posts) < n_candidates:
         results["retrieval"]["warning"] = f"only {len(posts)} posts: fewer candidates than the {n_candidates} asked for"

@@ -13,11 +13,16 @@ ways, never on the test posts:
 * on ``--adapt-posts`` posts of the held-out site outside the test sample, one pool (a few labelled posts of
   the new site, as `qpairs adapt` uses).
 
-Prints recall@1, recall@10 and MRR for every `a` on each set. Needs ``pip install ".[bench]"`` (bm25s).
+``--maxsim M ...`` also gives share M of the similarity (before BM25) to a late-interaction score: zero-shot
+all-MiniLM-L6-v2's token states, each title token's best cosine over the body's tokens, averaged over the title
+(ColBERT's MaxSim), standardised over the pool like the others.
+
+Prints recall@1, recall@10 and MRR for every `a` (and M) on each set. Needs ``pip install ".[bench]"`` (bm25s).
 
     python scripts/eval_title_body_lexical.py
     python scripts/eval_title_body_lexical.py --model runs/title_body_long/pseudo_top3 --through-index 0.1
     python scripts/eval_title_body_lexical.py --model runs/title_body_long/pseudo_top3 runs/title_body_long/siamese_top3
+    python scripts/eval_title_body_lexical.py --maxsim 0 0.25 0.5 0.75 1
 """
 from __future__ import annotations
 
@@ -28,17 +33,27 @@ import numpy as np
 
 from qpairs import title_body as tb
 from qpairs.retrieval import candidate_pools, first_relevant_ranks, retrieval_metrics
-from qpairs.title_body_eval import embed_posts, fused_pool_ranks, zero_shot_detector
+from qpairs.title_body_eval import (embed_posts, fused_pool_ranks, title_body_sides, unit_token_states,
+                                    zero_shot_detector)
 
 WEIGHTS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0)
 
 
-def fused_ranks(posts, dets: list, n_candidates: int, seed: int) -> dict[float, np.ndarray]:
-    """Rank of each post's own body among its pool, for every fusion weight in `WEIGHTS`. Several models: the mean
-    of their cosines (each model's unit vectors side by side, scaled by 1/√models), BM25 read as the first reads."""
+def fused_ranks(posts, dets: list, n_candidates: int, seed: int, token_shares=(0.0,),
+                token_encoder=None) -> dict[tuple[float, float], np.ndarray]:
+    """Rank of each post's own body among its pool, for every (token share, BM25 weight in `WEIGHTS`). Several
+    models: the mean of their cosines (each model's unit vectors side by side, scaled by 1/√models), BM25 read as
+    the first reads. A token share m gives that part of the similarity to the late-interaction score (`maxsim`) of
+    `token_encoder`'s token states."""
     sides = [embed_posts(det, posts) for det in dets]  # each side through its own tower
     titles, bodies = (np.hstack([unit(s[k]) for s in sides]) / np.sqrt(len(dets)) for k in (0, 1))
-    return fused_pool_ranks(dets[0], posts, titles, bodies, min(n_candidates, len(posts)), seed, WEIGHTS)
+    states = None
+    if any(token_shares):
+        t_side, b_side = title_body_sides(dets[0])
+        states = tuple(unit_token_states(token_encoder, dets[0].preprocess(list(posts[column]), side))
+                       for column, side in (("title", t_side), ("body", b_side)))
+    return fused_pool_ranks(dets[0], posts, titles, bodies, min(n_candidates, len(posts)), seed, WEIGHTS,
+                            token_states=states, token_shares=token_shares)
 
 
 def unit(x: np.ndarray) -> np.ndarray:
@@ -103,6 +118,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", nargs="+", help="a trained title/body run, or several (their cosines averaged; cosine "
                                               "models only) (default: zero-shot all-MiniLM-L6-v2)")
+    p.add_argument("--maxsim", type=float, nargs="+", default=[0.0], metavar="M",
+                   help="token shares: also give share M of the similarity to zero-shot all-MiniLM-L6-v2's "
+                        "late-interaction score (each title token's best cosine over the body's tokens, averaged)")
     p.add_argument("--site-bank", type=float, nargs="+", metavar="W",
                    help="also search the test titles in one index of every body of the held-out site, with each BM25 "
                         "weight W (MRR counts the top 10 only)")
@@ -114,6 +132,8 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.model and len(args.model) > 1 and (args.through_index is not None or args.site_bank):
         p.error("--through-index and --site-bank search one model's index: give one --model")
+    if any(not 0.0 <= m <= 1.0 for m in args.maxsim):
+        p.error(f"--maxsim shares must lie in [0, 1], got {args.maxsim}")
     if args.through_index is not None and not 0.0 <= args.through_index <= 1.0:
         p.error(f"--through-index must lie in [0, 1], got {args.through_index}")
 
@@ -135,13 +155,17 @@ def main(argv=None) -> int:
         dets = [zero_shot_detector(_calibration_pairs(sets["validation (training sites)"]),
                                    max_length=args.body_max_length, device="cpu")]
     det = dets[0]
+    zero_shot = None if args.maxsim == [0.0] else zero_shot_detector(max_length=args.body_max_length, device="cpu")
     for name, frame in sets.items():
         frame = sets[name] = frame.reset_index(drop=True).drop_duplicates("body").reset_index(drop=True)
         print(f"\n{name}: {len(frame)} posts, {min(args.candidates, len(frame))} candidates per title")
-        print("| BM25 weight | recall@1 | recall@10 | MRR |\n|---|---|---|---|")
-        for a, ranks in fused_ranks(frame, dets, args.candidates, args.seed).items():
+        print("| token share | BM25 weight | recall@1 | recall@10 | MRR |\n|---|---|---|---|---|")
+        ranked = fused_ranks(frame, dets, args.candidates, args.seed, args.maxsim,
+                             zero_shot.model.encoder if zero_shot else None)
+        for (share, a), ranks in ranked.items():
             m = retrieval_metrics(ranks)
-            print(f"| {a:.2f} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {m['mrr']:.4f} |", flush=True)
+            print(f"| {share:.2f} | {a:.2f} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {m['mrr']:.4f} |",
+                  flush=True)
     if args.through_index is not None:
         test = sets[f"test ({args.test_site})"]
         m = retrieval_metrics(ranks_through_index(test, det, args.through_index, args.candidates, args.seed))

@@ -222,8 +222,9 @@ def test_evaluation_ranks_each_pool_as_an_index_of_its_bodies_does(bank):
     posts = pd.DataFrame({"title": titles, "body": bodies})
     title_emb, body_emb = embed_posts(det, posts)
     ranks = fused_pool_ranks(det, posts, title_emb, body_emb, 20, 0, [0.0, 0.3])
-    assert not np.array_equal(ranks[0.0], ranks[0.3])
-    for w, want in ranks.items():
+    assert set(ranks) == {(0.0, 0.0), (0.0, 0.3)}  # (token share, BM25 weight)
+    assert not np.array_equal(ranks[(0.0, 0.0)], ranks[(0.0, 0.3)])
+    for (_, w), want in ranks.items():
         got = np.empty(len(posts))
         for queries, cands in candidate_pools(len(posts), 20, 0):
             index = QuestionIndex.build(det, [bodies[c] for c in cands], [str(c) for c in cands], side="body",
@@ -231,3 +232,36 @@ def test_evaluation_ranks_each_pool_as_an_index_of_its_bodies_does(bank):
             for q, hits in zip(queries, index.search_many(det, [titles[q] for q in queries], k=20)):
                 got[q] = [h.id for h in hits].index(str(q)) + 1
         np.testing.assert_array_equal(got, want)
+
+
+def test_maxsim_is_each_query_tokens_best_cosine_averaged():
+    from qpairs.title_body_eval import maxsim
+
+    rng = np.random.default_rng(0)
+    unit = [x / np.linalg.norm(x, axis=1, keepdims=True) for x in (rng.normal(size=(n, 8)) for n in (3, 5, 1, 4))]
+    queries, docs = unit[:2], unit[1:]
+    want = np.array([[(q @ d.T).max(1).mean() for d in docs] for q in queries])
+    np.testing.assert_allclose(maxsim(queries, docs), want, rtol=1e-6)
+    assert maxsim([unit[1]], [unit[1]])[0, 0] == pytest.approx(1.0)  # a text against itself
+
+
+def test_a_token_share_ranks_by_the_late_interaction_score(bank):
+    import pandas as pd
+
+    from qpairs.retrieval import candidate_pools, true_ranks
+    from qpairs.title_body_eval import embed_posts, fused_pool_ranks, maxsim, unit_token_states
+
+    det, titles, bodies = bank
+    posts = pd.DataFrame({"title": titles, "body": bodies})
+    title_emb, body_emb = embed_posts(det, posts)
+    states = unit_token_states(det.model.encoder, list(titles)), unit_token_states(det.model.encoder, list(bodies))
+    ranks = fused_pool_ranks(det, posts, title_emb, body_emb, 20, 0, [0.0], token_states=states,
+                             token_shares=(0.0, 1.0))
+    want = np.empty(len(posts))
+    for queries, cands in candidate_pools(len(posts), 20, 0):  # share 1, no BM25: MaxSim alone decides
+        late = maxsim([states[0][q] for q in queries], [states[1][c] for c in cands])
+        want[queries] = true_ranks(-late, np.arange(len(queries)))
+    np.testing.assert_array_equal(ranks[(1.0, 0.0)], want)
+    assert not np.array_equal(ranks[(1.0, 0.0)], ranks[(0.0, 0.0)])
+    with pytest.raises(ValueError, match="token states"):
+        fused_pool_ranks(det, posts, title_emb, body_emb, 20, 0, [0.0], token_shares=(0.5,))
