@@ -164,7 +164,8 @@ def _cores() -> int:
         return os.cpu_count() or 1
 
 
-def _l2_normalize(x: np.ndarray) -> np.ndarray:
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    """Rows of `x` scaled to unit length (zero rows stay zero)."""
     norms = np.linalg.norm(x, axis=1, keepdims=True)
     return x / np.maximum(norms, 1e-12)
 
@@ -298,7 +299,7 @@ class QuestionIndex:
 
     def _index_vectors(self, vectors: np.ndarray) -> np.ndarray:
         vectors = np.ascontiguousarray(vectors, dtype=np.float32)
-        return _l2_normalize(vectors) if self.meta["normalized"] else vectors
+        return l2_normalize(vectors) if self.meta["normalized"] else vectors
 
     # -- persistence
     def save(self, directory) -> Path:

@@ -24,6 +24,7 @@ import compare_title_body as ctb  # noqa: E402  (the shared split)
 
 from qpairs import title_body as tb  # noqa: E402
 from qpairs.retrieval import candidate_pools, retrieval_metrics, true_ranks  # noqa: E402
+from qpairs.search import l2_normalize  # noqa: E402
 from qpairs.title_body_eval import zero_shot_detector  # noqa: E402
 
 
@@ -36,10 +37,6 @@ def parse_args(argv=None):
     p.add_argument("--body-max-length", type=int, default=256, help="tokens read of each chunk")
     p.add_argument("--candidates", type=int, default=1000)
     return p.parse_args(argv)
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
 def chunk_words(body: str, size: int, max_chunks: int) -> list[str]:
@@ -62,11 +59,11 @@ def main(argv=None) -> int:
         owner += [i] * len(pieces)
     owner = np.asarray(owner)
     print(f"{len(posts)} test posts, {len(chunks)} chunks, {(np.bincount(owner) > 1).sum()} posts longer than one chunk")
-    encode = lambda texts: unit(det.encode(texts, "left", 64))  # noqa: E731
+    encode = lambda texts: l2_normalize(det.encode(texts, "left", 64))  # noqa: E731
     titles, chunk_vecs = encode(list(posts["title"])), encode(chunks)
     head_tail = encode([cut_body[p] for p in posts["post_id"]])
     first = chunk_vecs[np.searchsorted(owner, np.arange(len(posts)))]
-    mean_p = unit(np.stack([chunk_vecs[owner == i].mean(0) for i in range(len(posts))]))
+    mean_p = l2_normalize(np.stack([chunk_vecs[owner == i].mean(0) for i in range(len(posts))]))
 
     def max_p(q, c):
         best = np.full((len(posts), len(q)), -np.inf)

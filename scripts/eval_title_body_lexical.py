@@ -33,6 +33,7 @@ import numpy as np
 
 from qpairs import title_body as tb
 from qpairs.retrieval import candidate_pools, first_relevant_ranks, retrieval_metrics
+from qpairs.search import l2_normalize
 from qpairs.title_body_eval import (embed_posts, fused_pool_ranks, title_body_sides, unit_token_states,
                                     zero_shot_detector)
 
@@ -46,7 +47,7 @@ def fused_ranks(posts, dets: list, n_candidates: int, seed: int, token_shares=(0
     the first reads. A token share m gives that part of the similarity to the late-interaction score (`maxsim`) of
     `token_encoder`'s token states."""
     sides = [embed_posts(det, posts) for det in dets]  # each side through its own tower
-    titles, bodies = (np.hstack([unit(s[k]) for s in sides]) / np.sqrt(len(dets)) for k in (0, 1))
+    titles, bodies = (np.hstack([l2_normalize(s[k]) for s in sides]) / np.sqrt(len(dets)) for k in (0, 1))
     states = None
     if any(token_shares):
         t_side, b_side = title_body_sides(dets[0])
@@ -54,10 +55,6 @@ def fused_ranks(posts, dets: list, n_candidates: int, seed: int, token_shares=(0
                        for column, side in (("title", t_side), ("body", b_side)))
     return fused_pool_ranks(dets[0], posts, titles, bodies, min(n_candidates, len(posts)), seed, WEIGHTS,
                             token_states=states, token_shares=token_shares)
-
-
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True).clip(1e-12)
 
 
 def body_index(det, bodies: list[str], ids: list[str], weight: float):
@@ -155,13 +152,15 @@ def main(argv=None) -> int:
         dets = [zero_shot_detector(_calibration_pairs(sets["validation (training sites)"]),
                                    max_length=args.body_max_length, device="cpu")]
     det = dets[0]
-    zero_shot = None if args.maxsim == [0.0] else zero_shot_detector(max_length=args.body_max_length, device="cpu")
+    token_encoder = None  # MaxSim reads zero-shot MiniLM's token states: the scored model itself without --model
+    if args.maxsim != [0.0]:
+        source = zero_shot_detector(max_length=args.body_max_length, device="cpu") if args.model else det
+        token_encoder = source.model.encoder
     for name, frame in sets.items():
         frame = sets[name] = frame.reset_index(drop=True).drop_duplicates("body").reset_index(drop=True)
         print(f"\n{name}: {len(frame)} posts, {min(args.candidates, len(frame))} candidates per title")
         print("| token share | BM25 weight | recall@1 | recall@10 | MRR |\n|---|---|---|---|---|")
-        ranked = fused_ranks(frame, dets, args.candidates, args.seed, args.maxsim,
-                             zero_shot.model.encoder if zero_shot else None)
+        ranked = fused_ranks(frame, dets, args.candidates, args.seed, args.maxsim, token_encoder)
         for (share, a), ranks in ranked.items():
             m = retrieval_metrics(ranks)
             print(f"| {share:.2f} | {a:.2f} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {m['mrr']:.4f} |",
