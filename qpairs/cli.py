@@ -349,7 +349,7 @@ def cmd_index(args) -> int:
 
     index = index_file(args.questions, args.out, args.model, args.text_col, args.id_col, args.kind, args.append,
                        args.device, args.batch_size, backend=args.backend, space=args.space, side=args.side,
-                       bm25_weight=args.bm25_weight)
+                       bm25_weight=args.bm25_weight, maxsim_weight=args.maxsim_weight)
     print(f"{index} written to {args.out}")
     return 0
 
@@ -394,12 +394,15 @@ def cmd_serve(args) -> int:
 
 def _bm25_weight(value: str):
     """--bm25-weight: 'auto' or a number in [0, 1]."""
-    if value == "auto":
-        return value
+    return value if value == "auto" else _unit_interval(value)
+
+
+def _unit_interval(value: str) -> float:
+    """A number in [0, 1] (--bm25-weight, --maxsim-weight)."""
     try:
         weight = float(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected auto or a number in [0, 1], got {value!r}") from None
+        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}") from None
     if not 0.0 <= weight <= 1.0:
         raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {weight}")
     return weight
@@ -432,6 +435,14 @@ def _add_search_commands(sub) -> None:
                         "BM25, which finds long bodies by the rare words they share with a title. auto = "
                         f"{TITLE_BODY_BM25_WEIGHT} with --side title or body (chosen on held-out posts), else 0 "
                         "(default: auto; needs pip install 'qpairs[search]')")
+    p.add_argument("--maxsim-weight", type=_unit_interval, metavar="M",
+                   help="share in [0, 1] of the model's similarity given to token-level matching (late interaction, "
+                        "MaxSim: each query word piece's best match among a stored text's, averaged), for a "
+                        "model-space index: (1 - M) x standardised similarity + M x "
+                        "standardised MaxSim, before any BM25 weight. It finds a body by the one or two words a "
+                        "title names; 0.5 suits title -> body search. The index then keeps every stored text's "
+                        "token states (MiniLM: about 0.75 KB per word piece, some 100-200 KB per long body) "
+                        "(default: 0, off; --append keeps the index's)")
     p.add_argument("--append", action="store_true", help="add the questions to an existing index (same model only)")
     p.add_argument("--batch-size", type=int, help="encoding batch size (default: the model's)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
@@ -447,7 +458,8 @@ def _add_search_commands(sub) -> None:
                        "which finds duplicates in a large bank better than prob; prob comes from the model's head "
                        "and can be lower for a higher-ranked hit. In an index built with a BM25 weight (qpairs index "
                        "--bm25-weight, on by default for a title/body run's --side body or title) the score mixes the "
-                       "model's similarity and BM25, each standardised over the bank. A run whose pair head reads token states (--pair-head "
+                       "model's similarity and BM25, each standardised over the bank; with a MaxSim weight (qpairs "
+                       "index --maxsim-weight) the similarity itself mixes in token-level matching. A run whose pair head reads token states (--pair-head "
                        "matching) takes the index's best --rerank candidates by that ranking, re-scores each pair with "
                        "its head and ranks by that probability: score is prob. " + LIMITS)
     p.add_argument("index", help="index directory written by qpairs index")

@@ -4,6 +4,8 @@ An index directory holds::
 
     index.faiss        the vectors (exact flat index, or HNSW for millions of questions)
     bm25/              (a model-space index with a BM25 weight) the stored texts' BM25 index
+    token_states.npy   (a model-space index with a MaxSim weight) every stored text's token states, float16,
+    token_offsets.npy  and where each text's start (`qpairs.late.TokenStore`)
     questions.parquet  id and text of every question, in index order
     meta.json          metric, kind, size and the identity of the model that made the vectors
 
@@ -26,6 +28,11 @@ A model-space index built with ``bm25_weight`` w > 0 (a title/body run's bodies,
 its stored texts (`qpairs.bm25`): candidates are the k + RERANK_EXTRA nearest by the model and the k + RERANK_EXTRA
 best by BM25, ranked by (1 − w) · z(−distance) + w · z(BM25), each score standardised per query over the bank (the
 distance over a fixed sample of a large one; `bm25.fused_scores`).
+
+A model-space index built with ``maxsim_weight`` m > 0 also keeps every stored text's token states (``token_states.npy``,
+``token_offsets.npy``; `qpairs.late`) and gives share m of the model's similarity to token-level matching (MaxSim),
+before any BM25 weight: (1 − m) · z(−distance) + m · z(MaxSim), each standardised per query over the bank (a fixed
+sample of a large one). Candidates are then the k + MAXSIM_EXTRA nearest by the model (and as many best by BM25).
 
 A model whose pair head reads token states (``--pair-head matching``) keeps the pooled index for
 candidates only: the best ``rerank`` of them by the space's ranking are re-scored with the
@@ -52,17 +59,19 @@ from tqdm.auto import tqdm
 from .data import read_questions  # noqa: F401  (re-exported)
 from .checkpoint import model_fingerprint  # noqa: F401  (the index's model identity)
 from .bm25 import TITLE_BODY_BM25_WEIGHT, LexicalIndex, bm25_available, fused_scores, stats_rows
+from .late import TokenStore, flatten, maxsim, maxsim_stats_rows, reads_tokens, unit_token_states
 from .ngram import lexical_similarity
 from .retrieval import pairwise_distances
 
 log = logging.getLogger("qpairs")
 
-FORMAT_VERSION = 3  # 3 added "bm25_weight" (BM25_DIR); 2 the base space (meta "space", NORMS); 1 is model-space
-READABLE_VERSIONS = (1, 2, 3)
+FORMAT_VERSION = 4  # 4 added "maxsim_weight" (token states); 3 added "bm25_weight" (BM25_DIR); 2 the base space (meta "space", NORMS); 1 is model-space
+READABLE_VERSIONS = (1, 2, 3, 4)
 BM25_QUERY_CHUNK = 256  # queries whose BM25 scores over the whole bank are held at once
 SPACES = ("model", "base")
 LEXICAL_WEIGHT = 0.2  # base space: weight of the character n-gram cosine in the ranking (chosen on validation)
 RERANK_EXTRA = 20  # candidates fetched beyond k for a lexical re-ranking (base space, BM25 weight)
+MAXSIM_EXTRA = 100  # candidates fetched beyond k (by the model, and by BM25) when MaxSim re-ranks them
 META, VECTORS, QUESTIONS, NORMS, BM25_DIR = "meta.json", "index.faiss", "questions.parquet", "norms.npy", "bm25"
 FLAT_BLAS_QUERIES = 16  # up to this many queries at once, exact search runs as a NumPy product (faster here)
 HALF_SCAN_MIN = 50_000  # from this many stored vectors, those few queries start from an fp16 scan (`_half_knn`)
@@ -189,6 +198,8 @@ class QuestionIndex:
         self.norms = np.zeros(0, dtype=np.float32)  # base space: |pooled vector| before normalisation
         self._lexical = None  # BM25 of the stored texts (bm25_weight > 0), loaded or built on first use, rebuilt after `add`
         self._reference = None  # (bank size, model embeddings of its `bm25.stats_rows`) of the BM25 fusion
+        self.tokens = TokenStore() if self.maxsim_weight else None  # token states of the stored texts (MaxSim)
+        self._maxsim_ref = None  # (bank size, embeddings and token states of `maxsim_stats_rows`)
 
     @property
     def space(self) -> str:
@@ -199,6 +210,15 @@ class QuestionIndex:
         return float(self.meta.get("bm25_weight", 0.0))
 
     @property
+    def maxsim_weight(self) -> float:
+        return float(self.meta.get("maxsim_weight", 0.0))
+
+    @property
+    def fused(self) -> bool:
+        """Whether hits are ranked by a fusion of standardised scores (a BM25 or MaxSim weight)."""
+        return bool(self.bm25_weight or self.maxsim_weight)
+
+    @property
     def side(self) -> str:
         """Input side of the stored texts (indexes written before sides were recorded: right)."""
         return self.meta.get("side", "right")
@@ -206,12 +226,13 @@ class QuestionIndex:
     # -- construction
     @classmethod
     def empty(cls, det, kind: str = "flat", hnsw_m: int = 32, space: str = "auto",
-              side: str = "right", bm25_weight: float | str = 0.0) -> "QuestionIndex":
+              side: str = "right", bm25_weight: float | str = 0.0, maxsim_weight: float = 0.0) -> "QuestionIndex":
         """An index with no questions yet, tied to `det`; `space` 'auto' = `default_space(det)`. `side`: the input
         side whose encoder and text preparation the stored texts go through (`resolve_side`); queries take the
         other one (a title/body run: index bodies, query with titles, or the reverse). `bm25_weight`: the weight of
         BM25 in the ranking of a model-space index (`qpairs.bm25`); 'auto' = TITLE_BODY_BM25_WEIGHT when `side` is
-        title or body and the index can use it, else 0."""
+        title or body and the index can use it, else 0. `maxsim_weight`: the share of the model's similarity given to
+        token-level matching (`qpairs.late`; a model-space index, which then stores every text's token states)."""
         title_body = side in ("title", "body")
         side = resolve_side(det, side)
         space = default_space(det) if space == "auto" else space
@@ -240,6 +261,13 @@ class QuestionIndex:
             if refusal:
                 raise ValueError(refusal)
             meta["bm25_weight"] = float(bm25_weight)
+        if maxsim_weight:
+            if not 0.0 < float(maxsim_weight) <= 1.0:
+                raise ValueError(f"the MaxSim weight must lie in (0, 1], got {maxsim_weight}")
+            if refusal or not all(reads_tokens(det.model.side(s)) for s in SIDES):
+                raise ValueError((refusal or "").replace("a BM25 weight", "a MaxSim weight") or
+                                 "a MaxSim weight needs encoders with token states (transformers or BiLSTMs) on both sides")
+            meta["maxsim_weight"] = float(maxsim_weight)
         if kind == "hnsw":
             meta["hnsw_m"] = hnsw_m
         return cls(_new_faiss_index(dim, metric, kind, hnsw_m), [], [], meta)
@@ -247,10 +275,10 @@ class QuestionIndex:
     @classmethod
     def build(cls, det, texts, ids=None, kind: str = "flat", batch_size: int | None = None,
               chunk_size: int = 8192, progress: bool | None = None, space: str = "auto",
-              side: str = "right", bm25_weight: float | str = 0.0) -> "QuestionIndex":
-        """Encode `texts` (ids default to "0", "1", …) with `det` into a new index (`side`, `bm25_weight`: see
-        `empty`)."""
-        index = cls.empty(det, kind, space=space, side=side, bm25_weight=bm25_weight)
+              side: str = "right", bm25_weight: float | str = 0.0, maxsim_weight: float = 0.0) -> "QuestionIndex":
+        """Encode `texts` (ids default to "0", "1", …) with `det` into a new index (`side`, `bm25_weight`,
+        `maxsim_weight`: see `empty`)."""
+        index = cls.empty(det, kind, space=space, side=side, bm25_weight=bm25_weight, maxsim_weight=maxsim_weight)
         index.add(det, texts, ids, batch_size=batch_size, chunk_size=chunk_size, progress=progress)
         return index
 
@@ -268,7 +296,8 @@ class QuestionIndex:
         for start in range(0, len(texts), chunk_size):
             chunk = texts[start : start + chunk_size]
             vectors = self.query_vectors(det, chunk, self.side, batch_size)
-            self.add_embeddings(det, vectors, ids[start : start + chunk_size], chunk)
+            states = self.token_states(det, chunk, self.side, batch_size) if self.maxsim_weight else None
+            self.add_embeddings(det, vectors, ids[start : start + chunk_size], chunk, states)
             bar.update(len(chunk))
         bar.close()
 
@@ -279,9 +308,15 @@ class QuestionIndex:
         return det.encode(model_texts(det, texts, side), side=side, batch_size=batch_size,
                           pooled=self.space == "base")
 
-    def add_embeddings(self, det, vectors: np.ndarray, ids, texts) -> None:
+    def token_states(self, det, texts: list[str], side: str | None = None, batch_size: int | None = None) -> list:
+        """Unit token states (`qpairs.late`) of `texts` read on `side` (default: the queries' side)."""
+        side = other_side(self.side) if side is None else side
+        return unit_token_states(det.model.side(side), model_texts(det, texts, side), batch_size or det.batch_size or 64,
+                                 det.device)
+
+    def add_embeddings(self, det, vectors: np.ndarray, ids, texts, token_states: list | None = None) -> None:
         """Append precomputed bank-side vectors of this index's space (`query_vectors`, e.g. computed on another
-        machine); ids must be new."""
+        machine), and with a MaxSim weight their `token_states`; ids must be new."""
         self.check_model(det)
         vectors = np.asarray(vectors, dtype=np.float32)
         ids, texts = [str(i) for i in ids], [str(t) for t in texts]
@@ -289,9 +324,14 @@ class QuestionIndex:
             raise ValueError(f"need vectors [n, {self.index.d}] with n ids and n texts; got {vectors.shape}, "
                              f"{len(ids)} ids, {len(texts)} texts")
         _check_new_ids(ids, self._id_set)
+        if self.maxsim_weight and (token_states is None or len(token_states) != len(ids)):
+            raise ValueError(f"an index with a MaxSim weight needs the token states of each of the {len(ids)} texts "
+                             "(`QuestionIndex.token_states`)")
         if self.space == "base":
             self.norms = np.concatenate([self.norms, np.linalg.norm(vectors, axis=1).astype(np.float32)])
         self.index.add(self._index_vectors(vectors))
+        if self.maxsim_weight:
+            self.tokens.append(token_states)
         self.ids += ids
         self.texts += texts
         self._id_set.update(ids)
@@ -314,6 +354,8 @@ class QuestionIndex:
             self._lexical.save(directory / BM25_DIR)
         elif (directory / BM25_DIR).is_dir():
             shutil.rmtree(directory / BM25_DIR)  # another bank's: rebuilt from the texts on first use
+        if self.maxsim_weight:
+            self.tokens.save(directory)
         (directory / META).write_text(json.dumps(self.meta, indent=2))
         self.path = directory
         return directory
@@ -347,8 +389,14 @@ class QuestionIndex:
             if len(out.norms) != len(out):
                 raise SearchIndexError(f"{directory / NORMS}: {len(out.norms)} norms for {len(out)} questions: "
                                        "the index is corrupt")
-        if not 0.0 <= out.bm25_weight <= 1.0:
-            raise SearchIndexError(f"{directory / META}: bm25_weight {out.bm25_weight} lies outside [0, 1]")
+        for name in ("bm25_weight", "maxsim_weight"):
+            if not 0.0 <= getattr(out, name) <= 1.0:
+                raise SearchIndexError(f"{directory / META}: {name} {getattr(out, name)} lies outside [0, 1]")
+        if out.maxsim_weight:
+            try:
+                out.tokens = TokenStore.load(directory, len(out))
+            except (FileNotFoundError, ValueError) as exc:
+                raise SearchIndexError(str(exc)) from exc
         return out
 
     # -- model check
@@ -372,6 +420,7 @@ class QuestionIndex:
 
     def __str__(self) -> str:
         bm25 = f", BM25 weight {self.bm25_weight:g}" if self.bm25_weight else ""
+        bm25 += f", MaxSim weight {self.maxsim_weight:g}" if self.maxsim_weight else ""
         return f"{len(self)} questions ({self.meta['kind']} index, {self.space} space{bm25})"
 
     # -- search
@@ -529,36 +578,68 @@ class QuestionIndex:
             self._reference = (len(self), self.stored_embeddings(det, stats_rows(len(self))))
         return self._reference[1]
 
-    def _bm25_search(self, det, questions: list[str], vectors: np.ndarray, k: int) -> list[list[Hit]]:
-        """`search_many` of an index with a BM25 weight, `BM25_QUERY_CHUNK` queries at a time."""
+    def _maxsim_reference(self, det) -> tuple[np.ndarray, tuple]:
+        """(model embeddings, `late.flatten`ed token states) of the bank's `maxsim_stats_rows` (cached
+        until the bank grows)."""
+        if self._maxsim_ref is None or self._maxsim_ref[0] != len(self):
+            rows = maxsim_stats_rows(len(self))
+            self._maxsim_ref = (len(self), self.stored_embeddings(det, rows), flatten(self.tokens[rows]))
+        return self._maxsim_ref[1:]
+
+    def _fused_search(self, det, questions: list[str], vectors: np.ndarray, k: int) -> list[list[Hit]]:
+        """`search_many` of an index with a BM25 or MaxSim weight, `BM25_QUERY_CHUNK` queries at a time."""
         out = []
         for start in range(0, len(questions), BM25_QUERY_CHUNK):
             chunk = slice(start, start + BM25_QUERY_CHUNK)
-            out += self._hits(det, *self._bm25_ranking(det, questions[chunk], vectors[chunk], k), k)
+            out += self._hits(det, *self._fused_ranking(det, questions[chunk], vectors[chunk], k), k)
         return out
 
-    def _bm25_ranking(self, det, questions: list[str], vectors: np.ndarray, k: int):
-        """(rows, distances, fused scores) of each query's candidates in an index with a BM25 weight: the
-        k + RERANK_EXTRA nearest by the model and the k + RERANK_EXTRA best by BM25 (−1 pads), scored by
-        `bm25.fused_scores`: BM25 standardised over the whole bank, the model's similarity over its
-        `bm25.stats_rows` (the same distance as `rescore`: the model has no pair head)."""
-        lexical = self.lexical(det).scores(model_texts(det, questions, other_side(self.side)))
-        n = min(k + RERANK_EXTRA, len(self))
-        best_lexical = np.argpartition(-lexical, n - 1, axis=1)[:, :n]
-        union = [np.unique(np.concatenate([a[a >= 0], b])) for a, b in zip(self.knn(vectors, n, few_fast=True),
-                                                                           best_lexical)]
+    def _fused_ranking(self, det, questions: list[str], vectors: np.ndarray, k: int):
+        """(rows, distances, fused scores) of each query's candidates in an index with a BM25 or MaxSim weight: the
+        k + RERANK_EXTRA (MaxSim: MAXSIM_EXTRA) nearest by the model and as many best by BM25 (−1 pads), scored by
+        `bm25.fused_scores` over the similarity (`_similarity`): BM25 standardised over the whole bank (the same
+        distance as `rescore`: the model has no pair head)."""
+        lexical = (self.lexical(det).scores(model_texts(det, questions, other_side(self.side)))
+                   if self.bm25_weight else None)
+        n = min(k + (MAXSIM_EXTRA if self.maxsim_weight else RERANK_EXTRA), len(self))
+        nearest = self.knn(vectors, n, few_fast=True)
+        best_lexical = np.argpartition(-lexical, n - 1, axis=1)[:, :n] if lexical is not None else nearest
+        union = [np.unique(np.concatenate([a[a >= 0], b[b >= 0]])) for a, b in zip(nearest, best_lexical)]
         rows = np.full((len(union), max(map(len, union))), -1, dtype=np.int64)
         for i, u in enumerate(union):
             rows[i, : len(u)] = u
         valid = rows >= 0
         embeddings = self.model_embeddings(det, vectors)
         dist = self.rescore(det, embeddings, rows)
-        ref_dist = pairwise_distances(embeddings, self._reference_embeddings(det), det.model.distance_metric)
-        scores = fused_scores(np.where(valid, -dist, 0.0), np.take_along_axis(lexical, np.where(valid, rows, 0), axis=1),
-                              self.bm25_weight, -ref_dist, lexical)
+        similarity, reference = self._similarity(det, questions, embeddings, rows, np.where(valid, -dist, 0.0))
+        lexical = np.zeros(rows.shape) if lexical is None else lexical
+        scores = fused_scores(similarity, np.take_along_axis(lexical, np.where(valid, rows, 0), axis=1),
+                              self.bm25_weight, reference, lexical)
         if not np.isfinite(scores).all():
-            raise ValueError("the model gave a non-finite distance: the BM25 fusion cannot rank these queries")
+            raise ValueError("the model gave a non-finite distance: the fused ranking cannot rank these queries")
         return rows, dist, np.where(valid, scores, -np.inf)
+
+    def _similarity(self, det, questions: list[str], embeddings: np.ndarray, rows: np.ndarray,
+                    similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """(similarity of each query's candidate rows, the same over the bank's reference rows) that the fusion
+        standardises: −distance, or with a MaxSim weight m, (1 − m) · z(−distance) + m · z(MaxSim), each z over the
+        bank's `maxsim_stats_rows` (`qpairs.late`)."""
+        if not self.maxsim_weight:
+            reference = self._reference_embeddings(det)
+            return similarity, -pairwise_distances(embeddings, reference, det.model.distance_metric)
+        from .bm25 import standardised
+
+        m = self.maxsim_weight
+        ref_embeddings, ref_states = self._maxsim_reference(det)
+        ref_similarity = -pairwise_distances(embeddings, ref_embeddings, det.model.distance_metric)
+        query_states = self.token_states(det, questions)
+        late = np.zeros(rows.shape, dtype=np.float32)
+        for i, (q, r) in enumerate(zip(query_states, rows)):
+            ok = r >= 0
+            late[i, ok] = maxsim([q], self.tokens[r[ok]])[0]
+        ref_late = maxsim(query_states, ref_states)
+        mix = lambda sim, lat: (1 - m) * standardised(sim, ref_similarity) + m * standardised(lat, ref_late)  # noqa: E731
+        return mix(similarity, late), mix(ref_similarity, ref_late)
 
     def shortlist(self, questions: list[str], vectors: np.ndarray, rows: np.ndarray, n: int) -> np.ndarray:
         """Each query's n best candidate rows by this space's own ranking (base: cosine + lexical; model: the
@@ -586,8 +667,8 @@ class QuestionIndex:
         if not questions or len(self) == 0:
             return [[] for _ in questions]
         vectors = self.query_vectors(det, questions)
-        if self.bm25_weight:
-            return self._bm25_search(det, questions, vectors, k)
+        if self.fused:
+            return self._fused_search(det, questions, vectors, k)
         fetch = max(k, rerank or k) if tokens else k
         rows = self.knn(vectors, fetch + (RERANK_EXTRA if self.space == "base" else 0), few_fast=True)
         if tokens:

@@ -29,8 +29,10 @@ def load_detector(model=None, index: QuestionIndex | None = None, device: str = 
 
 def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "flat", append: bool = False,
                device: str = "auto", batch_size: int | None = None, backend: str = "auto",
-               space: str = "auto", side: str = "right", bm25_weight: float | str = "auto") -> QuestionIndex:
-    """`qpairs index`: read a question file, encode it and write (or, with `append`, extend) an index directory."""
+               space: str = "auto", side: str = "right", bm25_weight: float | str = "auto",
+               maxsim_weight: float | None = None) -> QuestionIndex:
+    """`qpairs index`: read a question file, encode it and write (or, with `append`, extend) an index directory
+    (`maxsim_weight` None: 0 for a new index, the stored one when appending)."""
     out = Path(out)
     exists = (out / META).exists()
     if exists and not append:
@@ -41,12 +43,15 @@ def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "f
         if bm25_weight != "auto" and float(bm25_weight) != index.bm25_weight:
             raise ValueError(f"{out} ranks with BM25 weight {index.bm25_weight}; --append keeps it (build a new index "
                              f"for weight {bm25_weight})")
+        if maxsim_weight is not None and float(maxsim_weight) != index.maxsim_weight:
+            raise ValueError(f"{out} ranks with MaxSim weight {index.maxsim_weight}; --append keeps it (build a new "
+                             f"index for weight {maxsim_weight})")
         det = load_detector(model, index, device, backend)
         index.add(det, texts, ids, batch_size=batch_size)
     else:
         det = load_detector(model, None, device, backend)
         index = QuestionIndex.build(det, texts, ids, kind=kind, batch_size=batch_size, space=space, side=side,
-                                    bm25_weight=bm25_weight)
+                                    bm25_weight=bm25_weight, maxsim_weight=maxsim_weight or 0.0)
     if index.bm25_weight:
         index.lexical(det)  # saved beside the vectors
     index.save(out)

@@ -52,6 +52,7 @@ def fused_pool_ranks(det, posts: pd.DataFrame, title_emb: np.ndarray, body_emb: 
     weight w as an index of the pool's bodies ranks them (`bm25.fused_scores`; BM25 reads the texts as the model
     does)."""
     from .bm25 import LexicalIndex, fused_scores, standardised
+    from .late import maxsim
     from .search import model_texts
 
     if token_states is None and any(token_shares):
@@ -70,29 +71,6 @@ def fused_pool_ranks(det, posts: pd.DataFrame, title_emb: np.ndarray, body_emb: 
             for w in weights:
                 ranks[(m, w)][queries] = true_ranks(-fused_scores(mixed, lexical, w), np.arange(len(queries)))
     return ranks
-
-
-def maxsim(query_states: list[np.ndarray], doc_states: list[np.ndarray]) -> np.ndarray:
-    """Late interaction (ColBERT's MaxSim), [queries, documents]: each query token's best cosine over a document's
-    tokens, averaged over the query's tokens. Each text's states are unit rows [tokens, hidden]."""
-    flat = np.concatenate(doc_states)
-    starts = np.cumsum([0] + [len(d) for d in doc_states[:-1]])
-    out = np.empty((len(query_states), len(doc_states)), dtype=np.float32)
-    for i, q in enumerate(query_states):
-        out[i] = np.maximum.reduceat(q @ flat.T, starts, axis=1).mean(0)
-    return out
-
-
-def unit_token_states(encoder, texts: list[str], batch_size: int = 64) -> list[np.ndarray]:
-    """Each text's last-layer token states of a transformer `encoder`, without [CLS] and [SEP], as unit rows
-    (float32): `maxsim`'s input."""
-    from .tokencache import encode_states
-
-    out = []
-    for states in encode_states(encoder, texts, "cpu", batch_size, "fp32"):
-        states = states[1:-1] if len(states) > 2 else states
-        out.append((states / states.norm(dim=-1, keepdim=True).clamp(min=1e-12)).numpy())
-    return out
 
 
 def _row_distances(det, a: np.ndarray, b: np.ndarray) -> np.ndarray:

@@ -23,6 +23,7 @@ Prints recall@1, recall@10 and MRR for every `a` (and M) on each set. Needs ``pi
     python scripts/eval_title_body_lexical.py --model runs/title_body_long/pseudo_top3 --through-index 0.1
     python scripts/eval_title_body_lexical.py --model runs/title_body_long/pseudo_top3 runs/title_body_long/siamese_top3
     python scripts/eval_title_body_lexical.py --maxsim 0 0.25 0.5 0.75 1
+    python scripts/eval_title_body_lexical.py --maxsim 0.5 --through-index 0.1 --index-maxsim 0.5
 """
 from __future__ import annotations
 
@@ -34,8 +35,8 @@ import numpy as np
 from qpairs import title_body as tb
 from qpairs.retrieval import candidate_pools, first_relevant_ranks, retrieval_metrics
 from qpairs.search import l2_normalize
-from qpairs.title_body_eval import (embed_posts, fused_pool_ranks, title_body_sides, unit_token_states,
-                                    zero_shot_detector)
+from qpairs.late import unit_token_states
+from qpairs.title_body_eval import embed_posts, fused_pool_ranks, title_body_sides, zero_shot_detector
 
 WEIGHTS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0)
 
@@ -57,32 +58,35 @@ def fused_ranks(posts, dets: list, n_candidates: int, seed: int, token_shares=(0
                             token_states=states, token_shares=token_shares)
 
 
-def body_index(det, bodies: list[str], ids: list[str], weight: float):
-    """`qpairs index --side body --bm25-weight weight` of `bodies` (zero-shot MiniLM has no title/body sides: right)."""
+def body_index(det, bodies: list[str], ids: list[str], weight: float, maxsim_weight: float = 0.0):
+    """`qpairs index --side body --bm25-weight weight --maxsim-weight maxsim_weight` of `bodies` (zero-shot MiniLM has
+    no title/body sides: right)."""
     from qpairs.search import QuestionIndex
 
     title_body = bool((det.config.get("train") or {}).get("left_col"))
     return QuestionIndex.build(det, bodies, ids, progress=False, space="model", side="body" if title_body else "right",
-                               bm25_weight=weight)
+                               bm25_weight=weight, maxsim_weight=maxsim_weight)
 
 
-def ranks_through_index(posts, det, weight: float, n_candidates: int, seed: int, k: int = 10) -> np.ndarray:
+def ranks_through_index(posts, det, weight: float, n_candidates: int, seed: int, k: int = 10,
+                        maxsim_weight: float = 0.0) -> np.ndarray:
     """Rank (inf beyond `k`) of each post's own body when each pool's bodies go through `qpairs index --side body
-    --bm25-weight weight` and its titles through `qpairs search -k k`: the product's path end to end."""
+    --bm25-weight weight --maxsim-weight maxsim_weight` and its titles through `qpairs search -k k`: the product's
+    path end to end."""
     ranked, relevant = [None] * len(posts), [{str(i)} for i in range(len(posts))]
     for queries, cands in candidate_pools(len(posts), min(n_candidates, len(posts)), seed):
-        index = body_index(det, list(posts["body"].iloc[cands]), [str(c) for c in cands], weight)
+        index = body_index(det, list(posts["body"].iloc[cands]), [str(c) for c in cands], weight, maxsim_weight)
         for q, hits in zip(queries, index.search_many(det, list(posts["title"].iloc[queries]), k=k)):
             ranked[q] = [h.id for h in hits]
     return first_relevant_ranks(ranked, relevant)
 
 
-def site_bank_metrics(site_posts, test, det, weights) -> dict[float, dict]:
+def site_bank_metrics(site_posts, test, det, weights, maxsim_weight: float = 0.0) -> dict[float, dict]:
     """recall@1, recall@10 and MRR (top 10) of the test titles searched in one index of every body of the held-out
-    site (`qpairs index --side body`, `qpairs search -k 10`), for each BM25 weight."""
+    site (`qpairs index --side body [--maxsim-weight]`, `qpairs search -k 10`), for each BM25 weight."""
     site_posts = site_posts.drop_duplicates("body")  # a test post's body is found under the first post that has it
     kept = dict(zip(site_posts["body"], site_posts["post_id"].astype(str)))
-    index = body_index(det, list(kept), list(kept.values()), max(weights) or 0.0)
+    index = body_index(det, list(kept), list(kept.values()), max(weights) or 0.0, maxsim_weight)
     relevant = [{kept[b]} for b in test["body"]]
     out = {}
     for w in weights:
@@ -121,6 +125,9 @@ def main(argv=None) -> int:
     p.add_argument("--site-bank", type=float, nargs="+", metavar="W",
                    help="also search the test titles in one index of every body of the held-out site, with each BM25 "
                         "weight W (MRR counts the top 10 only)")
+    p.add_argument("--index-maxsim", type=float, default=0.0, metavar="M",
+                   help="--through-index and --site-bank: the index's MaxSim weight (qpairs index --maxsim-weight; the "
+                        "model's own token states)")
     p.add_argument("--bank-all-sites", action="store_true",
                    help="with --site-bank: the bank holds every body of every site, not only the held-out one's")
     p.add_argument("--through-index", type=float, metavar="W",
@@ -131,6 +138,8 @@ def main(argv=None) -> int:
         p.error("--through-index and --site-bank search one model's index: give one --model")
     if any(not 0.0 <= m <= 1.0 for m in args.maxsim):
         p.error(f"--maxsim shares must lie in [0, 1], got {args.maxsim}")
+    if not 0.0 <= args.index_maxsim <= 1.0:
+        p.error(f"--index-maxsim must lie in [0, 1], got {args.index_maxsim}")
     if args.through_index is not None and not 0.0 <= args.through_index <= 1.0:
         p.error(f"--through-index must lie in [0, 1], got {args.through_index}")
 
@@ -167,15 +176,17 @@ def main(argv=None) -> int:
                   flush=True)
     if args.through_index is not None:
         test = sets[f"test ({args.test_site})"]
-        m = retrieval_metrics(ranks_through_index(test, det, args.through_index, args.candidates, args.seed))
-        print(f"| {args.through_index:.2f} through qpairs index + search | {m['recall@1']:.4f} | {m['recall@10']:.4f} | "
+        m = retrieval_metrics(ranks_through_index(test, det, args.through_index, args.candidates, args.seed,
+                                                  maxsim_weight=args.index_maxsim))
+        print(f"| MaxSim {args.index_maxsim:.2f}, BM25 {args.through_index:.2f} through qpairs index + search | {m['recall@1']:.4f} | {m['recall@10']:.4f} | "
               f"{m['mrr']:.4f} (top 10) |")
     if args.site_bank:
         site = posts if args.bank_all_sites else parts["test"]
         print(f"\ntest titles ({len(test)}) searched among every {'' if args.bank_all_sites else args.test_site + ' '}"
               f"body ({site['body'].nunique()})\n| BM25 weight | recall@1 | recall@10 | MRR (top 10) |\n|---|---|---|---|")
-        for w, m in site_bank_metrics(site, sets[f"test ({args.test_site})"], det, args.site_bank).items():
-            print(f"| {w:.2f} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {m['mrr']:.4f} |", flush=True)
+        for w, m in site_bank_metrics(site, sets[f"test ({args.test_site})"], det, args.site_bank,
+                                      args.index_maxsim).items():
+            print(f"| {w:.2f} (MaxSim {args.index_maxsim:.2f}) | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {m['mrr']:.4f} |", flush=True)
     return 0
 
 

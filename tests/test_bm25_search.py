@@ -235,7 +235,7 @@ def test_evaluation_ranks_each_pool_as_an_index_of_its_bodies_does(bank):
 
 
 def test_maxsim_is_each_query_tokens_best_cosine_averaged():
-    from qpairs.title_body_eval import maxsim
+    from qpairs.late import maxsim
 
     rng = np.random.default_rng(0)
     unit = [x / np.linalg.norm(x, axis=1, keepdims=True) for x in (rng.normal(size=(n, 8)) for n in (3, 5, 1, 4))]
@@ -249,7 +249,8 @@ def test_a_token_share_ranks_by_the_late_interaction_score(bank):
     import pandas as pd
 
     from qpairs.retrieval import candidate_pools, true_ranks
-    from qpairs.title_body_eval import embed_posts, fused_pool_ranks, maxsim, unit_token_states
+    from qpairs.late import maxsim, unit_token_states
+    from qpairs.title_body_eval import embed_posts, fused_pool_ranks
 
     det, titles, bodies = bank
     posts = pd.DataFrame({"title": titles, "body": bodies})
