@@ -120,3 +120,25 @@ def test_token_store_rows_and_flatten():
     queries = [texts[1][:2]]
     np.testing.assert_allclose(maxsim(queries, (flat, starts)), maxsim(queries, texts), rtol=1e-6)
 
+
+
+def test_the_cli_builds_and_searches_a_maxsim_index(bank, tmp_path, capsys):
+    import json
+
+    from qpairs.cli import main
+
+    det, titles, bodies = bank
+    pd.DataFrame({"id": range(len(bodies)), "question": bodies}).to_csv(tmp_path / "bodies.csv", index=False)
+    assert main(["index", str(tmp_path / "bodies.csv"), "-o", str(tmp_path / "idx"), "--model", str(det.path),
+                 "--side", "body", "--maxsim-weight", "0.5", "--backend", "torch"]) == 0
+    assert "BM25 weight 0.1, MaxSim weight 0.5) written to" in capsys.readouterr().out
+    assert (tmp_path / "idx" / "token_states.npy").exists()
+    assert main(["search", str(tmp_path / "idx"), titles[7], "-k", "3", "--model", str(det.path), "--json",
+                 "--backend", "torch"]) == 0
+    out = capsys.readouterr().out
+    api = QuestionIndex.build(det, bodies, side="body", bm25_weight=0.1, maxsim_weight=0.5,
+                              progress=False).search(det, titles[7], k=3)
+    assert [h["id"] for h in json.loads(out[out.index("["):])] == [h.id for h in api]
+    with pytest.raises(SystemExit):
+        main(["index", str(tmp_path / "bodies.csv"), "-o", str(tmp_path / "idx2"), "--maxsim-weight", "-0.1"])
+    assert "expected a number in [0, 1], got -0.1" in capsys.readouterr().err
