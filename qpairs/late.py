@@ -41,15 +41,16 @@ def maxsim(query_states: list[np.ndarray], doc_states) -> np.ndarray:
     return out
 
 
-def unit_token_states(encoder, texts: list[str], batch_size: int = 64, device="cpu") -> list[np.ndarray]:
-    """Each text's last-layer token states of a transformer `encoder`, without [CLS] and [SEP], as unit rows
-    (float32): `maxsim`'s input."""
+def unit_token_states(encoder, texts: list[str], batch_size: int = 64, device="cpu",
+                      dtype=np.float32) -> list[np.ndarray]:
+    """Each text's last-layer token states of `encoder` (a transformer: without [CLS] and [SEP]) as unit rows of
+    `dtype`: `maxsim`'s input."""
     from .tokencache import encode_states
 
     out = []
     for states in encode_states(encoder, texts, device, batch_size, "fp32"):
         states = states[1:-1] if len(states) > 2 else states
-        out.append((states / states.norm(dim=-1, keepdim=True).clamp(min=1e-12)).numpy())
+        out.append((states / states.norm(dim=-1, keepdim=True).clamp(min=1e-12)).numpy().astype(dtype, copy=False))
     return out
 
 
@@ -63,28 +64,31 @@ class TokenStore:
     appended as an index grows, saved beside it, memory-mapped when loaded."""
 
     def __init__(self, states: np.ndarray | None = None, offsets: np.ndarray | None = None):
-        self.states = states
+        self._parts = [] if states is None else [states]  # appended blocks, joined once when read
         self.offsets = np.zeros(1, dtype=np.int64) if offsets is None else offsets  # text i: offsets[i]:offsets[i+1]
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
     @property
-    def nbytes(self) -> int:
-        return 0 if self.states is None else int(self.states.nbytes)
+    def states(self) -> np.ndarray | None:
+        """Every stored token's state, [all tokens, hidden] float16 (None while empty)."""
+        if len(self._parts) > 1:
+            self._parts = [np.concatenate(self._parts)]
+        return self._parts[0] if self._parts else None
 
     def append(self, states: list[np.ndarray]) -> None:
         """Add the unit token states of new texts, in index order."""
         if not states:
             return
-        new = np.concatenate(states).astype(np.float16)
-        self.states = new if self.states is None else np.concatenate([self.states, new])
+        self._parts.append(np.concatenate([s.astype(np.float16, copy=False) for s in states]))
         ends = self.offsets[-1] + np.cumsum([len(s) for s in states])
         self.offsets = np.concatenate([self.offsets, ends])
 
     def __getitem__(self, rows) -> list[np.ndarray]:
         """The token states (float16 views) of stored rows."""
-        return [self.states[self.offsets[r] : self.offsets[r + 1]] for r in np.asarray(rows).tolist()]
+        states = self.states
+        return [states[self.offsets[r] : self.offsets[r + 1]] for r in np.asarray(rows).tolist()]
 
     def save(self, directory) -> None:
         np.save(Path(directory) / STATES, self.states if self.states is not None else np.zeros((0, 0), np.float16))

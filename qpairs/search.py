@@ -72,6 +72,7 @@ SPACES = ("model", "base")
 LEXICAL_WEIGHT = 0.2  # base space: weight of the character n-gram cosine in the ranking (chosen on validation)
 RERANK_EXTRA = 20  # candidates fetched beyond k for a lexical re-ranking (base space, BM25 weight)
 MAXSIM_EXTRA = 100  # candidates fetched beyond k (by the model, and by BM25) when MaxSim re-ranks them
+TOKEN_BLOCK = 1024  # texts whose float32 token states are held at once while an index stores them
 META, VECTORS, QUESTIONS, NORMS, BM25_DIR = "meta.json", "index.faiss", "questions.parquet", "norms.npy", "bm25"
 FLAT_BLAS_QUERIES = 16  # up to this many queries at once, exact search runs as a NumPy product (faster here)
 HALF_SCAN_MIN = 50_000  # from this many stored vectors, those few queries start from an fp16 scan (`_half_knn`)
@@ -309,10 +310,13 @@ class QuestionIndex:
                           pooled=self.space == "base")
 
     def token_states(self, det, texts: list[str], side: str | None = None, batch_size: int | None = None) -> list:
-        """Unit token states (`qpairs.late`) of `texts` read on `side` (default: the queries' side)."""
+        """Unit token states (`qpairs.late`) of `texts` read on `side` (default: the queries' side, float32; the
+        stored side's as the index keeps them, float16)."""
         side = other_side(self.side) if side is None else side
-        return unit_token_states(det.model.side(side), model_texts(det, texts, side), batch_size or det.batch_size or 64,
-                                 det.device)
+        texts, dtype = model_texts(det, texts, side), np.float16 if side == self.side else np.float32
+        return [s for start in range(0, len(texts), TOKEN_BLOCK)  # the float32 states of one block at a time
+                for s in unit_token_states(det.model.side(side), texts[start : start + TOKEN_BLOCK],
+                                           batch_size or det.batch_size or 64, det.device, dtype)]
 
     def add_embeddings(self, det, vectors: np.ndarray, ids, texts, token_states: list | None = None) -> None:
         """Append precomputed bank-side vectors of this index's space (`query_vectors`, e.g. computed on another
@@ -612,9 +616,11 @@ class QuestionIndex:
         embeddings = self.model_embeddings(det, vectors)
         dist = self.rescore(det, embeddings, rows)
         similarity, reference = self._similarity(det, questions, embeddings, rows, np.where(valid, -dist, 0.0))
-        lexical = np.zeros(rows.shape) if lexical is None else lexical
-        scores = fused_scores(similarity, np.take_along_axis(lexical, np.where(valid, rows, 0), axis=1),
-                              self.bm25_weight, reference, lexical)
+        if lexical is None:  # MaxSim without BM25: the lexical part weighs nothing
+            scores = fused_scores(similarity, np.zeros(rows.shape), 0.0, reference)
+        else:
+            scores = fused_scores(similarity, np.take_along_axis(lexical, np.where(valid, rows, 0), axis=1),
+                                  self.bm25_weight, reference, lexical)
         if not np.isfinite(scores).all():
             raise ValueError("the model gave a non-finite distance: the fused ranking cannot rank these queries")
         return rows, dist, np.where(valid, scores, -np.inf)

@@ -53,6 +53,18 @@ def test_maxsim_alone_orders_hits_by_the_late_interaction_score(bank):
     assert hit.probability == pytest.approx(float(det.predict_proba([titles[0]], [bodies[int(hit.id)]])[0]), abs=1e-5)
 
 
+def test_candidates_beyond_the_extra_come_from_a_bank_larger_than_them(bank, monkeypatch):
+    import qpairs.search
+
+    det, titles, bodies = bank
+    monkeypatch.setattr(qpairs.search, "MAXSIM_EXTRA", 5)  # 8 candidates per query out of 60 stored bodies
+    index = QuestionIndex.build(det, bodies, side="body", maxsim_weight=0.5, progress=False)
+    for weight in (0.0, 0.3):  # MaxSim alone, and fused with BM25
+        index.meta["bm25_weight"] = weight
+        hits = index.search_many(det, titles[:10], k=3)
+        assert [len(h) for h in hits] == [3] * 10 and all(np.isfinite(x.score) for h in hits for x in h)
+
+
 def test_saved_index_keeps_its_token_states_and_grows(bank, tmp_path):
     det, titles, bodies = bank
     index = QuestionIndex.build(det, bodies[:40], side="body", bm25_weight=0.1, maxsim_weight=0.5, progress=False)
