@@ -15,6 +15,7 @@ before any BM25 weight mixes in the lexical score (`qpairs.bm25.fused_scores`).
 """
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -91,8 +92,14 @@ class TokenStore:
         return [states[self.offsets[r] : self.offsets[r + 1]] for r in np.asarray(rows).tolist()]
 
     def save(self, directory) -> None:
-        np.save(Path(directory) / STATES, self.states if self.states is not None else np.zeros((0, 0), np.float16))
-        np.save(Path(directory) / OFFSETS, self.offsets)
+        """Write the states and offsets into `directory`, each through a new file renamed into place (a store
+        memory-mapped from the same files keeps reading the old ones)."""
+        states = self.states if self.states is not None else np.zeros((0, 0), np.float16)
+        for name, array in ((STATES, states), (OFFSETS, self.offsets)):
+            tmp = Path(directory) / f".{name}.tmp"
+            with open(tmp, "wb") as f:
+                np.save(f, array)
+            os.replace(tmp, Path(directory) / name)
 
     @classmethod
     def load(cls, directory, size: int) -> "TokenStore":

@@ -65,7 +65,8 @@ from .retrieval import pairwise_distances
 
 log = logging.getLogger("qpairs")
 
-FORMAT_VERSION = 4  # 4 added "maxsim_weight" (token states); 3 added "bm25_weight" (BM25_DIR); 2 the base space (meta "space", NORMS); 1 is model-space
+FORMAT_VERSION = 4  # 4 added "maxsim_weight" (token states); 3 "bm25_weight" (BM25_DIR); 2 the base space (meta
+# "space", NORMS); 1 is model-space
 READABLE_VERSIONS = (1, 2, 3, 4)
 BM25_QUERY_CHUNK = 256  # queries whose BM25 scores over the whole bank are held at once
 SPACES = ("model", "base")

@@ -154,3 +154,14 @@ def test_the_cli_builds_and_searches_a_maxsim_index(bank, tmp_path, capsys):
     with pytest.raises(SystemExit):
         main(["index", str(tmp_path / "bodies.csv"), "-o", str(tmp_path / "idx2"), "--maxsim-weight", "-0.1"])
     assert "expected a number in [0, 1], got -0.1" in capsys.readouterr().err
+
+
+def test_saving_a_loaded_index_over_itself_keeps_its_token_states(bank, tmp_path):
+    det, titles, bodies = bank
+    QuestionIndex.build(det, bodies[:20], side="body", maxsim_weight=0.5, progress=False).save(tmp_path / "idx")
+    loaded = QuestionIndex.load(tmp_path / "idx")  # memory-mapped from the files it is saved over
+    before = [[h.id for h in hs] for hs in loaded.search_many(det, titles[:5], k=3)]
+    loaded.save(tmp_path / "idx")
+    again = QuestionIndex.load(tmp_path / "idx")
+    assert [[h.id for h in hs] for hs in again.search_many(det, titles[:5], k=3)] == before
+    np.testing.assert_array_equal(np.asarray(again.tokens.states), np.asarray(loaded.tokens.states))
