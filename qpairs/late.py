@@ -48,9 +48,10 @@ def unit_token_states(encoder, texts: list[str], batch_size: int = 64, device="c
     `dtype`: `maxsim`'s input."""
     from .tokencache import encode_states
 
+    special = getattr(encoder, "config", {}).get("type") == "transformer"  # [CLS] … [SEP]; a BiLSTM reads words only
     out = []
     for states in encode_states(encoder, texts, device, batch_size, "fp32"):
-        states = states[1:-1] if len(states) > 2 else states
+        states = states[1:-1] if special and len(states) > 2 else states
         out.append((states / states.norm(dim=-1, keepdim=True).clamp(min=1e-12)).numpy().astype(dtype, copy=False))
     return out
 

@@ -165,3 +165,24 @@ def test_saving_a_loaded_index_over_itself_keeps_its_token_states(bank, tmp_path
     again = QuestionIndex.load(tmp_path / "idx")
     assert [[h.id for h in hs] for hs in again.search_many(det, titles[:5], k=3)] == before
     np.testing.assert_array_equal(np.asarray(again.tokens.states), np.asarray(loaded.tokens.states))
+
+
+def test_token_states_drop_only_a_transformers_special_tokens(bank):
+    det, titles, _ = bank
+    encoder = det.model.side("left")  # a BiLSTM: one state per word, none of them special
+    states = unit_token_states(encoder, titles[:2])
+    assert [len(s) for s in states] == [len(ids) for ids in encoder.token_ids(titles[:2])]
+    np.testing.assert_allclose(np.linalg.norm(states[0], axis=1), 1.0, rtol=1e-5)
+
+
+def test_a_transformers_token_states_leave_out_cls_and_sep(tiny_bert):
+    from qpairs.encoders import build_encoder
+    from qpairs.tokencache import encode_states
+
+    enc = build_encoder({"type": "transformer", "pooling": "mean", "max_length": 32, "base_model": str(tiny_bert),
+                         "projection_dim": None, "normalize": True, "frozen_base": True})
+    text = "How do I salt a hash?"
+    full = encode_states(enc, [text])[0]  # [CLS] pieces… [SEP]
+    states = unit_token_states(enc, [text])[0]
+    assert len(states) == len(full) - 2
+    np.testing.assert_allclose(states, (full[1:-1] / full[1:-1].norm(dim=-1, keepdim=True)).numpy(), rtol=1e-5)
