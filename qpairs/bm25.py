@@ -100,11 +100,13 @@ class LexicalIndex:
         return cls(retriever, params["stemmed"], params["size"])
 
 
-def stats_rows(n: int) -> np.ndarray:
-    """The rows of a bank of `n` texts that standardise scores: all of them, or a fixed sample of STATS_SAMPLE."""
-    if n <= STATS_SAMPLE:
+def stats_rows(n: int, size: int | None = None) -> np.ndarray:
+    """The rows of a bank of `n` texts that standardise scores: all of them, or a fixed sample of `size` (default
+    STATS_SAMPLE)."""
+    size = STATS_SAMPLE if size is None else size
+    if n <= size:
         return np.arange(n)
-    return np.sort(np.random.default_rng(0).choice(n, STATS_SAMPLE, replace=False))
+    return np.sort(np.random.default_rng(0).choice(n, size, replace=False))
 
 
 def standardised(scores: np.ndarray, reference: np.ndarray) -> np.ndarray:

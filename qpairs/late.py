@@ -114,10 +114,3 @@ class TokenStore:
             raise ValueError(f"{directory}: token states of {len(store)} texts for an index of {size}: the index is "
                              "corrupt")
         return store
-
-
-def maxsim_stats_rows(n: int) -> np.ndarray:
-    """The rows of a bank of `n` texts that standardise MaxSim: all of them, or a fixed sample."""
-    if n <= MAXSIM_STATS_SAMPLE:
-        return np.arange(n)
-    return np.sort(np.random.default_rng(0).choice(n, MAXSIM_STATS_SAMPLE, replace=False))

@@ -59,7 +59,7 @@ from tqdm.auto import tqdm
 from .data import read_questions  # noqa: F401  (re-exported)
 from .checkpoint import model_fingerprint  # noqa: F401  (the index's model identity)
 from .bm25 import TITLE_BODY_BM25_WEIGHT, LexicalIndex, bm25_available, fused_scores, stats_rows
-from .late import TokenStore, flatten, maxsim, maxsim_stats_rows, reads_tokens, unit_token_states
+from .late import MAXSIM_STATS_SAMPLE, TokenStore, flatten, maxsim, reads_tokens, unit_token_states
 from .ngram import lexical_similarity
 from .retrieval import pairwise_distances
 
@@ -201,7 +201,7 @@ class QuestionIndex:
         self._lexical = None  # BM25 of the stored texts (bm25_weight > 0), loaded or built on first use, rebuilt after `add`
         self._reference = None  # (bank size, model embeddings of its `bm25.stats_rows`) of the BM25 fusion
         self.tokens = TokenStore() if self.maxsim_weight else None  # token states of the stored texts (MaxSim)
-        self._maxsim_ref = None  # (bank size, embeddings and token states of `maxsim_stats_rows`)
+        self._maxsim_ref = None  # (bank size, embeddings and token states of `stats_rows(n, MAXSIM_STATS_SAMPLE)`)
 
     @property
     def space(self) -> str:
@@ -250,7 +250,7 @@ class QuestionIndex:
                 "model_path": str(det.path.resolve()) if det.path else None, "size": 0, "side": side}
         if space == "base":
             meta["lexical_weight"] = LEXICAL_WEIGHT
-        refusal = _bm25_refusal(det, space)
+        refusal = _fusion_refusal(det, space, "a BM25 weight")
         if bm25_weight == "auto":
             bm25_weight = TITLE_BODY_BM25_WEIGHT if title_body and refusal is None else 0.0
             if bm25_weight and not bm25_available():
@@ -266,9 +266,11 @@ class QuestionIndex:
         if maxsim_weight:
             if not 0.0 < float(maxsim_weight) <= 1.0:
                 raise ValueError(f"the MaxSim weight must lie in (0, 1], got {maxsim_weight}")
-            if refusal or not all(reads_tokens(det.model.side(s)) for s in SIDES):
-                raise ValueError((refusal or "").replace("a BM25 weight", "a MaxSim weight") or
-                                 "a MaxSim weight needs encoders with token states (transformers or BiLSTMs) on both sides")
+            refusal = _fusion_refusal(det, space, "a MaxSim weight")
+            if refusal is None and not all(reads_tokens(det.model.side(s)) for s in SIDES):
+                refusal = "a MaxSim weight needs encoders with token states (transformers or BiLSTMs) on both sides"
+            if refusal:
+                raise ValueError(refusal)
             meta["maxsim_weight"] = float(maxsim_weight)
         if kind == "hnsw":
             meta["hnsw_m"] = hnsw_m
@@ -584,10 +586,10 @@ class QuestionIndex:
         return self._reference[1]
 
     def _maxsim_reference(self, det) -> tuple[np.ndarray, tuple]:
-        """(model embeddings, `late.flatten`ed token states) of the bank's `maxsim_stats_rows` (cached
+        """(model embeddings, `late.flatten`ed token states) of the bank's `stats_rows(n, MAXSIM_STATS_SAMPLE)` (cached
         until the bank grows)."""
         if self._maxsim_ref is None or self._maxsim_ref[0] != len(self):
-            rows = maxsim_stats_rows(len(self))
+            rows = stats_rows(len(self), MAXSIM_STATS_SAMPLE)
             self._maxsim_ref = (len(self), self.stored_embeddings(det, rows), flatten(self.tokens[rows]))
         return self._maxsim_ref[1:]
 
@@ -630,7 +632,7 @@ class QuestionIndex:
                     similarity: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """(similarity of each query's candidate rows, the same over the bank's reference rows) that the fusion
         standardises: −distance, or with a MaxSim weight m, (1 − m) · z(−distance) + m · z(MaxSim), each z over the
-        bank's `maxsim_stats_rows` (`qpairs.late`)."""
+        bank's `stats_rows(n, MAXSIM_STATS_SAMPLE)` (`qpairs.late`)."""
         if not self.maxsim_weight:
             reference = self._reference_embeddings(det)
             return similarity, -pairwise_distances(embeddings, reference, det.model.distance_metric)
@@ -705,13 +707,14 @@ class QuestionIndex:
         return self.search_many(det, [question], k, rerank)[0]
 
 
-def _bm25_refusal(det, space: str) -> str | None:
-    """Why an index of this space and model cannot use a BM25 weight (None: it can)."""
+def _fusion_refusal(det, space: str, what: str) -> str | None:
+    """Why an index of this space and model cannot rank by a fusion of scores, `what` (a BM25 or a MaxSim weight),
+    or None: it can."""
     if space != "model":
-        return ("a BM25 weight needs a model-space index (--space model); the base space ranks with its own "
+        return (f"{what} needs a model-space index (--space model); the base space ranks with its own "
                 "character n-gram term")
     if det.scores_texts or det.model.pair_head is not None:
-        return ("a BM25 weight needs a model whose score is a distance between embeddings; this model's pair head "
+        return (f"{what} needs a model whose score is a distance between embeddings; this model's pair head "
                 "ranks candidates itself")
     return None
 
