@@ -45,14 +45,15 @@ def load_splits(cfg: TrainConfig, run_dir: Path) -> dict:
     if cfg.infer_negatives:
         train = add_inferred_negatives(train, cfg.infer_negatives, held_out, cfg.seed)
         info["inferred_negatives"] = int((train["source"] == "inferred_negative").sum())
-    teacher_files = teacher_label_files(cfg, run_dir, splits["train"], held_out)  # --teacher-labels or --teacher
-    if teacher_files:
-        train = with_teacher_targets(train, teacher_files, cfg.distill_weight)
-        info["teacher_targets"] = int(train["target"].ne(train["is_duplicate"]).sum())
     if cfg.balance == "subsample":
         train = qdata.subsample_to_rate(train, cfg.train_pos_rate, cfg.seed)
     if cfg.max_train_pairs and len(train) > cfg.max_train_pairs:
         train = train.sample(n=cfg.max_train_pairs, random_state=cfg.seed).reset_index(drop=True)
+    # --teacher-labels, or --teacher scoring the kept pairs of the split (not the added ones)
+    teacher_files = teacher_label_files(cfg, run_dir, among_pairs(train, [split_train]), held_out)
+    if teacher_files:
+        train = with_teacher_targets(train, teacher_files, cfg.distill_weight)
+        info["teacher_targets"] = int(train["target"].ne(train["is_duplicate"]).sum())
     splits["train"] = train
     info.update(load=str(report), files=[str(f) for f in files], balance=cfg.balance,
                 train_size=len(train), train_duplicate_rate=float(train["is_duplicate"].mean()))
@@ -67,11 +68,20 @@ def load_splits(cfg: TrainConfig, run_dir: Path) -> dict:
     return splits
 
 
+def _in_pairs(frame, others) -> np.ndarray:
+    """Whether each row's pair (unordered, normalised key) appears in any frame of `others`."""
+    taken = {qdata.pair_key(a, b) for f in others for a, b in zip(f["question1"], f["question2"])}
+    return np.array([qdata.pair_key(a, b) in taken for a, b in zip(frame["question1"], frame["question2"])], dtype=bool)
+
+
 def without_pairs(frame, others):
     """`frame` minus the pairs (unordered, normalised key) that appear in any frame of `others`."""
-    taken = {qdata.pair_key(a, b) for f in others for a, b in zip(f["question1"], f["question2"])}
-    keep = [qdata.pair_key(a, b) not in taken for a, b in zip(frame["question1"], frame["question2"])]
-    return frame[np.asarray(keep, dtype=bool)].reset_index(drop=True)
+    return frame[~_in_pairs(frame, others)].reset_index(drop=True)
+
+
+def among_pairs(frame, others):
+    """The rows of `frame` whose pair appears in a frame of `others`."""
+    return frame[_in_pairs(frame, others)].reset_index(drop=True)
 
 
 def teacher_probabilities(paths) -> dict[str, float]:

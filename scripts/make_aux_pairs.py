@@ -103,21 +103,14 @@ def forum_title_pairs(data_dir: Path, per_site: int = 500, seed: int = 0) -> pd.
     return pd.DataFrame(rows, columns=["question1", "question2", "is_duplicate", "score"])
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--data", help="data folder (default: ../shared/data when it exists)")
-    ap.add_argument("--out", required=True)
-    ap.add_argument("--held-out", type=float, default=0.3, help="fraction of MRPC and SICK sentence groups held out")
-    ap.add_argument("--seed", type=int, default=0)
-    args = ap.parse_args()
-    data_dir = Path(args.data or default_data_dir())
-    ood = data_dir / "ood"
-    out = Path(args.out)
+def write_aux_pairs(data_dir: Path, out: Path, held_out: float = 0.3, seed: int = 0) -> Path:
+    """Write train.csv, heldout_mrpc.csv, heldout_sick.csv and forum_titles.csv under `out` (see the module notes)."""
+    ood = Path(data_dir) / "ood"
+    out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     parts = [read_ood("stsb_train", ood / "stsb_train.tsv.gz").assign(source="stsb_train")]
     for name, file in (("mrpc", "msrp_train.tsv.gz"), ("sick", "sick.tsv.gz")):
-        train, held = split_by_sentence(read_ood(name if name == "sick" else "msrp", ood / file),
-                                                 args.held_out, args.seed)
+        train, held = split_by_sentence(read_ood(name if name == "sick" else "msrp", ood / file), held_out, seed)
         held.to_csv(out / f"heldout_{name}.csv", index=False)
         parts.append(train.assign(source=name))
         print(f"{name}: {len(train)} training pairs, {len(held)} held out "
@@ -126,9 +119,20 @@ def main() -> None:
     train[["question1", "question2", "is_duplicate", "source"]].to_csv(out / "train.csv", index=False)
     print(f"train.csv: {len(train)} pairs, {train['is_duplicate'].mean():.1%} duplicates, by source "
           f"{train['source'].value_counts().to_dict()}")
-    forum = forum_title_pairs(data_dir, seed=args.seed)
+    forum = forum_title_pairs(Path(data_dir), seed=seed)
     forum.to_csv(out / "forum_titles.csv", index=False)
     print(f"forum_titles.csv: {len(forum)} title pairs, {forum['is_duplicate'].mean():.1%} related")
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--data", help="data folder (default: ../shared/data when it exists)")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--held-out", type=float, default=0.3, help="fraction of MRPC and SICK sentence groups held out")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args()
+    write_aux_pairs(Path(args.data or default_data_dir()), Path(args.out), args.held_out, args.seed)
 
 
 if __name__ == "__main__":

@@ -110,3 +110,22 @@ def test_resume_reuses_the_saved_teacher_labels(teacher, tmp_path, monkeypatch):
     assert (student / TEACHER_LABELS).read_bytes() == labels
     assert [h["epoch"] for h in json.loads((student / "history.json").read_text())] == [1, 2]
     assert json.loads((student / "metrics.json").read_text())["test"]
+
+
+def test_teacher_scores_only_the_training_pairs_that_are_kept(teacher, tmp_path, monkeypatch):
+    run, data = teacher
+    seen = {}
+    real_objective = qt.Objective
+
+    def recording(cfg, train_df, *args):
+        seen["train"] = train_df
+        return real_objective(cfg, train_df, *args)
+
+    monkeypatch.setattr(qt, "Objective", recording)
+    student = train(_cfg(tmp_path / "student", data, teacher=str(run), max_train_pairs=40))
+
+    labels = pd.read_csv(student / TEACHER_LABELS, keep_default_na=False)
+    keys = lambda f: {qd.pair_key(a, b) for a, b in zip(f["question1"], f["question2"])}  # noqa: E731
+    assert len(seen["train"]) == 40
+    assert keys(labels) == keys(seen["train"])  # the 40 kept pairs, not the whole training split
+    assert seen["train"]["target"].ne(seen["train"]["is_duplicate"]).all()  # every kept pair got a soft target
