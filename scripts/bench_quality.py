@@ -1,35 +1,35 @@
-"""Quality benchmark: qpairs Siamese models against the sentence-transformers recipe, one split, one run.
+"""Quality benchmark: qpairs recipes against the sentence-transformers recipe, one question-disjoint split, one run.
 
-Every method trains on the same training pairs and is calibrated (Platt + accuracy-optimal
-threshold) on the same validation pairs; all are scored on the same test pairs. The split is
-``qpairs.data.make_splits``: disjoint by question, validation and test at the natural QQP
-duplicate rate (0.37).
+Rows (``--methods``, in this order; each trains as its ``qpairs train`` command does, on the same split):
 
-Methods:
+* ``zero_shot``: all-MiniLM-L6-v2 cosine, no training;
+* ``matching``: the default model's first member: frozen base, matching head, QQP plus the out-of-domain
+  training pairs of ``scripts/make_aux_pairs.py``, 2 epochs;
+* ``fast``: the distilled BiLSTM (matching head, MiniLM word vectors), taught by the ``matching`` row;
+* ``default``: the current default recipe, ``qpairs ensemble matching fast --familiar``;
+* ``top1``, ``top2``, ``top3``: the matching head with the base's top N layers trained (``--train-top-layers N``),
+  1 epoch, same data as ``matching``;
+* ``st``: the sentence-transformers recipe as its users run it: all-MiniLM-L6-v2 +
+  ``losses.OnlineContrastiveLoss``, 1 epoch, batch 64, lr 2e-5, 10% warm-up, ``SentenceTransformerTrainer``;
+  its cosine gets a threshold and Platt calibration fitted on validation, as ``zero_shot``.
 
-* qpairs transformer Siamese (all-MiniLM-L6-v2 base) with each loss: contrastive, online
-  contrastive, triplet (labelled negatives; and semi-hard mining), MNRL, and contrastive with
-  the jointly trained classifier head;
-* qpairs BiLSTM Siamese (contrastive, GloVe);
-* the sentence-transformers recipe as its users run it: ``SentenceTransformer(all-MiniLM-L6-v2)``
-  + ``losses.OnlineContrastiveLoss``, 1 epoch, batch 64, lr 2e-5, warm-up 10 %, trained with
-  ``SentenceTransformerTrainer``; cosine distance → threshold and Platt calibration chosen on
-  validation;
-* all-MiniLM-L6-v2 with no fine-tuning (same calibration), for reference.
+Columns: accuracy, F1, ROC-AUC and log loss on the QQP test pairs (natural duplicate rate), validation accuracy,
+training time (the trainer's own clock; cache fills and teacher labelling not included), and out of domain:
+STS-B dev Spearman, ROC-AUC on the held-out MRPC and SICK parts (no sentence of them in training) and on forum
+titles (Stack Exchange, never training data). qpairs rows are scored as ``qpairs.load`` runs them (``--backend``).
 
-**all-MiniLM-L6-v2 was pretrained on QQP duplicate pairs** (they are among its 1B training
-pairs), so every MiniLM row starts from a model that has seen QQP duplicates, possibly
-including test questions; the zero-shot row shows how much that alone gives.
+Every row is saved in ``OUT/rows/NAME.json`` as it finishes. ``--resume`` keeps OUT, skips finished rows and
+continues an unfinished one from its checkpoints (the qpairs trainer's every 10 minutes, the peer's every
+``--save-steps`` steps), so a run longer than a session goes on where it stopped::
 
-It prints one table (accuracy, F1, ROC-AUC, AP, log loss, training time) and the ratios of
-qpairs's best method (chosen on validation accuracy) against the sentence-transformers recipe,
-and writes ``OUT/results.json`` and ``OUT/table.md``.
+    OMP_NUM_THREADS=2 nohup python scripts/bench_quality.py --device cpu --out runs/bench_quality &
+    OMP_NUM_THREADS=2 nohup python scripts/bench_quality.py --device cpu --out runs/bench_quality --resume &
+    # smoke scale (minutes):
+    python scripts/bench_quality.py --device cpu --max-train-pairs 2000 --max-eval-pairs 400 \\
+        --methods zero_shot matching --out runs/bench_quality_smoke
 
-    # GPU, full training split:
-    python scripts/bench_quality.py --device cuda --out runs/bench_quality
-    # CPU smoke scale (minutes):
-    OMP_NUM_THREADS=2 nice -n 10 python scripts/bench_quality.py --device cpu --max-train-pairs 3000 \\
-        --max-eval-pairs 1000 --max-length 32 --out runs/bench_quality_cpu
+all-MiniLM-L6-v2 was pretrained on QQP duplicate pairs, so every MiniLM row starts from a model that has seen QQP
+duplicates; ``zero_shot`` shows how much that alone gives. Needs ``pip install ".[bench]"``.
 """
 from __future__ import annotations
 
@@ -39,57 +39,51 @@ import logging
 import shutil
 import sys
 import time
-from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from scipy.stats import spearmanr
+from sklearn.metrics import roc_auc_score
 
-from qpairs import data as qdata
 from qpairs.calibration import Calibrator
 from qpairs.config import TrainConfig
 from qpairs.metrics import classification_metrics
 
 log = logging.getLogger("qpairs")
-COLUMNS = ("accuracy", "f1", "roc_auc", "average_precision", "log_loss", "train_time_s")
-PEER = "sentence-transformers OnlineContrastiveLoss"
-
-# name → TrainConfig overrides of the transformer Siamese runs (the BiLSTM row is added separately)
-TRANSFORMER_RUNS = {
-    "contrastive": dict(loss="contrastive"),
-    "online_contrastive": dict(loss="online_contrastive", distance="cosine"),
-    "triplet": dict(loss="triplet"),
-    "triplet_semi_hard": dict(loss="triplet", mining="semi_hard"),
-    "mnrl": dict(loss="mnrl", distance="cosine"),
-    "contrastive_classifier": dict(loss="contrastive", pair_head="classifier"),
-}
+ROWS = ("zero_shot", "matching", "fast", "default", "top1", "top2", "top3", "st")
+LABELS = {"zero_shot": "all-MiniLM-L6-v2 zero-shot", "matching": "matching head, frozen base",
+          "fast": "distilled BiLSTM (fast)", "default": "default recipe: matching + fast ensemble",
+          "top1": "matching head, top 1 layer trained", "top2": "matching head, top 2 layers trained",
+          "top3": "matching head, top 3 layers trained", "st": "sentence-transformers recipe"}
+QQP_COLUMNS = ("accuracy", "f1", "roc_auc", "log_loss", "val_accuracy", "train_time_s")
+OOD_COLUMNS = ("stsb_dev_spearman", "mrpc_heldout_auc", "sick_heldout_auc", "forum_titles_auc")
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--data", nargs="+", help="labelled pair files (default: the QQP files in the shared data folder)")
-    p.add_argument("--out", default="runs/bench_quality", help="output folder (replaced if it exists)")
+    p.add_argument("--data", nargs="+", help="labelled QQP pair files (default: the QQP files in the data folder)")
+    p.add_argument("--data-dir", help="data folder holding ood/ and title_body/ (default: ../shared/data)")
+    p.add_argument("--out", default="runs/bench_quality", help="output folder (replaced unless --resume)")
+    p.add_argument("--methods", nargs="+", choices=ROWS, default=list(ROWS), help="rows to run (default: all)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
-    p.add_argument("--max-train-pairs", type=int, help="use at most this many training pairs")
-    p.add_argument("--max-eval-pairs", type=int, help="subsample validation and test to this many pairs each "
-                   "(stratified: the duplicate rate is kept)")
-    p.add_argument("--max-length", type=int, default=64, help="tokens per question, for every method")
-    p.add_argument("--epochs", type=int, default=1, help="epochs of the qpairs runs (the peer recipe: 1)")
-    p.add_argument("--batch-size", type=int, default=64, help="batch size of the qpairs transformer runs")
-    p.add_argument("--lr", type=float, default=2e-5, help="learning rate of the qpairs transformer runs")
-    p.add_argument("--methods", nargs="+", help=f"subset of: {', '.join(TRANSFORMER_RUNS)}, lstm, st, zero_shot")
-    p.add_argument("--base-model", help="transformer base directory (default: the packaged all-MiniLM-L6-v2)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--bf16", action="store_true", help="train the sentence-transformers recipe with bf16 autocast "
-                   "on the CPU too (on CUDA it always is)")
-    p.add_argument("--resume", action="store_true", help="keep OUT and resume the sentence-transformers recipe "
-                   "from its last checkpoint (saved every --save-steps steps)")
-    p.add_argument("--save-steps", type=int, default=200, help="checkpoint interval of the sentence-transformers recipe")
+    p.add_argument("--backend", default="auto", help="how the qpairs rows are scored (qpairs.load's backend)")
+    p.add_argument("--max-train-pairs", type=int, help="use at most this many QQP training pairs (smoke runs)")
+    p.add_argument("--max-eval-pairs", type=int, help="score at most this many validation and test pairs each "
+                   "(stratified; the qpairs runs still calibrate on their whole validation split)")
+    p.add_argument("--max-length", type=int, default=40, help="word pieces per question, every row")
+    p.add_argument("--seed", type=int, default=0, help="the split's seed (and every row's)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast in training steps on a CPU with native bf16 "
+                   "(always on CUDA)")
+    p.add_argument("--resume", action="store_true", help="keep OUT: skip finished rows, continue an unfinished one")
+    p.add_argument("--save-steps", type=int, default=150, help="checkpoint interval of the sentence-transformers "
+                   "recipe, in steps")
     return p.parse_args(argv)
 
 
 def load_split(args, out: Path) -> dict:
-    """The shared split (same code path as `qpairs train`), with evaluation sets optionally subsampled."""
+    """The split every row trains on (`qpairs train`'s code path; held-out parts saved in OUT/splits), with the
+    scored validation and test parts subsampled to --max-eval-pairs."""
     from qpairs.splits import load_splits
 
     cfg = TrainConfig(data=args.data or [], seed=args.seed, max_train_pairs=args.max_train_pairs)
@@ -97,157 +91,209 @@ def load_split(args, out: Path) -> dict:
     for name in ("validation", "test"):
         part = splits[name]
         if args.max_eval_pairs and len(part) > args.max_eval_pairs:
-            frac = args.max_eval_pairs / len(part)
-            part = part.groupby("is_duplicate", group_keys=False).sample(frac=frac, random_state=args.seed)
+            part = part.groupby("is_duplicate", group_keys=False).sample(
+                frac=args.max_eval_pairs / len(part), random_state=args.seed)
             splits[name] = part.sort_index().reset_index(drop=True)
     log.info("split: %s", {k: len(v) for k, v in splits.items()})
     return splits
 
 
-def transitivity_report(train_df: pd.DataFrame) -> dict:
-    """How many positive pairs transitivity (A~B, B~C ⇒ A~C) adds to a training split."""
-    from qpairs.triplets import DuplicateGraph
+def ood_sets(data_dir: Path, aux: Path) -> dict[str, tuple[list, list, np.ndarray]]:
+    """Out-of-domain sets by column name: (first texts, second texts, labels or graded scores)."""
+    from make_aux_pairs import read_ood, write_aux_pairs
 
-    graph = DuplicateGraph.from_pairs(train_df)
-    graph.positive_pairs(transitive=True)
-    return graph.stats
+    if not (aux / "forum_titles.csv").exists():
+        write_aux_pairs(data_dir, aux)
+    stsb = read_ood("stsb_dev", data_dir / "ood" / "stsb_dev.tsv.gz")
+    sets = {"stsb_dev_spearman": stsb.assign(is_duplicate=stsb["score"])}
+    for column, file in zip(OOD_COLUMNS[1:], ("heldout_mrpc.csv", "heldout_sick.csv", "forum_titles.csv")):
+        sets[column] = pd.read_csv(aux / file, keep_default_na=False)
+    return {c: (list(f["question1"]), list(f["question2"]), f["is_duplicate"].to_numpy()) for c, f in sets.items()}
 
 
-def run_qpairs(name: str, cfg: TrainConfig, splits: dict) -> dict:
-    """Train one qpairs configuration on the shared split; its test metrics and training time."""
+def ood_metrics(score, sets: dict) -> dict[str, float]:
+    """Spearman (graded sets) or ROC-AUC (labelled sets) of `score(a, b)` on each out-of-domain set."""
+    out = {}
+    for column, (a, b, y) in sets.items():
+        s = score(a, b)
+        out[column] = float(spearmanr(s, y)[0] if column.endswith("spearman") else roc_auc_score(y, s))
+    return out
+
+
+def detector_row(det, splits: dict, sets: dict) -> dict:
+    """A qpairs model's row: its own threshold and calibration, on the shared validation and test pairs."""
+    val, test = splits["validation"], splits["test"]
+    res = classification_metrics(test["is_duplicate"], det.predict_proba(list(test["question1"]),
+                                                                          list(test["question2"])), det.threshold)
+    val_acc = classification_metrics(val["is_duplicate"], det.predict_proba(list(val["question1"]),
+                                                                             list(val["question2"])), det.threshold)
+    return {**res, "val_accuracy": val_acc["accuracy"], **ood_metrics(det.predict_proba, sets)}
+
+
+def recipe(name: str, args, out: Path, aux: Path, runs: dict) -> TrainConfig:
+    """The `qpairs train` settings of a trained row."""
+    common = dict(data=args.data or [], seed=args.seed, device=args.device, max_length=args.max_length,
+                  max_train_pairs=args.max_train_pairs, bf16=args.bf16, resume=args.resume, progress=None,
+                  out=str(runs[name]))
+    if name == "fast":
+        return TrainConfig(**common, encoder="lstm", epochs=4, batch_size=256, lr=3e-3, pair_head="matching",
+                           matching_dim=64, word_vectors="minilm", embedding_dim=200, teacher=str(runs["matching"]),
+                           distill_weight=0.5, patience=4)
+    head = dict(**common, encoder="transformer", head="residual", projection_dim=768, pair_head="matching",
+                distance="cosine", margin=0.5, batch_size=256, extra_train=[str(aux / "train.csv")])
+    if name == "matching":
+        return TrainConfig(**head, freeze_base=True, lr=1e-3, epochs=2, embedding_cache=str(out / "caches" / name))
+    layers = int(name.removeprefix("top"))
+    return TrainConfig(**head, train_top_layers=layers, lr=1e-4, epochs=1, embedding_cache=str(out / "caches" / name))
+
+
+def same_test_split(run: Path, out: Path) -> None:
+    """Refuse a run whose held-out test pairs are not the benchmark's."""
+    mine = pd.read_csv(out / "splits" / "test.csv.gz", keep_default_na=False)
+    theirs = pd.read_csv(run / "splits" / "test.csv.gz", keep_default_na=False)
+    if not mine[["question1", "question2"]].equals(theirs[["question1", "question2"]]):
+        raise RuntimeError(f"{run} was trained on another split than {out / 'splits'}: remove it and run again")
+
+
+def trained_row(name: str, args, out: Path, aux: Path, runs: dict, splits: dict, sets: dict) -> dict:
+    import qpairs
     from qpairs.train import train
 
-    run = train(cfg, splits=splits)
-    metrics = json.loads((run / "metrics.json").read_text())
+    run = train(recipe(name, args, out, aux, runs))
+    same_test_split(run, out)
     history = json.loads((run / "history.json").read_text())
-    return {**metrics["test"], "val_accuracy": metrics["validation"]["accuracy"],
-            "train_time_s": sum(h["train_time_s"] for h in history), "run": str(run)}
+    det = qpairs.load(run, device=args.device, backend=args.backend)
+    return {**detector_row(det, splits, sets), "train_time_s": sum(h["train_time_s"] for h in history),
+            "run": str(run)}
 
 
-def st_embed_distances(model, frame: pd.DataFrame) -> np.ndarray:
-    """Cosine distance of each pair under a SentenceTransformer (each unique text encoded once)."""
-    texts = list(dict.fromkeys(list(frame["question1"]) + list(frame["question2"])))
-    emb = model.encode(texts, batch_size=256, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-    pos = {t: i for i, t in enumerate(texts)}
-    a = emb[[pos[t] for t in frame["question1"]]]
-    b = emb[[pos[t] for t in frame["question2"]]]
-    return 1.0 - (a * b).sum(1)
+def ensemble_row(args, runs: dict, rows: dict, splits: dict, sets: dict) -> dict:
+    """The default recipe: `qpairs ensemble matching fast --familiar`, fitted on the members' validation pairs."""
+    import qpairs
+    from qpairs.ensemble import ensemble_command
+
+    missing = [m for m in ("matching", "fast") if m not in rows]
+    if missing:
+        raise RuntimeError(f"the default row needs the {' and '.join(missing)} row(s): add them to --methods")
+    member_splits = runs["matching"] / "splits"
+    shutil.rmtree(runs["default"], ignore_errors=True)
+    t0 = time.perf_counter()
+    ensemble_command([str(runs["matching"]), str(runs["fast"])], [str(member_splits / "validation.csv.gz")],
+                     runs["default"], device=args.device,
+                     familiar=[str(member_splits / "train.csv.gz")])
+    seconds = time.perf_counter() - t0 + rows["matching"]["train_time_s"] + rows["fast"]["train_time_s"]
+    det = qpairs.load(runs["default"], device=args.device, backend=args.backend)
+    return {**detector_row(det, splits, sets), "train_time_s": seconds, "run": str(runs["default"])}
 
 
-def calibrated_metrics(val_d, val_y, test_d, test_y) -> dict:
-    """Threshold + Platt calibration fitted on validation, metrics on test."""
-    cal = Calibrator("platt").fit(val_d, val_y)
-    val = classification_metrics(val_y, cal.predict_proba(val_d), cal.threshold)
-    test = classification_metrics(test_y, cal.predict_proba(test_d), cal.threshold)
-    return {**test, "val_accuracy": val["accuracy"]}
+def st_distances(model, frame: pd.DataFrame) -> np.ndarray:
+    """Cosine distance of each pair under a SentenceTransformer."""
+    return 1.0 - st_cosine(model, list(frame["question1"]), list(frame["question2"]))
 
 
-def run_sentence_transformers(args, base: str, splits: dict, out: Path, train_model: bool, device: str) -> dict:
-    """The peer recipe (or, with train_model=False, the untouched base model)."""
-    import datasets
-    from sentence_transformers import (SentenceTransformer, SentenceTransformerTrainer,
-                                       SentenceTransformerTrainingArguments, losses)
+def st_cosine(model, a, b) -> np.ndarray:
+    ea = model.encode(a, batch_size=256, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    eb = model.encode(b, batch_size=256, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
+    return (ea * eb).sum(1)
 
-    model = SentenceTransformer(base, device=device)
+
+def sentence_transformers_row(args, base: str, splits: dict, out: Path, sets: dict, train_model: bool) -> dict:
+    """The peer recipe (or, with train_model=False, the untouched base model), calibrated on validation."""
+    from sentence_transformers import SentenceTransformer
+
+    model = SentenceTransformer(base, device=args.device)
     model.max_seq_length = args.max_length
-    seconds = 0.0
-    if train_model:
-        tr = splits["train"]
-        ds = datasets.Dataset.from_dict({"sentence1": list(tr["question1"]), "sentence2": list(tr["question2"]),
-                                         "label": tr["is_duplicate"].astype(int).tolist()})
-        import transformers
-
-        # 10 % warm-up: transformers 5 takes the ratio as a float `warmup_steps`, 4 as `warmup_ratio`
-        warm = {"warmup_steps": 0.1} if int(transformers.__version__.split(".")[0]) >= 5 else {"warmup_ratio": 0.1}
-        targs = SentenceTransformerTrainingArguments(
-            output_dir=str(out / "st_trainer"), num_train_epochs=1, per_device_train_batch_size=64,
-            learning_rate=2e-5, **warm, seed=args.seed, report_to="none", save_strategy="steps",
-            save_steps=args.save_steps, save_total_limit=1, logging_steps=50, use_cpu=device == "cpu",
-            bf16=device.startswith("cuda") or args.bf16, disable_tqdm=True)
-        trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds,
-                                             loss=losses.OnlineContrastiveLoss(model))
-        t0 = time.perf_counter()
-        saved = out / "st_trainer"
-        last = transformers.trainer_utils.get_last_checkpoint(str(saved)) if args.resume and saved.exists() else None
-        trainer.train(resume_from_checkpoint=last)
-        seconds = time.perf_counter() - t0
+    seconds = train_peer(model, args, splits["train"], out / "st_trainer") if train_model else 0.0
     model.eval()
     val, test = splits["validation"], splits["test"]
-    res = calibrated_metrics(st_embed_distances(model, val), val["is_duplicate"].to_numpy(),
-                             st_embed_distances(model, test), test["is_duplicate"].to_numpy())
-    return {**res, "train_time_s": seconds}
+    val_d = st_distances(model, val)
+    cal = Calibrator("platt").fit(val_d, val["is_duplicate"].to_numpy())
+    res = classification_metrics(test["is_duplicate"], cal.predict_proba(st_distances(model, test)), cal.threshold)
+    val_acc = classification_metrics(val["is_duplicate"], cal.predict_proba(val_d), cal.threshold)
+    return {**res, "val_accuracy": val_acc["accuracy"], "train_time_s": seconds,
+            **ood_metrics(lambda a, b: st_cosine(model, a, b), sets)}
 
 
-def format_rows(rows: dict) -> tuple[str, str]:
-    """The plain-text table and the same as a markdown table."""
-    width = max(len(n) for n in rows) + 2
-    head = f"{'method':<{width}}" + "".join(f"{c:>18}" for c in COLUMNS)
-    lines = [head] + [f"{n:<{width}}" + "".join(f"{r.get(c, float('nan')):>18.4f}" for c in COLUMNS)
-                      for n, r in rows.items()]
-    md = ["| method | " + " | ".join(COLUMNS) + " |", "|---" * (len(COLUMNS) + 1) + "|"]
-    md += [f"| {n} | " + " | ".join(f"{r.get(c, float('nan')):.4f}" if c != "train_time_s" else
-                                    f"{r.get(c, float('nan')):.0f}" for c in COLUMNS) + " |" for n, r in rows.items()]
-    return "\n".join(lines), "\n".join(md)
+def train_peer(model, args, train: pd.DataFrame, saved: Path) -> float:
+    """1 epoch of OnlineContrastiveLoss as sentence-transformers documents it; seconds of this call's training."""
+    import datasets
+    import transformers
+    from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments, losses
+
+    ds = datasets.Dataset.from_dict({"sentence1": list(train["question1"]), "sentence2": list(train["question2"]),
+                                     "label": train["is_duplicate"].astype(int).tolist()})
+    # 10 % warm-up: transformers 5 takes the ratio as a float `warmup_steps`, 4 as `warmup_ratio`
+    warm = {"warmup_steps": 0.1} if int(transformers.__version__.split(".")[0]) >= 5 else {"warmup_ratio": 0.1}
+    cuda = str(model.device).startswith("cuda")
+    targs = SentenceTransformerTrainingArguments(
+        output_dir=str(saved), num_train_epochs=1, per_device_train_batch_size=64, learning_rate=2e-5, **warm,
+        seed=args.seed, report_to="none", save_strategy="steps", save_steps=args.save_steps, save_total_limit=1,
+        logging_steps=50, use_cpu=not cuda, bf16=cuda or args.bf16, disable_tqdm=True)
+    trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds,
+                                         loss=losses.OnlineContrastiveLoss(model))
+    last = transformers.trainer_utils.get_last_checkpoint(str(saved)) if args.resume and saved.exists() else None
+    t0 = time.perf_counter()
+    trainer.train(resume_from_checkpoint=last)
+    return time.perf_counter() - t0
 
 
-def ratios(rows: dict) -> dict:
-    """qpairs's best (by validation accuracy) against the peer recipe."""
-    ours = {n: r for n, r in rows.items() if n.startswith("qpairs")}
-    if PEER not in rows or not ours:
-        return {}
+def format_table(rows: dict) -> str:
+    """The rows as a markdown table, in ROWS order."""
+    cols = QQP_COLUMNS + OOD_COLUMNS
+    lines = ["| method | " + " | ".join(cols) + " |", "|---" * (len(cols) + 1) + "|"]
+    for name in (n for n in ROWS if n in rows):
+        r = rows[name]
+        cells = [f"{r[c]:.0f}" if c == "train_time_s" else f"{r[c]:.4f}" for c in cols]
+        lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def against_peer(rows: dict) -> str:
+    """qpairs's best row by validation accuracy against the sentence-transformers recipe."""
+    ours = {n: r for n, r in rows.items() if n not in ("st", "zero_shot")}
+    if "st" not in rows or not ours:
+        return ""
     best = max(ours, key=lambda n: ours[n]["val_accuracy"])
-    b, p = ours[best], rows[PEER]
-    return {"best": best, "accuracy_points": 100 * (b["accuracy"] - p["accuracy"]),
-            "log_loss_ratio": b["log_loss"] / p["log_loss"], "train_time_ratio": b["train_time_s"] / p["train_time_s"],
-            "f1_points": 100 * (b["f1"] - p["f1"]), "roc_auc_points": 100 * (b["roc_auc"] - p["roc_auc"])}
+    b, p = ours[best], rows["st"]
+    return (f"best qpairs row on validation: {LABELS[best]}: {100 * (b['accuracy'] - p['accuracy']):+.2f} accuracy "
+            f"points, ROC-AUC {b['roc_auc'] - p['roc_auc']:+.4f}, log loss x{b['log_loss'] / p['log_loss']:.3f} "
+            f"against the sentence-transformers recipe")
 
 
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
+    from qpairs.data import default_data_dir
     from qpairs.detector import resolve_device
     from qpairs.encoders import default_base_model
 
-    device = str(resolve_device(args.device))
+    args.device = str(resolve_device(args.device))
     out = Path(args.out)
     if out.exists() and not args.resume:
         shutil.rmtree(out)
-    out.mkdir(parents=True, exist_ok=True)
-    base = args.base_model or default_base_model()
-    methods = args.methods or [*TRANSFORMER_RUNS, "lstm", "st", "zero_shot"]
+    (out / "rows").mkdir(parents=True, exist_ok=True)
+    data_dir = Path(args.data_dir or default_data_dir())
     splits = load_split(args, out)
-    info = {"split": {k: len(v) for k, v in splits.items()}, "args": vars(args), "device": device,
-            "transitivity": transitivity_report(splits["train"])}
-    print("transitivity on this training split:", info["transitivity"])
-
-    common = dict(data=args.data or [], seed=args.seed, device=device, epochs=args.epochs, progress=None,
-                  max_length=args.max_length, patience=args.epochs)
-    rows: dict[str, dict] = {}
-    t_start = time.perf_counter()
-    for name, over in TRANSFORMER_RUNS.items():
-        if name in methods:
-            cfg = TrainConfig(out=str(out / name), encoder="transformer", base_model=base, batch_size=args.batch_size,
-                              lr=args.lr, warmup=0.1, **common, **over)
-            rows[f"qpairs transformer {name}"] = run_qpairs(name, cfg, splits)
-    if "lstm" in methods:
-        cfg = TrainConfig(out=str(out / "lstm"), encoder="lstm", **{**common, "epochs": max(args.epochs, 3),
-                                                                     "patience": 3})
-        rows["qpairs BiLSTM contrastive"] = run_qpairs("lstm", cfg, splits)
-    if "st" in methods:
-        rows[PEER] = run_sentence_transformers(args, base, splits, out, True, device)
-    if "zero_shot" in methods:
-        rows["all-MiniLM-L6-v2 zero-shot (no training)"] = run_sentence_transformers(args, base, splits, out, False,
-                                                                                     device)
-    info["wall_time_s"] = time.perf_counter() - t_start
-    table, md = format_rows(rows)
-    r = ratios(rows)
-    print("\n" + table)
-    if r:
-        print(f"\nqpairs best on validation: {r['best']}: {r['accuracy_points']:+.2f} accuracy points, "
-              f"log loss x{r['log_loss_ratio']:.3f}, training time x{r['train_time_ratio']:.2f} "
-              f"against the sentence-transformers recipe")
-    (out / "results.json").write_text(json.dumps({**info, "rows": rows, "ratios": r}, indent=2, default=float))
-    (out / "table.md").write_text(md + "\n")
+    sets = ood_sets(data_dir, out / "aux")
+    runs = {name: out / name for name in ROWS}
+    rows = {p.stem: json.loads(p.read_text()) for p in (out / "rows").glob("*.json")}
+    for name in (n for n in ROWS if n in args.methods and n not in rows):
+        log.info("row %s: %s", name, LABELS[name])
+        t0 = time.perf_counter()
+        if name in ("zero_shot", "st"):
+            row = sentence_transformers_row(args, default_base_model(), splits, out, sets, name == "st")
+        elif name == "default":
+            row = ensemble_row(args, runs, rows, splits, sets)
+        else:
+            row = trained_row(name, args, out, out / "aux", runs, splits, sets)
+        rows[name] = {**row, "wall_s": time.perf_counter() - t0, "recorded": time.strftime("%Y-%m-%d")}
+        (out / "rows" / f"{name}.json").write_text(json.dumps(rows[name], indent=2, default=float))
+        (out / "table.md").write_text(format_table(rows) + "\n")
+    table, versus = format_table(rows), against_peer(rows)
+    print("\n" + table + ("\n\n" + versus if versus else ""))
+    (out / "table.md").write_text(table + "\n" + (f"\n{versus}\n" if versus else ""))
+    (out / "results.json").write_text(json.dumps({"split": {k: len(v) for k, v in splits.items()},
+                                                  "args": vars(args), "rows": rows}, indent=2, default=float))
     return 0
 
 
