@@ -56,7 +56,7 @@ TRAIN_HELP = {
                    "from scripts/mine_teacher_pairs.py); a pair that is a validation or test pair is dropped",
     "teacher_labels": "pair files with a teacher_probability column (e.g. OUT/teacher_labels.csv.gz of a --teacher "
                       "run): training pairs found there learn a soft target (knowledge distillation)",
-    "teacher": "a trained run directory (or bundled model name) that scores every training pair: those pairs learn "
+    "teacher": "a trained run directory (or bundled model name) that scores every training pair kept: they learn "
                "a soft target (knowledge distillation); its saved splits must hold all the student's validation and "
                "test pairs (same --data, --split-by, --seed); the scores are kept in OUT/teacher_labels.csv.gz, "
                "which --resume reuses; not with --teacher-labels",

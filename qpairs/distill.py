@@ -1,6 +1,7 @@
 """Knowledge distillation from a trained teacher: `qpairs train --teacher RUN`.
 
-The teacher scores every labelled training pair of the student's split through its normal inference
+The teacher scores every labelled training pair of the student's split that training keeps (all of them unless
+--balance subsample or --max-train-pairs drops some) through its normal inference
 path (`DuplicateDetector.predict_proba`). The scores are written to ``RUN/teacher_labels.csv.gz`` in
 the format `--teacher-labels` reads, so the student learns the same soft targets
 ``(1 − w)·label + w·p_teacher`` either way, and a resumed run reads them back instead of scoring again.

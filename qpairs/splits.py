@@ -1,7 +1,8 @@
 """The training data of `qpairs train`: load the pair files, split them, then shape the training split.
 
 Shaping happens in this order: --extra-train pairs (minus held-out and training pairs), inferred
-non-duplicates, teacher targets (knowledge distillation), --balance subsample, --max-train-pairs.
+non-duplicates, --balance subsample, --max-train-pairs, teacher targets (knowledge distillation; --teacher scores
+the split's pairs that are still kept).
 Validation and test splits are written into the run directory (``splits/``), and the training part of the split
 as it came from the pair files (``splits/train.csv.gz``, before any shaping: the questions the run was trained for,
 which ``qpairs ensemble --familiar`` reads).
@@ -50,7 +51,8 @@ def load_splits(cfg: TrainConfig, run_dir: Path) -> dict:
     if cfg.max_train_pairs and len(train) > cfg.max_train_pairs:
         train = train.sample(n=cfg.max_train_pairs, random_state=cfg.seed).reset_index(drop=True)
     # --teacher-labels, or --teacher scoring the kept pairs of the split (not the added ones)
-    teacher_files = teacher_label_files(cfg, run_dir, among_pairs(train, [split_train]), held_out)
+    teacher_files = teacher_label_files(cfg, run_dir, among_pairs(train, [split_train]) if cfg.teacher else None,
+                                        held_out)
     if teacher_files:
         train = with_teacher_targets(train, teacher_files, cfg.distill_weight)
         info["teacher_targets"] = int(train["target"].ne(train["is_duplicate"]).sum())

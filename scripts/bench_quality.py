@@ -14,12 +14,13 @@ Rows (``--methods``, in this order; each trains as its ``qpairs train`` command 
   its cosine gets a threshold and Platt calibration fitted on validation, as ``zero_shot``.
 
 Columns: accuracy, F1, ROC-AUC and log loss on the QQP test pairs (natural duplicate rate), validation accuracy,
-training time (the trainer's own clock; cache fills and teacher labelling not included), and out of domain:
-STS-B dev Spearman, ROC-AUC on the held-out MRPC and SICK parts (no sentence of them in training) and on forum
-titles (Stack Exchange, never training data). qpairs rows are scored as ``qpairs.load`` runs them (``--backend``).
+training time (the trainer's own clock, kept across resumes; cache fills and teacher labelling not included; the
+``default`` row: its members' plus the ensemble's fit), and out of domain: STS-B dev Spearman, ROC-AUC on the
+held-out MRPC and SICK parts (no sentence of them in any training pair) and on forum titles (Stack Exchange,
+never training data). qpairs rows are scored as ``qpairs.load`` runs them (``--backend``).
 
-Every row is saved in ``OUT/rows/NAME.json`` as it finishes. ``--resume`` keeps OUT, skips finished rows and
-continues an unfinished one from its checkpoints (the qpairs trainer's every 10 minutes, the peer's every
+Every row is saved in ``OUT/rows/NAME.json`` as it finishes. ``--resume`` keeps OUT (with the settings it was started
+with: others are refused), skips finished rows and continues an unfinished one from its checkpoints (the qpairs trainer's every 10 minutes, the peer's every
 ``--save-steps`` steps), so a run longer than a session goes on where it stopped::
 
     OMP_NUM_THREADS=2 nohup python scripts/bench_quality.py --device cpu --out runs/bench_quality &
@@ -68,17 +69,44 @@ def parse_args(argv=None):
     p.add_argument("--methods", nargs="+", choices=ROWS, default=list(ROWS), help="rows to run (default: all)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--backend", default="auto", help="how the qpairs rows are scored (qpairs.load's backend)")
-    p.add_argument("--max-train-pairs", type=int, help="use at most this many QQP training pairs (smoke runs)")
+    p.add_argument("--max-train-pairs", type=int, help="train each row on at most this many pairs (smoke runs; "
+                   "the rows with out-of-domain pairs count them too)")
     p.add_argument("--max-eval-pairs", type=int, help="score at most this many validation and test pairs each "
                    "(stratified; the qpairs runs still calibrate on their whole validation split)")
     p.add_argument("--max-length", type=int, default=40, help="word pieces per question, every row")
     p.add_argument("--seed", type=int, default=0, help="the split's seed (and every row's)")
-    p.add_argument("--bf16", action="store_true", help="bf16 autocast in training steps on a CPU with native bf16 "
-                   "(always on CUDA)")
+    p.add_argument("--bf16", action="store_true", help="bf16 autocast in the training steps (qpairs rows: only on a "
+                   "CPU with native bf16; always on CUDA)")
     p.add_argument("--resume", action="store_true", help="keep OUT: skip finished rows, continue an unfinished one")
     p.add_argument("--save-steps", type=int, default=150, help="checkpoint interval of the sentence-transformers "
                    "recipe, in steps")
     return p.parse_args(argv)
+
+
+SETTINGS = ("data", "data_dir", "max_train_pairs", "max_eval_pairs", "max_length", "seed", "backend", "bf16")
+NEEDS = {"fast": ("matching",), "default": ("matching", "fast")}
+
+
+def check_settings(args, out: Path) -> None:
+    """Record the settings the rows depend on in OUT/settings.json; refuse to resume OUT with other ones."""
+    mine = {k: getattr(args, k) for k in SETTINGS}
+    path = out / "settings.json"
+    if path.exists():
+        theirs = json.loads(path.read_text())
+        changed = [f"--{k.replace('_', '-')} {theirs.get(k)!r} then, {mine[k]!r} now" for k in SETTINGS
+                   if theirs.get(k) != mine[k]]
+        if changed:
+            raise SystemExit(f"{out} was started with other settings ({'; '.join(changed)}): resume it with the "
+                             "same ones, or pick another --out")
+    path.write_text(json.dumps(mine, indent=2))
+
+
+def check_needs(methods, done) -> None:
+    """Refuse before training anything when a row's inputs (another row) are neither done nor to be run first."""
+    for name in methods:
+        missing = [n for n in NEEDS.get(name, ()) if n not in done and n not in methods]
+        if missing:
+            raise SystemExit(f"the {name} row needs the {' and '.join(missing)} row(s): add them to --methods")
 
 
 def load_split(args, out: Path) -> dict:
@@ -172,9 +200,6 @@ def ensemble_row(args, runs: dict, rows: dict, splits: dict, sets: dict) -> dict
     import qpairs
     from qpairs.ensemble import ensemble_command
 
-    missing = [m for m in ("matching", "fast") if m not in rows]
-    if missing:
-        raise RuntimeError(f"the default row needs the {' and '.join(missing)} row(s): add them to --methods")
     member_splits = runs["matching"] / "splits"
     shutil.rmtree(runs["default"], ignore_errors=True)
     t0 = time.perf_counter()
@@ -215,10 +240,22 @@ def sentence_transformers_row(args, base: str, splits: dict, out: Path, sets: di
 
 
 def train_peer(model, args, train: pd.DataFrame, saved: Path) -> float:
-    """1 epoch of OnlineContrastiveLoss as sentence-transformers documents it; seconds of this call's training."""
+    """1 epoch of OnlineContrastiveLoss as sentence-transformers documents it; seconds of training, over resumes
+    (each checkpoint records the total so far in ``training_seconds.json``)."""
     import datasets
     import transformers
     from sentence_transformers import SentenceTransformerTrainer, SentenceTransformerTrainingArguments, losses
+
+    class TrainingClock(transformers.TrainerCallback):
+        def __init__(self, before: float):
+            self.before, self.start = before, time.perf_counter()
+
+        def total(self) -> float:
+            return self.before + time.perf_counter() - self.start
+
+        def on_save(self, targs, state, control, **kwargs):
+            folder = Path(targs.output_dir) / f"checkpoint-{state.global_step}"
+            (folder / "training_seconds.json").write_text(json.dumps({"seconds": self.total()}))
 
     ds = datasets.Dataset.from_dict({"sentence1": list(train["question1"]), "sentence2": list(train["question2"]),
                                      "label": train["is_duplicate"].astype(int).tolist()})
@@ -232,9 +269,11 @@ def train_peer(model, args, train: pd.DataFrame, saved: Path) -> float:
     trainer = SentenceTransformerTrainer(model=model, args=targs, train_dataset=ds,
                                          loss=losses.OnlineContrastiveLoss(model))
     last = transformers.trainer_utils.get_last_checkpoint(str(saved)) if args.resume and saved.exists() else None
-    t0 = time.perf_counter()
+    clock_file = Path(last or saved) / "training_seconds.json"
+    clock = TrainingClock(json.loads(clock_file.read_text())["seconds"] if last and clock_file.exists() else 0.0)
+    trainer.add_callback(clock)
     trainer.train(resume_from_checkpoint=last)
-    return time.perf_counter() - t0
+    return clock.total()
 
 
 def format_table(rows: dict) -> str:
@@ -272,11 +311,13 @@ def main(argv=None) -> int:
     if out.exists() and not args.resume:
         shutil.rmtree(out)
     (out / "rows").mkdir(parents=True, exist_ok=True)
+    check_settings(args, out)
+    rows = {p.stem: json.loads(p.read_text()) for p in (out / "rows").glob("*.json")}
+    check_needs(args.methods, rows)
     data_dir = Path(args.data_dir or default_data_dir())
     splits = load_split(args, out)
     sets = ood_sets(data_dir, out / "aux")
     runs = {name: out / name for name in ROWS}
-    rows = {p.stem: json.loads(p.read_text()) for p in (out / "rows").glob("*.json")}
     for name in (n for n in ROWS if n in args.methods and n not in rows):
         log.info("row %s: %s", name, LABELS[name])
         t0 = time.perf_counter()

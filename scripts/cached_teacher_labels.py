@@ -1,6 +1,6 @@
 """Teacher probabilities of training pairs from the teacher's frozen-base cache (no base forward pass).
 
-`qpairs train --teacher RUN` scores every training pair with the teacher's normal inference path,
+`qpairs train --teacher RUN` scores every kept training pair with the teacher's normal inference path,
 which runs the frozen base again for every text. A frozen-base teacher trained with an
 `--embedding-cache` already holds every training text's base outputs (token states for a matching
 head): this reads them and runs only the heads, then writes the `--teacher-labels` format

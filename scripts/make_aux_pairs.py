@@ -12,8 +12,9 @@ Writes, under OUT:
 
 Labels: MRPC's own paraphrase label; STS-B train ``score >= 4`` (0–5 scale); SICK ``ENTAILMENT`` with
 relatedness ``>= 4`` (1–5 scale). STS-B dev is never written (it stays a held-out measurement).
-MRPC and SICK are split by sentence: a held-out pair shares no sentence with a training pair
-(whole groups of pairs linked by shared sentences go to one side).
+MRPC and SICK are split by sentence: a held-out pair shares no sentence with a training pair of any source
+(whole groups of pairs linked by shared sentences go to one side, then held-out pairs with a sentence in STS-B
+train, which holds sentences taken from MRPC, are dropped).
 
     python scripts/make_aux_pairs.py --out runs/aux
 """
@@ -69,6 +70,17 @@ def split_by_sentence(frame: pd.DataFrame, held_frac: float, seed: int) -> tuple
     return frame[~held[group]], frame[held[group]]
 
 
+def without_training_sentences(held: pd.DataFrame, train: pd.DataFrame) -> pd.DataFrame:
+    """The held-out pairs none of whose sentences (normalised as `qpairs.data` compares questions) is in a training
+    pair."""
+    from qpairs.data import normalize_question
+
+    seen = {normalize_question(t) for t in pd.concat([train["question1"], train["question2"]])}
+    keep = [normalize_question(a) not in seen and normalize_question(b) not in seen
+            for a, b in zip(held["question1"], held["question2"])]
+    return held[np.asarray(keep, dtype=bool)]
+
+
 def forum_title_pairs(data_dir: Path, per_site: int = 500, seed: int = 0) -> pd.DataFrame:
     """Stack Exchange titles of one site sharing two or more tags (1) or none (0), `per_site` of each per site."""
     from collections import defaultdict
@@ -109,13 +121,18 @@ def write_aux_pairs(data_dir: Path, out: Path, held_out: float = 0.3, seed: int 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     parts = [read_ood("stsb_train", ood / "stsb_train.tsv.gz").assign(source="stsb_train")]
+    held_parts = {}
     for name, file in (("mrpc", "msrp_train.tsv.gz"), ("sick", "sick.tsv.gz")):
-        train, held = split_by_sentence(read_ood(name if name == "sick" else "msrp", ood / file), held_out, seed)
-        held.to_csv(out / f"heldout_{name}.csv", index=False)
+        train, held_parts[name] = split_by_sentence(read_ood(name if name == "sick" else "msrp", ood / file),
+                                                    held_out, seed)
         parts.append(train.assign(source=name))
-        print(f"{name}: {len(train)} training pairs, {len(held)} held out "
-              f"({held['is_duplicate'].mean():.1%} duplicates)")
     train = pd.concat(parts, ignore_index=True)
+    for name, held in held_parts.items():
+        clean = without_training_sentences(held, train)  # STS-B train holds sentences taken from MRPC
+        clean.to_csv(out / f"heldout_{name}.csv", index=False)
+        print(f"{name}: {int((train['source'] == name).sum())} training pairs, {len(clean)} held out "
+              f"({clean['is_duplicate'].mean():.1%} duplicates; {len(held) - len(clean)} more dropped for a sentence "
+              "in the training pairs)")
     train[["question1", "question2", "is_duplicate", "source"]].to_csv(out / "train.csv", index=False)
     print(f"train.csv: {len(train)} pairs, {train['is_duplicate'].mean():.1%} duplicates, by source "
           f"{train['source'].value_counts().to_dict()}")
