@@ -66,6 +66,8 @@ def parse_args(argv=None):
     p.add_argument("--data", nargs="+", help="labelled QQP pair files (default: the QQP files in the data folder)")
     p.add_argument("--data-dir", help="data folder holding ood/ and title_body/ (default: ../shared/data)")
     p.add_argument("--out", default="runs/bench_quality", help="output folder (replaced unless --resume)")
+    p.add_argument("--aux", help="folder of scripts/make_aux_pairs.py's files: the out-of-domain training pairs and "
+                   "held-out sets (default: OUT/aux, written from the data folder's ood/ and title_body/)")
     p.add_argument("--methods", nargs="+", choices=ROWS, default=list(ROWS), help="rows to run (default: all)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--backend", default="auto", help="how the qpairs rows are scored (qpairs.load's backend)")
@@ -83,7 +85,7 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
-SETTINGS = ("data", "data_dir", "max_train_pairs", "max_eval_pairs", "max_length", "seed", "backend", "bf16")
+SETTINGS = ("data", "data_dir", "aux", "max_train_pairs", "max_eval_pairs", "max_length", "seed", "backend", "bf16")
 NEEDS = {"fast": ("matching",), "default": ("matching", "fast")}
 
 
@@ -132,6 +134,8 @@ def ood_sets(data_dir: Path, aux: Path) -> dict[str, tuple[list, list, np.ndarra
 
     if not (aux / "forum_titles.csv").exists():
         write_aux_pairs(data_dir, aux)
+    if not (data_dir / "ood" / "stsb_dev.tsv.gz").exists():
+        raise SystemExit(f"{data_dir / 'ood' / 'stsb_dev.tsv.gz'} not found: give the data folder with --data-dir")
     stsb = read_ood("stsb_dev", data_dir / "ood" / "stsb_dev.tsv.gz")
     sets = {"stsb_dev_spearman": stsb.assign(is_duplicate=stsb["score"])}
     for column, file in zip(OOD_COLUMNS[1:], ("heldout_mrpc.csv", "heldout_sick.csv", "forum_titles.csv")):
@@ -316,7 +320,8 @@ def main(argv=None) -> int:
     check_needs(args.methods, rows)
     data_dir = Path(args.data_dir or default_data_dir())
     splits = load_split(args, out)
-    sets = ood_sets(data_dir, out / "aux")
+    aux = Path(args.aux) if args.aux else out / "aux"
+    sets = ood_sets(data_dir, aux)
     runs = {name: out / name for name in ROWS}
     for name in (n for n in ROWS if n in args.methods and n not in rows):
         log.info("row %s: %s", name, LABELS[name])
@@ -326,7 +331,7 @@ def main(argv=None) -> int:
         elif name == "default":
             row = ensemble_row(args, runs, rows, splits, sets)
         else:
-            row = trained_row(name, args, out, out / "aux", runs, splits, sets)
+            row = trained_row(name, args, out, aux, runs, splits, sets)
         rows[name] = {**row, "wall_s": time.perf_counter() - t0, "recorded": time.strftime("%Y-%m-%d")}
         (out / "rows" / f"{name}.json").write_text(json.dumps(rows[name], indent=2, default=float))
         (out / "table.md").write_text(format_table(rows) + "\n")
