@@ -31,8 +31,9 @@ def teacher(tmp_path_factory):
     return train(_cfg(tmp / "teacher", data)), data
 
 
-def test_student_learns_the_teachers_soft_targets(teacher, tmp_path, monkeypatch):
-    run, data = teacher
+@pytest.fixture
+def seen(monkeypatch):
+    """{'train': the training frame the last `train` call handed to its objective}."""
     seen = {}
     real_objective = qt.Objective
 
@@ -41,6 +42,11 @@ def test_student_learns_the_teachers_soft_targets(teacher, tmp_path, monkeypatch
         return real_objective(cfg, train_df, *args)
 
     monkeypatch.setattr(qt, "Objective", recording)
+    return seen
+
+
+def test_student_learns_the_teachers_soft_targets(teacher, tmp_path, seen):
+    run, data = teacher
     student = train(_cfg(tmp_path / "student", data, teacher=str(run), distill_weight=0.25))
 
     labels = pd.read_csv(student / TEACHER_LABELS, keep_default_na=False)
@@ -112,16 +118,8 @@ def test_resume_reuses_the_saved_teacher_labels(teacher, tmp_path, monkeypatch):
     assert json.loads((student / "metrics.json").read_text())["test"]
 
 
-def test_teacher_scores_only_the_training_pairs_that_are_kept(teacher, tmp_path, monkeypatch):
+def test_teacher_scores_only_the_training_pairs_that_are_kept(teacher, tmp_path, seen):
     run, data = teacher
-    seen = {}
-    real_objective = qt.Objective
-
-    def recording(cfg, train_df, *args):
-        seen["train"] = train_df
-        return real_objective(cfg, train_df, *args)
-
-    monkeypatch.setattr(qt, "Objective", recording)
     student = train(_cfg(tmp_path / "student", data, teacher=str(run), max_train_pairs=40))
 
     labels = pd.read_csv(student / TEACHER_LABELS, keep_default_na=False)
