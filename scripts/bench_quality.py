@@ -21,7 +21,7 @@ never training data). qpairs rows are scored as ``qpairs.load`` runs them (``--b
 
 Every row is saved in ``OUT/rows/NAME.json`` as it finishes. ``--resume`` keeps OUT (with the settings it was started
 with: others are refused), skips finished rows and continues an unfinished one from its checkpoints (the qpairs trainer's every 10 minutes, the peer's every
-``--save-steps`` steps), so a run longer than a session goes on where it stopped::
+``--save-steps`` steps), so a run that is stopped goes on where it stopped::
 
     OMP_NUM_THREADS=2 nohup python scripts/bench_quality.py --device cpu --out runs/bench_quality &
     OMP_NUM_THREADS=2 nohup python scripts/bench_quality.py --device cpu --out runs/bench_quality --resume &
