@@ -132,10 +132,10 @@ def ood_sets(data_dir: Path, aux: Path) -> dict[str, tuple[list, list, np.ndarra
     """Out-of-domain sets by column name: (first texts, second texts, labels or graded scores)."""
     from make_aux_pairs import read_ood, write_aux_pairs
 
-    if not (aux / "forum_titles.csv").exists():
-        write_aux_pairs(data_dir, aux)
     if not (data_dir / "ood" / "stsb_dev.tsv.gz").exists():
         raise SystemExit(f"{data_dir / 'ood' / 'stsb_dev.tsv.gz'} not found: give the data folder with --data-dir")
+    if not (aux / "forum_titles.csv").exists():
+        write_aux_pairs(data_dir, aux)
     stsb = read_ood("stsb_dev", data_dir / "ood" / "stsb_dev.tsv.gz")
     sets = {"stsb_dev_spearman": stsb.assign(is_duplicate=stsb["score"])}
     for column, file in zip(OOD_COLUMNS[1:], ("heldout_mrpc.csv", "heldout_sick.csv", "forum_titles.csv")):
@@ -152,14 +152,18 @@ def ood_metrics(score, sets: dict) -> dict[str, float]:
     return out
 
 
+def split_metrics(val_p, test_p, threshold: float, splits: dict) -> dict:
+    """Test metrics and validation accuracy of calibrated probabilities at `threshold`."""
+    res = classification_metrics(splits["test"]["is_duplicate"], test_p, threshold)
+    return {**res, "val_accuracy": classification_metrics(splits["validation"]["is_duplicate"], val_p,
+                                                          threshold)["accuracy"]}
+
+
 def detector_row(det, splits: dict, sets: dict) -> dict:
     """A qpairs model's row: its own threshold and calibration, on the shared validation and test pairs."""
-    val, test = splits["validation"], splits["test"]
-    res = classification_metrics(test["is_duplicate"], det.predict_proba(list(test["question1"]),
-                                                                          list(test["question2"])), det.threshold)
-    val_acc = classification_metrics(val["is_duplicate"], det.predict_proba(list(val["question1"]),
-                                                                             list(val["question2"])), det.threshold)
-    return {**res, "val_accuracy": val_acc["accuracy"], **ood_metrics(det.predict_proba, sets)}
+    val_p, test_p = (det.predict_proba(list(splits[n]["question1"]), list(splits[n]["question2"]))
+                     for n in ("validation", "test"))
+    return {**split_metrics(val_p, test_p, det.threshold, splits), **ood_metrics(det.predict_proba, sets)}
 
 
 def recipe(name: str, args, out: Path, aux: Path, runs: dict) -> TrainConfig:
@@ -217,29 +221,24 @@ def ensemble_row(args, runs: dict, rows: dict, splits: dict, sets: dict) -> dict
 
 def st_distances(model, frame: pd.DataFrame) -> np.ndarray:
     """Cosine distance of each pair under a SentenceTransformer."""
+    from eval_ood import st_cosine
+
     return 1.0 - st_cosine(model, list(frame["question1"]), list(frame["question2"]))
-
-
-def st_cosine(model, a, b) -> np.ndarray:
-    ea = model.encode(a, batch_size=256, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-    eb = model.encode(b, batch_size=256, normalize_embeddings=True, convert_to_numpy=True, show_progress_bar=False)
-    return (ea * eb).sum(1)
 
 
 def sentence_transformers_row(args, base: str, splits: dict, out: Path, sets: dict, train_model: bool) -> dict:
     """The peer recipe (or, with train_model=False, the untouched base model), calibrated on validation."""
+    from eval_ood import st_cosine
     from sentence_transformers import SentenceTransformer
 
     model = SentenceTransformer(base, device=args.device)
     model.max_seq_length = args.max_length
     seconds = train_peer(model, args, splits["train"], out / "st_trainer") if train_model else 0.0
     model.eval()
-    val, test = splits["validation"], splits["test"]
-    val_d = st_distances(model, val)
-    cal = Calibrator("platt").fit(val_d, val["is_duplicate"].to_numpy())
-    res = classification_metrics(test["is_duplicate"], cal.predict_proba(st_distances(model, test)), cal.threshold)
-    val_acc = classification_metrics(val["is_duplicate"], cal.predict_proba(val_d), cal.threshold)
-    return {**res, "val_accuracy": val_acc["accuracy"], "train_time_s": seconds,
+    val_d = st_distances(model, splits["validation"])
+    cal = Calibrator("platt").fit(val_d, splits["validation"]["is_duplicate"].to_numpy())
+    test_p = cal.predict_proba(st_distances(model, splits["test"]))
+    return {**split_metrics(cal.predict_proba(val_d), test_p, cal.threshold, splits), "train_time_s": seconds,
             **ood_metrics(lambda a, b: st_cosine(model, a, b), sets)}
 
 
