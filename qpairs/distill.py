@@ -29,34 +29,39 @@ SCORE_CHUNK = 16384  # pairs per predict_proba call
 
 
 class TeacherLeakError(ValueError):
-    """The teacher may have trained on the student's validation or test pairs."""
+    """A teacher (or a --init-from run) may have trained on this run's validation or test pairs."""
 
 
 def _keys(frames) -> set[str]:
     return {qdata.pair_key(a, b) for f in frames for a, b in zip(f["question1"], f["question2"])}
 
 
-def check_teacher_split(teacher_dir, held_out, unchecked: bool = False) -> None:
-    """Refuse a teacher whose saved held-out splits miss any pair of `held_out` (the student's validation and
-    test frames): it may have trained on them. No saved splits: refused unless `unchecked` (then a warning)."""
-    saved = [p for p in (Path(teacher_dir) / "splits" / f"{n}.csv.gz" for n in ("validation", "test")) if p.exists()]
+def check_held_out(source_dir, held_out, role: str, flag: str | None = None, accept: bool = False) -> None:
+    """Refuse a trained run (`role`: the teacher, or the run --init-from starts from) whose saved held-out splits
+    miss any pair of `held_out` (this run's validation and test frames): it may have trained on them. A run
+    without saved splits is refused unless `accept` (set by the option `flag`), then accepted with a warning."""
+    saved = [p for p in (Path(source_dir) / "splits" / f"{n}.csv.gz" for n in ("validation", "test")) if p.exists()]
     if not saved:
-        if not unchecked:
-            raise TeacherLeakError(f"the teacher {teacher_dir} has no saved splits (splits/test.csv.gz), so it cannot "
-                                   "be checked that it never trained on the student's validation or test pairs; "
-                                   "train the teacher with `qpairs train` on the same --data, --split-by and --seed, "
-                                   "or pass --teacher-unchecked to accept the risk")
-        log.warning("WARNING: the teacher %s has no saved splits: it may have trained on the student's validation "
-                    "or test pairs, and the student's test metrics may be optimistic (--teacher-unchecked)",
-                    teacher_dir)
+        if not accept:
+            raise TeacherLeakError(f"{role} {source_dir} has no saved splits (splits/test.csv.gz), so it cannot be "
+                                   "checked that it never trained on this run's validation or test pairs; train it "
+                                   "with `qpairs train` on the same --data, --split-by and --seed"
+                                   + (f", or pass {flag} to accept the risk" if flag else ""))
+        log.warning("WARNING: %s %s has no saved splits: it may have trained on this run's validation or test "
+                    "pairs, and the test metrics may be optimistic (%s)", role, source_dir, flag)
         return
     theirs = _keys(qdata.read_table(p) for p in saved)
     ours = _keys(held_out)
     leaked = len(ours - theirs)
     if leaked:
-        raise TeacherLeakError(f"{leaked} of the student's {len(ours)} validation/test pairs are not held out by the "
-                               f"teacher ({', '.join(map(str, saved))}): the teacher may have trained on them; train "
-                               "the teacher on the same --data, --split-by and --seed as the student")
+        raise TeacherLeakError(f"{leaked} of this run's {len(ours)} validation/test pairs are not held out by {role} "
+                               f"({', '.join(map(str, saved))}): it may have trained on them; train it on the same "
+                               "--data, --split-by and --seed as this run")
+
+
+def check_teacher_split(teacher_dir, held_out, unchecked: bool = False) -> None:
+    """`check_held_out` for --teacher; `unchecked` (--teacher-unchecked) accepts a teacher without saved splits."""
+    check_held_out(teacher_dir, held_out, "the teacher", "--teacher-unchecked", unchecked)
 
 
 def load_teacher(path, device: str = "auto"):

@@ -31,7 +31,7 @@ from . import distributed
 from .builders import build_model, build_pseudo_model, check_base_layers, param_groups
 from .calibration import Calibrator, fit_calibrator
 from .checkpoint import (CheckpointClock, load_last, load_model, read_json, resumed_config, save_epoch, save_last,
-                         saved_weight, write_json)
+                         saved_weight, warm_start, write_json)
 from .config import TrainConfig
 from .evaluate import calibrated_metrics
 from .matching import needs_tokens, require_token_cache
@@ -47,6 +47,16 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
+
+
+def start_from(model: SiameseModel, run, held_out) -> None:
+    """--init-from: the fresh `model` takes the weights of the trained `run`, which must hold out `held_out`."""
+    from .detector import resolve_model_path
+    from .distill import check_held_out
+
+    path = resolve_model_path(run)
+    check_held_out(path, held_out, "the --init-from run")
+    log.info("starting from the %d weight tensors of %s", warm_start(model, path), path)
 
 
 def base_cache(cfg: TrainConfig, model: SiameseModel, run_dir: Path, frames, device, show):
@@ -197,6 +207,8 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
         model = build_model(cfg, list(train_df["question1"]) + list(train_df["question2"]))
     if model.pair_head is None:
         model.pair_head = make_pair_head(cfg, model.dim, model.encoder)  # --pair-head classifier|matching, else None
+    if source is None and cfg.init_from:
+        start_from(model, cfg.init_from, (val_df, test_df))
     model.to(device).train()
     net = distributed.wrap_for_training(model, device)  # DDP under torchrun: run the training forward as net(fn, ...)
     with distributed.main_first():  # rank 0 fills the cache, the others then read it

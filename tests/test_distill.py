@@ -77,7 +77,7 @@ def test_teacher_that_may_have_seen_the_students_held_out_pairs_is_refused(teach
                "--epochs", "1", "--no-glove", "--device", "cpu", "--no-progress"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and len(err.splitlines()) == 1
-    assert "of the student's" in err and "validation/test pairs are not held out by the teacher" in err
+    assert "of this run's" in err and "validation/test pairs are not held out by the teacher" in err
     assert not (out / TEACHER_LABELS).exists()
 
 
@@ -90,7 +90,7 @@ def test_teacher_without_saved_splits_needs_teacher_unchecked(tmp_path, caplog):
         check_teacher_split(bare, held_out)
     with caplog.at_level(logging.WARNING, logger="qpairs"):
         check_teacher_split(bare, held_out, unchecked=True)
-    assert "may have trained on the student's validation or test pairs" in caplog.text
+    assert "may have trained on this run's validation or test pairs" in caplog.text
 
 
 def test_teacher_and_teacher_labels_are_exclusive(teacher, tmp_path, capsys):

@@ -159,6 +159,50 @@ def test_bad_number_of_top_layers_is_a_one_line_error_naming_the_layers(tiny_ber
     assert "exclusive" in capsys.readouterr().err
 
 
+def test_init_from_a_frozen_base_run_starts_the_top_layers_at_its_head(tiny_bert3, tmp_path, fp32_cache):
+    """--freeze-base, then --train-top-layers --init-from it: at --lr 0 the second run is the first one."""
+    from qpairs.cli import main
+
+    data, head = _data(tmp_path), tmp_path / "head"
+    matching = ["--pair-head", "matching", "--distance", "cosine", "--head", "residual", "--projection-dim", "32"]
+    frozen = _train_args(tiny_bert3, data, head, *matching)
+    frozen[1:3] = ["--freeze-base", "--encoder", "transformer"]
+    assert main(frozen) == 0
+    run = tmp_path / "top"
+    assert main(_train_args(tiny_bert3, data, run, *matching, "--init-from", str(head), "--lr", "0")) == 0
+    start, kept = load_file(head / "model.safetensors"), load_file(run / "model.safetensors")
+    assert set(start) < set(kept) and any(k.startswith("encoder.model.") for k in kept)
+    for k in start:  # the head and the pair head as the frozen run left them (--lr 0 moved nothing)
+        if k != "pair_head.cosine_weight":  # fitted on validation after training
+            torch.testing.assert_close(kept[k], start[k])
+    before = json.loads((head / "history.json").read_text())[-1]
+    after = json.loads((run / "history.json").read_text())[0]
+    assert after["val_log_loss"] == pytest.approx(before["val_log_loss"], abs=1e-3)
+    assert json.loads((run / "config.json").read_text())["train"]["init_from"] == str(head)
+
+
+def test_init_from_refuses_a_run_that_does_not_fit_or_saw_the_held_out_pairs(tiny_bert3, tmp_path, fp32_cache,
+                                                                              capsys):
+    from qpairs.cli import main
+
+    data, head = _data(tmp_path), tmp_path / "head"
+    frozen = _train_args(tiny_bert3, data, head, "--pair-head", "matching", "--distance", "cosine",
+                         "--matching-dim", "16")
+    frozen[1:3] = ["--freeze-base", "--encoder", "transformer"]
+    assert main(frozen) == 0
+    other_head = _train_args(tiny_bert3, data, tmp_path / "a", "--pair-head", "matching", "--distance", "cosine",
+                             "--init-from", str(head))  # the default --matching-dim
+    assert main(other_head) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "do not fit this model" in err and "pair_head." in err
+    other_split = _train_args(tiny_bert3, data, tmp_path / "b", "--pair-head", "matching", "--distance", "cosine",
+                              "--matching-dim", "16", "--init-from", str(head), "--seed", "1")
+    assert main(other_split) == 2
+    err = capsys.readouterr().err.strip()
+    assert "not held out by the --init-from run" in err
+    assert not (tmp_path / "b" / "embedding_cache").exists()  # refused before the cache is filled
+
+
 def test_pseudo_towers_train_their_own_top_layers_over_one_cache(tiny_bert3, tmp_path, fp32_cache):
     from qpairs import load
     from qpairs.cli import main
