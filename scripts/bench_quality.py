@@ -9,6 +9,8 @@ Rows (``--methods``, in this order; each trains as its ``qpairs train`` command 
 * ``default``: the current default recipe, ``qpairs ensemble matching fast --familiar``;
 * ``top1``, ``top2``, ``top3``: the matching head with the base's top N layers trained (``--train-top-layers N``),
   1 epoch, same data as ``matching``;
+* ``warm1``: the top layer trained as in ``top1``, but starting from the ``matching`` row's head (``--init-from``:
+  the head first, then the layer) at a lower learning rate;
 * ``st``: the sentence-transformers recipe as its users run it: all-MiniLM-L6-v2 +
   ``losses.OnlineContrastiveLoss``, 1 epoch, batch 64, lr 2e-5, 10% warm-up, ``SentenceTransformerTrainer``;
   its cosine gets a threshold and Platt calibration fitted on validation, as ``zero_shot``.
@@ -52,11 +54,12 @@ from qpairs.config import TrainConfig
 from qpairs.metrics import classification_metrics
 
 log = logging.getLogger("qpairs")
-ROWS = ("zero_shot", "matching", "fast", "default", "top1", "top2", "top3", "st")
+ROWS = ("zero_shot", "matching", "fast", "default", "top1", "top2", "top3", "warm1", "st")
 LABELS = {"zero_shot": "all-MiniLM-L6-v2 zero-shot", "matching": "matching head, frozen base",
           "fast": "distilled BiLSTM (fast)", "default": "default recipe: matching + fast ensemble",
           "top1": "matching head, top 1 layer trained", "top2": "matching head, top 2 layers trained",
-          "top3": "matching head, top 3 layers trained", "st": "sentence-transformers recipe"}
+          "top3": "matching head, top 3 layers trained",
+          "warm1": "matching head, then top 1 layer trained from it", "st": "sentence-transformers recipe"}
 QQP_COLUMNS = ("accuracy", "f1", "roc_auc", "log_loss", "val_accuracy", "train_time_s")
 OOD_COLUMNS = ("stsb_dev_spearman", "mrpc_heldout_auc", "sick_heldout_auc", "forum_titles_auc")
 
@@ -86,7 +89,7 @@ def parse_args(argv=None):
 
 
 SETTINGS = ("data", "data_dir", "aux", "max_train_pairs", "max_eval_pairs", "max_length", "seed", "backend", "bf16")
-NEEDS = {"fast": ("matching",), "default": ("matching", "fast")}
+NEEDS = {"fast": ("matching",), "default": ("matching", "fast"), "warm1": ("matching",)}
 
 
 def check_settings(args, out: Path) -> None:
@@ -179,6 +182,9 @@ def recipe(name: str, args, out: Path, aux: Path, runs: dict) -> TrainConfig:
                 distance="cosine", margin=0.5, batch_size=256, extra_train=[str(aux / "train.csv")])
     if name == "matching":
         return TrainConfig(**head, freeze_base=True, lr=1e-3, epochs=2, embedding_cache=str(out / "caches" / name))
+    if name == "warm1":  # top1's cache: the same layer's states
+        return TrainConfig(**head, train_top_layers=1, lr=5e-5, epochs=1, init_from=str(runs["matching"]),
+                           embedding_cache=str(out / "caches" / "top1"))
     layers = int(name.removeprefix("top"))
     return TrainConfig(**head, train_top_layers=layers, lr=1e-4, epochs=1, embedding_cache=str(out / "caches" / name))
 

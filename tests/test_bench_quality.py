@@ -30,6 +30,8 @@ def test_a_row_whose_inputs_will_not_exist_is_refused_before_any_training(monkey
         bq.check_needs(["matching", "default"], done={})
     bq.check_needs(["default"], done={"matching": {}, "fast": {}})  # finished earlier: fine
     bq.check_needs(["matching", "fast", "default"], done={})  # run first, in row order: fine
+    with pytest.raises(SystemExit, match="the warm1 row needs the matching row"):  # it starts from that head
+        bq.check_needs(["top1", "warm1"], done={})
 
 
 def test_held_out_pairs_share_no_sentence_with_training_pairs(monkeypatch):
