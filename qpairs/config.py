@@ -152,6 +152,9 @@ class TrainConfig:
             raise ValueError("--teacher and --teacher-labels are exclusive: give the teacher run, or its labels file")
         if c.teacher and c.left_col:
             raise ValueError("--teacher scores question pairs: title/body data (--left-col) has no teacher targets")
+        if c.init_from and "lstm" in (c.encoder, c.right_encoder):
+            raise ValueError("--init-from takes transformer encoders: a BiLSTM's vocabulary is built from each run's "
+                             "own training texts, so another run's word vectors would land on other words")
         if not 0.0 <= c.distill_weight <= 1.0:
             raise ValueError(f"--distill-weight must be in [0, 1], not {c.distill_weight}")
         if c.tokens not in ("word", "wordpiece"):

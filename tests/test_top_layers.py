@@ -173,34 +173,45 @@ def test_init_from_a_frozen_base_run_starts_the_top_layers_at_its_head(tiny_bert
     start, kept = load_file(head / "model.safetensors"), load_file(run / "model.safetensors")
     assert set(start) < set(kept) and any(k.startswith("encoder.model.") for k in kept)
     for k in start:  # the head and the pair head as the frozen run left them (--lr 0 moved nothing)
-        if k != "pair_head.cosine_weight":  # fitted on validation after training
-            torch.testing.assert_close(kept[k], start[k])
+        torch.testing.assert_close(kept[k], start[k])
     before = json.loads((head / "history.json").read_text())[-1]
     after = json.loads((run / "history.json").read_text())[0]
     assert after["val_log_loss"] == pytest.approx(before["val_log_loss"], abs=1e-3)
     assert json.loads((run / "config.json").read_text())["train"]["init_from"] == str(head)
 
 
-def test_init_from_refuses_a_run_that_does_not_fit_or_saw_the_held_out_pairs(tiny_bert3, tmp_path, fp32_cache,
-                                                                              capsys):
+def test_init_from_refuses_a_run_that_does_not_fit_or_may_have_seen_the_held_out_pairs(tiny_bert3, tmp_path,
+                                                                                      fp32_cache, capsys):
     from qpairs.cli import main
 
-    data, head = _data(tmp_path), tmp_path / "head"
-    frozen = _train_args(tiny_bert3, data, head, "--pair-head", "matching", "--distance", "cosine",
-                         "--matching-dim", "16")
+    data, head, top2 = _data(tmp_path), tmp_path / "head", tmp_path / "top2"
+    matching = ["--pair-head", "matching", "--distance", "cosine", "--matching-dim", "16"]
+    frozen = _train_args(tiny_bert3, data, head, *matching)
     frozen[1:3] = ["--freeze-base", "--encoder", "transformer"]
     assert main(frozen) == 0
-    other_head = _train_args(tiny_bert3, data, tmp_path / "a", "--pair-head", "matching", "--distance", "cosine",
-                             "--init-from", str(head))  # the default --matching-dim
-    assert main(other_head) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "do not fit this model" in err and "pair_head." in err
-    other_split = _train_args(tiny_bert3, data, tmp_path / "b", "--pair-head", "matching", "--distance", "cosine",
-                              "--matching-dim", "16", "--init-from", str(head), "--seed", "1")
-    assert main(other_split) == 2
-    err = capsys.readouterr().err.strip()
-    assert "not held out by the --init-from run" in err
-    assert not (tmp_path / "b" / "embedding_cache").exists()  # refused before the cache is filled
+    assert main(_train_args(tiny_bert3, data, top2, *matching, "--train-top-layers", "2")) == 0
+    cases = [  # (the second run's options, what its one-line refusal says)
+        (["--matching-dim", "32", "--init-from", str(head)], "do not fit this model"),
+        (["--pooling", "max", "--init-from", str(head)], "built otherwise (encoder pooling 'mean' there, 'max' here)"),
+        (["--seed", "1", "--init-from", str(head)], "not held out by the --init-from run"),
+        (["--init-from", str(top2)], "trained layers this model keeps frozen"),
+        (["--init-from", "matching"], "a bundled model keeps no held-out splits"),
+        (["--init-from", str(tmp_path / "nowhere")], "config.json is missing"),
+    ]
+    for n, (extra, says) in enumerate(cases):
+        out = tmp_path / f"refused{n}"
+        assert main(_train_args(tiny_bert3, data, out, *matching, *extra)) == 2, extra
+        err = capsys.readouterr().err.strip()
+        assert err.count("\n") == 0 and says in err, (extra, err)
+        assert not (out / "embedding_cache").exists()  # refused before the cache is filled
+
+
+def test_init_from_refuses_a_bilstm_whose_vocabulary_is_its_own():
+    from qpairs.config import TrainConfig
+
+    with pytest.raises(ValueError, match="--init-from takes transformer encoders"):
+        TrainConfig(encoder="lstm", init_from="runs/x").resolved()
+    TrainConfig(encoder="transformer", init_from="runs/x").resolved()  # checked when the run starts
 
 
 def test_pseudo_towers_train_their_own_top_layers_over_one_cache(tiny_bert3, tmp_path, fp32_cache):
