@@ -323,32 +323,6 @@ class CheckpointClock:
         return True
 
 
-def warm_start(model: SiameseModel, directory) -> int:
-    """Copy the weights a trained run saved into the fresh `model` (``--init-from``); returns how many tensors.
-
-    Every saved tensor must be one of the weights this model trains and saves, of the same shape (e.g. a
-    --freeze-base run's head into a --train-top-layers model with the same head), so that nothing is left behind
-    and the saved run is the model that trained: a layer this model keeps frozen is refused."""
-    weights = Path(directory) / "model.safetensors"
-    if not weights.exists():
-        raise ModelDirError(f"{weights} is missing: --init-from needs a trained run directory")
-    saved = load_file(weights)
-    own = model.state_dict()
-    foreign = [k for k in saved if k not in own]
-    reshaped = [f"{k} {tuple(saved[k].shape)} vs {tuple(own[k].shape)}" for k in saved
-                if k in own and saved[k].shape != own[k].shape]
-    if foreign or reshaped or not saved:
-        raise ModelDirError(f"--init-from {directory}: its weights do not fit this model (other --encoder, --head, "
-                            f"--projection-dim, --pair-head or --matching-dim?): not in this model {foreign[:3]}, "
-                            f"other shapes {reshaped[:3]}, {len(saved)} tensors saved")
-    frozen = [k for k in saved if not saved_weight(model, k)]
-    if frozen:
-        raise ModelDirError(f"--init-from {directory}: it trained layers this model keeps frozen ({frozen[0]}, ...): "
-                            "start from a run that trained no more layers than --train-top-layers")
-    model.load_state_dict({k: v.to(own[k].dtype) for k, v in saved.items()}, strict=False)
-    return len(saved)
-
-
 def resumed_config(cfg, run_dir: Path):
     """(config, saved run directory or None): with --resume, the saved run's training settings, keeping this
     call's --out, --device, --progress, --checkpoint-minutes and --epochs (None: the run's own)."""

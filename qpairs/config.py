@@ -89,7 +89,7 @@ class TrainConfig:
     normalize: bool | None = None  # None → False for lstm, True for transformer
     freeze_base: bool = False  # train only the head on a frozen base (its outputs cached once)
     train_top_layers: int = 0  # N > 0: train only the base's top N layers + head; layer L−N's outputs cached once
-    init_from: str | None = None  # a trained run whose weights the model starts from (checkpoint.warm_start)
+    init_from: str | None = None  # a trained run whose weights the model starts from (qpairs.warmstart)
     head: str = "linear"  # linear projection or residual MLP (starts as the identity)
     embedding_cache: str | None = None  # frozen-base embedding cache dir (None → RUN/embedding_cache)
     # pseudo-Siamese (two unshared encoders) and title/body data (see qpairs.title_body)

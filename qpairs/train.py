@@ -30,8 +30,8 @@ from . import data as qdata
 from . import distributed
 from .builders import build_model, build_pseudo_model, check_base_layers, param_groups
 from .calibration import Calibrator, fit_calibrator
-from .checkpoint import (CheckpointClock, ModelDirError, load_last, load_model, read_json, resumed_config, save_epoch,
-                         save_last, saved_weight, warm_start, write_json)
+from .checkpoint import (CheckpointClock, load_last, load_model, read_json, resumed_config, save_epoch, save_last,
+                         saved_weight, write_json)
 from .config import TrainConfig
 from .evaluate import calibrated_metrics
 from .matching import needs_tokens, require_token_cache
@@ -39,6 +39,7 @@ from .metrics import HIGHER_IS_BETTER, format_table
 from .model import SiameseModel
 from .objective import Objective, make_pair_head, pair_batches
 from .splits import load_splits
+from .warmstart import start_from
 
 log = logging.getLogger("qpairs")
 
@@ -47,35 +48,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-
-
-def start_from(model: SiameseModel, run, held_out) -> None:
-    """--init-from: the fresh `model` takes the weights of the trained `run`, which must be a `qpairs train` run of
-    the same encoder, distance and variant that held out `held_out` (this run's validation and test frames)."""
-    from .detector import BUNDLES, resolve_model_path
-    from .distill import TeacherLeakError, check_held_out
-
-    if isinstance(run, str) and run in BUNDLES:
-        raise ValueError(f"--init-from {run}: a bundled model keeps no held-out splits, so it cannot be checked that "
-                         "it never trained on this run's validation or test pairs; give a run directory")
-    path = resolve_model_path(run)
-    if not (path / "config.json").is_file():
-        raise ModelDirError(f"--init-from {run}: {path / 'config.json'} is missing: give a run directory written by "
-                            "`qpairs train` (not an ensemble)")
-    source = read_json(path / "config.json")
-    theirs, mine = source.get("encoder", {}), model.encoder.config
-    differ = [f"encoder {k} {theirs.get(k)!r} there, {mine.get(k)!r} here"
-              for k in ("type", "base_model", "pooling", "normalize") if theirs.get(k) != mine.get(k)]
-    differ += [f"{name} {there!r} there, {here!r} here" for name, there, here in (
-        ("distance", source.get("distance"), model.distance_metric),
-        ("variant", source.get("variant", "siamese"), model.variant)) if there != here]
-    if differ:
-        raise ModelDirError(f"--init-from {run}: it was built otherwise ({'; '.join(differ)})")
-    if (source.get("train") or {}).get("teacher_unchecked"):
-        raise TeacherLeakError(f"--init-from {run}: it learned from a teacher whose held-out pairs were not checked "
-                               "(--teacher-unchecked), so this run's validation and test pairs may have leaked into it")
-    check_held_out(path, held_out, "the --init-from run")
-    log.info("starting from the %d weight tensors of %s", warm_start(model, path), path)
 
 
 def base_cache(cfg: TrainConfig, model: SiameseModel, run_dir: Path, frames, device, show):
