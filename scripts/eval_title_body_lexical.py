@@ -24,6 +24,7 @@ Prints recall@1, recall@10 and MRR for every `a` (and M) on each set. Needs ``pi
     python scripts/eval_title_body_lexical.py --model runs/title_body_long/pseudo_top3 runs/title_body_long/siamese_top3
     python scripts/eval_title_body_lexical.py --maxsim 0 0.25 0.5 0.75 1
     python scripts/eval_title_body_lexical.py --maxsim 0.5 --through-index 0.1 --index-maxsim 0.5
+    python scripts/eval_title_body_lexical.py --model runs/title_body_long/pseudo_top3 --maxsim-towers --maxsim 0 0.5 1
 """
 from __future__ import annotations
 
@@ -42,18 +43,18 @@ WEIGHTS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0)
 
 
 def fused_ranks(posts, dets: list, n_candidates: int, seed: int, token_shares=(0.0,),
-                token_encoder=None) -> dict[tuple[float, float], np.ndarray]:
+                token_encoders=None) -> dict[tuple[float, float], np.ndarray]:
     """Rank of each post's own body among its pool, for every (token share, BM25 weight in `WEIGHTS`). Several
     models: the mean of their cosines (each model's unit vectors side by side, scaled by 1/√models), BM25 read as
     the first reads. A token share m gives that part of the similarity to the late-interaction score (`maxsim`) of
-    `token_encoder`'s token states."""
+    the token states of `token_encoders` (the titles' encoder, the bodies' encoder)."""
     sides = [embed_posts(det, posts) for det in dets]  # each side through its own tower
     titles, bodies = (np.hstack([l2_normalize(s[k]) for s in sides]) / np.sqrt(len(dets)) for k in (0, 1))
     states = None
     if any(token_shares):
         t_side, b_side = title_body_sides(dets[0])
-        states = tuple(unit_token_states(token_encoder, dets[0].preprocess(list(posts[column]), side))
-                       for column, side in (("title", t_side), ("body", b_side)))
+        states = tuple(unit_token_states(encoder, dets[0].preprocess(list(posts[column]), side))
+                       for encoder, column, side in zip(token_encoders, ("title", "body"), (t_side, b_side)))
     return fused_pool_ranks(dets[0], posts, titles, bodies, min(n_candidates, len(posts)), seed, WEIGHTS,
                             token_states=states, token_shares=token_shares)
 
@@ -122,6 +123,10 @@ def main(argv=None) -> int:
     p.add_argument("--maxsim", type=float, nargs="+", default=[0.0], metavar="M",
                    help="token shares: also give share M of the similarity to zero-shot all-MiniLM-L6-v2's "
                         "late-interaction score (each title token's best cosine over the body's tokens, averaged)")
+    p.add_argument("--maxsim-towers", action="store_true",
+                   help="with --model: MaxSim reads the model's own towers' token states (titles through the title "
+                        "tower, bodies through the body tower, as `qpairs index --maxsim-weight` of that run does) "
+                        "instead of zero-shot all-MiniLM-L6-v2's")
     p.add_argument("--site-bank", type=float, nargs="+", metavar="W",
                    help="also search the test titles in one index of every body of the held-out site, with each BM25 "
                         "weight W (MRR counts the top 10 only)")
@@ -134,6 +139,8 @@ def main(argv=None) -> int:
                    help="also rank the test posts through `qpairs index --bm25-weight W` and `qpairs search -k 10` "
                         "(MRR counts the top 10 only)")
     args = p.parse_args(argv)
+    if args.maxsim_towers and not (args.model and len(args.model) == 1):
+        p.error("--maxsim-towers reads one trained run's towers: give one --model")
     if args.model and len(args.model) > 1 and (args.through_index is not None or args.site_bank):
         p.error("--through-index and --site-bank search one model's index: give one --model")
     if any(not 0.0 <= m <= 1.0 for m in args.maxsim):
@@ -161,15 +168,17 @@ def main(argv=None) -> int:
         dets = [zero_shot_detector(_calibration_pairs(sets["validation (training sites)"]),
                                    max_length=args.body_max_length, device="cpu")]
     det = dets[0]
-    token_encoder = None  # MaxSim reads zero-shot MiniLM's token states: the scored model itself without --model
+    token_encoders = None  # MaxSim reads zero-shot MiniLM's token states (the scored model itself without --model)
     if args.maxsim != [0.0]:
-        source = zero_shot_detector(max_length=args.body_max_length, device="cpu") if args.model else det
-        token_encoder = source.model.encoder
+        t_side, b_side = title_body_sides(det)
+        source = (zero_shot_detector(max_length=args.body_max_length, device="cpu")
+                  if args.model and not args.maxsim_towers else det)
+        token_encoders = (source.model.side(t_side), source.model.side(b_side))
     for name, frame in sets.items():
         frame = sets[name] = frame.reset_index(drop=True).drop_duplicates("body").reset_index(drop=True)
         print(f"\n{name}: {len(frame)} posts, {min(args.candidates, len(frame))} candidates per title")
         print("| token share | BM25 weight | recall@1 | recall@10 | MRR |\n|---|---|---|---|---|")
-        ranked = fused_ranks(frame, dets, args.candidates, args.seed, args.maxsim, token_encoder)
+        ranked = fused_ranks(frame, dets, args.candidates, args.seed, args.maxsim, token_encoders)
         for (share, a), ranks in ranked.items():
             m = retrieval_metrics(ranks)
             print(f"| {share:.2f} | {a:.2f} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {m['mrr']:.4f} |",
