@@ -120,13 +120,19 @@ class Familiarity:
 
 
 def require_question_model(det, name=None) -> None:
-    """The rule reads a matching-head model's pooled token states of both questions alike: refuse any other."""
+    """The rule reads a matching-head model's pooled token states of both questions alike, from a frozen base (its
+    cosine is then zero-shot): refuse any other."""
     from .matching import needs_tokens
 
     if not needs_tokens(det.model) or det.model.prepares_sides:
         raise ValueError("the unfamiliar-pair rule needs a matching-head question model first (it reads that model's "
                          "pooled token states of both questions alike), not for a title/body run or a model without one"
                          + (f"; {name} is not one" if name else ""))
+    if not det.model.encoder.config.get("frozen_base"):
+        raise ValueError("the unfamiliar-pair rule hands pairs to the zero-shot cosine of the first model's frozen "
+                         "base, but " + (f"{name} trained" if name else "the first model trained") + " its encoder's "
+                         "layers (--train-top-layers or full fine-tuning), so its cosine is no longer zero-shot: put "
+                         "a frozen-base matching model (--freeze-base) first")
 
 
 def cosine(a, b) -> np.ndarray:

@@ -146,7 +146,7 @@ def test_search_and_dedup_state_memos_and_a_reload_give_the_same_scores_and_fing
         ens.mix(ens.member_logits(q1, q2), q1, q2)
 
 
-def test_a_broken_rule_or_a_title_body_primary_is_refused(fitted, tmp_path, monkeypatch):
+def test_a_broken_rule_a_trained_base_or_a_title_body_primary_is_refused(fitted, tmp_path, monkeypatch):
     runs, root, ens, _ = fitted
     bad = tmp_path / "bad"
     shutil.copytree(root / "ens", bad)
@@ -157,6 +157,11 @@ def test_a_broken_rule_or_a_title_body_primary_is_refused(fitted, tmp_path, monk
     with pytest.raises(ModelDirError, match=r"ensemble.json.*\"unfamiliar\" must map"):
         qpairs.load(bad, device="cpu")
     primary = ens.members[0]
+    with monkeypatch.context() as m:  # as a --train-top-layers run's config says
+        m.setitem(primary.model.encoder.config, "frozen_base", False)
+        with pytest.raises(ValueError, match="no longer zero-shot: put a frozen-base matching model"):
+            pooled_vectors(primary, ["How do I learn Python?"])
+    pooled_vectors(primary, ["How do I learn Python?"])  # the frozen base itself is accepted
     monkeypatch.setattr(primary.model, "_prepare", {"left": None, "right": str.lower})  # sides read differently
     with pytest.raises(ValueError, match="not for a title/body run"):
         pooled_vectors(primary, ["How do I learn Python?"])
