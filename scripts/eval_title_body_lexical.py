@@ -43,18 +43,18 @@ WEIGHTS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 1.0)
 
 
 def fused_ranks(posts, dets: list, n_candidates: int, seed: int, token_shares=(0.0,),
-                token_encoders=None) -> dict[tuple[float, float], np.ndarray]:
+                token_source=None) -> dict[tuple[float, float], np.ndarray]:
     """Rank of each post's own body among its pool, for every (token share, BM25 weight in `WEIGHTS`). Several
     models: the mean of their cosines (each model's unit vectors side by side, scaled by 1/√models), BM25 read as
     the first reads. A token share m gives that part of the similarity to the late-interaction score (`maxsim`) of
-    the token states of `token_encoders` (the titles' encoder, the bodies' encoder)."""
+    the token states of `token_source` (a detector: titles and bodies each through its encoder for that side)."""
     sides = [embed_posts(det, posts) for det in dets]  # each side through its own tower
     titles, bodies = (np.hstack([l2_normalize(s[k]) for s in sides]) / np.sqrt(len(dets)) for k in (0, 1))
     states = None
     if any(token_shares):
         t_side, b_side = title_body_sides(dets[0])
-        states = tuple(unit_token_states(encoder, dets[0].preprocess(list(posts[column]), side))
-                       for encoder, column, side in zip(token_encoders, ("title", "body"), (t_side, b_side)))
+        states = tuple(unit_token_states(token_source.model.side(side), dets[0].preprocess(list(posts[column]), side))
+                       for column, side in (("title", t_side), ("body", b_side)))
     return fused_pool_ranks(dets[0], posts, titles, bodies, min(n_candidates, len(posts)), seed, WEIGHTS,
                             token_states=states, token_shares=token_shares)
 
@@ -168,17 +168,15 @@ def main(argv=None) -> int:
         dets = [zero_shot_detector(_calibration_pairs(sets["validation (training sites)"]),
                                    max_length=args.body_max_length, device="cpu")]
     det = dets[0]
-    token_encoders = None  # MaxSim reads zero-shot MiniLM's token states (the scored model itself without --model)
+    token_source = None  # MaxSim reads zero-shot MiniLM's token states (the scored model itself without --model)
     if args.maxsim != [0.0]:
-        t_side, b_side = title_body_sides(det)
-        source = (zero_shot_detector(max_length=args.body_max_length, device="cpu")
-                  if args.model and not args.maxsim_towers else det)
-        token_encoders = (source.model.side(t_side), source.model.side(b_side))
+        token_source = (zero_shot_detector(max_length=args.body_max_length, device="cpu")
+                        if args.model and not args.maxsim_towers else det)
     for name, frame in sets.items():
         frame = sets[name] = frame.reset_index(drop=True).drop_duplicates("body").reset_index(drop=True)
         print(f"\n{name}: {len(frame)} posts, {min(args.candidates, len(frame))} candidates per title")
         print("| token share | BM25 weight | recall@1 | recall@10 | MRR |\n|---|---|---|---|---|")
-        ranked = fused_ranks(frame, dets, args.candidates, args.seed, args.maxsim, token_encoders)
+        ranked = fused_ranks(frame, dets, args.candidates, args.seed, args.maxsim, token_source)
         for (share, a), ranks in ranked.items():
             m = retrieval_metrics(ranks)
             print(f"| {share:.2f} | {a:.2f} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {m['mrr']:.4f} |",
