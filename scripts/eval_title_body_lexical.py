@@ -11,7 +11,9 @@ ways, never on the test posts:
 
 * on ``--val-posts`` validation posts of the training sites, one pool;
 * on ``--adapt-posts`` posts of the held-out site outside the test sample, one pool (a few labelled posts of
-  the new site, as `qpairs adapt` uses).
+  the new site, as `qpairs adapt` uses). ``--adapt-pool N`` ranks their titles among N bodies of the site instead
+  (their own and other bodies outside the test sample, whose titles are not used): a selection set as hard as a
+  test pool, built from what a user of the new site has, a few labelled posts and the site's bodies.
 
 ``--maxsim M ...`` also gives share M of the similarity (before BM25) to a late-interaction score: zero-shot
 all-MiniLM-L6-v2's token states, each title token's best cosine over the body's tokens, averaged over the title
@@ -97,6 +99,21 @@ def site_bank_metrics(site_posts, test, det, weights, maxsim_weight: float = 0.0
     return out
 
 
+def adapt_set(rest, n_posts: int, pool: int, seed: int):
+    """`n_posts` labelled posts of the held-out site (outside the test sample); with `pool` > `n_posts`, followed by
+    `pool − n_posts` other posts of the site whose bodies only fill the pool (column ``query`` marks the titles
+    that are ranked)."""
+    import pandas as pd
+
+    labelled = rest.sample(n=n_posts, random_state=seed).assign(query=True)
+    if pool <= n_posts:
+        return labelled
+    if pool > len(rest):
+        raise SystemExit(f"--adapt-pool {pool}: the held-out site has only {len(rest)} posts outside the test sample")
+    others = rest[~rest["post_id"].isin(labelled["post_id"])].sample(n=pool - n_posts, random_state=seed)
+    return pd.concat([labelled, others.assign(query=False)])
+
+
 def _calibration_pairs(posts):
     """Each post's title with its own body (duplicate) and with the next post's body (not): zero-shot's calibration,
     which the search hits' probabilities need (rankings do not)."""
@@ -115,6 +132,9 @@ def main(argv=None) -> int:
     p.add_argument("--candidates", type=int, default=1000)
     p.add_argument("--val-posts", type=int, default=1000, help="validation posts of the training sites")
     p.add_argument("--adapt-posts", type=int, default=200, help="held-out-site posts outside the test sample")
+    p.add_argument("--adapt-pool", type=int, default=0, metavar="N",
+                   help="rank the --adapt-posts titles among N bodies of the held-out site outside the test sample "
+                        "(their own and N − adapt-posts others) instead of among their own bodies only")
     p.add_argument("--body-max-words", type=int, default=200)
     p.add_argument("--body-max-length", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
@@ -155,8 +175,8 @@ def main(argv=None) -> int:
     test = parts["test"].sample(n=min(args.test_posts, len(parts["test"])), random_state=args.seed)
     rest = parts["test"][~parts["test"]["post_id"].isin(test["post_id"])]
     sets = {"validation (training sites)": parts["validation"].sample(n=args.val_posts, random_state=args.seed),
-            f"{args.adapt_posts} {args.test_site} posts outside the test": rest.sample(n=args.adapt_posts,
-                                                                                  random_state=args.seed),
+            f"{args.adapt_posts} {args.test_site} posts outside the test": adapt_set(rest, args.adapt_posts,
+                                                                                 args.adapt_pool, args.seed),
             f"test ({args.test_site})": test}
     if args.model:
         import qpairs
@@ -174,11 +194,12 @@ def main(argv=None) -> int:
                         if args.model and not args.maxsim_towers else det)
     for name, frame in sets.items():
         frame = sets[name] = frame.reset_index(drop=True).drop_duplicates("body").reset_index(drop=True)
-        print(f"\n{name}: {len(frame)} posts, {min(args.candidates, len(frame))} candidates per title")
+        queries = frame["query"].to_numpy() if "query" in frame else np.ones(len(frame), dtype=bool)
+        print(f"\n{name}: {queries.sum()} titles, {min(args.candidates, len(frame))} candidate bodies per title")
         print("| token share | BM25 weight | recall@1 | recall@10 | MRR |\n|---|---|---|---|---|")
         ranked = fused_ranks(frame, dets, args.candidates, args.seed, args.maxsim, token_source)
         for (share, a), ranks in ranked.items():
-            m = retrieval_metrics(ranks)
+            m = retrieval_metrics(ranks[queries])
             print(f"| {share:.2f} | {a:.2f} | {m['recall@1']:.4f} | {m['recall@10']:.4f} | {m['mrr']:.4f} |",
                   flush=True)
     if args.through_index is not None:
