@@ -27,6 +27,8 @@ Prints recall@1, recall@10 and MRR for every `a` (and M) on each set. Needs ``pi
     python scripts/eval_title_body_lexical.py --maxsim 0 0.25 0.5 0.75 1
     python scripts/eval_title_body_lexical.py --maxsim 0.5 --through-index 0.1 --index-maxsim 0.5
     python scripts/eval_title_body_lexical.py --model runs/title_body_long/pseudo_top3 --maxsim-towers --maxsim 0 0.5 1
+    python scripts/eval_title_body_lexical.py --model runs/title_body_long/pseudo_top3 --maxsim-towers --adapt-pool 1000 \
+        --maxsim 0 0.25 0.5 0.75 1
 """
 from __future__ import annotations
 
