@@ -1,8 +1,10 @@
 """Shared fixtures: generated question-pair data and tiny models (no hub, no GPU)."""
 from __future__ import annotations
 
+import importlib.util
 import os
 import random
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -78,3 +80,18 @@ def make_tiny_bert(path, layers: int = 1):
 def tiny_bert(tmp_path_factory):
     """A tiny random one-layer BertModel with the MiniLM tokenizer in a directory (no hub)."""
     return make_tiny_bert(tmp_path_factory.mktemp("tiny_bert"))
+
+
+@pytest.fixture
+def load_script(monkeypatch):
+    """Import a file of scripts/ by name (scripts/ on the path, so it may import its neighbours)."""
+    scripts = Path(__file__).resolve().parent.parent / "scripts"
+    monkeypatch.syspath_prepend(str(scripts))
+
+    def load(name: str):
+        spec = importlib.util.spec_from_file_location(name, scripts / f"{name}.py")
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+
+    return load

@@ -1,31 +1,18 @@
 """scripts/bench_quality.py's resume guards and scripts/make_aux_pairs.py's held-out sets."""
-import importlib.util
-from pathlib import Path
-
 import pandas as pd
 import pytest
 
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
-
-def _script(name, monkeypatch):
-    monkeypatch.syspath_prepend(str(SCRIPTS))
-    spec = importlib.util.spec_from_file_location(name, SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_resume_refuses_other_settings_and_accepts_the_same(tmp_path, monkeypatch):
-    bq = _script("bench_quality", monkeypatch)
+def test_resume_refuses_other_settings_and_accepts_the_same(tmp_path, load_script):
+    bq = load_script("bench_quality")
     bq.check_settings(bq.parse_args(["--max-eval-pairs", "400"]), tmp_path)
     bq.check_settings(bq.parse_args(["--max-eval-pairs", "400", "--resume"]), tmp_path)  # same: accepted
     with pytest.raises(SystemExit, match=r"--max-eval-pairs 400 then, None now"):
         bq.check_settings(bq.parse_args(["--resume"]), tmp_path)
 
 
-def test_a_row_whose_inputs_will_not_exist_is_refused_before_any_training(monkeypatch):
-    bq = _script("bench_quality", monkeypatch)
+def test_a_row_whose_inputs_will_not_exist_is_refused_before_any_training(load_script):
+    bq = load_script("bench_quality")
     with pytest.raises(SystemExit, match="the default row needs the fast row"):
         bq.check_needs(["matching", "default"], done={})
     bq.check_needs(["default"], done={"matching": {}, "fast": {}})  # finished earlier: fine
@@ -34,8 +21,8 @@ def test_a_row_whose_inputs_will_not_exist_is_refused_before_any_training(monkey
         bq.check_needs(["top1", "warm1"], done={})
 
 
-def test_held_out_pairs_share_no_sentence_with_training_pairs(monkeypatch):
-    aux = _script("make_aux_pairs", monkeypatch)
+def test_held_out_pairs_share_no_sentence_with_training_pairs(load_script):
+    aux = load_script("make_aux_pairs")
     train = pd.DataFrame({"question1": ["A cat sits.", "The sky is blue."], "question2": ["A dog runs.", "Rain."]})
     held = pd.DataFrame({"question1": ["a cat sits", "Birds fly.", "Fish swim."],
                          "question2": ["Something new.", "Rain.", "Trees grow."]})

@@ -110,15 +110,8 @@ def test_undirected_edges_keep_the_likelier_direction_and_best_matches_keep_weak
     assert best.tolist() == [1, 0, 0, -1] and best_p.tolist() == [0.2, 0.7, 0.05, 0.0]
 
 
-def test_eval_dedup_scores_the_thresholded_edges_before_grouping(monkeypatch):
-    import importlib.util
-    from pathlib import Path
-
-    scripts = Path(__file__).resolve().parent.parent / "scripts"
-    monkeypatch.syspath_prepend(str(scripts))
-    spec = importlib.util.spec_from_file_location("eval_dedup", scripts / "eval_dedup.py")
-    eval_dedup = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(eval_dedup)
+def test_eval_dedup_scores_the_thresholded_edges_before_grouping(load_script):
+    eval_dedup = load_script("eval_dedup")
     truth = np.array([0, 0, 1, 1, 2])
     src, dst, prob = np.array([0, 1, 2, 0]), np.array([1, 0, 3, 2]), np.array([0.9, 0.8, 0.3, 0.7])
     m = eval_dedup.edge_metrics(src, dst, prob, truth, threshold=0.5)  # edges 0-1 (right) and 0-2 (wrong)

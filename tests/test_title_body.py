@@ -453,17 +453,10 @@ def test_the_zero_shot_baseline_shares_its_base_cache_with_frozen_base_runs(tiny
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, rtol=1e-5)  # still the plain pooled, normalised base
 
 
-def test_adapt_selection_set_ranks_its_labelled_titles_among_a_pool_of_site_bodies(posts_csv, monkeypatch):
+def test_adapt_selection_set_ranks_its_labelled_titles_among_a_pool_of_site_bodies(posts_csv, load_script):
     """scripts/eval_title_body_lexical.py's selection set: the labelled posts are the same with or without a
     larger pool, come first and are the only titles marked for ranking; the pool never exceeds the site."""
-    import importlib.util
-    from pathlib import Path
-
-    scripts = Path(__file__).resolve().parent.parent / "scripts"
-    monkeypatch.syspath_prepend(str(scripts))
-    spec = importlib.util.spec_from_file_location("eval_title_body_lexical", scripts / "eval_title_body_lexical.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+    script = load_script("eval_title_body_lexical")
     rest = tb.load_posts(posts_csv).head(60)
     alone, pooled = script.adapt_set(rest, 10, 0, seed=0), script.adapt_set(rest, 10, 40, seed=0)
     assert len(alone) == 10 and alone["query"].all()
