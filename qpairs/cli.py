@@ -686,15 +686,35 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+_PAIR_FIX = "name the question columns with --q1-col and --q2-col"
+COLUMN_FIXES = {  # per command, the options that pick a column of each role
+    **{c: {"first-question": _PAIR_FIX, "second-question": _PAIR_FIX} for c in ("score", "submit")},
+    **{c: {"first-question": _PAIR_FIX, "second-question": _PAIR_FIX, "label": "name it with --label-col"}
+       for c in ("evaluate", "adapt", "ensemble")},
+    **{c: {"question text": "name it with --text-col"} for c in ("index", "dedup")},
+}
+
+
+def _column_fix(command: str, role: str) -> str:
+    """How to point `command` at a column of `role` it did not find."""
+    if command == "train":
+        return "rename the file's columns to names from that list (qpairs train reads those names only)"
+    return COLUMN_FIXES.get(command, {}).get(role, "")
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
-    from .data import DataError
+    from .data import DataError, MissingColumnError
     from .tableio import OutputError
 
     try:
         return args.func(args)
+    except MissingColumnError as exc:
+        fix = _column_fix(args.command, exc.role)
+        print(f"qpairs {args.command}: error: {exc}{'; ' + fix if fix else ''}", file=sys.stderr)
+        return 2
     except (DataError, OutputError, FileExistsError, FileNotFoundError, ValueError, TypeError) as exc:
         print(f"qpairs {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -28,7 +28,7 @@ log = logging.getLogger("qpairs")
 
 DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "data"
 from .config import NATURAL_DUPLICATE_RATE
-from .errors import DataError  # noqa: F401  (re-exported)
+from .errors import DataError, MissingColumnError  # noqa: F401  (re-exported)
 from .tableio import check_field_counts, check_unique_columns, read_frame, row_where, table_format  # noqa: F401
 from .text import bad_mask
 
@@ -62,19 +62,13 @@ def pair_key(q1: str, q2: str) -> str:
     return a + "\x1f" + b
 
 
-_PAIR_FIX = "name the question columns with --q1-col and --q2-col (and the id column with --id-col)"
-COLUMN_FIXES = {"first-question": _PAIR_FIX, "second-question": _PAIR_FIX, "label": "name it with --label-col",
-                "question text": "name it with --text-col (and the id column with --id-col)",
-                "id": "name it with --id-col"}  # the CLI flags that pick a column of each role
-
-
 def find_column(columns, candidates, role: str, path, required: bool = True):
     for name in candidates:
         if name in columns:
             return name
     if required:
-        fix = f"; {COLUMN_FIXES[role]}" if role in COLUMN_FIXES else ""
-        raise DataError(f"{path}: no {role} column; expected one of {list(candidates)}, found {list(columns)}{fix}")
+        raise MissingColumnError(f"{path}: no {role} column; expected one of {list(candidates)}, found "
+                                 f"{list(columns)}", role)
     return None
 
 
@@ -118,8 +112,9 @@ class LoadReport:
         return "; ".join(parts)
 
 
-def read_questions(path, text_col: str | None = None, id_col: str | None = None) -> tuple[list[str], list[str]]:
-    """(ids, texts) from a CSV/TSV of questions; empty questions and repeated ids raise `DataError`."""
+def read_questions(path, text_col: str | None = None, id_col: str | None = None) -> tuple[list[str] | None, list[str]]:
+    """(ids, texts) from a CSV/TSV of questions, ids None when the file has no id column (an index numbers such
+    questions after those it holds); empty questions and repeated ids raise `DataError`."""
     frame = read_table(path)
     cols = list(frame.columns)
     tc = text_col or find_column(cols, QUESTION_TEXT_COLUMNS, "question text", path)
@@ -133,7 +128,9 @@ def read_questions(path, text_col: str | None = None, id_col: str | None = None)
         r = int(empty[0])
         raise DataError(f"{path}: {row_where(path, r)}, column '{tc}': empty or missing question "
                         f"({len(empty)} such rows)")
-    ids = frame[ic].astype(str) if ic else pd.Series(np.arange(len(frame))).astype(str)
+    if ic is None:
+        return None, texts.tolist()
+    ids = frame[ic].astype(str)
     repeated = ids.duplicated(keep=False).to_numpy()
     if repeated.any():
         rows = np.flatnonzero(ids.to_numpy() == ids.to_numpy()[repeated][0])[:2]

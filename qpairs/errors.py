@@ -3,3 +3,12 @@
 
 class DataError(ValueError):
     """Bad input data: the message names the file, the row and the column."""
+
+
+class MissingColumnError(DataError):
+    """A required column was not found; `role` says which (first-question, second-question, label, question text), so
+    a command can name its own option that picks that column."""
+
+    def __init__(self, message: str, role: str):
+        super().__init__(message)
+        self.role = role

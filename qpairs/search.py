@@ -673,6 +673,10 @@ class QuestionIndex:
                              "rerank (search --rerank) needs a run whose pair head reads token states (--pair-head "
                              "matching); this model's probabilities come from the index's vectors themselves")
         questions = [questions] if isinstance(questions, str) else list(questions)
+        for i, q in enumerate(questions):
+            if not isinstance(q, str) or not q.strip():
+                raise ValueError(f"empty question{'' if len(questions) == 1 else f' (item {i})'} ({q!r}): nothing to "
+                                 "search for")
         if not questions or len(self) == 0:
             return [[] for _ in questions]
         vectors = self.query_vectors(det, questions)

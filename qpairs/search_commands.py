@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import detector
-from .data import read_questions
+from .data import DataError, read_questions
 from .search import META, ModelMismatchError, QuestionIndex
 
 
@@ -27,6 +27,17 @@ def load_detector(model=None, index: QuestionIndex | None = None, device: str = 
     return det
 
 
+def _check_ids_are_new(path, ids: list[str] | None, index: QuestionIndex, out) -> None:
+    """Refuse, naming the file's row, an id of `path` that the index in `out` holds already."""
+    from .tableio import row_where
+
+    held = set(index.ids)
+    for r, x in enumerate(ids or []):
+        if x in held:
+            raise DataError(f"{path}: {row_where(path, r)}: id {x!r} is already in the index {out}; ids must be unique "
+                            "across the files of one index")
+
+
 def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "flat", append: bool = False,
                device: str = "auto", batch_size: int | None = None, backend: str = "auto",
                space: str = "auto", side: str = "right", bm25_weight: float | str = "auto",
@@ -46,6 +57,7 @@ def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "f
         if maxsim_weight is not None and float(maxsim_weight) != index.maxsim_weight:
             raise ValueError(f"{out} ranks with MaxSim weight {index.maxsim_weight}; --append keeps it (build a new "
                              f"index for weight {maxsim_weight})")
+        _check_ids_are_new(path, ids, index, out)
         det = load_detector(model, index, device, backend)
         index.add(det, texts, ids, batch_size=batch_size)
     else:

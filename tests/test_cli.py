@@ -157,8 +157,21 @@ def test_missing_column_error_names_the_flags(tiny_run, tmp_path, capsys):
     pd.DataFrame({"a": ["How?"], "b": ["Why?"], "is_duplicate": [1]}).to_csv(data, index=False)
     assert main(["score", str(data), "-o", str(tmp_path / "s.csv"), "--model", str(tiny_run), "--device", "cpu"]) == 2
     err = capsys.readouterr().err
-    assert "no first-question column" in err and "--q1-col and --q2-col" in err and "--id-col" in err
+    assert "no first-question column" in err and "--q1-col and --q2-col" in err and "--id-col" not in err
     assert len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command, frame, hint, absent", [
+    ("train", {"a": ["How?"], "b": ["Why?"], "is_duplicate": [1]}, "rename the file's columns", "--q1-col"),
+    ("evaluate", {"question1": ["How?"], "question2": ["Why?"]}, "name it with --label-col", "--id-col"),
+])
+def test_missing_column_error_names_only_options_the_command_has(command, frame, hint, absent, tmp_path, capsys):
+    data = tmp_path / "odd.csv"
+    pd.DataFrame(frame).to_csv(data, index=False)
+    args = ["--out", str(tmp_path / "run")] if command == "train" else ["-o", str(tmp_path / "ev")]
+    assert main([command, "--data", str(data), *args]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"qpairs {command}: error: {data}: no ") and hint in err and absent not in err
 
 
 def test_limits_are_stated_in_help_and_on_the_web_page(capsys):
