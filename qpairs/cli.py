@@ -402,8 +402,19 @@ def _bm25_weight(value: str):
     return value if value == "auto" else _unit_interval(value)
 
 
+def _positive_int(value: str) -> int:
+    """A whole number of at least 1 (-k, --batch-size, --rerank)."""
+    try:
+        number = int(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}") from None
+    if number < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {number}")
+    return number
+
+
 def _unit_interval(value: str) -> float:
-    """A number in [0, 1] (--bm25-weight, --maxsim-weight)."""
+    """A number in [0, 1] (--bm25-weight, --maxsim-weight, dedup --threshold)."""
     try:
         weight = float(value)
     except ValueError:
@@ -449,7 +460,7 @@ def _add_search_commands(sub) -> None:
                         "token states (MiniLM: about 0.75 KB per word piece, some 100-200 KB per long body) "
                         "(default: 0, off; --append keeps the index's)")
     p.add_argument("--append", action="store_true", help="add the questions to an existing index (same model only)")
-    p.add_argument("--batch-size", type=int, help="encoding batch size (default: the model's)")
+    p.add_argument("--batch-size", type=_positive_int, help="encoding batch size (default: the model's)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     _add_backend_arg(p)
     p.set_defaults(func=cmd_index)
@@ -469,10 +480,10 @@ def _add_search_commands(sub) -> None:
                        "its head and ranks by that probability: score is prob. " + LIMITS)
     p.add_argument("index", help="index directory written by qpairs index")
     p.add_argument("question", help="the new question (quote it)")
-    p.add_argument("-k", type=int, default=10, help="number of results (default: 10)")
+    p.add_argument("-k", type=_positive_int, default=10, help="number of results (default: 10)")
     p.add_argument("--model", help="model directory or bundled model name that built the index (default: the bundled "
                    "default model)")
-    p.add_argument("--rerank", type=int, metavar="K",
+    p.add_argument("--rerank", type=_positive_int, metavar="K",
                    help="a run with --pair-head matching: how many of the index's best candidates its head re-scores "
                         "before the k most probable are shown (default: k; more finds duplicates that the pooled "
                         "vectors rank lower, at the cost of encoding each candidate's text); refused for other runs, "
@@ -489,15 +500,16 @@ def _add_search_commands(sub) -> None:
     p.add_argument("-o", "--out", required=True, help="clusters file (.csv, .tsv or .parquet)")
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--text-col"), p.add_argument("--id-col")
-    p.add_argument("-k", type=int, default=10, help="neighbours per question in the kNN graph (default: 10)")
-    p.add_argument("--threshold", type=float, help="duplicate probability cut (default: the model's threshold)")
+    p.add_argument("-k", type=_positive_int, default=10, help="neighbours per question in the kNN graph (default: 10)")
+    p.add_argument("--threshold", type=_unit_interval,
+                   help="duplicate probability cut in [0, 1] (default: the model's threshold)")
     p.add_argument("--linkage", default="average", choices=["average", "complete", "single"],
                    help="when two groups merge: the mean probability over all their cross pairs reaches the threshold "
                         "(average), every cross pair does (complete), or any one pair does (single: connected "
                         "components, which chain unrelated questions) (default: average)")
     p.add_argument("--kind", default="auto", choices=["auto", "flat", "hnsw"],
                    help="kNN index: auto = exact up to 200k questions, HNSW above")
-    p.add_argument("--batch-size", type=int)
+    p.add_argument("--batch-size", type=_positive_int)
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     _add_backend_arg(p)
     p.set_defaults(func=cmd_dedup)
@@ -576,7 +588,7 @@ def _add_scoring_commands(sub) -> None:
     p.add_argument("--id-col", help="id column named in errors and the bad-row report (default: detected)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     _add_backend_arg(p)
-    p.add_argument("--batch-size", type=int, help="texts per encoder batch (default: 1024 on GPU; on CPU 64, or 256 for a BiLSTM)")
+    p.add_argument("--batch-size", type=_positive_int, help="texts per encoder batch (default: 1024 on GPU; on CPU 64, or 256 for a BiLSTM)")
     p.add_argument("--chunk-size", type=int, default=50_000, help="rows read and written at a time (default: 50000)")
     p.add_argument("--cache-size", type=int, help="unique texts whose embeddings are kept (bounds memory; default: "
                    "200000 on CPU, 2000000 on GPU; must exceed the unique texts of one chunk)")
@@ -617,7 +629,7 @@ def _add_scoring_commands(sub) -> None:
                         "so --test-prior {0} lowers the log loss there".format(KAGGLE_TEST_PRIOR))
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     _add_backend_arg(p)
-    p.add_argument("--batch-size", type=int, help="texts per encoder batch")
+    p.add_argument("--batch-size", type=_positive_int, help="texts per encoder batch")
     p.add_argument("--q1-col"), p.add_argument("--q2-col")
     p.add_argument("--id-col", help="id column (default: test_id)")
     p.set_defaults(func=cmd_submit)

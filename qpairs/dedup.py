@@ -213,6 +213,10 @@ def dedup(det, texts, ids=None, k: int = 10, threshold: float | None = None, kin
         raise ValueError(f"unknown linkage {linkage!r}; use one of {LINKAGES}")
     texts = list(texts)
     threshold = det.threshold if threshold is None else threshold
+    if k < 1:
+        raise ValueError(f"k must be at least 1 (neighbours per question), got {k}")
+    if not 0.0 <= threshold <= 1.0:
+        raise ValueError(f"threshold must lie in [0, 1] (a probability), got {threshold}")
     if kind == "auto":
         kind = "flat" if len(texts) <= AUTO_FLAT_MAX else "hnsw"
     index = QuestionIndex.build(det, texts, ids, kind=kind, batch_size=batch_size, progress=progress)

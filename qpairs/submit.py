@@ -68,6 +68,8 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
         raise DataError(f"{test_file}: no '{id_col or 'test_id'}' column (a Kaggle test file has "
                         f"test_id,question1,question2); columns are {columns}; pass --id-col")
     tableio.check_output(output, test_file)
+    if not str(output).lower().endswith((".csv", ".csv.gz")):
+        raise ValueError(f"{output}: a submission is a CSV file: end its name in .csv or .csv.gz")
     det = _as_detector(model, device, backend)
     scorer = PairScorer(det, batch_size)
     fallback = test_prior if test_prior is not None else (det.calibrator.prior or det.threshold)

@@ -391,15 +391,28 @@ class ParquetWriter:
         shutil.rmtree(self.dir)
 
 
+OUTPUT_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
+
+
+def output_format(name) -> tuple[str, bool]:
+    """`table_format` of an output file name, refusing a name that implies no format (``.xlsx``, ``.json``, none)
+    rather than writing CSV under it."""
+    base = str(name).lower().removesuffix(".gz").removesuffix(".bz2").removesuffix(".xz")
+    if not base.endswith(OUTPUT_SUFFIXES):
+        raise ValueError(f"{name}: the output's name gives its format: end it in .csv, .tsv, .txt or .parquet "
+                         "(.csv.gz, .tsv.gz and .txt.gz compressed)")
+    return table_format(name)
+
+
 def open_writer(name, temp_path, state: dict | None = None):
     """A chunk writer into `temp_path` for the format that the file name `name` implies."""
-    fmt, gz = table_format(name)
+    fmt, gz = output_format(name)
     return ParquetWriter(temp_path, state) if fmt == "parquet" else CSVWriter(temp_path, fmt, gz, state, name=name)
 
 
 def write_frame(frame: pd.DataFrame, path, name=None) -> None:
     """Write a whole (small) frame in the format that the file name `name` (default: `path`) implies."""
-    fmt, gz = table_format(name or path)
+    fmt, gz = output_format(name or path)
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     if fmt == "parquet":
         frame.to_parquet(path, index=False)

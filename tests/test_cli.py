@@ -238,3 +238,17 @@ def test_console_command_leaves_complete_output_and_flushed_streams(tiny_run, tm
     assert done.returncode == 0, done.stderr
     assert "scored 300 pairs" in done.stdout + done.stderr and marker.exists()
     assert len(pd.read_csv(out)) == 300
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["dedup", "q.csv", "-o", "d.csv", "-k", "0"], "expected a whole number of at least 1, got 0"),
+    (["dedup", "q.csv", "-o", "d.csv", "--threshold", "1.5"], "expected a number in [0, 1], got 1.5"),
+    (["score", "p.csv", "-o", "s.csv", "--batch-size", "0"], "expected a whole number of at least 1, got 0"),
+    (["submit", "t.csv", "-o", "s.csv", "--batch-size", "-3"], "expected a whole number of at least 1, got -3"),
+    (["index", "q.csv", "-o", "idx", "--batch-size", "x"], "expected a whole number of at least 1, got 'x'"),
+    (["search", "idx", "q?", "-k", "0"], "expected a whole number of at least 1, got 0"),
+])
+def test_counts_and_probabilities_out_of_range_are_refused_before_any_work(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+    assert exit_.value.code == 2 and message in capsys.readouterr().err

@@ -62,6 +62,14 @@ def test_score_keeps_columns_and_order_and_matches_the_detector(det, tmp_path):
     assert 0 < r["cache_hit_rate"] < 1  # repeated questions were not encoded twice
 
 
+@pytest.mark.parametrize("dst", ["out.xlsx", "out.json", "out", "out.parquet.bz2x"])
+def test_an_output_name_without_a_format_is_refused_before_any_work(det, tmp_path, dst):
+    write(kaggle_test_frame(5), tmp_path / "in.csv")
+    with pytest.raises(ValueError, match="the output's name gives its format"):
+        score_file(tmp_path / "in.csv", tmp_path / dst, det, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["in.csv"]
+
+
 @pytest.mark.parametrize("src,dst", [("in.tsv", "out.csv.gz"), ("in.csv.gz", "out.parquet"),
                                      ("in.parquet", "out.tsv.gz"), ("in.parquet", "out.parquet")])
 def test_formats_round_trip(det, tmp_path, src, dst):

@@ -233,6 +233,38 @@ def test_cli_refuses_another_model(det, other_det, tmp_path, capsys):
                  "--model", str(other_det.path)]) == 2
 
 
+def test_cli_append_numbers_id_less_files_on_and_names_a_repeated_id(det, bank, tmp_path, capsys):
+    import pandas as pd
+
+    pd.DataFrame({"question": bank[:5]}).to_csv(tmp_path / "one.csv", index=False)
+    pd.DataFrame({"question": bank[5:8]}).to_csv(tmp_path / "two.csv", index=False)
+    out, model = str(tmp_path / "idx"), str(det.path)
+    assert main(["index", str(tmp_path / "one.csv"), "-o", out, "--model", model]) == 0
+    assert main(["index", str(tmp_path / "two.csv"), "-o", out, "--append", "--model", model]) == 0
+    index = QuestionIndex.load(out)
+    assert list(index.ids) == [str(i) for i in range(8)] and list(index.texts) == bank[:8]
+    pd.DataFrame({"id": ["new", "3"], "question": ["x?", "y?"]}).to_csv(tmp_path / "ids.csv", index=False)
+    capsys.readouterr()
+    assert main(["index", str(tmp_path / "ids.csv"), "-o", out, "--append", "--model", model]) == 2
+    err = capsys.readouterr().err
+    assert f"{tmp_path / 'ids.csv'}: row 2 (line 3): id '3' is already in the index" in err
+    assert len(QuestionIndex.load(out)) == 8
+
+
+@pytest.mark.parametrize("k, threshold, message", [(0, 0.5, "k must be at least 1"),
+                                                   (10, 1.5, r"threshold must lie in \[0, 1\]")])
+def test_dedup_refuses_k_or_threshold_out_of_range(det, bank, k, threshold, message):
+    with pytest.raises(ValueError, match=message):
+        dedup(det, bank[:5], k=k, threshold=threshold)
+
+
+@pytest.mark.parametrize("query", ["", "   ", ["Is java hard?", "\t"]])
+def test_search_refuses_an_empty_question(det, bank, query):
+    index = QuestionIndex.build(det, bank[:5])
+    with pytest.raises(ValueError, match="empty question"):
+        index.search_many(det, query)
+
+
 def test_add_embeddings_equals_encoding_and_checks_shape(det, bank):
     encoded = QuestionIndex.build(det, bank[:30])
     pre = QuestionIndex.empty(det)

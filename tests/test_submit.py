@@ -96,6 +96,13 @@ def test_duplicate_ids_in_the_input_are_refused_before_writing(det, tmp_path):
     assert not (tmp_path / "sub.csv").exists()
 
 
+def test_a_submission_named_other_than_csv_is_refused(det, tmp_path):
+    kaggle_test(5).to_csv(tmp_path / "test.csv", index=False)
+    with pytest.raises(ValueError, match="end its name in .csv or .csv.gz"):
+        make_submission(tmp_path / "test.csv", tmp_path / "sub.parquet", det)
+    assert not (tmp_path / "sub.parquet").exists()
+
+
 def test_missing_test_id_column(det, tmp_path):
     pd.DataFrame({"question1": ["a"], "question2": ["b"]}).to_csv(tmp_path / "t.csv", index=False)
     assert main(["submit", str(tmp_path / "t.csv"), "-o", str(tmp_path / "s.csv"), "--model", str(det.path)]) == 2
