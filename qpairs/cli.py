@@ -714,6 +714,14 @@ def _column_fix(command: str, role: str) -> str:
     return COLUMN_FIXES.get(command, {}).get(role, "")
 
 
+def _resume_hint(args) -> str:
+    """How to continue an interrupted command, where it can be continued (train says so itself)."""
+    if args.command == "score" and args.engine == "local":
+        return (f"; `qpairs score {args.input} -o {args.output} --resume` with the same options continues from the "
+                "last checkpoint")
+    return ""
+
+
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -723,6 +731,9 @@ def main(argv=None) -> int:
 
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        print(f"qpairs {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
+        return 130
     except MissingColumnError as exc:
         fix = _column_fix(args.command, exc.role)
         print(f"qpairs {args.command}: error: {exc}{'; ' + fix if fix else ''}", file=sys.stderr)

@@ -252,3 +252,17 @@ def test_counts_and_probabilities_out_of_range_are_refused_before_any_work(argv,
     with pytest.raises(SystemExit) as exit_:
         main(argv)
     assert exit_.value.code == 2 and message in capsys.readouterr().err
+
+
+def test_an_interrupted_score_says_how_to_resume_in_one_line(monkeypatch, tmp_path, capsys):
+    import qpairs.scoring
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(qpairs.scoring, "score_file", interrupted)
+    out = tmp_path / "s.csv"
+    assert main(["score", "in.csv", "-o", str(out)]) == 130
+    err = capsys.readouterr().err.strip()
+    assert err == (f"qpairs score: interrupted; `qpairs score in.csv -o {out} --resume` with the same options "
+                   "continues from the last checkpoint")
