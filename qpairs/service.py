@@ -17,9 +17,11 @@ from typing import Annotated, Callable
 
 from fastapi import FastAPI, HTTPException, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 log = logging.getLogger("qpairs")
@@ -305,6 +307,16 @@ def create_app(det, index=None, max_wait_ms: float = 2.0, max_batch: int = 512,
         for e in errors:
             e.pop("input", None)  # do not echo (possibly huge) input back
         return JSONResponse({"error": _error_summary(errors), "detail": errors}, status_code=422)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException):
+        cause = exc.__cause__  # FastAPI's 400 "error parsing the body": bytes that are not UTF-8
+        if exc.status_code == 400 and isinstance(cause, UnicodeDecodeError):
+            bad = cause.object[cause.start : cause.start + 1]
+            return JSONResponse({"error": f"invalid JSON at byte {cause.start}: {bad!r} is not UTF-8 text",
+                                 "detail": [{"type": "json_invalid", "loc": ["body", cause.start],
+                                             "msg": "body is not UTF-8"}]}, status_code=422)
+        return await http_exception_handler(request, exc)
 
     @app.get("/health", summary="model, index and batching status")
     async def health() -> dict:

@@ -86,6 +86,8 @@ def test_predict_rejects_bad_input_with_a_clear_422(client, body, fragment):
 def test_invalid_json_and_oversized_bodies(client):
     r = client.post("/predict", content=b'{"q1": "a",', headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and "invalid JSON" in r.json()["error"]
+    r = client.post("/predict", content=b'{"q1": "caf\xe9", "q2": "x"}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"] == "invalid JSON at byte 11: b'\\xe9' is not UTF-8 text"
     big = b'{"q1": "' + b"a" * 70_000 + b'", "q2": "b"}'
     r = client.post("/predict", content=big, headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "larger than 64000 bytes" in r.json()["detail"]
