@@ -538,9 +538,10 @@ def cmd_score(args) -> int:
                    device=args.device, batch_size=args.batch_size, chunk_size=args.chunk_size,
                    on_bad_row=args.on_bad_row, resume=args.resume, max_chars=args.max_chars,
                    cache_size=args.cache_size, checkpoint_rows=args.checkpoint_rows, backend=args.backend)
+    hits = r["cache_hit_rate"]
     print(f"scored {r['rows']} pairs ({r['q1_col']} vs {r['q2_col']}) in {r['seconds']:.1f} s (model load "
           f"{r['load_seconds']:.1f} s), {r['pairs_per_s']:.0f} pairs/s scoring, unique-text cache hits "
-          f"{r['cache_hit_rate']:.0%}; written to {r['output']}")
+          f"{'none looked up' if hits != hits else f'{hits:.0%}'}; written to {r['output']}")
     if r["bad_rows"]:
         print(f"{r['bad_rows']} bad cells left unscored (empty probability), listed in {r['bad_rows_report']}")
     return 0

@@ -127,14 +127,29 @@ def _numbered(ray, ds, rows_per_block: int, check: dict):
     return ray.data.from_pandas_refs(pieces), int(sum(counts))
 
 
-def _first_file(path: str) -> str:
+def _input_files(path: str) -> list[str]:
+    """The files of `path`: itself, or a directory's (sorted, hidden and ``_``-prefixed ones left out)."""
     p = Path(path)
     if p.is_dir():
-        files = sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith((".", "_")))
+        files = sorted(str(f) for f in p.rglob("*") if f.is_file() and not f.name.startswith((".", "_")))
         if not files:
             raise FileNotFoundError(f"{path}: empty directory")
-        return str(files[0])
-    return path
+        return files
+    return [path]
+
+
+def _first_file(path: str) -> str:
+    return _input_files(path)[0]
+
+
+def _locate_parse_error(path: str, fmt: str) -> None:
+    """After Ray's reader failed: raise the `DataError` (file, row, line) of the first text row whose field count
+    differs from its header's, if there is one (the local engine's check, run only on this error path)."""
+    from . import tableio
+
+    if fmt != "parquet":
+        for file in _input_files(path):
+            tableio.check_field_counts(file)
 
 
 def score_with_ray(input, output, model=None, *, q1_col: str | None = None, q2_col: str | None = None,
@@ -186,6 +201,9 @@ def score_with_ray(input, output, model=None, *, q1_col: str | None = None, q2_c
             ds, n_in = _numbered(ray, _read(ray, input, fmt, columns), rows_per_batch, check)
         except DataError as exc:
             raise DataError(f"{input}: {exc}") from None
+        except Exception:
+            _locate_parse_error(input, fmt)
+            raise
         t_read = time.perf_counter() - t0
         ctx.execution_options.preserve_order = False  # batches may finish in any order: row_number restores it
         scored = ds.map_batches(

@@ -81,6 +81,15 @@ def test_ray_bad_row_names_row_id_and_column(local_ray, tiny_model, tmp_path):
         score_with_ray(tmp_path / "in.parquet", tmp_path / "out", tiny_model, workers=1, rows_per_batch=16)
 
 
+def test_ray_field_count_error_names_file_row_and_line(local_ray, tiny_model, tmp_path):
+    pairs(20).to_csv(tmp_path / "in.csv", index=False)
+    lines = (tmp_path / "in.csv").read_text().splitlines()
+    lines[6] += ",extra"  # row 6 of the data, line 7 of the file
+    (tmp_path / "in.csv").write_text("\n".join(lines) + "\n")
+    with pytest.raises(DataError, match=r"in.csv: row 6 \(line 7\): field count"):
+        score_with_ray(tmp_path / "in.csv", tmp_path / "out", tiny_model, workers=1, rows_per_batch=16)
+
+
 def test_ray_refuses_an_existing_output(tiny_model, tmp_path):
     pairs(5).to_csv(tmp_path / "in.csv", index=False)
     (tmp_path / "out").mkdir()
