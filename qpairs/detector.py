@@ -50,6 +50,15 @@ def _pair_lists(q1, q2) -> tuple[list[str], list[str]]:
     return a, b
 
 
+def _refuse_blank(texts: list[str], name: str, single: bool) -> None:
+    """A ValueError naming the first text without a visible character: there is no question to compare."""
+    from .text import is_blank
+
+    for i, text in enumerate(texts):
+        if is_blank(text):
+            raise ValueError(f"{name}{'' if single else f'[{i}]'} is empty ({text!r}): no question to compare")
+
+
 class DuplicateDetector:
     """Calibrated duplicate probabilities for pairs of texts.
 
@@ -175,7 +184,10 @@ class DuplicateDetector:
         single = isinstance(q1, str) and isinstance(q2, str)
         if isinstance(q1, str) != isinstance(q2, str):
             raise TypeError("pass two strings or two equal-length sequences of strings")
-        p = self.calibrator.predict_proba(self.distances(q1, q2))
+        a, b = _pair_lists(q1, q2)
+        _refuse_blank(a, "q1", single)
+        _refuse_blank(b, "q2", single)
+        p = self.calibrator.predict_proba(self.distances(a, b))
         return float(p[0]) if single else p
 
     def predict(self, q1, q2):

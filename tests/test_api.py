@@ -48,6 +48,10 @@ def test_bad_arguments_have_clear_errors(det):
         det.predict_proba(3, 4)
     with pytest.raises(TypeError, match=r"texts\[0\] must be a string"):
         det.encode([None])
+    with pytest.raises(ValueError, match=r"q1 is empty \(''\): no question to compare"):
+        det.predict_proba("", "x")
+    with pytest.raises(ValueError, match=r"q2\[1\] is empty \('\\u200b'\)"):
+        det.predict_proba(["a", "b"], ["c", "\u200b"])
 
 
 def test_missing_and_corrupt_model_dirs(model_dir, tmp_path):
