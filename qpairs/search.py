@@ -62,6 +62,7 @@ from .bm25 import TITLE_BODY_BM25_WEIGHT, LexicalIndex, bm25_available, fused_sc
 from .late import MAXSIM_STATS_SAMPLE, TokenStore, flatten, maxsim, reads_tokens, unit_token_states
 from .ngram import lexical_similarity
 from .retrieval import pairwise_distances
+from .text import is_blank
 
 log = logging.getLogger("qpairs")
 
@@ -674,9 +675,11 @@ class QuestionIndex:
                              "matching); this model's probabilities come from the index's vectors themselves")
         questions = [questions] if isinstance(questions, str) else list(questions)
         for i, q in enumerate(questions):
-            if not isinstance(q, str) or not q.strip():
-                raise ValueError(f"empty question{'' if len(questions) == 1 else f' (item {i})'} ({q!r}): nothing to "
-                                 "search for")
+            where = "" if len(questions) == 1 else f" (item {i})"
+            if not isinstance(q, str):
+                raise TypeError(f"question{where} must be a string, not {type(q).__name__}")
+            if is_blank(q):
+                raise ValueError(f"empty question{where} ({q!r}): nothing to search for")
         if not questions or len(self) == 0:
             return [[] for _ in questions]
         vectors = self.query_vectors(det, questions)

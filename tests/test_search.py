@@ -258,7 +258,7 @@ def test_dedup_refuses_k_or_threshold_out_of_range(det, bank, k, threshold, mess
         dedup(det, bank[:5], k=k, threshold=threshold)
 
 
-@pytest.mark.parametrize("query", ["", "   ", ["Is java hard?", "\t"]])
+@pytest.mark.parametrize("query", ["", "   ", "\u200b", ["Is java hard?", "\t"]])
 def test_search_refuses_an_empty_question(det, bank, query):
     index = QuestionIndex.build(det, bank[:5])
     with pytest.raises(ValueError, match="empty question"):
