@@ -376,8 +376,10 @@ def cmd_dedup(args) -> int:
     from .dedup import dedup
     from .data import read_questions
     from .search_commands import load_detector
-    from .tableio import write_frame
+    from .tableio import check_output, output_format, write_frame
 
+    check_output(args.out, args.questions)  # before any work, as score does
+    output_format(args.out)
     ids, texts = read_questions(args.questions, args.text_col, args.id_col)
     det = load_detector(args.model, None, args.device, args.backend)
     clusters = dedup(det, texts, ids, k=args.k, threshold=args.threshold, kind=args.kind, batch_size=args.batch_size,

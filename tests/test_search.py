@@ -201,6 +201,18 @@ def test_cli_index_search_dedup(det, tmp_path, capsys):
     assert pd.read_csv(tmp_path / "single.csv", keep_default_na=False).equals(clusters)
 
 
+
+@pytest.mark.parametrize("out, message", [("missing/c.csv", "the folder"), ("c.xlsx", "gives its format"),
+                                          ("qs.csv", "is the input file")])
+def test_cli_dedup_refuses_an_unwritable_output_before_any_work(tmp_path, capsys, monkeypatch, out, message):
+    import qpairs.search_commands
+
+    pd.DataFrame({"question": ["How?", "Why?"]}).to_csv(tmp_path / "qs.csv", index=False)
+    monkeypatch.setattr(qpairs.search_commands, "load_detector", lambda *a, **k: pytest.fail("the model was loaded"))
+    assert main(["dedup", str(tmp_path / "qs.csv"), "-o", str(tmp_path / out)]) == 2
+    assert message in capsys.readouterr().err
+
+
 def test_search_never_loads_the_model_the_index_names(det, tmp_path, capsys, monkeypatch):
     """Without --model, search runs the default model and refuses an index built by another one."""
     import json
