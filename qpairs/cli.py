@@ -362,9 +362,10 @@ def cmd_index(args) -> int:
 def cmd_search(args) -> int:
     import json
 
-    from .search import QuestionIndex, format_hits
+    from .search import QuestionIndex, format_hits, require_question
     from .search_commands import load_detector
 
+    require_question(args.question)  # before loading anything
     index = QuestionIndex.load(args.index)
     det = load_detector(args.model, index, args.device, args.backend)
     hits = index.search(det, args.question, args.k, args.rerank)
@@ -719,9 +720,11 @@ def _column_fix(command: str, role: str) -> str:
 
 def _resume_hint(args) -> str:
     """How to continue an interrupted command, where it can be continued (train says so itself)."""
+    from shlex import quote
+
     if args.command == "score" and args.engine == "local":
-        return (f"; `qpairs score {args.input} -o {args.output} --resume` with the same options continues from the "
-                "last checkpoint")
+        return (f"; `qpairs score {quote(args.input)} -o {quote(args.output)} --resume` with the same options "
+                "continues from the last checkpoint")
     return ""
 
 

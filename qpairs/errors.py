@@ -12,3 +12,6 @@ class MissingColumnError(DataError):
     def __init__(self, message: str, role: str):
         super().__init__(message)
         self.role = role
+
+    def __reduce__(self):
+        return type(self), (str(self), self.role)

@@ -131,7 +131,7 @@ def _input_files(path: str) -> list[str]:
     """The files of `path`: itself, or a directory's (sorted, hidden and ``_``-prefixed ones left out)."""
     p = Path(path)
     if p.is_dir():
-        files = sorted(str(f) for f in p.rglob("*") if f.is_file() and not f.name.startswith((".", "_")))
+        files = [str(f) for f in sorted(f for f in p.rglob("*") if f.is_file() and not f.name.startswith((".", "_")))]
         if not files:
             raise FileNotFoundError(f"{path}: empty directory")
         return files

@@ -287,12 +287,16 @@ class QuestionIndex:
         index.add(det, texts, ids, batch_size=batch_size, chunk_size=chunk_size, progress=progress)
         return index
 
+    def next_ids(self, n: int) -> list[str]:
+        """The ids `add` gives `n` questions that come without ids: their numbers, counted on from this index's size."""
+        return [str(len(self.ids) + i) for i in range(n)]
+
     def add(self, det, texts, ids=None, batch_size: int | None = None, chunk_size: int = 8192,
             progress: bool | None = None) -> None:
         """Encode and append questions; their ids must be new."""
         self.check_model(det)
         texts = [str(t) for t in texts]
-        ids = [str(len(self.ids) + i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
+        ids = self.next_ids(len(texts)) if ids is None else [str(i) for i in ids]
         if len(ids) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(ids)} ids")
         _check_new_ids(ids, self._id_set)
@@ -675,11 +679,7 @@ class QuestionIndex:
                              "matching); this model's probabilities come from the index's vectors themselves")
         questions = [questions] if isinstance(questions, str) else list(questions)
         for i, q in enumerate(questions):
-            where = "" if len(questions) == 1 else f" (item {i})"
-            if not isinstance(q, str):
-                raise TypeError(f"question{where} must be a string, not {type(q).__name__}")
-            if is_blank(q):
-                raise ValueError(f"empty question{where} ({q!r}): nothing to search for")
+            require_question(q, "" if len(questions) == 1 else f" (item {i})")
         if not questions or len(self) == 0:
             return [[] for _ in questions]
         vectors = self.query_vectors(det, questions)
@@ -712,6 +712,14 @@ class QuestionIndex:
         if not isinstance(question, str):
             raise TypeError(f"question must be a string, not {type(question).__name__}; use search_many for lists")
         return self.search_many(det, [question], k, rerank)[0]
+
+
+def require_question(question, where: str = "") -> None:
+    """Refuse a query that is not a string (TypeError) or has no visible character (ValueError)."""
+    if not isinstance(question, str):
+        raise TypeError(f"question{where} must be a string, not {type(question).__name__}")
+    if is_blank(question):
+        raise ValueError(f"empty question{where} ({question!r}): nothing to search for")
 
 
 def _fusion_refusal(det, space: str, what: str) -> str | None:

@@ -27,15 +27,18 @@ def load_detector(model=None, index: QuestionIndex | None = None, device: str = 
     return det
 
 
-def _check_ids_are_new(path, ids: list[str] | None, index: QuestionIndex, out) -> None:
-    """Refuse, naming the file's row, an id of `path` that the index in `out` holds already."""
+def _check_ids_are_new(path, ids: list[str] | None, n: int, index: QuestionIndex, out) -> None:
+    """Refuse, naming the file's row, an id of `path`'s `n` questions (None: numbered as `add` numbers them) that
+    the index in `out` holds already."""
     from .tableio import row_where
 
     held = set(index.ids)
-    for r, x in enumerate(ids or []):
+    numbered = ids is None
+    for r, x in enumerate(index.next_ids(n) if numbered else ids):
         if x in held:
-            raise DataError(f"{path}: {row_where(path, r)}: id {x!r} is already in the index {out}; ids must be unique "
-                            "across the files of one index")
+            what = f"its number {x!r} (no id column)" if numbered else f"id {x!r}"
+            raise DataError(f"{path}: {row_where(path, r)}: {what} is already in the index {out}; ids must be unique "
+                            "across the files of one index" + ("; give the file an id column" if numbered else ""))
 
 
 def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "flat", append: bool = False,
@@ -57,7 +60,7 @@ def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "f
         if maxsim_weight is not None and float(maxsim_weight) != index.maxsim_weight:
             raise ValueError(f"{out} ranks with MaxSim weight {index.maxsim_weight}; --append keeps it (build a new "
                              f"index for weight {maxsim_weight})")
-        _check_ids_are_new(path, ids, index, out)
+        _check_ids_are_new(path, ids, len(texts), index, out)
         det = load_detector(model, index, device, backend)
         index.add(det, texts, ids, batch_size=batch_size)
     else:

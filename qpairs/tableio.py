@@ -397,7 +397,7 @@ OUTPUT_SUFFIXES = (".csv", ".tsv", ".txt", ".parquet", ".pq")
 def output_format(name) -> tuple[str, bool]:
     """`table_format` of an output file name, refusing a name that implies no format (``.xlsx``, ``.json``, none)
     rather than writing CSV under it."""
-    base = str(name).lower().removesuffix(".gz").removesuffix(".bz2").removesuffix(".xz")
+    base = str(name).lower().removesuffix(".gz")  # the one compression written (.bz2 and .xz are read only)
     if not base.endswith(OUTPUT_SUFFIXES):
         raise ValueError(f"{name}: the output's name gives its format: end it in .csv, .tsv, .txt or .parquet "
                          "(.csv.gz, .tsv.gz and .txt.gz compressed)")

@@ -261,8 +261,17 @@ def test_an_interrupted_score_says_how_to_resume_in_one_line(monkeypatch, tmp_pa
         raise KeyboardInterrupt
 
     monkeypatch.setattr(qpairs.scoring, "score_file", interrupted)
-    out = tmp_path / "s.csv"
+    out = tmp_path / "my scores.csv"
     assert main(["score", "in.csv", "-o", str(out)]) == 130
     err = capsys.readouterr().err.strip()
-    assert err == (f"qpairs score: interrupted; `qpairs score in.csv -o {out} --resume` with the same options "
+    assert err == (f"qpairs score: interrupted; `qpairs score in.csv -o '{out}' --resume` with the same options "
                    "continues from the last checkpoint")
+
+
+def test_a_missing_column_error_survives_a_trip_between_processes():
+    import pickle
+
+    from qpairs.errors import MissingColumnError
+
+    back = pickle.loads(pickle.dumps(MissingColumnError("f.csv: no label column", "label")))
+    assert isinstance(back, MissingColumnError) and str(back) == "f.csv: no label column" and back.role == "label"

@@ -62,7 +62,7 @@ def test_score_keeps_columns_and_order_and_matches_the_detector(det, tmp_path):
     assert 0 < r["cache_hit_rate"] < 1  # repeated questions were not encoded twice
 
 
-@pytest.mark.parametrize("dst", ["out.xlsx", "out.json", "out", "out.parquet.bz2x"])
+@pytest.mark.parametrize("dst", ["out.xlsx", "out.json", "out", "out.parquet.bz2x", "out.csv.bz2", "out.tsv.xz"])
 def test_an_output_name_without_a_format_is_refused_before_any_work(det, tmp_path, dst):
     write(kaggle_test_frame(5), tmp_path / "in.csv")
     with pytest.raises(ValueError, match="the output's name gives its format"):

@@ -261,6 +261,14 @@ def test_cli_append_numbers_id_less_files_on_and_names_a_repeated_id(det, bank, 
     err = capsys.readouterr().err
     assert f"{tmp_path / 'ids.csv'}: row 2 (line 3): id '3' is already in the index" in err
     assert len(QuestionIndex.load(out)) == 8
+    pd.DataFrame({"id": ["9"], "question": ["w?"]}).to_csv(tmp_path / "nine.csv", index=False)
+    assert main(["index", str(tmp_path / "nine.csv"), "-o", out, "--append", "--model", model]) == 0
+    pd.DataFrame({"question": ["y?", "z?"]}).to_csv(tmp_path / "bare.csv", index=False)  # numbered 9 and 10
+    capsys.readouterr()
+    assert main(["index", str(tmp_path / "bare.csv"), "-o", out, "--append", "--model", model]) == 2
+    err = capsys.readouterr().err
+    assert "bare.csv: row 1 (line 2): its number '9' (no id column) is already in the index" in err
+    assert "give the file an id column" in err and len(QuestionIndex.load(out)) == 9
 
 
 @pytest.mark.parametrize("k, threshold, message", [(0, 0.5, "k must be at least 1"),
