@@ -10,6 +10,7 @@ import atexit
 import dataclasses
 import gc
 import logging
+import math
 import os
 import sys
 import typing
@@ -377,10 +378,9 @@ def cmd_dedup(args) -> int:
     from .dedup import dedup
     from .data import read_questions
     from .search_commands import load_detector
-    from .tableio import check_output, output_format, write_frame
+    from .tableio import check_output, write_frame
 
     check_output(args.out, args.questions)  # before any work, as score does
-    output_format(args.out)
     ids, texts = read_questions(args.questions, args.text_col, args.id_col)
     det = load_detector(args.model, None, args.device, args.backend)
     clusters = dedup(det, texts, ids, k=args.k, threshold=args.threshold, kind=args.kind, batch_size=args.batch_size,
@@ -541,10 +541,10 @@ def cmd_score(args) -> int:
                    device=args.device, batch_size=args.batch_size, chunk_size=args.chunk_size,
                    on_bad_row=args.on_bad_row, resume=args.resume, max_chars=args.max_chars,
                    cache_size=args.cache_size, checkpoint_rows=args.checkpoint_rows, backend=args.backend)
-    hits = r["cache_hit_rate"]
+    hits = r["cache_hit_rate"]  # NaN when no text was looked up (an empty file)
     print(f"scored {r['rows']} pairs ({r['q1_col']} vs {r['q2_col']}) in {r['seconds']:.1f} s (model load "
           f"{r['load_seconds']:.1f} s), {r['pairs_per_s']:.0f} pairs/s scoring, unique-text cache hits "
-          f"{'none looked up' if hits != hits else f'{hits:.0%}'}; written to {r['output']}")
+          f"{'none looked up' if math.isnan(hits) else f'{hits:.0%}'}; written to {r['output']}")
     if r["bad_rows"]:
         print(f"{r['bad_rows']} bad cells left unscored (empty probability), listed in {r['bad_rows_report']}")
     return 0

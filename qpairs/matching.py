@@ -77,10 +77,14 @@ class MatchingHead(nn.Module):
 
     def _side(self, a, mask_a, b, mask_b) -> torch.Tensor:
         """a's tokens compared with their soft alignment over b's tokens, pooled: [B, 2·proj]."""
+        return masked_mean_max(self._compare(a, self._align(a, b, mask_b)), mask_a)
+
+    @staticmethod
+    def _align(a, b, mask_b) -> torch.Tensor:
+        """ã: each of a's tokens as its softmax-weighted mean of b's valid tokens, [B, Ta, hidden]."""
         scores = a @ b.transpose(1, 2)  # [B, Ta, Tb]
         scores = scores.masked_fill(~mask_b[:, None, :], torch.finfo(scores.dtype).min)
-        aligned = torch.softmax(scores, dim=-1) @ b
-        return masked_mean_max(self._compare(a, aligned), mask_a)
+        return torch.softmax(scores, dim=-1) @ b
 
     def _compare(self, a, aligned) -> torch.Tensor:
         """compare([a, ã, a−ã, a∗ã]) with the concatenation folded into the weights (the same map, less work)."""

@@ -227,7 +227,6 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
     columns = tableio.read_columns(input)
     q1c, q2c, idc = resolve_columns(columns, q1_col, q2_col, id_col, input)
     tableio.check_output(output, input)
-    tableio.output_format(output)  # fail early on an unsupported output name
     det = _as_detector(model, device, backend)
     load_seconds = time.perf_counter() - started
     scorer = PairScorer(det, batch_size, cache_size)

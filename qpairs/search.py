@@ -287,6 +287,10 @@ class QuestionIndex:
         index.add(det, texts, ids, batch_size=batch_size, chunk_size=chunk_size, progress=progress)
         return index
 
+    def has_id(self, id_: str) -> bool:
+        """Whether a stored question has this id."""
+        return id_ in self._id_set
+
     def next_ids(self, n: int) -> list[str]:
         """The ids `add` gives `n` questions that come without ids: their numbers, counted on from this index's size."""
         return [str(len(self.ids) + i) for i in range(n)]

@@ -32,10 +32,9 @@ def _check_ids_are_new(path, ids: list[str] | None, n: int, index: QuestionIndex
     the index in `out` holds already."""
     from .tableio import row_where
 
-    held = set(index.ids)
     numbered = ids is None
     for r, x in enumerate(index.next_ids(n) if numbered else ids):
-        if x in held:
+        if index.has_id(x):
             what = f"its number {x!r} (no id column)" if numbered else f"id {x!r}"
             raise DataError(f"{path}: {row_where(path, r)}: {what} is already in the index {out}; ids must be unique "
                             "across the files of one index" + ("; give the file an id column" if numbered else ""))

@@ -66,7 +66,8 @@ class OutputError(OSError):
 
 
 def check_output(output, input=None) -> None:
-    """Refuse, before any work, an output path that cannot be written or that is `input` itself."""
+    """Refuse, before any work, an output path that cannot be written, that is `input` itself or whose name implies
+    no table format (`output_format`)."""
     out = Path(output)
     folder = out.parent
     if out.is_dir():
@@ -81,6 +82,7 @@ def check_output(output, input=None) -> None:
             pass
     except OSError as exc:
         raise OutputError(f"{out}: cannot write in {folder} ({exc.strerror or exc})") from None
+    output_format(out)
 
 
 def _parquet_file(path):

@@ -22,17 +22,11 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from qpairs.encoders import pool
 from qpairs.matching import MatchingHead
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import probe_layer_mix as plm  # noqa: E402  (its data, training loop and report)
-
-
-def masked_mean_max_any(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[mean, max] over the valid tokens of x [B, T, D] of any sign → [B, 2D]."""
-    m = mask.unsqueeze(-1)
-    mean = (x * m).sum(1) / mask.sum(1, keepdim=True).clamp(min=1)
-    return torch.cat([mean, x.masked_fill(~m, torch.finfo(x.dtype).min).amax(1)], dim=-1)
 
 
 class ComposedHead(MatchingHead):
@@ -47,10 +41,7 @@ class ComposedHead(MatchingHead):
             self.compose = nn.ModuleList(nn.Conv1d(proj, proj, 3, padding=1) for _ in range(2))
 
     def _side(self, a, mask_a, b, mask_b) -> torch.Tensor:
-        scores = a @ b.transpose(1, 2)
-        scores = scores.masked_fill(~mask_b[:, None, :], torch.finfo(scores.dtype).min)
-        aligned = torch.softmax(scores, dim=-1) @ b
-        x = self._compare(a, aligned) * mask_a.unsqueeze(-1)
+        x = self._compare(a, self._align(a, b, mask_b)) * mask_a.unsqueeze(-1)
         if self.kind == "lstm":
             lengths = mask_a.sum(1).clamp(min=1).cpu()
             packed = nn.utils.rnn.pack_padded_sequence(x, lengths, batch_first=True, enforce_sorted=False)
@@ -59,7 +50,7 @@ class ComposedHead(MatchingHead):
         else:
             for conv in self.compose:
                 x = (x + torch.relu(conv(x.transpose(1, 2)).transpose(1, 2))) * mask_a.unsqueeze(-1)
-        return masked_mean_max_any(x, mask_a)
+        return torch.cat([pool(x, mask_a, "mean"), pool(x, mask_a, "max")], dim=-1)
 
 
 class Arm(nn.Module):
@@ -76,7 +67,7 @@ class Arm(nn.Module):
     def forward(self, rows_a, rows_b):
         (a, ma), (b, mb) = ((torch.from_numpy(self.states[r]).float(), torch.from_numpy(self.masks[r]))
                             for r in (rows_a, rows_b))
-        pa, pb = ((x * m[..., None]).sum(1) / m.sum(1, keepdim=True) for x, m in ((a, ma), (b, mb)))
+        pa, pb = pool(a, ma, "mean"), pool(b, mb, "mean")
         u, v = nn.functional.normalize(pa, dim=-1), nn.functional.normalize(pb, dim=-1)
         return self.head(u, v, (a, ma), (b, mb), pooled=(pa, pb))
 
