@@ -4,9 +4,10 @@
 A probe outside the trainer, on the same footing as `probe_layer_mix.py`: all-MiniLM-L6-v2's token states of
 layer 6 − N (max 40 pieces, kept in memory as float16) for a balanced sample of a split's training pairs and all
 its validation and test pairs. The base's top N layers (starting from the pretrained weights) then train with a
-`qpairs.matching.MatchingHead` over their output (BCE; AdamW, lr 5e-5 for the layers and 1e-3 for the head; batch 64):
+`qpairs.matching.MatchingHead` over their output (BCE; AdamW, lr 5e-5 for the layers, 1e-2
+for the cross-question bias and 1e-3 for the head; batch 64):
 
-* ``siamese``: the top layers run on each question alone (what --train-top-layers trains today);
+* ``siamese``: the top layers run on each question alone (what --train-top-layers trains);
 * ``joint``: the top layers run once over both questions' tokens side by side, so every token also attends to
   the other question's. Positions come from the frozen bottom, each question's own; a learnt bias per attention
   head on the attention between the two questions says which tokens are the other question's. Nothing depends
@@ -94,7 +95,7 @@ class Arm(nn.Module):
 
 
 def train(name: str, arm: Arm, tr, val, test, epochs: int, batch: int = 64) -> None:
-    """BCE with AdamW (layers and cross bias lr 5e-5, head 1e-3), reporting validation and test after each epoch."""
+    """BCE with AdamW (lr 5e-5 layers, 1e-2 cross-question bias, 1e-3 head), reporting validation and test after each epoch."""
     target = torch.tensor(tr[2], dtype=torch.float32)
     opt = torch.optim.AdamW([{"params": list(arm.layers.parameters()), "lr": 5e-5},
                              {"params": [arm.cross_bias], "lr": 1e-2},
