@@ -118,9 +118,13 @@ def train(name: str, arm: Arm, tr, val, test, epochs: int, batch: int = 64) -> N
             print(f"  cross-attention bias per head: {np.round(arm.cross_bias.detach().numpy(), 2)}", flush=True)
 
 
-def cached_data(split: str, extra: list[str], cache_dir: str, width: int = 40):
+def cached_data(split: str, extra: list[str], cache_dir: str, layer: int, width: int = 40):
     """(states [texts, width, hidden] float16, masks, train, validation, test) as `probe_layer_mix.probe_data`
-    gives them, read from a token-state cache: every training pair of the split, plus those of `extra`."""
+    gives them, read from a token-state cache of `layer`'s output: every training pair of the split, plus those of
+    `extra`."""
+    stored = json.loads((Path(cache_dir) / "meta.json").read_text()).get("layer")
+    if stored != layer:
+        raise SystemExit(f"{cache_dir} holds the output of layer {stored or 6}, not of layer {layer} (--top)")
     frames = {part: pd.read_csv(f"{split}/{part}.csv.gz") for part in ("train", "validation", "test")}
     train = pd.concat([frames["train"], *(pd.read_csv(f) for f in extra)]).sample(frac=1, random_state=0)
     cache = TokenStateCache(cache_dir)
@@ -129,8 +133,7 @@ def cached_data(split: str, extra: list[str], cache_dir: str, width: int = 40):
     print(f"{(~cached).sum()} training pairs left out: a text of theirs is not in the cache", flush=True)
     frames["train"] = train[cached]
     texts = pd.unique(pd.concat([f[c] for f in frames.values() for c in ("question1", "question2")]).astype(str))
-    layer = json.loads((Path(cache_dir) / "meta.json").read_text()).get("layer")
-    print(f"{len(frames['train'])} training pairs, {len(texts)} texts, cache of layer {layer}", flush=True)
+    print(f"{len(frames['train'])} training pairs, {len(texts)} texts", flush=True)
     states = np.zeros((len(texts), width, cache.parts[0].shape[-1]), dtype=np.float16)
     masks = np.zeros((len(texts), width), dtype=bool)
     for i, s in enumerate(cache.states(texts)):
@@ -154,7 +157,7 @@ def main(argv=None) -> int:
     bottom = 6 - args.top
     plm.STORED_LAYERS = (bottom,)
     if args.cache:
-        states, masks, tr, val, test = cached_data(args.split, args.extra, args.cache)
+        states, masks, tr, val, test = cached_data(args.split, args.extra, args.cache, bottom)
         states = {bottom: states}
     else:
         states, masks, tr, val, test = plm.probe_data(args.split, args.train_pairs, args.base)
