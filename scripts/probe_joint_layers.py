@@ -53,8 +53,7 @@ class Arm(nn.Module):
         freeze_bottom(model, top)
         self.layers = nn.ModuleList(list(base_layers(model))[-top:])
         self.states, self.masks, self.joint = states, masks, joint
-        self.heads = model.config.num_attention_heads
-        self.cross_bias = nn.Parameter(torch.zeros(self.heads))
+        self.cross_bias = nn.Parameter(torch.zeros(model.config.num_attention_heads))
         width = model.config.hidden_size
         self.head = MatchingHead(width, width)
 
@@ -139,12 +138,7 @@ def cached_data(split: str, extra: list[str], cache_dir: str, layer: int, width:
     for i, s in enumerate(cache.states(texts)):
         states[i, :len(s)], masks[i, :len(s)] = s.numpy()[:width], True
     row = {t: i for i, t in enumerate(texts)}
-
-    def rows(frame):
-        return (np.array([row[t] for t in frame.question1.astype(str)]),
-                np.array([row[t] for t in frame.question2.astype(str)]), frame.is_duplicate.to_numpy())
-
-    return states, masks, *(rows(frames[part]) for part in ("train", "validation", "test"))
+    return states, masks, *(plm.pair_rows(frames[part], row) for part in ("train", "validation", "test"))
 
 
 def main(argv=None) -> int:

@@ -118,11 +118,13 @@ def probe_data(split: str, train_pairs: int, base: str):
     print(f"{len(train)} training pairs, {len(texts)} texts", flush=True)
     states, masks = encode_layers(resolve_base_model(base), texts)
 
-    def rows(frame):
-        return (np.array([row[t] for t in frame.question1.astype(str)]),
-                np.array([row[t] for t in frame.question2.astype(str)]), frame.is_duplicate.to_numpy())
+    return states, masks, *(pair_rows(f, row) for f in (train, frames["validation"], frames["test"]))
 
-    return states, masks, rows(train), rows(frames["validation"]), rows(frames["test"])
+
+def pair_rows(frame: pd.DataFrame, row: dict) -> tuple:
+    """(rows of q1, rows of q2, labels) of a pair frame, `row` giving each text's row in the states."""
+    return (np.array([row[t] for t in frame.question1.astype(str)]),
+            np.array([row[t] for t in frame.question2.astype(str)]), frame.is_duplicate.to_numpy())
 
 
 TABLE_HEAD = ("| arm | epoch | val acc | val ROC-AUC | val log loss | test acc | test ROC-AUC | test log loss |\n"
