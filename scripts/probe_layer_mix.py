@@ -117,7 +117,6 @@ def probe_data(split: str, train_pairs: int, base: str):
     row = {t: i for i, t in enumerate(texts)}
     print(f"{len(train)} training pairs, {len(texts)} texts", flush=True)
     states, masks = encode_layers(resolve_base_model(base), texts)
-
     return states, masks, *(pair_rows(f, row) for f in (train, frames["validation"], frames["test"]))
 
 
