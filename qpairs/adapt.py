@@ -137,10 +137,24 @@ def cross_validate(d0, y, folds: int, seed: int, method: str, rule: str, head_fi
     return probs, cuts, dists
 
 
+def _left_to_model(frame, known):
+    """The pairs of `frame` that the known pairs (a file or a `KnownPairs`) do not answer."""
+    from .known import UNKNOWN, KnownPairs
+
+    known = known if isinstance(known, KnownPairs) else KnownPairs.from_file(known)
+    left = known.lookup(list(frame["question1"]), list(frame["question2"])) == UNKNOWN
+    print(f"{int((~left).sum())} of the {len(frame)} labelled pairs are answered by {known}; fitting on the "
+          f"other {int(left.sum())}")
+    return frame[left].reset_index(drop=True)
+
+
 def adapt(run, data, out, threshold: str = "accuracy", folds: int = 5, head: bool = False, seed: int = 0,
           calibration: str | None = None, epochs: int = 20, lr: float = 1e-2, penalty: float = 0.1,
-          device: str = "cpu", on_bad_row: str = "error", **column_names) -> dict:
-    """`qpairs adapt RUN --data FILES -o OUT`: refit calibration, threshold (and head) on labelled pairs."""
+          device: str = "cpu", on_bad_row: str = "error", known=None, **column_names) -> dict:
+    """`qpairs adapt RUN --data FILES -o OUT`: refit calibration, threshold (and head) on labelled pairs.
+
+    `known` (labelled pairs, a file or a `qpairs.known.KnownPairs`): fit on the pairs those leave to the model
+    only, for scoring with the same `--known` pairs later."""
     from .data import load_pairs
     from .detector import Ensemble, load
     from .operating_point import parse_rule
@@ -156,6 +170,8 @@ def adapt(run, data, out, threshold: str = "accuracy", folds: int = 5, head: boo
                          "(its calibration and threshold), or adapt a member and run `qpairs ensemble` again")
     frame = load_pairs(files, on_bad_row=on_bad_row, **column_names)
     frame = frame[frame["is_duplicate"] >= 0].reset_index(drop=True)
+    if known is not None:
+        frame = _left_to_model(frame, known)
     y = frame["is_duplicate"].to_numpy(dtype=int)
     check_pairs(y, folds, ", ".join(str(f) for f in files))
     method = calibration or det.calibrator.method
@@ -187,7 +203,7 @@ def adapt(run, data, out, threshold: str = "accuracy", folds: int = 5, head: boo
 
     origin = {"run": str(det.path.resolve()), "data": [str(f) for f in files], "pairs": len(y),
               "duplicates": int(y.sum()), "folds": folds, "seed": seed, "head": scorer.kind if head else None,
-              "threshold": rule, "calibration": method}
+              "threshold": rule, "calibration": method, "known": None if known is None else str(known)}
     write_run(det, out, cal, origin, head)
     results = {"before": before, "after (cross-validated)": after}
     report = write_report(out / "report", y, results, (det.calibrator.predict_proba(d0), d0), (probs, d_cv))

@@ -157,6 +157,16 @@ def _add_backend_arg(parser: argparse.ArgumentParser) -> None:
                              "bf16 for an LSTM model on a CPU with native bf16, else torch (default: auto)")
 
 
+def _add_known_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--known", metavar="FILE",
+                        help="labelled pairs (question1, question2, is_duplicate; any format score reads) whose "
+                             "answers replace the model's: a pair inside one duplicate group, labelled or implied "
+                             "(A~B and B~C => A~C), gets --known-probability; a pair labelled non-duplicate, 1 minus "
+                             "it; questions match after lower-casing and dropping all but letters and digits")
+    parser.add_argument("--known-probability", type=float, default=0.99,
+                        help="probability given to a known duplicate, in (0.5, 1] (default: 0.99)")
+
+
 def _default_text(default) -> str:
     """' (default: …)' for a real default; none for None or an empty list (the help says what happens)."""
     if default is None or default == []:
@@ -259,7 +269,7 @@ def cmd_adapt(args) -> int:
     cols = _column_names(args)
     adapt(args.run, args.data, args.out, threshold=args.threshold, folds=args.folds, head=args.head, seed=args.seed,
           calibration=args.calibration, epochs=args.epochs, lr=args.lr, penalty=args.head_penalty,
-          device=args.device, on_bad_row=args.on_bad_row, **cols)
+          device=args.device, on_bad_row=args.on_bad_row, known=args.known, **cols)
     return 0
 
 
@@ -279,6 +289,8 @@ def _add_adapt_command(sub) -> None:
                    help="operating point: accuracy, f1, precision:P or recall:R, chosen by cross-validation "
                         "(default: accuracy)")
     p.add_argument("--folds", type=int, default=5, help="stratified cross-validation folds (default: 5)")
+    p.add_argument("--known", metavar="FILE", help="labelled pairs you will score with (`score --known`): fit on the "
+                   "pairs of --data they do not answer")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and of --head training (default: 0)")
     p.add_argument("--calibration", choices=["platt", "isotonic"], help="default: the run's own method")
     p.add_argument("--head", action="store_true",
@@ -540,11 +552,14 @@ def cmd_score(args) -> int:
     r = score_file(args.input, args.output, args.model, q1_col=args.q1_col, q2_col=args.q2_col, id_col=args.id_col,
                    device=args.device, batch_size=args.batch_size, chunk_size=args.chunk_size,
                    on_bad_row=args.on_bad_row, resume=args.resume, max_chars=args.max_chars,
-                   cache_size=args.cache_size, checkpoint_rows=args.checkpoint_rows, backend=args.backend)
+                   cache_size=args.cache_size, checkpoint_rows=args.checkpoint_rows, backend=args.backend,
+                   known=args.known, known_probability=args.known_probability)
     hits = r["cache_hit_rate"]  # NaN when no text was looked up (an empty file)
     print(f"scored {r['rows']} pairs ({r['q1_col']} vs {r['q2_col']}) in {r['seconds']:.1f} s (model load "
           f"{r['load_seconds']:.1f} s), {r['pairs_per_s']:.0f} pairs/s scoring, unique-text cache hits "
           f"{'none looked up' if math.isnan(hits) else f'{hits:.0%}'}; written to {r['output']}")
+    if r["known_answered"] is not None:
+        print(f"{r['known_answered']} of them answered by the known pairs in {args.known}")
     if r["bad_rows"]:
         print(f"{r['bad_rows']} bad cells left unscored (empty probability), listed in {r['bad_rows_report']}")
     return 0
@@ -554,8 +569,9 @@ def _score_ray(args) -> int:
     """`qpairs score --engine ray`: Ray Data actor pool, Parquet shards (see qpairs.ray_scoring)."""
     from .ray_scoring import score_with_ray
 
-    if args.resume or args.on_bad_row != "error":
-        raise ValueError("--engine ray supports neither --resume nor --on-bad-row mark (rerun a failed job whole)")
+    if args.resume or args.on_bad_row != "error" or args.known:
+        raise ValueError("--engine ray supports neither --resume, --on-bad-row mark nor --known (rerun a failed job "
+                         "whole)")
     r = score_with_ray(args.input, args.output, args.model, q1_col=args.q1_col, q2_col=args.q2_col,
                        id_col=args.id_col, device=args.device, workers=args.workers,
                        cpus_per_worker=args.cpus_per_worker, gpus_per_worker=args.gpus_per_worker,
@@ -571,7 +587,7 @@ def cmd_submit(args) -> int:
     from .submit import make_submission
 
     r = make_submission(args.test, args.output, args.model, test_prior=args.test_prior, device=args.device,
-                        backend=args.backend,
+                        backend=args.backend, known=args.known, known_probability=args.known_probability,
                         batch_size=args.batch_size, q1_col=args.q1_col, q2_col=args.q2_col, id_col=args.id_col)
     print(f"{r['rows']} rows written to {r['output']} (mean probability {r['mean_probability']:.4f}"
           + (f", prior shifted to {r['test_prior']}" if r["test_prior"] is not None else "") + ")")
@@ -605,6 +621,7 @@ def _add_scoring_commands(sub) -> None:
     p.add_argument("--checkpoint-rows", type=int, default=CHECKPOINT_ROWS,
                    help="save the resume state every this many rows (whole chunks, at least one); the unique-text "
                         f"cache also restarts there (default: {CHECKPOINT_ROWS})")
+    _add_known_args(p)
     p.add_argument("--engine", default="local", choices=["local", "ray"],
                    help="local: this process, OUTPUT is one file; ray: a Ray Data actor pool on the cluster at "
                         "--ray-address (or a local Ray), OUTPUT is a directory of Parquet shards with a row_number "
@@ -636,6 +653,7 @@ def _add_scoring_commands(sub) -> None:
     p.add_argument("--batch-size", type=_positive_int, help="texts per encoder batch")
     p.add_argument("--q1-col"), p.add_argument("--q2-col")
     p.add_argument("--id-col", help="id column (default: test_id)")
+    _add_known_args(p)
     p.set_defaults(func=cmd_submit)
 
 

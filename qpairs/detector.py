@@ -70,6 +70,8 @@ class DuplicateDetector:
     ``det.predict_proba(titles, bodies)``.
     """
 
+    known = None  # a `qpairs.known.KnownPairs` (see `with_known`), or None
+
     def __init__(self, model: SiameseModel, calibrator: Calibrator, config: dict | None = None,
                  device: str | torch.device = "cpu", batch_size: int = 256, path=None, backend: str = "torch"):
         self.model = model.eval()
@@ -187,8 +189,22 @@ class DuplicateDetector:
         a, b = _pair_lists(q1, q2)
         _refuse_blank(a, "q1", single)
         _refuse_blank(b, "q2", single)
-        p = self.calibrator.predict_proba(self.distances(a, b))
+        p = self.calibrated(self.distances(a, b), a, b)
         return float(p[0]) if single else p
+
+    def calibrated(self, distances: np.ndarray, q1: list[str], q2: list[str]) -> np.ndarray:
+        """The pairs' probabilities from their distances: the calibration, then the answers of `known` pairs."""
+        p = self.calibrator.predict_proba(distances)
+        return p if self.known is None else self.known.apply(p, q1, q2)
+
+    def with_known(self, known, probability: float = 0.99) -> "DuplicateDetector":
+        """Answer the pairs that labelled pairs settle (a `qpairs.known.KnownPairs`, or a labelled pair file read
+        into one with `probability`) from those labels, duplicates' transitivity included; `None` drops them."""
+        from .known import KnownPairs
+
+        self.known = known if known is None or isinstance(known, KnownPairs) else KnownPairs.from_file(
+            known, probability)
+        return self
 
     def predict(self, q1, q2):
         """True where the pair is predicted duplicate, at the model's stored threshold."""

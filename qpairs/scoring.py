@@ -132,7 +132,7 @@ class PairScorer:
             raise ValueError(f"q1 and q2 must have the same length, got {len(q1)} and {len(q2)}")
         if not len(q1):
             return np.zeros(0)
-        return self.det.calibrator.predict_proba(self.distances(q1, q2))
+        return self.det.calibrated(self.distances(q1, q2), q1, q2)
 
     @property
     def cache_hit_rate(self) -> float:
@@ -175,7 +175,8 @@ def _fingerprint(det) -> str:
 
     from .checkpoint import model_fingerprint
 
-    blob = json.dumps({"cal": det.calibrator.to_dict(), "cfg": det.config, "weights": model_fingerprint(det)},
+    blob = json.dumps({"cal": det.calibrator.to_dict(), "cfg": det.config, "weights": model_fingerprint(det),
+                       "known": det.known.digest if det.known is not None else None},
                       sort_keys=True, default=str)
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
@@ -202,7 +203,8 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
                id_col: str | None = None, device: str = "auto", batch_size: int | None = None,
                chunk_size: int = 50_000, on_bad_row: str = "error", resume: bool = False, max_chars: int = 10_000,
                cache_size: int | None = None, checkpoint_rows: int = CHECKPOINT_ROWS, progress: bool | None = None,
-               backend: str = "auto", _stop_after_chunks: int | None = None) -> dict:
+               backend: str = "auto", known=None, known_probability: float = 0.99,
+               _stop_after_chunks: int | None = None) -> dict:
     """Score every pair of a CSV/TSV/gzip/Parquet file into `output` (same columns + two score columns).
 
     One output row per input row, in input order. Reads and writes `chunk_size` rows at a
@@ -214,7 +216,8 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
     empty and lists it in ``OUTPUT.bad_rows.csv``.
     The output appears only when complete (temp file + rename); on an error the temp files
     are removed, on an interrupt they stay and `resume=True` continues the run, giving the
-    same bytes. Returns a summary dict: `seconds` is the call's wall time, model load included
+    same bytes. `known`: labelled pairs (a file or a `qpairs.known.KnownPairs`) that answer the pairs they
+    settle (`DuplicateDetector.with_known`). Returns a summary dict: `seconds` is the call's wall time, model load included
     (`load_seconds`); `pairs_per_s` is over the scoring alone (`scoring_seconds`).
     """
     import hashlib
@@ -227,7 +230,7 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
     columns = tableio.read_columns(input)
     q1c, q2c, idc = resolve_columns(columns, q1_col, q2_col, id_col, input)
     tableio.check_output(output, input)
-    det = _as_detector(model, device, backend)
+    det = _as_detector(model, device, backend, known, known_probability)
     load_seconds = time.perf_counter() - started
     scorer = PairScorer(det, batch_size, cache_size)
     p = _paths(output)
@@ -288,7 +291,8 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
     return {"rows": rows_done, "bad_rows": n_bad, "seconds": seconds, "load_seconds": load_seconds,
             "scoring_seconds": scoring_seconds, "pairs_per_s": scored / max(scoring_seconds, 1e-9),
             "texts_encoded": scorer.encoded, "cache_hit_rate": scorer.cache_hit_rate, "output": str(output),
-            "bad_rows_report": str(p["bad"]) if n_bad else None, "q1_col": q1c, "q2_col": q2c, "id_col": idc}
+            "bad_rows_report": str(p["bad"]) if n_bad else None, "q1_col": q1c, "q2_col": q2c, "id_col": idc,
+            "known_answered": det.known.answered if det.known is not None else None}
 
 
 def _close(writers, bar) -> None:
@@ -359,16 +363,21 @@ def _raise_bad_row(input, chunk, r) -> None:
                     "pass --on-bad-row mark to score it as missing")
 
 
-def _as_detector(model, device, backend: str = "auto"):
+def _as_detector(model, device, backend: str = "auto", known=None, known_probability: float = 0.99):
+    """The detector that scores: `model` itself or loaded from it; with `known`, a copy that answers those pairs."""
+    import copy
+
     from .detector import DuplicateDetector, load, resolve_device
 
     if isinstance(model, DuplicateDetector):
-        return model
-    try:
-        resolve_device(device)
-    except RuntimeError as exc:  # e.g. --device cuda without a GPU: a usage error, not a crash
-        raise ValueError(str(exc)) from None
-    return load(model, device=device, backend=backend)
+        det = model if known is None else copy.copy(model)
+    else:
+        try:
+            resolve_device(device)
+        except RuntimeError as exc:  # e.g. --device cuda without a GPU: a usage error, not a crash
+            raise ValueError(str(exc)) from None
+        det = load(model, device=device, backend=backend)
+    return det if known is None else det.with_known(known, known_probability)
 
 
 def _score_chunk(scorer: PairScorer, chunk: pd.DataFrame, q1c: str, q2c: str, ok: np.ndarray) -> pd.DataFrame:

@@ -47,13 +47,14 @@ def validate_submission(frame: pd.DataFrame, expected_rows: int, source="submiss
 def make_submission(test_file, output, model=None, *, test_prior: float | None = None, device: str = "auto",
                     batch_size: int | None = None, chunk_size: int = 50_000, q1_col: str | None = None,
                     q2_col: str | None = None, id_col: str | None = None, progress: bool | None = None,
-                    backend: str = "auto") -> dict:
+                    backend: str = "auto", known=None, known_probability: float = 0.99) -> dict:
     """Score a Kaggle test file and write ``test_id,is_duplicate`` (``.csv.gz`` → gzip), one row per test row.
 
     Rows with an empty or missing question cannot be scored; they get the prior duplicate
     rate (the test prior when given, else the calibration's) and are counted in the summary.
     A blank test_id, or a line with another number of fields than the header, is refused.
     The written file is read back and checked against the rows read before it replaces `output`.
+    `known`: labelled pairs whose answers replace the model's (`DuplicateDetector.with_known`).
     """
     from tqdm.auto import tqdm
 
@@ -70,7 +71,7 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
     tableio.check_output(output, test_file)
     if not str(output).lower().endswith((".csv", ".csv.gz")):
         raise ValueError(f"{output}: a submission is a CSV file: end its name in .csv or .csv.gz")
-    det = _as_detector(model, device, backend)
+    det = _as_detector(model, device, backend, known, known_probability)
     scorer = PairScorer(det, batch_size)
     fallback = test_prior if test_prior is not None else (det.calibrator.prior or det.threshold)
     ids, probs, n_bad, rows_read = [], [], 0, 0
