@@ -162,8 +162,8 @@ def _add_known_args(parser: argparse.ArgumentParser) -> None:
                         help="labelled pairs (question1, question2, is_duplicate; any format score reads) whose "
                              "answers replace the model's: a pair inside one duplicate group, labelled or implied "
                              "(A~B and B~C => A~C), gets --known-probability; a pair labelled non-duplicate, 1 minus "
-                             "it; questions match after lower-casing and dropping all but letters and digits")
-    parser.add_argument("--known-probability", type=float, default=0.99,
+                             "it; questions match after case folding and dropping spaces and sentence punctuation")
+    parser.add_argument("--known-probability", type=float,
                         help="probability given to a known duplicate, in (0.5, 1] (default: 0.99)")
 
 
@@ -544,9 +544,20 @@ def _add_search_commands(sub) -> None:
     p.set_defaults(func=cmd_serve)
 
 
+def _print_known_answered(summary: dict, args) -> None:
+    if summary["known_answered"] is not None:
+        print(f"{summary['known_answered']} pairs scored in this run were answered by the known pairs in {args.known}")
+
+
+def _check_known_args(args) -> None:
+    if args.known_probability is not None and not args.known:
+        raise ValueError("--known-probability applies to the pairs --known FILE answers: give --known too")
+
+
 def cmd_score(args) -> int:
     from .scoring import score_file
 
+    _check_known_args(args)
     if args.engine == "ray":
         return _score_ray(args)
     r = score_file(args.input, args.output, args.model, q1_col=args.q1_col, q2_col=args.q2_col, id_col=args.id_col,
@@ -558,8 +569,7 @@ def cmd_score(args) -> int:
     print(f"scored {r['rows']} pairs ({r['q1_col']} vs {r['q2_col']}) in {r['seconds']:.1f} s (model load "
           f"{r['load_seconds']:.1f} s), {r['pairs_per_s']:.0f} pairs/s scoring, unique-text cache hits "
           f"{'none looked up' if math.isnan(hits) else f'{hits:.0%}'}; written to {r['output']}")
-    if r["known_answered"] is not None:
-        print(f"{r['known_answered']} of them answered by the known pairs in {args.known}")
+    _print_known_answered(r, args)
     if r["bad_rows"]:
         print(f"{r['bad_rows']} bad cells left unscored (empty probability), listed in {r['bad_rows_report']}")
     return 0
@@ -586,11 +596,13 @@ def _score_ray(args) -> int:
 def cmd_submit(args) -> int:
     from .submit import make_submission
 
+    _check_known_args(args)
     r = make_submission(args.test, args.output, args.model, test_prior=args.test_prior, device=args.device,
                         backend=args.backend, known=args.known, known_probability=args.known_probability,
                         batch_size=args.batch_size, q1_col=args.q1_col, q2_col=args.q2_col, id_col=args.id_col)
     print(f"{r['rows']} rows written to {r['output']} (mean probability {r['mean_probability']:.4f}"
           + (f", prior shifted to {r['test_prior']}" if r["test_prior"] is not None else "") + ")")
+    _print_known_answered(r, args)
     return 0
 
 

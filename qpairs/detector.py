@@ -192,18 +192,27 @@ class DuplicateDetector:
         p = self.calibrated(self.distances(a, b), a, b)
         return float(p[0]) if single else p
 
-    def calibrated(self, distances: np.ndarray, q1: list[str], q2: list[str]) -> np.ndarray:
-        """The pairs' probabilities from their distances: the calibration, then the answers of `known` pairs."""
-        p = self.calibrator.predict_proba(distances)
-        return p if self.known is None else self.known.apply(p, q1, q2)
+    def calibrated(self, distances: np.ndarray, q1: list[str], q2: list[str], prior: float | None = None,
+                   found: np.ndarray | None = None) -> np.ndarray:
+        """The pairs' probabilities from their distances: the calibration (re-weighted to duplicate rate `prior`,
+        if given), then the answers of the `known` pairs (`found`: their `lookup` of the pairs, if done)."""
+        p = self.calibrator.at_prior(self.calibrator.predict_proba(distances), prior)
+        return p if self.known is None else self.known.apply(p, q1, q2, found)
 
-    def with_known(self, known, probability: float = 0.99) -> "DuplicateDetector":
-        """Answer the pairs that labelled pairs settle (a `qpairs.known.KnownPairs`, or a labelled pair file read
-        into one with `probability`) from those labels, duplicates' transitivity included; `None` drops them."""
+    def with_known(self, known, probability: float | None = None) -> "DuplicateDetector":
+        """Answer the pairs that labelled pairs settle from those labels, duplicates' transitivity included, in
+        place: `known` is a `qpairs.known.KnownPairs`, or a labelled pair file read into one with `probability`
+        (default 0.99); `None` drops them. Pair scoring (`predict_proba`, `qpairs score`/`submit`) uses them;
+        search and dedup do not."""
         from .known import KnownPairs
 
-        self.known = known if known is None or isinstance(known, KnownPairs) else KnownPairs.from_file(
-            known, probability)
+        if isinstance(known, KnownPairs):
+            if probability is not None and probability != known.probability:
+                raise ValueError(f"these known pairs answer {known.probability}, not {probability}: build them "
+                                 "with that probability")
+        elif known is not None:
+            known = KnownPairs.from_file(known, 0.99 if probability is None else probability)
+        self.known = known
         return self
 
     def predict(self, q1, q2):

@@ -2,11 +2,11 @@
 
 A user often holds labelled pairs already (a forum's merged duplicates, a training file). Duplicates are
 transitive, so those labels answer more pairs than they name: A~B and B~C labelled give A~C.
-`KnownPairs` holds them (questions matched by `qpairs.data.normalize_question`) and answers:
+`KnownPairs` holds them (questions matched by `question_key`) and answers:
 
 * a pair inside one duplicate group (labelled, or implied by transitivity): `probability`;
 * a pair labelled non-duplicate itself: 1 − `probability`;
-* any other pair: the model's own probability, unchanged.
+* any other pair, and a pair of two spellings of one question: the model's own probability, unchanged.
 
 A non-duplicate is not inferred through a group (A≁C, A~A' ⇒ A'≁C): non-duplicate labels are too noisy for it.
 """
@@ -17,9 +17,18 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-from .data import normalize_question
+import re
+
+from .errors import DataError
 
 KNOWN_DUPLICATE, KNOWN_DIFFERENT, UNKNOWN = 1, 0, -1
+_SPACING = re.compile(r"[\s.,;:!?'\"()\[\]{}¿¡…“”‘’«»–—-]+")
+
+
+def question_key(text: str) -> str:
+    """Key under which two spellings of one question match: case folded, spaces and sentence punctuation
+    dropped; every letter (any script), digit and symbol kept ("C++" is not "C")."""
+    return _SPACING.sub("", str(text).casefold())
 
 
 class KnownPairs:
@@ -30,14 +39,18 @@ class KnownPairs:
 
         if not 0.5 < probability <= 1.0:
             raise ValueError(f"the probability of a known duplicate must be in (0.5, 1], got {probability}")
-        graph = DuplicateGraph.from_pairs(frame)
+        labelled = frame[frame["is_duplicate"] >= 0]
+        labelled = labelled[(labelled["question1"].map(question_key) != "") &
+                            (labelled["question2"].map(question_key) != "")]  # nothing left to match on
+        if not len(labelled):
+            raise DataError(f"{source}: no labelled pairs with text to match (is_duplicate 0 or 1)")
+        graph = DuplicateGraph.from_pairs(labelled, key=question_key)
         self.probability, self.source = float(probability), source
-        self.nodes = pd.Index(pd.Series(graph.texts, dtype=object).map(normalize_question))
+        self.nodes = pd.Index(pd.Series(graph.texts, dtype=object).map(question_key))
         self.group = graph.group
         self.different = {(int(u), int(v)) for u, v in graph.neg_edges}
-        self.stats = {"pairs": int((frame["is_duplicate"] >= 0).sum()), "questions": len(self.nodes),
+        self.stats = {"pairs": len(labelled), "questions": len(self.nodes),
                       "duplicate_groups": int((np.bincount(self.group) > 1).sum()) if len(self.group) else 0}
-        self.answered = 0  # pairs `apply` has answered so far
         self.digest = hashlib.sha256("\n".join(
             [str(self.probability), *self.nodes, self.group.tobytes().hex(), repr(sorted(self.different))]
         ).encode()).hexdigest()
@@ -51,23 +64,23 @@ class KnownPairs:
 
     def lookup(self, q1: list[str], q2: list[str]) -> np.ndarray:
         """Per pair: KNOWN_DUPLICATE (one duplicate group), KNOWN_DIFFERENT (labelled non-duplicate) or UNKNOWN."""
-        i = self.nodes.get_indexer([normalize_question(t) for t in q1])
-        j = self.nodes.get_indexer([normalize_question(t) for t in q2])
+        i = self.nodes.get_indexer([question_key(t) for t in q1])
+        j = self.nodes.get_indexer([question_key(t) for t in q2])
         out = np.full(len(i), UNKNOWN, dtype=np.int64)
-        both = (i >= 0) & (j >= 0)
+        both = (i >= 0) & (j >= 0) & (i != j)  # one question spelt twice: the labels say nothing of it
         out[both & (self.group[i] == self.group[j])] = KNOWN_DUPLICATE
         for k in np.flatnonzero(both):
             if (min(i[k], j[k]), max(i[k], j[k])) in self.different:
                 out[k] = KNOWN_DIFFERENT  # a pair's own label wins over its group
         return out
 
-    def apply(self, probabilities: np.ndarray, q1: list[str], q2: list[str]) -> np.ndarray:
-        """`probabilities` with every pair the labels answer replaced by their answer."""
-        found = self.lookup(q1, q2)
+    def apply(self, probabilities: np.ndarray, q1: list[str], q2: list[str], found: np.ndarray | None = None
+              ) -> np.ndarray:
+        """`probabilities` with every pair the labels answer replaced by their answer (`found`: `lookup`'s)."""
+        found = self.lookup(q1, q2) if found is None else found
         out = np.array(probabilities, dtype=np.float64, copy=True)
         out[found == KNOWN_DUPLICATE] = self.probability
         out[found == KNOWN_DIFFERENT] = 1.0 - self.probability
-        self.answered += int((found != UNKNOWN).sum())
         return out
 
     def __str__(self) -> str:

@@ -85,6 +85,7 @@ class PairScorer:
         self.stores = {s: EmbeddingStore(self.cache_size, det.model.dim, det.device) for s in sides}
         self.encoded = 0  # texts run through the encoder
         self.looked_up = 0  # text slots served (cache hits + encoded)
+        self.known_answered = 0  # pairs the detector's known pairs answered
 
     def store(self, side: str) -> EmbeddingStore:
         return self.stores[self.det.model.encoder_side(side)]
@@ -126,13 +127,19 @@ class PairScorer:
         e1, e2 = model.embed_pairs(model.prepare(q1, "left"), model.prepare(q2, "right"), self._rows)
         return model.decision_distance(e1, e2).cpu().numpy().astype(np.float64)
 
-    def predict_proba(self, q1: list[str], q2: list[str]) -> np.ndarray:
-        """Calibrated duplicate probabilities of the pairs (float64 array)."""
+    def predict_proba(self, q1: list[str], q2: list[str], prior: float | None = None) -> np.ndarray:
+        """Calibrated duplicate probabilities of the pairs (float64 array; `prior`: re-weighted to that duplicate
+        rate, before the known pairs answer theirs)."""
+        from .known import UNKNOWN
+
         if len(q1) != len(q2):
             raise ValueError(f"q1 and q2 must have the same length, got {len(q1)} and {len(q2)}")
         if not len(q1):
             return np.zeros(0)
-        return self.det.calibrated(self.distances(q1, q2), q1, q2)
+        found = None if self.det.known is None else self.det.known.lookup(q1, q2)
+        if found is not None:
+            self.known_answered += int((found != UNKNOWN).sum())
+        return self.det.calibrated(self.distances(q1, q2), q1, q2, prior, found)
 
     @property
     def cache_hit_rate(self) -> float:
@@ -203,7 +210,7 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
                id_col: str | None = None, device: str = "auto", batch_size: int | None = None,
                chunk_size: int = 50_000, on_bad_row: str = "error", resume: bool = False, max_chars: int = 10_000,
                cache_size: int | None = None, checkpoint_rows: int = CHECKPOINT_ROWS, progress: bool | None = None,
-               backend: str = "auto", known=None, known_probability: float = 0.99,
+               backend: str = "auto", known=None, known_probability: float | None = None,
                _stop_after_chunks: int | None = None) -> dict:
     """Score every pair of a CSV/TSV/gzip/Parquet file into `output` (same columns + two score columns).
 
@@ -216,9 +223,10 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
     empty and lists it in ``OUTPUT.bad_rows.csv``.
     The output appears only when complete (temp file + rename); on an error the temp files
     are removed, on an interrupt they stay and `resume=True` continues the run, giving the
-    same bytes. `known`: labelled pairs (a file or a `qpairs.known.KnownPairs`) that answer the pairs they
-    settle (`DuplicateDetector.with_known`). Returns a summary dict: `seconds` is the call's wall time, model load included
-    (`load_seconds`); `pairs_per_s` is over the scoring alone (`scoring_seconds`).
+    same bytes. `known`: labelled pairs (a file or a `qpairs.known.KnownPairs`) that answer the pairs
+    they settle (`DuplicateDetector.with_known`). Returns a summary dict: `seconds` is the call's wall
+    time, model load included (`load_seconds`); `pairs_per_s` is over the scoring alone
+    (`scoring_seconds`); `known_answered`, the pairs the known pairs answered (None without them).
     """
     import hashlib
     import time
@@ -292,7 +300,7 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
             "scoring_seconds": scoring_seconds, "pairs_per_s": scored / max(scoring_seconds, 1e-9),
             "texts_encoded": scorer.encoded, "cache_hit_rate": scorer.cache_hit_rate, "output": str(output),
             "bad_rows_report": str(p["bad"]) if n_bad else None, "q1_col": q1c, "q2_col": q2c, "id_col": idc,
-            "known_answered": det.known.answered if det.known is not None else None}
+            "known_answered": scorer.known_answered if det.known is not None else None}
 
 
 def _close(writers, bar) -> None:
@@ -363,7 +371,7 @@ def _raise_bad_row(input, chunk, r) -> None:
                     "pass --on-bad-row mark to score it as missing")
 
 
-def _as_detector(model, device, backend: str = "auto", known=None, known_probability: float = 0.99):
+def _as_detector(model, device, backend: str = "auto", known=None, known_probability: float | None = None):
     """The detector that scores: `model` itself or loaded from it; with `known`, a copy that answers those pairs."""
     import copy
 

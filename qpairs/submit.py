@@ -47,7 +47,7 @@ def validate_submission(frame: pd.DataFrame, expected_rows: int, source="submiss
 def make_submission(test_file, output, model=None, *, test_prior: float | None = None, device: str = "auto",
                     batch_size: int | None = None, chunk_size: int = 50_000, q1_col: str | None = None,
                     q2_col: str | None = None, id_col: str | None = None, progress: bool | None = None,
-                    backend: str = "auto", known=None, known_probability: float = 0.99) -> dict:
+                    backend: str = "auto", known=None, known_probability: float | None = None) -> dict:
     """Score a Kaggle test file and write ``test_id,is_duplicate`` (``.csv.gz`` → gzip), one row per test row.
 
     Rows with an empty or missing question cannot be scored; they get the prior duplicate
@@ -86,8 +86,7 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
             raise DataError(f"{test_file}: {chunk.where(int(np.flatnonzero(blank)[0]))}, column '{idc}': blank test_id")
         ok = ~(bad_mask(frame[q1c]) | bad_mask(frame[q2c]))
         p = np.full(len(frame), fallback, dtype=np.float64)
-        p[ok] = det.calibrator.at_prior(
-            scorer.predict_proba(list(frame[q1c].to_numpy()[ok]), list(frame[q2c].to_numpy()[ok])), test_prior)
+        p[ok] = scorer.predict_proba(list(frame[q1c].to_numpy()[ok]), list(frame[q2c].to_numpy()[ok]), test_prior)
         ids.append(frame[idc].astype(str).to_numpy())
         probs.append(p)
         n_bad += int((~ok).sum())
@@ -100,7 +99,8 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
     if n_bad:
         log.warning("%d rows with an empty or missing question got the prior probability %.4f", n_bad, fallback)
     return {"rows": rows_read, "unscorable_rows": n_bad, "mean_probability": float(frame["is_duplicate"].mean())
-            if rows_read else float("nan"), "test_prior": test_prior, "output": str(output)}
+            if rows_read else float("nan"), "test_prior": test_prior, "output": str(output),
+            "known_answered": scorer.known_answered if det.known is not None else None}
 
 
 def _write(frame: pd.DataFrame, output, rows_read: int, test_file) -> None:

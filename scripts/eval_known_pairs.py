@@ -45,10 +45,10 @@ def main(argv=None) -> int:
         found = known.lookup(q1, q2)
         y = frame.is_duplicate.to_numpy()
         parts[part] = (y, d, q1, q2, found)
+        right = (det.calibrator.predict_proba(d) >= det.threshold) == y
         print(f"{part}: {len(y)} pairs, {(found == 1).sum()} inside a training duplicate group "
               f"({y[found == 1].mean():.4f} of them duplicates), {(found == 0).sum()} labelled non-duplicates "
-              f"in training; the model alone gets {((det.calibrator.predict_proba(d) >= det.threshold) == y)[found == 1].mean():.4f} "
-              "of the group pairs right")
+              f"in training; the model alone gets {right[found == 1].mean():.4f} of the group pairs right")
     yv, dv, _, _, fv = parts["validation"]
     refit = Calibrator("platt").fit(dv[fv == UNKNOWN], yv[fv == UNKNOWN])
     rows = [("model alone", det.calibrator, False), ("with the known training pairs", det.calibrator, True),

@@ -5,6 +5,7 @@ import pytest
 
 from conftest import make_pairs
 from qpairs.cli import main
+from qpairs.errors import DataError
 from qpairs.known import KNOWN_DIFFERENT, KNOWN_DUPLICATE, UNKNOWN, KnownPairs
 
 LABELLED = pd.DataFrame({
@@ -40,14 +41,33 @@ def test_a_pairs_own_non_duplicate_label_wins_over_its_group():
     assert KnownPairs(frame).lookup(["a x", "a x"], ["c z", "b y"]).tolist() == [KNOWN_DIFFERENT, KNOWN_DUPLICATE]
 
 
-def test_apply_replaces_only_the_answered_pairs_and_counts_them():
+def test_apply_replaces_only_the_answered_pairs():
     known = KnownPairs(LABELLED, probability=0.95)
     p = np.array([0.2, 0.7, 0.4])
     out = known.apply(p, ["How do I learn Python?", "How do I learn Python?", "x"],
                       ["How can I learn Python fast?", "How do I learn Java?", "y"])
     assert out.tolist() == pytest.approx([0.95, 0.05, 0.4])
     assert p.tolist() == [0.2, 0.7, 0.4]  # the input is not changed
-    assert known.answered == 2
+
+
+def test_questions_that_differ_only_in_symbols_or_script_stay_apart():
+    frame = pd.DataFrame({"question1": ["How old is C++?", "Где купить Python?", "What is C#?"],
+                          "question2": ["How old is C?", "Где продают Python?", "What is C# used for?"],
+                          "is_duplicate": [0, 1, 0]})
+    known = KnownPairs(frame)
+    assert known.lookup(["how old is c++", "Где купить Python", "Python — это змея?"],
+                        ["How old is C?", "Где продают Python?", "Где купить Python?"]).tolist() == [
+        KNOWN_DIFFERENT, KNOWN_DUPLICATE, UNKNOWN]
+    # two spellings of one question: the labels say nothing of the pair, the model answers it
+    assert known.lookup(["How old is C++?"], ["how old is C++"]).tolist() == [UNKNOWN]
+
+
+def test_text_with_nothing_to_match_never_matches():
+    frame = pd.DataFrame({"question1": ["???", "Is tennis hard?"], "question2": ["!!!", "How difficult is tennis?"],
+                          "is_duplicate": [1, 1]})
+    known = KnownPairs(frame)
+    assert known.stats["pairs"] == 1
+    assert known.lookup(["???", "Is tennis hard?"], ["...", "¿?"]).tolist() == [UNKNOWN, UNKNOWN]
 
 
 @pytest.mark.parametrize("probability", [0.5, 0.3, 1.2])
@@ -59,7 +79,14 @@ def test_a_probability_that_would_not_say_duplicate_is_refused(probability):
 def test_a_bad_row_in_the_known_file_names_file_line_and_column(tmp_path):
     path = tmp_path / "known.csv"
     path.write_text("question1,question2,is_duplicate\nHow?,Why?,1\n,What?,0\n")
-    with pytest.raises(Exception, match=r"known\.csv.*line 3.*question1"):
+    with pytest.raises(DataError, match=r"known\.csv.*line 3.*question1"):
+        KnownPairs.from_file(path)
+
+
+def test_a_known_file_without_labelled_pairs_is_refused(tmp_path):
+    path = tmp_path / "known.csv"
+    path.write_text("question1,question2,is_duplicate\n")
+    with pytest.raises(DataError, match=r"known\.csv: no labelled pairs"):
         KnownPairs.from_file(path)
 
 
@@ -77,6 +104,8 @@ def test_detector_answers_known_pairs_whatever_else_is_in_the_batch(tiny_run, tm
     assert p[-1] == pytest.approx(0.97)
     assert np.allclose(p[:-1], plain.predict_proba(q1[:-1], q2[:-1]))
     assert det.predict_proba("How can I learn Python fast?", "How do I learn Java?") == pytest.approx(0.03)
+    with pytest.raises(ValueError, match="answer 0.97, not 0.9"):
+        det.with_known(det.known, probability=0.9)
     assert det.with_known(None).predict_proba(q1[-1], q2[-1]) == pytest.approx(plain.predict_proba(q1[-1], q2[-1]))
 
 
@@ -90,7 +119,7 @@ def test_score_submit_and_adapt_take_known_pairs(tiny_run, tmp_path, capsys):
     base = ["score", str(tmp_path / "in.csv"), "--model", str(tiny_run), "--device", "cpu"]
     assert main(base + ["-o", str(tmp_path / "plain.csv")]) == 0
     assert main(base + ["-o", str(tmp_path / "known.csv.out.csv"), "--known", str(known)]) == 0
-    assert "1 of them answered by the known pairs" in capsys.readouterr().out
+    assert "1 pairs scored in this run were answered by the known pairs" in capsys.readouterr().out
     plain, with_known = pd.read_csv(tmp_path / "plain.csv"), pd.read_csv(tmp_path / "known.csv.out.csv")
     assert with_known["id"].tolist() == pairs["id"].tolist()
     assert with_known["duplicate_probability"].iloc[-1] == pytest.approx(0.99)
@@ -101,7 +130,16 @@ def test_score_submit_and_adapt_take_known_pairs(tiny_run, tmp_path, capsys):
     test.to_csv(tmp_path / "test.csv", index=False)
     assert main(["submit", str(tmp_path / "test.csv"), "-o", str(tmp_path / "sub.csv"), "--model", str(tiny_run),
                  "--device", "cpu", "--known", str(known), "--known-probability", "0.9"]) == 0
-    assert pd.read_csv(tmp_path / "sub.csv")["is_duplicate"].iloc[-1] == pytest.approx(0.9)
+    assert main(["submit", str(tmp_path / "test.csv"), "-o", str(tmp_path / "sub.csv"), "--model", str(tiny_run),
+                 "--device", "cpu", "--known", str(known), "--known-probability", "0.9", "--test-prior", "0.165"]) == 0
+    sub = pd.read_csv(tmp_path / "sub.csv")["is_duplicate"]
+    assert sub.iloc[-1] == pytest.approx(0.9)  # the prior shift moves the model's answers, not the known ones
+    assert "1 pairs scored in this run were answered" in capsys.readouterr().out
+    assert main(["submit", str(tmp_path / "test.csv"), "-o", str(tmp_path / "sub2.csv"), "--model", str(tiny_run),
+                 "--device", "cpu", "--test-prior", "0.165"]) == 0
+    assert np.allclose(pd.read_csv(tmp_path / "sub2.csv")["is_duplicate"].iloc[:-1], sub.iloc[:-1])
+    assert main(base + ["-o", str(tmp_path / "x.csv"), "--known-probability", "0.9"]) == 2
+    assert "give --known too" in capsys.readouterr().err
 
     labelled = make_pairs(200, seed=7)
     labelled.loc[len(labelled)] = [0, 0, 0, "Is tennis hard?", "How difficult is tennis?", 1]
@@ -109,6 +147,8 @@ def test_score_submit_and_adapt_take_known_pairs(tiny_run, tmp_path, capsys):
     assert main(["adapt", str(tiny_run), "--data", str(tmp_path / "mine.csv"), "--known", str(known),
                  "-o", str(tmp_path / "adapted")]) == 0
     assert "1 of the 201 labelled pairs are answered by" in capsys.readouterr().out
+    import json
+    assert json.loads((tmp_path / "adapted" / "config.json").read_text())["adapted_from"]["pairs"] == 200
 
 
 def test_resume_refuses_other_known_pairs(tiny_run, tmp_path):
