@@ -52,8 +52,9 @@ def default_data_dir() -> Path | None:
 
 
 def normalize_question(text: str) -> str:
-    """Key under which two spellings of one question count as the same question."""
-    return re.sub(r"[^a-z0-9]", "", text.lower())
+    """Key under which two spellings of one question count as the same question: lower case, letters (of any
+    script) and digits only."""
+    return re.sub(r"[\W_]", "", text.lower())
 
 
 def pair_key(q1: str, q2: str) -> str:

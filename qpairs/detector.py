@@ -34,6 +34,9 @@ def _as_text_list(x, name: str) -> tuple[list[str], bool]:
         return [x], True
     if isinstance(x, (bytes, bytearray)) or not isinstance(x, (Sequence, np.ndarray)) and not hasattr(x, "__iter__"):
         raise TypeError(f"{name} must be a string or a sequence of strings, not {type(x).__name__}")
+    if isinstance(x, (set, frozenset, dict)):  # no order to pair its items with the other side's
+        raise TypeError(f"{name} must be an ordered sequence of strings (a list, tuple or array), not a "
+                        f"{type(x).__name__}")
     items = list(x)
     for i, item in enumerate(items):
         if not isinstance(item, str):
@@ -212,6 +215,10 @@ class DuplicateDetector:
                                  "with that probability")
         elif known is not None:
             known = KnownPairs.from_file(known, 0.99 if probability is None else probability)
+        if known is not None and not 1.0 - known.probability < self.threshold <= known.probability:
+            raise ValueError(f"a known duplicate's probability {known.probability} (and a known non-duplicate's "
+                             f"{1.0 - known.probability:g}) must fall on its side of this model's threshold "
+                             f"{self.threshold:.4f}: raise --known-probability")
         self.known = known
         return self
 

@@ -8,6 +8,8 @@ transitive, so those labels answer more pairs than they name: A~B and B~C labell
 * a pair labelled non-duplicate itself: 1 − `probability`;
 * any other pair, and a pair of two spellings of one question: the model's own probability, unchanged.
 
+A pair labelled more than once takes its majority label; a pair labelled both ways equally often is left to the model.
+
 A non-duplicate is not inferred through a group (A≁C, A~A' ⇒ A'≁C): non-duplicate labels are too noisy for it.
 """
 from __future__ import annotations
@@ -22,13 +24,31 @@ import re
 from .errors import DataError
 
 KNOWN_DUPLICATE, KNOWN_DIFFERENT, UNKNOWN = 1, 0, -1
-_SPACING = re.compile(r"[\s.,;:!?'\"()\[\]{}¿¡…“”‘’«»–—-]+")
+# spaces and sentence punctuation; not a point, comma or colon between digits, nor a minus sign or hyphen
+# before a digit or between letters ("1.5" is not "15", "-5" not "5", "2-3" not "23")
+_SPACING = re.compile(r"\s+|(?!(?<=\d)[.,:](?=\d))(?!-(?=\d))(?!(?<=\w)-(?=\w))"
+                      r"[.,;:!?'\"()\[\]{}¿¡…“”‘’«»–—-]")
 
 
 def question_key(text: str) -> str:
     """Key under which two spellings of one question match: case folded, spaces and sentence punctuation
-    dropped; every letter (any script), digit and symbol kept ("C++" is not "C")."""
+    dropped; every letter (any script), digit and symbol kept ("C++" is not "C", "1.5" is not "15")."""
     return _SPACING.sub("", str(text).casefold())
+
+
+def _one_label_per_pair(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
+    """The labelled pairs of `frame` with text to match, one row per pair of keys (either order) with the
+    majority label; a pair labelled both ways equally often is dropped. Also the number dropped so."""
+    frame = frame[frame["is_duplicate"] >= 0]
+    k1, k2 = frame["question1"].map(question_key), frame["question2"].map(question_key)
+    frame = frame[(k1 != "") & (k2 != "")]  # nothing left to match on
+    k1, k2 = k1[frame.index], k2[frame.index]
+    key = np.where(k1 < k2, k1 + "\x1f" + k2, k2 + "\x1f" + k1)
+    vote = frame.groupby(key)["is_duplicate"].transform("mean")
+    first = ~pd.Series(key, index=frame.index).duplicated().to_numpy()
+    tied = (vote == 0.5).to_numpy()
+    out = frame[first & ~tied].assign(is_duplicate=(vote[first & ~tied] > 0.5).astype(int))
+    return out, int((first & tied).sum())
 
 
 class KnownPairs:
@@ -39,9 +59,7 @@ class KnownPairs:
 
         if not 0.5 < probability <= 1.0:
             raise ValueError(f"the probability of a known duplicate must be in (0.5, 1], got {probability}")
-        labelled = frame[frame["is_duplicate"] >= 0]
-        labelled = labelled[(labelled["question1"].map(question_key) != "") &
-                            (labelled["question2"].map(question_key) != "")]  # nothing left to match on
+        labelled, tied = _one_label_per_pair(frame)
         if not len(labelled):
             raise DataError(f"{source}: no labelled pairs with text to match (is_duplicate 0 or 1)")
         graph = DuplicateGraph.from_pairs(labelled, key=question_key)
@@ -50,7 +68,8 @@ class KnownPairs:
         self.group = graph.group
         self.different = {(int(u), int(v)) for u, v in graph.neg_edges}
         self.stats = {"pairs": len(labelled), "questions": len(self.nodes),
-                      "duplicate_groups": int((np.bincount(self.group) > 1).sum()) if len(self.group) else 0}
+                      "duplicate_groups": int((np.bincount(self.group) > 1).sum()) if len(self.group) else 0,
+                      "tied_pairs_left_to_the_model": tied}
         self.digest = hashlib.sha256("\n".join(
             [str(self.probability), *self.nodes, self.group.tobytes().hex(), repr(sorted(self.different))]
         ).encode()).hexdigest()
@@ -60,7 +79,7 @@ class KnownPairs:
         """Read a labelled pair file (any format `qpairs.data.load_pairs` reads; a bad row is an error)."""
         from .data import load_pairs
 
-        return cls(load_pairs([path], **column_names), probability, source=str(path))
+        return cls(load_pairs([path], dedupe=False, **column_names), probability, source=str(path))
 
     def lookup(self, q1: list[str], q2: list[str]) -> np.ndarray:
         """Per pair: KNOWN_DUPLICATE (one duplicate group), KNOWN_DIFFERENT (labelled non-duplicate) or UNKNOWN."""
@@ -85,5 +104,7 @@ class KnownPairs:
 
     def __str__(self) -> str:
         s = self.stats
+        tied = f", {s['tied_pairs_left_to_the_model']:,} labelled both ways left to the model" if s[
+            "tied_pairs_left_to_the_model"] else ""
         return (f"{s['pairs']:,} known pairs from {self.source} ({s['questions']:,} questions, "
-                f"{s['duplicate_groups']:,} duplicate groups)")
+                f"{s['duplicate_groups']:,} duplicate groups{tied})")

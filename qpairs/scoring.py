@@ -247,7 +247,8 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
     ident = {"input": str(Path(input).resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns,
              "options": {"q1": q1c, "q2": q2c, "id": idc, "chunk_size": chunk_size, "every": every,
                          "on_bad_row": on_bad_row, "max_chars": max_chars, "batch_size": scorer.batch_size,
-                         "cache_size": scorer.cache_size, "device": det.device.type, "model": _fingerprint(det)}}
+                         "cache_size": scorer.cache_size, "device": det.device.type, "backend": det.backend,
+                         "model": _fingerprint(det)}}
     state = _resume_state(p, ident) if resume else None
     chunks, digest = tableio.iter_table(input, chunk_size), hashlib.sha256()
     skipped = _skip_scored(chunks, digest, state, p, input) if state else None
@@ -256,7 +257,7 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
     t0, scored = time.perf_counter(), 0
     writers = []
     try:
-        writer = tableio.open_writer(output, p["tmp"], state and state["writer"])
+        writer = tableio.open_writer(output, p["tmp"], state and state["writer"], rounded=(PROBA_COL,))
         writers.append(writer)
         bad_writer = tableio.CSVWriter(p["bad_tmp"], "csv", False, state and state["bad_writer"], name=p["bad"])
         writers.append(bad_writer)

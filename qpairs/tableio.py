@@ -172,8 +172,8 @@ class _CSVReader:
         except OSError as exc:
             raise DataError(f"{path}: cannot be read: {exc.strerror or exc}") from None
         binary = _decompressed(self.raw, path)
-        self.file = io.TextIOWrapper(binary, encoding="utf-8", newline="")
-        self.records = csv.reader(self.file, **self.dialect)
+        self.file = io.TextIOWrapper(binary, encoding="utf-8-sig", newline="")  # a BOM goes before parsing
+        self.records = csv.reader(self.file, strict=True, **self.dialect)
         self.header: list[str] = []
         self.line = 0  # physical lines consumed
         with self._errors():
@@ -192,6 +192,9 @@ class _CSVReader:
         except UnicodeDecodeError:
             raise self._bad_bytes() from None
         except csv.Error as exc:
+            if "unexpected end of data" in str(exc):
+                raise DataError(f"{self.path}: line {self.line + 1}: a quoted field opened in the record starting "
+                                "on this line is never closed (the file ends inside it)") from None
             raise DataError(f"{self.path}: line {self.records.line_num}: could not be read as {self.fmt.upper()}: "
                             f"{exc}") from None
         except (OSError, EOFError, lzma.LZMAError) as exc:  # a corrupt or truncated compressed stream
@@ -275,15 +278,28 @@ def row_where(path, row: int) -> str:
     return f"row {row + 1}" + (f" (line {line})" if line is not None else "")
 
 
+_NULLABLE_INTS = {}  # arrow integer type -> pandas nullable integer dtype (filled on first use)
+
+
+def _fill_nullable_ints() -> None:
+    import pyarrow as pa
+
+    for bits in (8, 16, 32, 64):
+        _NULLABLE_INTS[getattr(pa, f"int{bits}")()] = pd.api.types.pandas_dtype(f"Int{bits}")
+        _NULLABLE_INTS[getattr(pa, f"uint{bits}")()] = pd.api.types.pandas_dtype(f"UInt{bits}")
+
+
 def iter_table(path, chunk_size: int) -> Iterator[Chunk]:
     """`Chunk`s of `chunk_size` rows (the last may be shorter), in file order."""
     fmt, _ = table_format(path)
     _exists(path)
     if fmt == "parquet":
         start = 0
+        if not _NULLABLE_INTS:
+            _fill_nullable_ints()
         try:
             for batch in _parquet_file(path).iter_batches(batch_size=chunk_size):
-                frame = batch.to_pandas()
+                frame = batch.to_pandas(types_mapper=_NULLABLE_INTS.get)  # an int column with nulls stays int
                 frame.index = pd.RangeIndex(start, start + len(frame))
                 start += len(frame)
                 yield Chunk(frame, n_fields=frame.shape[1])
@@ -315,9 +331,8 @@ def read_frame(path, chunk_size: int = 65536) -> pd.DataFrame:
 class CSVWriter:
     """Appends frames to a CSV/TSV (gzip: one member per chunk) file; `state()` is the byte offset."""
 
-    def __init__(self, path, fmt: str, gz: bool, state: dict | None = None, float_format: str = "%.6g",
-                 name=None):
-        self.path, self.fmt, self.gz, self.float_format = Path(path), fmt, gz, float_format
+    def __init__(self, path, fmt: str, gz: bool, state: dict | None = None, rounded: tuple = (), name=None):
+        self.path, self.fmt, self.gz, self.rounded = Path(path), fmt, gz, tuple(rounded)  # written at 6 digits
         self.name = name or self.path
         self.offset = int(state["offset"]) if state else 0
         self.header_done = bool(state and state["header_done"])
@@ -333,8 +348,9 @@ class CSVWriter:
 
     def write(self, frame: pd.DataFrame) -> None:
         try:
-            text = frame.to_csv(index=False, header=not self.header_done, float_format=self.float_format,
-                                lineterminator="\n", **_csv_kwargs(self.fmt))
+            rounded = {c: frame[c].map(lambda v: "" if pd.isna(v) else f"{v:.6g}") for c in self.rounded if c in frame}
+            text = frame.assign(**rounded).to_csv(index=False, header=not self.header_done, lineterminator="\n",
+                                                  **_csv_kwargs(self.fmt))
         except csv.Error as exc:
             raise ValueError(f"{self.name}: a cell holds a tab or newline, which TSV without quoting cannot "
                              f"store ({exc}); write CSV or Parquet instead") from exc
@@ -406,10 +422,13 @@ def output_format(name) -> tuple[str, bool]:
     return table_format(name)
 
 
-def open_writer(name, temp_path, state: dict | None = None):
-    """A chunk writer into `temp_path` for the format that the file name `name` implies."""
+def open_writer(name, temp_path, state: dict | None = None, rounded: tuple = ()):
+    """A chunk writer into `temp_path` for the format that the file name `name` implies (`rounded`: float columns
+    a CSV/TSV holds at 6 significant digits; every other column as it is)."""
     fmt, gz = output_format(name)
-    return ParquetWriter(temp_path, state) if fmt == "parquet" else CSVWriter(temp_path, fmt, gz, state, name=name)
+    if fmt == "parquet":
+        return ParquetWriter(temp_path, state)
+    return CSVWriter(temp_path, fmt, gz, state, rounded, name=name)
 
 
 def write_frame(frame: pd.DataFrame, path, name=None) -> None:

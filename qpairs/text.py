@@ -31,6 +31,7 @@ def text_problem(value, max_chars: int | None = None) -> str:
 
 def bad_reasons(values: pd.Series, max_chars: int | None = None) -> pd.Series:
     """Per value: why it is not a question text ('' when it is fine); over `max_chars` characters is bad."""
+    values = values.astype(object)  # a nullable (e.g. Int64) column takes no '' below
     is_str = values.map(lambda v: isinstance(v, str)).astype(bool)
     text = values.where(is_str, "").astype(str)
     reason = pd.Series("", index=values.index, dtype=object)

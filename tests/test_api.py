@@ -52,6 +52,10 @@ def test_bad_arguments_have_clear_errors(det):
         det.predict_proba("", "x")
     with pytest.raises(ValueError, match=r"q2\[1\] is empty \('\\u200b'\)"):
         det.predict_proba(["a", "b"], ["c", "\u200b"])
+    with pytest.raises(TypeError, match="q1 must be an ordered sequence of strings .* not a set"):
+        det.predict_proba({"a", "b"}, ["c", "d"])
+    with pytest.raises(TypeError, match="q2 must be an ordered sequence of strings .* not a dict"):
+        det.predict_proba(["a", "b"], {"c": 1, "d": 2})
 
 
 def test_missing_and_corrupt_model_dirs(model_dir, tmp_path):

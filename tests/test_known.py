@@ -32,7 +32,7 @@ def test_lookup_follows_transitivity_and_each_pairs_own_label():
         UNKNOWN,  # two known questions in different groups, never labelled together
         UNKNOWN,  # a question the labels do not hold
     ]
-    assert known.stats == {"pairs": 5, "questions": 6, "duplicate_groups": 2}
+    assert known.stats == {"pairs": 5, "questions": 6, "duplicate_groups": 2, "tied_pairs_left_to_the_model": 0}
 
 
 def test_a_pairs_own_non_duplicate_label_wins_over_its_group():
@@ -163,3 +163,41 @@ def test_resume_refuses_other_known_pairs(tiny_run, tmp_path):
     with pytest.raises(ValueError, match="cannot resume"):
         score_file(tmp_path / "in.csv", tmp_path / "out.csv", str(tiny_run), device="cpu", chunk_size=40,
                    checkpoint_rows=40, resume=True, progress=False)
+
+
+def test_numbers_keep_their_points_and_signs():
+    frame = pd.DataFrame({"question1": ["How many pounds is 1.5 kg?", "What is -5 squared?", "Is sleeping 2-3 hours enough?"],
+                          "question2": ["What is 1.5 kg in pounds?", "What is minus five squared?", "Is 2 to 3 hours of sleep enough?"],
+                          "is_duplicate": [1, 1, 1]})
+    known = KnownPairs(frame)
+    assert known.lookup(["How many pounds is 15 kg?", "What is 5 squared?", "Is sleeping 23 hours enough?",
+                         "how many pounds is 1.5 kg"],
+                        ["What is 1.5 kg in pounds?", "What is minus five squared?", "Is 2 to 3 hours of sleep enough?",
+                         "What is 1.5 kg in pounds?"]).tolist() == [UNKNOWN, UNKNOWN, UNKNOWN, KNOWN_DUPLICATE]
+
+
+def test_every_pair_keeps_its_own_label_in_any_script_and_ties_go_to_the_model(tmp_path):
+    path = tmp_path / "known.csv"
+    pd.DataFrame({"question1": ["Что такое любовь?", "Как похудеть?", "愛とは何ですか？", "How old is C++?",
+                                "How old is C?", "Is tennis hard?", "Is tennis hard?", "Is golf hard?"],
+                  "question2": ["Что значит любовь?", "Как сбросить вес?", "愛の意味は？", "How old is Python?",
+                                "How old is Python?", "How difficult is tennis?", "How difficult is tennis?",
+                                "Is golf easy?"],
+                  "is_duplicate": [1, 1, 0, 1, 0, 1, 0, 1]}).to_csv(path, index=False)
+    known = KnownPairs.from_file(path)
+    assert known.stats["pairs"] == 6 and known.stats["tied_pairs_left_to_the_model"] == 1
+    assert known.lookup(["Что такое любовь?", "Как похудеть?", "愛とは何ですか？", "How old is C?", "Is tennis hard?",
+                         "How old is C++?"],
+                        ["Что значит любовь?", "Как сбросить вес?", "愛の意味は？", "How old is Python?",
+                         "How difficult is tennis?", "How old is C?"]).tolist() == [
+        KNOWN_DUPLICATE, KNOWN_DUPLICATE, KNOWN_DIFFERENT, KNOWN_DIFFERENT, UNKNOWN, UNKNOWN]
+    assert "1 labelled both ways left to the model" in str(known)
+
+
+def test_a_known_probability_on_the_wrong_side_of_the_threshold_is_refused(tiny_run):
+    import qpairs
+
+    det = qpairs.load(tiny_run, device="cpu")
+    det.calibrator.threshold = 0.62
+    with pytest.raises(ValueError, match="threshold 0.6200: raise --known-probability"):
+        det.with_known(KnownPairs(LABELLED, probability=0.55))

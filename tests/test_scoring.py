@@ -612,3 +612,49 @@ def test_a_resumed_run_starts_its_byte_bar_where_the_scored_rows_end(det, tmp_pa
                resume=True)
     size = os.path.getsize(tmp_path / "in.csv")
     assert starts[0] == (0, size) and 0 < starts[1][0] < size and starts[1][1] == size
+
+
+def test_a_bom_before_a_quoted_header_is_not_part_of_the_first_name(det, tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b'\xef\xbb\xbf"id","question1","question2"\r\n"007","How do I learn Python?","Is tennis hard?"\r\n')
+    score_file(path, tmp_path / "out.csv", det, progress=False)
+    out = pd.read_csv(tmp_path / "out.csv", dtype=str)
+    assert list(out.columns[:3]) == ["id", "question1", "question2"] and out["id"].tolist() == ["007"]
+
+
+def test_a_quote_never_closed_is_an_error_naming_its_line(det, tmp_path):
+    path = tmp_path / "open.csv"
+    path.write_text('id,question1,question2\n1,a b,a c\n2,d e,"d f\n3,g h,g i\n4,j k,j l\n')
+    with pytest.raises(DataError, match=r"open\.csv: line 3: a quoted field .* never closed"):
+        score_file(path, tmp_path / "out.csv", det, progress=False)
+    assert not (tmp_path / "out.csv").exists()
+
+
+def test_other_columns_of_a_parquet_input_keep_their_values_in_csv_and_parquet(det, tmp_path):
+    frame = make_pairs(6, seed=3)[["question1", "question2"]].assign(
+        price=[0.123456789, 1234567.5, 2.0, 3.25, 1e-9, 7.0],
+        big=pd.array([9007199254740993, None, 1, 2, 3, 4], dtype="Int64"))
+    frame.to_parquet(tmp_path / "in.parquet", index=False)
+    score_file(tmp_path / "in.parquet", tmp_path / "out.csv", det, progress=False)
+    score_file(tmp_path / "in.parquet", tmp_path / "out.parquet", det, progress=False)
+    text = pd.read_csv(tmp_path / "out.csv", dtype=str, keep_default_na=False)
+    assert text["price"].tolist() == ["0.123456789", "1234567.5", "2.0", "3.25", "1e-09", "7.0"]
+    assert text["big"].tolist() == ["9007199254740993", "", "1", "2", "3", "4"]
+    assert all(len(v.replace("0.", "").replace("e-", "")) <= 8 for v in text[PROBA_COL])  # 6 significant digits
+    back = pd.read_parquet(tmp_path / "out.parquet")
+    assert back["big"].iloc[0] == 9007199254740993 and pd.isna(back["big"].iloc[1])
+    assert back["price"].tolist() == frame["price"].tolist()
+
+
+def test_resume_refuses_another_backend(det, tmp_path):
+    write(kaggle_test_frame(120), tmp_path / "in.csv")
+    with pytest.raises(KeyboardInterrupt):
+        score_file(tmp_path / "in.csv", tmp_path / "out.csv", det, chunk_size=40, checkpoint_rows=40,
+                   _stop_after_chunks=2, progress=False)
+    det.backend = "bf16"  # what another --backend gives the run's identity
+    try:
+        with pytest.raises(ValueError, match="cannot resume"):
+            score_file(tmp_path / "in.csv", tmp_path / "out.csv", det, chunk_size=40, checkpoint_rows=40,
+                       resume=True, progress=False)
+    finally:
+        det.backend = "torch"
