@@ -264,7 +264,7 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
         for k, chunk in enumerate(chunks, start=chunks_done):
             _rows_digest(digest, chunk.frame)
             reasons, ok = _chunk_reasons(chunk, (q1c, q2c), max_chars)
-            report = _bad_rows_frame(chunk, reasons, idc)
+            report = _bad_rows_frame(chunk, reasons, idc, "\t" if tableio.table_format(input)[0] == "tsv" else ",")
             if len(report) and on_bad_row == "error":
                 _raise_bad_row(input, chunk, report.iloc[0])
             try:
@@ -400,10 +400,11 @@ def _score_chunk(scorer: PairScorer, chunk: pd.DataFrame, q1c: str, q2c: str, ok
     return out
 
 
-def _bad_rows_frame(chunk, bad: dict, idc: str | None) -> pd.DataFrame:
-    """The bad-row report of a chunk: row, line (CSV/TSV), id, column ('' for a field-count problem), reason, value."""
+def _bad_rows_frame(chunk, bad: dict, idc: str | None, delimiter: str = ",") -> pd.DataFrame:
+    """The bad-row report of a chunk: row, line (CSV/TSV), id, column ('' for a field-count problem), reason, value
+    (for a field-count problem, the whole line as read, since the output row cannot hold it)."""
     frame, start = chunk.frame, int(chunk.frame.index[0])
-    hits = [(i, "", chunk.field_count_problem(i), "") for i in chunk.odd_fields]
+    hits = [(i, "", chunk.field_count_problem(i), chunk.odd_record(i, delimiter)) for i in chunk.odd_fields]
     for col, reasons in bad.items():
         for row, reason in reasons[reasons != ""].items():
             hits.append((int(row) - start, col, reason, str(frame.at[row, col])[:80]))

@@ -139,6 +139,7 @@ class Chunk:
     frame: pd.DataFrame
     lines: np.ndarray | None = None
     odd_fields: dict = field(default_factory=dict)  # position in the chunk -> fields on that row's line
+    odd_records: dict = field(default_factory=dict)  # position in the chunk -> that line's fields as read
     n_fields: int = 0
     end_byte: int | None = None  # CSV/TSV: bytes of the file (compressed for gzip) read up to the chunk's end
 
@@ -146,6 +147,12 @@ class Chunk:
         """'row N (line L)' of the chunk's `i`-th row (1-based row N; L is the file's physical line)."""
         label = f"row {int(self.frame.index[i]) + 1}"
         return label + (f" (line {int(self.lines[i])})" if self.lines is not None else "")
+
+    def odd_record(self, i: int, delimiter: str = ",") -> str:
+        """The `i`-th row's fields as its line held them, written back as one CSV line (nothing cut)."""
+        out = io.StringIO()
+        csv.writer(out, delimiter=delimiter, lineterminator="").writerow(self.odd_records.get(i, []))
+        return out.getvalue()
 
     def field_count_problem(self, i: int) -> str:
         return f"field count (the header has {self.n_fields} fields, this line has {self.odd_fields[i]})"
@@ -221,27 +228,27 @@ class _CSVReader:
 
     def chunks(self, chunk_size: int) -> Iterator[Chunk]:
         n, row, records = len(self.header), 0, self.records
-        rows, lines, odd = [], [], {}
+        rows, lines, odd, odd_records = [], [], {}, {}
         with self._errors():
             for rec in records:
                 start, self.line = self.line + 1, records.line_num
                 if not rec:  # blank lines are skipped
                     continue
                 if len(rec) != n:
-                    odd[len(rows)] = len(rec)
+                    odd[len(rows)], odd_records[len(rows)] = len(rec), rec
                     rec = (rec + [""] * n)[:n]
                 rows.append(rec)
                 lines.append(start)
                 if len(rows) == chunk_size:
-                    yield self._chunk(rows, lines, odd, row)
+                    yield self._chunk(rows, lines, odd, odd_records, row)
                     row += len(rows)
-                    rows, lines, odd = [], [], {}
+                    rows, lines, odd, odd_records = [], [], {}, {}
         if rows:
-            yield self._chunk(rows, lines, odd, row)
+            yield self._chunk(rows, lines, odd, odd_records, row)
 
-    def _chunk(self, rows, lines, odd, row: int) -> Chunk:
+    def _chunk(self, rows, lines, odd, odd_records, row: int) -> Chunk:
         frame = pd.DataFrame(rows, columns=self.header, dtype=object, index=pd.RangeIndex(row, row + len(rows)))
-        return Chunk(frame, np.asarray(lines, dtype=np.int64), odd, len(self.header), self.raw.tell())
+        return Chunk(frame, np.asarray(lines, dtype=np.int64), odd, odd_records, len(self.header), self.raw.tell())
 
     def close(self) -> None:
         self.file.close()

@@ -277,6 +277,7 @@ def test_mark_reports_a_field_count_row_and_scores_it_as_missing(det, tmp_path):
     report = pd.read_csv(r["bad_rows_report"], dtype=str, keep_default_na=False)
     assert report[["row", "line", "id"]].values.tolist() == [["2", "3", "8"]]
     assert report["reason"].iloc[0].startswith("field count")
+    assert report["value"].iloc[0] == "8,What is a?,What is b?,extra"  # the whole line: nothing is lost
 
 
 def test_submit_refuses_a_field_count_row(det, tmp_path):
