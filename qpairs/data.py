@@ -51,10 +51,17 @@ def default_data_dir() -> Path | None:
     return None
 
 
+# spaces and sentence punctuation; not a point, comma or colon between digits, nor a minus sign or hyphen
+# before a digit or between letters ("1.5" is not "15", "-5" not "5", "2-3" not "23")
+_SPELLING = re.compile(r"\s+|(?!(?<=\d)[.,:](?=\d))(?!-(?=\d))(?!(?<=\w)-(?=\w))"
+                       r"[.,;:!?'\"()\[\]{}¿¡…“”‘’«»–—-]")
+
+
 def normalize_question(text: str) -> str:
-    """Key under which two spellings of one question count as the same question: lower case, letters (of any
-    script) and digits only."""
-    return re.sub(r"[\W_]", "", text.lower())
+    """Key under which two spellings of one question count as the same question: case folded, spaces and
+    sentence punctuation dropped; every letter and mark (any script), digit and symbol kept ("C++" is not "C",
+    "1.5" is not "15")."""
+    return _SPELLING.sub("", str(text).casefold())
 
 
 def pair_key(q1: str, q2: str) -> str:

@@ -2,7 +2,7 @@
 
 A user often holds labelled pairs already (a forum's merged duplicates, a training file). Duplicates are
 transitive, so those labels answer more pairs than they name: A~B and B~C labelled give A~C.
-`KnownPairs` holds them (questions matched by `question_key`) and answers:
+`KnownPairs` holds them (questions matched by `qpairs.data.normalize_question`) and answers:
 
 * a pair inside one duplicate group (labelled, or implied by transitivity): `probability`;
 * a pair labelled non-duplicate itself: 1 − `probability`;
@@ -19,28 +19,17 @@ import hashlib
 import numpy as np
 import pandas as pd
 
-import re
-
+from .data import normalize_question
 from .errors import DataError
 
 KNOWN_DUPLICATE, KNOWN_DIFFERENT, UNKNOWN = 1, 0, -1
-# spaces and sentence punctuation; not a point, comma or colon between digits, nor a minus sign or hyphen
-# before a digit or between letters ("1.5" is not "15", "-5" not "5", "2-3" not "23")
-_SPACING = re.compile(r"\s+|(?!(?<=\d)[.,:](?=\d))(?!-(?=\d))(?!(?<=\w)-(?=\w))"
-                      r"[.,;:!?'\"()\[\]{}¿¡…“”‘’«»–—-]")
-
-
-def question_key(text: str) -> str:
-    """Key under which two spellings of one question match: case folded, spaces and sentence punctuation
-    dropped; every letter (any script), digit and symbol kept ("C++" is not "C", "1.5" is not "15")."""
-    return _SPACING.sub("", str(text).casefold())
 
 
 def _one_label_per_pair(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
     """The labelled pairs of `frame` with text to match, one row per pair of keys (either order) with the
     majority label; a pair labelled both ways equally often is dropped. Also the number dropped so."""
     frame = frame[frame["is_duplicate"] >= 0]
-    k1, k2 = frame["question1"].map(question_key), frame["question2"].map(question_key)
+    k1, k2 = frame["question1"].map(normalize_question), frame["question2"].map(normalize_question)
     frame = frame[(k1 != "") & (k2 != "")]  # nothing left to match on
     k1, k2 = k1[frame.index], k2[frame.index]
     key = np.where(k1 < k2, k1 + "\x1f" + k2, k2 + "\x1f" + k1)
@@ -62,9 +51,9 @@ class KnownPairs:
         labelled, tied = _one_label_per_pair(frame)
         if not len(labelled):
             raise DataError(f"{source}: no labelled pairs with text to match (is_duplicate 0 or 1)")
-        graph = DuplicateGraph.from_pairs(labelled, key=question_key)
+        graph = DuplicateGraph.from_pairs(labelled)
         self.probability, self.source = float(probability), source
-        self.nodes = pd.Index(pd.Series(graph.texts, dtype=object).map(question_key))
+        self.nodes = pd.Index(pd.Series(graph.texts, dtype=object).map(normalize_question))
         self.group = graph.group
         self.different = {(int(u), int(v)) for u, v in graph.neg_edges}
         self.stats = {"pairs": len(labelled), "questions": len(self.nodes),
@@ -83,8 +72,8 @@ class KnownPairs:
 
     def lookup(self, q1: list[str], q2: list[str]) -> np.ndarray:
         """Per pair: KNOWN_DUPLICATE (one duplicate group), KNOWN_DIFFERENT (labelled non-duplicate) or UNKNOWN."""
-        i = self.nodes.get_indexer([question_key(t) for t in q1])
-        j = self.nodes.get_indexer([question_key(t) for t in q2])
+        i = self.nodes.get_indexer([normalize_question(t) for t in q1])
+        j = self.nodes.get_indexer([normalize_question(t) for t in q2])
         out = np.full(len(i), UNKNOWN, dtype=np.int64)
         both = (i >= 0) & (j >= 0) & (i != j)  # one question spelt twice: the labels say nothing of it
         out[both & (self.group[i] == self.group[j])] = KNOWN_DUPLICATE

@@ -43,15 +43,14 @@ class DuplicateGraph:
     stats: dict = field(default_factory=dict)
 
     @classmethod
-    def from_pairs(cls, frame: pd.DataFrame, key=normalize_question) -> "DuplicateGraph":
-        """Build the graph from a frame with question1, question2, is_duplicate (unlabelled rows ignored);
-        texts with the same `key` are one question."""
+    def from_pairs(cls, frame: pd.DataFrame) -> "DuplicateGraph":
+        """Build the graph from a frame with question1, question2, is_duplicate (unlabelled rows ignored)."""
         from scipy.sparse import coo_matrix
         from scipy.sparse.csgraph import connected_components
 
         frame = frame[frame["is_duplicate"] >= 0]
-        k1 = frame["question1"].map(key).to_numpy()
-        k2 = frame["question2"].map(key).to_numpy()
+        k1 = frame["question1"].map(normalize_question).to_numpy()
+        k2 = frame["question2"].map(normalize_question).to_numpy()
         texts = pd.concat([frame["question1"], frame["question2"]], ignore_index=True)
         keys = pd.Series(np.concatenate([k1, k2]))
         first = ~keys.duplicated().to_numpy()

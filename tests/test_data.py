@@ -179,3 +179,17 @@ def test_shared_qqp_files_load_when_present():
     path = root / "qqp" / "kaggle_train_head10k.csv.gz"
     out = qd.load_pairs(path)
     assert len(out) > 8000 and 0.3 < out["is_duplicate"].mean() < 0.42
+
+
+def test_pairs_that_differ_in_symbols_numbers_or_any_script_are_not_merged():
+    from qpairs.data import deduplicate
+
+    q1 = ["Is C++ like Java?", "Is C# like Java?", "How many pounds is 1.5 kg?", "What is -5 squared?",
+          "What is 😀?", "दिन क्या है?", "Что такое любовь?", "How do I learn Python?"]
+    q2 = ["Is C like Java?", "Is C like Java?", "How many pounds is 15 kg?", "What is 5 squared?",
+          "What is 😎?", "दान क्या है?", "Что такое жизнь?", "What's the best way to learn Python?"]
+    frame = pd.DataFrame({"question1": q1 + ["how do i learn python"], "question2": q2 + ["Whats the best way to learn python"],
+                          "is_duplicate": [0] * 9})
+    out = deduplicate(frame)
+    assert len(out) == 8  # only the last row, the same pair spelt otherwise, merges
+    assert out["question1"].tolist() == q1
