@@ -24,12 +24,12 @@ from .distill import teacher_label_files
 log = logging.getLogger("qpairs")
 
 
-def load_splits(cfg: TrainConfig, run_dir: Path) -> dict:
-    """Load the data, split it and save the held-out splits into the run directory."""
+def load_splits(cfg: TrainConfig, run_dir: Path, write: bool = True) -> dict:
+    """Load the data, split it and (`write`) save the splits into the run directory."""
     if cfg.left_col or cfg.right_col:  # title/body posts → pair sets (qpairs.title_body)
         from .title_body import load_title_body_splits
 
-        return load_title_body_splits(cfg, run_dir, write=distributed.is_main())
+        return load_title_body_splits(cfg, run_dir, write=write and distributed.is_main())
     files = cfg.data or [str(p) for p in qdata.qqp_files()]
     report = qdata.LoadReport()
     frame = qdata.load_pairs(files, on_bad_row=cfg.on_bad_row, report=report)
@@ -59,7 +59,7 @@ def load_splits(cfg: TrainConfig, run_dir: Path) -> dict:
     splits["train"] = train
     info.update(load=str(report), files=[str(f) for f in files], balance=cfg.balance,
                 train_size=len(train), train_duplicate_rate=float(train["is_duplicate"].mean()))
-    if distributed.is_main():  # every rank loads the same splits; one writes them
+    if write and distributed.is_main():  # every rank loads the same splits; one writes them
         (run_dir / "splits").mkdir(parents=True, exist_ok=True)
         for name in ("validation", "test"):
             splits[name].to_csv(run_dir / "splits" / f"{name}.csv.gz", index=False)
@@ -125,3 +125,14 @@ def add_inferred_negatives(train, per_negative: int, held_out, seed: int = 0):
                           held_out)
     log.info("training split: +%d inferred non-duplicates (%d labelled pairs)", len(extra), len(train))
     return pd.concat([train, extra], ignore_index=True)
+
+
+def check_same_held_out(splits: dict, run_dir: Path) -> None:
+    """Refuse to resume a run whose data no longer gives the validation and test pairs it began with."""
+    import gzip
+
+    for name in ("validation", "test"):
+        stored = run_dir / "splits" / f"{name}.csv.gz"
+        if stored.exists() and gzip.decompress(stored.read_bytes()) != splits[name].to_csv(index=False).encode():
+            raise ValueError(f"this call's data no longer gives the {name} pairs the run began with ({stored}): "
+                             "resume with the same files and settings, or start a new run with another --out")

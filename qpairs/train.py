@@ -38,7 +38,7 @@ from .matching import needs_tokens, require_token_cache
 from .metrics import HIGHER_IS_BETTER, format_table
 from .model import SiameseModel
 from .objective import Objective, make_pair_head, pair_batches
-from .splits import load_splits
+from .splits import check_same_held_out, load_splits
 from .warmstart import start_from
 
 log = logging.getLogger("qpairs")
@@ -184,6 +184,9 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     show = cfg.progress if distributed.is_main() else False  # tqdm: None → only on a TTY
 
     # data
+    if splits is None and cfg.resume and (run_dir / "splits").exists():  # the same held-out pairs, or a refusal
+        splits = load_splits(cfg, run_dir, write=False)
+        check_same_held_out(splits, run_dir)
     splits = splits or load_splits(cfg, run_dir)
     train_df, val_df, test_df = splits["train"], splits["validation"], splits["test"]
     if len(val_df) == 0 or val_df["is_duplicate"].nunique() < 2:

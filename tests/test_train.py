@@ -293,3 +293,27 @@ def test_teacher_labels_give_soft_targets_and_bad_files_are_named(tmp_path):
                   "teacher_probability": [0.5, 1.7]}).to_csv(bad, index=False)
     with pytest.raises(qd.DataError, match=r"bad.csv: row 2 \(line 3\), column 'teacher_probability'"):
         with_teacher_targets(train, [str(bad)], weight=0.5)
+
+
+def test_resume_refuses_data_that_no_longer_gives_the_same_held_out_pairs(tmp_path, monkeypatch):
+    data = tmp_path / "pairs.csv"
+    make_pairs(300, seed=2).to_csv(data, index=False)
+    interrupted_run(monkeypatch, _tiny_cfg(tmp_path, data, out=str(tmp_path / "part"), epochs=2, patience=5))
+    changed = make_pairs(300, seed=2)
+    changed["is_duplicate"] = 1 - changed["is_duplicate"]  # the same pairs, relabelled
+    changed.to_csv(data, index=False)
+    stored = (tmp_path / "part" / "splits" / "validation.csv.gz").read_bytes()
+    with pytest.raises(ValueError, match="no longer gives the validation pairs the run began with"):
+        train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "part"), epochs=2, patience=5, resume=True))
+    assert (tmp_path / "part" / "splits" / "validation.csv.gz").read_bytes() == stored  # nothing overwritten
+
+
+def test_resume_of_a_run_that_stopped_before_its_first_checkpoint_checks_the_data_too(tmp_path):
+    data = tmp_path / "pairs.csv"
+    make_pairs(300, seed=2).assign(is_duplicate=1).to_csv(data, index=False)  # one class: fails after the split
+    with pytest.raises(ValueError, match="both classes"):
+        train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "failed"), epochs=1))
+    other = tmp_path / "other.csv"
+    make_pairs(300, seed=3).to_csv(other, index=False)
+    with pytest.raises(ValueError, match="no longer gives the validation pairs"):
+        train(_tiny_cfg(tmp_path, other, out=str(tmp_path / "failed"), epochs=1, resume=True))
