@@ -52,10 +52,21 @@ def evaluate_distances(calibrator, d, y, report_dir=None, history=None,
                        promised_recall=point["recall"])
     if report_dir is not None:
         report_dir = Path(report_dir)
+        if report_dir.exists() and not report_dir.is_dir():
+            raise ValueError(f"{report_dir} is a file: the report goes into a folder; name another with -o")
         report_dir.mkdir(parents=True, exist_ok=True)
         write_json(report_dir / "metrics.json", metrics)
         save_report_plots(report_dir, y, probs, d, history)
     return metrics, probs
+
+
+def _data_name(path) -> str:
+    """A data file's name without its format and compression suffixes ('q.v1.csv.gz' -> 'q.v1')."""
+    name = Path(path).name
+    for suffix in (".gz", ".bz2", ".xz", ".csv", ".tsv", ".txt", ".parquet"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return name
 
 
 def report_dir(run_dir, files, prefix: str = "") -> Path:
@@ -64,7 +75,7 @@ def report_dir(run_dir, files, prefix: str = "") -> Path:
     from .config import EVAL_DIR
     from .detector import bundle_name, resolve_model_path
 
-    name = (prefix + "_".join(Path(f).name.split(".")[0] for f in files))[:80]
+    name = (prefix + "_".join(_data_name(f) for f in files))[:80]
     bundled = run_dir is None or bundle_name(resolve_model_path(run_dir)) is not None
     return Path(EVAL_DIR) / name if bundled else Path(run_dir) / "eval" / name
 

@@ -275,3 +275,15 @@ def test_a_missing_column_error_survives_a_trip_between_processes():
 
     back = pickle.loads(pickle.dumps(MissingColumnError("f.csv: no label column", "label")))
     assert isinstance(back, MissingColumnError) and str(back) == "f.csv: no label column" and back.role == "label"
+
+
+def test_evaluate_reports_of_two_versions_of_a_file_do_not_overwrite_and_a_file_is_no_report_folder(
+        tiny_run, tmp_path, capsys):
+    for name in ("q.v1.csv", "q.v2.csv.gz"):
+        make_pairs(80, seed=7).to_csv(tmp_path / name, index=False)
+        assert main(["evaluate", str(tiny_run), "--data", str(tmp_path / name), "--device", "cpu"]) == 0
+    assert (tiny_run / "eval" / "q.v1" / "metrics.json").exists() and (tiny_run / "eval" / "q.v2" / "metrics.json").exists()
+    (tmp_path / "afile").write_text("x")
+    assert main(["evaluate", str(tiny_run), "--data", str(tmp_path / "q.v1.csv"), "-o", str(tmp_path / "afile"),
+                 "--device", "cpu"]) == 2
+    assert "afile is a file: the report goes into a folder" in capsys.readouterr().err
