@@ -84,11 +84,12 @@ def evaluate_run(run_dir, files, out=None, device: str = "auto", on_bad_row: str
                  test_prior: float | None = None, **column_names) -> dict:
     """`qpairs evaluate`: load the run (None: the bundled model), score the files, print the table and write
     the report (default directory: `report_dir`)."""
-    from .data import load_pairs
+    from .data import LoadReport, load_pairs
     from .detector import load
 
     det = load(run_dir, device=device, backend=backend)
-    frame = load_pairs(files, on_bad_row=on_bad_row, **column_names)
+    loaded = LoadReport()
+    frame = load_pairs(files, on_bad_row=on_bad_row, report=loaded, **column_names)
     hist_path = det.path / "history.json"
     history = read_json(hist_path) if hist_path.exists() else None
     out = Path(out) if out else report_dir(run_dir, files)
@@ -102,5 +103,7 @@ def evaluate_run(run_dir, files, out=None, device: str = "auto", on_bad_row: str
         print(line)
     if test_prior is not None:
         print(f"probabilities re-weighted from duplicate rate {det.calibrator.prior:.3f} to {test_prior}")
+    if loaded.duplicates_removed or loaded.dropped_bad:
+        print(f"pairs evaluated once each: {loaded}")
     print(f"report written to {out}")
     return metrics

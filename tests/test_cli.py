@@ -287,3 +287,7 @@ def test_evaluate_reports_of_two_versions_of_a_file_do_not_overwrite_and_a_file_
     assert main(["evaluate", str(tiny_run), "--data", str(tmp_path / "q.v1.csv"), "-o", str(tmp_path / "afile"),
                  "--device", "cpu"]) == 2
     assert "afile is a file: the report goes into a folder" in capsys.readouterr().err
+    twice = pd.concat([make_pairs(80, seed=7)] * 2)
+    twice.to_csv(tmp_path / "twice.csv", index=False)
+    assert main(["evaluate", str(tiny_run), "--data", str(tmp_path / "twice.csv"), "--device", "cpu"]) == 0
+    assert "160 rows read; 80 repeated pairs merged" in capsys.readouterr().out
