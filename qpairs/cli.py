@@ -351,13 +351,17 @@ def _add_ensemble_command(sub) -> None:
 
 
 def _evaluate_run_dir(args):
-    """The run to evaluate: RUN or --model; a run directory given after --data's files is taken as RUN."""
+    """The run to evaluate: RUN or --model; a run directory or bundled model name given after --data's files is
+    taken as RUN."""
     from pathlib import Path
+
+    from .detector import BUNDLES
 
     if args.run and args.model and args.run != args.model:
         raise ValueError(f"two runs given: {args.run} and --model {args.model}")
     run = args.run or args.model
-    if run is None and len(args.data) > 1 and Path(args.data[-1]).is_dir():
+    last = Path(args.data[-1])
+    if run is None and len(args.data) > 1 and (last.is_dir() or not last.exists() and args.data[-1] in BUNDLES):
         run, args.data = args.data[-1], args.data[:-1]
     return run
 

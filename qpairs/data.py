@@ -116,7 +116,7 @@ class LoadReport:
         if self.dropped_bad:
             parts.append("dropped bad rows: " + ", ".join(f"{k}: {v}" for k, v in self.dropped_bad.items()))
         parts.append(f"{self.duplicates_removed} repeated pairs merged")
-        parts.append(f"{self.label_conflicts} pairs with conflicting labels (majority kept)")
+        parts.append(f"{self.label_conflicts} pairs with conflicting labels (majority kept; a tie counts as duplicate)")
         return "; ".join(parts)
 
 
@@ -215,7 +215,7 @@ def deduplicate(frame: pd.DataFrame, report: LoadReport | None = None) -> pd.Dat
         report.duplicates_removed += len(frame) - len(out)
         report.label_conflicts += len(conflicts)
     if len(conflicts):
-        log.info("%d pairs had conflicting labels; kept the majority label", len(conflicts))
+        log.info("%d pairs had conflicting labels; kept the majority label (a tie: duplicate)", len(conflicts))
     return out.drop(columns="_key").reset_index(drop=True)
 
 

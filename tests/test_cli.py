@@ -291,3 +291,15 @@ def test_evaluate_reports_of_two_versions_of_a_file_do_not_overwrite_and_a_file_
     twice.to_csv(tmp_path / "twice.csv", index=False)
     assert main(["evaluate", str(tiny_run), "--data", str(tmp_path / "twice.csv"), "--device", "cpu"]) == 0
     assert "160 rows read; 80 repeated pairs merged" in capsys.readouterr().out
+
+
+def test_a_bundled_model_name_after_the_data_files_is_the_run(tmp_path):
+    from qpairs.cli import _evaluate_run_dir
+
+    data = tmp_path / "eval.csv"
+    data.write_text("question1,question2,is_duplicate\na,b,1\n")
+    args = argparse.Namespace(run=None, model=None, data=[str(data), "fast"])
+    assert _evaluate_run_dir(args) == "fast" and args.data == [str(data)]
+    (tmp_path / "fast").write_text("a data file that happens to be called fast\n")
+    args = argparse.Namespace(run=None, model=None, data=[str(data), str(tmp_path / "fast")])
+    assert _evaluate_run_dir(args) is None and len(args.data) == 2
