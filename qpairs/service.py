@@ -96,7 +96,7 @@ class SearchRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"question": "How do I learn Python?",
                                                                                "k": 5}]})
     question: Text
-    k: int = Field(default=10, ge=1, le=MAX_K)
+    k: int = Field(default=10, ge=1, le=MAX_K, strict=True)  # a JSON whole number: not true, "3" or 2.0
 
 
 class SearchHit(BaseModel):

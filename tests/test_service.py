@@ -110,7 +110,8 @@ def test_search_matches_the_index(client, det, index):
     assert [h["id"] for h in body["results"]] == [h.id for h in expected]
     assert body["results"][0]["text"] == "Who invented piano?" and body["results"][0]["duplicate"]
     assert body["index_size"] == 200
-    for bad in ({"question": ""}, {"question": "x", "k": 0}, {"question": "x", "k": 1000}, {"k": 3}):
+    for bad in ({"question": ""}, {"question": "x", "k": 0}, {"question": "x", "k": 1000}, {"k": 3},
+                {"question": "x", "k": True}, {"question": "x", "k": "3"}, {"question": "x", "k": 2.0}):
         assert client.post("/search", json=bad).status_code == 422
 
 
