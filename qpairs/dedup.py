@@ -170,9 +170,9 @@ def _merge_links(links: dict, a: int, b: int) -> None:
 
 
 def best_matches(n: int, src: np.ndarray, dst: np.ndarray, prob: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per node, its most likely neighbour (−1 if none) and that probability (0.0 if none)."""
+    """Per node, its most likely neighbour (−1 if none) and that probability (NaN if none: an empty cell)."""
     best = np.full(n, -1, dtype=np.int64)
-    best_p = np.zeros(n)
+    best_p = np.full(n, np.nan)
     order = np.lexsort((-prob, src))  # by source, most likely duplicate first
     sources, first = np.unique(src[order], return_index=True)
     best[sources], best_p[sources] = dst[order][first], prob[order][first]
