@@ -41,7 +41,7 @@ def _one_label_per_pair(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
 
 
 class KnownPairs:
-    """Labelled pairs and their duplicate groups (`from_file`, `from_frame`); `apply` answers the pairs they imply."""
+    """Labelled pairs (a pair frame, or `from_file`) and their duplicate groups; `apply` answers the pairs they imply."""
 
     def __init__(self, frame: pd.DataFrame, probability: float = 0.99, source: str = "labelled pairs"):
         from .triplets import DuplicateGraph
