@@ -64,6 +64,13 @@ def normalize_question(text: str) -> str:
     return _SPELLING.sub("", str(text).casefold())
 
 
+def split_key(text: str) -> str:
+    """The coarser key that keeps questions on one side of a question-disjoint split: lower case, ASCII letters
+    and digits only. Spellings that differ in anything else ("C++" and "C") stay together, which never leaks a
+    question across splits, and the seeded splits stay those every recorded result used."""
+    return re.sub(r"[^a-z0-9]", "", str(text).lower())
+
+
 def pair_key(q1: str, q2: str) -> str:
     """Unordered, normalised key of a pair."""
     a, b = sorted((normalize_question(q1), normalize_question(q2)))
@@ -235,12 +242,12 @@ def load_pairs(paths, on_bad_row: str = "error", dedupe: bool = True, report: Lo
 # ---------------------------------------------------------------- splits
 
 def question_components(frame: pd.DataFrame) -> np.ndarray:
-    """Connected-component id of every pair in the graph whose nodes are normalised questions."""
+    """Connected-component id of every pair in the graph whose nodes are questions under `split_key`."""
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
 
-    k1 = frame["question1"].map(normalize_question)
-    k2 = frame["question2"].map(normalize_question)
+    k1 = frame["question1"].map(split_key)
+    k2 = frame["question2"].map(split_key)
     nodes = pd.Index(pd.unique(pd.concat([k1, k2], ignore_index=True)))
     i, j = nodes.get_indexer(k1), nodes.get_indexer(k2)
     graph = coo_matrix((np.ones(len(i)), (i, j)), shape=(len(nodes), len(nodes)))

@@ -193,3 +193,11 @@ def test_pairs_that_differ_in_symbols_numbers_or_any_script_are_not_merged():
     out = deduplicate(frame)
     assert len(out) == 8  # only the last row, the same pair spelt otherwise, merges
     assert out["question1"].tolist() == q1
+
+
+def test_the_split_keeps_spellings_together_that_deduplication_keeps_apart():
+    frame = pd.DataFrame({"question1": ["Is C++ hard?", "Is C hard?"], "question2": ["Is Java hard?", "Is Go hard?"],
+                          "is_duplicate": [0, 0]})
+    assert len(qd.deduplicate(frame)) == 2  # two different pairs
+    comp = qd.question_components(frame)
+    assert comp[0] == comp[1]  # "Is C++ hard?" and "Is C hard?" share a split key: one side of any split
