@@ -266,6 +266,15 @@ def search_each(det, index, queries: list[tuple[str, int]]) -> list:
     return out
 
 
+def _first_non_utf8(body: bytes, fallback: int) -> int:
+    """Offset of the first byte of `body` that is not UTF-8 (`fallback` if it all decodes)."""
+    try:
+        body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        return exc.start
+    return fallback
+
+
 def create_app(det, index=None, max_wait_ms: float = 2.0, max_batch: int = 512,
                max_body_bytes: int = MAX_BODY_BYTES, read_timeout_s: float = READ_TIMEOUT_S) -> FastAPI:
     """The FastAPI app serving `det` (a `DuplicateDetector`) and, optionally, a `QuestionIndex`; a request
@@ -312,9 +321,10 @@ def create_app(det, index=None, max_wait_ms: float = 2.0, max_batch: int = 512,
     async def _http_error(request: Request, exc: StarletteHTTPException):
         cause = exc.__cause__  # FastAPI's 400 "error parsing the body": bytes that are not UTF-8
         if exc.status_code == 400 and isinstance(cause, UnicodeDecodeError):
-            bad = cause.object[cause.start : cause.start + 1]
-            return JSONResponse({"error": f"invalid JSON at byte {cause.start}: {bad!r} is not UTF-8 text",
-                                 "detail": [{"type": "json_invalid", "loc": ["body", cause.start],
+            at = _first_non_utf8(bytes(cause.object), cause.start)  # the JSON reader may have tried UTF-16 first
+            bad = cause.object[at : at + 1]
+            return JSONResponse({"error": f"invalid JSON at byte {at}: {bad!r} is not UTF-8 text",
+                                 "detail": [{"type": "json_invalid", "loc": ["body", at],
                                              "msg": "body is not UTF-8"}]}, status_code=422)
         return await http_exception_handler(request, exc)
 

@@ -88,6 +88,8 @@ def test_invalid_json_and_oversized_bodies(client):
     assert r.status_code == 422 and "invalid JSON" in r.json()["error"]
     r = client.post("/predict", content=b'{"q1": "caf\xe9", "q2": "x"}', headers={"Content-Type": "application/json"})
     assert r.status_code == 422 and r.json()["error"] == "invalid JSON at byte 11: b'\\xe9' is not UTF-8 text"
+    r = client.post("/predict", content=b'\xff\xfe{"q1": "a", "q2": "bc"}', headers={"Content-Type": "application/json"})
+    assert r.status_code == 422 and r.json()["error"] == "invalid JSON at byte 0: b'\\xff' is not UTF-8 text"
     big = b'{"q1": "' + b"a" * 70_000 + b'", "q2": "b"}'
     r = client.post("/predict", content=big, headers={"Content-Type": "application/json"})
     assert r.status_code == 413 and "larger than 64000 bytes" in r.json()["detail"]
