@@ -117,6 +117,7 @@ class LoadReport:
     dropped_bad: dict = field(default_factory=dict)
     duplicates_removed: int = 0
     label_conflicts: int = 0
+    ties_dropped: int = 0  # pairs labelled both ways equally often, where a tie is not kept
 
     def __str__(self) -> str:
         parts = [f"{self.rows_read} rows read"]
@@ -207,20 +208,23 @@ def load_file(path, on_bad_row: str = "error", q1_col=None, q2_col=None, label_c
     return frame
 
 
-def deduplicate(frame: pd.DataFrame, report: LoadReport | None = None) -> pd.DataFrame:
-    """Merge repeated pairs (unordered, normalised key); conflicting labels get the majority vote."""
+def deduplicate(frame: pd.DataFrame, report: LoadReport | None = None, drop_ties: bool = False) -> pd.DataFrame:
+    """Merge repeated pairs (unordered, normalised key); conflicting labels get the majority vote, a tie
+    counting as duplicate (`drop_ties`: the pair is dropped, counted in `report.ties_dropped`)."""
     keys = [pair_key(a, b) for a, b in zip(frame["question1"], frame["question2"])]
     frame = frame.assign(_key=keys)
     labelled = frame[frame["is_duplicate"] >= 0]
     stats = labelled.groupby("_key")["is_duplicate"].agg(["min", "max", "mean"])
     conflicts = stats[stats["min"] != stats["max"]]
     majority = (stats["mean"] >= 0.5).astype(int)
-    out = frame.drop_duplicates("_key", keep="first").copy()
+    tied = stats.index[stats["mean"] == 0.5] if drop_ties else stats.index[:0]
+    out = frame[~frame["_key"].isin(tied)].drop_duplicates("_key", keep="first").copy()
     has_label = out["_key"].isin(majority.index)
     out.loc[has_label, "is_duplicate"] = out.loc[has_label, "_key"].map(majority).to_numpy()
     if report is not None:
-        report.duplicates_removed += len(frame) - len(out)
+        report.duplicates_removed += len(frame) - len(out) - int(frame["_key"].isin(tied).sum())
         report.label_conflicts += len(conflicts)
+        report.ties_dropped += len(tied)
     if len(conflicts):
         log.info("%d pairs had conflicting labels; kept the majority label (a tie: duplicate)", len(conflicts))
     return out.drop(columns="_key").reset_index(drop=True)

@@ -26,18 +26,15 @@ KNOWN_DUPLICATE, KNOWN_DIFFERENT, UNKNOWN = 1, 0, -1
 
 
 def _one_label_per_pair(frame: pd.DataFrame) -> tuple[pd.DataFrame, int]:
-    """The labelled pairs of `frame` with text to match, one row per pair of keys (either order) with the
-    majority label; a pair labelled both ways equally often is dropped. Also the number dropped so."""
+    """The labelled pairs of `frame` with text to match, one row per pair with the majority label
+    (`qpairs.data.deduplicate`, a tie dropped); also the number of ties dropped."""
+    from .data import LoadReport, deduplicate
+
     frame = frame[frame["is_duplicate"] >= 0]
-    k1, k2 = frame["question1"].map(normalize_question), frame["question2"].map(normalize_question)
-    frame = frame[(k1 != "") & (k2 != "")]  # nothing left to match on
-    k1, k2 = k1[frame.index], k2[frame.index]
-    key = np.where(k1 < k2, k1 + "\x1f" + k2, k2 + "\x1f" + k1)
-    vote = frame.groupby(key)["is_duplicate"].transform("mean")
-    first = ~pd.Series(key, index=frame.index).duplicated().to_numpy()
-    tied = (vote == 0.5).to_numpy()
-    out = frame[first & ~tied].assign(is_duplicate=(vote[first & ~tied] > 0.5).astype(int))
-    return out, int((first & tied).sum())
+    frame = frame[(frame["question1"].map(normalize_question) != "") &
+                  (frame["question2"].map(normalize_question) != "")]  # nothing left to match on
+    report = LoadReport()
+    return deduplicate(frame, report, drop_ties=True), report.ties_dropped
 
 
 class KnownPairs:

@@ -261,10 +261,11 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
         writers.append(writer)
         bad_writer = tableio.CSVWriter(p["bad_tmp"], "csv", False, state and state["bad_writer"], name=p["bad"])
         writers.append(bad_writer)
+        delimiter = "\t" if tableio.table_format(input)[0] == "tsv" else ","  # of a field-count row's line
         for k, chunk in enumerate(chunks, start=chunks_done):
             _rows_digest(digest, chunk.frame)
             reasons, ok = _chunk_reasons(chunk, (q1c, q2c), max_chars)
-            report = _bad_rows_frame(chunk, reasons, idc, "\t" if tableio.table_format(input)[0] == "tsv" else ",")
+            report = _bad_rows_frame(chunk, reasons, idc, delimiter)
             if len(report) and on_bad_row == "error":
                 _raise_bad_row(input, chunk, report.iloc[0])
             try:

@@ -285,15 +285,13 @@ def row_where(path, row: int) -> str:
     return f"row {row + 1}" + (f" (line {line})" if line is not None else "")
 
 
-_NULLABLE_INTS = {}  # arrow integer type -> pandas nullable integer dtype (filled on first use)
-
-
-def _fill_nullable_ints() -> None:
+def _nullable_int(arrow_type):
+    """The pandas nullable integer dtype of an Arrow integer type (None for other types)."""
     import pyarrow as pa
 
-    for bits in (8, 16, 32, 64):
-        _NULLABLE_INTS[getattr(pa, f"int{bits}")()] = pd.api.types.pandas_dtype(f"Int{bits}")
-        _NULLABLE_INTS[getattr(pa, f"uint{bits}")()] = pd.api.types.pandas_dtype(f"UInt{bits}")
+    if not pa.types.is_integer(arrow_type):
+        return None
+    return pd.api.types.pandas_dtype(str(arrow_type).replace("uint", "UInt").replace("int", "Int"))
 
 
 def iter_table(path, chunk_size: int) -> Iterator[Chunk]:
@@ -302,11 +300,9 @@ def iter_table(path, chunk_size: int) -> Iterator[Chunk]:
     _exists(path)
     if fmt == "parquet":
         start = 0
-        if not _NULLABLE_INTS:
-            _fill_nullable_ints()
         try:
             for batch in _parquet_file(path).iter_batches(batch_size=chunk_size):
-                frame = batch.to_pandas(types_mapper=_NULLABLE_INTS.get)  # an int column with nulls stays int
+                frame = batch.to_pandas(types_mapper=_nullable_int)  # an int column with nulls stays int
                 frame.index = pd.RangeIndex(start, start + len(frame))
                 start += len(frame)
                 yield Chunk(frame, n_fields=frame.shape[1])
