@@ -22,6 +22,7 @@ import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
 
+from .errors import require_count
 from .search import AUTO_FLAT_MAX, QuestionIndex
 from .pair_scores import StateMemo
 
@@ -205,26 +206,59 @@ def dedup(det, texts, ids=None, k: int = 10, threshold: float | None = None, kin
           batch_size: int | None = None, progress: bool | None = None, linkage: str = "average") -> pd.DataFrame:
     """Groups of duplicate questions: kNN graph → `linkage_clusters` at the threshold (default: the model's).
 
-    Returns one row per question (input order): id, text, cluster, cluster_size,
-    best_match (id of its most likely duplicate among its k neighbours, even below the
-    threshold; empty only without neighbours) and best_probability.
+    A question written more than once (the same words; case, spaces and sentence punctuation aside:
+    `qpairs.data.normalize_question`) is one node of the graph, so its copies always share a group.
+    Returns one row per question (input order): id, text, cluster, cluster_size, best_match (id of its most
+    likely duplicate: one of its copies when it has any, else the best of its k neighbours, even below the
+    threshold; empty only without neighbours) and best_probability (the model's probability of that pair).
     """
+    from .data import normalize_question
+    from .text import as_text_list
+
     if linkage not in LINKAGES:
         raise ValueError(f"unknown linkage {linkage!r}; use one of {LINKAGES}")
-    texts = list(texts)
+    texts = as_text_list(texts, "texts", single=False)
+    row_ids = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
+    if len(row_ids) != len(texts):
+        raise ValueError(f"got {len(texts)} texts but {len(row_ids)} ids")
     threshold = det.threshold if threshold is None else threshold
-    if k < 1:
-        raise ValueError(f"k must be at least 1 (neighbours per question), got {k}")
+    require_count(k, "k (neighbours per question)")
     if not 0.0 <= threshold <= 1.0:
         raise ValueError(f"threshold must lie in [0, 1] (a probability), got {threshold}")
+    node = _nodes([normalize_question(t) or t for t in texts])
+    first = np.unique(node, return_index=True)[1]  # the row of each node's first spelling
     if kind == "auto":
-        kind = "flat" if len(texts) <= AUTO_FLAT_MAX else "hnsw"
-    index = QuestionIndex.build(det, texts, ids, kind=kind, batch_size=batch_size, progress=progress)
+        kind = "flat" if len(first) <= AUTO_FLAT_MAX else "hnsw"
+    index = QuestionIndex.build(det, [texts[r] for r in first], [row_ids[r] for r in first], kind=kind,
+                                batch_size=batch_size, progress=progress)
     src, dst, prob = duplicate_edges(det, index, k, threshold=0.0, progress=progress)
-    labels = linkage_clusters(len(index), src, dst, prob, threshold, linkage)
-    sizes = np.bincount(labels)
+    labels = linkage_clusters(len(index), src, dst, prob, threshold, linkage)[node]
     best, best_p = best_matches(len(index), src, dst, prob)
+    best = np.where(best[node] >= 0, first[best[node]], -1)
+    best_p = best_p[node]
+    copied, copy = _copies(node, first)
+    if len(copied):
+        best[copied] = copy
+        best_p[copied] = det.predict_proba([texts[r] for r in copied], [texts[r] for r in copy])
     return pd.DataFrame({
-        "id": index.ids, "text": index.texts, "cluster": labels, "cluster_size": sizes[labels],
-        "best_match": [index.ids[b] if b >= 0 else "" for b in best], "best_probability": best_p,
+        "id": row_ids, "text": texts, "cluster": labels, "cluster_size": np.bincount(labels)[labels],
+        "best_match": [row_ids[b] if b >= 0 else "" for b in best], "best_probability": best_p,
     })
+
+
+def _nodes(keys: list[str]) -> np.ndarray:
+    """Per row, the graph node of its key, nodes numbered in order of first appearance."""
+    node: dict[str, int] = {}
+    return np.array([node.setdefault(key, len(node)) for key in keys], dtype=np.int64)
+
+
+def _copies(node: np.ndarray, first: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Rows whose node holds other rows too, and for each, one of those: the node's first row, or, for the
+    first row itself, the node's second."""
+    rows = np.arange(len(node))
+    shared = np.bincount(node)[node] > 1
+    later = shared & (rows != first[node])
+    second = np.full(len(first), -1)
+    second[node[later][::-1]] = rows[later][::-1]  # reversed: the earliest later row of each node is written last
+    copied = rows[shared]
+    return copied, np.where(copied == first[node[copied]], second[node[copied]], first[node[copied]])

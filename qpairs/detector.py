@@ -8,16 +8,16 @@ from __future__ import annotations
 
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Sequence
-
 import numpy as np
 import torch
 
 from .calibration import Calibrator
 from .checkpoint import ModelDirError, load_model, read_json
+from .errors import require_count
 from .matching import needs_tokens
 from .model import SiameseModel
 from .pair_scores import pair_distances
+from .text import as_text_list, refuse_non_questions
 
 
 def resolve_device(device: str | None = "auto") -> torch.device:
@@ -29,37 +29,12 @@ def resolve_device(device: str | None = "auto") -> torch.device:
     return torch.device(device)
 
 
-def _as_text_list(x, name: str) -> tuple[list[str], bool]:
-    if isinstance(x, str):
-        return [x], True
-    if isinstance(x, (bytes, bytearray)) or not isinstance(x, (Sequence, np.ndarray)) and not hasattr(x, "__iter__"):
-        raise TypeError(f"{name} must be a string or a sequence of strings, not {type(x).__name__}")
-    if isinstance(x, (set, frozenset, dict)):  # no order to pair its items with the other side's
-        raise TypeError(f"{name} must be an ordered sequence of strings (a list, tuple or array), not a "
-                        f"{type(x).__name__}")
-    items = list(x)
-    for i, item in enumerate(items):
-        if not isinstance(item, str):
-            raise TypeError(f"{name}[{i}] must be a string, not {type(item).__name__} ({item!r})")
-    return items, False
-
-
 def _pair_lists(q1, q2) -> tuple[list[str], list[str]]:
     """Both sides of the pairs as lists of strings of the same length (else a TypeError or ValueError)."""
-    a, _ = _as_text_list(q1, "q1")
-    b, _ = _as_text_list(q2, "q2")
+    a, b = as_text_list(q1, "q1"), as_text_list(q2, "q2")
     if len(a) != len(b):
         raise ValueError(f"q1 and q2 must have the same length, got {len(a)} and {len(b)}")
     return a, b
-
-
-def _refuse_blank(texts: list[str], name: str, single: bool) -> None:
-    """A ValueError naming the first text without a visible character: there is no question to compare."""
-    from .text import is_blank
-
-    for i, text in enumerate(texts):
-        if is_blank(text):
-            raise ValueError(f"{name}{'' if single else f'[{i}]'} is empty ({text!r}): no question to compare")
 
 
 class DuplicateDetector:
@@ -135,7 +110,9 @@ class DuplicateDetector:
         `pooled`: a transformer's pooled base output before its head (what `QuestionIndex` stores for a
         frozen-base model); `embed_pooled` maps it to the embedding.
         """
-        texts, _ = _as_text_list(texts, "texts")
+        texts = as_text_list(texts, "texts")
+        if batch_size is not None:
+            require_count(batch_size, "batch_size")
         return self.encode_tensor(texts, side, batch_size, pooled).cpu().numpy()
 
     def encode_tensor(self, texts: list[str], side: str = "left", batch_size: int | None = None,
@@ -190,8 +167,8 @@ class DuplicateDetector:
         if isinstance(q1, str) != isinstance(q2, str):
             raise TypeError("pass two strings or two equal-length sequences of strings")
         a, b = _pair_lists(q1, q2)
-        _refuse_blank(a, "q1", single)
-        _refuse_blank(b, "q2", single)
+        refuse_non_questions(a, "q1", single)
+        refuse_non_questions(b, "q2", single)
         p = self.calibrated(self.distances(a, b), a, b)
         return float(p[0]) if single else p
 

@@ -1,4 +1,6 @@
-"""The error of bad input data, shared by the readers (`qpairs.tableio`, `qpairs.data`) and their callers."""
+"""The error of bad input data, shared by the readers (`qpairs.tableio`, `qpairs.data`) and their callers, and the
+check of a count passed to the API."""
+import numbers
 
 
 class DataError(ValueError):
@@ -15,3 +17,9 @@ class MissingColumnError(DataError):
 
     def __reduce__(self):
         return type(self), (str(self), self.role)
+
+
+def require_count(value, name: str) -> None:
+    """Refuse (ValueError) anything but a whole number of at least 1 (a bool or 2.0 is not one)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")

@@ -43,6 +43,8 @@ class SiameseModel(nn.Module):
 
     def side(self, which: str = "left") -> nn.Module:
         """The encoder for one input side ('left' = question1/title, 'right' = question2/body)."""
+        if which not in ("left", "right"):
+            raise ValueError(f"unknown side {which!r}; use 'left' or 'right'")
         return self.right_encoder if (which == "right" and self.right_encoder is not None) else self.encoder
 
     def encoder_side(self, which: str = "left") -> str:

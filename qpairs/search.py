@@ -62,7 +62,8 @@ from .bm25 import TITLE_BODY_BM25_WEIGHT, LexicalIndex, bm25_available, fused_sc
 from .late import MAXSIM_STATS_SAMPLE, TokenStore, flatten, maxsim, reads_tokens, unit_token_states
 from .ngram import lexical_similarity
 from .retrieval import pairwise_distances
-from .text import is_blank
+from .errors import require_count
+from .text import as_text_list, question_problem, refuse_non_questions
 
 log = logging.getLogger("qpairs")
 
@@ -299,7 +300,8 @@ class QuestionIndex:
             progress: bool | None = None) -> None:
         """Encode and append questions; their ids must be new."""
         self.check_model(det)
-        texts = [str(t) for t in texts]
+        texts = as_text_list(texts, "texts", single=False)
+        refuse_non_questions(texts, "texts")
         ids = self.next_ids(len(texts)) if ids is None else [str(i) for i in ids]
         if len(ids) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(ids)} ids")
@@ -674,11 +676,12 @@ class QuestionIndex:
         space's ranking, its head re-scores; the hits are the k most probable of them (at least k are re-scored).
         """
         self.check_model(det)
-        if k < 1:
-            raise ValueError(f"k must be at least 1, got {k}")
+        require_count(k, "k")
         tokens = det.scores_texts
-        if rerank is not None and (not tokens or rerank < 1):
-            raise ValueError(f"rerank must be at least 1, got {rerank}" if tokens else
+        if rerank is not None and tokens:
+            require_count(rerank, "rerank")
+        if rerank is not None and not tokens:
+            raise ValueError(
                              "rerank (search --rerank) needs a run whose pair head reads token states (--pair-head "
                              "matching); this model's probabilities come from the index's vectors themselves")
         questions = [questions] if isinstance(questions, str) else list(questions)
@@ -719,11 +722,12 @@ class QuestionIndex:
 
 
 def require_question(question, where: str = "") -> None:
-    """Refuse a query that is not a string (TypeError) or has no visible character (ValueError)."""
+    """Refuse a query that is not a string (TypeError) or not a question (`qpairs.text.question_problem`)."""
     if not isinstance(question, str):
         raise TypeError(f"question{where} must be a string, not {type(question).__name__}")
-    if is_blank(question):
-        raise ValueError(f"empty question{where} ({question!r}): nothing to search for")
+    problem = question_problem(question)
+    if problem:
+        raise ValueError(f"{problem}{where} ({question!r}): nothing to search for")
 
 
 def _fusion_refusal(det, space: str, what: str) -> str | None:

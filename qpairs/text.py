@@ -9,6 +9,7 @@ submissions, data loading, the search index, title/body posts and the HTTP servi
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
@@ -24,6 +25,15 @@ def is_blank(text: str) -> bool:
     return _VISIBLE.search(text) is None
 
 
+def question_problem(text: str) -> str:
+    """Why the string `text` is not a question text ('' when it is one)."""
+    if is_blank(text):
+        return "empty question"
+    if text.strip().lower() in MISSING_TEXTS:
+        return "missing question (text 'nan'/'none'/'null')"
+    return ""
+
+
 def text_problem(value, max_chars: int | None = None) -> str:
     """Why `value` is not a question text ('' when it is one)."""
     return str(bad_reasons(pd.Series([value], dtype=object), max_chars).iloc[0])
@@ -33,19 +43,44 @@ def bad_reasons(values: pd.Series, max_chars: int | None = None) -> pd.Series:
     """Per value: why it is not a question text ('' when it is fine); over `max_chars` characters is bad."""
     values = values.astype(object)  # a nullable (e.g. Int64) column takes no '' below
     is_str = values.map(lambda v: isinstance(v, str)).astype(bool)
-    text = values.where(is_str, "").astype(str)
-    reason = pd.Series("", index=values.index, dtype=object)
-    reason[is_str & ~text.str.contains(_VISIBLE)] = "empty question"
-    reason[is_str & text.str.strip().str.lower().isin(MISSING_TEXTS)] = "missing question (text 'nan'/'none'/'null')"
+    reason = values.where(is_str, "").map(question_problem).astype(object)
     if max_chars is not None:
-        lengths = text.str.len()
-        long = is_str & (lengths > max_chars)
+        lengths = values.where(is_str, "").str.len()
+        long = is_str & (reason == "") & (lengths > max_chars)
         reason[long] = "over-long question (" + lengths[long].astype(str) + f" characters > --max-chars {max_chars})"
     na = ~is_str & values.isna()
     reason[na] = "missing question (NaN/null)"
     other = ~is_str & ~na
     reason[other] = "not text (" + values[other].map(lambda v: type(v).__name__) + ")"
     return reason
+
+
+def as_text_list(x, name: str, single: bool = True) -> list[str]:
+    """`x` as a list of strings: one string (when `single`) or an ordered sequence of them; anything else is a
+    TypeError (a string where a sequence is needed would otherwise be read as its characters)."""
+    if isinstance(x, str):
+        if single:
+            return [x]
+        raise TypeError(f"{name} must be a sequence of strings, not a single string (wrap it in a list)")
+    if isinstance(x, (bytes, bytearray)) or not isinstance(x, (Sequence, np.ndarray)) and not hasattr(x, "__iter__"):
+        raise TypeError(f"{name} must be {'a string or ' if single else ''}a sequence of strings, not "
+                        f"{type(x).__name__}")
+    if isinstance(x, (set, frozenset, dict)):  # no order to pair its items with anything else
+        raise TypeError(f"{name} must be an ordered sequence of strings (a list, tuple or array), not a "
+                        f"{type(x).__name__}")
+    items = list(x)
+    for i, item in enumerate(items):
+        if not isinstance(item, str):
+            raise TypeError(f"{name}[{i}] must be a string, not {type(item).__name__} ({item!r})")
+    return items
+
+
+def refuse_non_questions(texts: list[str], name: str, single: bool = False) -> None:
+    """A ValueError naming the first text that is not a question (`question_problem`)."""
+    for i, text in enumerate(texts):
+        problem = question_problem(text)
+        if problem:
+            raise ValueError(f"{name}{'' if single else f'[{i}]'} is not a question: {problem} ({text!r})")
 
 
 def blank_mask(values: pd.Series) -> np.ndarray:

@@ -48,10 +48,16 @@ def test_bad_arguments_have_clear_errors(det):
         det.predict_proba(3, 4)
     with pytest.raises(TypeError, match=r"texts\[0\] must be a string"):
         det.encode([None])
-    with pytest.raises(ValueError, match=r"q1 is empty \(''\): no question to compare"):
+    with pytest.raises(ValueError, match=r"q1 is not a question: empty question \(''\)"):
         det.predict_proba("", "x")
-    with pytest.raises(ValueError, match=r"q2\[1\] is empty \('\\u200b'\)"):
+    with pytest.raises(ValueError, match=r"q2\[1\] is not a question: empty question \('\\u200b'\)"):
         det.predict_proba(["a", "b"], ["c", "\u200b"])
+    with pytest.raises(ValueError, match=r"q1 is not a question: missing question \(text 'nan'"):
+        det.predict_proba("nan", "x")  # as `qpairs score` and the service refuse it
+    with pytest.raises(ValueError, match="unknown side 'bogus'"):
+        det.encode(["a"], side="bogus")
+    with pytest.raises(ValueError, match="batch_size must be a whole number of at least 1, got 0"):
+        det.encode(["a"], batch_size=0)
     with pytest.raises(TypeError, match="q1 must be an ordered sequence of strings .* not a set"):
         det.predict_proba({"a", "b"}, ["c", "d"])
     with pytest.raises(TypeError, match="q2 must be an ordered sequence of strings .* not a dict"):

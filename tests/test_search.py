@@ -271,11 +271,46 @@ def test_cli_append_numbers_id_less_files_on_and_names_a_repeated_id(det, bank, 
     assert "give the file an id column" in err and len(QuestionIndex.load(out)) == 9
 
 
-@pytest.mark.parametrize("k, threshold, message", [(0, 0.5, "k must be at least 1"),
+@pytest.mark.parametrize("k, threshold, message", [(0, 0.5, r"k \(neighbours per question\) must be a whole number"),
                                                    (10, 1.5, r"threshold must lie in \[0, 1\]")])
 def test_dedup_refuses_k_or_threshold_out_of_range(det, bank, k, threshold, message):
     with pytest.raises(ValueError, match=message):
         dedup(det, bank[:5], k=k, threshold=threshold)
+
+
+def test_dedup_keeps_every_copy_of_a_question_in_one_group(det, bank):
+    copies = ["Which is the tallest mountain on Mars?"] * 25 + ["which is the tallest mountain on mars"] * 5
+    texts = bank[:40] + copies
+    ids = [f"b{i}" for i in range(40)] + [f"c{i}" for i in range(30)]
+    out = dedup(det, texts, ids, k=3)
+    assert len(out) == 70 and out["id"].tolist() == ids and out["text"].tolist() == texts
+    group = out[out["id"].str.startswith("c")]
+    assert group["cluster"].nunique() == 1 and (group["cluster_size"] >= 30).all()
+    assert group["best_match"].str.startswith("c").all() and (group["best_match"] != group["id"]).all()
+    assert group.loc[40, "best_match"] == "c1" and group.loc[41, "best_match"] == "c0"  # first copy ↔ second
+    expected = det.predict_proba(["which is the tallest mountain on mars"], ["Which is the tallest mountain on Mars?"])[0]
+    assert group.loc[69, "best_probability"] == pytest.approx(expected, abs=1e-6)  # c29 → c0: that pair's own
+    assert (out.loc[:39, "best_match"].isin(ids[:40])).all()  # copies of one question stand for it once
+
+
+@pytest.mark.parametrize("texts, error, message", [
+    ("How do I learn Python?", TypeError, "not a single string"),
+    (["a question", ""], ValueError, r"texts\[1\] is not a question: empty question"),
+    (["a question", "None"], ValueError, r"texts\[1\] is not a question: missing question"),
+    (["a question", None], TypeError, r"texts\[1\] must be a string, not NoneType"),
+])
+def test_index_and_dedup_refuse_what_is_not_a_list_of_questions(det, texts, error, message):
+    with pytest.raises(error, match=message):
+        QuestionIndex.build(det, texts)
+    with pytest.raises(error, match=message):
+        dedup(det, texts)
+
+
+@pytest.mark.parametrize("k", [0, 1.5, True, "3"])
+def test_search_refuses_a_k_that_is_not_a_count(det, bank, k):
+    index = QuestionIndex.build(det, bank[:5])
+    with pytest.raises(ValueError, match="k must be a whole number of at least 1"):
+        index.search(det, "Is java hard?", k=k)
 
 
 @pytest.mark.parametrize("query", ["", "   ", "\u200b", ["Is java hard?", "\t"]])

@@ -49,7 +49,7 @@ def test_search_ranks_by_the_pair_probability_of_the_matching_head(matching_det,
     assert [h.id for h in many[0]] == [h.id for h in index.search(det, QUERY, k=4)]
     assert det.search(index, QUERY, k=3, rerank=30) == index.search(det, QUERY, k=3, rerank=30)
     assert len(index.search(det, QUERY, k=10_000)) == len(bank)  # k larger than the bank
-    with pytest.raises(ValueError, match="rerank must be at least 1"):
+    with pytest.raises(ValueError, match="rerank must be a whole number of at least 1"):
         index.search(det, QUERY, k=3, rerank=0)
 
 
