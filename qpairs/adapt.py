@@ -59,7 +59,14 @@ class HeadScorer:
     def __init__(self, model):
         from .losses import pair_distance
 
+        from .matching import needs_tokens
+
         self.model, self._distance = model, pair_distance
+        if needs_tokens(model):
+            raise AdaptError("--head retrains a pair classifier head or an encoder's output head on pooled features; "
+                             "this run's matching head compares the questions' token states, which adapt does not "
+                             "retrain (bundled models included): adapt without --head refits its calibration and "
+                             "threshold")
         if model.pair_head is not None:
             self.kind, self.module = "pair", model.pair_head
         elif model.single_encoder() is not None and any(True for _ in model.encoder.head.parameters()):

@@ -454,16 +454,18 @@ def _add_search_commands(sub) -> None:
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--text-col", help="question column (default: first of question, text, title, question1, …)")
     p.add_argument("--id-col", help="id column (default: id/qid if present, else the row number)")
-    p.add_argument("--kind", default="flat", choices=["flat", "hnsw"], help="exact flat index or approximate HNSW")
-    p.add_argument("--space", default="auto", choices=["auto", "model", "base"],
+    p.add_argument("--kind", choices=["flat", "hnsw"],
+                   help="exact flat index or approximate HNSW (default: flat; --append keeps the index's)")
+    p.add_argument("--space", choices=["auto", "model", "base"],
                    help="what the index stores and ranks by: the model's embeddings (model), or, for a head on a "
                         "frozen transformer base such as the default model, the base's vectors ranked by cosine plus "
-                        "a character n-gram cosine (base); auto = base where possible (default: auto)")
-    p.add_argument("--side", default="right", choices=["right", "left", "title", "body"],
+                        "a character n-gram cosine (base); auto = base where possible (default: auto; --append "
+                        "keeps the index's)")
+    p.add_argument("--side", choices=["right", "left", "title", "body"],
                    help="which input side reads the stored texts; queries are read as the other side. It matters "
                         "for a pseudo-Siamese run (one encoder per side): a title/body run indexes bodies (body or "
                         "right) to find them from a title, or titles (title or left) to find them from a body. The "
-                        "index records it (default: right)")
+                        "index records it (default: right; --append keeps the index's)")
     p.add_argument("--bm25-weight", default="auto", type=_bm25_weight, metavar="W",
                    help="weight in [0, 1] of a BM25 score of the stored texts beside the model's similarity, for a "
                         "model-space index: hits are ranked by (1 - W) x standardised similarity + W x standardised "

@@ -30,7 +30,7 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "d
 from .config import NATURAL_DUPLICATE_RATE
 from .errors import DataError, MissingColumnError  # noqa: F401  (re-exported)
 from .tableio import check_field_counts, check_unique_columns, read_frame, row_where, table_format  # noqa: F401
-from .text import bad_mask
+from .text import bad_mask, blank_mask
 
 # Column names accepted for each role, first match wins.
 Q1_COLUMNS = ("question1", "sentence1", "q1", "text1", "title")
@@ -92,8 +92,17 @@ def read_table(path) -> pd.DataFrame:
     (missing Parquet cells as '', which validation reports)."""
     frame = read_frame(path)
     if table_format(path)[0] == "parquet":
-        frame = frame.apply(lambda col: col.map(lambda v: "" if v is None or v != v else str(v)))
+        frame = frame.apply(lambda col: col.map(_cell_text))
     return frame
+
+
+def _cell_text(value) -> str:
+    """A Parquet cell as text: '' when missing (None, NaN, NA, NaT)."""
+    try:
+        missing = bool(pd.isna(value))
+    except (TypeError, ValueError):  # a list or array cell is not missing
+        missing = False
+    return "" if missing else str(value)
 
 
 def _parse_labels(values: pd.Series, path, column: str, on_bad_row: str) -> tuple[np.ndarray, np.ndarray]:
@@ -146,12 +155,16 @@ def read_questions(path, text_col: str | None = None, id_col: str | None = None)
                         f"({len(empty)} such rows)")
     if ic is None:
         return None, texts.tolist()
+    blank = np.flatnonzero(blank_mask(frame[ic]))
+    if len(blank):
+        raise DataError(f"{path}: {row_where(path, int(blank[0]))}, column '{ic}': empty id ({len(blank)} such rows); "
+                        "every question needs an id")
     ids = frame[ic].astype(str)
     repeated = ids.duplicated(keep=False).to_numpy()
     if repeated.any():
         rows = np.flatnonzero(ids.to_numpy() == ids.to_numpy()[repeated][0])[:2]
-        raise DataError(f"{path}: rows {rows[0] + 1} and {rows[1] + 1}, column '{ic}': repeated id "
-                        f"{ids.iloc[rows[0]]!r}; ids must be unique")
+        raise DataError(f"{path}: {row_where(path, int(rows[0]))} and {row_where(path, int(rows[1]))}, column '{ic}': "
+                        f"repeated id {ids.iloc[rows[0]]!r}; ids must be unique")
     return ids.tolist(), texts.tolist()
 
 

@@ -396,8 +396,18 @@ class QuestionIndex:
         for name in (VECTORS, QUESTIONS) + ((NORMS,) if meta.get("space") == "base" else ()):
             if not (directory / name).exists():
                 raise SearchIndexError(f"{directory / name} is missing: the index is incomplete")
-        index = _faiss().read_index(str(directory / VECTORS))
-        frame = pd.read_parquet(directory / QUESTIONS)
+        try:
+            index = _faiss().read_index(str(directory / VECTORS))
+        except RuntimeError as exc:  # FAISS says why in a C++ trace
+            raise SearchIndexError(f"{directory / VECTORS} is corrupt (FAISS cannot read it: "
+                                   f"{str(exc).strip().splitlines()[-1]}); build the index again") from None
+        try:
+            frame = pd.read_parquet(directory / QUESTIONS)
+        except Exception as exc:  # pyarrow's errors do not name the file
+            raise SearchIndexError(f"{directory / QUESTIONS} is corrupt ({exc}); build the index again") from None
+        if list(frame.columns[:2]) != ["id", "text"]:
+            raise SearchIndexError(f"{directory / QUESTIONS} is corrupt: expected columns id and text, found "
+                                   f"{list(frame.columns)}")
         if index.ntotal != len(frame) or len(frame) != meta.get("size"):
             raise SearchIndexError(f"{directory}: {index.ntotal} vectors but {len(frame)} questions "
                                    f"(meta says {meta.get('size')}): the index is corrupt")

@@ -40,12 +40,26 @@ def _check_ids_are_new(path, ids: list[str] | None, n: int, index: QuestionIndex
                             "across the files of one index" + ("; give the file an id column" if numbered else ""))
 
 
-def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "flat", append: bool = False,
+def _refuse_another_layout(index: QuestionIndex, det, out, kind, space, side) -> None:
+    """Refuse an --append whose --kind, --space or --side (None: not given) differs from what the index was built
+    with: the questions it adds would be stored otherwise than the rest."""
+    from .search import resolve_side
+
+    asked = {"--kind": (kind, index.meta["kind"]), "--space": (None if space == "auto" else space, index.space),
+             "--side": (None if side is None else resolve_side(det, side), index.side)}
+    for option, (given, stored) in asked.items():
+        if given is not None and given != stored:
+            raise ValueError(f"{out} was built with {option} {stored}; --append keeps it (leave {option} out, or build "
+                             f"a new index for {option} {given})")
+
+
+def index_file(path, out, model=None, text_col=None, id_col=None, kind: str | None = None, append: bool = False,
                device: str = "auto", batch_size: int | None = None, backend: str = "auto",
-               space: str = "auto", side: str = "right", bm25_weight: float | str = "auto",
+               space: str | None = None, side: str | None = None, bm25_weight: float | str = "auto",
                maxsim_weight: float | None = None) -> QuestionIndex:
-    """`qpairs index`: read a question file, encode it and write (or, with `append`, extend) an index directory
-    (`maxsim_weight` None: 0 for a new index, the stored one when appending)."""
+    """`qpairs index`: read a question file, encode it and write (or, with `append`, extend) an index directory.
+    `kind`, `space`, `side` and `maxsim_weight` left None take, for a new index, flat, auto, right and 0, and when
+    appending the index's own (a different one is refused)."""
     out = Path(out)
     exists = (out / META).exists()
     if exists and not append:
@@ -61,11 +75,12 @@ def index_file(path, out, model=None, text_col=None, id_col=None, kind: str = "f
                              f"index for weight {maxsim_weight})")
         _check_ids_are_new(path, ids, len(texts), index, out)
         det = load_detector(model, index, device, backend)
+        _refuse_another_layout(index, det, out, kind, space, side)
         index.add(det, texts, ids, batch_size=batch_size)
     else:
         det = load_detector(model, None, device, backend)
-        index = QuestionIndex.build(det, texts, ids, kind=kind, batch_size=batch_size, space=space, side=side,
-                                    bm25_weight=bm25_weight, maxsim_weight=maxsim_weight or 0.0)
+        index = QuestionIndex.build(det, texts, ids, kind=kind or "flat", batch_size=batch_size, space=space or "auto",
+                                    side=side or "right", bm25_weight=bm25_weight, maxsim_weight=maxsim_weight or 0.0)
     if index.bm25_weight:
         index.lexical(det)  # saved beside the vectors
     index.save(out)

@@ -227,19 +227,28 @@ class _CSVReader:
         return DataError(f"{self.path}: not valid UTF-8")
 
     def chunks(self, chunk_size: int) -> Iterator[Chunk]:
+        """Data rows in frames of `chunk_size`. Blank lines are skipped, except inside a one-column file, where
+        such a line is an empty value (blank lines at its end are still skipped)."""
         n, row, records = len(self.header), 0, self.records
         rows, lines, odd, odd_records = [], [], {}, {}
+        blank_lines: list[int] = []
         with self._errors():
             for rec in records:
                 start, self.line = self.line + 1, records.line_num
-                if not rec:  # blank lines are skipped
+                if not rec:
+                    if n == 1:
+                        blank_lines.append(start)
                     continue
+                for line in blank_lines:  # a one-column file's blank lines before this row are empty values
+                    rows.append([""])
+                    lines.append(line)
+                blank_lines = []
                 if len(rec) != n:
                     odd[len(rows)], odd_records[len(rows)] = len(rec), rec
                     rec = (rec + [""] * n)[:n]
                 rows.append(rec)
                 lines.append(start)
-                if len(rows) == chunk_size:
+                if len(rows) >= chunk_size:
                     yield self._chunk(rows, lines, odd, odd_records, row)
                     row += len(rows)
                     rows, lines, odd, odd_records = [], [], {}, {}
@@ -435,10 +444,22 @@ def open_writer(name, temp_path, state: dict | None = None, rounded: tuple = ())
 
 
 def write_frame(frame: pd.DataFrame, path, name=None) -> None:
-    """Write a whole (small) frame in the format that the file name `name` (default: `path`) implies."""
-    fmt, gz = output_format(name or path)
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    if fmt == "parquet":
-        frame.to_parquet(path, index=False)
-    else:
-        frame.to_csv(path, index=False, compression="gzip" if gz else None, lineterminator="\n", **_csv_kwargs(fmt))
+    """Write a whole (small) frame in the format that the file name `name` (default: `path`) implies, through a
+    temporary file, so that a failure (a tab in a TSV cell, a full disk) leaves no partial file under `path`."""
+    name = name or path
+    fmt, gz = output_format(name)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temp = path.with_name(f".{path.name}.partial")
+    try:
+        if fmt == "parquet":
+            frame.to_parquet(temp, index=False)
+        else:
+            writer = CSVWriter(temp, fmt, gz, name=name)
+            try:
+                writer.write(frame)
+            finally:
+                writer.close()
+        os.replace(temp, path)
+    finally:
+        temp.unlink(missing_ok=True)

@@ -106,3 +106,15 @@ def test_adapt_refuses_an_unreachable_precision(tiny_run, tmp_path, capsys):
                  "--threshold", "precision:0.9999"]) == 2
     err = capsys.readouterr().err
     assert "precision 0.9999 is not reachable" in err and "fold 1 of 5" in err and "best precision" in err
+
+
+def test_adapt_head_refuses_a_matching_head_by_name(tiny_bert, tmp_path, capsys):
+    from _tiny_models import tiny_matching_dir
+
+    run = tiny_matching_dir(tmp_path / "matching", tiny_bert)
+    data = tmp_path / "mine.csv"
+    site_pairs(30, 70).to_csv(data, index=False)
+    assert main(["adapt", str(run), "--data", str(data), "-o", str(tmp_path / "out"), "--head"]) == 2
+    err = capsys.readouterr().err
+    assert "matching head compares the questions' token states" in err and "adapt without --head" in err
+    assert not (tmp_path / "out").exists()

@@ -90,6 +90,12 @@ def test_corrupt_or_missing_index_is_reported(det, bank, tmp_path):
     with pytest.raises(SearchIndexError, match="not a qpairs index"):
         QuestionIndex.load(tmp_path)
     QuestionIndex.build(det, bank[:5]).save(tmp_path / "idx")
+    for name in ("index.faiss", "questions.parquet"):  # cut short, as by a full disk or an interrupted copy
+        whole = (tmp_path / "idx" / name).read_bytes()
+        (tmp_path / "idx" / name).write_bytes(whole[:100])
+        with pytest.raises(SearchIndexError, match=f"idx/{name} is corrupt .*build the index again"):
+            QuestionIndex.load(tmp_path / "idx")
+        (tmp_path / "idx" / name).write_bytes(whole)
     (tmp_path / "idx" / "questions.parquet").unlink()
     with pytest.raises(SearchIndexError, match="questions.parquet is missing"):
         QuestionIndex.load(tmp_path / "idx")
@@ -121,8 +127,24 @@ def test_read_questions_validates_rows(tmp_path):
         read_questions(empty)
     repeated = tmp_path / "repeated.csv"
     pd.DataFrame({"id": [1, 2, 1], "question": ["a?", "b?", "c?"]}).to_csv(repeated, index=False)
-    with pytest.raises(DataError, match=r"rows 1 and 3, column 'id': repeated id '1'"):
+    with pytest.raises(DataError, match=r"row 1 \(line 2\) and row 3 \(line 4\), column 'id': repeated id '1'"):
         read_questions(repeated)
+    gap = tmp_path / "gap.csv"  # in a one-column file a blank line is an empty question; blank lines at the end are not
+    gap.write_text("question\nIs java hard?\n\nWho invented tennis?\n\n\n")
+    with pytest.raises(DataError, match=r"gap.csv: row 2 \(line 3\), column 'question': empty"):
+        read_questions(gap)
+    gap.write_text("question\nIs java hard?\nWho invented tennis?\n\n\n")
+    assert read_questions(gap) == (None, ["Is java hard?", "Who invented tennis?"])
+    blank_id = tmp_path / "blank_id.csv"
+    blank_id.write_text("id,question\n7,a?\n,b?\n")
+    with pytest.raises(DataError, match=r"blank_id.csv: row 2 \(line 3\), column 'id': empty id \(1 such rows\)"):
+        read_questions(blank_id)
+    null_id = tmp_path / "null_id.parquet"  # a nullable int id column with a null, and another such column
+    pd.DataFrame({"id": pd.array([1, None], dtype="Int64"), "qid": pd.array([None, 4], dtype="Int64"),
+                  "question": ["a?", "b?"]}).to_parquet(null_id)
+    with pytest.raises(DataError, match=r"null_id.parquet: row 2, column 'id': empty id"):
+        read_questions(null_id)
+    assert read_questions(null_id, id_col="question") == (["a?", "b?"], ["a?", "b?"])  # the null qid is no trouble
     invisible = tmp_path / "invisible.csv"
     pd.DataFrame({"id": [1, 2], "question": ["ok?", "\u200b\ufeff"]}).to_csv(invisible, index=False)
     with pytest.raises(DataError, match=r"invisible.csv: row 2 \(line 3\), column 'question': empty"):
@@ -271,6 +293,21 @@ def test_cli_append_numbers_id_less_files_on_and_names_a_repeated_id(det, bank, 
     assert "give the file an id column" in err and len(QuestionIndex.load(out)) == 9
 
 
+def test_cli_append_keeps_the_index_layout_and_refuses_another(det, bank, tmp_path, capsys):
+    pd.DataFrame({"id": ["a", "b"], "question": bank[:2]}).to_csv(tmp_path / "one.csv", index=False)
+    pd.DataFrame({"id": ["c"], "question": bank[2:3]}).to_csv(tmp_path / "two.csv", index=False)
+    out, model = str(tmp_path / "idx"), str(det.path)
+    assert main(["index", str(tmp_path / "one.csv"), "-o", out, "--model", model, "--kind", "hnsw"]) == 0
+    for option, value, stored in [("--kind", "flat", "hnsw"), ("--side", "left", "right"), ("--space", "base", "model")]:
+        capsys.readouterr()
+        assert main(["index", str(tmp_path / "two.csv"), "-o", out, "--append", "--model", model, option, value]) == 2
+        assert f"was built with {option} {stored}; --append keeps it" in capsys.readouterr().err
+    assert len(QuestionIndex.load(out)) == 2
+    assert main(["index", str(tmp_path / "two.csv"), "-o", out, "--append", "--model", model, "--kind", "hnsw"]) == 0
+    index = QuestionIndex.load(out)
+    assert len(index) == 3 and index.meta["kind"] == "hnsw" and index.side == "right"
+
+
 @pytest.mark.parametrize("k, threshold, message", [(0, 0.5, r"k \(neighbours per question\) must be a whole number"),
                                                    (10, 1.5, r"threshold must lie in \[0, 1\]")])
 def test_dedup_refuses_k_or_threshold_out_of_range(det, bank, k, threshold, message):
@@ -399,3 +436,15 @@ def test_search_table_shows_the_score_it_ranks_by(det, tmp_path, capsys):
     # base space: a hit ranked first by its score may have the lower probability; the table says why
     table = format_hits([Hit("a", "first", 0.119, 0.9, False, 0.91), Hit("b", "second", 0.462, 0.5, False, 0.84)])
     assert [row.split()[1:3] for row in table.splitlines()[1:]] == [["0.910", "0.119"], ["0.840", "0.462"]]
+
+
+def test_a_table_that_cannot_be_written_leaves_no_file(tmp_path):
+    from qpairs.tableio import write_frame
+
+    frame = pd.DataFrame({"id": ["1", "2"], "text": ["a\ttab?", "a\nnewline?"]})
+    with pytest.raises(ValueError, match="out.tsv: a cell holds a tab or newline"):
+        write_frame(frame, tmp_path / "out.tsv")
+    assert list(tmp_path.iterdir()) == []
+    write_frame(frame, tmp_path / "out.csv")
+    assert pd.read_csv(tmp_path / "out.csv")["text"].tolist() == frame["text"].tolist()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
