@@ -239,7 +239,8 @@ def deduplicate(frame: pd.DataFrame, report: LoadReport | None = None, drop_ties
         report.label_conflicts += len(conflicts)
         report.ties_dropped += len(tied)
     if len(conflicts):
-        log.info("%d pairs had conflicting labels; kept the majority label (a tie: duplicate)", len(conflicts))
+        log.info("%d pairs had conflicting labels; kept the majority label (%s)", len(conflicts),
+                 f"{len(tied)} ties dropped" if drop_ties else "a tie: duplicate")
     return out.drop(columns="_key").reset_index(drop=True)
 
 

@@ -67,6 +67,17 @@ class EmbeddingStore:
             self.slot[t] = start + i
 
 
+def _at_batch_size(det, batch_size: int):
+    """A shallow copy of `det` (and of an ensemble's members) that runs `batch_size` texts or pairs at a time."""
+    import copy
+
+    det = copy.copy(det)
+    det.batch_size = batch_size
+    if hasattr(det, "members"):
+        det.members = [_at_batch_size(m, batch_size) for m in det.members]
+    return det
+
+
 class PairScorer:
     """Calibrated probabilities for many pairs, encoding each unique text once (bounded cache).
 
@@ -78,6 +89,14 @@ class PairScorer:
         self.det = det
         cuda = det.device.type == "cuda"
         lstm = det.model.encoder.config.get("type") == "lstm"  # packed sequences: padding costs a BiLSTM nothing
+        if det.scores_texts:  # the detector's own path (see `distances`): its batch size, no embedding cache
+            if cache_size is not None:
+                raise ValueError("--cache-size sizes the embedding cache of a model that compares pooled embeddings; "
+                                 "this model compares token states, each unique text of a chunk once (--chunk-size "
+                                 "bounds that): leave --cache-size out")
+            if batch_size is not None:
+                self.det = det = _at_batch_size(det, batch_size)
+            batch_size = det.batch_size
         self.batch_size = batch_size or (1024 if cuda else 256 if lstm else 64)
         self.cache_size = cache_size or (2_000_000 if cuda else 200_000)
         self.prefetch = prefetch

@@ -20,7 +20,8 @@ def load_detector(model=None, index: QuestionIndex | None = None, device: str = 
         try:
             index.check_model(det)
         except ModelMismatchError as exc:
-            if Path(str(index.meta.get("model_path"))).name != detector.BUNDLES["default"]:
+            if (Path(str(index.meta.get("model_path"))).name != detector.BUNDLES["default"]
+                    or detector.bundle_name(getattr(det, "path", None)) == "matching"):
                 raise
             raise ModelMismatchError(f"{exc} (the bundled default model is an ensemble now: an index built with an "
                                      "earlier bundled default opens with --model matching)") from None

@@ -105,3 +105,19 @@ def test_the_default_model_reads_long_questions_to_the_end():
     ask, other = preamble + "Where can I buy a good second-hand bicycle?", preamble + "How do I cook rice in a pot?"
     same, different = det.predict_proba([ask, ask], [ask + " ", other])
     assert same - different > 0.1, (same, different)
+
+
+def test_an_index_of_the_bundled_default_points_to_matching_unless_that_was_given(bundles, tmp_path, capsys):
+    from _tiny_models import tiny_lstm_dir
+
+    for name, seed in (("default_model", 0), ("matching_model", 1), ("fast_model", 2)):
+        tiny_lstm_dir(bundles / name, seed=seed)
+    bank = tmp_path / "bank.csv"
+    bank.write_text("id,question\n1,how do i learn python\n2,what is the capital of france\n")
+    assert main(["index", str(bank), "-o", str(tmp_path / "idx")]) == 0
+    hint = "opens with --model matching"
+    assert main(["search", str(tmp_path / "idx"), "learn python", "--model", "fast"]) == 2
+    assert hint in capsys.readouterr().err
+    assert main(["search", str(tmp_path / "idx"), "learn python", "--model", "matching"]) == 2
+    err = capsys.readouterr().err
+    assert "was built with model" in err and hint not in err

@@ -176,7 +176,7 @@ def test_numbers_keep_their_points_and_signs():
                          "What is 1.5 kg in pounds?"]).tolist() == [UNKNOWN, UNKNOWN, UNKNOWN, KNOWN_DUPLICATE]
 
 
-def test_every_pair_keeps_its_own_label_in_any_script_and_ties_go_to_the_model(tmp_path):
+def test_every_pair_keeps_its_own_label_in_any_script_and_ties_go_to_the_model(tmp_path, caplog):
     path = tmp_path / "known.csv"
     pd.DataFrame({"question1": ["Что такое любовь?", "Как похудеть?", "愛とは何ですか？", "How old is C++?",
                                 "How old is C?", "Is tennis hard?", "Is tennis hard?", "Is golf hard?"],
@@ -184,7 +184,9 @@ def test_every_pair_keeps_its_own_label_in_any_script_and_ties_go_to_the_model(t
                                 "How old is Python?", "How difficult is tennis?", "How difficult is tennis?",
                                 "Is golf easy?"],
                   "is_duplicate": [1, 1, 0, 1, 0, 1, 0, 1]}).to_csv(path, index=False)
-    known = KnownPairs.from_file(path)
+    with caplog.at_level("INFO", logger="qpairs"):
+        known = KnownPairs.from_file(path)
+    assert "1 pairs had conflicting labels; kept the majority label (1 ties dropped)" in caplog.text
     assert known.stats["pairs"] == 6 and known.stats["tied_pairs_left_to_the_model"] == 1
     assert known.lookup(["Что такое любовь?", "Как похудеть?", "愛とは何ですか？", "How old is C?", "Is tennis hard?",
                          "How old is C++?"],

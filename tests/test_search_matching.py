@@ -2,6 +2,7 @@
 import json
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import qpairs
@@ -113,3 +114,26 @@ def test_state_memo_drops_the_oldest_states_past_its_budget():
     memo.add({"a": torch.zeros(2, 4), "b": torch.zeros(1, 4)})
     memo.add({"a": torch.ones(2, 4), "c": torch.zeros(2, 4)})  # "a" is kept as first computed; then over budget
     assert list(memo) == ["b", "c"] and memo.values == 12
+
+
+def test_score_runs_a_matching_head_at_the_asked_batch_size_and_refuses_a_cache_size(matching_det, bank, tmp_path,
+                                                                                     monkeypatch):
+    import qpairs.detector
+    from qpairs import pair_scores
+    from qpairs.scoring import score_file
+
+    pd.DataFrame({"id": range(20), "question1": bank[:20], "question2": bank[20:40]}).to_csv(tmp_path / "in.csv",
+                                                                                           index=False)
+    sizes = []
+    real = pair_scores.pair_distances
+    monkeypatch.setattr(qpairs.detector, "pair_distances",
+                        lambda model, a, b, device, batch_size=256, *r, **kw: sizes.append(batch_size)
+                        or real(model, a, b, device, batch_size, *r, **kw))
+    score_file(tmp_path / "in.csv", tmp_path / "a.csv", matching_det, batch_size=3, progress=False)
+    assert sizes and set(sizes) == {3} and matching_det.batch_size == 256  # the caller's detector is left as it was
+    score_file(tmp_path / "in.csv", tmp_path / "b.csv", matching_det, progress=False)
+    assert sizes[-1] == 256
+    a, b = pd.read_csv(tmp_path / "a.csv"), pd.read_csv(tmp_path / "b.csv")
+    np.testing.assert_allclose(a["duplicate_probability"], b["duplicate_probability"], atol=1e-5)
+    with pytest.raises(ValueError, match="leave --cache-size out"):
+        score_file(tmp_path / "in.csv", tmp_path / "c.csv", matching_det, cache_size=100, progress=False)
