@@ -22,7 +22,7 @@ LIMITS = ("English text only: questions in another language get unreliable proba
 
 TRAIN_HELP = {
     "out": "run directory to write (config, weights, calibration, metrics, report)",
-    "data": "pair files (CSV/TSV, gz ok); default: the labelled QQP files in ../shared/data",
+    "data": "pair files (CSV/TSV, gz/bz2/xz ok, or Parquet); default: the labelled QQP files in ../shared/data",
     "encoder": "lstm (a BiLSTM over word vectors) or transformer (a 🤗 model, default all-MiniLM-L6-v2)",
     "epochs": "passes over the training split (default: 6; with --resume: the run's own)",
     "batch_size": "training pairs (or triplets) per step",
@@ -124,7 +124,8 @@ TRAIN_HELP = {
 }
 
 
-MODEL_HELP = ("model directory, or a bundled model by name: default (the default model) or fast (a small BiLSTM); "
+MODEL_HELP = ("model directory, or a bundled model by name: default (the default model), matching (its frozen MiniLM "
+              "with a matching head) or fast (its small BiLSTM); "
               "a bare name always means the bundle, ./NAME a folder (default: default)")
 METAVARS = {"init_from": "RUN"}  # where the field name's last word would not say what the value is
 TRAIN_GROUPS = {  # `qpairs train --help` sections: TrainConfig field names
@@ -490,8 +491,8 @@ def _add_search_commands(sub) -> None:
                        description="The k stored questions nearest to QUESTION, best first. Columns: rank; score, "
                        "what the ranking sorts by (higher first); prob, the calibrated duplicate probability of the "
                        "pair; dup, prob at or above the model's threshold. In a model-space index the score is "
-                       "minus the model's distance, so it orders as prob does. In a base-space index (the default "
-                       "model's) the score is the base encoder's cosine plus a weighted character n-gram cosine, "
+                       "minus the model's distance, so it orders as prob does. In a base-space index (the default for a "
+                       "pooled head on a frozen transformer base) the score is the base encoder's cosine plus a weighted character n-gram cosine, "
                        "which finds duplicates in a large bank better than prob; prob comes from the model's head "
                        "and can be lower for a higher-ranked hit. In an index built with a BM25 weight (qpairs index "
                        "--bm25-weight, on by default for a title/body run's --side body or title) the score mixes the "
@@ -620,7 +621,7 @@ def _add_scoring_commands(sub) -> None:
                        "follow the file names: .csv, .tsv, .txt, .parquet, each .gz-compressed or not (not Parquet).")
     p.add_argument("input", help="pair file: CSV, TSV (.gz ok) or Parquet")
     p.add_argument("-o", "--output", required=True, help="output file (format from its name); written only when complete")
-    p.add_argument("--model", help="model directory (default: the bundled default model)")
+    p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--q1-col", help="first question column (default: detected, e.g. question1)")
     p.add_argument("--q2-col", help="second question column (default: detected, e.g. question2)")
     p.add_argument("--id-col", help="id column named in errors and the bad-row report (default: detected)")
@@ -660,7 +661,7 @@ def _add_scoring_commands(sub) -> None:
                        "checked (row count, unique ids, no NaN) before writing; OUTPUT ending in .gz is gzipped.")
     p.add_argument("test", help="Kaggle test.csv (test_id,question1,question2), .gz ok")
     p.add_argument("-o", "--output", required=True, help="submission CSV (.csv or .csv.gz)")
-    p.add_argument("--model", help="model directory (default: the bundled default model)")
+    p.add_argument("--model", help=MODEL_HELP)
     from .config import KAGGLE_TEST_PRIOR
 
     p.add_argument("--test-prior", type=float,
