@@ -20,9 +20,9 @@ import heapq
 
 import numpy as np
 import pandas as pd
-from tqdm.auto import tqdm
 
 from .errors import require_count
+from .progress import progress_bar
 from .search import AUTO_FLAT_MAX, QuestionIndex
 from .pair_scores import StateMemo
 
@@ -42,7 +42,7 @@ def duplicate_edges(det, index: QuestionIndex, k: int = 10, threshold: float | N
     n = len(index)
     memo = StateMemo()
     src, dst, prob = [], [], []
-    bar = tqdm(total=n, desc="kNN graph", unit="q", disable=None if progress is None else not progress)
+    bar = progress_bar(total=n, desc="kNN graph", unit="q", show=progress)
     for start in range(0, n, chunk_size):
         stop = min(n, start + chunk_size)
         vectors = index.index.reconstruct_n(start, stop - start)

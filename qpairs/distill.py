@@ -74,12 +74,12 @@ def load_teacher(path, device: str = "auto"):
 def teacher_labels(det, train: pd.DataFrame, show: bool | None = None) -> pd.DataFrame:
     """question1, question2, is_duplicate and the teacher's probability of every pair of `train` (each distinct
     pair scored once, in chunks, with `det.predict_proba`)."""
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     q1, q2 = train["question1"].tolist(), train["question2"].tolist()
     uniq = list(dict.fromkeys(zip(q1, q2)))
     probs = np.zeros(len(uniq))
-    with tqdm(total=len(uniq), unit="pair", desc="teacher", disable=None if show is None else not show) as bar:
+    with progress_bar(total=len(uniq), unit="pair", desc="teacher", show=show) as bar:
         for s in range(0, len(uniq), SCORE_CHUNK):
             a, b = zip(*uniq[s : s + SCORE_CHUNK])
             probs[s : s + len(a)] = det.predict_proba(list(a), list(b))

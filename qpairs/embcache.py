@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .encoding import encode_texts
+from .progress import progress_bar
 
 log = logging.getLogger("qpairs")
 
@@ -99,7 +99,7 @@ class EmbeddingCache(TextCache):
         log.info("encoding %d texts with the frozen base (cached in %s)", len(todo), self.directory or "memory")
         was_training = encoder.training
         encoder.eval()
-        bar = tqdm(total=len(todo), desc="base embeddings", unit="text", disable=None if progress is None else not progress)
+        bar = progress_bar(total=len(todo), desc="base embeddings", unit="text", show=progress)
         for start in range(0, len(todo), part_size):
             chunk = todo[start : start + part_size]
             self._add(chunk, encode_texts(encoder, chunk, device, batch_size, pooled=True, bar=bar).cpu().numpy())

@@ -142,15 +142,14 @@ def cosine(a, b) -> np.ndarray:
 def pooled_vectors(det, texts: list[str], chunk: int = 2048, progress: bool | None = False) -> np.ndarray:
     """The mean token state [n, hidden] of each text as `det` (a matching-head model whose two sides read texts
     alike) encodes it: the vectors `pair_distances` hands to the rule. `progress`: a bar (None: on a terminal)."""
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     from .tokencache import encode_states
 
     require_question_model(det)
     texts = list(texts)
     out = []
-    with tqdm(total=len(texts), desc="training questions", unit="q",
-              disable=None if progress is None else not progress) as bar:
+    with progress_bar(total=len(texts), desc="training questions", unit="q", show=progress) as bar:
         for start in range(0, len(texts), chunk):
             states = encode_states(det.model.encoder, texts[start : start + chunk], det.device,
                                    det.batch_size or 64, bar=bar)

@@ -351,16 +351,15 @@ class ScoreProgress:
     bytes of the file read (compressed bytes for gzip) out of its size, with the pairs done and pairs/s."""
 
     def __init__(self, input, rows_done: int, resumed_chunk=None, progress: bool | None = None):
-        from tqdm.auto import tqdm
-
         from . import tableio
+        from .progress import progress_bar
 
         rows = tableio.num_rows(input)
         self.by_rows = rows is not None
         done = rows_done if self.by_rows else getattr(resumed_chunk, "end_byte", None) or 0
-        self.bar = tqdm(total=rows if self.by_rows else os.path.getsize(input), initial=done,
+        self.bar = progress_bar(total=rows if self.by_rows else os.path.getsize(input), initial=done,
                         unit="pair" if self.by_rows else "B", unit_scale=True, unit_divisor=1000 if self.by_rows else 1024,
-                        desc="scoring", disable=None if progress is None else not progress, smoothing=0.05)
+                        desc="scoring", show=progress, smoothing=0.05)
 
     def update(self, chunk, rows_done: int, pairs_per_s: float) -> None:
         if not self.by_rows:

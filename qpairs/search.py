@@ -54,7 +54,6 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import torch
-from tqdm.auto import tqdm
 
 from .data import read_questions  # noqa: F401  (re-exported)
 from .checkpoint import model_fingerprint  # noqa: F401  (the index's model identity)
@@ -64,6 +63,7 @@ from .ngram import lexical_similarity
 from .retrieval import pairwise_distances
 from .errors import require_count
 from .text import as_text_list, question_problem, refuse_non_questions
+from .progress import progress_bar
 
 log = logging.getLogger("qpairs")
 
@@ -306,8 +306,7 @@ class QuestionIndex:
         if len(ids) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(ids)} ids")
         _check_new_ids(ids, self._id_set)
-        bar = tqdm(total=len(texts), desc="encoding questions", unit="q",
-                   disable=None if progress is None else not progress)
+        bar = progress_bar(total=len(texts), desc="encoding questions", unit="q", show=progress)
         for start in range(0, len(texts), chunk_size):
             chunk = texts[start : start + chunk_size]
             vectors = self.query_vectors(det, chunk, self.side, batch_size)

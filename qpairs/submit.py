@@ -56,7 +56,7 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
     The written file is read back and checked against the rows read before it replaces `output`.
     `known`: labelled pairs whose answers replace the model's (`DuplicateDetector.with_known`).
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     from . import tableio
     from .scoring import PairScorer, _as_detector, resolve_columns
@@ -75,8 +75,8 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
     scorer = PairScorer(det, batch_size)
     fallback = test_prior if test_prior is not None else (det.calibrator.prior or det.threshold)
     ids, probs, n_bad, rows_read = [], [], 0, 0
-    bar = tqdm(total=tableio.num_rows(test_file), unit="pair", unit_scale=True, desc="submission",
-               disable=None if progress is None else not progress)
+    bar = progress_bar(total=tableio.num_rows(test_file), unit="pair", unit_scale=True, desc="submission",
+                       show=progress)
     for chunk in tableio.iter_table(test_file, chunk_size):
         rows_read += len(chunk.frame)
         chunk.check_fields(test_file)

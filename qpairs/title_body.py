@@ -79,7 +79,7 @@ def load_posts(path, sites=None, max_words: int | None = DEFAULT_BODY_MAX_WORDS,
     body). Files without ``site``/``id``/``tags`` get the file stem, the row number and no tags.
     Raises `DataError` on a missing column, an empty title or body, or a repeated post id.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     cols = read_columns(path)
     body_col = next((c for c in BODY_COLUMNS if c in cols), None)
@@ -107,8 +107,7 @@ def load_posts(path, sites=None, max_words: int | None = DEFAULT_BODY_MAX_WORDS,
         row = int(frame.index[np.flatnonzero(repeated)[0]])
         raise DataError(f"{path}: {row_where(path, row)}, column 'id': post {frame['post_id'].iloc[np.flatnonzero(repeated)[0]]!r} appears twice")
     bodies = [clean_body(t, max_words, policy, head_fraction)
-              for t in tqdm(frame["content"], desc="stripping HTML", disable=None if progress is None else not progress,
-                            leave=False)]
+              for t in progress_bar(frame["content"], desc="stripping HTML", show=progress, leave=False)]
     frame.insert(4, "body", bodies)
     empty = (frame["body"] == "").to_numpy()
     if empty.any():

@@ -24,11 +24,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 
 from .embcache import EmbeddingCache, TextCache, cache_meta, is_pooled_cache
 from .encoders import pool, token_mask
 from .encoding import encoded_batches
+from .progress import progress_bar
 
 log = logging.getLogger("qpairs")
 PRECISIONS = ("auto", "fp32", "bf16")
@@ -144,8 +144,7 @@ class TokenStateCache(TextCache):
                  meta["precision"], self.directory or "memory")
         was_training = encoder.training
         encoder.eval()
-        bar = tqdm(total=len(todo), desc="base token states", unit="text",
-                   disable=None if progress is None else not progress)
+        bar = progress_bar(total=len(todo), desc="base token states", unit="text", show=progress)
         for start in range(0, len(todo), part_size):
             chunk = todo[start : start + part_size]
             states = encode_states(encoder, chunk, device, batch_size, meta["precision"], bar=bar,

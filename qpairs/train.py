@@ -23,7 +23,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm.auto import tqdm
 from tqdm.contrib.logging import logging_redirect_tqdm
 
 from . import data as qdata
@@ -40,6 +39,7 @@ from .model import SiameseModel
 from .objective import Objective, make_pair_head, pair_batches
 from .splits import check_same_held_out, load_splits
 from .warmstart import start_from
+from .progress import progress_bar
 
 log = logging.getLogger("qpairs")
 
@@ -181,7 +181,7 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     log.info("%s the run in %s", "continuing" if source else "writing", run_dir.resolve())
     warn_if_bf16_is_slow(cfg, device)
     seed_everything(cfg.seed)
-    show = cfg.progress if distributed.is_main() else False  # tqdm: None → only on a TTY
+    show = cfg.progress if distributed.is_main() else False  # None: a bar on a terminal, a line a minute in a log
 
     # data
     if splits is None and cfg.resume and (run_dir / "splits").exists():  # the same held-out pairs, or a refusal
@@ -223,8 +223,8 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     if state["epoch"] or done:
         log.info("resuming after epoch %d%s", state["epoch"], f", step {done}/{steps_per_epoch}" if done else "")
     higher = HIGHER_IS_BETTER[cfg.metric]
-    bar = tqdm(total=steps_per_epoch * cfg.epochs, initial=state["epoch"] * steps_per_epoch + done, unit="step",
-               desc="training", disable=None if show is None else not show, dynamic_ncols=True)
+    bar = progress_bar(total=steps_per_epoch * cfg.epochs, initial=state["epoch"] * steps_per_epoch + done, unit="step",
+                       desc="training", show=show, dynamic_ncols=True)
     clock = CheckpointClock(cfg.checkpoint_minutes)
 
     with logging_redirect_tqdm(), bar:  # log lines print above the bar

@@ -1,0 +1,42 @@
+"""Progress bars: tqdm on a terminal; in a log (stderr redirected, as under nohup) one plain line a minute for
+work that runs longer than a minute, so a run in the background still shows where it is and its ETA."""
+from __future__ import annotations
+
+import sys
+
+LOG_EVERY_S = 60.0
+
+
+class _Lines:
+    """A stream for tqdm that writes each redraw as a whole line instead of going back over the last one."""
+
+    def __init__(self, stream):
+        self.stream, self.last = stream, ""
+
+    def write(self, text: str) -> None:
+        text = text.replace("\r", "").strip()
+        if text and text != self.last:  # closing redraws the last state once more
+            self.stream.write(text + "\n")
+            self.last = text
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
+def progress_bar(iterable=None, *, show: bool | None = None, **kwargs):
+    """A tqdm bar (`kwargs` as tqdm takes them). `show`: True draws it, False hides it, None (default) draws it on a
+    terminal and writes a line every minute to a redirected stderr, after the first minute."""
+    from tqdm.auto import tqdm
+
+    if show is None and not _on_terminal():
+        kwargs.update(file=_Lines(sys.stderr), mininterval=LOG_EVERY_S, maxinterval=LOG_EVERY_S, delay=LOG_EVERY_S,
+                      ascii=True, ncols=120, dynamic_ncols=False)
+        return tqdm(iterable, **kwargs)
+    return tqdm(iterable, disable=not show if show is not None else None, **kwargs)
+
+
+def _on_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):  # a closed or replaced stream
+        return False
