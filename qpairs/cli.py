@@ -627,8 +627,8 @@ def _add_scoring_commands(sub) -> None:
     p.add_argument("--id-col", help="id column named in errors and the bad-row report (default: detected)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
     _add_backend_arg(p)
-    p.add_argument("--batch-size", type=_positive_int, help="texts per encoder batch (default: 1024 on GPU; on CPU 64, or 256 for a BiLSTM and "
-                   "for a model that compares token states, such as the bundled ones)")
+    p.add_argument("--batch-size", type=_positive_int, help="texts per encoder batch (default: 256 for a model that compares token states, such as "
+                   "the bundled ones; else 1024 on GPU, and on CPU 256 for a BiLSTM, 64 for a transformer)")
     p.add_argument("--chunk-size", type=int, default=50_000, help="rows read and written at a time (default: 50000)")
     p.add_argument("--cache-size", type=int, help="unique texts whose embeddings are kept (bounds memory; default: "
                    "200000 on CPU, 2000000 on GPU; must exceed the unique texts of one chunk; only for a model that "

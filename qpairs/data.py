@@ -51,17 +51,20 @@ def default_data_dir() -> Path | None:
     return None
 
 
-# spaces and sentence punctuation; not a point, comma or colon between digits, nor a minus sign or hyphen
-# before a digit or between letters ("1.5" is not "15", "-5" not "5", "2-3" not "23")
-_SPELLING = re.compile(r"\s+|(?!(?<=\d)[.,:](?=\d))(?!-(?=\d))(?!(?<=\w)-(?=\w))"
-                       r"[.,;:!?'\"()\[\]{}¿¡…“”‘’«»–—-]")
+# sentence punctuation; not a point, comma or colon between digits, nor a minus sign or hyphen before a digit or
+# between letters ("1.5" is not "15", "-5" not "5", "2-3" not "23")
+_PUNCTUATION = re.compile(r"(?!(?<=\d)[.,:](?=\d))(?!-(?=\d))(?!(?<=\w)-(?=\w))[.,;:!?\"()\[\]{}¿¡…“”«»–—-]")
+_APOSTROPHE = re.compile(r"\s*['‘’]|\s+(?=n['‘’]t\b)")  # with the spaces a tokenizer put before it ("do n't")
+_AROUND_SYMBOL = re.compile(r"\s*([^\w\s])\s*")
 
 
 def normalize_question(text: str) -> str:
-    """Key under which two spellings of one question count as the same question: case folded, spaces and
-    sentence punctuation dropped; every letter and mark (any script), digit and symbol kept ("C++" is not "C",
-    "1.5" is not "15")."""
-    return _SPELLING.sub("", str(text).casefold())
+    """Key under which two spellings of one question count as the same question: case folded, apostrophes and
+    sentence punctuation dropped, no spaces around a symbol ("₹ 500" is "₹500"), words kept apart by one space
+    ("ice cream" is not "icecream"); every letter and mark (any script), digit and symbol kept ("C++" is not
+    "C", "1.5" is not "15")."""
+    text = _PUNCTUATION.sub(" ", _APOSTROPHE.sub("", str(text).casefold()))
+    return " ".join(_AROUND_SYMBOL.sub(r"\1", text).split())
 
 
 def split_key(text: str) -> str:
@@ -97,11 +100,8 @@ def read_table(path) -> pd.DataFrame:
 
 
 def _cell_text(value) -> str:
-    """A Parquet cell as text: '' when missing (None, NaN, NA, NaT)."""
-    try:
-        missing = bool(pd.isna(value))
-    except (TypeError, ValueError):  # a list or array cell is not missing
-        missing = False
+    """A Parquet cell as text: '' when missing (None, NaN, NA, NaT); a list or array cell is never missing."""
+    missing = value is None or value is pd.NA or value is pd.NaT or (isinstance(value, float) and math.isnan(value))
     return "" if missing else str(value)
 
 

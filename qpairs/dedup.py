@@ -23,7 +23,7 @@ import pandas as pd
 
 from .errors import require_count
 from .progress import progress_bar
-from .search import AUTO_FLAT_MAX, QuestionIndex
+from .search import AUTO_FLAT_MAX, QuestionIndex, check_new_ids
 from .pair_scores import StateMemo
 
 LINKAGES = ("average", "complete", "single")
@@ -221,6 +221,7 @@ def dedup(det, texts, ids=None, k: int = 10, threshold: float | None = None, kin
     row_ids = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
     if len(row_ids) != len(texts):
         raise ValueError(f"got {len(texts)} texts but {len(row_ids)} ids")
+    check_new_ids(row_ids, set())  # before copies collapse: every row's id names that row alone
     threshold = det.threshold if threshold is None else threshold
     require_count(k, "k (neighbours per question)")
     if not 0.0 <= threshold <= 1.0:
@@ -257,8 +258,9 @@ def _copies(node: np.ndarray, first: np.ndarray) -> tuple[np.ndarray, np.ndarray
     first row itself, the node's second."""
     rows = np.arange(len(node))
     shared = np.bincount(node)[node] > 1
-    later = shared & (rows != first[node])
+    later = rows[shared & (rows != first[node])]
     second = np.full(len(first), -1)
-    second[node[later][::-1]] = rows[later][::-1]  # reversed: the earliest later row of each node is written last
+    nodes, earliest = np.unique(node[later], return_index=True)
+    second[nodes] = later[earliest]
     copied = rows[shared]
     return copied, np.where(copied == first[node[copied]], second[node[copied]], first[node[copied]])

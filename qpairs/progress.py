@@ -2,9 +2,13 @@
 work that runs longer than a minute, so a run in the background still shows where it is and its ETA."""
 from __future__ import annotations
 
+import re
 import sys
 
 LOG_EVERY_S = 60.0
+
+
+_CURSOR_MOVES = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")  # what tqdm writes to place nested bars
 
 
 class _Lines:
@@ -14,10 +18,11 @@ class _Lines:
         self.stream, self.last = stream, ""
 
     def write(self, text: str) -> None:
-        text = text.replace("\r", "").strip()
-        if text and text != self.last:  # closing redraws the last state once more
+        text = _CURSOR_MOVES.sub("", text).replace("\r", "").strip()
+        counts = text.split("[")[0]  # before the times and rate: closing redraws the last counts once more
+        if text and counts != self.last:
             self.stream.write(text + "\n")
-            self.last = text
+            self.last = counts
 
     def flush(self) -> None:
         self.stream.flush()
@@ -28,7 +33,7 @@ def progress_bar(iterable=None, *, show: bool | None = None, **kwargs):
     terminal and writes a line every minute to a redirected stderr, after the first minute."""
     from tqdm.auto import tqdm
 
-    if show is None and not _on_terminal():
+    if show is None and not _on_terminal() and "ipykernel" not in sys.modules:  # a notebook draws its own bars
         kwargs.update(file=_Lines(sys.stderr), mininterval=LOG_EVERY_S, maxinterval=LOG_EVERY_S, delay=LOG_EVERY_S,
                       ascii=True, ncols=120, dynamic_ncols=False)
         return tqdm(iterable, **kwargs)

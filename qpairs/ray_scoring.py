@@ -46,11 +46,12 @@ class FrameScorer:
         import torch
 
         from .detector import load
+        from .scoring import _at_batch_size
 
         torch.set_num_threads(threads)
         self.det = load(model, device=device)
         if batch_size:
-            self.det.batch_size = batch_size
+            self.det = _at_batch_size(self.det, batch_size)  # an ensemble's members too
         self.q1, self.q2 = q1_col, q2_col
 
     def __call__(self, batch: pd.DataFrame) -> pd.DataFrame:

@@ -27,9 +27,16 @@ PRED_COL = "predicted_duplicate"
 
 
 def score_frame(det, frame: pd.DataFrame, q1_col: str = "question1", q2_col: str = "question2") -> pd.DataFrame:
-    """Return `frame` with `duplicate_probability` and `predicted_duplicate` columns added (row order kept)."""
+    """Return `frame` with `duplicate_probability` and `predicted_duplicate` columns added (row order kept). A cell
+    that is not a question (missing, empty, not text: `qpairs.text`) is a ValueError naming its row and column."""
+    for col in (q1_col, q2_col):
+        reasons = bad_reasons(frame[col]).to_numpy()
+        bad = np.flatnonzero(reasons != "")
+        if len(bad):
+            raise ValueError(f"row {frame.index[bad[0]]!r}, column '{col}': {reasons[bad[0]]} ({len(bad)} such rows in "
+                             "this frame); drop or fill them before scoring")
     out = frame.copy()
-    probs = det.predict_proba(list(frame[q1_col].astype(str)), list(frame[q2_col].astype(str)))
+    probs = det.predict_proba(list(frame[q1_col]), list(frame[q2_col]))
     out[PROBA_COL] = np.asarray(probs, dtype=np.float64)
     out[PRED_COL] = (out[PROBA_COL] >= det.threshold).astype(int)
     return out

@@ -305,7 +305,7 @@ class QuestionIndex:
         ids = self.next_ids(len(texts)) if ids is None else [str(i) for i in ids]
         if len(ids) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(ids)} ids")
-        _check_new_ids(ids, self._id_set)
+        check_new_ids(ids, self._id_set)
         bar = progress_bar(total=len(texts), desc="encoding questions", unit="q", show=progress)
         for start in range(0, len(texts), chunk_size):
             chunk = texts[start : start + chunk_size]
@@ -340,7 +340,7 @@ class QuestionIndex:
         if vectors.ndim != 2 or vectors.shape[1] != self.index.d or not len(vectors) == len(ids) == len(texts):
             raise ValueError(f"need vectors [n, {self.index.d}] with n ids and n texts; got {vectors.shape}, "
                              f"{len(ids)} ids, {len(texts)} texts")
-        _check_new_ids(ids, self._id_set)
+        check_new_ids(ids, self._id_set)
         if self.maxsim_weight and (token_states is None or len(token_states) != len(ids)):
             raise ValueError(f"an index with a MaxSim weight needs the token states of each of the {len(ids)} texts "
                              "(`QuestionIndex.token_states`)")
@@ -751,7 +751,8 @@ def _fusion_refusal(det, space: str, what: str) -> str | None:
     return None
 
 
-def _check_new_ids(ids: list[str], existing: set) -> None:
+def check_new_ids(ids: list[str], existing: set) -> None:
+    """Refuse (ValueError) an id that `existing` holds or that `ids` repeats."""
     seen: dict[str, int] = {}
     for i, x in enumerate(ids):
         if x in existing:

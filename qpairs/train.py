@@ -246,9 +246,9 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
                 step += 1
                 seen += batch.size
                 total += float(loss.detach()) * batch.size
-                bar.update()
                 bar.set_postfix(epoch=f"{epoch}/{cfg.epochs}", loss=f"{total / seen:.4f}",
-                                pairs_s=f"{seen / (time.perf_counter() - t0):.0f}")
+                                pairs_s=f"{seen / (time.perf_counter() - t0):.0f}", refresh=False)
+                bar.update()  # redraws when due, with the numbers above
                 if step < steps_per_epoch and clock.due() and distributed.is_main():
                     mid = {"seen": seen, "total": total, "train_time_s": time.perf_counter() - t0}
                     save_last(run_dir, model, optimizer, scheduler, {**state, "step": step, "partial": mid},

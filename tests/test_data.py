@@ -126,7 +126,10 @@ def test_dedupe_is_unordered_normalised_and_reports_conflicts():
     assert len(out) == 2
     assert report.duplicates_removed == 3 and report.label_conflicts == 1
     assert out.set_index("pair_id").loc["c", "is_duplicate"] == 1  # majority of 0,1,1
-    assert qd.pair_key("a b", "C") == qd.pair_key("c", "AB")
+    assert qd.pair_key("a b?", "C") == qd.pair_key("c", "A B")
+    assert qd.pair_key("ab", "c") != qd.pair_key("a b", "c")  # words stay apart: "ice cream" is not "icecream"
+    assert qd.normalize_question("What 's up , do n't you know ?") == qd.normalize_question("What's up, don't you know?")
+    assert qd.normalize_question("₹ 500 notes") == qd.normalize_question("₹500 notes")  # no spaces around a symbol
 
 
 def test_question_split_is_disjoint_and_reproducible():

@@ -224,6 +224,10 @@ def test_score_frame_is_engine_neutral(det):
     frame = kaggle_test_frame(20)
     out = score_frame(det, frame, "question1", "question2")
     assert list(out.index) == list(frame.index) and PROBA_COL in out and set(out[PRED_COL]) <= {0, 1}
+    frame = frame.set_index(frame.index + 100)
+    frame.loc[107, "question2"] = np.nan  # what a Spark or pandas batch holds for a missing question
+    with pytest.raises(ValueError, match=r"row 107, column 'question2': missing question \(NaN/null\) \(1 such rows"):
+        score_frame(det, frame, "question1", "question2")
 
 
 def test_cli_score_and_clear_error(det, tmp_path, capsys):
