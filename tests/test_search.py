@@ -328,6 +328,8 @@ def test_dedup_keeps_every_copy_of_a_question_in_one_group(det, bank):
     expected = det.predict_proba(["which is the tallest mountain on mars"], ["Which is the tallest mountain on Mars?"])[0]
     assert group.loc[69, "best_probability"] == pytest.approx(expected, abs=1e-6)  # c29 → c0: that pair's own
     assert (out.loc[:39, "best_match"].isin(ids[:40])).all()  # copies of one question stand for it once
+    with pytest.raises(ValueError, match="id 'c0' is repeated"):  # also between copies, which share one node
+        dedup(det, texts, ids[:41] + ["c0"] + ids[42:], k=3)
 
 
 @pytest.mark.parametrize("texts, error, message", [
