@@ -3,7 +3,7 @@
 A value is a question when it is a string holding at least one visible character and is not
 a spelled-out missing value ('nan', 'none', 'null': what a NaN becomes after a careless
 ``astype(str)``). Whitespace, zero-width characters (U+200B..U+200F, U+2060.., the U+FEFF
-byte-order mark), NUL and other control or format characters are not visible. Scoring,
+byte-order mark), NUL and other control or format characters are not visible. The Python API, scoring,
 submissions, data loading, the search index, title/body posts and the HTTP service all use it.
 """
 from __future__ import annotations
