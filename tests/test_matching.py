@@ -252,7 +252,8 @@ def test_train_freeze_base_matching_head_trains_saves_loads_and_scores(tiny_bert
     alone = [det.predict_proba(a, b) for a, b in zip(q1[:4], q2[:4])]
     np.testing.assert_allclose(batch[:4], alone, rtol=0, atol=1e-6)  # batch-invariant
     np.testing.assert_allclose(det.predict_proba(q2, q1), batch, rtol=0, atol=1e-6)  # symmetric
-    np.testing.assert_allclose(PairScorer(det, batch_size=8).predict_proba(q1, q2), batch, rtol=0, atol=1e-6)
+    # another batch size: the same numbers summed in another order (scoring.md promises 1e-4)
+    np.testing.assert_allclose(PairScorer(det, batch_size=8).predict_proba(q1, q2), batch, rtol=0, atol=1e-5)
     if onnxrt.native_bf16():  # the CPU's bf16 path: close to fp32, and batch-invariant and symmetric itself
         fast = load(run, device="cpu", backend="bf16")
         half = fast.predict_proba(q1, q2)
@@ -309,7 +310,8 @@ def test_bilstm_matching_head_trains_on_its_own_token_states_and_scores_as_it_wa
     alone = [det.predict_proba(a, b) for a, b in zip(q1[:4], q2[:4])]
     np.testing.assert_allclose(batch[:4], alone, rtol=0, atol=1e-6)  # batch-invariant
     np.testing.assert_allclose(det.predict_proba(q2, q1), batch, rtol=0, atol=1e-6)  # symmetric
-    np.testing.assert_allclose(PairScorer(det, batch_size=8).predict_proba(q1, q2), batch, rtol=0, atol=1e-6)
+    # another batch size: the same numbers summed in another order (scoring.md promises 1e-4)
+    np.testing.assert_allclose(PairScorer(det, batch_size=8).predict_proba(q1, q2), batch, rtol=0, atol=1e-5)
 
 
 def test_matching_head_needs_a_frozen_transformer_and_pair_losses(tiny_bert, tmp_path):
