@@ -13,12 +13,15 @@ Layout of a run directory::
     last/               resumable state: a model directory of the latest weights plus optimizer, scheduler
                         and RNG state, the epochs done and the position in the next one (saved at each
                         epoch end and every --checkpoint-minutes within an epoch)
+    settings.json       the training settings, written when the run starts: a --resume before the first
+                        checkpoint starts the run again with them
 
 Training writes through `save_epoch` and `save_last`, and resumes through `resumed_config` and `load_last`.
 """
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 import os
 import shutil
 import time
@@ -35,6 +38,7 @@ from .sides import sides_from_train
 
 FORMAT_VERSION = 1
 LAST = "last"  # resumable state inside a run directory
+SETTINGS = "settings.json"  # a run's training settings, from its start
 
 
 class ModelDirError(ValueError):
@@ -298,14 +302,6 @@ def load_last(run_dir: Path, model, optimizer, scheduler) -> dict | None:
     return read_json(last / "state.json")
 
 
-def saved_run(run_dir: Path) -> Path | None:
-    """Where a run to resume keeps its model and settings: ``last/`` (also mid-epoch 1), else the run itself."""
-    for d in (last_dir(run_dir), run_dir):
-        if d is not None and (d / "config.json").exists():
-            return d
-    return None
-
-
 class CheckpointClock:
     """Says when a mid-epoch checkpoint is due: every `minutes` (0 or less: never)."""
 
@@ -324,16 +320,26 @@ class CheckpointClock:
 
 
 def resumed_config(cfg, run_dir: Path):
-    """(config, saved run directory or None): with --resume, the saved run's training settings, keeping this
-    call's --out, --device, --progress, --checkpoint-minutes and --epochs (None: the run's own)."""
-    source = saved_run(run_dir) if cfg.resume else None
-    saved = read_json(source / "config.json").get("train", {}) if source is not None else {}
-    epochs = cfg.epochs if cfg.epochs is not None else saved.get("epochs", TrainConfig.epochs)
+    """(config, checkpoint directory or None): with --resume, the run's own training settings (from its last
+    checkpoint, else from the settings it started with, to start it again), keeping this call's --out, --device,
+    --progress, --checkpoint-minutes and --epochs (None: the run's own)."""
+    source = last_dir(run_dir) if cfg.resume else None
     if source is not None:
+        saved = read_json(source / "config.json").get("train", {})
+    else:
+        saved = read_json(run_dir / SETTINGS) if cfg.resume and (run_dir / SETTINGS).exists() else {}
+    epochs = cfg.epochs if cfg.epochs is not None else saved.get("epochs", TrainConfig.epochs)
+    if saved:
         cfg = TrainConfig(**{**saved, "resume": True, "out": cfg.out, "epochs": epochs, "device": cfg.device,
                              "progress": cfg.progress, "checkpoint_minutes": cfg.checkpoint_minutes})
     cfg.epochs = epochs
     return cfg, source
+
+
+def write_settings(cfg, run_dir: Path) -> None:
+    """Keep the settings a run starts with (once), for a --resume before its first checkpoint."""
+    if not (run_dir / SETTINGS).exists():
+        write_json(run_dir / SETTINGS, {**asdict(cfg), "resume": False})
 
 
 def save_epoch(run_dir: Path, model, optimizer, scheduler, state: dict, train_config: dict, best_calibration=None):

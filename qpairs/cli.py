@@ -221,8 +221,13 @@ def cmd_train(args) -> int:
     try:
         run = train(cfg)
     except KeyboardInterrupt:
-        print(f"qpairs train: interrupted; `qpairs train --out {cfg.out} --resume` continues from the last "
-              "checkpoint", file=sys.stderr)
+        from pathlib import Path
+
+        from .checkpoint import last_dir
+
+        how = ("continues from the last checkpoint" if last_dir(Path(cfg.out)) is not None else
+               "starts it again with its settings (no checkpoint was written yet)")
+        print(f"qpairs train: interrupted; `qpairs train --out {cfg.out} --resume` {how}", file=sys.stderr)
         return 130
     if int(os.environ.get("RANK", "0")) == 0:  # under torchrun, rank 0 reports
         print(f"model saved to {run}")

@@ -30,7 +30,7 @@ from . import distributed
 from .builders import build_model, build_pseudo_model, check_base_layers, param_groups
 from .calibration import Calibrator, fit_calibrator
 from .checkpoint import (CheckpointClock, load_last, load_model, read_json, resumed_config, save_epoch, save_last,
-                         saved_weight, write_json)
+                         saved_weight, write_json, write_settings)
 from .config import TrainConfig
 from .evaluate import calibrated_metrics
 from .matching import needs_tokens, require_token_cache
@@ -177,7 +177,9 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     if not distributed.is_main():
         log.setLevel(logging.WARNING)  # rank 0 logs
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg, source = resumed_config(cfg, run_dir)  # source: the saved model and settings to continue, if any
+    cfg, source = resumed_config(cfg, run_dir)  # source: the checkpoint to continue, if any
+    if distributed.is_main():
+        write_settings(cfg, run_dir)
     log.info("%s the run in %s", "continuing" if source else "writing", run_dir.resolve())
     warn_if_bf16_is_slow(cfg, device)
     seed_everything(cfg.seed)

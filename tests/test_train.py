@@ -313,7 +313,38 @@ def test_resume_of_a_run_that_stopped_before_its_first_checkpoint_checks_the_dat
     make_pairs(300, seed=2).assign(is_duplicate=1).to_csv(data, index=False)  # one class: fails after the split
     with pytest.raises(ValueError, match="both classes"):
         train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "failed"), epochs=1))
+    stored = (tmp_path / "failed" / "splits" / "validation.csv.gz").read_bytes()
     other = tmp_path / "other.csv"
     make_pairs(300, seed=3).to_csv(other, index=False)
+    with pytest.raises(ValueError, match="both classes"):  # --resume keeps the run's own settings, data included
+        train(_tiny_cfg(tmp_path, other, out=str(tmp_path / "failed"), epochs=1, resume=True))
+    assert (tmp_path / "failed" / "splits" / "validation.csv.gz").read_bytes() == stored
+    (tmp_path / "failed" / "settings.json").unlink()  # a folder from before runs kept their settings
     with pytest.raises(ValueError, match="no longer gives the validation pairs"):
         train(_tiny_cfg(tmp_path, other, out=str(tmp_path / "failed"), epochs=1, resume=True))
+
+
+@pytest.mark.parametrize("stop", ["before the first checkpoint", "between the best model and last/"])
+def test_resume_after_a_stop_before_any_checkpoint_starts_again_with_the_runs_settings(tmp_path, monkeypatch, stop):
+    import qpairs.train as qt
+    from qpairs.checkpoint import save_model
+
+    data = tmp_path / "pairs.csv"
+    make_pairs(300, seed=2).to_csv(data, index=False)
+    full = train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "full"), epochs=2, patience=5))
+    part = _tiny_cfg(tmp_path, data, out=str(tmp_path / "part"), epochs=2, patience=5)
+    with monkeypatch.context() as m:
+        if stop == "before the first checkpoint":
+            m.setattr(Objective, "step_loss", lambda *a, **k: (_ for _ in ()).throw(KeyboardInterrupt))
+        else:  # killed after epoch 1 wrote its best model, before its resumable state
+            m.setattr(qt, "save_epoch", lambda run_dir, model, *a, **k: save_model(model, run_dir, a[3]) or
+                      (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            train(part)
+    assert not (tmp_path / "part" / "last").exists()
+    resume = TrainConfig(out=str(tmp_path / "part"), resume=True, epochs=None, progress=False)  # as `--out R --resume`
+    train(resume)
+    a = load_file(full / "last" / "model.safetensors")
+    b = load_file(tmp_path / "part" / "last" / "model.safetensors")
+    for k in a:
+        assert torch.allclose(a[k], b[k], atol=1e-6), k
