@@ -168,6 +168,8 @@ def adapt(run, data, out, threshold: str = "accuracy", folds: int = 5, head: boo
 
     rule = str(parse_rule(threshold))
     out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"-o {out} is a file: give a folder for the adapted model")
     if out.exists() and any(out.iterdir()):
         raise FileExistsError(f"{out} already exists and is not empty: choose another -o")
     files = [data] if isinstance(data, (str, Path)) else list(data)

@@ -174,4 +174,11 @@ class TrainConfig:
         c.threshold = str(parse_rule(c.threshold))
         if c.metric not in HIGHER_IS_BETTER:
             raise ValueError(f"--metric must be one of {sorted(HIGHER_IS_BETTER)}")
+        for option, rate in (("--train-pos-rate", c.train_pos_rate), ("--eval-rate", c.eval_rate)):
+            if rate is not None and not 0.0 < rate < 1.0:
+                raise ValueError(f"{option} is a duplicate rate: it must lie strictly between 0 and 1, not {rate}")
+        for option, count in (("--batch-size", c.batch_size), ("--epochs", c.epochs),
+                              ("--max-train-pairs", c.max_train_pairs)):
+            if count is not None and count < 1:
+                raise ValueError(f"{option} must be at least 1, not {count}")
         return c

@@ -185,6 +185,9 @@ def load_file(path, on_bad_row: str = "error", q1_col=None, q2_col=None, label_c
             raise DataError(f"{path}: column '{c}' not found; columns are {cols}")
     lc = label_col or find_column(cols, LABEL_COLUMNS, "label", path, required=require_labels)
     idc = id_col or find_column(cols, ID_COLUMNS, "id", path, required=False)
+    for c in (label_col, id_col):
+        if c is not None and c not in cols:
+            raise DataError(f"{path}: column '{c}' not found; columns are {cols}")
 
     bad = np.zeros(len(raw), dtype=bool)
     reasons: dict[str, int] = {}

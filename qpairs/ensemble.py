@@ -17,10 +17,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .calibration import Calibrator, fit_calibrator
+from .calibration import Calibrator
 from .checkpoint import write_json
 from .detector import BUNDLES, ENSEMBLE_FILE, Ensemble, bundle_name, load
 from .metrics import classification_metrics
+from .operating_point import OperatingPointError
 
 log = logging.getLogger("qpairs")
 
@@ -64,7 +65,10 @@ def fit_ensemble(members: list, q1: list[str], q2: list[str], labels, step: floa
         familiarity.fit_rule(*probe.pooled_pairs(pooled, q1, q2), labels, unfamiliar_share)
         probe.familiarity = familiarity
     d = distances(best)
-    calibrator = fit_calibrator("platt", d, labels, threshold)
+    try:
+        calibrator = Calibrator("platt").fit(d, labels, threshold)
+    except OperatingPointError as exc:  # refused, as train and adapt refuse it
+        raise OperatingPointError(f"--threshold {threshold}: {exc} (on the validation pairs); nothing written") from None
     ensemble = Ensemble(members, best, calibrator, familiarity=familiarity)
     report = {"validation_pairs": int(len(labels)), "weights": best.tolist(),
               "unfamiliar": None if familiarity is None else familiarity.rule,
@@ -123,11 +127,17 @@ def ensemble_command(models: list, validation: list, out, step: float = 0.05, th
         if f in BUNDLES or Path(f).is_dir():
             raise ValueError(f"--validation takes labelled pair files, and {f!r} is a model: list the MODELs "
                              "before --validation")
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"-o {out} is a file: give a folder for the ensemble")
     if (out / ENSEMBLE_FILE).exists() or (out / "config.json").exists():
         raise FileExistsError(f"{out} already holds a model; remove it or pick another -o")
     frame = load_pairs(validation, on_bad_row=on_bad_row, **columns)
     frame = frame[frame["is_duplicate"] >= 0]
     members = [load(m, device=device, backend="torch") for m in models]
+    nested = [m for m, det in zip(models, members) if isinstance(det, Ensemble)]
+    if nested:
+        raise ValueError(f"{nested[0]} is an ensemble itself: list its members instead (an ensemble's members are "
+                         "single models)")
     familiarity = None
     if familiar:
         from .familiarity import Familiarity, pooled_vectors, require_question_model, training_questions

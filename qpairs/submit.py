@@ -62,6 +62,8 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
     from .scoring import PairScorer, _as_detector, resolve_columns
     from .text import bad_mask, blank_mask
 
+    if test_prior is not None and not 0.0 < test_prior < 1.0:
+        raise ValueError(f"--test-prior is a duplicate rate: it must lie strictly between 0 and 1, not {test_prior}")
     columns = tableio.read_columns(test_file)
     q1c, q2c, _ = resolve_columns(columns, q1_col, q2_col, None, test_file)
     idc = id_col or ("test_id" if "test_id" in columns else None)
@@ -74,7 +76,7 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
     det = _as_detector(model, device, backend, known, known_probability)
     scorer = PairScorer(det, batch_size)
     fallback = test_prior if test_prior is not None else (det.calibrator.prior or det.threshold)
-    ids, probs, n_bad, rows_read = [], [], 0, 0
+    ids, numbers, probs, n_bad, rows_read = [], [], [], 0, 0
     bar = progress_bar(total=tableio.num_rows(test_file), unit="pair", unit_scale=True, desc="submission",
                        show=progress)
     for chunk in tableio.iter_table(test_file, chunk_size):
@@ -84,6 +86,7 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
         blank = blank_mask(frame[idc])
         if blank.any():
             raise DataError(f"{test_file}: {chunk.where(int(np.flatnonzero(blank)[0]))}, column '{idc}': blank test_id")
+        numbers.append(_id_numbers(frame[idc], chunk, test_file, idc))
         ok = ~(bad_mask(frame[q1c]) | bad_mask(frame[q2c]))
         p = np.full(len(frame), fallback, dtype=np.float64)
         p[ok] = scorer.predict_proba(list(frame[q1c].to_numpy()[ok]), list(frame[q2c].to_numpy()[ok]), test_prior)
@@ -92,6 +95,8 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
         n_bad += int((~ok).sum())
         bar.update(len(frame))
     bar.close()
+    if numbers:
+        _refuse_repeated_ids(pd.Series(np.concatenate(numbers)), test_file, idc)
     frame = pd.DataFrame({"test_id": np.concatenate(ids) if ids else np.array([], dtype=object),
                           "is_duplicate": clip(np.concatenate(probs)) if probs else np.array([])})
     validate_submission(frame, rows_read, test_file)
@@ -101,6 +106,29 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
     return {"rows": rows_read, "unscorable_rows": n_bad, "mean_probability": float(frame["is_duplicate"].mean())
             if rows_read else float("nan"), "test_prior": test_prior, "output": str(output),
             "known_answered": scorer.known_answered if det.known is not None else None}
+
+
+def _id_numbers(ids: pd.Series, chunk, test_file, column: str) -> np.ndarray:
+    """The test_ids as canonical numbers ("05" is "5"); one that is not a whole number (Kaggle's are) is refused,
+    naming its line."""
+    text = ids.astype(str).str.strip()
+    bad = np.flatnonzero(~text.str.fullmatch(r"\d+").to_numpy())
+    if len(bad):
+        raise DataError(f"{test_file}: {chunk.where(int(bad[0]))}, column '{column}': test_id {text.iloc[bad[0]]!r} is "
+                        "not a whole number (Kaggle's test_ids are 0, 1, 2, …)")
+    return text.str.lstrip("0").replace("", "0").to_numpy()
+
+
+def _refuse_repeated_ids(numbers: pd.Series, test_file, column: str) -> None:
+    """Refuse the first row whose test_id number an earlier row has, naming both."""
+    from .tableio import row_where
+
+    repeated = np.flatnonzero(numbers.duplicated().to_numpy())
+    if len(repeated):
+        row = int(repeated[0])
+        first = int(np.flatnonzero((numbers == numbers.iloc[row]).to_numpy())[0])
+        raise DataError(f"{test_file}: {row_where(test_file, row)}, column '{column}': test_id {numbers.iloc[row]} "
+                        f"repeats the test_id of {row_where(test_file, first)}")
 
 
 def _write(frame: pd.DataFrame, output, rows_read: int, test_file) -> None:

@@ -170,6 +170,8 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     cfg = cfg.resolved()
     check_base_layers(cfg)
     run_dir = Path(cfg.out)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"--out {run_dir} is a file: give a folder for the run")
     if run_dir.exists() and any(run_dir.iterdir()) and not cfg.resume:
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out")
     device = distributed.setup(cfg.device)  # joins the torchrun process group, if there is one

@@ -204,3 +204,11 @@ def test_the_split_keeps_spellings_together_that_deduplication_keeps_apart():
     assert len(qd.deduplicate(frame)) == 2  # two different pairs
     comp = qd.question_components(frame)
     assert comp[0] == comp[1]  # "Is C++ hard?" and "Is C hard?" share a split key: one side of any split
+
+
+@pytest.mark.parametrize("option", ["label_col", "id_col"])
+def test_a_named_label_or_id_column_that_is_missing_is_a_clear_error(tmp_path, option):
+    path = tmp_path / "pairs.csv"
+    path.write_text("question1,question2,is_duplicate\na?,b?,1\nc?,d?,0\n")
+    with pytest.raises(qd.DataError, match=r"pairs.csv: column 'nope' not found; columns are \['question1'"):
+        qd.load_file(path, **{option: "nope"})

@@ -91,9 +91,30 @@ def test_duplicate_ids_in_the_input_are_refused_before_writing(det, tmp_path):
     frame = kaggle_test(20)
     frame.loc[5, "test_id"] = frame.loc[6, "test_id"]
     frame.to_csv(tmp_path / "test.csv", index=False)
-    with pytest.raises(ValueError, match="appears more than once"):
+    with pytest.raises(ValueError, match=r"row 7 \(line 8\), column 'test_id': test_id \d+ repeats the test_id of "
+                                         r"row 6 \(line 7\)"):
         make_submission(tmp_path / "test.csv", tmp_path / "sub.csv", det, progress=False)
     assert not (tmp_path / "sub.csv").exists()
+
+
+@pytest.mark.parametrize("ids, message", [
+    (["0", "1", "abc"], r"row 3 \(line 4\), column 'test_id': test_id 'abc' is not a whole number"),
+    (["0", "7.5", "2"], r"row 2 \(line 3\), column 'test_id': test_id '7.5' is not a whole number"),
+    (["5", "1", "05"], r"row 3 \(line 4\), column 'test_id': test_id 5 repeats the test_id of row 1 \(line 2\)"),
+])
+def test_test_ids_must_be_distinct_whole_numbers(det, tmp_path, ids, message):
+    frame = kaggle_test(3)
+    frame["test_id"] = ids
+    frame.to_csv(tmp_path / "test.csv", index=False)
+    with pytest.raises(ValueError, match=message):
+        make_submission(tmp_path / "test.csv", tmp_path / "sub.csv", det, progress=False)
+    assert not (tmp_path / "sub.csv").exists()
+
+
+@pytest.mark.parametrize("prior", [0.0, 1.5, -3.0])
+def test_a_test_prior_outside_0_1_is_refused_before_any_work(det, tmp_path, prior):
+    with pytest.raises(ValueError, match="--test-prior is a duplicate rate"):
+        make_submission(tmp_path / "missing.csv", tmp_path / "sub.csv", det, test_prior=prior, progress=False)
 
 
 def test_a_submission_named_other_than_csv_is_refused(det, tmp_path):
