@@ -29,7 +29,7 @@ def labelled_pairs(frame: pd.DataFrame) -> pd.DataFrame:
 
 
 def evaluate_frame(det, frame: pd.DataFrame, report_dir=None, history=None,
-                   test_prior: float | None = None) -> tuple[dict, np.ndarray]:
+                   test_prior: float | None = None, about: dict | None = None) -> tuple[dict, np.ndarray]:
     """Metrics of `det` on a frame with question1/question2/is_duplicate; optional report directory.
 
     `test_prior`: the duplicate rate the data is known to have (e.g. 0.5 for a balanced set); the calibrated
@@ -37,13 +37,16 @@ def evaluate_frame(det, frame: pd.DataFrame, report_dir=None, history=None,
     """
     labelled = labelled_pairs(frame)
     d = det.distances(list(labelled["question1"]), list(labelled["question2"]))
-    return evaluate_distances(det.calibrator, d, labelled["is_duplicate"].to_numpy(), report_dir, history, test_prior)
+    return evaluate_distances(det.calibrator, d, labelled["is_duplicate"].to_numpy(), report_dir, history, test_prior,
+                              about)
 
 
 def evaluate_distances(calibrator, d, y, report_dir=None, history=None,
-                       test_prior: float | None = None) -> tuple[dict, np.ndarray]:
-    """`evaluate_frame` from the pairs' distances `d` and labels `y`."""
+                       test_prior: float | None = None, about: dict | None = None) -> tuple[dict, np.ndarray]:
+    """`evaluate_frame` from the pairs' distances `d` and labels `y`; `about` (e.g. the data files) goes into the
+    report's metrics.json."""
     metrics, probs = calibrated_metrics(calibrator, d, y, test_prior)
+    metrics.update(about or {})
     metrics["threshold"] = calibrator.threshold
     metrics["test_prior"] = test_prior
     point = calibrator.operating_point
@@ -54,6 +57,9 @@ def evaluate_distances(calibrator, d, y, report_dir=None, history=None,
         report_dir = Path(report_dir)
         if report_dir.exists() and not report_dir.is_dir():
             raise ValueError(f"{report_dir} is a file: the report goes into a folder; name another with -o")
+        if any((report_dir / name).exists() for name in ("config.json", "ensemble.json")):
+            raise ValueError(f"{report_dir} is a model folder: its metrics.json is the model's own; write the report "
+                             "into another folder with -o")
         report_dir.mkdir(parents=True, exist_ok=True)
         write_json(report_dir / "metrics.json", metrics)
         save_report_plots(report_dir, y, probs, d, history)
@@ -77,7 +83,18 @@ def report_dir(run_dir, files, prefix: str = "") -> Path:
 
     name = (prefix + "_".join(_data_name(f) for f in files))[:80]
     bundled = run_dir is None or bundle_name(resolve_model_path(run_dir)) is not None
-    return Path(EVAL_DIR) / name if bundled else Path(run_dir) / "eval" / name
+    base = Path(EVAL_DIR) / name if bundled else Path(run_dir) / "eval" / name
+    data = data_files(files)
+    for n in range(1, 1000):  # the folder of this data's report, or a free one: never another data's report
+        out = base if n == 1 else base.with_name(f"{base.name}-{n}")
+        if not (out / "metrics.json").exists() or read_json(out / "metrics.json").get("data") == data:
+            return out
+    raise ValueError(f"{base}: 999 reports of other data with this name; name the report folder with -o")
+
+
+def data_files(files) -> list[str]:
+    """The data files as a report records them (absolute paths)."""
+    return [str(Path(f).resolve()) for f in files]
 
 
 def evaluate_run(run_dir, files, out=None, device: str = "auto", on_bad_row: str = "error", backend: str = "auto",
@@ -93,8 +110,8 @@ def evaluate_run(run_dir, files, out=None, device: str = "auto", on_bad_row: str
     hist_path = det.path / "history.json"
     history = read_json(hist_path) if hist_path.exists() else None
     out = Path(out) if out else report_dir(run_dir, files)
-    metrics, _ = evaluate_frame(det, frame, out, history, test_prior)
-    metrics["backend"] = det.backend
+    metrics, _ = evaluate_frame(det, frame, out, history, test_prior,
+                                about={"data": data_files(files), "backend": det.backend})
     print(format_table({", ".join(Path(f).name for f in files): metrics}))
     from .operating_point import describe
 

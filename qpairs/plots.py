@@ -5,6 +5,8 @@ from pathlib import Path
 
 import numpy as np
 
+REPORT_PLOTS = ("roc.png", "precision_recall.png", "reliability.png", "distance_histogram.png", "training_curves.png")
+
 
 def _plt():
     import matplotlib
@@ -23,6 +25,8 @@ def save_report_plots(directory, labels, probs, distances, history: list[dict] |
     plt = _plt()
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
+    for name in REPORT_PLOTS:  # an earlier report's plots that this one may not draw (one class, no history)
+        (directory / name).unlink(missing_ok=True)
     y = np.asarray(labels, dtype=int)
     p = np.asarray(probs, dtype=float)
     d = np.asarray(distances, dtype=float)

@@ -293,6 +293,27 @@ def test_evaluate_reports_of_two_versions_of_a_file_do_not_overwrite_and_a_file_
     assert "160 rows read; 80 repeated pairs merged" in capsys.readouterr().out
 
 
+def test_evaluate_keeps_the_reports_of_same_named_files_apart_and_never_writes_into_a_model(tiny_run, tmp_path, capsys):
+    import json
+
+    for part, seed in (("a", 7), ("b", 8)):
+        (tmp_path / part).mkdir()
+        make_pairs(80, seed=seed).to_csv(tmp_path / part / "test.csv", index=False)
+        assert main(["evaluate", str(tiny_run), "--data", str(tmp_path / part / "test.csv"), "--device", "cpu"]) == 0
+    first, second = tiny_run / "eval" / "test", tiny_run / "eval" / "test-2"
+    assert json.loads((first / "metrics.json").read_text())["data"] == [str(tmp_path / "a" / "test.csv")]
+    assert json.loads((second / "metrics.json").read_text())["data"] == [str(tmp_path / "b" / "test.csv")]
+    assert (second / "roc.png").exists()
+    one_class = make_pairs(80, seed=8)
+    one_class[one_class["is_duplicate"] == 1].to_csv(tmp_path / "b" / "test.csv", index=False)  # the file changes
+    assert main(["evaluate", str(tiny_run), "--data", str(tmp_path / "b" / "test.csv"), "--device", "cpu"]) == 0
+    assert not (second / "roc.png").exists()  # no ROC for one class: the earlier one is not left beside it
+    before = (tiny_run / "metrics.json").read_text()
+    assert main(["evaluate", str(tiny_run), "--data", str(tmp_path / "a" / "test.csv"), "-o", str(tiny_run),
+                 "--device", "cpu"]) == 2
+    assert "is a model folder" in capsys.readouterr().err and (tiny_run / "metrics.json").read_text() == before
+
+
 def test_a_bundled_model_name_after_the_data_files_is_the_run(tmp_path):
     from qpairs.cli import _evaluate_run_dir
 
