@@ -21,10 +21,10 @@ Training writes through `save_epoch` and `save_last`, and resumes through `resum
 from __future__ import annotations
 
 import json
-from dataclasses import asdict
 import os
 import shutil
 import time
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -69,7 +69,11 @@ def build_pair_head(config: dict):
 
 
 def write_json(path, data) -> None:
-    Path(path).write_text(json.dumps(data, indent=2, default=float))
+    """Write `data` as JSON through a temporary file, so a kill never leaves half a file under `path`."""
+    path = Path(path)
+    temp = path.with_name(f".{path.name}.partial")
+    temp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(temp, path)
 
 
 def read_json(path):

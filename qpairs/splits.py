@@ -20,6 +20,7 @@ from . import distributed
 from .checkpoint import write_json
 from .config import TrainConfig
 from .distill import teacher_label_files
+from .tableio import write_frame
 
 log = logging.getLogger("qpairs")
 
@@ -62,8 +63,8 @@ def load_splits(cfg: TrainConfig, run_dir: Path, write: bool = True) -> dict:
     if write and distributed.is_main():  # every rank loads the same splits; one writes them
         (run_dir / "splits").mkdir(parents=True, exist_ok=True)
         for name in ("validation", "test"):
-            splits[name].to_csv(run_dir / "splits" / f"{name}.csv.gz", index=False)
-        split_train.to_csv(run_dir / "splits" / "train.csv.gz", index=False)
+            write_frame(splits[name], run_dir / "splits" / f"{name}.csv.gz")  # whole files only, even if killed
+        write_frame(split_train, run_dir / "splits" / "train.csv.gz")
         write_json(run_dir / "splits" / "info.json", info)
     log.info("data: %s", report)
     log.info("splits: %s", info["sizes"])
@@ -133,6 +134,12 @@ def check_same_held_out(splits: dict, run_dir: Path) -> None:
 
     for name in ("validation", "test"):
         stored = run_dir / "splits" / f"{name}.csv.gz"
-        if stored.exists() and gzip.decompress(stored.read_bytes()) != splits[name].to_csv(index=False).encode():
+        if not stored.exists():
+            continue
+        try:
+            text = gzip.decompress(stored.read_bytes())
+        except (OSError, EOFError) as exc:
+            raise ValueError(f"{stored} is damaged ({exc}): start a new run with another --out") from None
+        if text != splits[name].to_csv(index=False, lineterminator="\n").encode():
             raise ValueError(f"this call's data no longer gives the {name} pairs the run began with ({stored}): "
                              "resume with the same files and settings, or start a new run with another --out")

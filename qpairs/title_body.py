@@ -30,7 +30,7 @@ import pandas as pd
 from .data import DataError, default_data_dir, question_components, row_where
 from .sides import (DEFAULT_BODY_MAX_WORDS, DEFAULT_HEAD_FRACTION, DEFAULT_TRUNCATION, ELLIPSIS,  # noqa: F401
                     TRUNCATION_POLICIES, clean_body, html_to_text, looks_like_html, resolve_col, truncate_words)
-from .tableio import read_columns, read_frame
+from .tableio import read_columns, read_frame, write_frame
 from .text import bad_mask
 
 log = logging.getLogger("qpairs")
@@ -322,8 +322,8 @@ def load_title_body_splits(cfg, run_dir: Path, write: bool = True) -> dict[str, 
         out = Path(run_dir) / "splits"
         out.mkdir(parents=True, exist_ok=True)
         for name in ("validation", "test"):
-            splits[name].to_csv(out / f"{name}.csv.gz", index=False)
-        parts["test"][["site", "id", "title", "content", "tags"]].to_csv(out / "test_posts.csv.gz", index=False)
+            write_frame(splits[name], out / f"{name}.csv.gz")
+        write_frame(parts["test"][["site", "id", "title", "content", "tags"]], out / "test_posts.csv.gz")
         write_json(out / "info.json", info)
     log.info("title/body splits: posts %s, pairs %s", info["posts"], info["sizes"])
     return splits

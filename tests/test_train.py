@@ -306,6 +306,10 @@ def test_resume_refuses_data_that_no_longer_gives_the_same_held_out_pairs(tmp_pa
     with pytest.raises(ValueError, match="no longer gives the validation pairs the run began with"):
         train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "part"), epochs=2, patience=5, resume=True))
     assert (tmp_path / "part" / "splits" / "validation.csv.gz").read_bytes() == stored  # nothing overwritten
+    make_pairs(300, seed=2).to_csv(data, index=False)
+    (tmp_path / "part" / "splits" / "validation.csv.gz").write_bytes(stored[: len(stored) // 2])  # cut short
+    with pytest.raises(ValueError, match="validation.csv.gz is damaged"):
+        train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "part"), epochs=2, patience=5, resume=True))
 
 
 def test_resume_of_a_run_that_stopped_before_its_first_checkpoint_checks_the_data_too(tmp_path):
