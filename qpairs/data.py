@@ -107,8 +107,8 @@ def _cell_text(value) -> str:
 
 def _parse_labels(values: pd.Series, path, column: str, on_bad_row: str) -> tuple[np.ndarray, np.ndarray]:
     text = values.astype(str).str.strip()
-    mapping = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "False": 0, "True": 1}
-    labels = text.map(mapping)
+    mapping = {"0": 0, "1": 1, "0.0": 0, "1.0": 1, "false": 0, "true": 1}
+    labels = text.str.lower().map(mapping)
     bad = labels.isna().to_numpy()
     if bad.any() and on_bad_row == "error":
         row = int(np.flatnonzero(bad)[0])

@@ -69,7 +69,8 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
     idc = id_col or ("test_id" if "test_id" in columns else None)
     if idc is None or idc not in columns:
         raise DataError(f"{test_file}: no '{id_col or 'test_id'}' column (a Kaggle test file has "
-                        f"test_id,question1,question2); columns are {columns}; pass --id-col")
+                        f"test_id,question1,question2); columns are {columns}"
+                        + ("" if id_col else "; name the id column with --id-col"))
     tableio.check_output(output, test_file)
     if not str(output).lower().endswith((".csv", ".csv.gz")):
         raise ValueError(f"{output}: a submission is a CSV file: end its name in .csv or .csv.gz")

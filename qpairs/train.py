@@ -44,6 +44,9 @@ from .progress import progress_bar
 log = logging.getLogger("qpairs")
 
 
+MIN_VALIDATION_CLASS = 10  # fewer validation pairs of a class than this, and calibration is a guess
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed)
@@ -195,6 +198,10 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     train_df, val_df, test_df = splits["train"], splits["validation"], splits["test"]
     if len(val_df) == 0 or val_df["is_duplicate"].nunique() < 2:
         raise ValueError("validation split has no pairs of both classes: give more data (files with both labels)")
+    fewer = int(min(val_df["is_duplicate"].sum(), (val_df["is_duplicate"] == 0).sum()))
+    if fewer < MIN_VALIDATION_CLASS:
+        log.warning("the validation split holds only %d pairs, %d of one class: the calibration and threshold fitted "
+                    "on them are unreliable (probabilities may be overconfident); give more data", len(val_df), fewer)
 
     # model
     if source is not None:  # the vocabulary must be the saved one

@@ -212,3 +212,9 @@ def test_a_named_label_or_id_column_that_is_missing_is_a_clear_error(tmp_path, o
     path.write_text("question1,question2,is_duplicate\na?,b?,1\nc?,d?,0\n")
     with pytest.raises(qd.DataError, match=r"pairs.csv: column 'nope' not found; columns are \['question1'"):
         qd.load_file(path, **{option: "nope"})
+
+
+def test_labels_may_be_spelled_true_and_false_in_any_case(tmp_path):
+    path = tmp_path / "pairs.csv"
+    path.write_text("question1,question2,is_duplicate\na?,b?,true\nc?,d?,FALSE\ne?,f?,True\n")
+    assert qd.load_file(path)["is_duplicate"].tolist() == [1, 0, 1]

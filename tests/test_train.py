@@ -352,3 +352,11 @@ def test_resume_after_a_stop_before_any_checkpoint_starts_again_with_the_runs_se
     b = load_file(tmp_path / "part" / "last" / "model.safetensors")
     for k in a:
         assert torch.allclose(a[k], b[k], atol=1e-6), k
+
+
+def test_a_validation_split_too_small_to_calibrate_on_is_reported(tmp_path, caplog):
+    data = tmp_path / "pairs.csv"
+    make_pairs(60, seed=2).to_csv(data, index=False)
+    with caplog.at_level("WARNING", logger="qpairs"):
+        train(_tiny_cfg(tmp_path, data, epochs=1))
+    assert "the calibration and threshold fitted on them are unreliable" in caplog.text
