@@ -241,6 +241,8 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     with logging_redirect_tqdm(), bar:  # log lines print above the bar
         for epoch in range(state["epoch"] + 1, cfg.epochs + 1):
             if state["bad_epochs"] > cfg.patience:
+                log.info("stopping early after epoch %d: validation %s has not improved for %d epochs (--patience %d)",
+                         epoch - 1, cfg.metric, state["bad_epochs"], cfg.patience)
                 break
             partial = state.pop("partial", None) or {"seen": 0, "total": 0.0, "train_time_s": 0.0}
             seen, total, step = partial["seen"], partial["total"], state.pop("step", 0)
