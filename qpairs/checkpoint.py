@@ -16,29 +16,24 @@ Layout of a run directory::
     settings.json       the training settings, written when the run starts: a --resume before the first
                         checkpoint starts the run again with them
 
-Training writes through `save_epoch` and `save_last`, and resumes through `resumed_config` and `load_last`.
+Training writes and resumes runs through `qpairs.resume`.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import time
-from dataclasses import asdict
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
 
-from .config import TrainConfig
 from .encoders import build_encoder
 from .fingerprint import weights_hash
 from .model import SiameseModel
 from .sides import sides_from_train
 
 FORMAT_VERSION = 1
-LAST = "last"  # resumable state inside a run directory
-SETTINGS = "settings.json"  # a run's training settings, from its start
 
 
 class ModelDirError(ValueError):
@@ -239,118 +234,3 @@ def model_fingerprint(det) -> str:
                                            json.dumps(model_config(det.model), sort_keys=True, default=str),
                                            vocab.encode())
     return det._qpairs_fingerprint
-
-
-# ---------------------------------------------------------------- resumable state (``last/``)
-
-def save_last(run_dir: Path, model, optimizer, scheduler, state: dict, train_config: dict | None = None) -> None:
-    """Everything needed to resume where training stands (safetensors + JSON, no pickle): a complete model
-    directory plus optimizer, scheduler and RNG state, and ``state`` (epochs done, position in the next one).
-
-    Written into ``last.new/`` and swapped in by renames, so a kill at any moment leaves a complete ``last/``
-    (or ``last.old/``) behind."""
-    new, last, old = (run_dir / n for n in (LAST + ".new", LAST, LAST + ".old"))
-    shutil.rmtree(new, ignore_errors=True)
-    save_model(model, new, train_config)
-    opt = optimizer.state_dict()
-    tensors, scalars = {}, {}
-    for pid, st in opt["state"].items():
-        for k, v in st.items():
-            if torch.is_tensor(v) and v.dim() > 0:
-                tensors[f"{pid}.{k}"] = v.contiguous().cpu()
-            else:
-                scalars[f"{pid}.{k}"] = float(v)
-    tensors["__torch_rng__"] = torch.get_rng_state()  # dropout draws continue exactly after a resume
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        tensors["__cuda_rng__"] = torch.cuda.get_rng_state()
-    save_file(tensors, new / "optimizer.safetensors")
-    write_json(new / "optimizer.json", {"param_groups": opt["param_groups"], "scalars": scalars,
-                                        "scheduler": scheduler.state_dict()})
-    write_json(new / "state.json", state)  # its presence marks a complete save
-    shutil.rmtree(old, ignore_errors=True)
-    if last.exists():
-        os.replace(last, old)
-    os.replace(new, last)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def last_dir(run_dir: Path) -> Path | None:
-    """The complete resumable state of a run (``last/``, or ``last.old/`` after a kill mid-swap), if any."""
-    for d in (run_dir / LAST, run_dir / (LAST + ".old")):
-        if (d / "state.json").exists():
-            return d
-    return None
-
-
-def load_last(run_dir: Path, model, optimizer, scheduler) -> dict | None:
-    """Restore the weights, optimizer, scheduler and RNG state saved by `save_last`; returns its state (or None)."""
-    last = last_dir(run_dir)
-    if last is None:
-        return None
-    model.load_state_dict(load_file(last / "model.safetensors"), strict=False)
-    meta = read_json(last / "optimizer.json")
-    tensors = load_file(last / "optimizer.safetensors")
-    torch.set_rng_state(tensors.pop("__torch_rng__"))
-    cuda_rng = tensors.pop("__cuda_rng__", None)
-    if cuda_rng is not None and torch.cuda.is_available():
-        torch.cuda.set_rng_state(cuda_rng)
-    state: dict = {}
-    for key, v in tensors.items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = v
-    for key, v in meta["scalars"].items():
-        pid, k = key.split(".", 1)
-        state.setdefault(int(pid), {})[k] = torch.tensor(v)
-    optimizer.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
-    scheduler.load_state_dict(meta["scheduler"])
-    return read_json(last / "state.json")
-
-
-class CheckpointClock:
-    """Says when a mid-epoch checkpoint is due: every `minutes` (0 or less: never)."""
-
-    def __init__(self, minutes: float):
-        self.every = minutes * 60
-        self.reset()
-
-    def reset(self) -> None:
-        self.next = time.monotonic() + self.every
-
-    def due(self) -> bool:
-        if self.every <= 0 or time.monotonic() < self.next:
-            return False
-        self.reset()
-        return True
-
-
-def resumed_config(cfg, run_dir: Path):
-    """(config, checkpoint directory or None): with --resume, the run's own training settings (from its last
-    checkpoint, else from the settings it started with, to start it again), keeping this call's --out, --device,
-    --progress, --checkpoint-minutes and --epochs (None: the run's own)."""
-    source = last_dir(run_dir) if cfg.resume else None
-    if source is not None:
-        saved = read_json(source / "config.json").get("train", {})
-    else:
-        saved = read_json(run_dir / SETTINGS) if cfg.resume and (run_dir / SETTINGS).exists() else {}
-    epochs = cfg.epochs if cfg.epochs is not None else saved.get("epochs", TrainConfig.epochs)
-    if saved:
-        cfg = TrainConfig(**{**saved, "resume": True, "out": cfg.out, "epochs": epochs, "device": cfg.device,
-                             "progress": cfg.progress, "checkpoint_minutes": cfg.checkpoint_minutes})
-    cfg.epochs = epochs
-    return cfg, source
-
-
-def write_settings(cfg, run_dir: Path) -> None:
-    """Keep the settings a run starts with (once), for a --resume before its first checkpoint."""
-    if not (run_dir / SETTINGS).exists():
-        write_json(run_dir / SETTINGS, {**asdict(cfg), "resume": False})
-
-
-def save_epoch(run_dir: Path, model, optimizer, scheduler, state: dict, train_config: dict, best_calibration=None):
-    """The end of an epoch: the model and its calibration when it is the best so far (`best_calibration`),
-    ``history.json`` and ``last/``."""
-    if best_calibration is not None:
-        save_model(model, run_dir, train_config)
-        write_json(run_dir / "calibration.json", best_calibration.to_dict())
-    write_json(run_dir / "history.json", state["history"])
-    save_last(run_dir, model, optimizer, scheduler, state, train_config)

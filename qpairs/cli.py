@@ -223,7 +223,7 @@ def cmd_train(args) -> int:
     except KeyboardInterrupt:
         from pathlib import Path
 
-        from .checkpoint import last_dir
+        from .resume import last_dir
 
         how = ("continues from the last checkpoint" if last_dir(Path(cfg.out)) is not None else
                "starts it again with its settings (no checkpoint was written yet)")

@@ -29,8 +29,7 @@ from . import data as qdata
 from . import distributed
 from .builders import build_model, build_pseudo_model, check_base_layers, param_groups
 from .calibration import Calibrator, fit_calibrator
-from .checkpoint import (CheckpointClock, load_last, load_model, read_json, resumed_config, save_epoch, save_last,
-                         saved_weight, write_json, write_settings)
+from .checkpoint import load_model, read_json, saved_weight, write_json
 from .config import TrainConfig
 from .evaluate import calibrated_metrics
 from .matching import needs_tokens, require_token_cache
@@ -40,6 +39,7 @@ from .objective import Objective, make_pair_head, pair_batches
 from .splits import check_same_held_out, load_splits
 from .warmstart import start_from
 from .progress import progress_bar
+from .resume import CheckpointClock, load_last, resumed_config, save_epoch, save_last, write_settings
 
 log = logging.getLogger("qpairs")
 
