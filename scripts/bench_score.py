@@ -151,9 +151,12 @@ def peer(inp: str, out: str, base_model: str, device: str) -> None:
 # ---------------------------------------------------------------- timing
 
 def run_timed(cmd: list[str], env: dict) -> tuple[float, float]:
-    """(wall seconds, peak RSS in MiB) of a child process."""
+    """(wall seconds, peak RSS in MiB) of a child process. It runs in a folder that holds no qpairs package (paths
+    made absolute first): `python -m` puts the working folder on sys.path ahead of PYTHONPATH, so from the
+    repository root a --baseline checkout would never be the one that runs."""
+    cmd = [os.path.abspath(c) if os.path.exists(c) and before != "-m" else c for before, c in zip([""] + cmd, cmd)]
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, env=env)
+    proc = subprocess.Popen(cmd, env=env, cwd=tempfile.gettempdir())
     _, status, usage = os.wait4(proc.pid, 0)
     wall = time.perf_counter() - t0
     if os.waitstatus_to_exitcode(status) != 0:
