@@ -35,11 +35,19 @@ def title_body_sides(det) -> tuple[str, str]:
     return sides.title_body_sides(det.config.get("train"))
 
 
+def raw_bodies(posts: pd.DataFrame) -> list[str]:
+    """The bodies as a user's file holds them (HTML and all: ``content``), which the model prepares itself as it
+    does in scoring and search; ``body`` (already stripped) only where the raw text is not kept. Preparing the
+    stripped text again would strip it twice: escaped code such as ``&lt;div&gt;`` becomes a tag the first time
+    and is dropped the second."""
+    return list(posts["content"] if "content" in posts else posts["body"])
+
+
 def embed_posts(det, posts: pd.DataFrame, batch_size: int | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Title and body embeddings of `posts` (row i = post i), each side through its own encoder."""
     t_side, b_side = title_body_sides(det)
     titles = det.preprocess(list(posts["title"]), t_side) if hasattr(det, "preprocess") else list(posts["title"])
-    bodies = det.preprocess(list(posts["body"]), b_side) if hasattr(det, "preprocess") else list(posts["body"])
+    bodies = det.preprocess(raw_bodies(posts), b_side) if hasattr(det, "preprocess") else list(posts["body"])
     return det.encode(titles, t_side, batch_size), det.encode(bodies, b_side, batch_size)
 
 
@@ -58,7 +66,7 @@ def fused_pool_ranks(det, posts: pd.DataFrame, title_emb: np.ndarray, body_emb: 
     if token_states is None and any(token_shares):
         raise ValueError("a token share needs the token states of the titles and bodies")
     t_side, b_side = title_body_sides(det)
-    titles, bodies = model_texts(det, list(posts["title"]), t_side), model_texts(det, list(posts["body"]), b_side)
+    titles, bodies = model_texts(det, list(posts["title"]), t_side), model_texts(det, raw_bodies(posts), b_side)
     ranks = {(m, w): np.empty(len(posts), dtype=int) for m in token_shares for w in weights}
     for queries, cands in candidate_pools(len(posts), n_candidates, seed):
         similarity = -pairwise_distances(title_emb[queries], body_emb[cands], det.model.distance_metric)
@@ -88,7 +96,7 @@ class HeadDistances:
 
         t_side, b_side = title_body_sides(det)
         self.det = det
-        self.raw_titles, self.raw_bodies = list(posts["title"]), list(posts["body"])
+        self.raw_titles, self.raw_bodies = list(posts["title"]), raw_bodies(posts)
         self.titles, self.bodies = det.preprocess(self.raw_titles, t_side), det.preprocess(self.raw_bodies, b_side)
         texts = list(dict.fromkeys(self.titles + self.bodies))
         self.states = dict(zip(texts, encode_states(det.model.encoder, texts, det.device, det.batch_size or 64, "fp32")))

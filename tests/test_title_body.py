@@ -433,7 +433,8 @@ def test_a_matching_head_scores_pairs_and_reranks_bodies_itself(tmp_path, posts_
     one = evaluate_title_body(det, posts, n_candidates=20, rerank=1)["retrieval_reranked"]
     assert one["mrr"] == pytest.approx(retrieval_metrics(rank_in_pools(*head.base_vectors(), 20, "cosine"))["mrr"])
     neg = tb.random_negatives(posts, np.random.default_rng(0))
-    titles, bodies = list(posts["title"]) * 2, list(posts["body"]) + list(posts["body"].iloc[neg])
+    raw = posts["content"]  # the bodies as the file holds them, which scoring reads too
+    titles, bodies = list(posts["title"]) * 2, list(raw) + list(raw.iloc[neg])
     y = np.r_[np.ones(len(posts)), np.zeros(len(posts))]
     from sklearn.metrics import log_loss
 
