@@ -318,6 +318,8 @@ def main(argv=None) -> int:
     args.device = str(resolve_device(args.device))
     out = Path(args.out)
     if out.exists() and not args.resume:
+        if any(out.iterdir()) and not (out / "rows").is_dir():
+            raise SystemExit(f"{out} holds something other than a run of this benchmark: choose another --out")
         shutil.rmtree(out)
     (out / "rows").mkdir(parents=True, exist_ok=True)
     check_settings(args, out)

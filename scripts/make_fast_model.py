@@ -40,13 +40,18 @@ def package(run, out) -> dict:
     if cfg.get("encoder", {}).get("type") != "lstm" or "right_encoder" in cfg:
         raise SystemExit(f"{run}: the fast model must be a Siamese BiLSTM run, got encoder "
                          f"{cfg.get('encoder', {}).get('type')!r}{' (pseudo-Siamese)' if 'right_encoder' in cfg else ''}")
+    new = out.with_name(out.name + ".new")  # the target is replaced only by a bundle within the limit
+    shutil.rmtree(new, ignore_errors=True)
+    copy_run_files(run, new, KEEP)
+    to_fp16(run / "model.safetensors", new / "model.safetensors")
+    size = sum(f.stat().st_size for f in new.rglob("*") if f.is_file())
+    if size > MAX_BYTES:
+        shutil.rmtree(new)
+        raise SystemExit(f"{run} packs to {size / 2**20:.1f} MB, over the {MAX_BYTES // 2**20} MB limit; {out} is "
+                         "left as it was")
     if out.exists():
         shutil.rmtree(out)
-    copy_run_files(run, out, KEEP)
-    to_fp16(run / "model.safetensors", out / "model.safetensors")
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    if size > MAX_BYTES:
-        raise SystemExit(f"{out} is {size / 2**20:.1f} MB, over the {MAX_BYTES // 2**20} MB limit")
+    new.rename(out)
     q1, q2 = [a for a, _ in SAMPLE], [b for _, b in SAMPLE]
     with torch.inference_mode():
         full = load(run, device="cpu", backend="torch").predict_proba(q1, q2)

@@ -74,14 +74,18 @@ def main() -> None:
     if not enc.get("frozen_base") or enc.get("base_model") != DEFAULT_BASE:
         raise SystemExit(f"{run}: the matching model must have a frozen base named {DEFAULT_BASE!r}, "
                          f"got frozen_base={enc.get('frozen_base')}, base_model={enc.get('base_model')!r}")
+    new = out.with_name(out.name + ".new")  # the target is replaced only by a bundle within the limit
+    shutil.rmtree(new, ignore_errors=True)
+    copy_run_files(run, new, KEEP)
+    strip_local_paths(new / "config.json")
+    set_max_length(new / "config.json", args.max_length)
+    size = sum(f.stat().st_size for f in new.rglob("*") if f.is_file())
+    if size > MAX_BYTES:
+        shutil.rmtree(new)
+        raise SystemExit(f"{run} packs to {size / 2**20:.1f} MB, over the 10 MB limit; {out} is left as it was")
     if out.exists():
         shutil.rmtree(out)
-    copy_run_files(run, out, KEEP)
-    strip_local_paths(out / "config.json")
-    set_max_length(out / "config.json", args.max_length)
-    size = sum(f.stat().st_size for f in out.rglob("*") if f.is_file())
-    if size > MAX_BYTES:
-        raise SystemExit(f"{out} is {size / 2**20:.1f} MB, over the 10 MB limit")
+    new.rename(out)
     det = load(out, device="cpu")
     p = det.predict_proba("How do I learn Python?", "What is the best way to learn Python?")
     print(f"{out}: {size / 2**20:.2f} MB, loads as {det}; sample probability {p:.3f}")

@@ -137,11 +137,12 @@ def file_tokens(path: Path) -> set[str]:
 
     import pandas as pd
 
-    from qpairs.data import Q1_COLUMNS, Q2_COLUMNS, _is_tsv
+    from qpairs.data import Q1_COLUMNS, Q2_COLUMNS
+    from qpairs.tableio import table_format
     from qpairs.title_body import html_to_text, looks_like_html
     from qpairs.vocab import tokenize
 
-    kwargs = dict(sep="\t", quoting=csv.QUOTE_NONE) if _is_tsv(str(path)) else {}
+    kwargs = dict(sep="\t", quoting=csv.QUOTE_NONE) if table_format(path)[0] == "tsv" else {}
     frame = pd.read_csv(path, keep_default_na=False, dtype=str, **kwargs)
     firsts = [next((c for c in cands if c in frame.columns), None) for cands in (Q1_COLUMNS, Q2_COLUMNS, ("content",))]
     cols = [c for c in firsts if c is not None] or list(frame.columns)  # no known header: every column

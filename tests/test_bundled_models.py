@@ -121,3 +121,14 @@ def test_an_index_of_the_bundled_default_points_to_matching_unless_that_was_give
     assert main(["search", str(tmp_path / "idx"), "learn python", "--model", "matching"]) == 2
     err = capsys.readouterr().err
     assert "was built with model" in err and hint not in err
+
+
+def test_make_fast_model_leaves_the_target_alone_when_the_bundle_is_over_the_limit(tiny_run, tmp_path, monkeypatch):
+    module = make_fast_model()
+    target = tmp_path / "fast_model"
+    target.mkdir()
+    (target / "keep.txt").write_text("the bundle in place")
+    monkeypatch.setattr(module, "MAX_BYTES", 10)
+    with pytest.raises(SystemExit, match="over the 0 MB limit.*left as it was"):
+        module.package(tiny_run, target)
+    assert [p.name for p in tmp_path.iterdir()] == ["fast_model"] and (target / "keep.txt").exists()
