@@ -10,7 +10,7 @@ exact flat index on the first `--peer-n` vectors, scaled linearly to N (flat kNN
 quadratic, so the real flat time at N is larger still).
 
     python scripts/bench_dedup.py --model runs/lstm --n 1000000
-    python scripts/bench_dedup.py --n 100000 --peer-n 20000    # the bundled default model
+    python scripts/bench_dedup.py --model runs/pooled --n 100000 --peer-n 20000   # any run with a pooled head
 """
 from __future__ import annotations
 
@@ -73,8 +73,9 @@ def recovered(labels: np.ndarray, truth: np.ndarray) -> tuple[int, int]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--model", help="run directory (its dimension, distance and calibration are used; default: the "
-                                   "bundled default model)")
+    p.add_argument("--model", required=True, help="run directory with a pooled head (its dimension, distance and "
+                                                  "calibration are used); the bundled models read texts, which the "
+                                                  "random bank has not")
     p.add_argument("--n", type=int, default=1_000_000)
     p.add_argument("--groups", type=int, default=10_000)
     p.add_argument("--k", type=int, default=10)
@@ -86,6 +87,10 @@ def main(argv=None) -> int:
     import qpairs
 
     det = qpairs.load(args.model, device="cpu")
+    if det.scores_texts:
+        raise SystemExit(f"{args.model or 'the default model'} scores pairs from their texts (a matching head or an "
+                         "ensemble), but this benchmark's bank is random vectors without texts: pass a run whose "
+                         "probability comes from its vectors (a pooled head)")
     vecs, truth = bank(det, args.n, args.groups)
     r = run(det, vecs, args.kind, args.k, args.linkage)
     exact, spurious = recovered(r["labels"], truth)

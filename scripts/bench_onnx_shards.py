@@ -43,6 +43,9 @@ def main() -> None:
 
     det = qpairs.load(args.model, device="cpu", backend=args.backend)
     encoder = det.model.encoder
+    if getattr(encoder, "runtime", None) is None:
+        raise SystemExit(f"{args.model or 'the default model'} runs no pooled ONNX session (a matching head runs its "
+                         "token states, an ensemble several models): pass a transformer run with a pooled head")
     path = encoder.runtime.path
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = args.threads

@@ -6,6 +6,10 @@ model adapted on N pairs, then scored on the same held-out pairs (accuracy at th
 F1, ROC-AUC, log loss). N = 0 is the model as shipped.
 
     python scripts/eval_adapt.py --mrpc ../shared/data/ood/msrp_train.tsv.gz --sizes 100 200 500
+
+`adapt` never sees the held-out pairs, but the model may have: the bundled models trained on MRPC training pairs
+(`scripts/make_aux_pairs.py`), so for them most held-out pairs are training pairs. Measure a run trained on QQP
+alone (`--model RUN`) to see what adapting buys on a domain the model never saw.
 """
 from __future__ import annotations
 
