@@ -66,6 +66,20 @@ class DuplicateDetector:
         stripped of HTML and truncated by its policy); `distances`/`predict_proba` call this, `encode` does not."""
         return self.model.prepare(texts, side)
 
+    def emptied(self, texts: list[str], side: str = "left") -> np.ndarray:
+        """Which texts the preparation of `side` leaves without a visible character (an HTML body with no text)."""
+        from .text import is_blank
+
+        return np.array([is_blank(t) for t in self.preprocess(texts, side)], dtype=bool)
+
+    def refuse_emptied(self, texts: list[str], name: str, side: str = "left", single: bool = False) -> None:
+        """A ValueError naming the first text that `emptied` finds."""
+        hit = np.flatnonzero(self.emptied(texts, side))
+        if len(hit):
+            i = int(hit[0])
+            raise ValueError(f"{name}{'' if single else f'[{i}]'} is not a question: empty once prepared for the model "
+                             f"(an HTML body with no text?) ({texts[i][:80]!r})")
+
     def use_backend(self, backend: str = "auto", threads: int | None = None) -> "DuplicateDetector":
         """Run transformer encoders with 'torch', ONNX Runtime 'onnx' (fp32) or 'onnx-int8' (CPU only), or any
         model in torch under the CPU's bf16 autocast ('bf16'); 'auto' picks ONNX int8 for a transformer on the
@@ -169,6 +183,8 @@ class DuplicateDetector:
         a, b = _pair_lists(q1, q2)
         refuse_non_questions(a, "q1", single)
         refuse_non_questions(b, "q2", single)
+        self.refuse_emptied(a, "q1", "left", single)
+        self.refuse_emptied(b, "q2", "right", single)
         p = self.calibrated(self.distances(a, b), a, b)
         return float(p[0]) if single else p
 

@@ -290,7 +290,7 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
         delimiter = "\t" if tableio.table_format(input)[0] == "tsv" else ","  # of a field-count row's line
         for k, chunk in enumerate(chunks, start=chunks_done):
             _rows_digest(digest, chunk.frame)
-            reasons, ok = _chunk_reasons(chunk, (q1c, q2c), max_chars)
+            reasons, ok = _chunk_reasons(chunk, (q1c, q2c), max_chars, det)
             report = _bad_rows_frame(chunk, reasons, idc, delimiter)
             if len(report) and on_bad_row == "error":
                 _raise_bad_row(input, chunk, report.iloc[0])
@@ -377,11 +377,15 @@ class ScoreProgress:
         self.bar.close()
 
 
-def _chunk_reasons(chunk, cols, max_chars: int) -> tuple[dict, np.ndarray]:
+def _chunk_reasons(chunk, cols, max_chars: int, det) -> tuple[dict, np.ndarray]:
     """Per question column, why each cell is bad ('' if fine); and which rows can be scored."""
     odd = np.zeros(len(chunk.frame), dtype=bool)
     odd[list(chunk.odd_fields)] = True
     reasons = {c: bad_reasons(chunk.frame[c], max_chars).mask(odd, "") for c in cols}
+    for c, side in zip(cols, ("left", "right")):  # e.g. an HTML body with no text, once stripped
+        fine = np.flatnonzero((reasons[c] == "").to_numpy())
+        emptied = fine[det.emptied(list(chunk.frame[c].to_numpy()[fine]), side)]
+        reasons[c].iloc[emptied] = "empty once prepared for the model (an HTML body with no text?)"
     ok = ~odd
     for r in reasons.values():
         ok &= (r == "").to_numpy()

@@ -302,6 +302,7 @@ class QuestionIndex:
         self.check_model(det)
         texts = as_text_list(texts, "texts", single=False)
         refuse_non_questions(texts, "texts")
+        det.refuse_emptied(texts, "texts", self.side)
         ids = self.next_ids(len(texts)) if ids is None else [str(i) for i in ids]
         if len(ids) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(ids)} ids")

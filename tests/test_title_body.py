@@ -465,3 +465,21 @@ def test_adapt_selection_set_ranks_its_labelled_titles_among_a_pool_of_site_bodi
     assert list(pooled["post_id"][:10]) == list(alone["post_id"]) and pooled["query"].sum() == 10
     with pytest.raises(SystemExit, match="only 60 posts"):
         script.adapt_set(rest, 10, 61, seed=0)
+
+
+def test_a_body_with_no_text_once_its_html_is_stripped_is_refused_in_every_path(pseudo_run, tmp_path):
+    from qpairs.data import DataError
+    from qpairs.scoring import score_file
+    from qpairs.search import QuestionIndex
+
+    run, _ = pseudo_run
+    det = qpairs.load(run, device="cpu")
+    empty = '<p> </p><img src="x.png"/>'
+    with pytest.raises(ValueError, match="q2 is not a question: empty once prepared for the model"):
+        det.predict_proba("How do I bake bread?", empty)
+    pd.DataFrame({"title": ["How do I bake bread?", "Why is the sky blue?"],
+                  "body": ["<p>Flour, water and yeast.</p>", empty]}).to_csv(tmp_path / "posts.csv", index=False)
+    with pytest.raises(DataError, match=r"row 2 \(line 3\), column 'body': empty once prepared for the model"):
+        score_file(tmp_path / "posts.csv", tmp_path / "out.csv", det, progress=False)
+    with pytest.raises(ValueError, match=r"texts\[1\] is not a question: empty once prepared"):
+        QuestionIndex.build(det, ["<p>Flour, water and yeast.</p>", empty])
