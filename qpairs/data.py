@@ -34,7 +34,7 @@ from .text import bad_mask, blank_mask
 
 # Column names accepted for each role, first match wins.
 Q1_COLUMNS = ("question1", "sentence1", "q1", "text1", "title")
-Q2_COLUMNS = ("question2", "sentence2", "q2", "text2", "body")
+Q2_COLUMNS = ("question2", "sentence2", "q2", "text2", "body", "content")  # content: a Stack Exchange post body
 LABEL_COLUMNS = ("is_duplicate", "label", "duplicate")
 ID_COLUMNS = ("id", "test_id", "pair_id", "pairID")
 # ... and in a file of questions (`read_questions`).

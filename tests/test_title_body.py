@@ -483,3 +483,17 @@ def test_a_body_with_no_text_once_its_html_is_stripped_is_refused_in_every_path(
         score_file(tmp_path / "posts.csv", tmp_path / "out.csv", det, progress=False)
     with pytest.raises(ValueError, match=r"texts\[1\] is not a question: empty once prepared"):
         QuestionIndex.build(det, ["<p>Flour, water and yeast.</p>", empty])
+
+
+def test_score_finds_a_post_files_title_and_content_columns_by_name(pseudo_run, tmp_path):
+    from qpairs.scoring import score_file
+
+    run, _ = pseudo_run
+    det = qpairs.load(run, device="cpu")
+    posts = pd.DataFrame({"id": [7, 9], "title": ["How do I bake bread?", "Why is the sky blue?"],
+                          "content": ["<p>Flour, water and <b>yeast</b>.</p>", "<p>Rayleigh scattering.</p>"]})
+    posts.to_csv(tmp_path / "posts.csv", index=False)
+    score_file(tmp_path / "posts.csv", tmp_path / "out.csv", det, progress=False)
+    out = pd.read_csv(tmp_path / "out.csv")
+    expected = det.predict_proba(list(posts["title"]), list(posts["content"]))
+    np.testing.assert_allclose(out["duplicate_probability"], expected, atol=1e-6)
