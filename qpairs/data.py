@@ -363,11 +363,18 @@ def make_splits(frame: pd.DataFrame, seed: int = 0, fractions=(0.8, 0.1, 0.1), b
     return splits, info
 
 
+def data_folder(given=None) -> Path:
+    """`given`, else the default data folder (`default_data_dir`); a `DataError` when there is none."""
+    folder = Path(given) if given else default_data_dir()
+    if folder is None or not folder.is_dir():
+        raise DataError(f"{given}: no such folder" if given else "no data folder (../shared/data beside the checkout, "
+                        "or QPAIRS_DATA): pass the data with --data")
+    return folder
+
+
 def qqp_files(data_dir=None) -> list[Path]:
     """The labelled QQP files in the shared data folder."""
-    data_dir = Path(data_dir) if data_dir else default_data_dir()
-    if data_dir is None:
-        raise DataError("no data folder: pass --data FILE... or set QPAIRS_DATA")
+    data_dir = data_folder(data_dir)
     files = sorted(p for p in (data_dir / "qqp").glob("*.csv.gz") if "test_head" not in p.name)
     if not files:
         raise DataError(f"{data_dir}/qqp: no labelled *.csv.gz files")

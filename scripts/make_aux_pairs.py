@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from qpairs.data import default_data_dir
+from qpairs.data import DataError, data_folder
 
 
 def read_tsv(path, header: bool) -> list[list[str]]:
@@ -149,7 +149,11 @@ def main() -> None:
     ap.add_argument("--held-out", type=float, default=0.3, help="fraction of MRPC and SICK sentence groups held out")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
-    write_aux_pairs(Path(args.data or default_data_dir()), Path(args.out), args.held_out, args.seed)
+    try:
+        folder = data_folder(args.data)
+    except DataError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    write_aux_pairs(folder, Path(args.out), args.held_out, args.seed)
 
 
 if __name__ == "__main__":
