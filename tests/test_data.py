@@ -218,3 +218,9 @@ def test_labels_may_be_spelled_true_and_false_in_any_case(tmp_path):
     path = tmp_path / "pairs.csv"
     path.write_text("question1,question2,is_duplicate\na?,b?,true\nc?,d?,FALSE\ne?,f?,True\n")
     assert qd.load_file(path)["is_duplicate"].tolist() == [1, 0, 1]
+
+
+def test_a_data_folder_that_does_not_exist_is_named(tmp_path):
+    with pytest.raises(qd.DataError, match="nowhere: no such folder"):
+        qd.data_folder(tmp_path / "nowhere")
+    assert qd.data_folder(tmp_path) == tmp_path
