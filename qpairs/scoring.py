@@ -195,6 +195,16 @@ def resolve_columns(columns, q1_col=None, q2_col=None, id_col=None, path="input"
     return q1, q2, idc
 
 
+def model_order(det, q1c: str, q2c: str) -> tuple[str, str]:
+    """A post file's title and body columns, found by name, in the order a title/body run reads them: a run trained
+    with its bodies on the left (``--left-col body``) takes the body first."""
+    from .sides import title_body_sides
+
+    if q1c == "title" and q2c in ("body", "content") and title_body_sides(det.config.get("train"))[0] == "right":
+        return q2c, q1c
+    return q1c, q2c
+
+
 def _paths(output) -> dict:
     out = Path(output)
     hidden = out.parent / f".{out.name}"
@@ -265,6 +275,8 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
     q1c, q2c, idc = resolve_columns(columns, q1_col, q2_col, id_col, input)
     tableio.check_output(output, input)
     det = _as_detector(model, device, backend, known, known_probability)
+    if q1_col is None and q2_col is None:
+        q1c, q2c = model_order(det, q1c, q2c)
     load_seconds = time.perf_counter() - started
     scorer = PairScorer(det, batch_size, cache_size)
     p = _paths(output)

@@ -497,3 +497,18 @@ def test_score_finds_a_post_files_title_and_content_columns_by_name(pseudo_run, 
     out = pd.read_csv(tmp_path / "out.csv")
     expected = det.predict_proba(list(posts["title"]), list(posts["content"]))
     np.testing.assert_allclose(out["duplicate_probability"], expected, atol=1e-6)
+
+
+def test_score_reads_a_post_file_in_the_order_of_a_run_trained_bodies_first(tmp_path):
+    from qpairs.scoring import score_file
+
+    data = tmp_path / "posts.csv.gz"
+    make_posts(200, seed=3).to_csv(data, index=False)
+    run = train(_pseudo_cfg(tmp_path, data, left_col="body", right_col="title", epochs=1))
+    det = qpairs.load(run, device="cpu")
+    posts = pd.DataFrame({"title": ["How do I bake bread?", "Why is the sky blue?"],
+                          "body": ["<p>Flour, water and <b>yeast</b>.</p>", "<p>Rayleigh scattering.</p>"]})
+    posts.to_csv(tmp_path / "posts.csv", index=False)
+    score_file(tmp_path / "posts.csv", tmp_path / "out.csv", det, progress=False)
+    expected = det.predict_proba(list(posts["body"]), list(posts["title"]))  # the run's order: body, then title
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "out.csv")["duplicate_probability"], expected, atol=1e-6)
