@@ -180,14 +180,11 @@ def load_file(path, on_bad_row: str = "error", q1_col=None, q2_col=None, label_c
     cols = list(raw.columns)
     q1c = q1_col or find_column(cols, Q1_COLUMNS, "first-question", path)
     q2c = q2_col or find_column(cols, Q2_COLUMNS, "second-question", path)
-    for c in (q1c, q2c):
-        if c not in cols:
+    for c in (q1c, q2c, label_col, id_col):  # a column named by the caller must be there
+        if c is not None and c not in cols:
             raise DataError(f"{path}: column '{c}' not found; columns are {cols}")
     lc = label_col or find_column(cols, LABEL_COLUMNS, "label", path, required=require_labels)
     idc = id_col or find_column(cols, ID_COLUMNS, "id", path, required=False)
-    for c in (label_col, id_col):
-        if c is not None and c not in cols:
-            raise DataError(f"{path}: column '{c}' not found; columns are {cols}")
 
     bad = np.zeros(len(raw), dtype=bool)
     reasons: dict[str, int] = {}

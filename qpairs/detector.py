@@ -70,6 +70,8 @@ class DuplicateDetector:
         """Which texts the preparation of `side` leaves without a visible character (an HTML body with no text)."""
         from .text import is_blank
 
+        if not self.model.prepares_sides:  # texts go in as they are: a blank one was refused already
+            return np.zeros(len(texts), dtype=bool)
         return np.array([is_blank(t) for t in self.preprocess(texts, side)], dtype=bool)
 
     def refuse_emptied(self, texts: list[str], name: str, side: str = "left", single: bool = False) -> None:

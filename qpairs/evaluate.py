@@ -57,7 +57,9 @@ def evaluate_distances(calibrator, d, y, report_dir=None, history=None,
         report_dir = Path(report_dir)
         if report_dir.exists() and not report_dir.is_dir():
             raise ValueError(f"{report_dir} is a file: the report goes into a folder; name another with -o")
-        if any((report_dir / name).exists() for name in ("config.json", "ensemble.json")):
+        from .detector import ENSEMBLE_FILE
+
+        if any((report_dir / name).exists() for name in ("config.json", ENSEMBLE_FILE)):
             raise ValueError(f"{report_dir} is a model folder: its metrics.json is the model's own; write the report "
                              "into another folder with -o")
         report_dir.mkdir(parents=True, exist_ok=True)

@@ -60,10 +60,10 @@ from .checkpoint import model_fingerprint  # noqa: F401  (the index's model iden
 from .bm25 import TITLE_BODY_BM25_WEIGHT, LexicalIndex, bm25_available, fused_scores, stats_rows
 from .late import MAXSIM_STATS_SAMPLE, TokenStore, flatten, maxsim, reads_tokens, unit_token_states
 from .ngram import lexical_similarity
-from .retrieval import pairwise_distances
 from .errors import require_count
-from .text import as_text_list, question_problem, refuse_non_questions
 from .progress import progress_bar
+from .retrieval import pairwise_distances
+from .text import as_text_list, question_problem, refuse_non_questions
 
 log = logging.getLogger("qpairs")
 

@@ -56,9 +56,8 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
     The written file is read back and checked against the rows read before it replaces `output`.
     `known`: labelled pairs whose answers replace the model's (`DuplicateDetector.with_known`).
     """
-    from .progress import progress_bar
-
     from . import tableio
+    from .progress import progress_bar
     from .scoring import PairScorer, _as_detector, resolve_columns
     from .text import bad_mask, blank_mask
 

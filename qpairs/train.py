@@ -37,9 +37,9 @@ from .metrics import HIGHER_IS_BETTER, format_table
 from .model import SiameseModel
 from .objective import Objective, make_pair_head, pair_batches
 from .splits import check_same_held_out, load_splits
-from .warmstart import start_from
 from .progress import progress_bar
 from .resume import CheckpointClock, load_last, resumed_config, save_epoch, save_last, write_settings
+from .warmstart import start_from
 
 log = logging.getLogger("qpairs")
 
