@@ -21,6 +21,7 @@ Training writes and resumes runs through `qpairs.resume`.
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 from pathlib import Path
@@ -64,11 +65,25 @@ def build_pair_head(config: dict):
 
 
 def write_json(path, data) -> None:
-    """Write `data` as JSON through a temporary file, so a kill never leaves half a file under `path`."""
+    """Write `data` as strict JSON through a temporary file, so a kill never leaves half a file under `path`.
+
+    A number that is not finite (a ROC-AUC of one-class data is NaN) is written as null: JSON has no NaN."""
     path = Path(path)
     temp = path.with_name(f".{path.name}.partial")
-    temp.write_text(json.dumps(data, indent=2, default=float))
+    temp.write_text(json.dumps(_finite_or_null(data), indent=2, default=float, allow_nan=False))
     os.replace(temp, path)
+
+
+def _finite_or_null(value):
+    if isinstance(value, dict):
+        return {key: _finite_or_null(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite_or_null(item) for item in value]
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:  # a NumPy or torch scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
 
 
 def read_json(path):

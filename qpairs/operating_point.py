@@ -84,7 +84,7 @@ def choose(probs, labels, rule="accuracy") -> tuple[float, dict]:
     n, pos = len(y), int(y.sum())
     flagged = tp + fp
     with np.errstate(invalid="ignore", divide="ignore"):
-        precision = np.where(flagged > 0, tp / np.maximum(flagged, 1), 1.0)
+        precision = np.where(flagged > 0, tp / np.maximum(flagged, 1), 0.0)  # as the metrics count it
         recall = tp / pos if pos else np.zeros_like(tp, dtype=float)
     if rule.kind == "accuracy":
         score = (tp + (n - pos - fp)) / max(n, 1)

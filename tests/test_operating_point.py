@@ -116,3 +116,12 @@ def test_train_refuses_an_unreachable_precision_target(tmp_path, capsys):
     assert code == 2
     err = capsys.readouterr().err
     assert "precision 0.999 is not reachable" in err and "best precision" in err and len(err.strip().splitlines()) == 1
+
+
+def test_a_cut_that_flags_nothing_promises_no_precision():
+    """All-negative validation data: the accuracy cut flags nothing, so it promises precision 0 (as the metrics
+    count an empty prediction), not a perfect 1.0."""
+    p = np.array([0.1, 0.2, 0.3, 0.4])
+    threshold, point = choose(p, np.zeros(4, dtype=int), "accuracy")
+    assert threshold > p.max()
+    assert point["precision"] == 0.0 and point["recall"] == 0.0
