@@ -163,7 +163,8 @@ def _add_known_args(parser: argparse.ArgumentParser) -> None:
                         help="labelled pairs (question1, question2, is_duplicate; any format score reads) whose "
                              "answers replace the model's: a pair inside one duplicate group, labelled or implied "
                              "(A~B and B~C => A~C), gets --known-probability; a pair labelled non-duplicate, 1 minus "
-                             "it; questions match after case folding and dropping spaces and sentence punctuation")
+                             "it; questions match after case folding and dropping apostrophes and sentence "
+                             "punctuation (words stay apart: \"ice cream\" is not \"icecream\")")
     parser.add_argument("--known-probability", type=float,
                         help="probability given to a known duplicate, in (0.5, 1] (default: 0.99)")
 

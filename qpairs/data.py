@@ -345,16 +345,22 @@ def make_splits(frame: pd.DataFrame, seed: int = 0, fractions=(0.8, 0.1, 0.1), b
     splitter = split_by_question if by == "question" else split_by_pair
     splits = splitter(frame, fractions, seed)
     natural = mixed_label_sources(frame)
-    info = {"by": by, "seed": seed, "fractions": list(fractions), "eval_sources": natural, "eval_rate": eval_rate}
+    info = {"by": by, "seed": seed, "fractions": list(fractions), "eval_sources": natural, "eval_rate": eval_rate,
+            "set_aside": {}}
     for name in ("validation", "test"):
         if name not in splits:
             continue
         part = splits[name]
+        one_label = len(part)
         if natural:
             part = part[part["source"].isin(natural)]
+        own_rate = float(part["is_duplicate"].mean()) if len(part) else None
+        kept = len(part)
         if eval_rate is not None:
             part = subsample_to_rate(part, eval_rate, seed)
         splits[name] = part.reset_index(drop=True)
+        info["set_aside"][name] = {"from_one_label_files": one_label - kept, "own_duplicate_rate": own_rate,
+                                   "to_reach_eval_rate": kept - len(part)}
     info["sizes"] = {k: int(len(v)) for k, v in splits.items()}
     info["duplicate_rate"] = {k: float(v["is_duplicate"].mean()) for k, v in splits.items() if len(v)}
     return splits, info

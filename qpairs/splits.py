@@ -68,7 +68,26 @@ def load_splits(cfg: TrainConfig, run_dir: Path, write: bool = True) -> dict:
         write_json(run_dir / "splits" / "info.json", info)
     log.info("data: %s", report)
     log.info("splits: %s", info["sizes"])
+    report_set_aside(info, own_files=bool(cfg.data))
     return splits
+
+
+def report_set_aside(info: dict, own_files: bool) -> None:
+    """Say how many validation/test pairs the split set aside and why; warn when the caller's own files hold another
+    duplicate rate than the one their validation pairs were brought to (the calibration assumes that rate)."""
+    rate = info["eval_rate"]
+    for name, aside in info.get("set_aside", {}).items():
+        if aside["from_one_label_files"]:
+            log.info("%s: %d pairs from files with one label set aside (they would skew the duplicate rate)", name,
+                     aside["from_one_label_files"])
+        if aside["to_reach_eval_rate"]:
+            log.info("%s: %d pairs set aside to bring the duplicate rate from %.3f to %g (--eval-rate)", name,
+                     aside["to_reach_eval_rate"], aside["own_duplicate_rate"], rate)
+    own = info.get("set_aside", {}).get("validation", {}).get("own_duplicate_rate")
+    if own_files and rate is not None and own is not None and abs(own - rate) > 0.05:
+        log.warning("your validation pairs have a duplicate rate of %.3f; they were subsampled to %g (--eval-rate), "
+                    "and the calibrated probabilities assume that rate: pass --eval-rate %.2f to keep your data's "
+                    "rate", own, rate, own)
 
 
 def _in_pairs(frame, others) -> np.ndarray:

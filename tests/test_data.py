@@ -168,11 +168,43 @@ def test_make_splits_uses_mixed_sources_at_natural_rate():
     pos = make_pairs(1500, seed=9).rename(columns={"id": "pair_id"})
     pos = pos[pos["is_duplicate"] == 1].assign(source="positives.csv",
                                                  question1=lambda d: "Pos " + d["question1"])
-    splits, info = qd.make_splits(pd.concat([frame, pos], ignore_index=True), seed=0)
+    both = pd.concat([frame, pos], ignore_index=True)
+    splits, info = qd.make_splits(both, seed=0)
     assert info["eval_sources"] == ["natural.csv"]
+    whole = qd.split_by_question(both, seed=0)  # the parts before filtering and subsampling
     for name in ("validation", "test"):
         assert set(splits[name]["source"]) == {"natural.csv"}
         assert abs(splits[name]["is_duplicate"].mean() - 0.37) < 0.03
+        aside = info["set_aside"][name]  # every validation/test pair accounted for
+        assert aside["from_one_label_files"] == (whole[name]["source"] == "positives.csv").sum() > 0
+        assert aside["to_reach_eval_rate"] > 0
+        assert len(splits[name]) + aside["from_one_label_files"] + aside["to_reach_eval_rate"] == len(whole[name])
+        natural = whole[name][whole[name]["source"] == "natural.csv"]
+        assert aside["own_duplicate_rate"] == pytest.approx(natural["is_duplicate"].mean())
+
+
+def test_own_files_at_another_duplicate_rate_are_named_with_the_option_that_keeps_it(tmp_path, caplog):
+    from qpairs.config import TrainConfig
+    from qpairs.splits import load_splits
+
+    frame = make_pairs(1500)
+    skewed = pd.concat([frame[frame["is_duplicate"] == 1], frame[frame["is_duplicate"] == 0].head(150)])
+    skewed.to_csv(tmp_path / "mine.csv", index=False)
+    own_rate = skewed["is_duplicate"].mean()
+    with caplog.at_level("INFO", logger="qpairs"):
+        splits = load_splits(TrainConfig(data=[str(tmp_path / "mine.csv")], out=str(tmp_path / "run")),
+                             tmp_path / "run", write=False)
+    assert abs(splits["validation"]["is_duplicate"].mean() - 0.37) < 0.03
+    assert "pairs set aside to bring the duplicate rate from" in caplog.text
+    warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "pass --eval-rate 0.8" in warning and abs(own_rate - 0.8) < 0.06
+
+    caplog.clear()
+    with caplog.at_level("INFO", logger="qpairs"):
+        splits = load_splits(TrainConfig(data=[str(tmp_path / "mine.csv")], out=str(tmp_path / "run"),
+                                         eval_rate=0.8), tmp_path / "run", write=False)
+    assert not [r for r in caplog.records if r.levelname == "WARNING"]
+    assert abs(splits["validation"]["is_duplicate"].mean() - own_rate) < 0.05
 
 
 def test_shared_qqp_files_load_when_present():
