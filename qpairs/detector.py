@@ -119,6 +119,14 @@ class DuplicateDetector:
             return torch.autocast(self.device.type, dtype=torch.bfloat16)
         return nullcontext()
 
+    @property
+    def _texts_alone(self) -> bool:
+        """bf16 on a CPU runs a transformer's texts one at a time: bf16 rounding would make a text's states in a
+        padded batch depend on its neighbours (the BiLSTM reads each text unpadded, so it batches)."""
+        from .onnxrt import has_transformer
+
+        return self.backend == "bf16" and self.device.type == "cpu" and has_transformer(self.model)
+
     def encode(self, texts, side: str = "left", batch_size: int | None = None, pooled: bool = False) -> np.ndarray:
         """Embeddings [n, dim] (float32) of `texts`, taken as already prepared (see `preprocess`); `side` picks
         the encoder of a pseudo-Siamese model.
@@ -138,8 +146,9 @@ class DuplicateDetector:
         encoder = self.model.side(side)
         if pooled and not hasattr(encoder, "pooled"):
             raise ValueError(f"pooled=True needs a transformer encoder, not {type(encoder).__name__}")
+        batch_size = 1 if self._texts_alone else batch_size or self.batch_size
         return self.model.encode(texts, side, prepare=False, pooled=pooled, device=self.device,
-                                 batch_size=batch_size or self.batch_size, max_waste=self.max_waste,
+                                 batch_size=batch_size, max_waste=self.max_waste,
                                  autocast=self._autocast, prefetch=prefetch)
 
     @torch.inference_mode()
@@ -156,9 +165,10 @@ class DuplicateDetector:
         a, b = _pair_lists(q1, q2)
         if needs_tokens(self.model):  # a matching head compares the two sides' token states
             a, b = self.preprocess(a, "left"), self.preprocess(b, "right")
-            with self._autocast():
+            alone = self._texts_alone  # then the texts alone in bf16, the matching head in fp32
+            with nullcontext() if alone else self._autocast():
                 return pair_distances(self.model, a, b, self.device, self.batch_size, self.max_waste,
-                                      states=states, pooled=pooled).float().cpu().numpy()
+                                      states=states, pooled=pooled, texts_alone_in_bf16=alone).float().cpu().numpy()
         e1, e2 = self.embeddings(a, b)
         return self.model.decision_distance(torch.from_numpy(e1), torch.from_numpy(e2)).numpy()
 

@@ -4,6 +4,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 import qpairs
@@ -132,3 +133,18 @@ def test_make_fast_model_leaves_the_target_alone_when_the_bundle_is_over_the_lim
     with pytest.raises(SystemExit, match="over the 0 MB limit.*left as it was"):
         module.package(tiny_run, target)
     assert [p.name for p in tmp_path.iterdir()] == ["fast_model"] and (target / "keep.txt").exists()
+
+
+@pytest.mark.parametrize("backend", ["bf16", "onnx-int8"])
+def test_the_bundled_matching_model_scores_a_pair_alone_as_in_a_batch(backend):
+    """On real questions of differing lengths, a pair's probability does not depend on the rest of its batch."""
+    from qpairs import onnxrt
+
+    if backend == "bf16" and not onnxrt.native_bf16():
+        pytest.skip("bf16 needs a CPU with native bf16")
+    pairs = pd.read_csv(ROOT / "data" / "sample_pairs.csv")
+    q1, q2 = list(pairs["question1"]), list(pairs["question2"])
+    det = qpairs.load("matching", device="cpu", backend=backend)
+    batch = det.predict_proba(q1, q2)
+    alone = [det.predict_proba(a, b) for a, b in zip(q1, q2)]
+    np.testing.assert_allclose(batch, alone, rtol=0, atol=1e-4)
