@@ -23,6 +23,7 @@ import torch
 from torch import nn
 from torch.nn.utils.rnn import pack_padded_sequence, pad_packed_sequence
 
+from .text import model_text
 from .toplayers import base_layers, bottom_states, freeze_bottom, layer_prefixes, run_layers
 from .vocab import MINILM_DIR_ENV, PieceVocab, WordVocab, default_base_model  # noqa: F401  (re-exported)
 
@@ -320,8 +321,8 @@ class TransformerEncoder(nn.Module):
         return next(self.head.parameters(), torch.empty(0)).device
 
     def tokenize(self, texts) -> dict[str, torch.Tensor]:
-        enc = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.config["max_length"],
-                             return_tensors="pt")
+        enc = self.tokenizer([model_text(t) for t in texts], padding=True, truncation=True,
+                             max_length=self.config["max_length"], return_tensors="pt")
         return {"input_ids": enc["input_ids"], "attention_mask": enc["attention_mask"]}
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:

@@ -9,6 +9,7 @@ submissions, data loading, the search index, title/body posts and the HTTP servi
 from __future__ import annotations
 
 import re
+import unicodedata
 from collections.abc import Sequence
 
 import numpy as np
@@ -18,6 +19,24 @@ MISSING_TEXTS = frozenset({"nan", "none", "null"})
 INVISIBLE = ("\\s\x00-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e"
              "\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb")
 _VISIBLE = re.compile(f"[^{INVISIBLE}]")
+# zero-width and other format characters inside a text (a soft hyphen, a zero-width space pasted into a word)
+_FORMAT = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f"
+                     "\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb]")
+_EMOJI = re.compile("[\u2600-\u27bf\U0001f000-\U0001faff]")
+_SKIN_TONE = range(0x1F3FB, 0x1F400)
+
+
+def model_text(text: str) -> str:
+    """A text as every encoder reads it: compatibility forms folded (Unicode NFKC: a decomposed accent is one
+    letter, 'ﬁ' is 'fi', full-width letters are letters), zero-width and other format characters dropped, and each
+    emoji spelt out by its Unicode name ('🍕' reads 'slice of pizza'): the vocabularies know words, not emoji."""
+    text = _FORMAT.sub("", unicodedata.normalize("NFKC", text))
+    return _EMOJI.sub(_emoji_words, text) if _EMOJI.search(text) else text
+
+
+def _emoji_words(match: re.Match) -> str:
+    char = match.group()
+    return " " if ord(char) in _SKIN_TONE else f" {unicodedata.name(char, '').lower()} "
 
 
 def is_blank(text: str) -> bool:

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from .text import model_text
+
 PAD, UNK = "<pad>", "<unk>"
 _TOKEN_RE = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 # CoreNLP bracket tokens as found in the BiMPM files.
@@ -19,8 +21,9 @@ _PTB = {"-lrb-": "(", "-rrb-": ")", "-lsb-": "[", "-rsb-": "]", "``": '"', "''":
 
 
 def untokenize_ptb(text: str) -> str:
-    """Lower-cased text with CoreNLP's bracket tokens (-LRB- …, in the BiMPM files) turned back into brackets."""
-    text = text.lower()
+    """Lower-cased text (`qpairs.text.model_text`) with CoreNLP's bracket tokens (-LRB- …, in the BiMPM files)
+    turned back into brackets."""
+    text = model_text(text).lower()
     for k, v in _PTB.items():
         text = text.replace(k, v)
     return text

@@ -148,3 +148,22 @@ def test_the_bundled_matching_model_scores_a_pair_alone_as_in_a_batch(backend):
     batch = det.predict_proba(q1, q2)
     alone = [det.predict_proba(a, b) for a, b in zip(q1, q2)]
     np.testing.assert_allclose(batch, alone, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["fast", "matching"])
+def test_a_question_reads_the_same_however_its_characters_are_encoded(name):
+    """A decomposed accent (text pasted from a Mac), a zero-width space or a soft hyphen inside a word, or
+    full-width letters do not change the answer; emoji are read as the things they show."""
+    import unicodedata
+
+    det = qpairs.load(name, device="cpu")
+    a, b = "How do I pronounce naïve and résumé?", "What is the pronunciation of naïve and résumé?"
+    p = det.predict_proba([a, "What's the best way to learn Python?", "What's the best way to learn Python?"],
+                          [b, "How do I learn Python quickly?", "How do I learn Python quickly?"])
+    q = det.predict_proba([unicodedata.normalize("NFD", a), "What's the best way to learn Py\u200bthon?",
+                           "What's the best way to learn Ｐｙｔｈｏｎ?"],
+                          [unicodedata.normalize("NFD", b), "How do I learn Py\u00adthon quickly?",
+                           "How do I learn Python quickly?"])
+    np.testing.assert_allclose(q, p, rtol=0, atol=1e-6)
+    pizza, salad = det.predict_proba(["Is 🍕 healthy?", "Is 🍕 healthy?"], ["Is pizza healthy?", "Is 🥗 healthy?"])
+    assert pizza > det.threshold > salad

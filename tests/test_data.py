@@ -256,3 +256,9 @@ def test_a_data_folder_that_does_not_exist_is_named(tmp_path):
     with pytest.raises(qd.DataError, match="nowhere: no such folder"):
         qd.data_folder(tmp_path / "nowhere")
     assert qd.data_folder(tmp_path) == tmp_path
+
+
+def test_the_question_key_reads_text_as_the_encoders_do():
+    assert qd.normalize_question("How do I pronounce nai\u0308ve?") == qd.normalize_question("How do I pronounce naïve?")
+    assert qd.normalize_question("Learn Py\u200bthon?") == qd.normalize_question("learn python")
+    assert qd.normalize_question("Is 🍕 healthy?") != qd.normalize_question("Is 🥗 healthy?")
