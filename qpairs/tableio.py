@@ -24,6 +24,7 @@ import gzip
 import io
 import lzma
 import os
+import re
 import shutil
 import tempfile
 from dataclasses import dataclass, field
@@ -94,6 +95,24 @@ def _parquet_file(path):
         raise DataError(f"{path}: could not be read as Parquet: {exc}") from None
 
 
+_UNNAMED_INDEX = re.compile(r"__index_level_\d+__")
+
+
+def _parquet_layout(parquet) -> tuple[list[str], list[tuple[str, range]]]:
+    """The columns a reader sees in a Parquet file, and the named pandas RangeIndexes kept in its metadata only.
+
+    A frame that pandas wrote with a named index (``df.set_index('id').to_parquet(...)``) keeps that index as a
+    column, first, as ``reset_index`` would give it, whether pandas stored its values or, for a range, only its
+    start and step; the index pandas stores of an unnamed index is not a column of the data."""
+    index = (parquet.schema_arrow.pandas_metadata or {}).get("index_columns", [])
+    ranges = [(i["name"], range(i["start"], i["stop"], i["step"])) for i in index
+              if isinstance(i, dict) and i.get("kind") == "range" and i.get("name") is not None]
+    stored = [name for name in index if isinstance(name, str)]
+    physical = [name for name in stored + [n for n in parquet.schema_arrow.names if n not in stored]
+                if not _UNNAMED_INDEX.fullmatch(name)]
+    return [name for name, _ in ranges] + physical, ranges
+
+
 def num_rows(path) -> int | None:
     """Row count when it is cheap to know (Parquet metadata), else None."""
     if table_format(path)[0] == "parquet":
@@ -106,7 +125,7 @@ def read_columns(path) -> list[str]:
     fmt, _ = table_format(path)
     _exists(path)
     if fmt == "parquet":
-        names = list(_parquet_file(path).schema_arrow.names)
+        names = _parquet_layout(_parquet_file(path))[0]
     else:
         reader = _CSVReader(path, fmt)
         try:
@@ -310,8 +329,14 @@ def iter_table(path, chunk_size: int) -> Iterator[Chunk]:
     if fmt == "parquet":
         start = 0
         try:
-            for batch in _parquet_file(path).iter_batches(batch_size=chunk_size):
-                frame = batch.to_pandas(types_mapper=_nullable_int)  # an int column with nulls stays int
+            parquet = _parquet_file(path)
+            names, ranges = _parquet_layout(parquet)
+            for batch in parquet.iter_batches(batch_size=chunk_size):
+                # an int column with nulls stays int; pandas' index columns stay columns
+                frame = batch.to_pandas(types_mapper=_nullable_int, ignore_metadata=True)
+                for name, values in ranges:
+                    frame[name] = np.asarray(values[start : start + len(frame)], dtype=np.int64)
+                frame = frame[names]
                 frame.index = pd.RangeIndex(start, start + len(frame))
                 start += len(frame)
                 yield Chunk(frame, n_fields=frame.shape[1])

@@ -651,6 +651,20 @@ def test_other_columns_of_a_parquet_input_keep_their_values_in_csv_and_parquet(d
     assert back["price"].tolist() == frame["price"].tolist()
 
 
+@pytest.mark.parametrize("ids", [[7, 3, 9, 12, 5], [0, 1, 2, 3, 4]])  # stored values; a range pandas keeps in metadata
+def test_a_parquet_file_written_with_a_named_index_keeps_it_as_its_id_column(det, tmp_path, ids):
+    frame = make_pairs(5, seed=4)[["question1", "question2"]].assign(id=ids)
+    frame.set_index("id").to_parquet(tmp_path / "in.parquet")
+    frame.set_index(pd.Index([10, 11, 14, 15, 16])).to_parquet(tmp_path / "unnamed.parquet")  # no name: no column
+    score_file(tmp_path / "in.parquet", tmp_path / "out.csv", det, chunk_size=2, progress=False)
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert out.columns[0] == "id" and out["id"].tolist() == ids
+    expected = det.predict_proba(list(frame["question1"]), list(frame["question2"]))
+    np.testing.assert_allclose(out[PROBA_COL], expected, rtol=0, atol=1e-6)
+    score_file(tmp_path / "unnamed.parquet", tmp_path / "unnamed.csv", det, progress=False)
+    assert pd.read_csv(tmp_path / "unnamed.csv").columns.tolist()[:3] == ["question1", "question2", "id"]
+
+
 def test_resume_refuses_another_backend(det, tmp_path):
     write(kaggle_test_frame(120), tmp_path / "in.csv")
     with pytest.raises(KeyboardInterrupt):
