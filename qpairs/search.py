@@ -697,6 +697,7 @@ class QuestionIndex:
         questions = [questions] if isinstance(questions, str) else list(questions)
         for i, q in enumerate(questions):
             require_question(q, "" if len(questions) == 1 else f" (item {i})")
+        det.refuse_emptied(questions, "question", other_side(self.side), single=len(questions) == 1)
         if not questions or len(self) == 0:
             return [[] for _ in questions]
         vectors = self.query_vectors(det, questions)

@@ -206,9 +206,9 @@ class BodySizeLimit:
         length = dict(scope["headers"]).get(b"content-length")
         if length is not None:
             if not length.isdigit():
-                return await _send_json(send, 400, {"detail": "invalid Content-Length header"})
+                return await _send_json(send, 400, "invalid Content-Length header")
             if int(length) > self.max_bytes:
-                return await _send_json(send, 413, {"detail": self._message()})
+                return await _send_json(send, 413, self._message())
         received, deadline, complete = 0, None, False
 
         async def limited_receive():
@@ -235,8 +235,8 @@ class BodySizeLimit:
         return f"request body larger than {self.max_bytes} bytes"
 
 
-async def _send_json(send, status: int, body: dict) -> None:
-    response = JSONResponse(body, status_code=status)
+async def _send_json(send, status: int, error: str) -> None:
+    response = JSONResponse({"error": error, "detail": error}, status_code=status)
     await send({"type": "http.response.start", "status": status, "headers": response.raw_headers})
     await send({"type": "http.response.body", "body": response.body})
 
@@ -279,7 +279,7 @@ def create_app(det, index=None, max_wait_ms: float = 2.0, max_batch: int = 512,
                max_body_bytes: int = MAX_BODY_BYTES, read_timeout_s: float = READ_TIMEOUT_S) -> FastAPI:
     """The FastAPI app serving `det` (a `DuplicateDetector`) and, optionally, a `QuestionIndex`; a request
     body must arrive within `read_timeout_s` (else 408)."""
-    from .search import model_fingerprint
+    from .search import model_fingerprint, other_side
 
     if index is not None:
         index.check_model(det)
@@ -326,6 +326,9 @@ def create_app(det, index=None, max_wait_ms: float = 2.0, max_batch: int = 512,
             return JSONResponse({"error": f"invalid JSON at byte {at}: {bad!r} is not UTF-8 text",
                                  "detail": [{"type": "json_invalid", "loc": ["body", at],
                                              "msg": "body is not UTF-8"}]}, status_code=422)
+        if isinstance(exc.detail, str):  # every error body names its error as a 422 of the schema does
+            return JSONResponse({"error": exc.detail, "detail": exc.detail}, status_code=exc.status_code,
+                                headers=getattr(exc, "headers", None))
         return await http_exception_handler(request, exc)
 
     @app.get("/health", summary="model, index and batching status")
@@ -344,9 +347,20 @@ def create_app(det, index=None, max_wait_ms: float = 2.0, max_batch: int = 512,
                        "max_body_bytes": max_body_bytes},
         }
 
+    def refuse_emptied(texts: list[str], name: str, side: str, single: bool) -> None:
+        """A 422 for a text the model's preparation empties (an HTML body with no text), before it joins a batch
+        that it would fail for everyone."""
+        try:
+            det.refuse_emptied(texts, name, side, single)
+        except ValueError as exc:
+            raise HTTPException(422, str(exc)) from None
+
     @app.post("/predict", response_model=PredictOne | PredictMany, summary="duplicate probability of pairs")
     async def predict(req: PredictRequest):
         pairs = [(req.q1, req.q2)] if req.pairs is None else [(p.q1, p.q2) for p in req.pairs]
+        for i, side in enumerate(("left", "right")):
+            refuse_emptied([pair[i] for pair in pairs], f"q{i + 1}" if req.pairs is None else f"pairs.q{i + 1}",
+                           side, req.pairs is None)
         probs = await predictor.submit(pairs)
         scores = [{"probability": p, "duplicate": p >= det.threshold} for p in probs]
         if req.pairs is None:
@@ -357,6 +371,7 @@ def create_app(det, index=None, max_wait_ms: float = 2.0, max_batch: int = 512,
     async def search(req: SearchRequest):
         if index is None:
             raise HTTPException(503, "no question index loaded: start the server with --index INDEX_DIR")
+        refuse_emptied([req.question], "question", other_side(index.side), True)
         (hits,) = await searcher.submit([(req.question, req.k)])
         return {"results": [h.to_dict() for h in hits], "threshold": det.threshold, "index_size": len(index)}
 

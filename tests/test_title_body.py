@@ -483,6 +483,40 @@ def test_a_body_with_no_text_once_its_html_is_stripped_is_refused_in_every_path(
         score_file(tmp_path / "posts.csv", tmp_path / "out.csv", det, progress=False)
     with pytest.raises(ValueError, match=r"texts\[1\] is not a question: empty once prepared"):
         QuestionIndex.build(det, ["<p>Flour, water and yeast.</p>", empty])
+    titles = QuestionIndex.build(det, ["How do I bake bread?", "Why is the sky blue?"], side="left")
+    with pytest.raises(ValueError, match="question is not a question: empty once prepared"):
+        titles.search(det, empty, k=1)  # a body query against stored titles
+
+
+def test_the_service_refuses_a_body_with_no_text_alone_and_answers_the_requests_beside_it(pseudo_run):
+    import asyncio
+
+    import httpx
+
+    from qpairs.search import QuestionIndex
+    from qpairs.service import create_app
+    from tiny_search_model import serving
+
+    run, _ = pseudo_run
+    det = qpairs.load(run, device="cpu")
+    empty = '<p> </p><img src="x.png"/>'
+    titles = QuestionIndex.build(det, ["How do I bake bread?", "Why is the sky blue?"], side="left")
+    good = [{"q1": f"How do I bake bread number {i}?", "q2": "<p>Flour, water and yeast.</p>"} for i in range(20)]
+    expected = det.predict_proba([g["q1"] for g in good], [g["q2"] for g in good])
+
+    async def fire(base):
+        async with httpx.AsyncClient(base_url=base, timeout=30) as c:
+            bad = [{"q1": "How do I bake bread?", "q2": empty}, {"pairs": [good[0], {"q1": "Why?", "q2": empty}]}]
+            return await asyncio.gather(*(c.post("/predict", json=body) for body in bad + good),
+                                        c.post("/search", json={"question": empty}))
+
+    with serving(create_app(det, titles, max_wait_ms=50.0)) as base:
+        single, listed, *answers, search = asyncio.run(fire(base))
+    assert single.status_code == 422 and "q2 is not a question: empty once prepared" in single.json()["error"]
+    assert listed.status_code == 422 and "pairs.q2[1] is not a question" in listed.json()["error"]
+    assert search.status_code == 422 and "question is not a question" in search.json()["error"]
+    assert [r.status_code for r in answers] == [200] * len(good)
+    assert [r.json()["probability"] for r in answers] == pytest.approx(list(expected), rel=1e-6)
 
 
 def test_score_finds_a_post_files_title_and_content_columns_by_name(pseudo_run, tmp_path):
