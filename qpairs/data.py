@@ -81,9 +81,17 @@ def pair_key(q1: str, q2: str) -> str:
 
 
 def find_column(columns, candidates, role: str, path, required: bool = True):
+    """The first of `candidates` among `columns`, by name, else in any case ('ID', 'Question1'); a name that two
+    columns share once case is folded is ambiguous (a `DataError`)."""
     for name in candidates:
         if name in columns:
             return name
+    for name in candidates:
+        found = [c for c in columns if isinstance(c, str) and c.casefold() == name]
+        if len(found) > 1:
+            raise DataError(f"{path}: columns {found} could each be the {role} column; name the one to use")
+        if found:
+            return found[0]
     if required:
         raise MissingColumnError(f"{path}: no {role} column; expected one of {list(candidates)}, found "
                                  f"{list(columns)}", role)

@@ -6,6 +6,7 @@ beside the class it extends.
 """
 from __future__ import annotations
 
+import re
 from contextlib import nullcontext
 from pathlib import Path
 import numpy as np
@@ -20,12 +21,15 @@ from .pair_scores import pair_distances
 from .text import as_text_list, refuse_non_questions
 
 
-def resolve_device(device: str | None = "auto") -> torch.device:
-    """'auto' → CUDA when available, else CPU."""
+def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
+    """'auto' → CUDA when available, else CPU; 'cpu', 'cuda' or 'cuda:N' as asked (a ValueError for another name, or
+    for CUDA on a machine without a GPU)."""
     if device in (None, "auto"):
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if not re.fullmatch(r"cpu|cuda(:\d+)?", str(device)):
+        raise ValueError(f"device {str(device)!r}: use auto, cpu, cuda or cuda:N")
     if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise RuntimeError(f"device {device!r} asked for, but no CUDA GPU is available")
+        raise ValueError(f"device {str(device)!r} asked for, but no CUDA GPU is available")
     return torch.device(device)
 
 

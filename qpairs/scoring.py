@@ -418,15 +418,11 @@ def _as_detector(model, device, backend: str = "auto", known=None, known_probabi
     """The detector that scores: `model` itself or loaded from it; with `known`, a copy that answers those pairs."""
     import copy
 
-    from .detector import DuplicateDetector, load, resolve_device
+    from .detector import DuplicateDetector, load
 
     if isinstance(model, DuplicateDetector):
         det = model if known is None else copy.copy(model)
     else:
-        try:
-            resolve_device(device)
-        except RuntimeError as exc:  # e.g. --device cuda without a GPU: a usage error, not a crash
-            raise ValueError(str(exc)) from None
         det = load(model, device=device, backend=backend)
     return det if known is None else det.with_known(known, known_probability)
 

@@ -262,3 +262,14 @@ def test_the_question_key_reads_text_as_the_encoders_do():
     assert qd.normalize_question("How do I pronounce nai\u0308ve?") == qd.normalize_question("How do I pronounce naïve?")
     assert qd.normalize_question("Learn Py\u200bthon?") == qd.normalize_question("learn python")
     assert qd.normalize_question("Is 🍕 healthy?") != qd.normalize_question("Is 🥗 healthy?")
+
+
+def test_columns_are_found_in_any_case_and_an_ambiguous_one_is_refused(tmp_path):
+    (tmp_path / "bank.csv").write_text("ID,Question\n501,How do I learn Python?\n502,What is love?\n")
+    ids, texts = qd.read_questions(tmp_path / "bank.csv")
+    assert ids == ["501", "502"] and texts == ["How do I learn Python?", "What is love?"]
+    (tmp_path / "pairs.csv").write_text("Question1,QUESTION2,Is_Duplicate\nHow?,Why?,1\nWho?,What?,0\n")
+    assert qd.load_pairs(tmp_path / "pairs.csv")["is_duplicate"].tolist() == [1, 0]
+    (tmp_path / "two.csv").write_text("Id,ID,question\n1,2,How?\n")
+    with pytest.raises(qd.DataError, match=r"columns \['Id', 'ID'\] could each be the id column"):
+        qd.read_questions(tmp_path / "two.csv")

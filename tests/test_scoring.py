@@ -253,6 +253,26 @@ def test_cli_cuda_without_gpu_is_a_clear_error(det, tmp_path, capsys):
     assert "no CUDA GPU" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("command", ["index", "dedup", "search", "serve", "evaluate"])
+def test_every_command_names_a_device_it_cannot_use(det, tmp_path, capsys, command):
+    import torch
+
+    bank, model = tmp_path / "bank.csv", str(det.path)
+    bank.write_text("id,question\n1,How do I learn Python?\n2,What is love?\n")
+    assert main(["index", str(bank), "-o", str(tmp_path / "ix"), "--model", model]) == 0
+    args = {"index": ["index", str(bank), "-o", str(tmp_path / "ix2"), "--model", model],
+            "dedup": ["dedup", str(bank), "-o", str(tmp_path / "g.csv"), "--model", model],
+            "search": ["search", str(tmp_path / "ix"), "How?", "--model", model],
+            "serve": ["serve", "--port", "0", "--model", model],
+            "evaluate": ["evaluate", model, "--data", str(bank)]}[command]
+    capsys.readouterr()
+    assert main(args + ["--device", "gpu"]) == 2
+    assert "device 'gpu': use auto, cpu, cuda or cuda:N" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert main(args + ["--device", "cuda"]) == 2
+        assert "no CUDA GPU" in capsys.readouterr().err
+
+
 # ---------------------------------------------------------------- field counts, lines, bytes
 
 def test_rows_with_another_field_count_than_the_header_stop_the_run(det, tmp_path):
