@@ -439,6 +439,19 @@ def _positive_int(value: str) -> int:
     return number
 
 
+def _number_in(low: float, high: float, kind=float, what: str = "a number"):
+    """An argparse type: `kind(value)` within [low, high] (serve --port, --max-wait-ms, --threads)."""
+    def parse(value: str):
+        try:
+            number = kind(value)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected {what} in [{low:g}, {high:g}], got {value!r}") from None
+        if not low <= number <= high:
+            raise argparse.ArgumentTypeError(f"expected {what} in [{low:g}, {high:g}], got {value}")
+        return number
+    return parse
+
+
 def _unit_interval(value: str) -> float:
     """A number in [0, 1] (--bm25-weight, --maxsim-weight, dedup --threshold)."""
     try:
@@ -548,9 +561,11 @@ def _add_search_commands(sub) -> None:
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--index", help="index directory for /search and the web page")
     p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--max-wait-ms", type=float, default=2.0, help="micro-batching window (default: 2 ms)")
-    p.add_argument("--threads", type=int,
+    p.add_argument("--port", type=_number_in(0, 65535, int, "a port number"), default=8000,
+                   help="TCP port, 0 = any free one (default: 8000)")
+    p.add_argument("--max-wait-ms", type=_number_in(0, 60_000), default=2.0,
+                   help="micro-batching window (default: 2 ms)")
+    p.add_argument("--threads", type=_number_in(0, 1024, int, "a whole number"),
                    help="model threads (torch, ONNX Runtime, FAISS); default: 1 for torch models, up to 4 for "
                         "ONNX Runtime ones; 0 = the libraries' default")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")

@@ -438,5 +438,6 @@ def serve(model=None, index=None, host: str = "127.0.0.1", port: int = 8000, dev
     configure_threads(det, threads)
     idx = QuestionIndex.load(index) if index else None
     app = create_app(det, idx, max_wait_ms=max_wait_ms)
-    log.info("serving %s%s on http://%s:%d", det, f" with {idx}" if idx else "", host, port)
+    where = f"http://{host}:{port}" if port else f"a free port of {host} (uvicorn names it below)"
+    log.info("serving %s%s on %s", det, f" with {idx}" if idx else "", where)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)

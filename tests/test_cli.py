@@ -247,6 +247,9 @@ def test_console_command_leaves_complete_output_and_flushed_streams(tiny_run, tm
     (["submit", "t.csv", "-o", "s.csv", "--batch-size", "-3"], "expected a whole number of at least 1, got -3"),
     (["index", "q.csv", "-o", "idx", "--batch-size", "x"], "expected a whole number of at least 1, got 'x'"),
     (["search", "idx", "q?", "-k", "0"], "expected a whole number of at least 1, got 0"),
+    (["serve", "--port", "99999"], "expected a port number in [0, 65535], got 99999"),
+    (["serve", "--max-wait-ms", "-5"], "expected a number in [0, 60000], got -5"),
+    (["serve", "--threads", "-2"], "expected a whole number in [0, 1024], got -2"),
 ])
 def test_counts_and_probabilities_out_of_range_are_refused_before_any_work(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_:
