@@ -473,7 +473,8 @@ def _add_search_commands(sub) -> None:
     p.add_argument("-o", "--out", required=True, help="index directory to write")
     p.add_argument("--model", help=MODEL_HELP)
     p.add_argument("--text-col", help="question column (default: first of question, text, title, question1, …)")
-    p.add_argument("--id-col", help="id column (default: id/qid if present, else the row number)")
+    p.add_argument("--id-col", help="id column (default: id/qid/question_id in any case if present, else the "
+                                    "row's position counted from 0: the first question is id 0)")
     p.add_argument("--kind", choices=["flat", "hnsw"],
                    help="exact flat index or approximate HNSW (default: flat; --append keeps the index's)")
     p.add_argument("--space", choices=["auto", "model", "base"],
@@ -541,7 +542,10 @@ def _add_search_commands(sub) -> None:
     p.add_argument("questions", help="CSV/TSV of questions")
     p.add_argument("-o", "--out", required=True, help="clusters file (.csv, .tsv or .parquet)")
     p.add_argument("--model", help=MODEL_HELP)
-    p.add_argument("--text-col"), p.add_argument("--id-col")
+    p.add_argument("--text-col", help="question column (default: question, text, question_text, title, "
+                                      "question1 or sentence, in any case)")
+    p.add_argument("--id-col", help="id column (default: id/qid/question_id in any case if present, else the "
+                                    "row's position counted from 0)")
     p.add_argument("-k", type=_positive_int, default=10, help="neighbours per question in the kNN graph (default: 10)")
     p.add_argument("--threshold", type=_unit_interval,
                    help="duplicate probability cut in [0, 1] (default: the model's threshold)")

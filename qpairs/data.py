@@ -87,7 +87,7 @@ def find_column(columns, candidates, role: str, path, required: bool = True):
         if name in columns:
             return name
     for name in candidates:
-        found = [c for c in columns if isinstance(c, str) and c.casefold() == name]
+        found = [c for c in columns if isinstance(c, str) and c.casefold() == name.casefold()]
         if len(found) > 1:
             raise DataError(f"{path}: columns {found} could each be the {role} column; name the one to use")
         if found:

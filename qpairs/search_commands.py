@@ -20,12 +20,26 @@ def load_detector(model=None, index: QuestionIndex | None = None, device: str = 
         try:
             index.check_model(det)
         except ModelMismatchError as exc:
-            if (Path(str(index.meta.get("model_path"))).name != detector.BUNDLES["default"]
-                    or detector.bundle_name(getattr(det, "path", None)) == "matching"):
+            if not _built_by_the_earlier_default(index, det):
                 raise
             raise ModelMismatchError(f"{exc} (the bundled default model is an ensemble now: an index built with an "
                                      "earlier bundled default opens with --model matching)") from None
     return det
+
+
+def _built_by_the_earlier_default(index: QuestionIndex, det) -> bool:
+    """True when the index names the bundled default folder but was built by what is now the bundled `matching`
+    model (the default before it became an ensemble), and `det` is not that model."""
+    from .search import model_fingerprint
+
+    if (Path(str(index.meta.get("model_path"))).name != detector.BUNDLES["default"]
+            or detector.bundle_name(getattr(det, "path", None)) == "matching"):
+        return False
+    try:
+        matching = detector.load("matching", device="cpu", backend="torch")
+    except Exception:  # noqa: BLE001 - no bundle to compare with: no hint
+        return False
+    return model_fingerprint(matching) == index.meta.get("model_fingerprint")
 
 
 def _check_ids_are_new(path, ids: list[str] | None, n: int, index: QuestionIndex, out) -> None:

@@ -108,20 +108,26 @@ def test_the_default_model_reads_long_questions_to_the_end():
     assert same - different > 0.1, (same, different)
 
 
-def test_an_index_of_the_bundled_default_points_to_matching_unless_that_was_given(bundles, tmp_path, capsys):
+def test_an_index_of_the_earlier_default_points_to_matching_and_one_of_the_current_default_does_not(
+        bundles, tmp_path, capsys):
     from _tiny_models import tiny_lstm_dir
 
-    for name, seed in (("default_model", 0), ("matching_model", 1), ("fast_model", 2)):
+    for name, seed in (("default_model", 1), ("matching_model", 1), ("fast_model", 2)):  # the default was matching
         tiny_lstm_dir(bundles / name, seed=seed)
     bank = tmp_path / "bank.csv"
     bank.write_text("id,question\n1,how do i learn python\n2,what is the capital of france\n")
-    assert main(["index", str(bank), "-o", str(tmp_path / "idx")]) == 0
+    assert main(["index", str(bank), "-o", str(tmp_path / "old")]) == 0
+    shutil.rmtree(bundles / "default_model")
+    tiny_lstm_dir(bundles / "default_model", seed=0)  # the default changes
+    assert main(["index", str(bank), "-o", str(tmp_path / "new")]) == 0
     hint = "opens with --model matching"
-    assert main(["search", str(tmp_path / "idx"), "learn python", "--model", "fast"]) == 2
+    capsys.readouterr()
+    assert main(["search", str(tmp_path / "old"), "learn python", "--model", "fast"]) == 2
     assert hint in capsys.readouterr().err
-    assert main(["search", str(tmp_path / "idx"), "learn python", "--model", "matching"]) == 2
+    assert main(["search", str(tmp_path / "old"), "learn python", "--model", "matching"]) == 0
+    assert main(["search", str(tmp_path / "new"), "learn python", "--model", "fast"]) == 2
     err = capsys.readouterr().err
-    assert "was built with model" in err and hint not in err
+    assert "was built with model" in err and hint not in err  # built by today's default: no advice to use matching
 
 
 def test_make_fast_model_leaves_the_target_alone_when_the_bundle_is_over_the_limit(tiny_run, tmp_path, monkeypatch):
