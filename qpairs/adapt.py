@@ -219,6 +219,8 @@ def adapt(run, data, out, threshold: str = "accuracy", folds: int = 5, head: boo
     write_json(out / "metrics.json", {"adapt": {**origin, "before": before, "after_cross_validated": after,
                                                 "threshold": cal.threshold}})
     print(format_table(results, REPORT_COLUMNS))
+    print("(scored in fp32 PyTorch, where calibrations are fitted; `score` and `evaluate` run the CPU's default "
+          "backend, whose figures may differ slightly: `--backend torch` gives these)")
     print(f"threshold {cal.threshold:.4f} ({rule}; was {det.threshold:.4f}); cross-validated precision "
           f"{after['precision']:.4f}, recall {after['recall']:.4f} over {folds} folds of {len(y)} pairs")
     print(f"adapted model written to {out}, report in {report}")

@@ -599,7 +599,10 @@ def cmd_score(args) -> int:
                    cache_size=args.cache_size, checkpoint_rows=args.checkpoint_rows, backend=args.backend,
                    known=args.known, known_probability=args.known_probability)
     hits = r["cache_hit_rate"]  # NaN when no text was looked up (an empty file)
-    print(f"scored {r['rows']} pairs ({r['q1_col']} vs {r['q2_col']}) in {r['seconds']:.1f} s (model load "
+    earlier = r["rows"] - r["rows_this_run"]  # scored before a --resume
+    print(f"scored {r['rows']} pairs ({r['q1_col']} vs {r['q2_col']}"
+          + (f"; {r['rows_this_run']} in this run, {earlier} before it" if earlier else "")
+          + f") in {r['seconds']:.1f} s (model load "
           f"{r['load_seconds']:.1f} s), {r['pairs_per_s']:.0f} pairs/s scoring, unique-text cache hits "
           f"{'none looked up' if math.isnan(hits) else f'{hits:.0%}'}; written to {r['output']}")
     _print_known_answered(r, args)

@@ -336,7 +336,8 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
     except BaseException:  # an interrupt: the resume state stays
         _close(writers, bar)
         raise
-    return {"rows": rows_done, "bad_rows": n_bad, "seconds": seconds, "load_seconds": load_seconds,
+    return {"rows": rows_done, "rows_this_run": scored, "bad_rows": n_bad, "seconds": seconds,
+            "load_seconds": load_seconds,
             "scoring_seconds": scoring_seconds, "pairs_per_s": scored / max(scoring_seconds, 1e-9),
             "texts_encoded": scorer.encoded, "cache_hit_rate": scorer.cache_hit_rate, "output": str(output),
             "bad_rows_report": str(p["bad"]) if n_bad else None, "q1_col": q1c, "q2_col": q2c, "id_col": idc,

@@ -76,7 +76,7 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
     det = _as_detector(model, device, backend, known, known_probability)
     scorer = PairScorer(det, batch_size)
     fallback = test_prior if test_prior is not None else (det.calibrator.prior or det.threshold)
-    ids, numbers, probs, n_bad, rows_read = [], [], [], 0, 0
+    numbers, probs, n_bad, rows_read = [], [], 0, 0
     bar = progress_bar(total=tableio.num_rows(test_file), unit="pair", unit_scale=True, desc="submission",
                        show=progress)
     for chunk in tableio.iter_table(test_file, chunk_size):
@@ -90,14 +90,13 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
         ok = ~(bad_mask(frame[q1c]) | bad_mask(frame[q2c]))
         p = np.full(len(frame), fallback, dtype=np.float64)
         p[ok] = scorer.predict_proba(list(frame[q1c].to_numpy()[ok]), list(frame[q2c].to_numpy()[ok]), test_prior)
-        ids.append(frame[idc].astype(str).to_numpy())
         probs.append(p)
         n_bad += int((~ok).sum())
         bar.update(len(frame))
     bar.close()
     if numbers:
         _refuse_repeated_ids(pd.Series(np.concatenate(numbers)), test_file, idc)
-    frame = pd.DataFrame({"test_id": np.concatenate(ids) if ids else np.array([], dtype=object),
+    frame = pd.DataFrame({"test_id": np.concatenate(numbers) if numbers else np.array([], dtype=object),
                           "is_duplicate": clip(np.concatenate(probs)) if probs else np.array([])})
     validate_submission(frame, rows_read, test_file)
     _write(frame, output, rows_read, test_file)
@@ -109,8 +108,8 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
 
 
 def _id_numbers(ids: pd.Series, chunk, test_file, column: str) -> np.ndarray:
-    """The test_ids as canonical numbers ("05" is "5"); one that is not a whole number (Kaggle's are) is refused,
-    naming its line."""
+    """The test_ids as canonical numbers, as the submission writes them (" 05" is "5"); one that is not a whole
+    number (Kaggle's are) is refused, naming its line."""
     text = ids.astype(str).str.strip()
     bad = np.flatnonzero(~text.str.fullmatch(r"\d+").to_numpy())
     if len(bad):

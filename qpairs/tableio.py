@@ -208,7 +208,8 @@ class _CSVReader:
             raise DataError(f"{path}: empty file (no header line)")
         self.line = self.records.line_num
         first[0] = first[0].removeprefix("\ufeff")
-        self.header = [name or f"Unnamed: {i}" for i, name in enumerate(first)]
+        blanks = first.count("")  # one blank name (a pandas index written by to_csv) stays blank in the output
+        self.header = [name or ("" if blanks == 1 else f"Unnamed: {i}") for i, name in enumerate(first)]
 
     @contextlib.contextmanager
     def _errors(self):

@@ -698,3 +698,22 @@ def test_resume_refuses_another_backend(det, tmp_path):
                        resume=True, progress=False)
     finally:
         det.backend = first
+
+
+def test_a_blank_column_name_stays_blank_in_the_output(det, tmp_path):
+    """What pandas' to_csv writes with its index: a header beginning with a blank name."""
+    frame = make_pairs(4, seed=2)[["question1", "question2"]]
+    frame.to_csv(tmp_path / "in.csv")  # ',question1,question2'
+    score_file(tmp_path / "in.csv", tmp_path / "out.csv", det, progress=False)
+    assert (tmp_path / "out.csv").read_text().splitlines()[0] == f",question1,question2,{PROBA_COL},{PRED_COL}"
+
+
+def test_a_resumed_score_says_how_many_pairs_this_run_scored(det, tmp_path, capsys):
+    write(kaggle_test_frame(120), tmp_path / "in.csv")
+    with pytest.raises(KeyboardInterrupt):
+        score_file(tmp_path / "in.csv", tmp_path / "out.csv", det, chunk_size=40, checkpoint_rows=40,
+                   _stop_after_chunks=2, progress=False)
+    assert main(["score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.csv"), "--model", str(det.path),
+                 "--chunk-size", "40", "--checkpoint-rows", "40", "--resume", "--backend", det.backend]) == 0
+    assert "scored 120 pairs (question1 vs question2; 40 in this run, 80 before it)" in capsys.readouterr().out
+    assert len(pd.read_csv(tmp_path / "out.csv")) == 120

@@ -175,3 +175,11 @@ def test_output_that_is_a_directory_is_refused(det, tmp_path, capsys):
     (tmp_path / "sub").mkdir()
     assert main(["submit", str(tmp_path / "test.csv"), "-o", str(tmp_path / "sub"), "--model", str(det.path)]) == 2
     assert "sub: is a directory" in capsys.readouterr().err
+
+
+def test_test_ids_are_written_as_plain_whole_numbers(det, tmp_path):
+    frame = kaggle_test(3)
+    frame["test_id"] = [" 0 ", "007", "2"]
+    frame.to_csv(tmp_path / "test.csv", index=False)
+    make_submission(tmp_path / "test.csv", tmp_path / "sub.csv", det, progress=False)
+    assert [line.split(",")[0] for line in (tmp_path / "sub.csv").read_text().splitlines()] == ["test_id", "0", "7", "2"]
