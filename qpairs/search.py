@@ -303,7 +303,7 @@ class QuestionIndex:
         texts = as_text_list(texts, "texts", single=False)
         refuse_non_questions(texts, "texts")
         det.refuse_emptied(texts, "texts", self.side)
-        ids = self.next_ids(len(texts)) if ids is None else [str(i) for i in ids]
+        ids = self.next_ids(len(texts)) if ids is None else id_texts(ids)
         if len(ids) != len(texts):
             raise ValueError(f"got {len(texts)} texts but {len(ids)} ids")
         check_new_ids(ids, self._id_set)
@@ -337,7 +337,7 @@ class QuestionIndex:
         machine), and with a MaxSim weight their `token_states`; ids must be new."""
         self.check_model(det)
         vectors = np.asarray(vectors, dtype=np.float32)
-        ids, texts = [str(i) for i in ids], [str(t) for t in texts]
+        ids, texts = id_texts(ids), as_text_list(texts, "texts", single=False)
         if vectors.ndim != 2 or vectors.shape[1] != self.index.d or not len(vectors) == len(ids) == len(texts):
             raise ValueError(f"need vectors [n, {self.index.d}] with n ids and n texts; got {vectors.shape}, "
                              f"{len(ids)} ids, {len(texts)} texts")
@@ -694,6 +694,8 @@ class QuestionIndex:
             raise ValueError(
                              "rerank (search --rerank) needs a run whose pair head reads token states (--pair-head "
                              "matching); this model's probabilities come from the index's vectors themselves")
+        if isinstance(questions, (bytes, bytearray)):
+            raise TypeError("questions must be a string or a sequence of strings, not bytes (decode them first)")
         questions = [questions] if isinstance(questions, str) else list(questions)
         for i, q in enumerate(questions):
             require_question(q, "" if len(questions) == 1 else f" (item {i})")
@@ -753,6 +755,26 @@ def _fusion_refusal(det, space: str, what: str) -> str | None:
     return None
 
 
+def id_texts(ids) -> list[str]:
+    """Ids given to the API as the index stores them: strings as they are, whole numbers (also 3.0) as digits; a
+    missing (None/NaN), empty, fractional or other id is a ValueError or TypeError naming its item."""
+    if isinstance(ids, (str, bytes)):
+        raise TypeError("ids must be a sequence of ids, not a single string (wrap it in a list)")
+    out = []
+    for i, x in enumerate(ids):
+        if isinstance(x, (np.integer, int)) and not isinstance(x, (bool, np.bool_)):
+            out.append(str(int(x)))
+        elif isinstance(x, (float, np.floating)) and np.isfinite(x) and float(x).is_integer():
+            out.append(str(int(x)))
+        elif isinstance(x, str) and x.strip():
+            out.append(x)
+        elif x is None or isinstance(x, (float, np.floating)) and np.isnan(x):
+            raise ValueError(f"id of item {i} is missing (None/NaN); every question needs an id")
+        else:
+            raise TypeError(f"id of item {i} must be a non-empty string or a whole number, not {x!r}")
+    return out
+
+
 def check_new_ids(ids: list[str], existing: set) -> None:
     """Refuse (ValueError) an id that `existing` holds or that `ids` repeats."""
     seen: dict[str, int] = {}
@@ -773,7 +795,8 @@ def format_hits(hits: list[Hit], width: int = 80) -> str:
     """A plain-text table of search results, in rank order, with the score that ranked them."""
     lines = [f"{'rank':>4}  {'score':>6}  {'prob':>5}  dup  {'id':<10} question"]
     for rank, h in enumerate(hits, 1):
-        text = h.text if len(h.text) <= width else h.text[: width - 1] + "…"
+        text = " ".join(h.text.split())  # one line per hit, whatever the stored text's line breaks
+        text = text if len(text) <= width else text[: width - 1] + "…"
         lines.append(f"{rank:>4}  {h.score:6.3f}  {h.probability:5.3f}  {'yes' if h.duplicate else ' no'}  "
                      f"{h.id:<10} {text}")
     return "\n".join(lines)

@@ -315,7 +315,10 @@ def create_app(det, index=None, max_wait_ms: float = 2.0, max_batch: int = 512,
         errors = jsonable_encoder(exc.errors(), custom_encoder={Exception: str})
         for e in errors:
             e.pop("input", None)  # do not echo (possibly huge) input back
-        return JSONResponse({"error": _error_summary(errors), "detail": errors}, status_code=422)
+        summary = _error_summary(errors)
+        if "json" not in request.headers.get("content-type", ""):  # e.g. curl -d without -H: a form body
+            summary = f"send the body as JSON with the header Content-Type: application/json ({summary})"
+        return JSONResponse({"error": summary, "detail": errors}, status_code=422)
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException):

@@ -90,6 +90,8 @@ def as_text_list(x, name: str, single: bool = True) -> list[str]:
     items = list(x)
     for i, item in enumerate(items):
         if not isinstance(item, str):
+            if item is None or pd.isna(item) is True:  # a None may reach here as NaN (a pandas string column)
+                raise TypeError(f"{name}[{i}] is missing (None/NaN), not a question text")
             raise TypeError(f"{name}[{i}] must be a string, not {type(item).__name__} ({item!r})")
     return items
 

@@ -86,6 +86,20 @@ def test_add_appends_and_rejects_repeated_ids(det, bank):
     assert len(index) == 15
 
 
+def test_api_ids_are_refused_when_missing_and_whole_numbers_stored_as_digits(det, bank):
+    index = QuestionIndex.build(det, bank[:3], [7, np.int64(8), 9.0])
+    assert index.ids == ["7", "8", "9"]
+    for bad, error, message in ((["1", None, "3"], ValueError, "id of item 1 is missing"),
+                                ([1.0, float("nan"), 3.0], ValueError, "id of item 1 is missing"),
+                                (["1", "", "3"], TypeError, "id of item 1 must be a non-empty string"),
+                                ([1, 2.5, 3], TypeError, "id of item 1 must be"),
+                                ("abc", TypeError, "not a single string")):
+        with pytest.raises(error, match=message):
+            QuestionIndex.build(det, bank[:3], bad)
+    with pytest.raises(TypeError, match="not bytes"):
+        det.search(index, b"How do I learn Python?")
+
+
 def test_corrupt_or_missing_index_is_reported(det, bank, tmp_path):
     with pytest.raises(SearchIndexError, match="not a qpairs index"):
         QuestionIndex.load(tmp_path)
@@ -438,6 +452,8 @@ def test_search_table_shows_the_score_it_ranks_by(det, tmp_path, capsys):
     # base space: a hit ranked first by its score may have the lower probability; the table says why
     table = format_hits([Hit("a", "first", 0.119, 0.9, False, 0.91), Hit("b", "second", 0.462, 0.5, False, 0.84)])
     assert [row.split()[1:3] for row in table.splitlines()[1:]] == [["0.910", "0.119"], ["0.840", "0.462"]]
+    table = format_hits([Hit("a", "<p>first\nline</p>\r\n<p>second</p>", 0.1, 0.9, False, 0.9)])
+    assert len(table.splitlines()) == 2 and table.endswith("<p>first line</p> <p>second</p>")
 
 
 def test_a_table_that_cannot_be_written_leaves_no_file(tmp_path):

@@ -92,7 +92,10 @@ def test_invalid_json_and_oversized_bodies(client):
     assert r.status_code == 422 and r.json()["error"] == "invalid JSON at byte 0: b'\\xff' is not UTF-8 text"
     big = b'{"q1": "' + b"a" * 70_000 + b'", "q2": "b"}'
     r = client.post("/predict", content=big, headers={"Content-Type": "application/json"})
-    assert r.status_code == 413 and "larger than 64000 bytes" in r.json()["detail"]
+    assert r.status_code == 413 and "larger than 64000 bytes" in r.json()["error"]
+    r = client.post("/predict", content=b'{"q1": "a", "q2": "b"}',  # curl -d without -H: a form's content type
+                    headers={"Content-Type": "application/x-www-form-urlencoded"})
+    assert r.status_code == 422 and "Content-Type: application/json" in r.json()["error"]
 
     def chunks():  # no Content-Length: the limit is enforced while the body streams in
         yield b'{"q1": "'
