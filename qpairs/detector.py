@@ -124,9 +124,9 @@ class DuplicateDetector:
         return nullcontext()
 
     @property
-    def _texts_alone(self) -> bool:
-        """bf16 on a CPU runs a transformer's texts one at a time: bf16 rounding would make a text's states in a
-        padded batch depend on its neighbours (the BiLSTM reads each text unpadded, so it batches)."""
+    def _unpadded(self) -> bool:
+        """bf16 on a CPU batches a transformer's texts only with texts of the same token count: bf16 rounding would
+        make a padded text's states depend on its neighbours (the BiLSTM reads each text unpadded anyway)."""
         from .onnxrt import has_transformer
 
         return self.backend == "bf16" and self.device.type == "cpu" and has_transformer(self.model)
@@ -150,9 +150,9 @@ class DuplicateDetector:
         encoder = self.model.side(side)
         if pooled and not hasattr(encoder, "pooled"):
             raise ValueError(f"pooled=True needs a transformer encoder, not {type(encoder).__name__}")
-        batch_size = 1 if self._texts_alone else batch_size or self.batch_size
+        max_waste = 0 if self._unpadded else self.max_waste
         return self.model.encode(texts, side, prepare=False, pooled=pooled, device=self.device,
-                                 batch_size=batch_size, max_waste=self.max_waste,
+                                 batch_size=batch_size or self.batch_size, max_waste=max_waste,
                                  autocast=self._autocast, prefetch=prefetch)
 
     @torch.inference_mode()
@@ -169,10 +169,10 @@ class DuplicateDetector:
         a, b = _pair_lists(q1, q2)
         if needs_tokens(self.model):  # a matching head compares the two sides' token states
             a, b = self.preprocess(a, "left"), self.preprocess(b, "right")
-            alone = self._texts_alone  # then the texts alone in bf16, the matching head in fp32
-            with nullcontext() if alone else self._autocast():
-                return pair_distances(self.model, a, b, self.device, self.batch_size, self.max_waste,
-                                      states=states, pooled=pooled, texts_alone_in_bf16=alone).float().cpu().numpy()
+            unpadded = self._unpadded  # then the texts in unpadded bf16 batches, the matching head in fp32
+            with nullcontext() if unpadded else self._autocast():
+                return pair_distances(self.model, a, b, self.device, self.batch_size, self.max_waste, states=states,
+                                      pooled=pooled, unpadded_bf16=unpadded).float().cpu().numpy()
         e1, e2 = self.embeddings(a, b)
         return self.model.decision_distance(torch.from_numpy(e1), torch.from_numpy(e2)).numpy()
 

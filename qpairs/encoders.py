@@ -320,6 +320,11 @@ class TransformerEncoder(nn.Module):
     def head_device(self) -> torch.device:
         return next(self.head.parameters(), torch.empty(0)).device
 
+    def token_counts(self, texts) -> list[int]:
+        """How many pieces `tokenize` gives each text (special tokens included, after truncation)."""
+        enc = self.tokenizer([model_text(t) for t in texts], truncation=True, max_length=self.config["max_length"])
+        return [len(ids) for ids in enc["input_ids"]]
+
     def tokenize(self, texts) -> dict[str, torch.Tensor]:
         enc = self.tokenizer([model_text(t) for t in texts], padding=True, truncation=True,
                              max_length=self.config["max_length"], return_tensors="pt")

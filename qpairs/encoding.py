@@ -35,16 +35,17 @@ def forward_texts(encoder, texts, device, run=None) -> torch.Tensor:
 def encoded_batches(encoder, texts, device, batch_size: int, max_waste: float | None = None, run=None,
                     autocast=nullcontext, prefetch: int = 2):
     """Yield (indices into `texts`, batch on `device`, `run(**batch)`) for each length-sorted batch
-    (`qpairs.encoders.length_batches`); `run` defaults to the encoder's forward, `autocast` is a context
-    factory entered around each run."""
+    (`qpairs.encoders.length_batches`; `max_waste` 0: only texts of one token count share a batch); `run` defaults
+    to the encoder's forward, `autocast` is a context factory entered around each run."""
     device = torch.device(device)
     pin = device.type == "cuda"
     if hasattr(encoder, "token_ids"):  # a cheap tokenizer: every text's ids first, batches of equal token counts
         ids = encoder.token_ids(texts)
         batches = length_batches(texts, batch_size, max_waste, lengths=map(len, ids))
         make = lambda idx: padded_batch([ids[i] for i in idx])  # noqa: E731
-    else:
-        batches = length_batches(texts, batch_size, max_waste)
+    else:  # max_waste 0: batches of texts of one token count, so no text is padded
+        counts = encoder.token_counts(texts) if max_waste == 0 and hasattr(encoder, "token_counts") else None
+        batches = length_batches(texts, batch_size, max_waste, lengths=counts)
         make = lambda idx: encoder.tokenize([texts[i] for i in idx])  # noqa: E731
 
     def tokenize(idx):

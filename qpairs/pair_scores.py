@@ -44,21 +44,22 @@ def longer_first(sa: list, sb: list) -> tuple[list, list]:
 @torch.inference_mode()
 def pair_distances(model, q1: list[str], q2: list[str], device, batch_size: int = 256,
                    max_waste: float | None = None, block: int = 4096, states: dict | None = None,
-                   pooled: dict | None = None, texts_alone_in_bf16: bool = False) -> torch.Tensor:
+                   pooled: dict | None = None, unpadded_bf16: bool = False) -> torch.Tensor:
     """−logit of the matching head for each pair. `block` pairs at a time (bounded memory): the base's token
     states of each unique text of the block are computed once, then the encoder's head and the matching
     head run on the pairs, `batch_size` at a time. `states`: token states already computed (text → states,
     e.g. `encode_states` of every text an evaluation scores), used instead of encoding those texts again; a
     `StateMemo` also keeps the states computed here. `pooled`: a dict that receives each text's mean token state
-    (float32 numpy; for a frozen base with mean pooling, its zero-shot sentence vector). `texts_alone_in_bf16`:
-    the base runs each text on its own in bf16 autocast (batch-invariant), whatever the caller's autocast."""
+    (float32 numpy; for a frozen base with mean pooling, its zero-shot sentence vector). `unpadded_bf16`: the base
+    runs in bf16 autocast on batches of texts of one token count (no padding: batch-invariant), whatever the
+    caller's autocast."""
     known = {} if states is None else states
     out = torch.zeros(len(q1))
     threads = shard_count(device)
     onnx = getattr(model.encoder, "token_runtime", None) is not None  # ONNX Runtime shards its rows itself
     encode_threads = 1 if onnx else threads
-    encode = partial(encode_states, model.encoder, device=device, batch_size=1 if texts_alone_in_bf16 else batch_size,
-                     max_waste=max_waste, precision="bf16" if texts_alone_in_bf16 else "fp32")
+    encode = partial(encode_states, model.encoder, device=device, batch_size=batch_size,
+                     max_waste=0 if unpadded_bf16 else max_waste, precision="bf16" if unpadded_bf16 else "fp32")
 
     for start in range(0, len(q1), block):
         a, b = list(q1[start : start + block]), list(q2[start : start + block])
