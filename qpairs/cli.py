@@ -428,39 +428,24 @@ def _bm25_weight(value: str):
     return value if value == "auto" else _unit_interval(value)
 
 
-def _positive_int(value: str) -> int:
-    """A whole number of at least 1 (-k, --batch-size, --rerank)."""
-    try:
-        number = int(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {value!r}") from None
-    if number < 1:
-        raise argparse.ArgumentTypeError(f"expected a whole number of at least 1, got {number}")
-    return number
+def _number_in(low: float, high: float | None = None, kind=float, what: str = "a number"):
+    """An argparse type: `kind(value)` in [low, high] (no upper end when `high` is None), else an error naming the
+    range and the value."""
+    bounds = f"of at least {low:g}" if high is None else f"in [{low:g}, {high:g}]"
 
-
-def _number_in(low: float, high: float, kind=float, what: str = "a number"):
-    """An argparse type: `kind(value)` within [low, high] (serve --port, --max-wait-ms, --threads)."""
     def parse(value: str):
         try:
             number = kind(value)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected {what} in [{low:g}, {high:g}], got {value!r}") from None
-        if not low <= number <= high:
-            raise argparse.ArgumentTypeError(f"expected {what} in [{low:g}, {high:g}], got {value}")
+            raise argparse.ArgumentTypeError(f"expected {what} {bounds}, got {value!r}") from None
+        if number < low or high is not None and number > high:
+            raise argparse.ArgumentTypeError(f"expected {what} {bounds}, got {number}")
         return number
     return parse
 
 
-def _unit_interval(value: str) -> float:
-    """A number in [0, 1] (--bm25-weight, --maxsim-weight, dedup --threshold)."""
-    try:
-        weight = float(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {value!r}") from None
-    if not 0.0 <= weight <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a number in [0, 1], got {weight}")
-    return weight
+_positive_int = _number_in(1, None, int, "a whole number")  # -k, --batch-size, --rerank
+_unit_interval = _number_in(0.0, 1.0)  # --bm25-weight, --maxsim-weight, dedup --threshold
 
 
 def _add_search_commands(sub) -> None:

@@ -19,6 +19,7 @@ import torch
 
 from .encoding import encode_texts
 from .progress import progress_bar
+from .text import TEXT_FOLDING, model_text
 
 log = logging.getLogger("qpairs")
 
@@ -27,7 +28,7 @@ def cache_meta(encoder) -> dict:
     """What makes two caches interchangeable: the base, its pooling and truncation."""
     c = encoder.config
     return {"base_model": c.get("base_model"), "pooling": c["pooling"], "max_length": c["max_length"],
-            "hidden_size": c["hf_config"].get("hidden_size")}
+            "hidden_size": c["hf_config"].get("hidden_size"), "text_folding": TEXT_FOLDING}
 
 
 class TextCache:
@@ -41,12 +42,26 @@ class TextCache:
         self.index: dict = {}
 
     def _check_meta(self) -> None:
+        """Refuse a cache made with other settings. One made before texts were folded (`qpairs.text.model_text`)
+        is checked once its texts are read (`_check_folding`)."""
         meta_path = self.directory / "meta.json"
+        self._before_folding = False
         if meta_path.exists():
             stored = json.loads(meta_path.read_text())
-            if self.meta and stored != self.meta:
+            self._before_folding = ("text_folding" not in stored
+                                    and {**stored, "text_folding": TEXT_FOLDING} == self.meta)
+            if self.meta and stored != self.meta and not self._before_folding:
                 raise ValueError(f"{self.directory}: {self.kind} was made with {stored}, not {self.meta}; "
                                  "use another --embedding-cache directory")
+
+    def _check_folding(self) -> None:
+        """Refuse a cache made before texts were folded if it holds a text that folds otherwise (its states are not
+        those of the text the encoder now reads); the others serve as they are."""
+        changed = next((t for t in self.index if model_text(t) != t), None) if self._before_folding else None
+        if changed is not None:
+            raise ValueError(f"{self.directory}: {self.kind} was made before qpairs read Unicode text in folded "
+                             f"form, and it holds such a text ({changed[:60]!r}); use another --embedding-cache "
+                             "directory")
 
     def __len__(self) -> int:
         return len(self.index)
@@ -78,6 +93,7 @@ class EmbeddingCache(TextCache):
             if len(texts) != len(emb):
                 raise ValueError(f"{part}: {len(emb)} rows but {len(texts)} texts: the cache is corrupt")
             self._add(texts, emb)
+        self._check_folding()
 
     def _add(self, texts, emb: np.ndarray) -> None:
         offset = sum(len(p) for p in self.parts)

@@ -179,6 +179,9 @@ def score_with_ray(input, output, model=None, *, q1_col: str | None = None, q2_c
     first = _first_file(input)
     fmt, _ = tableio.table_format(first)
     columns = tableio.read_columns(first)
+    if tableio.pandas_index_columns(first):
+        raise DataError(f"{first}: keeps a pandas index ({', '.join(tableio.pandas_index_columns(first))}), which "
+                        "Ray reads differently: score it with --engine local, or write it with index=False")
     q1c, q2c, idc = resolve_columns(columns, q1_col, q2_col, id_col, first)
     if ROW_COL in columns:
         raise DataError(f"{first}: already has a '{ROW_COL}' column; rename it first")

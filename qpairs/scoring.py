@@ -174,7 +174,7 @@ class PairScorer:
 
 # ---------------------------------------------------------------- bad rows
 
-from .text import MISSING_TEXTS, bad_reasons  # noqa: E402,F401  (the one text rule; Ray scoring imports it here)
+from .text import MISSING_TEXTS, TEXT_FOLDING, bad_reasons  # noqa: E402,F401  (the one text rule; Ray imports it here)
 
 
 # ---------------------------------------------------------------- file scorer
@@ -200,7 +200,8 @@ def model_order(det, q1c: str, q2c: str) -> tuple[str, str]:
     with its bodies on the left (``--left-col body``) takes the body first."""
     from .sides import title_body_sides
 
-    if q1c == "title" and q2c in ("body", "content") and title_body_sides(det.config.get("train"))[0] == "right":
+    if (q1c.casefold() == "title" and q2c.casefold() in ("body", "content")
+            and title_body_sides(det.config.get("train"))[0] == "right"):
         return q2c, q1c
     return q1c, q2c
 
@@ -286,6 +287,7 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
              "options": {"q1": q1c, "q2": q2c, "id": idc, "chunk_size": chunk_size, "every": every,
                          "on_bad_row": on_bad_row, "max_chars": max_chars, "batch_size": scorer.batch_size,
                          "cache_size": scorer.cache_size, "device": det.device.type, "backend": det.backend,
+                         "text_folding": TEXT_FOLDING,
                          "model": _fingerprint(det)}}
     state = _resume_state(p, ident) if resume else None
     chunks, digest = tableio.iter_table(input, chunk_size), hashlib.sha256()

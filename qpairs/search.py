@@ -63,7 +63,7 @@ from .ngram import lexical_similarity
 from .errors import require_count
 from .progress import progress_bar
 from .retrieval import pairwise_distances
-from .text import as_text_list, question_problem, refuse_non_questions
+from .text import TEXT_FOLDING, as_text_list, model_text, question_problem, refuse_non_questions
 
 log = logging.getLogger("qpairs")
 
@@ -249,7 +249,8 @@ class QuestionIndex:
         dim = int(det.model.encoder.config["hf_config"]["hidden_size"]) if space == "base" else int(det.model.dim)
         meta = {"format_version": FORMAT_VERSION, "kind": kind, "space": space, "metric": metric, "dim": dim,
                 "normalized": metric == "cosine", "model_fingerprint": model_fingerprint(det),
-                "model_path": str(det.path.resolve()) if det.path else None, "size": 0, "side": side}
+                "model_path": str(det.path.resolve()) if det.path else None, "size": 0, "side": side,
+                "text_folding": TEXT_FOLDING}
         if space == "base":
             meta["lexical_weight"] = LEXICAL_WEIGHT
         refusal = _fusion_refusal(det, space, "a BM25 weight")
@@ -412,6 +413,7 @@ class QuestionIndex:
             raise SearchIndexError(f"{directory}: {index.ntotal} vectors but {len(frame)} questions "
                                    f"(meta says {meta.get('size')}): the index is corrupt")
         out = cls(index, frame["id"].astype(str).tolist(), frame["text"].astype(str).tolist(), meta, directory)
+        _check_text_folding(out)
         if out.space == "base":
             out.norms = np.load(directory / NORMS)
             if len(out.norms) != len(out):
@@ -732,6 +734,19 @@ class QuestionIndex:
         if not isinstance(question, str):
             raise TypeError(f"question must be a string, not {type(question).__name__}; use search_many for lists")
         return self.search_many(det, [question], k, rerank)[0]
+
+
+def _check_text_folding(index: "QuestionIndex") -> None:
+    """Refuse an index built before the encoders read texts as `model_text` folds them when one of its texts folds
+    otherwise (its stored vector would not be the one a query of that text gets); mark the others current."""
+    if index.meta.get("text_folding") == TEXT_FOLDING:
+        return
+    changed = next((t for t in index.texts if model_text(t) != t), None)
+    if changed is not None:
+        raise SearchIndexError(f"{index.path}: built before qpairs read Unicode text in folded form (accents as one "
+                               f"letter, no zero-width characters, emoji spelt out), and it holds such a text "
+                               f"({changed[:60]!r}): rebuild it with `qpairs index`")
+    index.meta["text_folding"] = TEXT_FOLDING
 
 
 def require_question(question, where: str = "") -> None:

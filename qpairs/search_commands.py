@@ -37,7 +37,7 @@ def _built_by_the_earlier_default(index: QuestionIndex, det) -> bool:
         return False
     try:
         matching = detector.load("matching", device="cpu", backend="torch")
-    except Exception:  # noqa: BLE001 - no bundle to compare with: no hint
+    except (detector.ModelDirError, OSError):  # no bundle to compare with: no hint
         return False
     return model_fingerprint(matching) == index.meta.get("model_fingerprint")
 

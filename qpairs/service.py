@@ -316,7 +316,8 @@ def create_app(det, index=None, max_wait_ms: float = 2.0, max_batch: int = 512,
         for e in errors:
             e.pop("input", None)  # do not echo (possibly huge) input back
         summary = _error_summary(errors)
-        if "json" not in request.headers.get("content-type", ""):  # e.g. curl -d without -H: a form body
+        unread = any(list(e.get("loc", [])) == ["body"] for e in errors)  # no JSON object where one was expected
+        if unread and "json" not in request.headers.get("content-type", "").lower():  # e.g. curl -d without -H
             summary = f"send the body as JSON with the header Content-Type: application/json ({summary})"
         return JSONResponse({"error": summary, "detail": errors}, status_code=422)
 

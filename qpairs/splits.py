@@ -84,10 +84,10 @@ def report_set_aside(info: dict, own_files: bool) -> None:
             log.info("%s: %d pairs set aside to bring the duplicate rate from %.3f to %g (--eval-rate)", name,
                      aside["to_reach_eval_rate"], aside["own_duplicate_rate"], rate)
     own = info.get("set_aside", {}).get("validation", {}).get("own_duplicate_rate")
-    if own_files and rate is not None and own is not None and abs(own - rate) > 0.05:
+    if own_files and rate is not None and own is not None and abs(own - rate) > 0.05 and distributed.is_main():
         log.warning("your validation pairs have a duplicate rate of %.3f; they were subsampled to %g (--eval-rate), "
                     "and the calibrated probabilities assume that rate: pass --eval-rate %.2f to keep your data's "
-                    "rate", own, rate, own)
+                    "rate", own, rate, min(max(own, 0.01), 0.99))
 
 
 def _in_pairs(frame, others) -> np.ndarray:

@@ -113,6 +113,16 @@ def _parquet_layout(parquet) -> tuple[list[str], list[tuple[str, range]]]:
     return [name for name, _ in ranges] + physical, ranges
 
 
+def pandas_index_columns(path) -> list[str]:
+    """The columns of a Parquet file that hold (or, for a range, stand for) a pandas index, as `_parquet_layout`
+    reads them; [] for a CSV/TSV."""
+    if table_format(path)[0] != "parquet":
+        return []
+    index = (_parquet_file(path).schema_arrow.pandas_metadata or {}).get("index_columns", [])
+    return [i if isinstance(i, str) else str(i.get("name")) for i in index
+            if isinstance(i, str) or i.get("kind") == "range" and i.get("name") is not None]
+
+
 def num_rows(path) -> int | None:
     """Row count when it is cheap to know (Parquet metadata), else None."""
     if table_format(path)[0] == "parquet":
@@ -208,8 +218,7 @@ class _CSVReader:
             raise DataError(f"{path}: empty file (no header line)")
         self.line = self.records.line_num
         first[0] = first[0].removeprefix("\ufeff")
-        blanks = first.count("")  # one blank name (a pandas index written by to_csv) stays blank in the output
-        self.header = [name or ("" if blanks == 1 else f"Unnamed: {i}") for i, name in enumerate(first)]
+        self.header = [name or f"Unnamed: {i}" for i, name in enumerate(first)]  # as pandas names a blank one
 
     @contextlib.contextmanager
     def _errors(self):

@@ -16,22 +16,35 @@ import numpy as np
 import pandas as pd
 
 MISSING_TEXTS = frozenset({"nan", "none", "null"})
-INVISIBLE = ("\\s\x00-\x1f\x7f-\x9f\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e"
-             "\u2060-\u206f\u2800\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb")
+# zero-width and other format characters (a soft hyphen, a zero-width space pasted into a word, a variation selector)
+FORMAT_CHARACTERS = ("\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f"
+                     "\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb")
+INVISIBLE = f"\\s\x00-\x1f\x7f-\x9f\u2800{FORMAT_CHARACTERS}"
 _VISIBLE = re.compile(f"[^{INVISIBLE}]")
-# zero-width and other format characters inside a text (a soft hyphen, a zero-width space pasted into a word)
-_FORMAT = re.compile("[\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f"
-                     "\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb]")
-_EMOJI = re.compile("[\u2600-\u27bf\U0001f000-\U0001faff]")
+_FORMAT = re.compile(f"[{FORMAT_CHARACTERS}]")
+_EMOJI = re.compile("[\u231a-\u23ff\u2600-\u27bf\u2b00-\u2bff\U0001f000-\U0001faff]")
 _SKIN_TONE = range(0x1F3FB, 0x1F400)
+# compatibility forms that are the same letters (full-width and half-width forms, ligatures such as 'ﬁ', a no-break
+# space, styled maths letters); superscripts, subscripts, fractions and circled digits keep their meaning
+_SAME_LETTERS = ("<wide>", "<narrow>", "<compat>", "<noBreak>", "<font>")
+TEXT_FOLDING = 1  # the version of `model_text`: what caches and indexes of encoded texts record
 
 
 def model_text(text: str) -> str:
-    """A text as every encoder reads it: compatibility forms folded (Unicode NFKC: a decomposed accent is one
-    letter, 'ﬁ' is 'fi', full-width letters are letters), zero-width and other format characters dropped, and each
-    emoji spelt out by its Unicode name ('🍕' reads 'slice of pizza'): the vocabularies know words, not emoji."""
-    text = _FORMAT.sub("", unicodedata.normalize("NFKC", text))
+    """A text as every encoder reads it: Unicode NFC (a decomposed accent is one letter), compatibility forms of
+    the same letters folded ('ﬁ' is 'fi', full-width 'Ｐｙｔｈｏｎ' is 'Python'; '10³' stays '10³'), zero-width and
+    other format characters dropped, and each emoji spelt out by its Unicode name ('🍕' reads 'slice of pizza'):
+    the vocabularies know words, not emoji."""
+    text = _FORMAT.sub("", unicodedata.normalize("NFC", text))
+    if not text.isascii():
+        text = "".join(_same_letters(c) for c in text)
     return _EMOJI.sub(_emoji_words, text) if _EMOJI.search(text) else text
+
+
+def _same_letters(char: str) -> str:
+    if char.isascii() or not unicodedata.decomposition(char).startswith(_SAME_LETTERS):
+        return char
+    return unicodedata.normalize("NFKC", char)
 
 
 def _emoji_words(match: re.Match) -> str:

@@ -61,9 +61,11 @@ def resolve_precision(precision: str, device) -> str:
 def token_cache_meta(encoder, precision: str, layer: int | None = None) -> dict:
     """What makes two token-state caches interchangeable: the base weights, truncation and precision, and the
     layer whose output it holds (`layer` k; None: the last one, and no ``layer`` entry)."""
+    from .text import TEXT_FOLDING
+
     c = encoder.config
     meta = {"kind": "token_states", "weights": base_key(encoder, layer), "max_length": c["max_length"],
-            "hidden_size": c["hf_config"].get("hidden_size"), "precision": precision}
+            "hidden_size": c["hf_config"].get("hidden_size"), "precision": precision, "text_folding": TEXT_FOLDING}
     return meta if layer is None else {**meta, "layer": layer}
 
 
@@ -122,6 +124,7 @@ class TokenStateCache(TextCache):
                 raise ValueError(f"{stem}: {len(texts)} texts, {len(lengths)} lengths and {len(states)} token rows "
                                  "do not agree: the cache is corrupt")
             self._add(texts, lengths, states)
+        self._check_folding()
 
     def _add(self, texts: list[str], lengths: np.ndarray, states: np.ndarray) -> None:
         part = len(self.parts)

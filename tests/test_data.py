@@ -262,6 +262,9 @@ def test_the_question_key_reads_text_as_the_encoders_do():
     assert qd.normalize_question("How do I pronounce nai\u0308ve?") == qd.normalize_question("How do I pronounce naïve?")
     assert qd.normalize_question("Learn Py\u200bthon?") == qd.normalize_question("learn python")
     assert qd.normalize_question("Is 🍕 healthy?") != qd.normalize_question("Is 🥗 healthy?")
+    assert qd.normalize_question("Learn Ｐｙｔｈｏｎ ﬁrst?") == qd.normalize_question("learn python first")
+    for a, b in (("What is 10³?", "What is 103?"), ("Is H₂O safe?", "Is H2O safe?"), ("½ cup?", "1/2 cup?")):
+        assert qd.normalize_question(a) != qd.normalize_question(b)  # the same digits, another meaning
 
 
 def test_columns_are_found_in_any_case_and_an_ambiguous_one_is_refused(tmp_path):

@@ -325,3 +325,23 @@ def test_matching_head_needs_a_frozen_transformer_and_pair_losses(tiny_bert, tmp
     with pytest.raises(ValueError, match="pair loss"):
         train(TrainConfig(out=str(tmp_path / "b"), encoder="transformer", base_model=str(tiny_bert), freeze_base=True,
                           loss="mnrl", **base))
+
+
+def test_a_cache_made_before_text_folding_serves_unless_a_text_folds_otherwise(tmp_path):
+    import json
+
+    from qpairs.embcache import EmbeddingCache
+
+    meta = {"base_model": "b", "pooling": "mean", "max_length": 8, "hidden_size": 2}
+    for name, texts in (("plain", ["How do I learn Python?"]), ("zero_width", ["How do I learn Py\u200bthon?"])):
+        folder = tmp_path / name
+        folder.mkdir()
+        (folder / "meta.json").write_text(json.dumps(meta))  # as written before the folding was recorded
+        np.save(folder / "part-00000.npy", np.ones((1, 2), dtype=np.float32))
+        (folder / "part-00000.json").write_text(json.dumps(texts))
+    now = {**meta, "text_folding": 1}
+    assert len(EmbeddingCache(tmp_path / "plain", now)) == 1
+    with pytest.raises(ValueError, match="made before qpairs read Unicode text in folded form"):
+        EmbeddingCache(tmp_path / "zero_width", now)
+    with pytest.raises(ValueError, match="was made with"):  # any other difference is refused as before
+        EmbeddingCache(tmp_path / "plain", {**now, "max_length": 16})

@@ -96,3 +96,9 @@ def test_ray_refuses_an_existing_output(tiny_model, tmp_path):
     (tmp_path / "out" / "old.parquet").write_text("x")
     with pytest.raises(FileExistsError, match="already exists"):
         score_with_ray(tmp_path / "in.csv", tmp_path / "out", tiny_model)
+
+
+def test_ray_refuses_a_parquet_file_that_keeps_a_pandas_index(tiny_model, tmp_path):
+    pairs(5).assign(id=range(10, 15)).set_index("id").to_parquet(tmp_path / "in.parquet")
+    with pytest.raises(DataError, match=r"keeps a pandas index \(id\).*--engine local"):
+        score_with_ray(tmp_path / "in.parquet", tmp_path / "out", tiny_model)

@@ -700,12 +700,15 @@ def test_resume_refuses_another_backend(det, tmp_path):
         det.backend = first
 
 
-def test_a_blank_column_name_stays_blank_in_the_output(det, tmp_path):
-    """What pandas' to_csv writes with its index: a header beginning with a blank name."""
+def test_a_blank_column_name_reads_as_pandas_names_it(det, tmp_path):
+    """What pandas' to_csv writes with its index: a header beginning with a blank name, which reads as 'Unnamed: 0'
+    (and can be named: --id-col 'Unnamed: 0')."""
     frame = make_pairs(4, seed=2)[["question1", "question2"]]
     frame.to_csv(tmp_path / "in.csv")  # ',question1,question2'
-    score_file(tmp_path / "in.csv", tmp_path / "out.csv", det, progress=False)
-    assert (tmp_path / "out.csv").read_text().splitlines()[0] == f",question1,question2,{PROBA_COL},{PRED_COL}"
+    score_file(tmp_path / "in.csv", tmp_path / "out.csv", det, id_col="Unnamed: 0", progress=False)
+    out = pd.read_csv(tmp_path / "out.csv")
+    assert out.columns.tolist() == ["Unnamed: 0", "question1", "question2", PROBA_COL, PRED_COL]
+    assert out["Unnamed: 0"].tolist() == [0, 1, 2, 3]
 
 
 def test_a_resumed_score_says_how_many_pairs_this_run_scored(det, tmp_path, capsys):

@@ -100,6 +100,19 @@ def test_api_ids_are_refused_when_missing_and_whole_numbers_stored_as_digits(det
         det.search(index, b"How do I learn Python?")
 
 
+def test_an_index_built_before_text_folding_loads_unless_a_text_folds_otherwise(det, bank, tmp_path):
+    import json
+
+    for name, texts in (("plain", bank[:5]), ("zero_width", bank[:4] + ["How do I learn Py\u200bthon?"])):
+        QuestionIndex.build(det, texts).save(tmp_path / name)
+        meta = json.loads((tmp_path / name / "meta.json").read_text())
+        del meta["text_folding"]  # as an index written before it was recorded
+        (tmp_path / name / "meta.json").write_text(json.dumps(meta))
+    assert len(QuestionIndex.load(tmp_path / "plain")) == 5
+    with pytest.raises(SearchIndexError, match="built before qpairs read Unicode text in folded form.*rebuild"):
+        QuestionIndex.load(tmp_path / "zero_width")
+
+
 def test_corrupt_or_missing_index_is_reported(det, bank, tmp_path):
     with pytest.raises(SearchIndexError, match="not a qpairs index"):
         QuestionIndex.load(tmp_path)
@@ -350,7 +363,7 @@ def test_dedup_keeps_every_copy_of_a_question_in_one_group(det, bank):
     ("How do I learn Python?", TypeError, "not a single string"),
     (["a question", ""], ValueError, r"texts\[1\] is not a question: empty question"),
     (["a question", "None"], ValueError, r"texts\[1\] is not a question: missing question"),
-    (["a question", None], TypeError, r"texts\[1\] must be a string, not NoneType"),
+    (["a question", None], TypeError, r"texts\[1\] is missing \(None/NaN\)"),
 ])
 def test_index_and_dedup_refuse_what_is_not_a_list_of_questions(det, texts, error, message):
     with pytest.raises(error, match=message):

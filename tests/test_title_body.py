@@ -546,3 +546,6 @@ def test_score_reads_a_post_file_in_the_order_of_a_run_trained_bodies_first(tmp_
     score_file(tmp_path / "posts.csv", tmp_path / "out.csv", det, progress=False)
     expected = det.predict_proba(list(posts["body"]), list(posts["title"]))  # the run's order: body, then title
     np.testing.assert_allclose(pd.read_csv(tmp_path / "out.csv")["duplicate_probability"], expected, atol=1e-6)
+    posts.rename(columns={"title": "Title", "body": "Body"}).to_csv(tmp_path / "Posts.csv", index=False)
+    score_file(tmp_path / "Posts.csv", tmp_path / "Out.csv", det, progress=False)  # names in another case
+    np.testing.assert_allclose(pd.read_csv(tmp_path / "Out.csv")["duplicate_probability"], expected, atol=1e-6)
