@@ -88,8 +88,8 @@ class DuplicateDetector:
 
     def use_backend(self, backend: str = "auto", threads: int | None = None) -> "DuplicateDetector":
         """Run transformer encoders with 'torch', ONNX Runtime 'onnx' (fp32) or 'onnx-int8' (CPU only), or any
-        model in torch under the CPU's bf16 autocast ('bf16'); 'auto' picks ONNX int8 for a transformer on the
-        CPU, bf16 for a BiLSTM model on a CPU with native bf16, else torch.
+        model in torch under the CPU's bf16 autocast ('bf16'); 'auto' picks bf16 on a CPU with native bf16, else
+        ONNX int8 for a transformer on the CPU, else torch.
         `threads`: ONNX Runtime's intra-op threads (default: torch's current count)."""
         from . import onnxrt
 
@@ -444,8 +444,7 @@ def load(path=None, device: str = "auto", backend: str = "auto") -> DuplicateDet
     """Load a run directory or a bundled model by name (None → the bundled default model, 'fast' → the bundled
     BiLSTM; see `resolve_model_path`) as a `DuplicateDetector`.
 
-    `backend`: 'auto' (ONNX Runtime int8 for a transformer on the CPU, torch otherwise), 'torch', 'onnx'
-    (fp32) or 'onnx-int8'; see `DuplicateDetector.use_backend`."""
+    `backend`: 'auto', 'torch', 'onnx' (fp32), 'onnx-int8' or 'bf16'; see `DuplicateDetector.use_backend`."""
     path = resolve_model_path(path)
     dev = resolve_device(device)
     if (path / ENSEMBLE_FILE).exists():

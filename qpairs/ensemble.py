@@ -111,6 +111,35 @@ def write_ensemble(ensemble: Ensemble, models: list, out, report: dict | None = 
     return out
 
 
+def check_members(models: list, members: list, validation) -> None:
+    """Refuse members that cannot make one ensemble: the same model twice, models that read different inputs
+    (title/body posts against question pairs), or a member whose saved training split holds validation pairs (it
+    would look best for having seen them)."""
+    from .search import model_fingerprint
+    from .splits import among_pairs
+
+    seen: dict[str, str] = {}
+    for name, det in zip(models, members):
+        fingerprint = model_fingerprint(det)
+        if fingerprint in seen:
+            raise ValueError(f"{name} is the same model as {seen[fingerprint]}: list each member once")
+        seen[fingerprint] = name
+    kinds = {name: "title/body posts" if (det.config.get("train") or {}).get("left_col") else "question pairs"
+             for name, det in zip(models, members)}
+    if len(set(kinds.values())) > 1:
+        raise ValueError("the members read different inputs (" + ", ".join(f"{n}: {k}" for n, k in kinds.items())
+                         + "): an ensemble mixes models of one kind")
+    for name, det in zip(models, members):
+        trained = Path(det.path or "") / "splits" / "train.csv.gz"
+        if det.path is not None and trained.exists():
+            from .data import read_table
+
+            seen_pairs = len(among_pairs(validation, [read_table(trained)]))
+            if seen_pairs:
+                raise ValueError(f"{seen_pairs} of the {len(validation)} validation pairs are training pairs of "
+                                 f"{name} ({trained}): give validation pairs that no member trained on")
+
+
 def ensemble_command(models: list, validation: list, out, step: float = 0.05, threshold: str = "accuracy",
                      device: str = "cpu", on_bad_row: str = "error", familiar: list | None = None,
                      unfamiliar_share: float = 1.0, **columns) -> dict:
@@ -138,6 +167,7 @@ def ensemble_command(models: list, validation: list, out, step: float = 0.05, th
     if nested:
         raise ValueError(f"{nested[0]} is an ensemble itself: list its members instead (an ensemble's members are "
                          "single models)")
+    check_members(models, members, frame)
     familiarity = None
     if familiar:
         from .familiarity import Familiarity, pooled_vectors, require_question_model, training_questions

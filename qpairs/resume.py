@@ -4,10 +4,11 @@ checkpoints saved within an epoch. `qpairs.train` writes through `save_epoch` an
 `resumed_config` and `load_last`."""
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import torch
@@ -15,6 +16,8 @@ from safetensors.torch import load_file, save_file
 
 from .checkpoint import read_json, save_model, write_json
 from .config import TrainConfig
+
+log = logging.getLogger("qpairs")
 
 LAST = "last"  # resumable state inside a run directory
 SETTINGS = "settings.json"  # a run's training settings, from its start
@@ -111,10 +114,27 @@ def resumed_config(cfg, run_dir: Path):
         saved = read_json(run_dir / SETTINGS) if cfg.resume and (run_dir / SETTINGS).exists() else {}
     epochs = cfg.epochs if cfg.epochs is not None else saved.get("epochs", TrainConfig.epochs)
     if saved:
+        _warn_ignored(cfg, saved)
         cfg = TrainConfig(**{**saved, "resume": True, "out": cfg.out, "epochs": epochs, "device": cfg.device,
                              "progress": cfg.progress, "checkpoint_minutes": cfg.checkpoint_minutes})
     cfg.epochs = epochs
     return cfg, source
+
+
+RESUME_KEEPS = ("resume", "out", "epochs", "device", "progress", "checkpoint_minutes")  # this call's, not the run's
+
+
+def _warn_ignored(given, saved: dict) -> None:
+    """Warn about settings given with --resume that differ from the run's own (the run's are kept)."""
+    ignored = []
+    for f in fields(TrainConfig):
+        default = f.default if f.default is not MISSING else f.default_factory()
+        value = getattr(given, f.name)
+        if f.name not in RESUME_KEEPS and value != default and value != saved.get(f.name, default):
+            ignored.append(f"--{f.name.replace('_', '-')} {value}")
+    if ignored:
+        log.warning("--resume continues the run with its own settings; ignored: %s (train a new --out to change "
+                    "them; --epochs extends the run)", ", ".join(ignored))
 
 
 def write_settings(cfg, run_dir: Path) -> None:

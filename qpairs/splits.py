@@ -39,17 +39,20 @@ def load_splits(cfg: TrainConfig, run_dir: Path, write: bool = True) -> dict:
     train = split_train = splits["train"]
     held_out = [splits["validation"], splits["test"]]
     if cfg.extra_train:
-        extra = without_pairs(qdata.load_pairs(cfg.extra_train, on_bad_row=cfg.on_bad_row), held_out)
-        extra = without_pairs(extra[extra["is_duplicate"] >= 0], [train])
-        log.info("training split: +%d pairs from %s", len(extra), ", ".join(cfg.extra_train))
+        extra, info["extra_train"] = extra_training_pairs(cfg, train, held_out)
         train = pd.concat([train, extra], ignore_index=True)
         info["extra_train_pairs"] = len(extra)
     if cfg.infer_negatives:
         train = add_inferred_negatives(train, cfg.infer_negatives, held_out, cfg.seed)
         info["inferred_negatives"] = int((train["source"] == "inferred_negative").sum())
     if cfg.balance == "subsample":
+        before = len(train)
         train = qdata.subsample_to_rate(train, cfg.train_pos_rate, cfg.seed)
+        log.info("training on %d of %d training pairs (--balance subsample to duplicate rate %g)", len(train),
+                 before, cfg.train_pos_rate)
     if cfg.max_train_pairs and len(train) > cfg.max_train_pairs:
+        log.info("training on a seeded sample of %d of %d training pairs (--max-train-pairs)", cfg.max_train_pairs,
+                 len(train))
         train = train.sample(n=cfg.max_train_pairs, random_state=cfg.seed).reset_index(drop=True)
     # --teacher-labels, or --teacher scoring the kept pairs of the split (not the added ones)
     teacher_files = teacher_label_files(cfg, run_dir, among_pairs(train, [split_train]) if cfg.teacher else None,
@@ -72,6 +75,35 @@ def load_splits(cfg: TrainConfig, run_dir: Path, write: bool = True) -> dict:
     return splits
 
 
+def extra_training_pairs(cfg, train, held_out) -> tuple[pd.DataFrame, dict]:
+    """The labelled pairs of `cfg.extra_train` that may join the training split, and what was left out: a
+    validation/test pair, a pair holding a validation/test question (a question split keeps every held-out
+    question out of training), a pair the training split has already (its label is kept)."""
+    extra = qdata.load_pairs(cfg.extra_train, on_bad_row=cfg.on_bad_row)
+    extra = extra[extra["is_duplicate"] >= 0]
+    counts = {"read": len(extra)}
+    keep = ~_in_pairs(extra, held_out)
+    counts["held_out_pairs"] = int((~keep).sum())
+    if cfg.split_by == "question":
+        questions = {qdata.split_key(q) for f in held_out for q in pd.concat([f["question1"], f["question2"]])}
+        shares = extra["question1"].map(qdata.split_key).isin(questions) | extra["question2"].map(
+            qdata.split_key).isin(questions)
+        counts["held_out_questions"] = int((keep & shares.to_numpy()).sum())
+        keep &= ~shares.to_numpy()
+    extra = extra[keep]
+    known = _in_pairs(extra, [train])
+    counts["already_training_pairs"] = int(known.sum())
+    extra = extra[~known].reset_index(drop=True)
+    counts["added"] = len(extra)
+    left_out = ", ".join(f"{n} {what}" for n, what in (
+        (counts["held_out_pairs"], "validation/test pairs"),
+        (counts.get("held_out_questions", 0), "with a validation/test question"),
+        (counts["already_training_pairs"], "already training pairs (their training label kept)")) if n)
+    log.info("training split: +%d of the %d labelled pairs of %s%s", len(extra), counts["read"],
+             ", ".join(cfg.extra_train), f" (left out: {left_out})" if left_out else "")
+    return extra, counts
+
+
 def report_set_aside(info: dict, own_files: bool) -> None:
     """Say how many validation/test pairs the split set aside and why; warn when the caller's own files hold another
     duplicate rate than the one their validation pairs were brought to (the calibration assumes that rate)."""
@@ -84,7 +116,9 @@ def report_set_aside(info: dict, own_files: bool) -> None:
             log.info("%s: %d pairs set aside to bring the duplicate rate from %.3f to %g (--eval-rate)", name,
                      aside["to_reach_eval_rate"], aside["own_duplicate_rate"], rate)
     own = info.get("set_aside", {}).get("validation", {}).get("own_duplicate_rate")
-    if own_files and rate is not None and own is not None and abs(own - rate) > 0.05 and distributed.is_main():
+    one_class = own in (0.0, 1.0)  # refused next, with its own reason
+    if own_files and rate is not None and own is not None and not one_class and abs(own - rate) > 0.05 \
+            and distributed.is_main():
         log.warning("your validation pairs have a duplicate rate of %.3f; they were subsampled to %g (--eval-rate), "
                     "and the calibrated probabilities assume that rate: pass --eval-rate %.2f to keep your data's "
                     "rate", own, rate, min(max(own, 0.01), 0.99))

@@ -186,7 +186,7 @@ def test_limits_are_stated_in_help_and_on_the_web_page(capsys):
     assert "English only" in page and "Quora" in page
 
 
-def test_train_resume_keeps_the_runs_epochs_and_interrupt_is_one_line(tmp_path, monkeypatch, capsys):
+def test_train_resume_keeps_the_runs_epochs_and_interrupt_is_one_line(tmp_path, monkeypatch, capsys, caplog):
     import qpairs.train
 
     data = tmp_path / "pairs.csv"
@@ -196,6 +196,10 @@ def test_train_resume_keeps_the_runs_epochs_and_interrupt_is_one_line(tmp_path, 
     assert main(["train", *flags, "--epochs", "1"]) == 0
     assert main(["train", *flags, "--resume"]) == 0  # no --epochs: the run's own 1, nothing left to train
     assert [h["epoch"] for h in json.loads((tmp_path / "run" / "history.json").read_text())] == [1]
+    with caplog.at_level("WARNING", logger="qpairs"):  # settings that differ from the run's: said, not taken
+        assert main(["train", *flags, "--resume", "--lr", "0.5", "--hidden-size", "16"]) == 0
+    warning = next(r.getMessage() for r in caplog.records if "ignored:" in r.getMessage())
+    assert "--hidden-size 16" in warning and "--lr 0.5" in warning and "--data" not in warning
 
     def interrupted(cfg):
         raise KeyboardInterrupt

@@ -276,3 +276,28 @@ def test_columns_are_found_in_any_case_and_an_ambiguous_one_is_refused(tmp_path)
     (tmp_path / "two.csv").write_text("Id,ID,question\n1,2,How?\n")
     with pytest.raises(qd.DataError, match=r"columns \['Id', 'ID'\] could each be the id column"):
         qd.read_questions(tmp_path / "two.csv")
+
+
+def test_extra_training_pairs_never_bring_a_held_out_question_into_training(tmp_path, caplog):
+    from qpairs.config import TrainConfig
+    from qpairs.splits import load_splits
+
+    make_pairs(600).to_csv(tmp_path / "mine.csv", index=False)
+    cfg = TrainConfig(data=[str(tmp_path / "mine.csv")], out=str(tmp_path / "run"))
+    plain = load_splits(cfg, tmp_path / "run", write=False)
+    test, train = plain["test"], plain["train"]
+    extra = pd.DataFrame({  # test questions paired up anew, a test pair, a training pair, two new questions
+        "question1": list(test["question1"][:5]) + [test["question1"].iloc[0], train["question1"].iloc[0], "New a?"],
+        "question2": list(test["question2"][5:10]) + [test["question2"].iloc[0], train["question2"].iloc[0], "New b?"],
+        "is_duplicate": [1, 0, 1, 0, 1, 1, 1 - int(train["is_duplicate"].iloc[0]), 1]})
+    extra.to_csv(tmp_path / "extra.csv", index=False)
+    cfg.extra_train = [str(tmp_path / "extra.csv")]
+    with caplog.at_level("INFO", logger="qpairs"):
+        splits = load_splits(cfg, tmp_path / "run", write=False)
+    held = {qd.split_key(q) for part in ("validation", "test") for q in pd.concat(
+        [splits[part]["question1"], splits[part]["question2"]])}
+    trained = pd.concat([splits["train"]["question1"], splits["train"]["question2"]]).map(qd.split_key)
+    assert not trained.isin(held).any()
+    assert len(splits["train"]) == len(train) + 1  # only the pair of new questions joins
+    assert ("+1 of the 8 labelled pairs of" in caplog.text and "1 validation/test pairs" in caplog.text
+            and "5 with a validation/test question" in caplog.text and "1 already training pairs" in caplog.text)

@@ -208,3 +208,20 @@ def test_a_transformer_primary_takes_onnx_and_its_token_states_while_the_bilstm_
     assert ens.backend == "onnx+torch"
     with pytest.raises(ValueError, match="names 3 backends for 2 members"):
         ens.use_backend("torch+torch+torch")
+
+
+def test_members_that_cannot_make_one_ensemble_are_refused(members, tmp_path, capsys):
+    import shutil
+
+    runs, val_csv = members
+    copy = tmp_path / "copy"
+    shutil.copytree(runs[0], copy)  # the same model under another name
+    assert main(["ensemble", str(runs[0]), str(copy), "--validation", str(val_csv), "-o", str(tmp_path / "e1")]) == 2
+    assert "is the same model as" in capsys.readouterr().err
+    seen = tmp_path / "seen"
+    shutil.copytree(runs[1], seen)
+    (seen / "splits").mkdir(exist_ok=True)
+    pd.read_csv(val_csv).head(40).to_csv(seen / "splits" / "train.csv.gz", index=False)  # it trained on 40 of them
+    assert main(["ensemble", str(runs[0]), str(seen), "--validation", str(val_csv), "-o", str(tmp_path / "e2")]) == 2
+    assert "40 of the 300 validation pairs are training pairs of" in capsys.readouterr().err
+    assert not (tmp_path / "e1").exists() and not (tmp_path / "e2" / "ensemble.json").exists()

@@ -67,13 +67,16 @@ def test_training_never_uses_the_runtime(bert_detector):
     enc.eval()
 
 
-def test_auto_backend_choices(bert_detector, tiny_run):
+@pytest.mark.parametrize("bf16", [True, False])
+def test_auto_backend_choices(bert_detector, tiny_run, monkeypatch, bf16):
     from qpairs import load
 
-    assert onnxrt.resolve_backend("auto", torch.device("cpu"), bert_detector.model) == onnxrt.AUTO_CPU_BACKEND
+    monkeypatch.setattr(onnxrt, "native_bf16", lambda: bf16)  # a CPU with native bf16 runs every model in bf16
+    cpu = "bf16" if bf16 else onnxrt.AUTO_CPU_BACKEND
+    assert onnxrt.resolve_backend("auto", torch.device("cpu"), bert_detector.model) == cpu
     assert onnxrt.resolve_backend("auto", torch.device("cuda"), bert_detector.model) == "torch"
     lstm = load(tiny_run, device="cpu")
-    assert lstm.backend == ("bf16" if onnxrt.native_bf16() else "torch")  # auto: LSTMs run in torch
+    assert lstm.backend == ("bf16" if bf16 else "torch")
     with pytest.raises(ValueError, match="transformer encoders"):
         load(tiny_run, device="cpu", backend="onnx")
     with pytest.raises(ValueError, match="unknown backend 'tensorrt'"):
@@ -118,6 +121,7 @@ def test_auto_falls_back_to_torch_when_the_export_fails(bert_detector, monkeypat
         raise OSError("read-only file system")
 
     monkeypatch.setattr(onnxrt, "export", broken)
+    monkeypatch.setattr(onnxrt, "native_bf16", lambda: False)  # where auto picks ONNX for a transformer
     ref = bert_detector.encode(TEXTS)
     with caplog.at_level("WARNING", logger="qpairs"):
         bert_detector.use_backend("auto")
@@ -274,7 +278,8 @@ def test_scoring_a_cached_export_imports_neither_the_base_model_code_nor_onnx(ti
     monkeypatch.setenv("QPAIRS_CACHE", str(tmp_path / "cache"))
     frozen_run(tiny_bert, tmp_path / "run")
     load(tmp_path / "run", device="cpu", backend="onnx-int8")  # exports once
-    code = (f"import sys, qpairs; det = qpairs.load({str(tmp_path / 'run')!r}, device='cpu'); "
+    code = (f"import sys, qpairs; det = qpairs.load({str(tmp_path / 'run')!r}, device='cpu', "
+            "backend='onnx-int8'); "
             "det.predict_proba('How do I learn Python?', 'Is Java hard?'); "
             "print(det.backend, sorted(m for m in ('onnx', 'transformers.models.bert.modeling_bert') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
