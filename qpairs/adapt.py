@@ -186,7 +186,9 @@ def adapt(run, data, out, threshold: str = "accuracy", folds: int = 5, head: boo
     method = calibration or det.calibrator.method
     q1, q2 = list(frame["question1"]), list(frame["question2"])
 
-    d0 = det.distances(q1, q2).astype(np.float64)
+    from .progress import pairs_in_chunks
+
+    d0 = pairs_in_chunks(det.distances, q1, q2, "scoring pairs").astype(np.float64)
     before = classification_metrics(y, det.calibrator.predict_proba(d0), det.threshold)
     head_fit, scorer = None, None
     if head:

@@ -22,6 +22,7 @@ from .checkpoint import write_json
 from .detector import BUNDLES, ENSEMBLE_FILE, Ensemble, bundle_name, load
 from .metrics import classification_metrics
 from .operating_point import OperatingPointError
+from .progress import pairs_in_chunks
 
 log = logging.getLogger("qpairs")
 
@@ -53,7 +54,8 @@ def fit_ensemble(members: list, q1: list[str], q2: list[str], labels, step: floa
     grid = weight_grid(len(members), step)
     probe = Ensemble(members, grid[0], Calibrator("platt"))
     pooled: dict = {}
-    logits = probe.member_logits(q1, q2, pooled=pooled)
+    logits = pairs_in_chunks(lambda a, b: probe.member_logits(a, b, pooled=pooled), q1, q2,
+                             f"scoring validation pairs with {len(members)} members")
 
     def distances(weights) -> np.ndarray:
         probe.weights = np.asarray(weights, dtype=np.float64)

@@ -35,8 +35,10 @@ def evaluate_frame(det, frame: pd.DataFrame, report_dir=None, history=None,
     `test_prior`: the duplicate rate the data is known to have (e.g. 0.5 for a balanced set); the calibrated
     probabilities are re-weighted to it by Bayes' rule before the stored threshold is applied.
     """
+    from .progress import pairs_in_chunks
+
     labelled = labelled_pairs(frame)
-    d = det.distances(list(labelled["question1"]), list(labelled["question2"]))
+    d = pairs_in_chunks(det.distances, list(labelled["question1"]), list(labelled["question2"]), "scoring pairs")
     return evaluate_distances(det.calibrator, d, labelled["is_duplicate"].to_numpy(), report_dir, history, test_prior,
                               about)
 

@@ -45,3 +45,16 @@ def _on_terminal() -> bool:
         return sys.stderr.isatty()
     except (AttributeError, ValueError):  # a closed or replaced stream
         return False
+
+
+def pairs_in_chunks(fn, q1: list, q2: list, desc: str = "pairs", show: bool | None = None, size: int = 2048):
+    """`fn(q1, q2)` (an array per pair, on its last axis) computed `size` pairs at a time under a progress bar; a
+    pair's result does not depend on its batch, so it equals one call on all of them."""
+    import numpy as np
+
+    parts = []
+    with progress_bar(total=len(q1), desc=desc, unit="pair", show=show if len(q1) > size else False) as bar:
+        for start in range(0, len(q1), size):
+            parts.append(np.asarray(fn(q1[start : start + size], q2[start : start + size])))
+            bar.update(len(q1[start : start + size]))
+    return np.concatenate(parts, axis=-1) if parts else np.asarray(fn(q1, q2))

@@ -40,3 +40,18 @@ def test_show_false_writes_nothing(monkeypatch, capsys):
             time.sleep(0.01)
             bar.update(1)
     assert capsys.readouterr().err == ""
+
+
+def test_pairs_in_chunks_equals_one_call_and_counts_every_pair(capsys):
+    import numpy as np
+
+    from qpairs.progress import pairs_in_chunks
+
+    def both(a, b):  # [2, pairs], as an ensemble's member logits
+        one = np.array([len(x) - len(y) for x, y in zip(a, b)], dtype=float)
+        return np.stack([one, 2 * one])
+
+    q1, q2 = [f"q{i}?" for i in range(5000)], [f"question {i}?" for i in range(5000)]
+    np.testing.assert_array_equal(pairs_in_chunks(both, q1, q2, "scoring", show=True, size=1000), both(q1, q2))
+    assert "5000/5000" in capsys.readouterr().err
+    assert pairs_in_chunks(both, [], [], show=False).shape == (2, 0)
