@@ -379,7 +379,10 @@ def cmd_index(args) -> int:
     index = index_file(args.questions, args.out, args.model, args.text_col, args.id_col, args.kind, args.append,
                        args.device, args.batch_size, backend=args.backend, space=args.space, side=args.side,
                        bm25_weight=args.bm25_weight, maxsim_weight=args.maxsim_weight)
-    print(f"{index} written to {args.out}")
+    said = str(index)
+    if args.side in ("body", "title"):  # a title/body index holds posts' bodies or titles, not questions
+        said = said.replace(" questions (", f" {dict(body='bodies', title='titles')[args.side]} (", 1)
+    print(f"{said} written to {args.out}")
     return 0
 
 

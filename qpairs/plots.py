@@ -69,7 +69,8 @@ def save_report_plots(directory, labels, probs, distances, history: list[dict] |
     for lab, name in ((1, "duplicates"), (0, "non-duplicates")):
         if (y == lab).any():
             ax.hist(d[y == lab], bins=bins, alpha=0.6, density=True, label=name)
-    ax.set(xlabel="distance", ylabel="density", title="Distance by class")
+    ax.set(xlabel="distance (lower = more alike; −logit for a pair head or an ensemble)", ylabel="density",
+           title="Distance by class")
     ax.legend()
     save(fig, "distance_histogram.png")
 
@@ -80,5 +81,6 @@ def save_report_plots(directory, labels, probs, distances, history: list[dict] |
         for ax, k in zip(np.atleast_1d(axes), keys):
             ax.plot(epochs, [h.get(k) for h in history], "o-")
             ax.set(xlabel="epoch", title=k)
+            ax.set_xticks(epochs if len(epochs) <= 12 else ax.get_xticks())  # whole epochs, even for one
         save(fig, "training_curves.png")
     return written
