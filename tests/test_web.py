@@ -43,6 +43,7 @@ def page(url):
 def test_typing_a_question_lists_its_duplicates(page):
     ARTIFACTS.mkdir(exist_ok=True)
     sync_api.expect(page.locator("#status")).to_contain_text("200 questions indexed")
+    sync_api.expect(page.locator("#about-default")).to_be_hidden()  # notes on the bundled default: not this model
     page.locator("#question").press_sequentially("who invented PIANO?", delay=10)
     first = page.locator("#results li").first
     sync_api.expect(first.locator(".text")).to_have_text("Who invented piano?")

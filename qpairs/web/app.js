@@ -27,6 +27,8 @@ async function loadStatus() {
     const h = await api("/health");
     threshold = h.model.threshold;
     hasIndex = h.index !== null;
+    const bundledDefault = /[\\/]default_model$/.test(h.model.path || "");
+    $("about-default").hidden = !bundledDefault;  // the footer's notes on the default model fit it alone
     const idx = hasIndex ? `${h.index.size.toLocaleString()} questions indexed` : "no question index loaded";
     $("status").textContent = `model ${h.model.id} (${h.model.encoder}) · ${idx} · duplicate above ${pct(threshold)}`;
     if (!hasIndex) {
