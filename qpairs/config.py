@@ -159,13 +159,13 @@ class TrainConfig:
             raise ValueError(f"--distill-weight must be in [0, 1], not {c.distill_weight}")
         if c.tokens not in ("word", "wordpiece"):
             raise ValueError(f"--tokens must be word or wordpiece, not {c.tokens!r}")
+        if c.tokens == "wordpiece" and c.word_vectors == "glove":
+            raise ValueError("--tokens wordpiece has no GloVe vectors: use --word-vectors minilm (MiniLM's own piece "
+                             "vectors) or none")
         if c.word_vectors == "glove" and "lstm" in (c.encoder, c.left_encoder, c.right_encoder) \
                 and c.embedding_dim != 50:
             raise ValueError(f"GloVe vectors are 50-d, so --embedding-dim {c.embedding_dim} cannot apply: pass "
                              "--word-vectors minilm (any width) or --no-glove (learnt from scratch), or leave it at 50")
-        if c.tokens == "wordpiece" and c.word_vectors == "glove":
-            raise ValueError("--tokens wordpiece has no GloVe vectors: use --word-vectors minilm (MiniLM's own piece "
-                             "vectors) or none")
         c.distance = c.distance or ("cosine" if c.loss == "online_contrastive" else "euclidean")
         lstm = c.encoder == "lstm"
         c.lr = c.lr if c.lr is not None else (2e-3 if lstm else 2e-5)

@@ -322,6 +322,8 @@ class TransformerEncoder(nn.Module):
 
     def token_counts(self, texts) -> list[int]:
         """How many pieces `tokenize` gives each text (special tokens included, after truncation)."""
+        if not len(texts):
+            return []
         enc = self.tokenizer([model_text(t) for t in texts], truncation=True, max_length=self.config["max_length"])
         return [len(ids) for ids in enc["input_ids"]]
 

@@ -40,13 +40,15 @@ def test_predict_proba_shapes_and_predict(det):
 def test_bad_arguments_have_clear_errors(det):
     with pytest.raises(ValueError, match="same length, got 2 and 1"):
         det.predict_proba(["a", "b"], ["c"])
-    with pytest.raises(TypeError, match=r"q2\[1\] must be a string, not float"):
+    with pytest.raises(TypeError, match=r"q2\[1\] is missing \(None/NaN\)"):
         det.predict_proba(["a", "b"], ["c", float("nan")])
+    with pytest.raises(TypeError, match=r"q2\[1\] must be a string, not float \(2.5\)"):
+        det.predict_proba(["a", "b"], ["c", 2.5])
     with pytest.raises(TypeError, match="two strings or two equal-length sequences"):
         det.predict_proba("a", ["b"])
     with pytest.raises(TypeError, match="q1 must be a string or a sequence of strings, not int"):
         det.predict_proba(3, 4)
-    with pytest.raises(TypeError, match=r"texts\[0\] must be a string"):
+    with pytest.raises(TypeError, match=r"texts\[0\] is missing \(None/NaN\)"):
         det.encode([None])
     with pytest.raises(ValueError, match=r"q1 is not a question: empty question \(''\)"):
         det.predict_proba("", "x")
