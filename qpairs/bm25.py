@@ -17,6 +17,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .text import model_text
+
 TITLE_BODY_BM25_WEIGHT = 0.1  # an index of a title/body run's titles or bodies (`QuestionIndex.empty`, "auto"): the
 # weight chosen on validation posts of the training sites
 STATS_SAMPLE = 4096  # rows of the bank (all, when fewer) whose model similarities standardise each query's
@@ -62,7 +64,7 @@ class LexicalIndex:
     def build(cls, texts: list[str]) -> "LexicalIndex":
         bm25s = _bm25s()
         stem = _stemmer()
-        tokens = bm25s.tokenize(list(texts), stopwords="en", stemmer=stem, show_progress=False)
+        tokens = bm25s.tokenize([model_text(t) for t in texts], stopwords="en", stemmer=stem, show_progress=False)
         retriever = None
         if any(len(ids) for ids in tokens.ids):
             retriever = bm25s.BM25(k1=1.2, b=0.75)
@@ -75,8 +77,8 @@ class LexicalIndex:
         if self.retriever is None or not len(queries):
             return out
         bm25s = _bm25s()
-        tokens = bm25s.tokenize(list(queries), stopwords="en", stemmer=self._stem, show_progress=False,
-                                return_ids=False)
+        tokens = bm25s.tokenize([model_text(q) for q in queries], stopwords="en", stemmer=self._stem,
+                                show_progress=False, return_ids=False)
         for i, words in enumerate(tokens):
             if words:  # a query of stop words or punctuation only shares no word with any text
                 out[i] = self.retriever.get_scores(words)

@@ -5,6 +5,8 @@ import functools
 
 import numpy as np
 
+from .text import model_text
+
 
 @functools.cache
 def _ngram_vectorizer():
@@ -18,5 +20,5 @@ def lexical_similarity(query: str, texts: list[str]) -> np.ndarray:
     """Cosine of character 3-5-gram counts (log-scaled, within word boundaries) between `query` and each text."""
     from sklearn.preprocessing import normalize
 
-    grams = normalize(_ngram_vectorizer().transform([query] + list(texts)).log1p())
+    grams = normalize(_ngram_vectorizer().transform([model_text(t) for t in [query, *texts]]).log1p())
     return (grams[1:] @ grams[0].T).toarray()[:, 0]

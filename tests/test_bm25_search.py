@@ -266,3 +266,12 @@ def test_a_token_share_ranks_by_the_late_interaction_score(bank):
     assert not np.array_equal(ranks[(1.0, 0.0)], ranks[(0.0, 0.0)])
     with pytest.raises(ValueError, match="token states"):
         fused_pool_ranks(det, posts, title_emb, body_emb, 20, 0, [0.0], token_shares=(0.5,))
+
+
+def test_lexical_scores_read_text_as_the_encoders_do():
+    from qpairs.bm25 import LexicalIndex
+    from qpairs.ngram import lexical_similarity
+
+    index = LexicalIndex.build(["how to learn Py\u200bthon fast", "java basics"])  # a zero-width space in a word
+    assert index.scores(["python"])[0, 0] > 0 and index.scores(["python"])[0, 1] == 0
+    assert lexical_similarity("Python", ["Py\u00adthon", "Java"])[0] == pytest.approx(1.0)
