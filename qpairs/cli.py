@@ -48,7 +48,8 @@ TRAIN_HELP = {
     "progress": "progress bar over the whole run with its remaining time (default: only on a terminal)",
     "loss": "contrastive, online_contrastive (hard pairs only), triplet (FaceNet) or mnrl (in-batch InfoNCE)",
     "margin": "loss margin (default: contrastive 1.0, online_contrastive and triplet 0.5)",
-    "triplet_negatives": "triplet/mnrl negatives: labelled (the anchor's labelled non-duplicates, else random) or random",
+    "triplet_negatives": "triplet/mnrl negatives: labelled (the anchor's labelled non-duplicates, else those of its "
+                         "duplicate group, else random) or random",
     "mining": "triplet/mnrl: none, batch_hard or semi_hard choice of each negative among the batch's rows",
     "tokens": "BiLSTM input tokens: word (a vocabulary of the training words; unseen words are unknown) or "
               "wordpiece (all-MiniLM-L6-v2's 30,522 WordPiece tokens: a rare word is spelled in known pieces; "

@@ -291,10 +291,12 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
                 save_epoch(run_dir, model, optimizer, scheduler, state, train_config, cal if improved else None)
                 clock.reset()
 
-    if distributed.is_main():  # the final evaluation runs on rank 0 alone
+    main = distributed.is_main()
+    if main:  # the final evaluation runs on rank 0 alone
         finish(run_dir, model, objective, val_df, test_df, state["history"], cfg)
     distributed.cleanup()
-    check_operating_point(run_dir)
+    if main:  # the other ranks need not wait for rank 0's files
+        check_operating_point(run_dir)
     return run_dir
 
 

@@ -146,7 +146,8 @@ class TripletSampler:
     """Per-epoch (anchor, positive, negative) triplets from a `DuplicateGraph`.
 
     Each positive pair gives one triplet per epoch, in a random orientation; the negative is
-    drawn fresh every epoch from `negatives` ("labelled" with a random fallback, or "random").
+    drawn fresh every epoch from `negatives` ("labelled": the anchor's labelled non-duplicates, else its group's,
+    else random; or "random").
     """
 
     def __init__(self, graph: DuplicateGraph, negatives: str = "labelled", transitive: bool = True,
