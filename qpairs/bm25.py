@@ -17,8 +17,6 @@ from pathlib import Path
 
 import numpy as np
 
-from .text import model_text
-
 TITLE_BODY_BM25_WEIGHT = 0.1  # an index of a title/body run's titles or bodies (`QuestionIndex.empty`, "auto"): the
 # weight chosen on validation posts of the training sites
 STATS_SAMPLE = 4096  # rows of the bank (all, when fewer) whose model similarities standardise each query's
@@ -62,6 +60,8 @@ class LexicalIndex:
 
     @classmethod
     def build(cls, texts: list[str]) -> "LexicalIndex":
+        from .text import model_text  # here: `qpairs --help` reads this module's weights without pandas
+
         bm25s = _bm25s()
         stem = _stemmer()
         tokens = bm25s.tokenize([model_text(t) for t in texts], stopwords="en", stemmer=stem, show_progress=False)
@@ -76,6 +76,8 @@ class LexicalIndex:
         out = np.zeros((len(queries), self.size), dtype=np.float32)
         if self.retriever is None or not len(queries):
             return out
+        from .text import model_text
+
         bm25s = _bm25s()
         tokens = bm25s.tokenize([model_text(q) for q in queries], stopwords="en", stemmer=self._stem,
                                 show_progress=False, return_ids=False)

@@ -6,9 +6,8 @@ data in `qpairs.splits`, fresh models in `qpairs.builders`, the loss of a batch 
 `qpairs.checkpoint`, and the metrics of a calibrated model in `qpairs.evaluate`. Each epoch's validation and the
 final evaluation (metrics.json) compute distances by one function, `frame_distances` (a frozen base: from its
 cache, which holds the test texts too), so the best epoch's row of history.json is metrics.json's. `resume=True`
-continues from ``last/``, saved at each epoch end and every ``checkpoint_minutes`` within an
-epoch. The batch order of an epoch follows from the seed alone, so a resumed epoch skips the
-batches already trained and goes on exactly.
+continues from ``last/``, saved at each epoch end and every ``checkpoint_minutes`` within an epoch. The batch
+order of an epoch follows from the seed alone, so a resumed epoch skips the batches already trained exactly.
 """
 from __future__ import annotations
 
@@ -291,11 +290,11 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
                 save_epoch(run_dir, model, optimizer, scheduler, state, train_config, cal if improved else None)
                 clock.reset()
 
-    main = distributed.is_main()
-    if main:  # the final evaluation runs on rank 0 alone
+    main = distributed.is_main()  # the final evaluation and its check run on rank 0 alone, which wrote the files
+    if main:
         finish(run_dir, model, objective, val_df, test_df, state["history"], cfg)
     distributed.cleanup()
-    if main:  # the other ranks need not wait for rank 0's files
+    if main:
         check_operating_point(run_dir)
     return run_dir
 
