@@ -19,8 +19,8 @@ def load(path=None, device: str = "auto", backend: str = "auto"):
     """Load a run directory or a bundled model by name (None or 'default' → the bundled default model, 'fast' →
     the bundled BiLSTM; a bare name means the bundle, './fast' a folder) as a `DuplicateDetector`.
 
-    backend: 'auto' (bf16 on a CPU with native bf16; else ONNX Runtime int8 for a transformer on the CPU; else
-    torch), 'torch', 'onnx', 'onnx-int8', 'bf16'.
+    backend: 'auto' (ONNX Runtime int8 for a transformer on the CPU; bf16 for a BiLSTM on a CPU with native
+    bf16; else torch), 'torch', 'onnx', 'onnx-int8', 'bf16'.
     """
     from .detector import load as _load
 

@@ -155,8 +155,8 @@ def _add_backend_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--backend", default="auto", choices=BACKENDS,
                         help="how the model runs: onnx-int8 (ONNX Runtime, int8 weights; transformer models on "
                              "the CPU), onnx (ONNX Runtime, fp32), torch (fp32 on a CPU), or bf16 (torch with bf16 "
-                             "autocast, on a CPU with native bf16); auto = bf16 on a CPU with native bf16, else "
-                             "onnx-int8 for a transformer on the CPU, else torch (default: auto)")
+                             "autocast, on a CPU with native bf16); auto = onnx-int8 for a transformer on the CPU, "
+                             "bf16 for an LSTM model on a CPU with native bf16, else torch (default: auto)")
 
 
 def _add_known_args(parser: argparse.ArgumentParser) -> None:

@@ -88,8 +88,8 @@ class DuplicateDetector:
 
     def use_backend(self, backend: str = "auto", threads: int | None = None) -> "DuplicateDetector":
         """Run transformer encoders with 'torch', ONNX Runtime 'onnx' (fp32) or 'onnx-int8' (CPU only), or any
-        model in torch under the CPU's bf16 autocast ('bf16'); 'auto' picks bf16 on a CPU with native bf16, else
-        ONNX int8 for a transformer on the CPU, else torch.
+        model in torch under the CPU's bf16 autocast ('bf16'); 'auto' picks ONNX int8 for a transformer on the
+        CPU, bf16 for a BiLSTM model on a CPU with native bf16, else torch.
         `threads`: ONNX Runtime's intra-op threads (default: torch's current count)."""
         from . import onnxrt
 

@@ -21,8 +21,8 @@ from torch import nn
 from .config import BACKENDS
 from .matching import needs_tokens
 
-# What "auto" picks for a transformer on a CPU without native bf16: int8 run row by row, batch-invariant like fp32
-# and faster than it; with native bf16, bf16 in unpadded batches is faster still and nearer fp32 (docs/results.md).
+# What "auto" picks for a transformer on a CPU: int8 run row by row, batch-invariant like fp32 and faster than it,
+# also than bf16 in unpadded batches for files and far more for single pairs (docs/results.md).
 AUTO_CPU_BACKEND = "onnx-int8"
 
 
@@ -48,18 +48,18 @@ def native_bf16() -> bool:
 
 
 def resolve_backend(backend: str | None, device: torch.device, model) -> str:
-    """The backend a detector runs: 'auto' → on a CPU with native bf16, bf16 for any model; on another CPU, ONNX
-    int8 for a transformer when onnxruntime is installed, else torch; torch on a GPU. Asking for ONNX on a GPU or
-    for an LSTM, or for bf16 on a CPU without it, is a clear error."""
+    """The backend a detector runs: 'auto' → ONNX int8 for a transformer on the CPU when onnxruntime is
+    installed, bf16 for a BiLSTM model on a CPU with native bf16, else torch. Asking for ONNX on a GPU or for
+    an LSTM, or for bf16 on a CPU without it, is a clear error."""
     backend = backend or "auto"
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; use one of {', '.join(BACKENDS)}")
     is_transformer = has_transformer(model)
     cpu = device.type == "cpu"
     if backend == "auto":
-        if cpu and native_bf16():
-            return "bf16"
-        return AUTO_CPU_BACKEND if cpu and is_transformer and available() else "torch"
+        if cpu and is_transformer and available():
+            return AUTO_CPU_BACKEND
+        return "bf16" if cpu and not is_transformer and native_bf16() else "torch"
     if backend == "bf16":
         if not cpu:
             raise ValueError(f"backend 'bf16' is the CPU's bf16 path; on {device.type} bf16 is used already "

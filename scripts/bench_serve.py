@@ -139,9 +139,11 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start_server(model: str, port: int, max_wait_ms: float, threads: int | None) -> subprocess.Popen:
+def start_server(model: str, port: int, max_wait_ms: float, threads: int | None,
+                 backend: str = "auto") -> subprocess.Popen:
     cmd = [sys.executable, "-m", "qpairs", "serve", "--model", model, "--host", HOST, "--port", str(port),
-           "--device", "cpu", "--max-wait-ms", str(max_wait_ms)] + (["--threads", str(threads)] if threads is not None else [])
+           "--device", "cpu", "--max-wait-ms", str(max_wait_ms), "--backend", backend] + (
+               ["--threads", str(threads)] if threads is not None else [])
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     import httpx
 
@@ -164,7 +166,7 @@ def bench_predict(args, model: str) -> dict:
     qs = real_questions(400, seed=1)
     pairs = list(zip(qs[:200], qs[200:]))
     port = free_port()
-    proc = start_server(model, port, args.max_wait_ms, args.threads)
+    proc = start_server(model, port, args.max_wait_ms, args.threads, args.backend)
     try:
         asyncio.run(load(port, pairs, args.concurrency, args.warmup, 60))  # warm-up, not counted
         cpu0, client0 = cpu_seconds(proc.pid), time.process_time()
@@ -183,7 +185,7 @@ def bench_predict(args, model: str) -> dict:
 
     from qpairs.service import configure_threads
 
-    det = qpairs.load(model, device="cpu")
+    det = qpairs.load(model, device="cpu", backend=args.backend)
     out["threads"] = configure_threads(det, args.threads)  # as the server does
     for q1, q2 in pairs[:20]:
         det.predict_proba(q1, q2)
@@ -204,7 +206,7 @@ def bench_search(args, model: str) -> dict:
 
     from qpairs.service import configure_threads
 
-    det = qpairs.load(model, device="cpu")
+    det = qpairs.load(model, device="cpu", backend=args.backend)
     configure_threads(det, args.threads)  # the server's thread policy
     queries = real_questions(args.search_queries + 2000, seed=2)
     sample, queries = queries[:2000], queries[2000:]
@@ -265,6 +267,7 @@ def main(argv=None) -> int:
     p.add_argument("--warmup", type=int, default=100)
     p.add_argument("--max-wait-ms", type=float, default=2.0, help="server micro-batching window")
     p.add_argument("--peer-calls", type=int, default=200)
+    p.add_argument("--backend", default="auto", help="model backend, in the server and in-process (default: auto)")
     p.add_argument("--threads", type=int, help="model threads, in the server and in-process (default: the server's "
                    "default, 1 for torch models and up to 4 for ONNX Runtime ones)")
     p.add_argument("--bank", type=int, default=200_000, help="questions in the exact search index")
