@@ -52,16 +52,21 @@ def encoded_batches(encoder, texts, device, batch_size: int, max_waste: float | 
         batch = make(idx)
         return {k: (v.pin_memory() if pin else v) for k, v in batch.items()}
 
+    def forward(idx, batch):
+        batch = _to(batch, device)
+        with autocast():
+            return idx, batch, (run or encoder)(**batch)
+
+    if len(batches) <= 1:  # nothing to tokenize ahead of (a service's single pair): no thread to start
+        yield from (forward(idx, tokenize(idx)) for idx in batches)
+        return
     with ThreadPoolExecutor(1) as pool:
         pending = deque(pool.submit(tokenize, b) for b in batches[:prefetch])
         for i, idx in enumerate(batches):
             batch = pending.popleft().result()
             if i + prefetch < len(batches):
                 pending.append(pool.submit(tokenize, batches[i + prefetch]))
-            batch = _to(batch, device)
-            with autocast():
-                out = (run or encoder)(**batch)
-            yield idx, batch, out
+            yield forward(idx, batch)
 
 
 @torch.inference_mode()
