@@ -19,7 +19,7 @@ import torch
 
 from .encoding import encode_texts
 from .progress import progress_bar
-from .text import TEXT_FOLDING, model_text
+from .text import TEXT_FOLDING, folds_otherwise
 
 log = logging.getLogger("qpairs")
 
@@ -57,7 +57,7 @@ class TextCache:
     def _check_folding(self) -> None:
         """Refuse a cache made before texts were folded if it holds a text that folds otherwise (its states are not
         those of the text the encoder now reads); the others serve as they are."""
-        changed = next((t for t in self.index if model_text(t) != t), None) if self._before_folding else None
+        changed = folds_otherwise(self.index) if self._before_folding else None
         if changed is not None:
             raise ValueError(f"{self.directory}: {self.kind} was made before qpairs read Unicode text in folded "
                              f"form, and it holds such a text ({changed[:60]!r}); use another --embedding-cache "

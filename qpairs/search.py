@@ -63,7 +63,7 @@ from .ngram import lexical_similarity
 from .errors import require_count
 from .progress import progress_bar
 from .retrieval import pairwise_distances
-from .text import TEXT_FOLDING, as_text_list, model_text, question_problem, refuse_non_questions
+from .text import TEXT_FOLDING, as_text_list, folds_otherwise, question_problem, refuse_non_questions
 
 log = logging.getLogger("qpairs")
 
@@ -693,8 +693,7 @@ class QuestionIndex:
         if rerank is not None and tokens:
             require_count(rerank, "rerank")
         if rerank is not None and not tokens:
-            raise ValueError(
-                             "rerank (search --rerank) needs a run whose pair head reads token states (--pair-head "
+            raise ValueError("rerank (search --rerank) needs a run whose pair head reads token states (--pair-head "
                              "matching); this model's probabilities come from the index's vectors themselves")
         if isinstance(questions, (bytes, bytearray)):
             raise TypeError("questions must be a string or a sequence of strings, not bytes (decode them first)")
@@ -741,7 +740,7 @@ def _check_text_folding(index: "QuestionIndex") -> None:
     otherwise (its stored vector would not be the one a query of that text gets); mark the others current."""
     if index.meta.get("text_folding") == TEXT_FOLDING:
         return
-    changed = next((t for t in index.texts if model_text(t) != t), None)
+    changed = folds_otherwise(index.texts)
     if changed is not None:
         raise SearchIndexError(f"{index.path}: built before qpairs read Unicode text in folded form (accents as one "
                                f"letter, no zero-width characters, emoji spelt out), and it holds such a text "

@@ -98,29 +98,33 @@ def _parquet_file(path):
 _UNNAMED_INDEX = re.compile(r"__index_level_\d+__")
 
 
+def _pandas_index(parquet) -> tuple[list[str], list[tuple[str, range]]]:
+    """The pandas index a Parquet file keeps, per its metadata: the index columns stored with values (an unnamed
+    index's included) and the named RangeIndexes kept as start and step only."""
+    index = (parquet.schema_arrow.pandas_metadata or {}).get("index_columns", [])
+    ranges = [(i["name"], range(i["start"], i["stop"], i["step"])) for i in index
+              if isinstance(i, dict) and i.get("kind") == "range" and i.get("name") is not None]
+    return [name for name in index if isinstance(name, str)], ranges
+
+
 def _parquet_layout(parquet) -> tuple[list[str], list[tuple[str, range]]]:
     """The columns a reader sees in a Parquet file, and the named pandas RangeIndexes kept in its metadata only.
 
     A frame that pandas wrote with a named index (``df.set_index('id').to_parquet(...)``) keeps that index as a
     column, first, as ``reset_index`` would give it, whether pandas stored its values or, for a range, only its
     start and step; the index pandas stores of an unnamed index is not a column of the data."""
-    index = (parquet.schema_arrow.pandas_metadata or {}).get("index_columns", [])
-    ranges = [(i["name"], range(i["start"], i["stop"], i["step"])) for i in index
-              if isinstance(i, dict) and i.get("kind") == "range" and i.get("name") is not None]
-    stored = [name for name in index if isinstance(name, str)]
+    stored, ranges = _pandas_index(parquet)
     physical = [name for name in stored + [n for n in parquet.schema_arrow.names if n not in stored]
                 if not _UNNAMED_INDEX.fullmatch(name)]
     return [name for name, _ in ranges] + physical, ranges
 
 
 def pandas_index_columns(path) -> list[str]:
-    """The columns of a Parquet file that hold (or, for a range, stand for) a pandas index, as `_parquet_layout`
-    reads them; [] for a CSV/TSV."""
+    """The columns of a Parquet file that hold (or, for a range, stand for) a pandas index; [] for a CSV/TSV."""
     if table_format(path)[0] != "parquet":
         return []
-    index = (_parquet_file(path).schema_arrow.pandas_metadata or {}).get("index_columns", [])
-    return [i if isinstance(i, str) else str(i.get("name")) for i in index
-            if isinstance(i, str) or i.get("kind") == "range" and i.get("name") is not None]
+    stored, ranges = _pandas_index(_parquet_file(path))
+    return [name for name, _ in ranges] + stored
 
 
 def num_rows(path) -> int | None:

@@ -41,6 +41,12 @@ def model_text(text: str) -> str:
     return _EMOJI.sub(_emoji_words, text) if _EMOJI.search(text) else text
 
 
+def folds_otherwise(texts) -> str | None:
+    """The first of `texts` that `model_text` changes (None if none does): what a cache or index of encoded texts
+    made before the folding holds in another form than its encoder now reads."""
+    return next((t for t in texts if model_text(t) != t), None)
+
+
 def _same_letters(char: str) -> str:
     if char.isascii() or not unicodedata.decomposition(char).startswith(_SAME_LETTERS):
         return char
