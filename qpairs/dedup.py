@@ -23,7 +23,7 @@ import pandas as pd
 
 from .errors import require_count
 from .progress import progress_bar
-from .search import AUTO_FLAT_MAX, QuestionIndex, check_new_ids
+from .search import AUTO_FLAT_MAX, QuestionIndex, check_new_ids, id_texts
 from .pair_scores import StateMemo
 
 LINKAGES = ("average", "complete", "single")
@@ -218,7 +218,7 @@ def dedup(det, texts, ids=None, k: int = 10, threshold: float | None = None, kin
     if linkage not in LINKAGES:
         raise ValueError(f"unknown linkage {linkage!r}; use one of {LINKAGES}")
     texts = as_text_list(texts, "texts", single=False)
-    row_ids = [str(i) for i in range(len(texts))] if ids is None else [str(i) for i in ids]
+    row_ids = [str(i) for i in range(len(texts))] if ids is None else id_texts(ids)
     if len(row_ids) != len(texts):
         raise ValueError(f"got {len(texts)} texts but {len(row_ids)} ids")
     check_new_ids(row_ids, set())  # before copies collapse: every row's id names that row alone

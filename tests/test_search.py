@@ -98,6 +98,9 @@ def test_api_ids_are_refused_when_missing_and_whole_numbers_stored_as_digits(det
             QuestionIndex.build(det, bank[:3], bad)
     with pytest.raises(TypeError, match="not bytes"):
         det.search(index, b"How do I learn Python?")
+    with pytest.raises(ValueError, match="id of item 1 is missing"):  # dedup takes ids by the same rule
+        dedup(det, bank[:3], ["1", None, "3"])
+    assert list(dedup(det, bank[:3], [7, 8.0, "x"])["id"]) == ["7", "8", "x"]
 
 
 def test_an_index_built_before_text_folding_loads_unless_a_text_folds_otherwise(det, bank, tmp_path):
