@@ -58,6 +58,7 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
     """
     from . import tableio
     from .progress import progress_bar
+    from .data import find_column
     from .scoring import PairScorer, _as_detector, resolve_columns
     from .text import bad_mask, blank_mask
 
@@ -65,7 +66,7 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
         raise ValueError(f"--test-prior is a duplicate rate: it must lie strictly between 0 and 1, not {test_prior}")
     columns = tableio.read_columns(test_file)
     q1c, q2c, _ = resolve_columns(columns, q1_col, q2_col, None, test_file)
-    idc = id_col or ("test_id" if "test_id" in columns else None)
+    idc = id_col or find_column(columns, ("test_id",), "test_id", test_file, required=False)  # in any case
     if idc is None or idc not in columns:
         raise DataError(f"{test_file}: no '{id_col or 'test_id'}' column (a Kaggle test file has "
                         f"test_id,question1,question2); columns are {columns}"

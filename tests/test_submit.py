@@ -183,3 +183,10 @@ def test_test_ids_are_written_as_plain_whole_numbers(det, tmp_path):
     frame.to_csv(tmp_path / "test.csv", index=False)
     make_submission(tmp_path / "test.csv", tmp_path / "sub.csv", det, progress=False)
     assert [line.split(",")[0] for line in (tmp_path / "sub.csv").read_text().splitlines()] == ["test_id", "0", "7", "2"]
+
+
+def test_a_test_id_column_is_found_in_any_case(det, tmp_path):
+    frame = kaggle_test(3)
+    frame.rename(columns={"test_id": "Test_ID"}).to_csv(tmp_path / "test.csv", index=False)
+    make_submission(tmp_path / "test.csv", tmp_path / "sub.csv", det, progress=False)
+    assert pd.read_csv(tmp_path / "sub.csv")["test_id"].tolist() == frame["test_id"].tolist()
