@@ -73,24 +73,20 @@ def question_problem(text: str) -> str:
 
 
 def text_problem(value, max_chars: int | None = None) -> str:
-    """Why `value` is not a question text ('' when it is one)."""
-    return str(bad_reasons(pd.Series([value], dtype=object), max_chars).iloc[0])
+    """Why `value` is not a question text ('' when it is one); over `max_chars` characters is bad."""
+    if isinstance(value, str):
+        problem = question_problem(value)
+        if not problem and max_chars is not None and len(value) > max_chars:
+            return f"over-long question ({len(value)} characters > --max-chars {max_chars})"
+        return problem
+    if pd.isna(value) is True:  # None, NaN, pd.NA, NaT (an array's isna is not `True`)
+        return "missing question (NaN/null)"
+    return f"not text ({type(value).__name__})"
 
 
 def bad_reasons(values: pd.Series, max_chars: int | None = None) -> pd.Series:
-    """Per value: why it is not a question text ('' when it is fine); over `max_chars` characters is bad."""
-    values = values.astype(object)  # a nullable (e.g. Int64) column takes no '' below
-    is_str = values.map(lambda v: isinstance(v, str)).astype(bool)
-    reason = values.where(is_str, "").map(question_problem).astype(object)
-    if max_chars is not None:
-        lengths = values.where(is_str, "").str.len()
-        long = is_str & (reason == "") & (lengths > max_chars)
-        reason[long] = "over-long question (" + lengths[long].astype(str) + f" characters > --max-chars {max_chars})"
-    na = ~is_str & values.isna()
-    reason[na] = "missing question (NaN/null)"
-    other = ~is_str & ~na
-    reason[other] = "not text (" + values[other].map(lambda v: type(v).__name__) + ")"
-    return reason
+    """Per value: why it is not a question text ('' when it is fine), as `text_problem` says."""
+    return pd.Series([text_problem(v, max_chars) for v in values.astype(object)], index=values.index, dtype=object)
 
 
 def as_text_list(x, name: str, single: bool = True) -> list[str]:
