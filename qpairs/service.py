@@ -394,23 +394,29 @@ def _version() -> str:
 
 
 def default_threads(det) -> int:
-    """Model threads of a latency server. torch models: 1 (each micro-batch is small, spare cores keep
+    """Model threads of a latency server. torch models (bf16 too): 1 (each micro-batch is small, spare cores keep
     serving HTTP, and OpenMP threads that spin on busy cores cost far more than they give). ONNX Runtime
     (workers sleep, never spin): up to 4 (measured on 2 cores: 2 threads cut p99 at 8 clients 287 → 55 ms)."""
     import os
 
-    return 1 if det.backend == "torch" else max(1, min(4, os.cpu_count() or 1))
+    return max(1, min(4, os.cpu_count() or 1)) if _runs_onnx(det) else 1
+
+
+def _runs_onnx(det) -> bool:
+    """True when some encoder of `det` (an ensemble's member too) runs in ONNX Runtime."""
+    return any(b.startswith("onnx") for b in det.backend.split("+"))
 
 
 def configure_threads(det, threads: int | None = None) -> int:
     """Threads of a latency server (`serve`, and bench_serve.py's in-process peer); returns the model's count.
 
-    A torch model gets `threads` torch/FAISS threads. An ONNX Runtime model gets them in its session, while
-    torch (which then runs only the small head) and FAISS get one: their idle OpenMP workers spin and
-    slowed ONNX Runtime and the BLAS scan of a search (search over 200k, 2 cores: p50 30 → 22.5 ms).
+    A torch model gets `threads` torch/FAISS threads. A model with ONNX Runtime encoders gets them in its
+    sessions, while torch (which then runs only the small heads and any BiLSTM member) and FAISS get one: their
+    idle OpenMP workers spin and slowed ONNX Runtime and the BLAS scan of a search (search over 200k, 2 cores:
+    p50 30 → 22.5 ms).
     """
     threads = default_threads(det) if threads is None else threads
-    if det.backend == "torch":
+    if not _runs_onnx(det):
         set_threads(threads)
     else:
         set_threads(1)

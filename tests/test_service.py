@@ -205,3 +205,23 @@ def test_a_body_shorter_than_its_content_length_gets_408_not_a_hang(det):
         assert b"Content-Length" in reply and b"not received within 1 s" in reply
         r = httpx.post(base + "/predict", json={"q1": "Is java hard?", "q2": "is java hard?"}, timeout=30)
         assert r.status_code == 200  # the server still answers others
+
+
+def test_server_threads_go_to_onnx_runtime_sessions_and_torch_models_keep_one(monkeypatch):
+    import torch
+
+    from qpairs.onnxrt import available
+    from qpairs.service import configure_threads
+
+    monkeypatch.setattr("os.cpu_count", lambda: 2)
+    before = torch.get_num_threads()
+    try:
+        fast = qpairs.load("fast", device="cpu")  # a BiLSTM: torch (or bf16) runs it all
+        assert configure_threads(fast) == 1 and torch.get_num_threads() == 1
+        assert configure_threads(fast, 2) == 2 and torch.get_num_threads() == 2
+        if available():
+            ensemble = qpairs.load("default", device="cpu", backend="onnx-int8+torch")
+            assert configure_threads(ensemble) == 2 and torch.get_num_threads() == 1  # two sessions, torch one
+            assert len(ensemble.members[0].model.encoder.token_runtime.sessions) == 2
+    finally:
+        torch.set_num_threads(before)
