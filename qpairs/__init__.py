@@ -12,7 +12,10 @@ from __future__ import annotations
 __version__ = "0.1.0"
 __all__ = ["load", "predict", "predict_proba", "DuplicateDetector", "__version__"]
 
+import threading
+
 _default = None
+_default_lock = threading.Lock()
 
 
 def load(path=None, device: str = "auto", backend: str = "auto"):
@@ -29,8 +32,9 @@ def load(path=None, device: str = "auto", backend: str = "auto"):
 
 def _default_detector():
     global _default
-    if _default is None:
-        _default = load()
+    with _default_lock:  # threads that call predict at once share one load
+        if _default is None:
+            _default = load()
     return _default
 
 

@@ -7,6 +7,7 @@ beside the class it extends.
 from __future__ import annotations
 
 import re
+import threading
 from contextlib import nullcontext
 from pathlib import Path
 import numpy as np
@@ -93,6 +94,8 @@ class DuplicateDetector:
         `threads`: ONNX Runtime's intra-op threads (default: torch's current count)."""
         from . import onnxrt
 
+        if threads is not None:
+            require_count(threads, "threads")
         chosen = onnxrt.resolve_backend(backend, self.device, self.model)
         if chosen != self.backend or chosen == "torch" or threads is not None:
             try:
@@ -279,7 +282,7 @@ class Ensemble(DuplicateDetector):
             raise ValueError(f"an ensemble needs two or more members and one weight each, got {len(members)} "
                              f"members and {len(weights)} weights")
         self.members, self.weights = list(members), np.asarray(weights, dtype=np.float64)
-        if (self.weights < 0).any() or abs(self.weights.sum() - 1) > 1e-6:
+        if not np.isfinite(self.weights).all() or (self.weights < 0).any() or abs(self.weights.sum() - 1) > 1e-6:
             raise ValueError(f"ensemble weights must be non-negative and add up to 1, got {list(weights)}")
         primary = self.members[0]
         self.familiarity = familiarity  # a `qpairs.familiarity.Familiarity` (its rule applied to the mix) or None
@@ -297,17 +300,22 @@ class Ensemble(DuplicateDetector):
     def use_backend(self, backend: str = "auto", threads: int | None = None) -> "Ensemble":
         """`DuplicateDetector.use_backend` for every member: 'a+b+…' gives member i the i-th; one name goes to
         every member, except that an ONNX backend goes to the transformer members only (the others: torch)."""
-        from .onnxrt import has_transformer
+        from .onnxrt import has_transformer, resolve_backend
 
         backend = backend or "auto"
         each = backend.split("+")
         if len(each) not in (1, len(self.members)):
             raise ValueError(f"backend {backend!r} names {len(each)} backends for {len(self.members)} members")
-        for i, member in enumerate(self.members):
-            chosen = each[i] if len(each) > 1 else backend
-            if chosen.startswith("onnx") and not has_transformer(member.model):
-                chosen = "torch"
-            member.use_backend(chosen, threads)
+        chosen = [each[i] if len(each) > 1 else backend for i in range(len(self.members))]
+        chosen = ["torch" if c.startswith("onnx") and not has_transformer(m.model) else c
+                  for c, m in zip(chosen, self.members)]
+        for i, (c, member) in enumerate(zip(chosen, self.members)):  # every name checked before any member switches
+            try:
+                resolve_backend(c, member.device, member.model)
+            except ValueError as exc:
+                raise ValueError(f"member {i + 1} ({describe_path(member.path)}): {exc}") from None
+        for c, member in zip(chosen, self.members):
+            member.use_backend(c, threads)
         self.backend = "+".join(m.backend for m in self.members)
         return self
 
@@ -442,20 +450,31 @@ def resolve_model_path(model=None) -> Path:
     return path
 
 
+_LOAD_LOCK = threading.RLock()  # one load at a time: transformers' lazy imports are not thread-safe
+
+
 def load(path=None, device: str = "auto", backend: str = "auto") -> DuplicateDetector:
     """Load a run directory or a bundled model by name (None → the bundled default model, 'fast' → the bundled
-    BiLSTM; see `resolve_model_path`) as a `DuplicateDetector`.
+    BiLSTM; see `resolve_model_path`) as a `DuplicateDetector`. Safe to call from several threads at once.
 
     `backend`: 'auto', 'torch', 'onnx' (fp32), 'onnx-int8' or 'bf16'; see `DuplicateDetector.use_backend`."""
+    with _LOAD_LOCK:
+        return _load(path, device, backend)
+
+
+def _load(path, device: str, backend: str) -> DuplicateDetector:
     path = resolve_model_path(path)
     dev = resolve_device(device)
     if (path / ENSEMBLE_FILE).exists():
         spec = read_json(path / ENSEMBLE_FILE)
         try:
-            refs, weights = zip(*((m["model"], m["weight"]) for m in spec["members"]))
+            refs, weights = zip(*((m["model"], float(m["weight"])) for m in spec["members"]))
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelDirError(f"{path / ENSEMBLE_FILE}: expected {{\"members\": [{{\"model\": …, \"weight\": …}}, …]}} "
                                 f"({type(exc).__name__}: {exc})") from None
+        if not all(np.isfinite(w) and w >= 0 for w in weights) or abs(sum(weights) - 1) > 1e-6:
+            raise ModelDirError(f"{path / ENSEMBLE_FILE}: member weights must be non-negative numbers adding up to 1, "
+                                f"got {list(weights)}")
         members = [load(member_path(path, ref), device, "torch") for ref in refs]  # backends set by the ensemble
         familiarity = None
         if spec.get("unfamiliar"):

@@ -695,9 +695,7 @@ class QuestionIndex:
         if rerank is not None and not tokens:
             raise ValueError("rerank (search --rerank) needs a run whose pair head reads token states (--pair-head "
                              "matching); this model's probabilities come from the index's vectors themselves")
-        if isinstance(questions, (bytes, bytearray)):
-            raise TypeError("questions must be a string or a sequence of strings, not bytes (decode them first)")
-        questions = [questions] if isinstance(questions, str) else list(questions)
+        questions = as_text_list(questions, "questions")
         for i, q in enumerate(questions):
             require_question(q, "" if len(questions) == 1 else f" (item {i})")
         det.refuse_emptied(questions, "question", other_side(self.side), single=len(questions) == 1)

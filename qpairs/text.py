@@ -22,6 +22,7 @@ FORMAT_CHARACTERS = ("\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u2
 INVISIBLE = f"\\s\x00-\x1f\x7f-\x9f\u2800{FORMAT_CHARACTERS}"
 _VISIBLE = re.compile(f"[^{INVISIBLE}]")
 _FORMAT = re.compile(f"[{FORMAT_CHARACTERS}]")
+_SURROGATE = re.compile("[\ud800-\udfff]")  # half of a UTF-16 pair: no encoding can write it
 _EMOJI = re.compile("[\u231a-\u23ff\u2600-\u27bf\u2b00-\u2bff\U0001f000-\U0001faff]")
 _SKIN_TONE = range(0x1F3FB, 0x1F400)
 # compatibility forms that are the same letters (full-width and half-width forms, ligatures such as 'ﬁ', a no-break
@@ -69,6 +70,10 @@ def question_problem(text: str) -> str:
         return "empty question"
     if text.strip().lower() in MISSING_TEXTS:
         return "missing question (text 'nan'/'none'/'null')"
+    surrogate = _SURROGATE.search(text)
+    if surrogate:
+        return (f"invalid text (a lone surrogate U+{ord(surrogate.group()):04X} at character {surrogate.start()}: "
+                "half of a character, e.g. an emoji cut in two)")
     return ""
 
 
@@ -91,7 +96,8 @@ def bad_reasons(values: pd.Series, max_chars: int | None = None) -> pd.Series:
 
 def as_text_list(x, name: str, single: bool = True) -> list[str]:
     """`x` as a list of strings: one string (when `single`) or an ordered sequence of them; anything else is a
-    TypeError (a string where a sequence is needed would otherwise be read as its characters)."""
+    TypeError (a string where a sequence is needed would otherwise be read as its characters, a DataFrame as its
+    column names)."""
     if isinstance(x, str):
         if single:
             return [x]
@@ -102,6 +108,12 @@ def as_text_list(x, name: str, single: bool = True) -> list[str]:
     if isinstance(x, (set, frozenset, dict)):  # no order to pair its items with anything else
         raise TypeError(f"{name} must be an ordered sequence of strings (a list, tuple or array), not a "
                         f"{type(x).__name__}")
+    if isinstance(x, pd.DataFrame):  # iterating one gives its column names
+        raise TypeError(f"{name} must be a sequence of strings, not a DataFrame: pass one column of it "
+                        f"(df['question1'], not df[['question1']])")
+    if isinstance(x, np.ndarray) and x.ndim != 1:
+        raise TypeError(f"{name} must be a one-dimensional sequence of strings, not a {x.ndim}-d array of shape "
+                        f"{x.shape}")
     items = list(x)
     for i, item in enumerate(items):
         if not isinstance(item, str):
