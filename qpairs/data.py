@@ -30,7 +30,7 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "d
 from .config import NATURAL_DUPLICATE_RATE
 from .errors import DataError, MissingColumnError  # noqa: F401  (re-exported)
 from .tableio import check_field_counts, check_unique_columns, read_frame, row_where, table_format  # noqa: F401
-from .text import bad_mask, blank_mask, model_text
+from .text import bad_mask, bad_reasons, blank_mask, model_text
 
 # Column names accepted for each role, first match wins.
 Q1_COLUMNS = ("question1", "sentence1", "q1", "text1", "title")
@@ -98,13 +98,34 @@ def find_column(columns, candidates, role: str, path, required: bool = True):
     return None
 
 
+def named_column(columns, name: str | None, option: str, path) -> str | None:
+    """The column the user named with `option` (e.g. '--q1-col'): by name, else the one that matches it in any
+    case; a `DataError` when none does (None stays None)."""
+    if name is None or name in columns:
+        return name
+    found = [c for c in columns if isinstance(c, str) and c.casefold() == name.casefold()]
+    if len(found) == 1:
+        return found[0]
+    raise DataError(f"{path}: {option} column '{name}' not found" + (f" (it matches {found} in another case; name one "
+                    "exactly)" if found else "") + f"; columns are {list(columns)}")
+
+
+def distinct_question_columns(q1c: str, q2c: str, path) -> None:
+    """Refuse one column as both questions (every pair would be a question against itself)."""
+    if q1c == q2c:
+        raise DataError(f"{path}: '{q1c}' is named as both the first and the second question column; the two must "
+                        "differ")
+
+
 def read_table(path) -> pd.DataFrame:
     """One CSV/TSV (gzip, bz2, xz or plain) or Parquet file through `qpairs.tableio`, every cell as text
     (missing Parquet cells as '', which validation reports)."""
-    frame = read_frame(path)
-    if table_format(path)[0] == "parquet":
-        frame = frame.apply(lambda col: col.map(_cell_text))
-    return frame
+    return as_cell_text(read_frame(path), path)
+
+
+def as_cell_text(frame: pd.DataFrame, path) -> pd.DataFrame:
+    """A frame `read_frame` read from `path`, every cell as text (a CSV/TSV's are already)."""
+    return frame.apply(lambda col: col.map(_cell_text)) if table_format(path)[0] == "parquet" else frame
 
 
 def _cell_text(value) -> str:
@@ -150,11 +171,10 @@ def read_questions(path, text_col: str | None = None, id_col: str | None = None)
     questions after those it holds); empty questions and repeated ids raise `DataError`."""
     frame = read_table(path)
     cols = list(frame.columns)
-    tc = text_col or find_column(cols, QUESTION_TEXT_COLUMNS, "question text", path)
-    ic = id_col or find_column(cols, QUESTION_ID_COLUMNS, "id", path, required=False)
-    for c in (tc, ic):
-        if c is not None and c not in cols:
-            raise DataError(f"{path}: column '{c}' not found; columns are {cols}")
+    tc = named_column(cols, text_col, "--text-col", path) or find_column(cols, QUESTION_TEXT_COLUMNS,
+                                                                         "question text", path)
+    ic = named_column(cols, id_col, "--id-col", path) or find_column(cols, QUESTION_ID_COLUMNS, "id", path,
+                                                                     required=False)
     empty = np.flatnonzero(bad_mask(frame[tc]))
     texts = frame[tc].fillna("").astype(str)
     if len(empty):
@@ -184,23 +204,24 @@ def load_file(path, on_bad_row: str = "error", q1_col=None, q2_col=None, label_c
     """
     if on_bad_row not in ("error", "drop"):
         raise ValueError(f"on_bad_row must be 'error' or 'drop', not {on_bad_row!r}")
-    raw = read_table(path)
+    cells = read_frame(path)  # as typed (a Parquet number in a question column is refused, not read as text)
+    raw = as_cell_text(cells, path)
     cols = list(raw.columns)
-    q1c = q1_col or find_column(cols, Q1_COLUMNS, "first-question", path)
-    q2c = q2_col or find_column(cols, Q2_COLUMNS, "second-question", path)
-    for c in (q1c, q2c, label_col, id_col):  # a column named by the caller must be there
-        if c is not None and c not in cols:
-            raise DataError(f"{path}: column '{c}' not found; columns are {cols}")
-    lc = label_col or find_column(cols, LABEL_COLUMNS, "label", path, required=require_labels)
-    idc = id_col or find_column(cols, ID_COLUMNS, "id", path, required=False)
+    q1c = named_column(cols, q1_col, "--q1-col", path) or find_column(cols, Q1_COLUMNS, "first-question", path)
+    q2c = named_column(cols, q2_col, "--q2-col", path) or find_column(cols, Q2_COLUMNS, "second-question", path)
+    distinct_question_columns(q1c, q2c, path)
+    lc = named_column(cols, label_col, "--label-col", path) or find_column(cols, LABEL_COLUMNS, "label", path,
+                                                                           required=require_labels)
+    idc = named_column(cols, id_col, "--id-col", path) or find_column(cols, ID_COLUMNS, "id", path, required=False)
 
     bad = np.zeros(len(raw), dtype=bool)
     reasons: dict[str, int] = {}
     for c in (q1c, q2c):
-        mask = bad_mask(raw[c])
+        problems = bad_reasons(cells[c])
+        mask = (problems != "").to_numpy()
         if mask.any() and on_bad_row == "error":
             row = int(np.flatnonzero(mask)[0])
-            raise DataError(f"{path}: {row_where(path, row)}, column '{c}': empty or missing question")
+            raise DataError(f"{path}: {row_where(path, row)}, column '{c}': {problems.iloc[row]}")
         reasons[f"empty {c}"] = int(mask.sum())
         bad |= mask
     if lc is not None:

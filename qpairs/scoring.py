@@ -181,14 +181,14 @@ from .text import MISSING_TEXTS, TEXT_FOLDING, bad_reasons  # noqa: E402,F401  (
 
 def resolve_columns(columns, q1_col=None, q2_col=None, id_col=None, path="input") -> tuple[str, str, str | None]:
     """(question 1, question 2, id) column names: given, or detected for the Kaggle/QQP schemas."""
-    from .data import ID_COLUMNS, Q1_COLUMNS, Q2_COLUMNS, DataError, find_column
+    from .data import (ID_COLUMNS, Q1_COLUMNS, Q2_COLUMNS, DataError, distinct_question_columns, find_column,
+                       named_column)
 
-    q1 = q1_col or find_column(columns, Q1_COLUMNS, "first-question", path)
-    q2 = q2_col or find_column(columns, Q2_COLUMNS, "second-question", path)
-    idc = id_col or find_column(columns, ID_COLUMNS, "id", path, required=False)
-    for role, c in (("--q1-col", q1), ("--q2-col", q2), ("--id-col", idc)):
-        if c is not None and c not in columns:
-            raise DataError(f"{path}: {role} column '{c}' not found; columns are {list(columns)}")
+    q1 = named_column(columns, q1_col, "--q1-col", path) or find_column(columns, Q1_COLUMNS, "first-question", path)
+    q2 = named_column(columns, q2_col, "--q2-col", path) or find_column(columns, Q2_COLUMNS, "second-question", path)
+    distinct_question_columns(q1, q2, path)
+    idc = named_column(columns, id_col, "--id-col", path) or find_column(columns, ID_COLUMNS, "id", path,
+                                                                         required=False)
     for c in (PROBA_COL, PRED_COL):
         if c in columns:
             raise DataError(f"{path}: already has a '{c}' column (a scored file?); rename it first")
@@ -309,7 +309,7 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
             if len(report) and on_bad_row == "error":
                 _raise_bad_row(input, chunk, report.iloc[0])
             try:
-                out = _score_chunk(scorer, chunk.frame, q1c, q2c, ok)
+                out = _score_chunk(scorer, chunk.frame, q1c, q2c, ok, odd=list(chunk.odd_fields))
             except ValueError as exc:  # e.g. more unique texts than --cache-size
                 raise ValueError(f"{input}: {chunk.where(0)} to {chunk.where(-1)}: {exc}") from None
             writer.write(out)
@@ -430,10 +430,18 @@ def _as_detector(model, device, backend: str = "auto", known=None, known_probabi
     return det if known is None else det.with_known(known, known_probability)
 
 
-def _score_chunk(scorer: PairScorer, chunk: pd.DataFrame, q1c: str, q2c: str, ok: np.ndarray) -> pd.DataFrame:
+def _score_chunk(scorer: PairScorer, chunk: pd.DataFrame, q1c: str, q2c: str, ok: np.ndarray,
+                 odd: list | None = None) -> pd.DataFrame:
+    """The chunk with its probability and decision columns (empty where not `ok`). `odd`: positions of rows whose
+    field count differs from the header's: their fields after the first may sit in the wrong columns, so those are
+    left empty (the bad-rows file holds the line as read)."""
     probs = np.full(len(chunk), np.nan)
     probs[ok] = scorer.predict_proba(list(chunk[q1c].to_numpy()[ok]), list(chunk[q2c].to_numpy()[ok]))
     out = chunk.copy()
+    if odd:
+        for col in out.columns[1:]:
+            out[col] = out[col].astype(object)
+            out.iloc[odd, out.columns.get_loc(col)] = None
     out[PROBA_COL] = probs
     pred = pd.array((probs >= scorer.det.threshold).astype(np.int8), dtype="Int8")
     pred[~ok] = pd.NA

@@ -88,6 +88,7 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
         if blank.any():
             raise DataError(f"{test_file}: {chunk.where(int(np.flatnonzero(blank)[0]))}, column '{idc}': blank test_id")
         numbers.append(_id_numbers(frame[idc], chunk, test_file, idc))
+        _refuse_non_text(frame, (q1c, q2c), chunk, test_file)
         ok = ~(bad_mask(frame[q1c]) | bad_mask(frame[q2c]))
         p = np.full(len(frame), fallback, dtype=np.float64)
         p[ok] = scorer.predict_proba(list(frame[q1c].to_numpy()[ok]), list(frame[q2c].to_numpy()[ok]), test_prior)
@@ -106,6 +107,18 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
     return {"rows": rows_read, "unscorable_rows": n_bad, "mean_probability": float(frame["is_duplicate"].mean())
             if rows_read else float("nan"), "test_prior": test_prior, "output": str(output),
             "known_answered": scorer.known_answered if det.known is not None else None}
+
+
+def _refuse_non_text(frame: pd.DataFrame, columns, chunk, test_file) -> None:
+    """A DataError naming the first question cell that is not text at all (a number in a typed column: the wrong
+    column?); empty and missing questions are the ones that get the prior."""
+    from .text import bad_reasons
+
+    for col in columns:
+        reasons = bad_reasons(frame[col])
+        hit = np.flatnonzero(reasons.str.startswith("not text").to_numpy())
+        if len(hit):
+            raise DataError(f"{test_file}: {chunk.where(int(hit[0]))}, column '{col}': {reasons.iloc[hit[0]]}")
 
 
 def _id_numbers(ids: pd.Series, chunk, test_file, column: str) -> np.ndarray:

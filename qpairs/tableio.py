@@ -379,6 +379,9 @@ def read_frame(path, chunk_size: int = 65536) -> pd.DataFrame:
     return pd.concat(chunks) if len(chunks) > 1 else chunks[0]
 
 
+_TSV_BREAK = re.compile("[\t\n\r]")  # what ends a TSV field or row (no quoting to protect it)
+
+
 class CSVWriter:
     """Appends frames to a CSV/TSV (gzip: one member per chunk) file; `state()` is the byte offset."""
 
@@ -398,18 +401,29 @@ class CSVWriter:
             self.file = open(self.path, "wb")
 
     def write(self, frame: pd.DataFrame) -> None:
-        try:
-            rounded = {c: frame[c].map(lambda v: "" if pd.isna(v) else f"{v:.6g}") for c in self.rounded if c in frame}
-            text = frame.assign(**rounded).to_csv(index=False, header=not self.header_done, lineterminator="\n",
-                                                  **_csv_kwargs(self.fmt))
-        except csv.Error as exc:
-            raise ValueError(f"{self.name}: a cell holds a tab or newline, which TSV without quoting cannot "
-                             f"store ({exc}); write CSV or Parquet instead") from exc
+        if self.fmt == "tsv":
+            self._refuse_tsv_breaks(frame)
+        rounded = {c: frame[c].map(lambda v: "" if pd.isna(v) else f"{v:.6g}") for c in self.rounded if c in frame}
+        text = frame.assign(**rounded).to_csv(index=False, header=not self.header_done, lineterminator="\n",
+                                              **_csv_kwargs(self.fmt))
         data = text.encode("utf-8")
         if self.gz:
             data = gzip.compress(data, compresslevel=6, mtime=0)
         self.file.write(data)
         self.header_done = True
+
+    def _refuse_tsv_breaks(self, frame: pd.DataFrame) -> None:
+        """A ValueError naming the first cell holding a tab, newline or carriage return: TSV without quoting cannot
+        store one (a reader would split the row there)."""
+        for col in frame.columns:
+            if not (frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col].dtype)):
+                continue
+            hit = np.flatnonzero(frame[col].map(lambda v: isinstance(v, str) and _TSV_BREAK.search(v) is not None))
+            if len(hit):
+                label = frame.index[hit[0]]
+                row = f"row {label + 1}" if isinstance(label, (int, np.integer)) else f"row {label!r}"
+                raise ValueError(f"{self.name}: {row}, column {col!r} holds a tab, newline or carriage return, which "
+                                 "TSV without quoting cannot store; write CSV or Parquet instead")
 
     def state(self) -> dict:
         self.file.flush()

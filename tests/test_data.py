@@ -54,9 +54,9 @@ def test_kaggle_test_schema_is_unlabelled(tmp_path):
 
 
 @pytest.mark.parametrize("column,value,message", [
-    ("question2", "", "row 3 (line 4), column 'question2': empty or missing question"),
-    ("question2", "\u200b\u200d", "row 3 (line 4), column 'question2': empty or missing question"),
-    ("question1", "\ufeff\x00", "row 3 (line 4), column 'question1': empty or missing question"),
+    ("question2", "", "row 3 (line 4), column 'question2': empty question"),
+    ("question2", "\u200b\u200d", "row 3 (line 4), column 'question2': empty question"),
+    ("question1", "\ufeff\x00", "row 3 (line 4), column 'question1': empty question"),
     ("is_duplicate", "2", "row 3 (line 4), column 'is_duplicate': label '2' is not 0 or 1"),
     ("is_duplicate", "yes", "column 'is_duplicate'"),
 ])
@@ -74,7 +74,7 @@ def test_errors_name_the_physical_line_after_a_multiline_cell(tmp_path):
     path = tmp_path / "multi.csv.gz"
     with gzip.open(path, "wt") as fh:
         fh.write('id,question1,question2,is_duplicate\n0,"How do\nI cook\nrice?",Is it easy?,1\n1,Hello?,\u200b,0\n')
-    with pytest.raises(qd.DataError, match=r"row 2 \(line 5\), column 'question2': empty or missing question"):
+    with pytest.raises(qd.DataError, match=r"row 2 \(line 5\), column 'question2': empty question"):
         qd.load_pairs(path)
 
 
@@ -242,7 +242,7 @@ def test_the_split_keeps_spellings_together_that_deduplication_keeps_apart():
 def test_a_named_label_or_id_column_that_is_missing_is_a_clear_error(tmp_path, option):
     path = tmp_path / "pairs.csv"
     path.write_text("question1,question2,is_duplicate\na?,b?,1\nc?,d?,0\n")
-    with pytest.raises(qd.DataError, match=r"pairs.csv: column 'nope' not found; columns are \['question1'"):
+    with pytest.raises(qd.DataError, match=r"pairs.csv: --[a-z]+-col column 'nope' not found; columns are \['question1'"):
         qd.load_file(path, **{option: "nope"})
 
 
@@ -301,3 +301,21 @@ def test_extra_training_pairs_never_bring_a_held_out_question_into_training(tmp_
     assert len(splits["train"]) == len(train) + 1  # only the pair of new questions joins
     assert ("+1 of the 8 labelled pairs of" in caplog.text and "1 validation/test pairs" in caplog.text
             and "5 with a validation/test question" in caplog.text and "1 already training pairs" in caplog.text)
+
+
+def test_a_typed_number_in_a_parquet_question_column_is_refused_not_read_as_text(tmp_path):
+    path = tmp_path / "typed.parquet"
+    pd.DataFrame({"question1": [42, 7], "question2": ["What is 42?", "What is 7?"], "is_duplicate": [0, 1]}).to_parquet(path)
+    with pytest.raises(qd.DataError, match=r"row 1, column 'question1': not text \(int"):
+        qd.load_pairs(path)
+
+
+def test_named_columns_match_in_any_case_and_one_column_cannot_be_both_questions(tmp_path):
+    path = tmp_path / "p.csv"
+    make_pairs(4).to_csv(path, index=False)
+    out = qd.load_file(path, q1_col="QUESTION1", q2_col="Question2")
+    assert len(out) == 4
+    with pytest.raises(qd.DataError, match="both the first and the second question column"):
+        qd.load_file(path, q1_col="question2", q2_col="question2")
+    with pytest.raises(qd.DataError, match="--q1-col column 'nope' not found"):
+        qd.load_file(path, q1_col="nope")

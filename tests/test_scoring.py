@@ -293,15 +293,16 @@ def test_rows_with_another_field_count_than_the_header_stop_the_run(det, tmp_pat
 
 def test_mark_reports_a_field_count_row_and_scores_it_as_missing(det, tmp_path):
     (tmp_path / "in.csv").write_text("id,question1,question2\n7,How do I learn python?,Is tennis hard?\n"
-                                     "8,What is a?,What is b?,extra\n9,Is java hard?,How difficult is java?\n")
+                                     "8,What is it, really?,What is b?\n9,Is java hard?,How difficult is java?\n")
     r = score_file(tmp_path / "in.csv", tmp_path / "out.csv", det, on_bad_row="mark", progress=False)
     out = read(tmp_path / "out.csv")
     assert out["id"].tolist() == ["7", "8", "9"] and r["bad_rows"] == 1
+    assert out.loc[1, ["question1", "question2"]].tolist() == ["", ""]  # not the shifted " really?" as question2
     assert out[PROBA_COL].isna().tolist() == [False, True, False]
     report = pd.read_csv(r["bad_rows_report"], dtype=str, keep_default_na=False)
     assert report[["row", "line", "id"]].values.tolist() == [["2", "3", "8"]]
     assert report["reason"].iloc[0].startswith("field count")
-    assert report["value"].iloc[0] == "8,What is a?,What is b?,extra"  # the whole line: nothing is lost
+    assert report["value"].iloc[0] == "8,What is it, really?,What is b?"  # the whole line: nothing is lost
 
 
 def test_submit_refuses_a_field_count_row(det, tmp_path):
@@ -455,7 +456,8 @@ def test_failures_mid_run_leave_no_partial_files(det, tmp_path, capsys, case):
                  "--chunk-size", "20", *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1
-    assert ("more than the cache holds (10)" if case == "cache" else "o.tsv: a cell holds a tab or newline") in err
+    assert ("more than the cache holds (10)" if case == "cache"
+            else "o.tsv: row 31, column 'question1' holds a tab, newline or carriage return") in err
     assert partial_files(tmp_path) == [] and not out.exists()
 
 

@@ -475,8 +475,8 @@ def test_search_table_shows_the_score_it_ranks_by(det, tmp_path, capsys):
 def test_a_table_that_cannot_be_written_leaves_no_file(tmp_path):
     from qpairs.tableio import write_frame
 
-    frame = pd.DataFrame({"id": ["1", "2"], "text": ["a\ttab?", "a\nnewline?"]})
-    with pytest.raises(ValueError, match="out.tsv: a cell holds a tab or newline"):
+    frame = pd.DataFrame({"id": ["1", "2"], "text": ["a\rreturn?", "a\nnewline?"]})  # a lone \r ends a TSV row too
+    with pytest.raises(ValueError, match="out.tsv: row 1, column 'text' holds a tab, newline or carriage return"):
         write_frame(frame, tmp_path / "out.tsv")
     assert list(tmp_path.iterdir()) == []
     write_frame(frame, tmp_path / "out.csv")
