@@ -380,6 +380,17 @@ def read_frame(path, chunk_size: int = 65536) -> pd.DataFrame:
 
 
 _TSV_BREAK = re.compile("[\t\n\r]")  # what ends a TSV field or row (no quoting to protect it)
+_LONE_CR = re.compile("\r(?!\n)")
+
+
+def _first_cell_matching(frame: pd.DataFrame, pattern: re.Pattern):
+    """(index label, column) of the first text cell that `pattern` finds something in, column by column; else None."""
+    for col in frame.columns:
+        if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col].dtype):
+            hit = np.flatnonzero(frame[col].map(lambda v: isinstance(v, str) and pattern.search(v) is not None))
+            if len(hit):
+                return frame.index[hit[0]], col
+    return None
 
 
 class CSVWriter:
@@ -401,11 +412,13 @@ class CSVWriter:
             self.file = open(self.path, "wb")
 
     def write(self, frame: pd.DataFrame) -> None:
+        kwargs = _csv_kwargs(self.fmt)
         if self.fmt == "tsv":
             self._refuse_tsv_breaks(frame)
+        elif _first_cell_matching(frame, _LONE_CR) is not None:  # csv quotes a field for '\n' but not a lone '\r',
+            kwargs["quoting"] = csv.QUOTE_NONNUMERIC              # which readers take as a line break: quote text
         rounded = {c: frame[c].map(lambda v: "" if pd.isna(v) else f"{v:.6g}") for c in self.rounded if c in frame}
-        text = frame.assign(**rounded).to_csv(index=False, header=not self.header_done, lineterminator="\n",
-                                              **_csv_kwargs(self.fmt))
+        text = frame.assign(**rounded).to_csv(index=False, header=not self.header_done, lineterminator="\n", **kwargs)
         data = text.encode("utf-8")
         if self.gz:
             data = gzip.compress(data, compresslevel=6, mtime=0)
@@ -415,15 +428,12 @@ class CSVWriter:
     def _refuse_tsv_breaks(self, frame: pd.DataFrame) -> None:
         """A ValueError naming the first cell holding a tab, newline or carriage return: TSV without quoting cannot
         store one (a reader would split the row there)."""
-        for col in frame.columns:
-            if not (frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col].dtype)):
-                continue
-            hit = np.flatnonzero(frame[col].map(lambda v: isinstance(v, str) and _TSV_BREAK.search(v) is not None))
-            if len(hit):
-                label = frame.index[hit[0]]
-                row = f"row {label + 1}" if isinstance(label, (int, np.integer)) else f"row {label!r}"
-                raise ValueError(f"{self.name}: {row}, column {col!r} holds a tab, newline or carriage return, which "
-                                 "TSV without quoting cannot store; write CSV or Parquet instead")
+        hit = _first_cell_matching(frame, _TSV_BREAK)
+        if hit is not None:
+            label, col = hit
+            row = f"row {label + 1}" if isinstance(label, (int, np.integer)) else f"row {label!r}"
+            raise ValueError(f"{self.name}: {row}, column {col!r} holds a tab, newline or carriage return, which "
+                             "TSV without quoting cannot store; write CSV or Parquet instead")
 
     def state(self) -> dict:
         self.file.flush()
