@@ -94,8 +94,20 @@ def find_column(columns, candidates, role: str, path, required: bool = True):
             return found[0]
     if required:
         raise MissingColumnError(f"{path}: no {role} column; expected one of {list(candidates)}, found "
-                                 f"{list(columns)}", role)
+                                 f"{list(columns)}{_separator_hint(columns, path)}", role)
     return None
+
+
+def _separator_hint(columns, path) -> str:
+    """A hint when the whole header was read as one column that another separator would split."""
+    if len(columns) != 1:
+        return ""
+    seps = [name for sep, name in ((";", "semicolons"), ("\t", "tabs"), (",", "commas"), ("|", "bars"))
+            if sep in str(columns[0])]
+    if not seps:
+        return ""
+    reads = "tabs (.tsv, .txt)" if table_format(path)[0] == "tsv" else "commas (.csv)"
+    return f" (the header reads as one column holding {seps[0]}: this file is read as separated by {reads})"
 
 
 def named_column(columns, name: str | None, option: str, path) -> str | None:

@@ -160,8 +160,15 @@ def check_unique_columns(names, path) -> None:
 
 
 def _exists(path) -> None:
+    """Refuse a missing input, a folder, or a pipe (stdin, `<(…)`): a table is read more than once (columns, row
+    count, rows), which a stream cannot give."""
     if not os.path.exists(path):
         raise DataError(f"{path}: file not found")
+    if os.path.isdir(path):
+        raise DataError(f"{path}: a folder, not a file")
+    if not os.path.isfile(path):
+        raise DataError(f"{path}: not a regular file (a pipe or standard input?); save the data to a file and pass "
+                        "its path")
 
 
 @dataclass
@@ -241,7 +248,13 @@ class _CSVReader:
             raise DataError(f"{self.path}: could not be read after line {self.line}: {exc}") from None
 
     def _bad_bytes(self) -> DataError:
-        """The error for the first line that is not UTF-8: line, byte offset and column."""
+        """The error for the first line that is not UTF-8: line, byte offset and column (or what the whole file is,
+        when it starts as another format does)."""
+        with open(self.path, "rb") as raw, _decompressed(raw, self.path) as fh:
+            start = fh.read(4)
+        kind = next((what for magic, what in _OTHER_FORMATS if start.startswith(magic)), None)
+        if kind:
+            return DataError(f"{self.path}: not UTF-8 text: the file is {kind}")
         offset, header = 0, self.header
         with open(self.path, "rb") as raw, _decompressed(raw, self.path) as fh:
             for n, raw in enumerate(fh, 1):
@@ -379,6 +392,13 @@ def read_frame(path, chunk_size: int = 65536) -> pd.DataFrame:
     return pd.concat(chunks) if len(chunks) > 1 else chunks[0]
 
 
+_OTHER_FORMATS = ((b"\x1f\x8b", "gzip-compressed: end its name in .gz"),
+                  (b"\xff\xfe", "UTF-16 text (Excel's 'Unicode text'?): save it as UTF-8 CSV"),
+                  (b"\xfe\xff", "UTF-16 text: save it as UTF-8 CSV"),
+                  (b"PK\x03\x04", "a ZIP archive (an Excel workbook?): save it as UTF-8 CSV"),
+                  (b"PAR1", "Parquet: end its name in .parquet"),
+                  (b"BZh", "bzip2-compressed: end its name in .bz2"),
+                  (b"\xfd7zXZ", "xz-compressed: end its name in .xz"))
 _TSV_BREAK = re.compile("[\t\n\r]")  # what ends a TSV field or row (no quoting to protect it)
 _LONE_CR = re.compile("\r(?!\n)")
 

@@ -319,3 +319,25 @@ def test_named_columns_match_in_any_case_and_one_column_cannot_be_both_questions
         qd.load_file(path, q1_col="question2", q2_col="question2")
     with pytest.raises(qd.DataError, match="--q1-col column 'nope' not found"):
         qd.load_file(path, q1_col="nope")
+
+
+def test_files_of_another_kind_are_named_for_what_they_are(tmp_path):
+    csv_text = "id,question1,question2,is_duplicate\n1,How do I cook rice?,How is rice cooked?,1\n"
+    (tmp_path / "gz.csv").write_bytes(gzip.compress(csv_text.encode()))
+    (tmp_path / "u16.csv").write_bytes(csv_text.encode("utf-16"))
+    (tmp_path / "semi.csv").write_text(csv_text.replace(",", ";"))
+    with pytest.raises(qd.DataError, match="gz.csv: not UTF-8 text: the file is gzip-compressed"):
+        qd.load_pairs(tmp_path / "gz.csv")
+    with pytest.raises(qd.DataError, match="u16.csv: not UTF-8 text: the file is UTF-16"):
+        qd.load_pairs(tmp_path / "u16.csv")
+    with pytest.raises(qd.DataError, match="one column holding semicolons"):
+        qd.load_pairs(tmp_path / "semi.csv")
+
+
+def test_a_pipe_is_refused_with_a_clear_error(tmp_path):
+    import os
+
+    fifo = tmp_path / "pipe.csv"
+    os.mkfifo(fifo)
+    with pytest.raises(qd.DataError, match="pipe.csv: not a regular file"):
+        qd.load_pairs(fifo)
