@@ -775,18 +775,20 @@ def _column_fix(command: str, role: str) -> str:
     return COLUMN_FIXES.get(command, {}).get(role, "")
 
 
-def _resume_hint(args) -> str:
-    """How to continue an interrupted command, where it can be continued (train says so itself)."""
-    from shlex import quote
+def _resume_hint(args, argv: list[str]) -> str:
+    """How to continue an interrupted command (its own command line, plus --resume), where it can be continued
+    (train says so itself)."""
+    from shlex import join
 
     if args.command == "score" and args.engine == "local":
-        return (f"; `qpairs score {quote(args.input)} -o {quote(args.output)} --resume` with the same options "
-                "continues from the last checkpoint")
+        again = argv if "--resume" in argv else [*argv, "--resume"]
+        return f"; `qpairs {join(again)}` continues from the last checkpoint"
     return ""
 
 
 def main(argv=None) -> int:
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     from .data import DataError, MissingColumnError
@@ -795,7 +797,7 @@ def main(argv=None) -> int:
     try:
         return args.func(args)
     except KeyboardInterrupt:
-        print(f"qpairs {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
+        print(f"qpairs {args.command}: interrupted{_resume_hint(args, argv)}", file=sys.stderr)
         return 130
     except MissingColumnError as exc:
         fix = _column_fix(args.command, exc.role)

@@ -491,10 +491,15 @@ def _resume_state(p: dict, ident: dict) -> dict | None:
     if missing:
         raise ValueError(f"{p['state']}: the resume state is incomplete (no {', '.join(missing)}); "
                          "rerun without --resume")
-    for key in ("input", "size", "mtime_ns", "options"):
+    for key in ("input", "size", "mtime_ns"):
         if state.get(key) != ident[key]:
             raise ValueError(f"cannot resume {p['out']}: the interrupted run had {key} = {state.get(key)}, "
-                             f"this one has {ident[key]}; rerun with the same input and options, or without --resume")
+                             f"this one has {ident[key]}; rerun with the same input, or without --resume")
+    before, now = state.get("options") or {}, ident["options"]
+    changed = [f"{k} {before.get(k)!r} → {now.get(k)!r}" for k in sorted({*before, *now}) if before.get(k) != now.get(k)]
+    if changed:
+        raise ValueError(f"cannot resume {p['out']}: options differ from the interrupted run's ({'; '.join(changed)}); "
+                         "rerun with the same options, or without --resume")
     return state
 
 

@@ -269,10 +269,10 @@ def test_an_interrupted_score_says_how_to_resume_in_one_line(monkeypatch, tmp_pa
 
     monkeypatch.setattr(qpairs.scoring, "score_file", interrupted)
     out = tmp_path / "my scores.csv"
-    assert main(["score", "in.csv", "-o", str(out)]) == 130
-    err = capsys.readouterr().err.strip()
-    assert err == (f"qpairs score: interrupted; `qpairs score in.csv -o '{out}' --resume` with the same options "
-                   "continues from the last checkpoint")
+    assert main(["score", "in.csv", "-o", str(out), "--model", "fast", "--chunk-size", "500"]) == 130
+    err = capsys.readouterr().err.strip()  # the command as given, options and all, so that it can be pasted
+    assert err == (f"qpairs score: interrupted; `qpairs score in.csv -o '{out}' --model fast --chunk-size 500 "
+                   "--resume` continues from the last checkpoint")
 
 
 def test_a_missing_column_error_survives_a_trip_between_processes():
