@@ -111,6 +111,9 @@ def evaluate_run(run_dir, files, out=None, device: str = "auto", on_bad_row: str
     det = load(run_dir, device=device, backend=backend)
     loaded = LoadReport()
     frame = load_pairs(files, on_bad_row=on_bad_row, report=loaded, **column_names)
+    if not (frame["is_duplicate"] >= 0).any():
+        raise ValueError(f"{', '.join(map(str, files))}: no labelled pairs to evaluate"
+                         + (f" ({loaded})" if loaded.dropped_bad else ""))
     hist_path = det.path / "history.json"
     history = read_json(hist_path) if hist_path.exists() else None
     out = Path(out) if out else report_dir(run_dir, files)
