@@ -30,15 +30,12 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .encoders import build_encoder
+from .errors import ModelDirError  # noqa: F401  (re-exported)
 from .fingerprint import weights_hash
 from .model import SiameseModel
 from .sides import sides_from_train
 
 FORMAT_VERSION = 1
-
-
-class ModelDirError(ValueError):
-    """A model directory is missing, incomplete or corrupt."""
 
 
 def model_config(model: SiameseModel) -> dict:

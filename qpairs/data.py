@@ -30,7 +30,7 @@ DEFAULT_DATA_DIR = Path(__file__).resolve().parent.parent.parent / "shared" / "d
 from .config import NATURAL_DUPLICATE_RATE
 from .errors import DataError, MissingColumnError  # noqa: F401  (re-exported)
 from .tableio import check_field_counts, check_unique_columns, read_frame, row_where, table_format  # noqa: F401
-from .text import bad_mask, bad_reasons, blank_mask, model_text
+from .text import bad_mask, bad_reasons, blank_mask, model_text, normalize_question  # noqa: F401  (re-exported)
 
 # Column names accepted for each role, first match wins.
 Q1_COLUMNS = ("question1", "sentence1", "q1", "text1", "title")
@@ -49,22 +49,6 @@ def default_data_dir() -> Path | None:
         if cand.is_dir():
             return cand
     return None
-
-
-# sentence punctuation; not a point, comma or colon between digits, nor a minus sign or hyphen before a digit or
-# between letters ("1.5" is not "15", "-5" not "5", "2-3" not "23")
-_PUNCTUATION = re.compile(r"(?!(?<=\d)[.,:](?=\d))(?!-(?=\d))(?!(?<=\w)-(?=\w))[.,;:!?\"()\[\]{}¿¡…“”«»–—-]")
-_APOSTROPHE = re.compile(r"\s*['‘’]|\s+(?=n['‘’]t\b)")  # with the spaces a tokenizer put before it ("do n't")
-_AROUND_SYMBOL = re.compile(r"\s*([^\w\s])\s*")
-
-
-def normalize_question(text: str) -> str:
-    """Key under which two spellings of one question count as the same question: case folded, apostrophes and
-    sentence punctuation dropped, no spaces around a symbol ("₹ 500" is "₹500"), words kept apart by one space
-    ("ice cream" is not "icecream"); every letter and mark (any script), digit and symbol kept ("C++" is not
-    "C", "1.5" is not "15"); read as the encoders read it (`qpairs.text.model_text`: "nai\u0308ve" is "naïve")."""
-    text = _PUNCTUATION.sub(" ", _APOSTROPHE.sub("", model_text(str(text)).casefold()))
-    return " ".join(_AROUND_SYMBOL.sub(r"\1", text).split())
 
 
 def split_key(text: str) -> str:

@@ -15,6 +15,7 @@ import torch
 
 from .calibration import Calibrator
 from .checkpoint import ModelDirError, load_model, read_json
+from .text import normalize_question
 from .errors import require_count
 from .matching import needs_tokens
 from .model import SiameseModel
@@ -173,13 +174,29 @@ class DuplicateDetector:
         `pooled`, a dict that receives each prepared text's mean token state."""
         a, b = _pair_lists(q1, q2)
         if needs_tokens(self.model):  # a matching head compares the two sides' token states
-            a, b = self.preprocess(a, "left"), self.preprocess(b, "right")
+            pa, pb = self.preprocess(a, "left"), self.preprocess(b, "right")
             unpadded = self._unpadded  # then the texts in unpadded bf16 batches, the matching head in fp32
             with nullcontext() if unpadded else self._autocast():
-                return pair_distances(self.model, a, b, self.device, self.batch_size, self.max_waste, states=states,
-                                      pooled=pooled, unpadded_bf16=unpadded).float().cpu().numpy()
-        e1, e2 = self.embeddings(a, b)
-        return self.model.decision_distance(torch.from_numpy(e1), torch.from_numpy(e2)).numpy()
+                d = pair_distances(self.model, pa, pb, self.device, self.batch_size, self.max_waste, states=states,
+                                   pooled=pooled, unpadded_bf16=unpadded).float().cpu().numpy()
+        else:
+            e1, e2 = self.embeddings(a, b)
+            d = self.model.decision_distance(torch.from_numpy(e1), torch.from_numpy(e2)).numpy()
+        return self.same_question_floor(d, a, b)
+
+    def same_question_floor(self, distances: np.ndarray, q1: list[str], q2: list[str]) -> np.ndarray:
+        """`distances` with each pair of two spellings of one question (one `qpairs.text.normalize_question` key,
+        e.g. a question and itself) at most the closest distance the model can give: the top of its calibration,
+        whatever its encoder makes of the words (a BiLSTM reads unknown words as one token). Siamese models only (a
+        title is not its post's body)."""
+        if self.model.variant != "siamese" or not len(distances):
+            return distances
+        same = np.fromiter((x == y or normalize_question(x) == normalize_question(y) for x, y in zip(q1, q2)),
+                           dtype=bool, count=len(q1))
+        if not same.any():
+            return distances
+        closest = -SAME_QUESTION_LOGIT if self.model.pair_head is not None else 0.0  # −logit, or a distance ≥ 0
+        return np.where(same, np.minimum(distances, closest), distances).astype(distances.dtype, copy=False)
 
     def embeddings(self, q1: list[str], q2: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Both inputs' embeddings of the pairs, prepared as in training (each unique text encoded once)."""
@@ -388,7 +405,7 @@ class Ensemble(DuplicateDetector):
         """The distance this ensemble's calibration reads (`mix` of `member_logits`)."""
         a, b = _pair_lists(q1, q2)
         pooled: dict = {}
-        return self.mix(self.member_logits(a, b, states, pooled), a, b, pooled)
+        return self.same_question_floor(self.mix(self.member_logits(a, b, states, pooled), a, b, pooled), a, b)
 
     def __repr__(self) -> str:
         return f"Ensemble({', '.join(f'{m.path} × {w:g}' for m, w in zip(self.members, self.weights))}, path={self.path})"
@@ -401,6 +418,7 @@ class Ensemble(DuplicateDetector):
         return f"{describe_path(self.path)}: an ensemble of {mix}{hand_over} ({self.device.type}, {self.backend})"
 
 
+SAME_QUESTION_LOGIT = 12.0  # a pair head's logit for two spellings of one question: past any calibration's top
 BUNDLES = {"default": "default_model", "matching": "matching_model", "fast": "fast_model"}  # name → folder in the package
 # default: an ensemble of matching (a matching head on frozen all-MiniLM-L6-v2) and fast (a distilled BiLSTM)
 BUNDLE_ROOT = Path(__file__).resolve().parent

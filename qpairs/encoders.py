@@ -425,7 +425,7 @@ def load_tokenizer(directory):
     refused: the tokenizer built from it would know only its special tokens and read every word as unknown."""
     from transformers import AutoTokenizer
 
-    from .checkpoint import ModelDirError
+    from .errors import ModelDirError
 
     directory = Path(directory)
     if not any((directory / name).is_file() for name in TOKENIZER_FILES):

@@ -23,3 +23,7 @@ def require_count(value, name: str) -> None:
     """Refuse (ValueError) anything but a whole number of at least 1 (a bool or 2.0 is not one)."""
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a whole number of at least 1, got {value!r}")
+
+
+class ModelDirError(ValueError):
+    """A model directory is missing, incomplete or corrupt."""

@@ -575,6 +575,9 @@ class QuestionIndex:
         q = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))[:, None, :].expand(-1, rows.shape[1], -1)
         pair = (torch.from_numpy(stored), q) if self.side == "left" else (q, torch.from_numpy(stored))
         d = det.model.decision_distance(*pair).numpy()
+        if questions is not None and valid.any():  # two spellings of one question: as `det.distances` scores them
+            at = np.nonzero(valid)
+            d[at] = det.same_question_floor(d[at], [questions[i] for i in at[0]], [self.texts[r] for r in rows[at]])
         return np.where(valid, d, np.inf)
 
     def ranking_scores(self, questions: list[str], vectors: np.ndarray, rows: np.ndarray,

@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
+from functools import lru_cache
 
 import numpy as np
 import pandas as pd
@@ -40,6 +41,23 @@ def model_text(text: str) -> str:
     if not text.isascii():
         text = "".join(_same_letters(c) for c in text)
     return _EMOJI.sub(_emoji_words, text) if _EMOJI.search(text) else text
+
+
+# sentence punctuation; not a point, comma or colon between digits, nor a minus sign or hyphen before a digit or
+# between letters ("1.5" is not "15", "-5" not "5", "2-3" not "23")
+_PUNCTUATION = re.compile(r"(?!(?<=\d)[.,:](?=\d))(?!-(?=\d))(?!(?<=\w)-(?=\w))[.,;:!?\"()\[\]{}¿¡…“”«»–—-]")
+_APOSTROPHE = re.compile(r"\s*['‘’]|\s+(?=n['‘’]t\b)")  # with the spaces a tokenizer put before it ("do n't")
+_AROUND_SYMBOL = re.compile(r"\s*([^\w\s])\s*")
+
+
+@lru_cache(maxsize=1 << 16)  # a pair's texts are keyed again by each member of an ensemble, and by the ensemble
+def normalize_question(text: str) -> str:
+    """Key under which two spellings of one question count as the same question: case folded, apostrophes and
+    sentence punctuation dropped, no spaces around a symbol ("₹ 500" is "₹500"), words kept apart by one space
+    ("ice cream" is not "icecream"); every letter and mark (any script), digit and symbol kept ("C++" is not
+    "C", "1.5" is not "15"); read as the encoders read it (`model_text`: "nai\u0308ve" is "naïve")."""
+    text = _PUNCTUATION.sub(" ", _APOSTROPHE.sub("", model_text(str(text)).casefold()))
+    return " ".join(_AROUND_SYMBOL.sub(r"\1", text).split())
 
 
 def folds_otherwise(texts) -> str | None:

@@ -223,3 +223,15 @@ def test_cli_names_the_bad_config_in_one_line(model_dir, tmp_path, capsys):
     assert main(["score", str(tmp_path / "in.csv"), "-o", str(tmp_path / "out.csv"), "--model", str(d)]) == 2
     err = capsys.readouterr().err.strip()
     assert "config.json: encoder.type must be a string, got 3" in err and "\n" not in err
+
+
+def test_two_spellings_of_one_question_are_duplicates_whatever_the_encoder_makes_of_the_words():
+    fast = qpairs.load("fast", device="cpu")  # a BiLSTM reads a web address as unknown words
+    odd = ["What are some alternatives to thebetafamily.com?", "Who is israil friend?", "42"]
+    from qpairs.detector import SAME_QUESTION_LOGIT
+
+    top = fast.calibrator.predict_proba(np.array([-SAME_QUESTION_LOGIT]))[0]
+    assert top > 0.999
+    assert fast.predict_proba(odd, odd).tolist() == [top] * 3
+    assert fast.predict_proba("What's thebetafamily.com?", "whats thebetafamily.com") == top
+    assert fast.predict_proba("Is it 1.5 litres?", "Is it 15 litres?") < top  # another question, not a spelling
