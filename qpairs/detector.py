@@ -6,6 +6,7 @@ beside the class it extends.
 """
 from __future__ import annotations
 
+import os
 import re
 import threading
 from contextlib import nullcontext
@@ -244,8 +245,12 @@ class DuplicateDetector:
             if probability is not None and probability != known.probability:
                 raise ValueError(f"these known pairs answer {known.probability}, not {probability}: build them "
                                  "with that probability")
-        elif known is not None:
+        elif isinstance(known, (str, os.PathLike)):
             known = KnownPairs.from_file(known, 0.99 if probability is None else probability)
+        elif known is not None:
+            raise TypeError(f"known must be a labelled pair file's path or a qpairs.known.KnownPairs, not "
+                            f"{type(known).__name__} (a DataFrame with question1, question2 and is_duplicate: "
+                            "KnownPairs(frame))")
         if known is not None and not 1.0 - known.probability < self.threshold <= known.probability:
             raise ValueError(f"a known duplicate's probability {known.probability} (and a known non-duplicate's "
                              f"{1.0 - known.probability:g}) must fall on its side of this model's threshold "
@@ -452,6 +457,11 @@ def resolve_model_path(model=None) -> Path:
     """A run directory for `model`: None → the bundled default; a bare bundled name as a string ('default',
     'fast') → that bundle, even when a folder of that name exists here (spell it ./fast to load the folder);
     anything else → a path."""
+    if model is not None and not isinstance(model, (str, os.PathLike)):
+        raise TypeError(f"model must be a bundled model's name or a run directory's path, not {type(model).__name__}")
+    if isinstance(model, str) and not model.strip():
+        raise ValueError("model is an empty name: pass a bundled model's name, a run directory's path, or None for "
+                         "the default model")
     if model is not None and not (isinstance(model, str) and model in BUNDLES):
         return Path(model)
     name = model or "default"

@@ -410,8 +410,8 @@ class QuestionIndex:
             raise SearchIndexError(f"{directory / QUESTIONS} is corrupt: expected columns id and text, found "
                                    f"{list(frame.columns)}")
         if index.ntotal != len(frame) or len(frame) != meta.get("size"):
-            raise SearchIndexError(f"{directory}: {index.ntotal} vectors but {len(frame)} questions "
-                                   f"(meta says {meta.get('size')}): the index is corrupt")
+            raise SearchIndexError(f"{directory}: the index is corrupt: its files disagree on its size ({index.ntotal} "
+                                   f"vectors, {len(frame)} questions, meta.json says {meta.get('size')}); build it again")
         out = cls(index, frame["id"].astype(str).tolist(), frame["text"].astype(str).tolist(), meta, directory)
         _check_text_folding(out)
         if out.space == "base":

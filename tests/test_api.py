@@ -235,3 +235,27 @@ def test_two_spellings_of_one_question_are_duplicates_whatever_the_encoder_makes
     assert fast.predict_proba(odd, odd).tolist() == [top] * 3
     assert fast.predict_proba("What's thebetafamily.com?", "whats thebetafamily.com") == top
     assert fast.predict_proba("Is it 1.5 litres?", "Is it 15 litres?") < top  # another question, not a spelling
+
+
+@pytest.mark.parametrize("model,error,message", [
+    (3, TypeError, "model must be a bundled model's name or a run directory's path, not int"),
+    ("", ValueError, "model is an empty name"),
+])
+def test_a_model_that_is_neither_a_name_nor_a_path_is_refused_plainly(model, error, message):
+    with pytest.raises(error, match=message):
+        qpairs.load(model)
+
+
+def test_question_lists_that_are_not_lists_of_questions_are_refused():
+    import pandas as pd
+
+    det = qpairs.load("fast", device="cpu")
+    frame = pd.DataFrame({"question1": ["How do I learn Python?", "Is coffee bad?"], "question2": ["a?", "b?"]})
+    with pytest.raises(TypeError, match="not a DataFrame: pass one column"):
+        det.predict_proba(frame[["question1"]], frame[["question2"]])  # iterating it gives its column names
+    with pytest.raises(TypeError, match="one-dimensional"):
+        det.predict_proba(np.array("How?"), np.array("Why?"))
+    with pytest.raises(ValueError, match="lone surrogate U\\+D83D"):
+        det.predict_proba(["Is this \ud83d a pizza?"], ["Is it a pizza?"])
+    with pytest.raises(TypeError, match="known must be a labelled pair file's path"):
+        det.with_known(frame)
