@@ -259,3 +259,29 @@ def test_question_lists_that_are_not_lists_of_questions_are_refused():
         det.predict_proba(["Is this \ud83d a pizza?"], ["Is it a pizza?"])
     with pytest.raises(TypeError, match="known must be a labelled pair file's path"):
         det.with_known(frame)
+
+
+def test_damaged_model_folders_are_refused_at_load(tmp_path):
+    import json
+    import shutil
+
+    from qpairs.detector import bundled_model_dir
+    from qpairs.errors import ModelDirError
+
+    matching = shutil.copytree(bundled_model_dir("matching"), tmp_path / "m")
+    (matching / "encoder" / "tokenizer" / "tokenizer.json").unlink()  # a tokenizer knowing its special tokens only
+    with pytest.raises(ModelDirError, match="holds no tokenizer vocabulary"):
+        qpairs.load(matching)
+    ensemble = shutil.copytree(bundled_model_dir("default"), tmp_path / "e")
+    spec = json.loads((ensemble / "ensemble.json").read_text())
+    spec["members"][1]["weight"] = float("nan")  # every probability would be NaN
+    (ensemble / "ensemble.json").write_text(json.dumps(spec))
+    with pytest.raises(ModelDirError, match="ensemble.json: member weights must be non-negative numbers"):
+        qpairs.load(ensemble)
+
+
+def test_an_ensemble_checks_every_backend_before_switching_any():
+    det = qpairs.load("default", device="cpu", backend="torch")
+    with pytest.raises(ValueError, match="member 2 .*unknown backend 'bogus'"):
+        det.use_backend("onnx-int8+bogus")
+    assert det.backend == "torch+torch" and [m.backend for m in det.members] == ["torch", "torch"]
