@@ -326,7 +326,7 @@ def score_file(input, output, model=None, *, q1_col: str | None = None, q2_col: 
                 raise KeyboardInterrupt("stopped for a test")
         bar.close()
         scoring_seconds = time.perf_counter() - t0
-        _finish(p, writer, bad_writer, n_bad, rows_done, output, columns)
+        _finish(p, writer, bad_writer, n_bad, rows_done, output, input)
         seconds = time.perf_counter() - started
     except Exception as exc:  # an error: nothing half-written stays behind
         _close(writers, bar)
@@ -511,13 +511,15 @@ def _cleanup(p: dict) -> None:
     shutil.rmtree(str(p["tmp"]) + ".parts", ignore_errors=True)
 
 
-def _finish(p: dict, writer, bad_writer, n_bad: int, rows: int, output, columns) -> None:
+def _finish(p: dict, writer, bad_writer, n_bad: int, rows: int, output, input) -> None:
     from . import tableio
 
     writer.close()
     bad_writer.close()
-    if rows == 0:  # header only
-        tableio.write_frame(pd.DataFrame(columns=list(columns) + [PROBA_COL, PRED_COL]), p["tmp"], name=output)
+    if rows == 0:  # header only: the input's columns (a Parquet file's types too) and the two added
+        empty = tableio.read_frame(input).assign(**{PROBA_COL: pd.Series(dtype="float64"),
+                                                    PRED_COL: pd.Series(dtype="Int8")})
+        tableio.write_frame(empty, p["tmp"], name=output)
     elif isinstance(writer, tableio.ParquetWriter):
         writer.merge_into(p["tmp"])
     os.replace(p["tmp"], p["out"])

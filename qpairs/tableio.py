@@ -387,7 +387,10 @@ def read_frame(path, chunk_size: int = 65536) -> pd.DataFrame:
             check_unique_columns(chunk.frame.columns, path)
         chunk.check_fields(path)
         chunks.append(chunk.frame)
-    if not chunks:
+    if not chunks:  # no rows: the header's columns (a Parquet file's with their types)
+        if table_format(path)[0] == "parquet":
+            return _parquet_file(path).schema_arrow.empty_table().to_pandas(types_mapper=_nullable_int,
+                                                                           ignore_metadata=True)
         return pd.DataFrame(columns=read_columns(path), dtype=object)
     return pd.concat(chunks) if len(chunks) > 1 else chunks[0]
 

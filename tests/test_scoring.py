@@ -722,3 +722,14 @@ def test_a_resumed_score_says_how_many_pairs_this_run_scored(det, tmp_path, caps
                  "--chunk-size", "40", "--checkpoint-rows", "40", "--resume", "--backend", det.backend]) == 0
     assert "scored 120 pairs (question1 vs question2; 40 in this run, 80 before it)" in capsys.readouterr().out
     assert len(pd.read_csv(tmp_path / "out.csv")) == 120
+
+
+def test_a_parquet_file_without_rows_keeps_its_column_types(det, tmp_path):
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.table({"id": pa.array([], pa.int64()), "question1": pa.array([], pa.string()),
+                             "question2": pa.array([], pa.string())}), tmp_path / "empty.parquet")
+    score_file(tmp_path / "empty.parquet", tmp_path / "out.parquet", det, progress=False)
+    types = dict(zip(pq.read_schema(tmp_path / "out.parquet").names, pq.read_schema(tmp_path / "out.parquet").types))
+    assert types["id"] == pa.int64() and types[PROBA_COL] == pa.float64() and types[PRED_COL] == pa.int8()
