@@ -676,7 +676,11 @@ def _add_scoring_commands(sub) -> None:
 
     p = sub.add_parser("submit", help="Kaggle submission file (test_id,is_duplicate) for a test CSV",
                        description="One row per test_id in input order, probabilities clipped to [1e-6, 1-1e-6], "
-                       "checked (row count, unique ids, no NaN) before writing; OUTPUT ending in .gz is gzipped.")
+                       "checked (row count, unique ids, no NaN) before writing; OUTPUT ending in .gz is gzipped. "
+                       "test_ids are whole numbers, as Kaggle's are, written plainly ('007' and '7.0' as 7; two "
+                       "that are one number are refused as repeats). Rows with an empty question get the prior "
+                       "duplicate rate (a submission needs every row); use `qpairs score` to keep other ids as "
+                       "written.")
     p.add_argument("test", help="Kaggle test.csv (test_id,question1,question2), .gz ok")
     p.add_argument("-o", "--output", required=True, help="submission CSV (.csv or .csv.gz)")
     p.add_argument("--model", help=MODEL_HELP)
