@@ -116,7 +116,9 @@ class Familiarity:
             with np.load(path) as f:
                 return cls(f["mean"], f["precision"], rule)
         except (OSError, KeyError, ValueError) as exc:
-            raise ModelDirError(f"{path}: the unfamiliar-pair rule needs this file ({type(exc).__name__}: {exc})") from None
+            what = "is missing" if isinstance(exc, FileNotFoundError) else "is unreadable or corrupt"
+            raise ModelDirError(f"{path} {what}: the ensemble's unfamiliar-pair rule reads it "
+                                f"({type(exc).__name__}: {exc})") from None
 
 
 def require_question_model(det, name=None) -> None:

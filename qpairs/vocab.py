@@ -97,7 +97,16 @@ class WordVocab:
 
     @classmethod
     def load(cls, path) -> "WordVocab":
-        return cls(json.loads(Path(path).read_text()))
+        """The vocabulary `save` wrote: a JSON list of tokens (anything else is a `ModelDirError` naming the file)."""
+        from .errors import ModelDirError
+
+        try:
+            tokens = json.loads(Path(path).read_text(encoding="utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            raise ModelDirError(f"{path}: cannot read the vocabulary ({type(exc).__name__}: {exc})") from None
+        if not isinstance(tokens, list) or len(tokens) < 3 or not all(isinstance(t, str) for t in tokens):
+            raise ModelDirError(f"{path}: expected a JSON list of the vocabulary's tokens; the model folder is corrupt")
+        return cls(tokens)
 
     def save_to(self, directory) -> None:
         self.save(Path(directory) / "vocab.json")
