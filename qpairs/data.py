@@ -218,7 +218,7 @@ def load_file(path, on_bad_row: str = "error", q1_col=None, q2_col=None, label_c
         if mask.any() and on_bad_row == "error":
             row = int(np.flatnonzero(mask)[0])
             raise DataError(f"{path}: {row_where(path, row)}, column '{c}': {problems.iloc[row]}")
-        reasons[f"empty {c}"] = int(mask.sum())
+        reasons[f"bad {c}"] = int(mask.sum())
         bad |= mask
     if lc is not None:
         labels, bad_label = _parse_labels(raw[lc], path, lc, on_bad_row)

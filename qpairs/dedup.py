@@ -207,7 +207,7 @@ def dedup(det, texts, ids=None, k: int = 10, threshold: float | None = None, kin
     """Groups of duplicate questions: kNN graph → `linkage_clusters` at the threshold (default: the model's).
 
     A question written more than once (the same words; case and sentence punctuation aside:
-    `qpairs.data.normalize_question`) is one node of the graph, so its copies always share a group.
+    `qpairs.text.normalize_question`) is one node of the graph, so its copies always share a group.
     Returns one row per question (input order): id, text, cluster, cluster_size, best_match (id of its most
     likely duplicate: one of its copies when it has any, else the best of its k neighbours, even below the
     threshold; empty only without neighbours) and best_probability (the model's probability of that pair).

@@ -16,12 +16,11 @@ import torch
 
 from .calibration import Calibrator
 from .checkpoint import ModelDirError, load_model, read_json
-from .text import normalize_question
 from .errors import require_count
 from .matching import needs_tokens
 from .model import SiameseModel
 from .pair_scores import pair_distances
-from .text import as_text_list, refuse_non_questions
+from .text import as_text_list, refuse_non_questions, same_questions
 
 
 def resolve_device(device: str | torch.device | None = "auto") -> torch.device:
@@ -169,10 +168,12 @@ class DuplicateDetector:
         x = torch.from_numpy(np.ascontiguousarray(pooled, dtype=np.float32)).to(self.device)
         return head(x).float().cpu().numpy()
 
-    def distances(self, q1, q2, states: dict | None = None, pooled: dict | None = None) -> np.ndarray:
-        """Distances between the pairs (each unique text is encoded once). For a matching head: `states`, token
-        states already computed (`qpairs.pair_scores.pair_distances`), e.g. a `StateMemo` shared across calls;
-        `pooled`, a dict that receives each prepared text's mean token state."""
+    def distances(self, q1, q2, states: dict | None = None, pooled: dict | None = None,
+                  same_floor: bool = True) -> np.ndarray:
+        """Distances between the pairs (each unique text is encoded once), with `same_question_floor` applied
+        (`same_floor`). For a matching head: `states`, token states already computed
+        (`qpairs.pair_scores.pair_distances`), e.g. a `StateMemo` shared across calls; `pooled`, a dict that
+        receives each prepared text's mean token state."""
         a, b = _pair_lists(q1, q2)
         if needs_tokens(self.model):  # a matching head compares the two sides' token states
             pa, pb = self.preprocess(a, "left"), self.preprocess(b, "right")
@@ -183,21 +184,26 @@ class DuplicateDetector:
         else:
             e1, e2 = self.embeddings(a, b)
             d = self.model.decision_distance(torch.from_numpy(e1), torch.from_numpy(e2)).numpy()
-        return self.same_question_floor(d, a, b)
+        return self.same_question_floor(d, a, b) if same_floor else d
+
+    @property
+    def closest_distance(self) -> float:
+        """The distance of two spellings of one question: −`SAME_QUESTION_LOGIT` for a pair head (its distance is
+        −logit), else 0 (an embedding distance)."""
+        return -SAME_QUESTION_LOGIT if self.model.pair_head is not None else 0.0
 
     def same_question_floor(self, distances: np.ndarray, q1: list[str], q2: list[str]) -> np.ndarray:
-        """`distances` with each pair of two spellings of one question (one `qpairs.text.normalize_question` key,
-        e.g. a question and itself) at most the closest distance the model can give: the top of its calibration,
-        whatever its encoder makes of the words (a BiLSTM reads unknown words as one token). Siamese models only (a
-        title is not its post's body)."""
-        if self.model.variant != "siamese" or not len(distances):
+        """`distances` with each pair of two spellings of one question (`qpairs.text.same_questions`: a question and
+        itself, up to case, spaces, apostrophes and its closing mark) at most `closest_distance`: the top of the
+        calibration, whatever the encoder makes of the words (a BiLSTM reads unknown words as one token). Every
+        scoring path applies it once. Not for a model of two kinds of text (a title is not its post's body)."""
+        if self.model.variant != "siamese" or self.model.prepares_sides or not len(distances):
             return distances
-        same = np.fromiter((x == y or normalize_question(x) == normalize_question(y) for x, y in zip(q1, q2)),
-                           dtype=bool, count=len(q1))
+        same = same_questions(q1, q2)
         if not same.any():
             return distances
-        closest = -SAME_QUESTION_LOGIT if self.model.pair_head is not None else 0.0  # −logit, or a distance ≥ 0
-        return np.where(same, np.minimum(distances, closest), distances).astype(distances.dtype, copy=False)
+        return np.where(same, np.minimum(distances, self.closest_distance), distances).astype(distances.dtype,
+                                                                                           copy=False)
 
     def embeddings(self, q1: list[str], q2: list[str]) -> tuple[np.ndarray, np.ndarray]:
         """Both inputs' embeddings of the pairs, prepared as in training (each unique text encoded once)."""
@@ -303,9 +309,7 @@ class Ensemble(DuplicateDetector):
         if len(members) < 2 or len(weights) != len(members):
             raise ValueError(f"an ensemble needs two or more members and one weight each, got {len(members)} "
                              f"members and {len(weights)} weights")
-        self.members, self.weights = list(members), np.asarray(weights, dtype=np.float64)
-        if not np.isfinite(self.weights).all() or (self.weights < 0).any() or abs(self.weights.sum() - 1) > 1e-6:
-            raise ValueError(f"ensemble weights must be non-negative and add up to 1, got {list(weights)}")
+        self.members, self.weights = list(members), ensemble_weights(weights)
         primary = self.members[0]
         self.familiarity = familiarity  # a `qpairs.familiarity.Familiarity` (its rule applied to the mix) or None
         if familiarity is not None:
@@ -336,14 +340,24 @@ class Ensemble(DuplicateDetector):
                 resolve_backend(c, member.device, member.model)
             except ValueError as exc:
                 raise ValueError(f"member {i + 1} ({describe_path(member.path)}): {exc}") from None
-        for c, member in zip(chosen, self.members):
-            member.use_backend(c, threads)
+        before = [m.backend for m in self.members]
+        try:
+            for c, member in zip(chosen, self.members):
+                member.use_backend(c, threads)
+        except Exception:  # e.g. an ONNX export that fails: the members switched so far go back
+            for b, member in zip(before, self.members):
+                member.use_backend(b)
+            raise
         self.backend = "+".join(m.backend for m in self.members)
         return self
 
     @property
     def scores_texts(self) -> bool:
         return True
+
+    @property
+    def closest_distance(self) -> float:
+        return -SAME_QUESTION_LOGIT  # an ensemble's distance is −(mixed logit), whatever its members'
 
     @property
     def _qpairs_fingerprint(self) -> str:  # what `checkpoint.model_fingerprint` returns: every member, and the mix
@@ -378,9 +392,9 @@ class Ensemble(DuplicateDetector):
         `pooled` receives the primary's pooled token states, see `DuplicateDetector.distances`)."""
         from .calibration import _logit
 
-        return np.stack([_logit(m.calibrator.predict_proba(m.distances(q1, q2, states, pooled) if i == 0
-                                                           else m.distances(q1, q2)))
-                         for i, m in enumerate(self.members)])
+        return np.stack([_logit(m.calibrator.predict_proba(m.distances(q1, q2, states, pooled, same_floor=False) if i == 0
+                                                           else m.distances(q1, q2, same_floor=False)))
+                         for i, m in enumerate(self.members)])  # the ensemble floors its own distance once
 
     def pooled_rows(self, pooled: dict, q1: list[str], q2: list[str]) -> tuple[np.ndarray, list, list]:
         """The primary's pooled vectors of the pairs' distinct texts [texts, dim] (from the dict `member_logits`
@@ -406,11 +420,12 @@ class Ensemble(DuplicateDetector):
             mixed = self.familiarity.apply_rows(mixed, *self.pooled_rows(pooled, q1, q2))
         return -mixed
 
-    def distances(self, q1, q2, states: dict | None = None) -> np.ndarray:
-        """The distance this ensemble's calibration reads (`mix` of `member_logits`)."""
+    def distances(self, q1, q2, states: dict | None = None, same_floor: bool = True) -> np.ndarray:
+        """The distance this ensemble's calibration reads (`mix` of `member_logits`, `same_question_floor`)."""
         a, b = _pair_lists(q1, q2)
         pooled: dict = {}
-        return self.same_question_floor(self.mix(self.member_logits(a, b, states, pooled), a, b, pooled), a, b)
+        d = self.mix(self.member_logits(a, b, states, pooled), a, b, pooled)
+        return self.same_question_floor(d, a, b) if same_floor else d
 
     def __repr__(self) -> str:
         return f"Ensemble({', '.join(f'{m.path} × {w:g}' for m, w in zip(self.members, self.weights))}, path={self.path})"
@@ -496,13 +511,11 @@ def _load(path, device: str, backend: str) -> DuplicateDetector:
     if (path / ENSEMBLE_FILE).exists():
         spec = read_json(path / ENSEMBLE_FILE)
         try:
-            refs, weights = zip(*((m["model"], float(m["weight"])) for m in spec["members"]))
+            refs, weights = zip(*((m["model"], m["weight"]) for m in spec["members"]))
+            ensemble_weights(weights)
         except (KeyError, TypeError, ValueError) as exc:
             raise ModelDirError(f"{path / ENSEMBLE_FILE}: expected {{\"members\": [{{\"model\": …, \"weight\": …}}, …]}} "
                                 f"({type(exc).__name__}: {exc})") from None
-        if not all(np.isfinite(w) and w >= 0 for w in weights) or abs(sum(weights) - 1) > 1e-6:
-            raise ModelDirError(f"{path / ENSEMBLE_FILE}: member weights must be non-negative numbers adding up to 1, "
-                                f"got {list(weights)}")
         members = [load(member_path(path, ref), device, "torch") for ref in refs]  # backends set by the ensemble
         familiarity = None
         if spec.get("unfamiliar"):
@@ -512,6 +525,16 @@ def _load(path, device: str, backend: str) -> DuplicateDetector:
         return Ensemble(members, weights, _read_calibration(path), path=path, backend=backend, familiarity=familiarity)
     model, cfg = load_model(path, dev)
     return DuplicateDetector(model, _read_calibration(path), cfg, dev, path=path, backend=backend)
+
+
+def ensemble_weights(weights) -> np.ndarray:
+    """An ensemble's member weights as an array: numbers (not strings or booleans), non-negative, adding up to 1."""
+    if not all(isinstance(w, (int, float, np.number)) and not isinstance(w, (bool, np.bool_)) for w in weights):
+        raise TypeError(f"ensemble weights must be numbers, got {list(weights)!r}")
+    out = np.asarray(weights, dtype=np.float64)
+    if not np.isfinite(out).all() or (out < 0).any() or abs(out.sum() - 1) > 1e-6:
+        raise ValueError(f"ensemble weights must be non-negative and add up to 1, got {list(weights)}")
+    return out
 
 
 def member_path(ensemble_dir: Path, ref: str) -> Path:

@@ -417,24 +417,24 @@ def load_saved_base(name: str | None, hf_config: dict | None):
     return base
 
 
-TOKENIZER_FILES = ("tokenizer.json", "vocab.txt")  # either defines a word-piece vocabulary
-
-
 def load_tokenizer(directory):
-    """`AutoTokenizer.from_pretrained` of a local directory (never a hub). A directory without a vocabulary file is
-    refused: the tokenizer built from it would know only its special tokens and read every word as unknown."""
+    """`AutoTokenizer.from_pretrained` of a local directory (never a hub). One that knows its special tokens only
+    (its vocabulary file missing) is refused: it would read every word as unknown."""
     from transformers import AutoTokenizer
 
     from .errors import ModelDirError
 
     directory = Path(directory)
-    if not any((directory / name).is_file() for name in TOKENIZER_FILES):
-        raise ModelDirError(f"{directory} holds no tokenizer vocabulary ({' or '.join(TOKENIZER_FILES)}): the "
-                            "model folder is incomplete")
+    if not directory.is_dir():
+        raise ModelDirError(f"{directory}: the tokenizer folder is missing; the model folder is incomplete")
     try:
-        return AutoTokenizer.from_pretrained(directory, local_files_only=True)
+        tokenizer = AutoTokenizer.from_pretrained(directory, local_files_only=True)
     except (OSError, ValueError, KeyError, TypeError) as exc:
         raise ModelDirError(f"{directory}: the tokenizer files are corrupt ({type(exc).__name__}: {exc})") from None
+    if len(tokenizer) <= len(tokenizer.all_special_tokens):
+        raise ModelDirError(f"{directory} holds no tokenizer vocabulary (tokenizer.json, vocab.txt, …): the model "
+                            "folder is incomplete")
+    return tokenizer
 
 
 POOLINGS = ("mean", "max", "cls", "last")

@@ -1,5 +1,5 @@
-"""The error of bad input data, shared by the readers (`qpairs.tableio`, `qpairs.data`) and their callers, and the
-check of a count passed to the API."""
+"""The errors of bad input data (shared by the readers, `qpairs.tableio` and `qpairs.data`, and their callers) and of
+a damaged model folder (`ModelDirError`), and the check of a count passed to the API."""
 import numbers
 
 

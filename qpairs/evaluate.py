@@ -20,11 +20,11 @@ def calibrated_metrics(calibrator, distances, labels, test_prior: float | None =
     return classification_metrics(labels, probs, calibrator.threshold), probs
 
 
-def labelled_pairs(frame: pd.DataFrame) -> pd.DataFrame:
-    """The rows of `frame` with a label (is_duplicate ≥ 0); none is a ValueError."""
+def labelled_pairs(frame: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
+    """The rows of `frame` with a label (is_duplicate ≥ 0); none is a ValueError (naming `source`, if given)."""
     labelled = frame[frame["is_duplicate"] >= 0]
     if len(labelled) == 0:
-        raise ValueError("no labelled pairs to evaluate")
+        raise ValueError(f"{source + ': ' if source else ''}no labelled pairs to evaluate")
     return labelled
 
 
@@ -111,9 +111,7 @@ def evaluate_run(run_dir, files, out=None, device: str = "auto", on_bad_row: str
     det = load(run_dir, device=device, backend=backend)
     loaded = LoadReport()
     frame = load_pairs(files, on_bad_row=on_bad_row, report=loaded, **column_names)
-    if not (frame["is_duplicate"] >= 0).any():
-        raise ValueError(f"{', '.join(map(str, files))}: no labelled pairs to evaluate"
-                         + (f" ({loaded})" if loaded.dropped_bad else ""))
+    labelled_pairs(frame, ", ".join(map(str, files)) + (f" ({loaded})" if loaded.dropped_bad else ""))
     hist_path = det.path / "history.json"
     history = read_json(hist_path) if hist_path.exists() else None
     out = Path(out) if out else report_dir(run_dir, files)

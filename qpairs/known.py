@@ -2,7 +2,7 @@
 
 A user often holds labelled pairs already (a forum's merged duplicates, a training file). Duplicates are
 transitive, so those labels answer more pairs than they name: A~B and B~C labelled give A~C.
-`KnownPairs` holds them (questions matched by `qpairs.data.normalize_question`) and answers:
+`KnownPairs` holds them (questions matched by `qpairs.text.normalize_question`) and answers:
 
 * a pair inside one duplicate group (labelled, or implied by transitivity): `probability`;
 * a pair labelled non-duplicate itself: 1 − `probability`;

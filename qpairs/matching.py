@@ -86,25 +86,11 @@ class MatchingHead(nn.Module):
         scores = scores.masked_fill(~mask_b[:, None, :], torch.finfo(scores.dtype).min)
         return torch.softmax(scores, dim=-1) @ b
 
-    def _folded(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """The compare layer's weights for a, ã and a∗ã, with a−ã folded into the first two; at inference kept
-        until the weights change (a plain attribute: not in the state dict)."""
-        weight = self.compare[0].weight
-        if torch.is_grad_enabled():
-            w_a, w_al, w_diff, w_prod = weight.split(weight.size(1) // 4, dim=1)
-            return w_a + w_diff, w_al - w_diff, w_prod
-        key = (weight.data_ptr(), weight._version, weight.dtype, weight.device)
-        cached = self.__dict__.get("_folded_weights")
-        if cached is None or cached[0] != key:
-            with torch.no_grad():
-                w_a, w_al, w_diff, w_prod = weight.split(weight.size(1) // 4, dim=1)
-                cached = self.__dict__["_folded_weights"] = (key, (w_a + w_diff, w_al - w_diff, w_prod.contiguous()))
-        return cached[1]
-
     def _compare(self, a, aligned) -> torch.Tensor:
         """compare([a, ã, a−ã, a∗ã]) with the concatenation folded into the weights (the same map, less work)."""
-        w_a, w_al, w_prod = self._folded()
-        x = nn.functional.linear(a, w_a, self.compare[0].bias) + nn.functional.linear(aligned, w_al)
+        linear = self.compare[0]
+        w_a, w_al, w_diff, w_prod = linear.weight.split(a.size(-1), dim=1)
+        x = nn.functional.linear(a, w_a + w_diff, linear.bias) + nn.functional.linear(aligned, w_al - w_diff)
         return torch.relu(x + nn.functional.linear(a * aligned, w_prod))
 
     def forward(self, u: torch.Tensor, v: torch.Tensor, tokens_a: TokenBatch, tokens_b: TokenBatch,

@@ -151,7 +151,8 @@ class PairScorer:
             self.looked_up += 2 * len(q1)
             return np.asarray(self.det.distances(list(q1), list(q2)), dtype=np.float64)
         e1, e2 = model.embed_pairs(model.prepare(q1, "left"), model.prepare(q2, "right"), self._rows)
-        return model.decision_distance(e1, e2).cpu().numpy().astype(np.float64)
+        d = model.decision_distance(e1, e2).cpu().numpy().astype(np.float64)
+        return self.det.same_question_floor(d, list(q1), list(q2))
 
     def predict_proba(self, q1: list[str], q2: list[str], prior: float | None = None) -> np.ndarray:
         """Calibrated duplicate probabilities of the pairs (float64 array; `prior`: re-weighted to that duplicate

@@ -575,7 +575,7 @@ class QuestionIndex:
         q = torch.from_numpy(np.ascontiguousarray(embeddings, dtype=np.float32))[:, None, :].expand(-1, rows.shape[1], -1)
         pair = (torch.from_numpy(stored), q) if self.side == "left" else (q, torch.from_numpy(stored))
         d = det.model.decision_distance(*pair).numpy()
-        if questions is not None and valid.any():  # two spellings of one question: as `det.distances` scores them
+        if questions is not None and valid.any():  # two spellings of one question, as every scoring path has them
             at = np.nonzero(valid)
             d[at] = det.same_question_floor(d[at], [questions[i] for i in at[0]], [self.texts[r] for r in rows[at]])
         return np.where(valid, d, np.inf)
@@ -643,7 +643,7 @@ class QuestionIndex:
             rows[i, : len(u)] = u
         valid = rows >= 0
         embeddings = self.model_embeddings(det, vectors)
-        dist = self.rescore(det, embeddings, rows)
+        dist = self.rescore(det, embeddings, rows, questions)
         similarity, reference = self._similarity(det, questions, embeddings, rows, np.where(valid, -dist, 0.0))
         if lexical is None:  # MaxSim without BM25: the lexical part weighs nothing
             scores = fused_scores(similarity, np.zeros(rows.shape), 0.0, reference)

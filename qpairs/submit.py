@@ -60,17 +60,17 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
     from .progress import progress_bar
     from .data import find_column
     from .scoring import PairScorer, _as_detector, resolve_columns
-    from .text import bad_mask, blank_mask
+    from .text import bad_reasons, blank_mask
 
     if test_prior is not None and not 0.0 < test_prior < 1.0:
         raise ValueError(f"--test-prior is a duplicate rate: it must lie strictly between 0 and 1, not {test_prior}")
     columns = tableio.read_columns(test_file)
-    q1c, q2c, _ = resolve_columns(columns, q1_col, q2_col, None, test_file)
-    idc = id_col or find_column(columns, ("test_id",), "test_id", test_file, required=False)  # in any case
-    if idc is None or idc not in columns:
-        raise DataError(f"{test_file}: no '{id_col or 'test_id'}' column (a Kaggle test file has "
-                        f"test_id,question1,question2); columns are {columns}"
-                        + ("" if id_col else "; name the id column with --id-col"))
+    q1c, q2c, idc = resolve_columns(columns, q1_col, q2_col, id_col, test_file)
+    if id_col is None:
+        idc = find_column(columns, ("test_id",), "test_id", test_file, required=False)  # in any case
+    if idc is None:
+        raise DataError(f"{test_file}: no 'test_id' column (a Kaggle test file has test_id,question1,question2); "
+                        f"columns are {columns}; name the id column with --id-col")
     tableio.check_output(output, test_file)
     if not str(output).lower().endswith((".csv", ".csv.gz")):
         raise ValueError(f"{output}: a submission is a CSV file: end its name in .csv or .csv.gz")
@@ -88,8 +88,9 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
         if blank.any():
             raise DataError(f"{test_file}: {chunk.where(int(np.flatnonzero(blank)[0]))}, column '{idc}': blank test_id")
         numbers.append(_id_numbers(frame[idc], chunk, test_file, idc))
-        _refuse_non_text(frame, (q1c, q2c), chunk, test_file)
-        ok = ~(bad_mask(frame[q1c]) | bad_mask(frame[q2c]))
+        reasons = {c: bad_reasons(frame[c]) for c in (q1c, q2c)}
+        _refuse_non_text(reasons, chunk, test_file)
+        ok = ((reasons[q1c] == "") & (reasons[q2c] == "")).to_numpy()
         p = np.full(len(frame), fallback, dtype=np.float64)
         p[ok] = scorer.predict_proba(list(frame[q1c].to_numpy()[ok]), list(frame[q2c].to_numpy()[ok]), test_prior)
         probs.append(p)
@@ -109,16 +110,15 @@ def make_submission(test_file, output, model=None, *, test_prior: float | None =
             "known_answered": scorer.known_answered if det.known is not None else None}
 
 
-def _refuse_non_text(frame: pd.DataFrame, columns, chunk, test_file) -> None:
+def _refuse_non_text(reasons: dict, chunk, test_file) -> None:
     """A DataError naming the first question cell that is not text at all (a number in a typed column: the wrong
-    column?); empty and missing questions are the ones that get the prior."""
-    from .text import bad_reasons
+    column?), from each column's `bad_reasons`; empty and missing questions are the ones that get the prior."""
+    from .text import NOT_TEXT
 
-    for col in columns:
-        reasons = bad_reasons(frame[col])
-        hit = np.flatnonzero(reasons.str.startswith("not text").to_numpy())
+    for col, why in reasons.items():
+        hit = np.flatnonzero(why.str.startswith(NOT_TEXT).to_numpy())
         if len(hit):
-            raise DataError(f"{test_file}: {chunk.where(int(hit[0]))}, column '{col}': {reasons.iloc[hit[0]]}")
+            raise DataError(f"{test_file}: {chunk.where(int(hit[0]))}, column '{col}': {why.iloc[hit[0]]}")
 
 
 def _id_numbers(ids: pd.Series, chunk, test_file, column: str) -> np.ndarray:

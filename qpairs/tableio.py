@@ -407,12 +407,16 @@ _LONE_CR = re.compile("\r(?!\n)")
 
 
 def _first_cell_matching(frame: pd.DataFrame, pattern: re.Pattern):
-    """(index label, column) of the first text cell that `pattern` finds something in, column by column; else None."""
+    """(index label, column) of the first text cell that `pattern` finds something in, column by column; else None.
+    Every column that is not numeric is looked at (object, string and categorical ones)."""
     for col in frame.columns:
-        if frame[col].dtype == object or pd.api.types.is_string_dtype(frame[col].dtype):
-            hit = np.flatnonzero(frame[col].map(lambda v: isinstance(v, str) and pattern.search(v) is not None))
-            if len(hit):
-                return frame.index[hit[0]], col
+        if pd.api.types.is_numeric_dtype(frame[col].dtype) or pd.api.types.is_bool_dtype(frame[col].dtype):
+            continue
+        texts = [v if isinstance(v, str) else "" for v in frame[col].astype(object)]
+        if pattern.search("\x00".join(texts)) is None:  # the common case, at C speed
+            continue
+        hit = next(i for i, v in enumerate(texts) if pattern.search(v))
+        return frame.index[hit], col
     return None
 
 
@@ -441,7 +445,12 @@ class CSVWriter:
         elif _first_cell_matching(frame, _LONE_CR) is not None:  # csv quotes a field for '\n' but not a lone '\r',
             kwargs["quoting"] = csv.QUOTE_NONNUMERIC              # which readers take as a line break: quote text
         rounded = {c: frame[c].map(lambda v: "" if pd.isna(v) else f"{v:.6g}") for c in self.rounded if c in frame}
-        text = frame.assign(**rounded).to_csv(index=False, header=not self.header_done, lineterminator="\n", **kwargs)
+        try:
+            text = frame.assign(**rounded).to_csv(index=False, header=not self.header_done, lineterminator="\n",
+                                                  **kwargs)
+        except csv.Error as exc:  # a cell the checks above did not see (e.g. in a column of another type)
+            raise ValueError(f"{self.name}: a cell cannot be written as {self.fmt.upper()} ({exc}); write CSV or "
+                             "Parquet instead") from exc
         data = text.encode("utf-8")
         if self.gz:
             data = gzip.compress(data, compresslevel=6, mtime=0)

@@ -11,12 +11,12 @@ from __future__ import annotations
 import re
 import unicodedata
 from collections.abc import Sequence
-from functools import lru_cache
 
 import numpy as np
 import pandas as pd
 
 MISSING_TEXTS = frozenset({"nan", "none", "null"})
+NOT_TEXT = "not text"  # how `text_problem` starts the reason for a value that is no string at all (a number, bytes)
 # zero-width and other format characters (a soft hyphen, a zero-width space pasted into a word, a variation selector)
 FORMAT_CHARACTERS = ("\u00ad\u034f\u061c\u115f\u1160\u17b4\u17b5\u180e\u200b-\u200f\u202a-\u202e\u2060-\u206f"
                      "\u3164\ufe00-\ufe0f\ufeff\uffa0\ufff9-\ufffb")
@@ -50,7 +50,6 @@ _APOSTROPHE = re.compile(r"\s*['‘’]|\s+(?=n['‘’]t\b)")  # with the space
 _AROUND_SYMBOL = re.compile(r"\s*([^\w\s])\s*")
 
 
-@lru_cache(maxsize=1 << 16)  # a pair's texts are keyed again by each member of an ensemble, and by the ensemble
 def normalize_question(text: str) -> str:
     """Key under which two spellings of one question count as the same question: case folded, apostrophes and
     sentence punctuation dropped, no spaces around a symbol ("₹ 500" is "₹500"), words kept apart by one space
@@ -58,6 +57,30 @@ def normalize_question(text: str) -> str:
     "C", "1.5" is not "15"); read as the encoders read it (`model_text`: "nai\u0308ve" is "naïve")."""
     text = _PUNCTUATION.sub(" ", _APOSTROPHE.sub("", model_text(str(text)).casefold()))
     return " ".join(_AROUND_SYMBOL.sub(r"\1", text).split())
+
+
+_TRAILING_MARKS = re.compile(r"[\s?.!？！。]+$")
+
+
+def same_question_key(text: str) -> str:
+    """Key under which two texts are one question spelt twice: read as the encoders read it (`model_text`), case
+    folded, apostrophes and repeated spaces dropped, and the closing ?, ! or . ("How do I learn Python?" is "how do i
+    learn python"). Narrower than `normalize_question`: "What is .NET?" is not "What is NET?", nor "0!" "0"."""
+    text = " ".join(_APOSTROPHE.sub("", model_text(text).casefold()).split())
+    return _TRAILING_MARKS.sub("", text)
+
+
+def same_questions(q1: list[str], q2: list[str]) -> np.ndarray:
+    """Per pair: True when its two texts are one question spelt twice (`same_question_key`); each distinct text keyed
+    once per call."""
+    keys: dict[str, str] = {}
+
+    def key(text: str) -> str:
+        if text not in keys:
+            keys[text] = same_question_key(text)
+        return keys[text]
+
+    return np.fromiter((a == b or key(a) == key(b) for a, b in zip(q1, q2)), dtype=bool, count=len(q1))
 
 
 def folds_otherwise(texts) -> str | None:
@@ -104,7 +127,7 @@ def text_problem(value, max_chars: int | None = None) -> str:
         return problem
     if pd.isna(value) is True:  # None, NaN, pd.NA, NaT (an array's isna is not `True`)
         return "missing question (NaN/null)"
-    return f"not text ({type(value).__name__})"
+    return f"{NOT_TEXT} ({type(value).__name__})"
 
 
 def bad_reasons(values: pd.Series, max_chars: int | None = None) -> pd.Series:

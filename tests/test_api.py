@@ -6,6 +6,7 @@ import subprocess
 import sys
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -247,8 +248,6 @@ def test_a_model_that_is_neither_a_name_nor_a_path_is_refused_plainly(model, err
 
 
 def test_question_lists_that_are_not_lists_of_questions_are_refused():
-    import pandas as pd
-
     det = qpairs.load("fast", device="cpu")
     frame = pd.DataFrame({"question1": ["How do I learn Python?", "Is coffee bad?"], "question2": ["a?", "b?"]})
     with pytest.raises(TypeError, match="not a DataFrame: pass one column"):
@@ -276,12 +275,45 @@ def test_damaged_model_folders_are_refused_at_load(tmp_path):
     spec = json.loads((ensemble / "ensemble.json").read_text())
     spec["members"][1]["weight"] = float("nan")  # every probability would be NaN
     (ensemble / "ensemble.json").write_text(json.dumps(spec))
-    with pytest.raises(ModelDirError, match="ensemble.json: member weights must be non-negative numbers"):
+    with pytest.raises(ModelDirError, match="ensemble.json: .*ensemble weights must be non-negative and add up to 1"):
         qpairs.load(ensemble)
 
 
 def test_an_ensemble_checks_every_backend_before_switching_any():
-    det = qpairs.load("default", device="cpu", backend="torch")
+    from qpairs.onnxrt import available, native_bf16
+
+    if not (native_bf16() or available()):
+        pytest.skip("needs a backend other than torch")
+    det = qpairs.load("default", device="cpu", backend="bf16" if native_bf16() else "onnx-int8+torch")
+    before = [m.backend for m in det.members]
+    assert before[0] != "torch"
     with pytest.raises(ValueError, match="member 2 .*unknown backend 'bogus'"):
-        det.use_backend("onnx-int8+bogus")
-    assert det.backend == "torch+torch" and [m.backend for m in det.members] == ["torch", "torch"]
+        det.use_backend("torch+bogus")  # member 1 would have switched to torch first
+    assert [m.backend for m in det.members] == before and det.backend == "+".join(before)
+
+
+def test_the_same_question_rule_holds_in_every_scoring_path(tmp_path):
+    from _tiny_models import tiny_lstm_dir
+
+    from qpairs.calibration import Calibrator
+    from qpairs.detector import SAME_QUESTION_LOGIT, Ensemble
+    from qpairs.scoring import PROBA_COL, score_file
+    from qpairs.search import QuestionIndex
+
+    det = qpairs.load(tiny_lstm_dir(tmp_path / "a"), device="cpu")  # pooled, no pair head: embedding distances
+    a, b = "What is zzqx blorf?", "what is ZZQX blorf"  # words it never saw; one question spelt twice
+    top = det.calibrator.predict_proba(np.array([det.closest_distance]))[0]
+    assert det.closest_distance == 0.0 and det.predict_proba(a, b) == top
+    pd.DataFrame({"id": [7], "question1": [a], "question2": [b]}).to_csv(tmp_path / "p.csv", index=False)
+    score_file(tmp_path / "p.csv", tmp_path / "o.csv", det, progress=False)  # the file scorer's own path
+    assert pd.read_csv(tmp_path / "o.csv")[PROBA_COL].iloc[0] == pytest.approx(top, abs=1e-6)
+    for bm25 in (0.0, 0.5):  # a plain index, and one that ranks by a fusion with BM25
+        index = QuestionIndex.build(det, [b, "How do I cook rice?"], bm25_weight=bm25)
+        (hit,) = det.search(index, a, k=1)
+        assert hit.text == b and hit.probability == pytest.approx(top)
+    other = qpairs.load(tiny_lstm_dir(tmp_path / "b", seed=1), device="cpu")
+    cal = Calibrator.from_dict({"method": "platt", "params": {"coef": -1.0, "intercept": 0.0}, "threshold": 0.5,
+                                "prior": 0.37})
+    ensemble = Ensemble([det, other], [0.5, 0.5], cal)  # its distance is −(mixed logit), though no member has a head
+    assert ensemble.predict_proba(a, b) == pytest.approx(cal.predict_proba(np.array([-SAME_QUESTION_LOGIT]))[0])
+    assert ensemble.predict_proba("Is it 1.5 litres?", "Is it 15 litres?") < 0.99

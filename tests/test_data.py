@@ -109,7 +109,7 @@ def test_drop_option_counts_and_reports(tmp_path):
     report = qd.LoadReport()
     out = qd.load_pairs(path, on_bad_row="drop", dedupe=False, report=report)
     assert len(out) == 17
-    assert report.dropped_bad == {"bad.csv: empty question1": 2, "bad.csv: bad is_duplicate": 1}
+    assert report.dropped_bad == {"bad.csv: bad question1": 2, "bad.csv: bad is_duplicate": 1}
     assert "dropped bad rows" in str(report)
 
 
