@@ -101,7 +101,7 @@ TRAIN_HELP = {
     "head": "linear (projection to --projection-dim) or residual (x + MLP(x), hidden size --projection-dim)",
     "embedding_cache": "directory caching the frozen base's outputs, reusable across runs",
     "metric": "validation metric for early stopping and the best checkpoint",
-    "patience": "epochs without improvement before stopping",
+    "patience": "epochs without improvement that training tolerates: it stops after one more",
     "calibration": "platt or isotonic, fitted on the validation split",
     "threshold": "operating point chosen on the validation split: accuracy, f1, precision:P (the most recall at "
                  "precision >= P; refused when out of reach) or recall:R (the most precision at recall >= R)",
@@ -274,6 +274,11 @@ def _add_pair_file_options(p) -> None:
 def cmd_adapt(args) -> int:
     from .adapt import adapt
 
+    if args.run is None:  # `--data FILE RUN`: RUN was read as a file
+        args.data, runs = _trailing_runs(args.data, 1)
+        if not runs:
+            raise ValueError("no run to adapt: give RUN (a run directory or a bundled model name) before --data")
+        args.run = runs[0]
     cols = _column_names(args)
     adapt(args.run, args.data, args.out, threshold=args.threshold, folds=args.folds, head=args.head, seed=args.seed,
           calibration=args.calibration, epochs=args.epochs, lr=args.lr, penalty=args.head_penalty,
@@ -290,7 +295,7 @@ def _add_adapt_command(sub) -> None:
                        "detects), reporting cross-validated before/after figures; --head also retrains the small "
                        "head on the frozen encoder. OUT is a normal run directory. Needs at least "
                        f"{MIN_PAIRS} labelled pairs with at least {MIN_PER_CLASS} of each class.")
-    p.add_argument("run", help="run directory, or a bundled model name (default, matching, fast)")
+    p.add_argument("run", nargs="?", help="run directory, or a bundled model name (default, matching, fast)")
     p.add_argument("--data", nargs="+", required=True, help="labelled pair files (CSV/TSV, gz ok, or Parquet)")
     p.add_argument("-o", "--out", required=True, help="adapted run directory to write")
     p.add_argument("--threshold", default="accuracy",
@@ -316,6 +321,8 @@ def cmd_ensemble(args) -> int:
     from .ensemble import ensemble_command
     from .metrics import format_table
 
+    args.validation, runs = _trailing_runs(args.validation)  # `--validation FILE RUN RUN`: the runs were read as files
+    args.models = list(args.models or []) + runs
     cols = _column_names(args)
     report = ensemble_command(args.models, args.validation, args.out, step=args.step, threshold=args.threshold,
                               device=args.device, on_bad_row=args.on_bad_row, familiar=args.familiar,
@@ -341,7 +348,7 @@ def _add_ensemble_command(sub) -> None:
                        "member trained on. With --familiar, pairs unlike the primary's training questions hand their "
                        "score to the zero-shot cosine of its frozen base (text from elsewhere then ranks close to "
                        "plain MiniLM or better).")
-    p.add_argument("models", nargs="+", metavar="MODEL", help="two or more run directories or bundled model names")
+    p.add_argument("models", nargs="*", metavar="MODEL", help="two or more run directories or bundled model names")
     p.add_argument("--validation", nargs="+", required=True,
                    help="labelled pair files (CSV/TSV, gz ok, or Parquet) the members did not train on")
     p.add_argument("-o", "--out", required=True, help="ensemble directory to write")
@@ -361,17 +368,29 @@ def _add_ensemble_command(sub) -> None:
 def _evaluate_run_dir(args):
     """The run to evaluate: RUN or --model; a run directory or bundled model name given after --data's files is
     taken as RUN."""
+    if args.run and args.model and args.run != args.model:
+        raise ValueError(f"two runs given: {args.run} and --model {args.model}")
+    run = args.run or args.model
+    if run is None:
+        args.data, runs = _trailing_runs(args.data, 1)
+        run = runs[0] if runs else None
+    return run
+
+
+def _trailing_runs(files: list[str], most: int | None = None) -> tuple[list[str], list[str]]:
+    """(files, runs): the run directories and bundled model names that follow a file list's files (`--data F RUN`
+    reads RUN as a file), at most `most` of them; at least one file stays."""
     from pathlib import Path
 
     from .detector import BUNDLES
 
-    if args.run and args.model and args.run != args.model:
-        raise ValueError(f"two runs given: {args.run} and --model {args.model}")
-    run = args.run or args.model
-    last = Path(args.data[-1])
-    if run is None and len(args.data) > 1 and (last.is_dir() or not last.exists() and args.data[-1] in BUNDLES):
-        run, args.data = args.data[-1], args.data[:-1]
-    return run
+    def is_run(item: str) -> bool:
+        return Path(item).is_dir() or not Path(item).exists() and item in BUNDLES
+
+    cut = len(files)
+    while cut > 1 and is_run(files[cut - 1]) and (most is None or len(files) - cut < most):
+        cut -= 1
+    return files[:cut], files[cut:]
 
 
 def cmd_index(args) -> int:

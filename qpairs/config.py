@@ -145,6 +145,9 @@ class TrainConfig:
         if c.left_col and c.variant == "siamese":  # one shared encoder sees titles and bodies
             c.max_length = max(c.max_length, c.right_max_length)
         if not c.glove:
+            if c.word_vectors not in ("glove", "none"):  # glove is the default, so only another choice conflicts
+                raise ValueError(f"--no-glove and --word-vectors {c.word_vectors} conflict: --no-glove means "
+                                 "--word-vectors none")
             c.word_vectors = "none"
         if c.word_vectors not in ("glove", "minilm", "none"):
             raise ValueError(f"--word-vectors must be glove, minilm or none, not {c.word_vectors!r}")
@@ -181,8 +184,31 @@ class TrainConfig:
         for option, rate in (("--train-pos-rate", c.train_pos_rate), ("--eval-rate", c.eval_rate)):
             if rate is not None and not 0.0 < rate < 1.0:
                 raise ValueError(f"{option} is a duplicate rate: it must lie strictly between 0 and 1, not {rate}")
-        for option, count in (("--batch-size", c.batch_size), ("--epochs", c.epochs),
-                              ("--max-train-pairs", c.max_train_pairs)):
-            if count is not None and count < 1:
-                raise ValueError(f"{option} must be at least 1, not {count}")
+        check_ranges(c)
         return c
+
+
+# options checked before any work: name → (lowest, highest, lowest excluded); None leaves that end open
+RANGES = {"batch_size": (1, None, False), "epochs": (1, None, False), "max_train_pairs": (1, None, False),
+          "max_length": (1, None, False), "right_max_length": (1, None, False), "embedding_dim": (1, None, False),
+          "hidden_size": (1, None, False), "num_layers": (1, None, False), "projection_dim": (0, None, False),
+          "pair_head_hidden": (0, None, False), "matching_dim": (1, None, False), "min_freq": (1, None, False),
+          "body_max_words": (1, None, False), "infer_negatives": (0, None, False), "patience": (0, None, False),
+          "dropout": (0.0, 1.0, False), "lr": (0.0, None, False),
+          "right_lr": (0.0, None, False), "weight_decay": (0.0, None, False), "warmup": (0.0, 1.0, False),
+          "grad_clip": (0.0, None, False), "margin": (0.0, None, True), "scale": (0.0, None, True),
+          "pair_head_weight": (0.0, None, False), "checkpoint_minutes": (0.0, None, False),
+          "max_pairs_per_group": (1, None, False), "num_workers": (0, None, False)}
+
+
+def check_ranges(c: TrainConfig) -> None:
+    """A ValueError naming the first option (`RANGES`) outside its range, before any data is read."""
+    for name, (low, high, open_low) in RANGES.items():
+        value = getattr(c, name)
+        if value is None:
+            continue
+        if value < low or (open_low and value == low) or (high is not None and value > high) \
+                or (name == "dropout" and value == 1.0):
+            bounds = (f"{'above' if open_low else 'at least'} {low:g}" if high is None else f"in [{low:g}, {high:g}"
+                      + (")" if name == "dropout" else "]"))
+            raise ValueError(f"--{name.replace('_', '-')} must be {bounds}, not {value}")

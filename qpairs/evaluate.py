@@ -20,6 +20,19 @@ def calibrated_metrics(calibrator, distances, labels, test_prior: float | None =
     return classification_metrics(labels, probs, calibrator.threshold), probs
 
 
+def check_report_dir(report_dir) -> Path:
+    """Refuse a report folder that is a file or a model folder (whose metrics.json is the model's own)."""
+    from .detector import ENSEMBLE_FILE
+
+    report_dir = Path(report_dir)
+    if report_dir.exists() and not report_dir.is_dir():
+        raise ValueError(f"{report_dir} is a file: the report goes into a folder; name another with -o")
+    if any((report_dir / name).exists() for name in ("config.json", ENSEMBLE_FILE)):
+        raise ValueError(f"{report_dir} is a model folder: its metrics.json is the model's own; write the report "
+                         "into another folder with -o")
+    return report_dir
+
+
 def labelled_pairs(frame: pd.DataFrame, source: str | None = None) -> pd.DataFrame:
     """The rows of `frame` with a label (is_duplicate ≥ 0); none is a ValueError (naming `source`, if given)."""
     labelled = frame[frame["is_duplicate"] >= 0]
@@ -56,14 +69,7 @@ def evaluate_distances(calibrator, d, y, report_dir=None, history=None,
         metrics.update(operating_point=point["rule"], promised_precision=point["precision"],
                        promised_recall=point["recall"])
     if report_dir is not None:
-        report_dir = Path(report_dir)
-        if report_dir.exists() and not report_dir.is_dir():
-            raise ValueError(f"{report_dir} is a file: the report goes into a folder; name another with -o")
-        from .detector import ENSEMBLE_FILE
-
-        if any((report_dir / name).exists() for name in ("config.json", ENSEMBLE_FILE)):
-            raise ValueError(f"{report_dir} is a model folder: its metrics.json is the model's own; write the report "
-                             "into another folder with -o")
+        report_dir = check_report_dir(report_dir)
         report_dir.mkdir(parents=True, exist_ok=True)
         write_json(report_dir / "metrics.json", metrics)
         save_report_plots(report_dir, y, probs, d, history)
@@ -108,13 +114,13 @@ def evaluate_run(run_dir, files, out=None, device: str = "auto", on_bad_row: str
     from .data import LoadReport, load_pairs
     from .detector import load
 
+    out = check_report_dir(out if out else report_dir(run_dir, files))  # before any work
     det = load(run_dir, device=device, backend=backend)
     loaded = LoadReport()
     frame = load_pairs(files, on_bad_row=on_bad_row, report=loaded, **column_names)
     labelled_pairs(frame, ", ".join(map(str, files)) + (f" ({loaded})" if loaded.dropped_bad else ""))
     hist_path = det.path / "history.json"
     history = read_json(hist_path) if hist_path.exists() else None
-    out = Path(out) if out else report_dir(run_dir, files)
     metrics, _ = evaluate_frame(det, frame, out, history, test_prior,
                                 about={"data": data_files(files), "backend": det.backend})
     print(format_table({", ".join(Path(f).name for f in files): metrics}))

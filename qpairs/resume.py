@@ -137,6 +137,25 @@ def _warn_ignored(given, saved: dict) -> None:
                     "them; --epochs extends the run)", ", ".join(ignored))
 
 
+def check_out(run_dir: Path, resume: bool) -> None:
+    """Refuse an --out that cannot take this run: a file; a folder holding a run (without --resume); with --resume,
+    one holding none. A run that stopped before its first checkpoint (settings.json alone: its data was missing, an
+    option refused) starts again without --resume."""
+    if run_dir.exists() and not run_dir.is_dir():
+        raise FileExistsError(f"--out {run_dir} is a file: give a folder for the run")
+    empty = not run_dir.is_dir() or not any(run_dir.iterdir())
+    if resume and empty:
+        raise FileNotFoundError(f"--resume: {run_dir} holds no run to continue; drop --resume to start one there")
+    if resume or empty:
+        return
+    started = (run_dir / SETTINGS).exists()
+    if started and last_dir(run_dir) is None and not (run_dir / "config.json").exists():
+        log.warning("%s holds a run that stopped before its first checkpoint: starting it again", run_dir)
+        (run_dir / SETTINGS).unlink(missing_ok=True)
+        return
+    raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out")
+
+
 def write_settings(cfg, run_dir: Path) -> None:
     """Keep the settings a run starts with (once), for a --resume before its first checkpoint."""
     if not (run_dir / SETTINGS).exists():

@@ -37,7 +37,7 @@ from .model import SiameseModel
 from .objective import Objective, make_pair_head, pair_batches
 from .splits import check_same_held_out, load_splits
 from .progress import progress_bar
-from .resume import CheckpointClock, load_last, resumed_config, save_epoch, save_last, write_settings
+from .resume import CheckpointClock, check_out, load_last, resumed_config, save_epoch, save_last, write_settings
 from .warmstart import start_from
 
 log = logging.getLogger("qpairs")
@@ -172,10 +172,7 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     cfg = cfg.resolved()
     check_base_layers(cfg)
     run_dir = Path(cfg.out)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise FileExistsError(f"--out {run_dir} is a file: give a folder for the run")
-    if run_dir.exists() and any(run_dir.iterdir()) and not cfg.resume:
-        raise FileExistsError(f"{run_dir} already holds a run: pass --resume to continue it or choose another --out")
+    check_out(run_dir, cfg.resume)
     device = distributed.setup(cfg.device)  # joins the torchrun process group, if there is one
     distributed.barrier()  # every rank has checked --out before rank 0 writes into it
     if not distributed.is_main():

@@ -331,3 +331,26 @@ def test_a_bundled_model_name_after_the_data_files_is_the_run(tmp_path):
     (tmp_path / "fast").write_text("a data file that happens to be called fast\n")
     args = argparse.Namespace(run=None, model=None, data=[str(data), str(tmp_path / "fast")])
     assert _evaluate_run_dir(args) is None and len(args.data) == 2
+
+
+def test_a_run_given_after_a_file_list_is_taken_as_the_run(capsys, tmp_path):
+    from qpairs.cli import _trailing_runs
+
+    data = tmp_path / "pairs.csv"
+    data.write_text("question1,question2,is_duplicate\na?,b?,1\n")
+    run = tmp_path / "run"
+    run.mkdir()
+    assert _trailing_runs([str(data), str(run), "fast"]) == ([str(data)], [str(run), "fast"])
+    assert _trailing_runs([str(data), "fast"], 1) == ([str(data)], ["fast"])
+    assert _trailing_runs(["fast"]) == (["fast"], [])  # a file list keeps one item
+    assert main(["adapt", "--data", str(data), "-o", str(tmp_path / "out")]) == 2
+    assert "no run to adapt: give RUN" in capsys.readouterr().err
+
+
+def test_evaluate_refuses_its_report_folder_before_scoring(tmp_path, capsys, monkeypatch):
+    import qpairs.detector
+
+    monkeypatch.setattr(qpairs.detector, "load", lambda *a, **k: pytest.fail("the model was loaded"))
+    (tmp_path / "report.csv").write_text("")
+    assert main(["evaluate", "fast", "--data", "data/sample_pairs.csv", "-o", str(tmp_path / "report.csv")]) == 2
+    assert "is a file: the report goes into a folder" in capsys.readouterr().err

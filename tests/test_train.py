@@ -360,3 +360,29 @@ def test_a_validation_split_too_small_to_calibrate_on_is_reported(tmp_path, capl
     with caplog.at_level("WARNING", logger="qpairs"):
         train(_tiny_cfg(tmp_path, data, epochs=1))
     assert "the calibration and threshold fitted on them are unreliable" in caplog.text
+
+
+@pytest.mark.parametrize("setting,message", [
+    ({"max_length": 0}, "--max-length must be at least 1, not 0"),  # it trained a model that read nothing
+    ({"dropout": 1.5}, r"--dropout must be in \[0, 1\), not 1.5"),
+    ({"patience": -1}, "--patience must be at least 0, not -1"),
+    ({"projection_dim": -3}, "--projection-dim must be at least 0, not -3"),
+    ({"word_vectors": "minilm", "glove": False}, "--no-glove and --word-vectors minilm conflict"),
+])
+def test_settings_out_of_range_are_refused_before_anything_is_written(tmp_path, setting, message):
+    with pytest.raises(ValueError, match=message):
+        train(_tiny_cfg(tmp_path, tmp_path / "missing.csv", **setting))
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_run_that_failed_to_start_starts_again_and_resume_needs_a_run(tmp_path):
+    data = tmp_path / "pairs.csv"
+    make_pairs(300, seed=2).to_csv(data, index=False)
+    with pytest.raises(qd.DataError, match="file not found"):
+        train(_tiny_cfg(tmp_path, tmp_path / "nosuch.csv", epochs=1))
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["settings.json"]
+    train(_tiny_cfg(tmp_path, data, epochs=1))  # not stuck: it starts again, without --resume
+    assert (tmp_path / "run" / "model.safetensors").exists()
+    with pytest.raises(FileNotFoundError, match="holds no run to continue"):
+        train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "typo"), resume=True))
+    assert not (tmp_path / "typo").exists()
