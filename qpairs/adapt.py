@@ -259,5 +259,5 @@ def write_report(directory: Path, y, results: dict, before, after) -> Path:
     (directory / "summary.txt").write_text(format_table(results, REPORT_COLUMNS) + "\n")
     write_json(directory / "metrics.json", results)
     for name, (probs, dists) in (("before", before), ("after", after)):
-        save_report_plots(directory / name, y, probs, dists)
+        save_report_plots(directory / name, y, probs, dists, subject=f"{name} adapting, cross-validated")
     return directory

@@ -72,7 +72,8 @@ def evaluate_distances(calibrator, d, y, report_dir=None, history=None,
         report_dir = check_report_dir(report_dir)
         report_dir.mkdir(parents=True, exist_ok=True)
         write_json(report_dir / "metrics.json", metrics)
-        save_report_plots(report_dir, y, probs, d, history)
+        data = ", ".join(Path(f).name for f in (about or {}).get("data", []))
+        save_report_plots(report_dir, y, probs, d, history, subject=data, threshold=calibrator.threshold)
     return metrics, probs
 
 

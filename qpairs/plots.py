@@ -17,8 +17,10 @@ def _plt():
     return plt
 
 
-def save_report_plots(directory, labels, probs, distances, history: list[dict] | None = None) -> list[Path]:
-    """ROC, precision-recall, distance histograms, reliability curve and training curves."""
+def save_report_plots(directory, labels, probs, distances, history: list[dict] | None = None, subject: str = "",
+                      threshold: float | None = None) -> list[Path]:
+    """ROC, precision-recall, distance histograms, reliability curve and training curves; `subject` (what was scored
+    on what, e.g. "fast on test.csv.gz") heads each plot, and `threshold` (the decision threshold) is marked."""
     from sklearn.calibration import calibration_curve
     from sklearn.metrics import precision_recall_curve, roc_curve
 
@@ -32,33 +34,45 @@ def save_report_plots(directory, labels, probs, distances, history: list[dict] |
     d = np.asarray(distances, dtype=float)
     written = []
 
+    pairs = f"{len(y):,} pairs"
+    heading = f"{subject} ({pairs})" if subject else pairs
+
     def save(fig, name):
         path = directory / name
+        fig.suptitle(heading, fontsize=9)
         fig.tight_layout()
         fig.savefig(path, dpi=110)
         plt.close(fig)
         written.append(path)
 
     if len(np.unique(y)) == 2:
+        from sklearn.metrics import average_precision_score, roc_auc_score
+
+        flagged = p >= threshold if threshold is not None else None
         fpr, tpr, _ = roc_curve(y, p)
         fig, ax = plt.subplots(figsize=(5, 5))
-        ax.plot(fpr, tpr, label="qpairs")
+        ax.plot(fpr, tpr, label=f"model (ROC-AUC {roc_auc_score(y, p):.3f})")
         ax.plot([0, 1], [0, 1], "--", color="grey", label="chance")
+        if flagged is not None:
+            ax.plot(flagged[y == 0].mean(), flagged[y == 1].mean(), "o", color="black",
+                    label=f"threshold {threshold:.3f}")
         ax.set(xlabel="false positive rate", ylabel="true positive rate", title="ROC")
         ax.legend()
         save(fig, "roc.png")
 
         prec, rec, _ = precision_recall_curve(y, p)
         fig, ax = plt.subplots(figsize=(5, 5))
-        ax.plot(rec, prec)
+        ax.plot(rec, prec, label=f"model (average precision {average_precision_score(y, p):.3f})")
         ax.axhline(y.mean(), ls="--", color="grey", label=f"duplicate rate {y.mean():.2f}")
+        if flagged is not None and flagged.any():
+            ax.plot(flagged[y == 1].mean(), y[flagged].mean(), "o", color="black", label=f"threshold {threshold:.3f}")
         ax.set(xlabel="recall", ylabel="precision", title="Precision-recall")
         ax.legend()
         save(fig, "precision_recall.png")
 
         frac, mean_pred = calibration_curve(y, p, n_bins=10, strategy="quantile")
         fig, ax = plt.subplots(figsize=(5, 5))
-        ax.plot(mean_pred, frac, "o-", label="qpairs")
+        ax.plot(mean_pred, frac, "o-", label="model, deciles of its probabilities")
         ax.plot([0, 1], [0, 1], "--", color="grey", label="perfect")
         ax.set(xlabel="predicted probability", ylabel="observed duplicate rate", title="Reliability")
         ax.legend()
