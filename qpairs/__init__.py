@@ -32,9 +32,10 @@ def load(path=None, device: str = "auto", backend: str = "auto"):
 
 def _default_detector():
     global _default
-    with _default_lock:  # threads that call predict at once share one load
-        if _default is None:
-            _default = load()
+    if _default is None:
+        with _default_lock:  # threads that call predict at once share one load
+            if _default is None:
+                _default = load()
     return _default
 
 

@@ -301,7 +301,8 @@ def _add_adapt_command(sub) -> None:
     p.add_argument("--threshold", default="accuracy",
                    help="operating point: accuracy, f1, precision:P or recall:R, chosen by cross-validation "
                         "(default: accuracy)")
-    p.add_argument("--folds", type=int, default=5, help="stratified cross-validation folds (default: 5)")
+    p.add_argument("--folds", type=_number_in(2, None, int, "a whole number"), default=5,
+                   help="stratified cross-validation folds (default: 5)")
     p.add_argument("--known", metavar="FILE", help="labelled pairs you will score with (`score --known`): fit on the "
                    "pairs of --data they do not answer")
     p.add_argument("--seed", type=int, default=0, help="seed of the folds and of --head training (default: 0)")
@@ -309,9 +310,9 @@ def _add_adapt_command(sub) -> None:
     p.add_argument("--head", action="store_true",
                    help="also retrain the pair classifier head (or, without one, the encoder's output head) on the "
                         "frozen encoder's outputs")
-    p.add_argument("--epochs", type=int, default=20, help="--head: passes over the pairs (default: 20)")
-    p.add_argument("--lr", type=float, default=1e-2, help="--head: Adam learning rate (default: 0.01)")
-    p.add_argument("--head-penalty", type=float, default=0.1,
+    p.add_argument("--epochs", type=_positive_int, default=20, help="--head: passes over the pairs (default: 20)")
+    p.add_argument("--lr", type=_number_in(0.0), default=1e-2, help="--head: Adam learning rate (default: 0.01)")
+    p.add_argument("--head-penalty", type=_number_in(0.0), default=0.1,
                    help="--head: weight of the L2 penalty toward the starting head weights (default: 0.1)")
     _add_pair_file_options(p)
     p.set_defaults(func=cmd_adapt)
@@ -321,12 +322,15 @@ def cmd_ensemble(args) -> int:
     from .ensemble import ensemble_command
     from .metrics import format_table
 
+    if args.unfamiliar_share is not None and not args.familiar:
+        raise ValueError("--unfamiliar-share sets how much --familiar hands over: add --familiar, or drop it")
+    share = 1.0 if args.unfamiliar_share is None else args.unfamiliar_share
     args.validation, runs = _trailing_runs(args.validation)  # `--validation FILE RUN RUN`: the runs were read as files
     args.models = list(args.models or []) + runs
     cols = _column_names(args)
     report = ensemble_command(args.models, args.validation, args.out, step=args.step, threshold=args.threshold,
                               device=args.device, on_bad_row=args.on_bad_row, familiar=args.familiar,
-                              unfamiliar_share=args.unfamiliar_share, **cols)
+                              unfamiliar_share=share, **cols)
     rows = {**{f"member {name}": m for name, m in zip(args.models, report["members"])}, "ensemble": report["ensemble"]}
     print(f"{report['validation_pairs']} validation pairs")
     print(format_table(rows))
@@ -352,14 +356,15 @@ def _add_ensemble_command(sub) -> None:
     p.add_argument("--validation", nargs="+", required=True,
                    help="labelled pair files (CSV/TSV, gz ok, or Parquet) the members did not train on")
     p.add_argument("-o", "--out", required=True, help="ensemble directory to write")
-    p.add_argument("--step", type=float, default=0.05, help="grid step of the weights (default: 0.05)")
+    p.add_argument("--step", type=_number_in(0.001, 0.5), default=0.05,
+                   help="grid step of the weights (default: 0.05)")
     p.add_argument("--threshold", default="accuracy",
                    help="operating point: accuracy, f1, precision:P or recall:R (default: accuracy)")
     p.add_argument("--familiar", nargs="+", metavar="FILE",
                    help="pair files holding the first MODEL's training questions (e.g. RUN/splits/train.csv.gz): "
                         "pairs whose questions lie far from them (Mahalanobis distance of the pooled vectors) hand "
                         "part of their logit to the zero-shot cosine; needs a matching-head first MODEL")
-    p.add_argument("--unfamiliar-share", type=float, default=1.0,
+    p.add_argument("--unfamiliar-share", type=_unit_interval,
                    help="with --familiar: the share handed over by the least familiar pairs (default: 1, all of it)")
     _add_pair_file_options(p)
     p.set_defaults(func=cmd_ensemble)

@@ -225,3 +225,11 @@ def test_members_that_cannot_make_one_ensemble_are_refused(members, tmp_path, ca
     assert main(["ensemble", str(runs[0]), str(seen), "--validation", str(val_csv), "-o", str(tmp_path / "e2")]) == 2
     assert "40 of the 300 validation pairs are training pairs of" in capsys.readouterr().err
     assert not (tmp_path / "e1").exists() and not (tmp_path / "e2" / "ensemble.json").exists()
+
+
+def test_unfamiliar_share_without_familiar_is_refused(capsys):
+    from qpairs.cli import main
+
+    assert main(["ensemble", "matching", "fast", "--validation", "data/sample_pairs.csv", "-o", "unused",
+                 "--unfamiliar-share", "0.5"]) == 2
+    assert "--unfamiliar-share sets how much --familiar hands over" in capsys.readouterr().err
