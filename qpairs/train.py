@@ -228,7 +228,8 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     state = state or {"epoch": 0, "step": 0, "history": [], "best": None, "bad_epochs": 0}
     done = state.get("step", 0)  # batches already trained of epoch state["epoch"] + 1
     if state["epoch"] or done:
-        log.info("resuming after epoch %d%s", state["epoch"], f", step {done}/{steps_per_epoch}" if done else "")
+        log.info("resuming %s", f"epoch {state['epoch'] + 1} at step {done}/{steps_per_epoch}" if done
+                 else f"after epoch {state['epoch']}")
     higher = HIGHER_IS_BETTER[cfg.metric]
     bar = progress_bar(total=steps_per_epoch * cfg.epochs, initial=state["epoch"] * steps_per_epoch + done, unit="step",
                        desc="training", show=show, dynamic_ncols=True)
