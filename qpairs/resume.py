@@ -103,10 +103,11 @@ class CheckpointClock:
         return True
 
 
-def resumed_config(cfg, run_dir: Path):
+def resumed_config(cfg, run_dir: Path, given=None):
     """(config, checkpoint directory or None): with --resume, the run's own training settings (from its last
     checkpoint, else from the settings it started with, to start it again), keeping this call's --out, --device,
-    --progress, --checkpoint-minutes and --epochs (None: the run's own)."""
+    --progress, --checkpoint-minutes and --epochs (None: the run's own). `given`: the settings as passed, before
+    their defaults were filled in (what the warning about ignored settings names; default `cfg`)."""
     source = last_dir(run_dir) if cfg.resume else None
     if source is not None:
         saved = read_json(source / "config.json").get("train", {})
@@ -114,7 +115,7 @@ def resumed_config(cfg, run_dir: Path):
         saved = read_json(run_dir / SETTINGS) if cfg.resume and (run_dir / SETTINGS).exists() else {}
     epochs = cfg.epochs if cfg.epochs is not None else saved.get("epochs", TrainConfig.epochs)
     if saved:
-        _warn_ignored(cfg, saved)
+        _warn_ignored(given if given is not None else cfg, saved)
         cfg = TrainConfig(**{**saved, "resume": True, "out": cfg.out, "epochs": epochs, "device": cfg.device,
                              "progress": cfg.progress, "checkpoint_minutes": cfg.checkpoint_minutes})
     cfg.epochs = epochs

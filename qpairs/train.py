@@ -169,7 +169,7 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
 
     `splits` (train/validation/test frames) replaces loading `cfg.data`, e.g. to share one split in a benchmark.
     """
-    cfg = cfg.resolved()
+    given, cfg = cfg, cfg.resolved()  # `given`: the settings as passed, before defaults are filled in
     check_base_layers(cfg)
     run_dir = Path(cfg.out)
     check_out(run_dir, cfg.resume)
@@ -178,7 +178,7 @@ def train(cfg: TrainConfig, splits: dict | None = None) -> Path:
     if not distributed.is_main():
         log.setLevel(logging.WARNING)  # rank 0 logs
     run_dir.mkdir(parents=True, exist_ok=True)
-    cfg, source = resumed_config(cfg, run_dir)  # source: the checkpoint to continue, if any
+    cfg, source = resumed_config(cfg, run_dir, given)  # source: the checkpoint to continue, if any
     if distributed.is_main():
         write_settings(cfg, run_dir)
     log.info("%s the run in %s", "continuing" if source else "writing", run_dir.resolve())

@@ -386,3 +386,15 @@ def test_a_run_that_failed_to_start_starts_again_and_resume_needs_a_run(tmp_path
     with pytest.raises(FileNotFoundError, match="holds no run to continue"):
         train(_tiny_cfg(tmp_path, data, out=str(tmp_path / "typo"), resume=True))
     assert not (tmp_path / "typo").exists()
+
+
+def test_resume_names_only_the_settings_given_not_their_filled_in_defaults(tmp_path, caplog):
+    data = tmp_path / "pairs.csv"
+    make_pairs(300, seed=2).to_csv(data, index=False)
+    train(_tiny_cfg(tmp_path, data, epochs=1))
+    again = _tiny_cfg(tmp_path, data, epochs=2, resume=True, embedding_dim=12)
+    again.projection_dim = None  # left to its default, which resolves to 128 (the run has 16)
+    with caplog.at_level("WARNING", logger="qpairs"):
+        train(again)
+    ignored = [r.getMessage() for r in caplog.records if "ignored:" in r.getMessage()]
+    assert len(ignored) == 1 and "--embedding-dim 12" in ignored[0] and "--projection-dim" not in ignored[0]
