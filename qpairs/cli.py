@@ -418,6 +418,9 @@ def cmd_search(args) -> int:
     from .search_commands import load_detector
 
     require_question(args.question)  # before loading anything
+    if args.rerank is not None and args.rerank < args.k:
+        raise ValueError(f"--rerank {args.rerank} is below -k {args.k}: the k hits are re-scored anyway; give "
+                         "--rerank of at least k")
     index = QuestionIndex.load(args.index)
     det = load_detector(args.model, index, args.device, args.backend)
     hits = index.search(det, args.question, args.k, args.rerank)

@@ -171,6 +171,8 @@ def read_questions(path, text_col: str | None = None, id_col: str | None = None)
                                                                          "question text", path)
     ic = named_column(cols, id_col, "--id-col", path) or find_column(cols, QUESTION_ID_COLUMNS, "id", path,
                                                                      required=False)
+    if not len(frame):
+        raise DataError(f"{path}: no questions (the file holds its header only)")
     empty = np.flatnonzero(bad_mask(frame[tc]))
     texts = frame[tc].fillna("").astype(str)
     if len(empty):

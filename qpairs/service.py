@@ -444,6 +444,7 @@ def serve(model=None, index=None, host: str = "127.0.0.1", port: int = 8000, dev
     from .detector import load
     from .search import QuestionIndex
 
+    require_free_port(host, port)  # before the model loads, and before it says it serves
     det = load(model, device=device, backend=backend)
     configure_threads(det, threads)
     idx = QuestionIndex.load(index) if index else None
@@ -451,3 +452,20 @@ def serve(model=None, index=None, host: str = "127.0.0.1", port: int = 8000, dev
     where = f"http://{host}:{port}" if port else f"a free port of {host} (uvicorn names it below)"
     log.info("serving %s%s on %s", det, f" with {idx}" if idx else "", where)
     uvicorn.run(app, host=host, port=port, log_level="info", access_log=False)
+
+
+def require_free_port(host: str, port: int) -> None:
+    """A ValueError when nothing can listen on host:port (another server holds it, or the address is not this
+    machine's); port 0 (any free one) always can."""
+    import socket
+
+    if not port:
+        return
+    try:
+        family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+        with socket.socket(family, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn does
+            probe.bind((host, port))
+    except OSError as exc:
+        raise ValueError(f"cannot listen on {host}:{port}: {exc.strerror or exc} (another server there?); pass "
+                         "another --port") from None

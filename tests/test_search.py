@@ -482,3 +482,11 @@ def test_a_table_that_cannot_be_written_leaves_no_file(tmp_path):
     write_frame(frame, tmp_path / "out.csv")
     assert pd.read_csv(tmp_path / "out.csv")["text"].tolist() == frame["text"].tolist()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out.csv"]
+
+
+def test_a_question_file_with_its_header_only_is_refused(tmp_path):
+    from qpairs.data import DataError, read_questions
+
+    (tmp_path / "h.csv").write_text("id,question\n")
+    with pytest.raises(DataError, match="h.csv: no questions"):
+        read_questions(tmp_path / "h.csv")

@@ -225,3 +225,17 @@ def test_server_threads_go_to_onnx_runtime_sessions_and_torch_models_keep_one(mo
             assert len(ensemble.members[0].model.encoder.token_runtime.sessions) == 2
     finally:
         torch.set_num_threads(before)
+
+
+def test_serve_refuses_a_port_another_server_holds_before_loading_anything():
+    import socket
+
+    from qpairs.service import require_free_port
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 0))
+        holder.listen()
+        port = holder.getsockname()[1]
+        with pytest.raises(ValueError, match=f"cannot listen on 127.0.0.1:{port}: .*pass another --port"):
+            require_free_port("127.0.0.1", port)
+    require_free_port("127.0.0.1", 0)  # any free port
