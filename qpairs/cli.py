@@ -544,8 +544,8 @@ def _add_search_commands(sub) -> None:
                    "default model)")
     p.add_argument("--rerank", type=_positive_int, metavar="K",
                    help="a run with --pair-head matching: how many of the index's best candidates its head re-scores "
-                        "before the k most probable are shown (default: k; more finds duplicates that the pooled "
-                        "vectors rank lower, at the cost of encoding each candidate's text); refused for other runs, "
+                        "before the k most probable are shown (default and least: k; more finds duplicates that the "
+                        "pooled vectors rank lower, at the cost of encoding each candidate's text); refused for other runs, "
                         "whose probabilities come from the index's vectors")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: auto)")
