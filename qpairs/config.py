@@ -188,27 +188,24 @@ class TrainConfig:
         return c
 
 
-# options checked before any work: name → (lowest, highest, lowest excluded); None leaves that end open
-RANGES = {"batch_size": (1, None, False), "epochs": (1, None, False), "max_train_pairs": (1, None, False),
-          "max_length": (1, None, False), "right_max_length": (1, None, False), "embedding_dim": (1, None, False),
-          "hidden_size": (1, None, False), "num_layers": (1, None, False), "projection_dim": (0, None, False),
-          "pair_head_hidden": (0, None, False), "matching_dim": (1, None, False), "min_freq": (1, None, False),
-          "body_max_words": (1, None, False), "infer_negatives": (0, None, False), "patience": (0, None, False),
-          "dropout": (0.0, 1.0, False), "lr": (0.0, None, False),
-          "right_lr": (0.0, None, False), "weight_decay": (0.0, None, False), "warmup": (0.0, 1.0, False),
-          "grad_clip": (0.0, None, False), "margin": (0.0, None, True), "scale": (0.0, None, True),
-          "pair_head_weight": (0.0, None, False), "checkpoint_minutes": (0.0, None, False),
-          "max_pairs_per_group": (1, None, False), "num_workers": (0, None, False)}
+# options checked before any work: name → (lowest, highest); None leaves that end open
+RANGES = {"batch_size": (1, None), "epochs": (1, None), "max_train_pairs": (1, None), "max_length": (1, None),
+          "right_max_length": (1, None), "embedding_dim": (1, None), "hidden_size": (1, None), "num_layers": (1, None),
+          "projection_dim": (0, None), "pair_head_hidden": (0, None), "matching_dim": (1, None), "min_freq": (1, None),
+          "body_max_words": (1, None), "infer_negatives": (0, None), "patience": (0, None), "dropout": (0.0, 1.0),
+          "lr": (0.0, None), "right_lr": (0.0, None), "weight_decay": (0.0, None), "warmup": (0.0, 1.0),
+          "grad_clip": (0.0, None), "margin": (0.0, None), "scale": (0.0, None), "pair_head_weight": (0.0, None),
+          "checkpoint_minutes": (0.0, None), "max_pairs_per_group": (1, None), "num_workers": (0, None)}
+EXCLUDED_END = {"dropout": 1.0, "margin": 0.0, "scale": 0.0}  # an end of the range that is itself out
 
 
 def check_ranges(c: TrainConfig) -> None:
     """A ValueError naming the first option (`RANGES`) outside its range, before any data is read."""
-    for name, (low, high, open_low) in RANGES.items():
-        value = getattr(c, name)
-        if value is None:
-            continue
-        if value < low or (open_low and value == low) or (high is not None and value > high) \
-                or (name == "dropout" and value == 1.0):
-            bounds = (f"{'above' if open_low else 'at least'} {low:g}" if high is None else f"in [{low:g}, {high:g}"
-                      + (")" if name == "dropout" else "]"))
+    for name, (low, high) in RANGES.items():
+        value, out = getattr(c, name), EXCLUDED_END.get(name)
+        if value is not None and (value < low or high is not None and value > high or value == out):
+            if high is None:
+                bounds = f"{'above' if out == low else 'at least'} {low:g}"
+            else:
+                bounds = f"in [{low:g}, {high:g}{')' if out == high else ']'}"
             raise ValueError(f"--{name.replace('_', '-')} must be {bounds}, not {value}")

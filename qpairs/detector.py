@@ -392,9 +392,11 @@ class Ensemble(DuplicateDetector):
         `pooled` receives the primary's pooled token states, see `DuplicateDetector.distances`)."""
         from .calibration import _logit
 
-        return np.stack([_logit(m.calibrator.predict_proba(m.distances(q1, q2, states, pooled, same_floor=False) if i == 0
-                                                           else m.distances(q1, q2, same_floor=False)))
-                         for i, m in enumerate(self.members)])  # the ensemble floors its own distance once
+        def logits(i: int, member: DuplicateDetector) -> np.ndarray:  # the ensemble floors its own distance, once
+            d = member.distances(q1, q2, *((states, pooled) if i == 0 else (None, None)), same_floor=False)
+            return _logit(member.calibrator.predict_proba(d))
+
+        return np.stack([logits(i, m) for i, m in enumerate(self.members)])
 
     def pooled_rows(self, pooled: dict, q1: list[str], q2: list[str]) -> tuple[np.ndarray, list, list]:
         """The primary's pooled vectors of the pairs' distinct texts [texts, dim] (from the dict `member_logits`
