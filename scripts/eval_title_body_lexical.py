@@ -142,6 +142,9 @@ def main(argv=None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--model", nargs="+", help="a trained title/body run, or several (their cosines averaged; cosine "
                                               "models only) (default: zero-shot all-MiniLM-L6-v2)")
+    p.add_argument("--base-model", metavar="DIR",
+                   help="without --model: the pretrained encoder scored zero-shot and read for MaxSim, a local model "
+                        "directory (default: all-MiniLM-L6-v2)")
     p.add_argument("--maxsim", type=float, nargs="+", default=[0.0], metavar="M",
                    help="token shares: also give share M of the similarity to zero-shot all-MiniLM-L6-v2's "
                         "late-interaction score (each title token's best cosine over the body's tokens, averaged)")
@@ -161,6 +164,8 @@ def main(argv=None) -> int:
                    help="also rank the test posts through `qpairs index --bm25-weight W` and `qpairs search -k 10` "
                         "(MRR counts the top 10 only)")
     args = p.parse_args(argv)
+    if args.base_model and args.model:
+        p.error("--base-model names the zero-shot encoder: leave it out with --model")
     if args.maxsim_towers and not (args.model and len(args.model) == 1):
         p.error("--maxsim-towers reads one trained run's towers: give one --model")
     if args.model and len(args.model) > 1 and (args.through_index is not None or args.site_bank):
@@ -187,12 +192,12 @@ def main(argv=None) -> int:
         if len(dets) > 1 and any(d.model.distance_metric != "cosine" for d in dets):
             p.error("averaging several models' scores needs cosine models")
     else:
-        dets = [zero_shot_detector(_calibration_pairs(sets["validation (training sites)"]),
+        dets = [zero_shot_detector(_calibration_pairs(sets["validation (training sites)"]), args.base_model,
                                    max_length=args.body_max_length, device="cpu")]
     det = dets[0]
     token_source = None  # MaxSim reads zero-shot MiniLM's token states (the scored model itself without --model)
     if args.maxsim != [0.0]:
-        token_source = (zero_shot_detector(max_length=args.body_max_length, device="cpu")
+        token_source = (zero_shot_detector(base_model=args.base_model, max_length=args.body_max_length, device="cpu")
                         if args.model and not args.maxsim_towers else det)
     for name, frame in sets.items():
         frame = sets[name] = frame.reset_index(drop=True).drop_duplicates("body").reset_index(drop=True)
