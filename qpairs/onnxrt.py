@@ -9,6 +9,7 @@ cached under ``$QPAIRS_CACHE`` (default ``~/.cache/qpairs``) keyed by a hash of 
 """
 from __future__ import annotations
 
+import json
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -24,6 +25,19 @@ from .matching import needs_tokens
 # What "auto" picks for a transformer on a CPU: int8 run row by row, batch-invariant like fp32 and faster than it,
 # also than bf16 in unpadded batches for files and far more for single pairs (docs/results.md).
 AUTO_CPU_BACKEND = "onnx-int8"
+# ...where int8 keeps what the model computes: the mean cosine between the int8 and fp32 exports' outputs for
+# PROBE_TEXTS must reach INT8_MIN_COSINE (all-MiniLM-L6-v2 keeps about 0.995; all-mpnet-base-v2 falls far below).
+INT8_MIN_COSINE = 0.98
+PROBE_TEXTS = (
+    "How do I learn Python quickly?", "What is the best way to lose weight?", "Why is the sky blue?",
+    "How can I improve my English speaking skills?", "What are the benefits of meditation?",
+    "Which is the best laptop under $1000 for programming?", "Is it safe to travel to Egypt in 2017?",
+    "What would happen if the Earth stopped spinning?", "How do you make a website from scratch?",
+    "Who will win the next football World Cup and why?", "What is the meaning of life?",
+    "How does a blockchain work, in simple terms?", "Can dogs eat chocolate?",
+    "What are some good books on machine learning for beginners?", "How do I get rid of acne scars?",
+    "Why do people believe in conspiracy theories?",
+)
 
 
 def cache_dir() -> Path:
@@ -152,12 +166,17 @@ def quantize(src: Path, dst: Path) -> Path:
     return dst
 
 
-def model_file(encoder, backend: str, tokens: bool = False) -> Path:
+def files_key(encoder, tokens: bool = False) -> str:
+    """What names `encoder`'s cached ONNX files: `weights_key`, marked for a token-states export."""
+    return weights_key(encoder) + ("-tokens" if tokens else "")
+
+
+def model_file(encoder, backend: str, tokens: bool = False, key: str | None = None) -> Path:
     """The cached ONNX file of `encoder` for `backend` ('onnx' or 'onnx-int8'), exported on first use
-    (`tokens`: the base's token states rather than its pooled output)."""
+    (`tokens`: the base's token states rather than its pooled output; `key`: its `files_key`, when known)."""
     import logging
 
-    key = weights_key(encoder) + ("-tokens" if tokens else "")
+    key = key or files_key(encoder, tokens)
     fp32 = cache_dir() / f"{key}-fp32.onnx"
     if not fp32.exists() or (backend != "onnx" and not (cache_dir() / f"{key}-int8.onnx").exists()):
         logging.getLogger("qpairs").info("preparing the model for ONNX Runtime (%s), once per model, in %s",
@@ -229,6 +248,50 @@ class OnnxPooler:
         futures = [self.pool.submit(self._run_shard, *shard) for shard in shards[1:]]
         parts = [self._run_shard(*shards[0])] + [f.result() for f in futures]
         return torch.from_numpy(np.concatenate(parts) if len(parts) > 1 else parts[0])
+
+
+def int8_fidelity(encoder, tokens: bool = False) -> float:
+    """Mean cosine between what the int8 and the fp32 exports of `encoder` give for PROBE_TEXTS (`tokens`: the
+    mean of the token states), measured once per model and kept beside the exported files."""
+    from .encoders import pool
+    from .encoding import tokenized
+
+    key = files_key(encoder, tokens)
+    note = cache_dir() / f"{key}-int8-fidelity.json"
+    try:
+        return float(json.loads(note.read_text())["mean_cosine"])
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    batch = tokenized(encoder, PROBE_TEXTS, "cpu")
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    fp32, int8 = (OnnxPooler(model_file(encoder, b, tokens, key), threads=1)(ids, mask) for b in ("onnx", "onnx-int8"))
+    if tokens:
+        fp32, int8 = pool(fp32, mask, "mean"), pool(int8, mask, "mean")
+    cosine = float(nn.functional.cosine_similarity(fp32, int8, dim=-1).mean())
+    tmp = note.with_name(note.name + f".{os.getpid()}.tmp")
+    tmp.write_text(json.dumps({"mean_cosine": cosine, "probe_texts": len(PROBE_TEXTS)}))
+    os.replace(tmp, note)
+    return cosine
+
+
+def auto_backend(model, device: torch.device) -> str:
+    """What 'auto' runs `model` with (`resolve_backend`), except that int8 gives way where it changes the model's
+    outputs (`int8_fidelity` below INT8_MIN_COSINE): bf16 on a CPU with native bf16, else ONNX fp32; said in the log."""
+    chosen = resolve_backend("auto", device, model)
+    if chosen != "onnx-int8":
+        return chosen
+    tokens = needs_tokens(model)
+    worst = min(int8_fidelity(e, tokens) for e in {id(e): e for e in (model.encoder, model.right_encoder)
+                                                   if getattr(e, "config", {}).get("type") == "transformer"}.values())
+    if worst >= INT8_MIN_COSINE:
+        return chosen
+    instead = "bf16" if native_bf16() else "onnx"
+    import logging
+
+    logging.getLogger("qpairs").info("int8 weights change this model's outputs (mean cosine %.3f to fp32 on %d probe "
+                                     "questions, below %.2f): running it in %s instead", worst, len(PROBE_TEXTS),
+                                     INT8_MIN_COSINE, instead)
+    return instead
 
 
 def enable(model, backend: str, threads: int | None = None) -> None:

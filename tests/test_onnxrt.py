@@ -57,6 +57,28 @@ def test_exports_are_cached_per_weights(bert_detector, tmp_path):
     assert len(list((tmp_path / "cache" / "onnx").glob("*-fp32.onnx"))) == 2
 
 
+def test_int8_fidelity_is_measured_once_and_kept(bert_detector, tmp_path, monkeypatch):
+    enc = bert_detector.model.encoder
+    cosine = onnxrt.int8_fidelity(enc)
+    assert 0.9 < cosine < 1.0  # int8 really ran: close to fp32, not equal
+    assert list((tmp_path / "cache" / "onnx").glob("*-int8-fidelity.json"))
+    monkeypatch.setattr(onnxrt, "OnnxPooler", None)  # a second measurement would fail
+    assert onnxrt.int8_fidelity(enc) == cosine
+
+
+@pytest.mark.parametrize("bf16", [True, False])
+def test_auto_keeps_int8_only_where_it_keeps_the_outputs(bert_detector, monkeypatch, caplog, bf16):
+    monkeypatch.setattr(onnxrt, "native_bf16", lambda: bf16)
+    monkeypatch.setattr(onnxrt, "int8_fidelity", lambda encoder, tokens=False: 0.999)
+    assert bert_detector.use_backend("auto").backend == "onnx-int8"
+    bert_detector.use_backend("torch")
+    monkeypatch.setattr(onnxrt, "int8_fidelity", lambda encoder, tokens=False: 0.9)
+    with caplog.at_level("INFO", logger="qpairs"):
+        assert bert_detector.use_backend("auto").backend == ("bf16" if bf16 else "onnx")
+    assert "mean cosine 0.900" in caplog.text
+    assert bert_detector.use_backend("onnx-int8").backend == "onnx-int8"  # asked for by name: given
+
+
 def test_training_never_uses_the_runtime(bert_detector):
     bert_detector.use_backend("onnx")
     enc = bert_detector.model.encoder
