@@ -26,7 +26,7 @@ from .matching import needs_tokens
 # also than bf16 in unpadded batches for files and far more for single pairs (docs/results.md).
 AUTO_CPU_BACKEND = "onnx-int8"
 # ...where int8 keeps what the model computes: the mean cosine between the int8 and fp32 exports' outputs for
-# PROBE_TEXTS must reach INT8_MIN_COSINE (all-MiniLM-L6-v2 keeps about 0.995; all-mpnet-base-v2 falls far below).
+# PROBE_TEXTS must reach INT8_MIN_COSINE (which encoders do: docs/results.md, "A larger encoder").
 INT8_MIN_COSINE = 0.98
 PROBE_TEXTS = (
     "How do I learn Python quickly?", "What is the best way to lose weight?", "Why is the sky blue?",
