@@ -103,7 +103,7 @@ class DuplicateDetector:
             auto = backend in (None, "auto")
             try:
                 if auto and chosen == "onnx-int8":
-                    chosen = onnxrt.auto_backend(self.model, self.device)
+                    chosen = onnxrt.auto_backend(self.model)
                 onnxrt.enable(self.model, chosen, threads)
             except Exception as exc:  # noqa: BLE001 - e.g. a read-only cache folder, an architecture ONNX can't export
                 if not auto:

@@ -51,9 +51,14 @@ def available() -> bool:
     return all(find_spec(name) is not None for name in ("onnx", "onnxruntime"))  # found, not imported (slow)
 
 
+def transformer_encoders(model) -> list:
+    """The model's transformer encoders, each once (a Siamese model's two sides share one)."""
+    sides = {id(e): e for e in (model.encoder, model.right_encoder) if e is not None}.values()
+    return [e for e in sides if getattr(e, "config", {}).get("type") == "transformer"]
+
+
 def has_transformer(model) -> bool:
-    return any(getattr(e, "config", {}).get("type") == "transformer" for e in (model.encoder, model.right_encoder)
-               if e is not None)
+    return bool(transformer_encoders(model))
 
 
 def native_bf16() -> bool:
@@ -274,17 +279,13 @@ def int8_fidelity(encoder, tokens: bool = False) -> float:
     return cosine
 
 
-def auto_backend(model, device: torch.device) -> str:
-    """What 'auto' runs `model` with (`resolve_backend`), except that int8 gives way where it changes the model's
-    outputs (`int8_fidelity` below INT8_MIN_COSINE): bf16 on a CPU with native bf16, else ONNX fp32; said in the log."""
-    chosen = resolve_backend("auto", device, model)
-    if chosen != "onnx-int8":
-        return chosen
+def auto_backend(model) -> str:
+    """What 'auto' runs a model with where `resolve_backend` picked int8: int8, unless it changes the model's outputs
+    (`int8_fidelity` below INT8_MIN_COSINE); then bf16 on a CPU with native bf16, else ONNX fp32, said in the log."""
     tokens = needs_tokens(model)
-    worst = min(int8_fidelity(e, tokens) for e in {id(e): e for e in (model.encoder, model.right_encoder)
-                                                   if getattr(e, "config", {}).get("type") == "transformer"}.values())
+    worst = min(int8_fidelity(e, tokens) for e in transformer_encoders(model))
     if worst >= INT8_MIN_COSINE:
-        return chosen
+        return "onnx-int8"
     instead = "bf16" if native_bf16() else "onnx"
     import logging
 
@@ -297,9 +298,7 @@ def auto_backend(model, device: torch.device) -> str:
 def enable(model, backend: str, threads: int | None = None) -> None:
     """Run every transformer encoder of `model` (a `SiameseModel`) through ONNX Runtime ('onnx' = fp32,
     'onnx-int8') with `threads` intra-op threads (default: torch's count), or back through torch ('torch', 'bf16')."""
-    for encoder in {id(e): e for e in (model.encoder, model.right_encoder) if e is not None}.values():
-        if getattr(encoder, "config", {}).get("type") != "transformer":
-            continue
+    for encoder in transformer_encoders(model):
         if backend in ("torch", "bf16"):
             encoder.runtime = encoder.token_runtime = None
             encoder.model  # noqa: B018 - torch runs the base: a lazy one is built now, not on the first request
