@@ -97,10 +97,18 @@ def check_base_layers(cfg: TrainConfig) -> None:
 
 
 def param_groups(model: SiameseModel, cfg: TrainConfig) -> list[dict]:
-    """AdamW parameter groups: the right encoder of a pseudo-Siamese model trains at --right-lr."""
-    trainable = [p for p in model.parameters() if p.requires_grad]
-    if model.variant != "pseudo":
-        return [{"params": trainable}]
-    right = {id(p) for p in model.right_encoder.parameters()}
-    return [{"params": [p for p in trainable if id(p) not in right]},
-            {"params": [p for p in trainable if id(p) in right], "lr": cfg.right_lr or cfg.lr}]
+    """AdamW parameter groups: the right encoder of a pseudo-Siamese model trains at --right-lr, and the base
+    layers that --train-top-layers trains at --top-layers-lr when it is given."""
+    pseudo = model.variant == "pseudo"
+    right = {id(p) for p in model.right_encoder.parameters()} if pseudo else set()
+    towers = [model.encoder, model.right_encoder] if pseudo else [model.encoder]
+    layers = {id(p) for tower in towers for layer in getattr(tower, "top_layers", []) for p in layer.parameters()}
+    groups: dict[tuple[bool, bool], list] = {}
+    for p in (p for p in model.parameters() if p.requires_grad):
+        groups.setdefault((id(p) in right, cfg.top_layers_lr is not None and id(p) in layers), []).append(p)
+
+    def lr(key: tuple[bool, bool]) -> float:
+        on_right, base_layer = key
+        return cfg.top_layers_lr if base_layer else (cfg.right_lr or cfg.lr) if on_right else cfg.lr
+
+    return [{"params": groups[key], "lr": lr(key)} for key in sorted(groups)]

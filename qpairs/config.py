@@ -89,6 +89,7 @@ class TrainConfig:
     normalize: bool | None = None  # None → False for lstm, True for transformer
     freeze_base: bool = False  # train only the head on a frozen base (its outputs cached once)
     train_top_layers: int = 0  # N > 0: train only the base's top N layers + head; layer L−N's outputs cached once
+    top_layers_lr: float | None = None  # --train-top-layers: learning rate of the trained base layers (None → --lr)
     init_from: str | None = None  # a trained run whose weights the model starts from (qpairs.warmstart)
     head: str = "linear"  # linear projection or residual MLP (starts as the identity)
     embedding_cache: str | None = None  # frozen-base embedding cache dir (None → RUN/embedding_cache)
@@ -134,6 +135,9 @@ class TrainConfig:
             raise ValueError(f"--variant must be siamese or pseudo, not {c.variant!r}")
         if c.train_top_layers:
             top_layer_defaults(c)
+        elif c.top_layers_lr is not None:
+            raise ValueError("--top-layers-lr sets the learning rate of the layers --train-top-layers trains: "
+                             "give --train-top-layers N with it")
         if c.variant == "pseudo":  # defaults below follow the left encoder; the right one's are set here
             c.left_encoder = c.encoder = c.left_encoder or c.encoder
             c.right_encoder = c.right_encoder or c.left_encoder
@@ -193,7 +197,8 @@ RANGES = {"batch_size": (1, None), "epochs": (1, None), "max_train_pairs": (1, N
           "right_max_length": (1, None), "embedding_dim": (1, None), "hidden_size": (1, None), "num_layers": (1, None),
           "projection_dim": (0, None), "pair_head_hidden": (0, None), "matching_dim": (1, None), "min_freq": (1, None),
           "body_max_words": (1, None), "infer_negatives": (0, None), "patience": (0, None), "dropout": (0.0, 1.0),
-          "lr": (0.0, None), "right_lr": (0.0, None), "weight_decay": (0.0, None), "warmup": (0.0, 1.0),
+          "lr": (0.0, None), "right_lr": (0.0, None), "top_layers_lr": (0.0, None), "weight_decay": (0.0, None),
+          "warmup": (0.0, 1.0),
           "grad_clip": (0.0, None), "margin": (0.0, None), "scale": (0.0, None), "pair_head_weight": (0.0, None),
           "checkpoint_minutes": (0.0, None), "max_pairs_per_group": (1, None), "num_workers": (0, None)}
 EXCLUDED_END = {"dropout": 1.0, "margin": 0.0, "scale": 0.0}  # an end of the range that is itself out

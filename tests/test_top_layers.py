@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_pairs, make_tiny_bert
+from conftest import make_pairs, make_tiny_bert, make_tiny_mpnet
 
 LAYERS = 3
 TOL = 1e-3  # the cache holds the lower layer's states in float16; inference runs them in float32
@@ -63,11 +63,18 @@ def _validation_probabilities(run, det):
     return val, det.calibrator.predict_proba(d)
 
 
-def test_bottom_layers_then_top_layers_give_the_full_model(tiny_bert3):
+@pytest.fixture(scope="module")
+def tiny_mpnet3(tmp_path_factory):
+    """A tiny random 3-layer MPNetModel: its layers also take the encoder's relative-position bias."""
+    return make_tiny_mpnet(tmp_path_factory.mktemp("tiny_mpnet3"), LAYERS)
+
+
+@pytest.mark.parametrize("base", ["tiny_bert3", "tiny_mpnet3"])
+def test_bottom_layers_then_top_layers_give_the_full_model(base, request):
     from qpairs.encoders import build_encoder
 
-    enc = build_encoder({"type": "transformer", "pooling": "mean", "max_length": 32, "base_model": str(tiny_bert3),
-                         "train_top_layers": 2}).eval()
+    enc = build_encoder({"type": "transformer", "pooling": "mean", "max_length": 32,
+                         "base_model": str(request.getfixturevalue(base)), "train_top_layers": 2}).eval()
     from qpairs.toplayers import layer_prefixes
 
     assert enc.cut == 1 and layer_prefixes(enc.model, enc.top_layers) == ["encoder.layer.1.", "encoder.layer.2."]
@@ -279,6 +286,41 @@ def test_trained_top_layers_drop_no_attention_probabilities(tiny_bert3):
     assert p > 0 and layers[-1].attention.self.dropout.p == 0.0
     assert [layer.attention.self.dropout.p for layer in layers[:-1]] == [p] * (LAYERS - 1)
     assert layers[-1].output.dropout.p == enc.model.config.hidden_dropout_prob > 0
+
+
+def test_mpnet_top_layers_drop_no_attention_probabilities(tiny_mpnet3):
+    from qpairs.encoders import build_encoder
+
+    enc = build_encoder({"type": "transformer", "pooling": "mean", "max_length": 32, "base_model": str(tiny_mpnet3),
+                         "train_top_layers": 1})
+    layers = enc.model.encoder.layer
+    assert layers[-1].attention.attn.dropout.p == 0.0 < layers[0].attention.attn.dropout.p
+
+
+@pytest.mark.parametrize("variant", ["siamese", "pseudo"])
+def test_top_layers_lr_sets_the_trained_layers_apart_from_the_head(tiny_bert3, variant):
+    from qpairs.builders import build_model, build_pseudo_model, param_groups
+    from qpairs.config import TrainConfig
+
+    cfg = TrainConfig(encoder="transformer", base_model=str(tiny_bert3), train_top_layers=1, lr=1e-3,
+                      top_layers_lr=5e-5, variant=variant, right_lr=2e-3, head="residual",
+                      projection_dim=32).resolved()
+    texts = pd.DataFrame({"question1": ["a title"], "question2": ["a body"]})
+    model = build_pseudo_model(cfg, texts) if variant == "pseudo" else build_model(cfg, None)
+    groups = param_groups(model, cfg)
+    top = {id(p) for tower in (model.encoder, model.right_encoder) if tower is not None
+           for layer in tower.top_layers for p in layer.parameters()}
+    layer_groups = [g for g in groups if g["lr"] == 5e-5]
+    assert len(layer_groups) == (2 if variant == "pseudo" else 1)
+    assert {id(p) for g in layer_groups for p in g["params"]} == top
+    rest = [g for g in groups if g["lr"] != 5e-5]
+    assert sorted(g["lr"] for g in rest) == ([1e-3, 2e-3] if variant == "pseudo" else [1e-3])
+    assert sum(len(g["params"]) for g in groups) == sum(p.requires_grad for p in model.parameters())
+    assert not {id(p) for g in rest for p in g["params"]} & top
+    cfg.top_layers_lr = None  # without it one rate per tower, as before
+    assert [g["lr"] for g in param_groups(model, cfg)] == ([1e-3, 2e-3] if variant == "pseudo" else [1e-3])
+    with pytest.raises(ValueError, match="give --train-top-layers N with it"):
+        TrainConfig(encoder="transformer", freeze_base=True, top_layers_lr=5e-5).resolved()
 
 
 @pytest.mark.parametrize("supported, bf16, on", [(True, True, True), (True, False, False), (False, True, False)])
