@@ -94,10 +94,11 @@ TRAIN_HELP = {
                  "model's, of the same shape; e.g. a --freeze-base matching run before --train-top-layers "
                  "(train the head first, then the top layers)",
     "train_top_layers": "transformer: train only the top LAYERS layers of the base (1 <= LAYERS < its layer "
-                        "count) and the head, at --lr (the layers at --top-layers-lr if given); the output of the layer below them is computed once and "
-                        "cached (--embedding-cache), the lower layers never run in training, and the run stores only "
-                        "the top layers and the head (the rest loads from --base-model). Implies --encoder "
-                        "transformer; pseudo: each tower trains its own top layers over one cache; 0: off",
+                        "count) and the head, at --lr (the layers at --top-layers-lr if given); the output of the "
+                        "layer below them is computed once and cached (--embedding-cache), the lower layers never run "
+                        "in training, and the run stores only the top layers and the head (the rest loads from "
+                        "--base-model). Implies --encoder transformer; pseudo: each tower trains its own top layers "
+                        "over one cache; 0: off",
     "top_layers_lr": "--train-top-layers: learning rate of the trained base layers (default: --lr); e.g. 5e-5 "
                      "with --lr 1e-3 for the head",
     "head": "linear (projection to --projection-dim) or residual (x + MLP(x), hidden size --projection-dim)",

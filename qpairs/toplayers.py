@@ -1,5 +1,6 @@
-"""--train-top-layers N: a 🤗 BERT-style base split at layer k = L − N into a frozen bottom (the embeddings and
-layers 1..k, run once per text; `qpairs.tokencache` keeps their output) and the N top layers that train on it."""
+"""--train-top-layers N: a 🤗 BERT-style base (BERT, MiniLM, MPNet) split at layer k = L − N into a frozen bottom
+(the embeddings and layers 1..k, run once per text; `qpairs.tokencache` keeps their output) and the N top layers
+that train on it."""
 from __future__ import annotations
 
 import torch
