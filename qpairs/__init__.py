@@ -12,7 +12,13 @@ from __future__ import annotations
 __version__ = "0.1.0"
 __all__ = ["load", "predict", "predict_proba", "DuplicateDetector", "__version__"]
 
+import os
 import threading
+
+# bf16 products on Intel AMX tiles add up a row's terms in an order that depends on how many rows share the product,
+# so a pair's probability would move with the rest of its batch; oneDNN's AVX-512 BF16 kernels do not. Set before
+# any bf16 work creates a oneDNN kernel; a value the user set wins.
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
 
 _default = None
 _default_lock = threading.Lock()
