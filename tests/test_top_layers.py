@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from conftest import make_pairs, make_tiny_bert, make_tiny_mpnet
+from conftest import make_pairs, make_tiny_bert
 
 LAYERS = 3
 TOL = 1e-3  # the cache holds the lower layer's states in float16; inference runs them in float32
@@ -66,7 +66,7 @@ def _validation_probabilities(run, det):
 @pytest.fixture(scope="module")
 def tiny_mpnet3(tmp_path_factory):
     """A tiny random 3-layer MPNetModel: its layers also take the encoder's relative-position bias."""
-    return make_tiny_mpnet(tmp_path_factory.mktemp("tiny_mpnet3"), LAYERS)
+    return make_tiny_bert(tmp_path_factory.mktemp("tiny_mpnet3"), LAYERS, kind="mpnet")
 
 
 @pytest.mark.parametrize("base", ["tiny_bert3", "tiny_mpnet3"])
