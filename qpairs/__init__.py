@@ -16,9 +16,21 @@ import os
 import threading
 
 # bf16 products on Intel AMX tiles add up a row's terms in an order that depends on how many rows share the product,
-# so a pair's probability would move with the rest of its batch; oneDNN's AVX-512 BF16 kernels do not. Set before
-# any bf16 work creates a oneDNN kernel; a value the user set wins.
-os.environ.setdefault("ONEDNN_MAX_CPU_ISA", "AVX512_CORE_BF16")
+# so a pair's probability would move with the rest of its batch; oneDNN's AVX-512 BF16 kernels do not. oneDNN reads
+# the variable when the first bf16 work creates a kernel; a value the user set wins.
+_ISA_CAP = "AVX512_CORE_BF16"
+_ISA_CAPPED_HERE = "ONEDNN_MAX_CPU_ISA" not in os.environ
+os.environ.setdefault("ONEDNN_MAX_CPU_ISA", _ISA_CAP)
+
+
+def _lift_isa_cap() -> bool:
+    """Give oneDNN its fastest kernels (AMX where there is one) for work whose sums need not match across batch
+    sizes, such as the training steps of `qpairs train`, if `import qpairs` set the cap (not the user). It works only
+    before this process's first bf16 work. Returns whether the cap was lifted."""
+    if _ISA_CAPPED_HERE and os.environ.get("ONEDNN_MAX_CPU_ISA") == _ISA_CAP:
+        os.environ["ONEDNN_MAX_CPU_ISA"] = "ALL"
+        return True
+    return False
 
 _default = None
 _default_lock = threading.Lock()

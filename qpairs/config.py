@@ -39,6 +39,11 @@ def top_layer_defaults(c: "TrainConfig") -> None:
     c.encoder = "transformer"
 
 
+def split_seed(c: "TrainConfig") -> int:
+    """The seed that picks a run's validation and test data: --split-seed, else --seed."""
+    return c.seed if c.split_seed is None else c.split_seed
+
+
 @dataclass
 class TrainConfig:
     """Every knob of `qpairs train`, with defaults that work."""
@@ -57,6 +62,7 @@ class TrainConfig:
     distance: str | None = None  # None → cosine for online_contrastive (as sentence-transformers), else euclidean
     max_length: int = 40
     seed: int = 0
+    split_seed: int | None = None  # None → --seed
     device: str = "auto"
     # data handling
     split_by: str = "question"

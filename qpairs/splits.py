@@ -18,7 +18,7 @@ import pandas as pd
 from . import data as qdata
 from . import distributed
 from .checkpoint import write_json
-from .config import TrainConfig
+from .config import TrainConfig, split_seed
 from .distill import teacher_label_files
 from .tableio import write_frame
 
@@ -35,7 +35,7 @@ def load_splits(cfg: TrainConfig, run_dir: Path, write: bool = True) -> dict:
     report = qdata.LoadReport()
     frame = qdata.load_pairs(files, on_bad_row=cfg.on_bad_row, report=report)
     frame = frame[frame["is_duplicate"] >= 0]
-    splits, info = qdata.make_splits(frame, seed=cfg.seed, by=cfg.split_by, eval_rate=cfg.eval_rate)
+    splits, info = qdata.make_splits(frame, seed=split_seed(cfg), by=cfg.split_by, eval_rate=cfg.eval_rate)
     train = split_train = splits["train"]
     held_out = [splits["validation"], splits["test"]]
     if cfg.extra_train:

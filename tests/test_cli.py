@@ -1,4 +1,5 @@
 import argparse
+import os
 import json
 import subprocess
 import sys
@@ -6,6 +7,7 @@ import sys
 import pandas as pd
 import pytest
 
+import qpairs
 from qpairs.cli import main
 from conftest import make_pairs
 
@@ -354,3 +356,20 @@ def test_evaluate_refuses_its_report_folder_before_scoring(tmp_path, capsys, mon
     (tmp_path / "report.csv").write_text("")
     assert main(["evaluate", "fast", "--data", "data/sample_pairs.csv", "-o", str(tmp_path / "report.csv")]) == 2
     assert "is a file: the report goes into a folder" in capsys.readouterr().err
+
+
+def test_training_lifts_only_the_isa_cap_qpairs_set(monkeypatch):
+    """`import qpairs` caps oneDNN at AVX-512 BF16 (batch-invariant bf16 sums); `qpairs train` lifts that cap for its
+    own steps, never a value the user chose."""
+    env = {k: v for k, v in os.environ.items() if k != "ONEDNN_MAX_CPU_ISA"}
+    seen = subprocess.run([sys.executable, "-c", "import os, qpairs; print(os.environ['ONEDNN_MAX_CPU_ISA'])"],
+                          env=env, capture_output=True, text=True, check=True).stdout.strip()
+    assert seen == qpairs._ISA_CAP
+    monkeypatch.setattr(qpairs, "_ISA_CAPPED_HERE", True)
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", qpairs._ISA_CAP)
+    assert qpairs._lift_isa_cap() and os.environ["ONEDNN_MAX_CPU_ISA"] == "ALL"
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", "AVX2")  # the user's own choice stays
+    assert not qpairs._lift_isa_cap() and os.environ["ONEDNN_MAX_CPU_ISA"] == "AVX2"
+    monkeypatch.setattr(qpairs, "_ISA_CAPPED_HERE", False)  # set by the user before the import, to the cap's value
+    monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", qpairs._ISA_CAP)
+    assert not qpairs._lift_isa_cap() and os.environ["ONEDNN_MAX_CPU_ISA"] == qpairs._ISA_CAP

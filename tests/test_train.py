@@ -250,6 +250,21 @@ def test_extra_training_pairs_join_the_training_split_only(tmp_path):
         assert with_extra[name]["pair_id"].tolist() == plain[name]["pair_id"].tolist()
 
 
+def test_split_seed_keeps_the_held_out_pairs_while_seed_changes(tmp_path):
+    """--split-seed: runs with another --seed share validation and test; without it, --seed moves them too."""
+    data = tmp_path / "pairs.csv"
+    make_pairs(300, seed=5).to_csv(data, index=False)
+
+    def held_out(name, **kw):
+        splits = load_splits(_tiny_cfg(tmp_path, data, out=str(tmp_path / name), **kw), tmp_path / name)
+        return [splits[part]["pair_id"].tolist() for part in ("validation", "test")]
+
+    first = held_out("a", seed=0)
+    assert held_out("b", seed=1, split_seed=0) == first
+    assert held_out("c", seed=1) != first
+    assert held_out("d", seed=0, split_seed=1) == held_out("c", seed=1)
+
+
 def test_wordpiece_bilstm_trains_saves_and_loads(tmp_path):
     """--tokens wordpiece --word-vectors minilm: the embedding starts as MiniLM's piece vectors, the run
     stores the tokenizer and reloads to the same predictions; GloVe with pieces is refused."""
