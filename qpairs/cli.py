@@ -358,9 +358,9 @@ def _add_ensemble_command(sub) -> None:
                        "mixed with the weights (on a grid, adding up to 1) that give the lowest log loss, and the mix "
                        "is calibrated on the same pairs. OUT loads like any run (score, predict, search, dedup). The "
                        "first MODEL is the primary: search indexes hold its vectors. Use validation pairs that no "
-                       "member trained on. With --familiar, pairs unlike the primary's training questions hand their "
-                       "score to the zero-shot cosine of its frozen base (text from elsewhere then ranks close to "
-                       "plain MiniLM or better).")
+                       "member trained on. With --familiar, pairs unlike the training questions hand their score to "
+                       "the zero-shot cosine of the first member with a frozen base and a matching head (text from "
+                       "elsewhere then ranks close to the plain encoder or better).")
     p.add_argument("models", nargs="*", metavar="MODEL", help="two or more run directories or bundled model names")
     p.add_argument("--validation", nargs="+", required=True,
                    help="labelled pair files (CSV/TSV, gz ok, or Parquet) the members did not train on")
@@ -370,9 +370,10 @@ def _add_ensemble_command(sub) -> None:
     p.add_argument("--threshold", default="accuracy",
                    help="operating point: accuracy, f1, precision:P or recall:R (default: accuracy)")
     p.add_argument("--familiar", nargs="+", metavar="FILE",
-                   help="pair files holding the first MODEL's training questions (e.g. RUN/splits/train.csv.gz): "
+                   help="pair files holding the members' training questions (e.g. RUN/splits/train.csv.gz): "
                         "pairs whose questions lie far from them (Mahalanobis distance of the pooled vectors) hand "
-                        "part of their logit to the zero-shot cosine; needs a matching-head first MODEL")
+                        "part of their logit to the zero-shot cosine; needs a MODEL with a frozen base and a "
+                        "matching head (--freeze-base --pair-head matching), the first such one is read")
     p.add_argument("--unfamiliar-share", type=_unit_interval,
                    help="with --familiar: the share handed over by the least familiar pairs (default: 1, all of it)")
     _add_pair_file_options(p)

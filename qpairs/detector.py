@@ -303,8 +303,9 @@ class Ensemble(DuplicateDetector):
     The first member is the primary: search indexes hold its vectors and its token states are reused across
     calls. Every other member reads `reads` words of a question (its encoder's max length); for a pair whose
     longer question runs past that, its share falls linearly to 0 at twice that length and goes to the primary.
-    With `familiarity` (`qpairs.familiarity`), pairs far from the primary's training questions hand part of the
-    mixed logit to the zero-shot cosine of the primary's pooled token states.
+    With `familiarity` (`qpairs.familiarity`), pairs far from the training questions hand part of the mixed logit
+    to the zero-shot cosine of the reference's pooled token states: the first member with a frozen-base matching
+    head (`qpairs.familiarity.reference_member`).
     `backend` names each member's, joined by '+' (e.g. 'onnx-int8+bf16'), and `use_backend` takes that form too.
     """
 
@@ -316,10 +317,11 @@ class Ensemble(DuplicateDetector):
         self.members, self.weights = list(members), ensemble_weights(weights)
         primary = self.members[0]
         self.familiarity = familiarity  # a `qpairs.familiarity.Familiarity` (its rule applied to the mix) or None
+        self.reference = 0  # the member whose pooled token states the rule reads
         if familiarity is not None:
-            from .familiarity import require_question_model
+            from .familiarity import reference_member
 
-            require_question_model(primary)
+            self.reference = reference_member(self.members)
         self.reads = [int(m.model.encoder.config.get("max_length") or 0) for m in self.members]
         config = {**primary.config, "ensemble": {"members": [str(Path(m.path).resolve()) if m.path else None
                                                              for m in self.members],
@@ -393,31 +395,32 @@ class Ensemble(DuplicateDetector):
     def member_logits(self, q1: list[str], q2: list[str], states: dict | None = None,
                       pooled: dict | None = None) -> np.ndarray:
         """Each member's calibrated logit of each pair [members, pairs] (`states`: the primary's token states;
-        `pooled` receives the primary's pooled token states, see `DuplicateDetector.distances`)."""
+        `pooled` receives the reference member's pooled token states, see `DuplicateDetector.distances`)."""
         from .calibration import _logit
 
         def logits(i: int, member: DuplicateDetector) -> np.ndarray:  # the ensemble floors its own distance, once
-            d = member.distances(q1, q2, *((states, pooled) if i == 0 else (None, None)), same_floor=False)
+            d = member.distances(q1, q2, states if i == 0 else None, pooled if i == self.reference else None,
+                                 same_floor=False)
             return _logit(member.calibrator.predict_proba(d))
 
         return np.stack([logits(i, m) for i, m in enumerate(self.members)])
 
     def pooled_rows(self, pooled: dict, q1: list[str], q2: list[str]) -> tuple[np.ndarray, list, list]:
-        """The primary's pooled vectors of the pairs' distinct texts [texts, dim] (from the dict `member_logits`
-        filled), and each pair's two rows in it."""
-        primary = self.members[0]
-        a, b = primary.preprocess(q1, "left"), primary.preprocess(q2, "right")
+        """The reference member's pooled vectors of the pairs' distinct texts [texts, dim] (from the dict
+        `member_logits` filled), and each pair's two rows in it."""
+        reference = self.members[self.reference]
+        a, b = reference.preprocess(q1, "left"), reference.preprocess(q2, "right")
         row = {t: i for i, t in enumerate(dict.fromkeys(a + b))}
         return np.stack([pooled[t] for t in row]), [row[t] for t in a], [row[t] for t in b]
 
     def pooled_pairs(self, pooled: dict, q1: list[str], q2: list[str]) -> tuple[np.ndarray, np.ndarray]:
-        """The primary's pooled vectors [pairs, dim] of both sides (`pooled_rows`, one row per pair and side)."""
+        """The reference member's pooled vectors [pairs, dim] of both sides (`pooled_rows`, one row per pair and side)."""
         vectors, rows_a, rows_b = self.pooled_rows(pooled, q1, q2)
         return vectors[rows_a], vectors[rows_b]
 
     def mix(self, logits: np.ndarray, q1: list[str], q2: list[str], pooled: dict | None = None) -> np.ndarray:
         """The distance of the pairs from their members' logits (`member_logits`): −(logits mixed by `shares`),
-        with the unfamiliar-pair rule applied when there is one (`pooled`: the primary's pooled states)."""
+        with the unfamiliar-pair rule applied when there is one (`pooled`: the reference member's pooled states)."""
         mixed = (self.shares(q1, q2) * logits).sum(0)
         if self.familiarity is not None and len(q1):
             if pooled is None:

@@ -52,7 +52,7 @@ def fit_ensemble(members: list, q1: list[str], q2: list[str], labels, step: floa
     `unfamiliar_share`, and the calibration with the rule in place."""
     labels = np.asarray(labels, dtype=int)
     grid = weight_grid(len(members), step)
-    probe = Ensemble(members, grid[0], Calibrator("platt"))
+    probe = Ensemble(members, grid[0], Calibrator("platt"), familiarity=familiarity)  # no rule yet: the plain mix
     pooled: dict = {}
     logits = pairs_in_chunks(lambda a, b: probe.member_logits(a, b, pooled=pooled), q1, q2,
                              f"scoring validation pairs with {len(members)} members")
@@ -65,7 +65,6 @@ def fit_ensemble(members: list, q1: list[str], q2: list[str], labels, step: floa
     best = grid[int(np.argmin(losses))]
     if familiarity is not None:
         familiarity.fit_rule(*probe.pooled_pairs(pooled, q1, q2), labels, unfamiliar_share)
-        probe.familiarity = familiarity
     d = distances(best)
     try:
         calibrator = Calibrator("platt").fit(d, labels, threshold)
@@ -147,7 +146,7 @@ def ensemble_command(models: list, validation: list, out, step: float = 0.05, th
                      unfamiliar_share: float = 1.0, **columns) -> dict:
     """`qpairs ensemble`: load the members, fit on the validation files, write OUT; returns the report. Members run
     in PyTorch here (fp32 on a CPU), as every run's own calibration was fitted; they load with the usual CPU
-    backends afterwards. `familiar`: pair files of the first member's training questions, for the unfamiliar-pair
+    backends afterwards. `familiar`: pair files of the members' training questions, for the unfamiliar-pair
     rule (`qpairs.familiarity`)."""
     from .data import load_pairs
 
@@ -172,13 +171,13 @@ def ensemble_command(models: list, validation: list, out, step: float = 0.05, th
     check_members(models, members, frame)
     familiarity = None
     if familiar:
-        from .familiarity import Familiarity, pooled_vectors, require_question_model, training_questions
+        from .familiarity import Familiarity, pooled_vectors, reference_member, training_questions
 
-        require_question_model(members[0], models[0])  # before encoding the training questions
+        reference = members[reference_member(members, models)]  # checked before encoding the training questions
         texts = training_questions(familiar, on_bad_row=on_bad_row, **{k: v for k, v in columns.items()
                                                                         if k in ("q1_col", "q2_col")})
         log.info("unfamiliar-pair rule: the Gaussian of %d training questions", len(texts))
-        familiarity = Familiarity.fit(pooled_vectors(members[0], texts, progress=None))
+        familiarity = Familiarity.fit(pooled_vectors(reference, texts, progress=None))
     ensemble, report = fit_ensemble(members, list(frame["question1"]), list(frame["question2"]),
                                     frame["is_duplicate"].to_numpy(), step, threshold, familiarity, unfamiliar_share)
     report["familiar_files"] = [str(f) for f in familiar or []]

@@ -123,18 +123,30 @@ class Familiarity:
 
 def require_question_model(det, name=None) -> None:
     """The rule reads a matching-head model's pooled token states of both questions alike, from a frozen base (its
-    cosine is then zero-shot): refuse any other."""
+    cosine is then zero-shot): refuse any other model."""
     from .matching import needs_tokens
 
+    who = name or "the model"
     if not needs_tokens(det.model) or det.model.prepares_sides:
-        raise ValueError("the unfamiliar-pair rule needs a matching-head question model first (it reads that model's "
-                         "pooled token states of both questions alike), not for a title/body run or a model without one"
-                         + (f"; {name} is not one" if name else ""))
+        raise ValueError(f"{who} is not a matching-head question model (the rule reads such a model's pooled token "
+                         "states of both questions alike; a title/body run or a model without token states has none)")
     if not det.model.encoder.config.get("frozen_base"):
-        raise ValueError("the unfamiliar-pair rule hands pairs to the zero-shot cosine of the first model's frozen "
-                         "base, but " + (f"{name} trained" if name else "the first model trained") + " its encoder's "
-                         "layers (--train-top-layers or full fine-tuning), so its cosine is no longer zero-shot: put "
-                         "a frozen-base matching model (--freeze-base) first")
+        raise ValueError(f"{who} trained its encoder's layers (--train-top-layers or full fine-tuning), so its "
+                         "cosine is no longer zero-shot")
+
+
+def reference_member(members: list, names: list | None = None) -> int:
+    """Where the rule reads its pooled states: the index of the first member that is a frozen-base matching model
+    reading both questions alike (its cosine is zero-shot). Refuses members without one."""
+    reasons = []
+    for i, det in enumerate(members):
+        try:
+            require_question_model(det, names[i] if names else None)
+            return i
+        except ValueError as exc:
+            reasons.append(str(exc))
+    raise ValueError("the unfamiliar-pair rule needs a member that is a frozen-base matching model (--freeze-base "
+                     "--pair-head matching), whose cosine is zero-shot: " + "; ".join(reasons))
 
 
 def cosine(a, b) -> np.ndarray:

@@ -92,6 +92,23 @@ def test_an_ensemble_applies_the_rule_to_its_mixed_logit_with_the_primarys_mean_
     np.testing.assert_allclose(alone, ens.predict_proba(q1, q2)[:5], atol=1e-6)  # whatever the batch
 
 
+def test_the_rule_reads_the_first_frozen_matching_member_when_the_primary_is_not_one(fitted):
+    """A BiLSTM primary: the rule reads the matching member's pooled states, whatever the order."""
+    runs, root, ens, _ = fitted
+    matching, lstm = ens.members
+    val = make_pairs(300, seed=5)
+    fam = Familiarity(ens.familiarity.mean, ens.familiarity.precision)
+    swapped, _ = fit_ensemble([lstm, matching], list(val["question1"]), list(val["question2"]),
+                              val["is_duplicate"].to_numpy(), step=0.5, familiarity=fam, unfamiliar_share=0.5)
+    assert swapped.reference == 1
+    pairs = make_pairs(40, seed=9)
+    q1, q2 = list(pairs["question1"]), ["Why is the sky blue at noon?"] * 20 + list(pairs["question2"])[20:]
+    plain = Ensemble(swapped.members, swapped.weights, swapped.calibrator)
+    a, b = pooled_vectors(matching, q1), pooled_vectors(matching, q2)
+    assert (fam.shares(a, b) > 0).any()
+    np.testing.assert_allclose(-swapped.distances(q1, q2), fam.apply(-plain.distances(q1, q2), a, b), atol=1e-5)
+
+
 def test_the_rule_is_saved_and_loaded_with_the_ensemble(fitted):
     runs, root, ens, _ = fitted
     spec = json.loads((root / "ens" / "ensemble.json").read_text())
@@ -108,7 +125,7 @@ def test_the_rule_is_saved_and_loaded_with_the_ensemble(fitted):
         qpairs.load(broken, device="cpu")
 
 
-def test_cli_fits_the_rule_from_training_files_and_refuses_a_primary_without_token_states(fitted, tmp_path, capsys):
+def test_cli_fits_the_rule_from_training_files_and_refuses_members_without_token_states(fitted, tmp_path, capsys):
     runs, root, _, _ = fitted
     out = tmp_path / "ens"
     assert main(["ensemble", *map(str, runs), "--validation", str(root / "val.csv"), "-o", str(out), "--step", "0.5",
@@ -116,9 +133,11 @@ def test_cli_fits_the_rule_from_training_files_and_refuses_a_primary_without_tok
     said = capsys.readouterr().out
     assert "unfamiliar pairs: up to 30% of the logit goes to the zero-shot cosine" in said
     assert json.loads((out / "ensemble.json").read_text())["unfamiliar"]["share"] == 0.3
-    assert main(["ensemble", str(runs[1]), str(runs[0]), "--validation", str(root / "val.csv"), "-o",
+    other_lstm = tiny_lstm_dir(tmp_path / "l2", seed=1)
+    assert main(["ensemble", str(runs[1]), str(other_lstm), "--validation", str(root / "val.csv"), "-o",
                  str(tmp_path / "x"), "--familiar", str(root / "train.csv")]) == 2
-    assert "needs a matching-head question model first" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "needs a member that is a frozen-base matching model" in err and "is not a matching-head" in err
     scored = tmp_path / "scored.csv"
     make_pairs(20, seed=3).to_csv(tmp_path / "in.csv", index=False)
     assert main(["score", str(tmp_path / "in.csv"), "-o", str(scored), "--model", str(out)]) == 0
@@ -159,9 +178,9 @@ def test_a_broken_rule_a_trained_base_or_a_title_body_primary_is_refused(fitted,
     primary = ens.members[0]
     with monkeypatch.context() as m:  # as a --train-top-layers run's config says
         m.setitem(primary.model.encoder.config, "frozen_base", False)
-        with pytest.raises(ValueError, match="no longer zero-shot: put a frozen-base matching model"):
+        with pytest.raises(ValueError, match="trained its encoder's layers.*no longer zero-shot"):
             pooled_vectors(primary, ["How do I learn Python?"])
     pooled_vectors(primary, ["How do I learn Python?"])  # the frozen base itself is accepted
     monkeypatch.setattr(primary.model, "_prepare", {"left": None, "right": str.lower})  # sides read differently
-    with pytest.raises(ValueError, match="not for a title/body run"):
+    with pytest.raises(ValueError, match="is not a matching-head question model"):
         pooled_vectors(primary, ["How do I learn Python?"])
