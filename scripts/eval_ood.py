@@ -1,7 +1,8 @@
 """A model out of its training domain: STS-B (Spearman) and MRPC (ROC-AUC, accuracy), against zero-shot MiniLM.
 
 The peer, in the same run, is the cosine of the model's frozen base vectors (for the default model:
-all-MiniLM-L6-v2, mean-pooled). Files are read as the data folder's `ood/` notes describe: tab-separated,
+all-MiniLM-L6-v2, mean-pooled; for an ensemble, those of its first member with a frozen transformer base; none for a
+model whose base layers trained). Files are read as the data folder's `ood/` notes describe: tab-separated,
 no quoting; STS-B has no header (score in field 5, sentences in 6 and 7), MRPC a header and a BOM.
 
     python scripts/eval_ood.py --stsb DATA/ood/stsb_dev.tsv.gz --mrpc DATA/ood/msrp_train.tsv.gz
@@ -22,9 +23,20 @@ import qpairs
 from make_aux_pairs import read_tsv
 
 
+def zero_shot_model(det):
+    """The model (or, for an ensemble, the first member) whose pooled base vectors are zero-shot: a transformer
+    base left frozen. None when there is none (a BiLSTM, or layers trained by --train-top-layers or fine-tuning)."""
+    for m in getattr(det, "members", [det]):
+        config = m.model.encoder.config
+        if config.get("type") == "transformer" and config.get("frozen_base"):
+            return m
+    return None
+
+
 def base_cosine(det, a, b) -> np.ndarray | None:
-    """Cosine of the model's frozen base vectors (None for a model without a transformer base, e.g. a BiLSTM)."""
-    if det.model.encoder.config.get("type") != "transformer":
+    """Cosine of the zero-shot base vectors of `zero_shot_model(det)` (None without one)."""
+    det = zero_shot_model(det)
+    if det is None:
         return None
     ea, eb = det.encode(a, pooled=True), det.encode(b, pooled=True)
     ea /= np.linalg.norm(ea, axis=1, keepdims=True)
@@ -62,6 +74,10 @@ def main() -> None:
                     "(cosine), e.g. the peer recipe's trained model")
     args = ap.parse_args()
     det = qpairs.load(args.model, backend=args.backend)
+    zero_shot = zero_shot_model(det)
+    print("zero-shot: " + ("none (no frozen transformer base)" if zero_shot is None else
+                           f"the cosine of {zero_shot.model.encoder.config.get('base_model') or 'all-MiniLM-L6-v2'}'s "
+                           f"mean-pooled vectors, as {zero_shot.path} reads them"))
     st = None
     if args.sentence_transformer:
         from sentence_transformers import SentenceTransformer

@@ -32,7 +32,7 @@ from make_aux_pairs import read_ood
 from qpairs.calibration import fit_calibrator
 from qpairs.data import default_data_dir
 from qpairs.detector import Ensemble
-from qpairs.familiarity import Familiarity, cosine, pooled_vectors, training_questions
+from qpairs.familiarity import Familiarity, cosine, pooled_vectors, reference_member, training_questions
 from qpairs.metrics import classification_metrics
 
 
@@ -53,7 +53,8 @@ def ood_figure(name: str, score: np.ndarray, y: np.ndarray) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default", help="an ensemble whose first member is a matching-head model")
+    ap.add_argument("--model", default="default", help="an ensemble with a member that has a frozen base and a matching head (the "
+                    "rule reads the first such one)")
     ap.add_argument("--split", default="runs/qqp_split", help="folder with train/validation/test.csv.gz of the split "
                     "the members trained on")
     ap.add_argument("--aux", default="runs/aux", help="folder of scripts/make_aux_pairs.py (held-out MRPC and SICK)")
@@ -65,8 +66,10 @@ def main() -> None:
     args = ap.parse_args()
 
     base = qpairs.load(args.model, device="cpu", backend="torch")
-    ens = Ensemble(base.members, base.weights, base.calibrator)  # the mix without any rule
     split = Path(args.split)
+    reference = base.members[reference_member(base.members)]  # where the rule reads its pooled vectors
+    fam = Familiarity.fit(pooled_vectors(reference, training_questions([split / "train.csv.gz"])))
+    ens = Ensemble(base.members, base.weights, base.calibrator, familiarity=fam)  # no rule fitted yet: the plain mix
     sets = {}
     for part in ("validation", "test"):
         f = pd.read_csv(split / f"{part}.csv.gz", keep_default_na=False)
@@ -81,7 +84,6 @@ def main() -> None:
         f = pd.read_csv(Path(args.aux) / file, keep_default_na=False)
         sets[name] = (list(f["question1"]), list(f["question2"]), f["is_duplicate"].to_numpy())
     scored = scored_sets(ens, sets)
-    fam = Familiarity.fit(pooled_vectors(ens.members[0], training_questions([split / "train.csv.gz"])))
     ood = [n for n in sets if not n.startswith("QQP")]
 
     print("\n| rule | val log loss | val acc | test acc | test ROC-AUC | test log loss | " + " | ".join(ood) + " |")
