@@ -136,7 +136,8 @@ MODEL_HELP = ("model directory, or a bundled model by name: default (the default
 METAVARS = {"init_from": "RUN"}  # where the field name's last word would not say what the value is
 TRAIN_GROUPS = {  # `qpairs train --help` sections: TrainConfig field names
     "data": ("data", "extra_train", "teacher", "teacher_unchecked", "teacher_labels", "distill_weight",
-             "infer_negatives", "split_by", "split_seed", "balance", "train_pos_rate", "eval_rate", "max_train_pairs", "on_bad_row"),
+             "infer_negatives", "split_by", "split_seed", "balance", "train_pos_rate", "eval_rate", "max_train_pairs",
+             "on_bad_row"),
     "title/body data": ("left_col", "right_col", "body_truncation", "body_max_words", "negatives", "test_site",
                         "sites", "eval_posts"),
     "model": ("encoder", "variant", "distance", "max_length", "pooling", "projection_dim", "normalize", "tokens",
@@ -222,10 +223,9 @@ def _add_field(group, name: str, hint, default, text: str, choices) -> None:
 def cmd_train(args) -> int:
     import os
 
+    from . import _lift_isa_cap
     from .config import TrainConfig
     from .train import train
-
-    from . import _lift_isa_cap
 
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     _lift_isa_cap()  # training and its caches do not score pairs for a user: AMX speed is theirs on CPUs with AMX
