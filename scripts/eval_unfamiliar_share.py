@@ -42,7 +42,7 @@ def scored_sets(ens: Ensemble, sets: dict) -> dict:
     for name, (a, b, y) in sets.items():
         pooled: dict = {}
         logits = ens.member_logits(a, b, pooled=pooled)
-        out[name] = (ens.mix(logits, a, b), *ens.pooled_pairs(pooled, a, b), y)
+        out[name] = (ens.mix(logits, a, b, pooled), *ens.pooled_pairs(pooled, a, b), y)
         print(f"scored {name} ({len(y)} pairs)", flush=True)
     return out
 
